@@ -1,0 +1,1 @@
+"""daskfleet: provision a Dask cluster and run NLP batches on it."""

@@ -1,0 +1,354 @@
+"""Control side: turn a job's data source into parquet shards in a local cache folder.
+
+The shards have two string columns, ``text`` and ``label``. Documents are dealt to the shards
+round-robin, so each shard is a uniform sample of the stream (an apt Packages index is sorted by
+package name, and a shard made only of ``python3-*`` packages would spoil parameter mixing).
+At most one shard's worth of rows is buffered, plus the de-duplication set.
+
+The folder is named after a digest of the input bytes and the options that shape the shards, so
+the same input gives the same folder and a second run reuses it without writing anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import heapq
+import io
+import json
+import lzma
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runner.errors import BatchError
+
+if TYPE_CHECKING:
+    from runner.batch.job import JobSpec
+
+APT_LISTS_DIR = Path("/var/lib/apt/lists")
+APT_HELPER = "/usr/lib/apt/apt-helper"
+FORMAT_VERSION = "daskfleet-shards-1"  # bump when the shard layout or the parsing changes
+SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
+CSV_CHUNK_ROWS = 50_000
+# Section prefixes of the non-main archive areas ("non-free/libs" -> "libs")
+AREA_PREFIXES = ("contrib/", "non-free/", "non-free-firmware/", "restricted/", "universe/",
+                 "multiverse/")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Shards of one corpus on the control machine: ``dir / name`` for each name in ``files``."""
+
+    dir: Path
+    files: tuple[str, ...]
+    rows: int
+    digest: str
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.dir / f for f in self.files]
+
+
+# --------------------------------------------------------------------------- debian packages
+
+
+def apt_package_lists(lists_dir: Path = APT_LISTS_DIR) -> list[Path]:
+    return sorted(p for p in Path(lists_dir).glob("*_Packages*") if p.is_file())
+
+
+@contextlib.contextmanager
+def _open_text(path: Path) -> Iterator[Iterator[str]]:
+    """Lines of a (possibly compressed) index file, streamed."""
+    suffix = path.suffix
+    if suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            yield f
+    elif suffix == ".xz":
+        with lzma.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            yield f
+    elif path.name.endswith("_Packages"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield f
+    else:  # .lz4, .zst, .bz2, ...: let apt decompress its own files
+        if not os.access(APT_HELPER, os.X_OK):
+            raise BatchError(f"cannot read {path}: {APT_HELPER} is not available to decompress it")
+        proc = subprocess.Popen(
+            [APT_HELPER, "cat-file", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stream = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
+        try:
+            yield stream
+            stream.read()  # drain, so the exit status means "whole file read"
+        finally:
+            stream.close()
+            err = proc.stderr.read().decode(errors="replace").strip()
+            proc.stderr.close()
+            code = proc.wait()
+        if code != 0:
+            raise BatchError(
+                f"cannot read {path}: `{APT_HELPER} cat-file` exited with {code}: {err[-300:]}"
+            )
+
+
+def iter_stanzas(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
+    """(package, first line of Description, Section without area prefix) per stanza."""
+    package = description = section = None
+    with _open_text(path) as lines:
+        for line in lines:
+            if not line.strip():
+                if package is not None:
+                    yield package, description, section
+                package = description = section = None
+                continue
+            if line[0] in " \t":
+                continue  # continuation line (long Description, Tag, ...)
+            key, _, value = line.partition(":")
+            if key == "Package":
+                package = value.strip()
+            elif key == "Description":
+                description = value.strip() or None
+            elif key == "Section":
+                section = value.strip()
+                for prefix in AREA_PREFIXES:
+                    if section.startswith(prefix):
+                        section = section[len(prefix):]
+                        break
+                section = section or None
+        if package is not None:
+            yield package, description, section
+
+
+def _debian_documents(files: list[Path], limit: int | None) -> Iterator[tuple]:
+    """De-duplicated (by package name, first seen wins) documents of the apt indexes.
+
+    With ``limit``, a stable pseudo-random sample of that many packages (the smallest hashes of
+    the package names), so a small job still sees every section instead of the a-to-c packages.
+    """
+    keep: set[str] | None = None
+    if limit is not None:
+        names = {pkg for f in files for pkg, _, _ in iter_stanzas(f)}
+        keep = set(heapq.nsmallest(limit, names, key=_name_hash))
+    seen: set[str] = set()
+    for f in files:
+        for pkg, description, section in iter_stanzas(f):
+            if pkg in seen or (keep is not None and pkg not in keep):
+                continue
+            seen.add(pkg)
+            yield description, section
+
+
+def _name_hash(name: str) -> bytes:
+    return hashlib.sha1(name.encode()).digest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str):
+    """pandas DataFrames with columns text, label (strings or None), in file order."""
+    import pandas as pd
+
+    def pick(df_columns, get):
+        missing = [c for c in (text_col, label_col) if c not in df_columns]
+        if missing:
+            raise BatchError(
+                f"{path}: column(s) {', '.join(map(repr, missing))} not found; the file has "
+                f"columns: {', '.join(map(str, df_columns)) or '(none)'}. Set data.text_column "
+                "and data.label_column in the job file."
+            )
+        return get()
+
+    if fmt == "parquet":
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        pick(names, lambda: None)
+        for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=[text_col, label_col]):
+            yield batch.to_pandas().rename(columns={text_col: "text", label_col: "label"})
+        return
+    try:
+        if fmt == "csv":
+            reader = pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype=str,
+                                 keep_default_na=False, na_values=[""])
+        else:
+            reader = pd.read_json(path, lines=True, chunksize=CSV_CHUNK_ROWS, dtype=False)
+        with reader:
+            for chunk in reader:
+                df = pick(list(chunk.columns), lambda c=chunk: c[[text_col, label_col]])
+                yield df.rename(columns={text_col: "text", label_col: "label"})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise BatchError(f"{path}: cannot read as {fmt}: {e}") from e
+
+
+def _as_str(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:  # NaN
+        return None
+    try:
+        import pandas as pd
+
+        if value is pd.NA:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+def _file_documents(path, fmt, text_col, label_col, limit):
+    n = 0
+    for chunk in _iter_file_chunks(path, fmt, text_col, label_col):
+        for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield _as_str(text), _as_str(label)
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(parts: list) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _ShardWriter:
+    """Deals rows round-robin to ``n_shards`` parquet files, flushing small row groups."""
+
+    def __init__(self, folder: Path, n_shards: int, shard_rows: int):
+        self.folder = folder
+        self.names = [f"part-{i:05d}.parquet" for i in range(n_shards)]
+        self.flush_rows = max(256, shard_rows // n_shards)
+        self.buffers: list[list[tuple]] = [[] for _ in range(n_shards)]
+        self.writers: list[pq.ParquetWriter | None] = [None] * n_shards
+        self.rows = [0] * n_shards
+        self.i = 0
+
+    def add(self, text: str | None, label: str | None) -> None:
+        k = self.i % len(self.names)
+        self.i += 1
+        self.buffers[k].append((text, label))
+        self.rows[k] += 1
+        if len(self.buffers[k]) >= self.flush_rows:
+            self._flush(k)
+
+    def _flush(self, k: int) -> None:
+        rows = self.buffers[k]
+        if self.writers[k] is None:
+            self.writers[k] = pq.ParquetWriter(self.folder / self.names[k], SCHEMA)
+        table = pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]},
+                         schema=SCHEMA)
+        self.writers[k].write_table(table)
+        self.buffers[k] = []
+
+    def close(self) -> None:
+        for k in range(len(self.names)):
+            if self.buffers[k] or self.writers[k] is None:
+                self._flush(k)
+            self.writers[k].close()
+
+
+def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: dict) -> Dataset:
+    n_shards = max(1, -(-n_docs // shard_rows))
+    writer = _ShardWriter(folder, n_shards, shard_rows)
+    try:
+        for text, label in documents:
+            writer.add(text, label)
+    finally:
+        writer.close()
+    if writer.i != n_docs:  # the input changed between the counting pass and this one
+        raise BatchError(f"the input changed while it was read ({n_docs} then {writer.i} rows)")
+    manifest = {
+        **meta,
+        "rows": writer.i,
+        "files": [
+            {"name": n, "rows": r, "sha256": _sha256_file(folder / n)}
+            for n, r in zip(writer.names, writer.rows, strict=True)
+        ],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Dataset(folder, tuple(writer.names), writer.i, meta["digest"])
+
+
+def _existing(folder: Path) -> Dataset | None:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files = tuple(f["name"] for f in manifest["files"])
+        if not all((folder / f).is_file() for f in files):
+            return None
+        return Dataset(folder, files, int(manifest["rows"]), manifest["digest"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
+                    apt_lists_dir: str | Path = APT_LISTS_DIR) -> Dataset:
+    """Write (or reuse) the job's corpus as parquet shards in ``cache_dir/<digest>/``."""
+    data = job.data
+    cache_dir = Path(cache_dir).resolve()
+    shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows}
+    if data.source == "debian-packages":
+        files = apt_package_lists(Path(apt_lists_dir))
+        if not files:
+            raise BatchError(
+                f"no apt package lists (*_Packages*) in {apt_lists_dir}; run `apt-get update` "
+                "on the control machine or use a job with data.source: files"
+            )
+        inputs = [[f.name, _sha256_file(f)] for f in files]
+        meta = {"source": "debian-packages", "inputs": inputs, **shape}
+
+        def documents():
+            return _debian_documents(files, data.limit)
+    else:
+        path, fmt = data.path, data.format
+        inputs = [[str(path), _sha256_file(path)]]
+        meta = {"source": "files", "format": fmt, "inputs": inputs,
+                "text_column": data.text_column, "label_column": data.label_column, **shape}
+
+        def documents():
+            return _file_documents(path, fmt, data.text_column, data.label_column, data.limit)
+
+    digest = _digest(meta)
+    meta["digest"] = digest
+    folder = cache_dir / digest
+    found = _existing(folder)
+    if found is not None:
+        return found
+
+    n_docs = sum(1 for _ in documents())  # counting pass: no rows kept
+    if n_docs == 0:
+        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        dataset = _write_shards(documents(), n_docs, data.shard_rows, tmp, meta)
+        try:
+            tmp.rename(folder)
+        except OSError:  # someone else finished the same digest first: use theirs
+            found = _existing(folder)
+            if found is None:
+                raise
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset(folder, dataset.files, dataset.rows, digest)

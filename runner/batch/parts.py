@@ -1,0 +1,74 @@
+"""Per-partition tasks of the batch (worker side).
+
+Every function here runs on a worker, takes plain arguments (paths, dicts, numbers) and returns
+plain data (pandas, numpy, scipy). Imports are limited to the worker stack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from runner.batch.features import vectorize
+from runner.batch.split import test_mask
+from runner.batch.text import make_cleaner
+
+COLUMNS = ["text", "label"]
+
+
+def read_shard(path: str) -> pd.DataFrame:
+    """One parquet shard as a DataFrame with object columns text and label."""
+    table = pq.read_table(path, columns=COLUMNS)
+    return pd.DataFrame({c: np.asarray(table.column(c).to_pylist(), dtype=object)
+                         for c in COLUMNS})
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    return np.fromiter(
+        (isinstance(v, str) and v.strip() != "" for v in values), dtype=bool, count=len(values)
+    )
+
+
+def clean_part(df: pd.DataFrame, clean_params: dict, split_params: dict) -> dict:
+    """Drop rows without text or label, assign the split, clean the text."""
+    text = df["text"].to_numpy(dtype=object)
+    label = df["label"].to_numpy(dtype=object)
+    keep = _present(text) & _present(label)
+    text = np.asarray([t.strip() for t in text[keep]], dtype=object)
+    label = np.asarray([lab.strip() for lab in label[keep]], dtype=object)
+    is_test = test_mask(text, split_params["test_fraction"], split_params["seed"])
+    clean = make_cleaner(clean_params)
+    cleaned = [clean(t) for t in text]
+    return {
+        "rows": int(len(df)),
+        "dropped": int((~keep).sum()),
+        "text": cleaned,
+        "label": label,
+        "is_test": is_test,
+    }
+
+
+def vectorize_part(part: dict, vectorizer_params: dict) -> dict:
+    """Hashed features, already split into train and test (the matrices stay on the worker)."""
+    X = vectorize(part["text"], vectorizer_params)
+    is_test = part["is_test"]
+    return {
+        "X_train": X[~is_test],
+        "y_train": part["label"][~is_test],
+        "X_test": X[is_test],
+        "y_test": part["label"][is_test],
+    }
+
+
+def part_stats(part: dict) -> dict:
+    """Row counts and label counts of a cleaned partition (a cheap pass for the client)."""
+    label, is_test = part["label"], part["is_test"]
+    train = pd.Series(label[~is_test], dtype=object).value_counts()
+    test = pd.Series(label[is_test], dtype=object).value_counts()
+    return {
+        "rows": part["rows"],
+        "dropped": part["dropped"],
+        "train_labels": {str(k): int(v) for k, v in train.items()},
+        "test_labels": {str(k): int(v) for k, v in test.items()},
+    }

@@ -1,0 +1,63 @@
+"""Text cleaning (worker side: numpy/pandas/scikit-learn only, plain-dict parameters).
+
+``params`` is the ``clean`` section of the job as a dict: lowercase, strip_urls,
+strip_punctuation, stop_words ("english", a list of words, or None), min_token_len.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+", re.IGNORECASE)
+# anything that is not a letter, digit or underscore (unicode-aware), and underscores too
+PUNCT_RE = re.compile(r"[^\w\s]|_")
+
+DEFAULT_PARAMS = {
+    "lowercase": True,
+    "strip_urls": True,
+    "strip_punctuation": True,
+    "stop_words": "english",
+    "min_token_len": 2,
+}
+
+
+def stop_word_set(stop_words) -> frozenset[str]:
+    if stop_words is None:
+        return frozenset()
+    if stop_words == "english":
+        return ENGLISH_STOP_WORDS
+    return frozenset(w.lower() for w in stop_words)
+
+
+def make_cleaner(params: dict):
+    """A function str -> cleaned str (tokens joined by single spaces)."""
+    p = {**DEFAULT_PARAMS, **params}
+    lowercase, urls, punct = p["lowercase"], p["strip_urls"], p["strip_punctuation"]
+    stops = stop_word_set(p["stop_words"])
+    min_len = int(p["min_token_len"])
+
+    def clean(text: str) -> str:
+        if lowercase:
+            text = text.lower()
+        if urls:
+            text = URL_RE.sub(" ", text)
+        if punct:
+            text = PUNCT_RE.sub(" ", text)
+        # stop words are lowercase; compare lowercase even when the text keeps its case
+        return " ".join(
+            t for t in text.split() if len(t) >= min_len and t.lower() not in stops
+        )
+
+    return clean
+
+
+def clean_text(text: str, params: dict) -> str:
+    return make_cleaner(params)(text)
+
+
+def clean_texts(texts: Iterable[str], params: dict) -> list[str]:
+    clean = make_cleaner(params)
+    return [clean(t) for t in texts]

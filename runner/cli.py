@@ -1,0 +1,164 @@
+"""The `daskfleet` command. The only place that turns errors into exit codes and messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from runner.errors import DaskfleetError
+
+DEFAULT_CLUSTER = "clusters/lab.yaml"
+
+
+def _say(msg: str) -> None:
+    print(f"[daskfleet] {msg}", flush=True)
+
+
+def cmd_lab(args) -> int:
+    from runner.lab import Lab
+
+    lab = Lab()
+    if args.lab_cmd == "up":
+        lab.up(args.hosts, progress=_say)
+        return 0
+    if args.lab_cmd == "down":
+        lab.down(progress=_say)
+        return 0
+    if args.lab_cmd == "kill":
+        lab.kill(args.host)
+        _say(f"lab: {args.host} crashed (every process on it killed)")
+        return 0
+    st = lab.status()
+    if args.json:
+        print(json.dumps({"hosts": st["hosts"]}, indent=2))
+    elif not st["hosts"]:
+        print("lab: no lab (run `daskfleet lab up`)")
+    else:
+        for h in st["hosts"]:
+            print(f"{h['name']:8} {h['address']:15} {'up' if h['up'] else 'DOWN'}")
+        print(f"key {st['hosts'][0]['key']}  known_hosts {st['hosts'][0]['known_hosts']}")
+    return 0 if all(h["up"] for h in st["hosts"]) else 1
+
+
+def _cluster(args):
+    from runner.cluster import Cluster
+
+    return Cluster.from_file(args.cluster)
+
+
+def cmd_up(args) -> int:
+    with _cluster(args) as cluster:
+        summary = cluster.up(progress=_say)
+        status = cluster.status()
+    _say(summary.line())
+    _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
+         f"environment {summary.lock_hash}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    with _cluster(args) as cluster:
+        st = cluster.status()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        print(f"cluster {st['cluster']}: {'healthy' if st['healthy'] else 'DEGRADED'}; "
+              f"scheduler {st['scheduler']['address']}; dashboard {st['scheduler']['dashboard']} "
+              f"(reach it with an SSH tunnel); environment {st['lock_hash']}")
+        print(f"{'HOST':10} {'ADDRESS':15} {'PROCESS':12} {'PID':>7} STATE")
+        for h in st["hosts"]:
+            print(f"{h['host']:10} {h['address']:15} {h['process']:12} {h['pid'] or '-':>7} "
+                  f"{h['state']}")
+        for w in st["workers"]:
+            joined = "joined" if w["joined"] else "NOT JOINED"
+            print(f"worker {w['name']}: {joined}, threads={w['threads']}, "
+                  f"memory {w['memory_used']}/{w['memory_limit']}")
+    return 0 if st["healthy"] else 1
+
+
+def cmd_down(args) -> int:
+    with _cluster(args) as cluster:
+        cluster.down(destroy=args.destroy, progress=_say)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from runner.submit import submit
+
+    with _cluster(args) as cluster:
+        result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
+    m = result.metrics
+    _say(f"run {result.run_id}: accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
+         f"n_train={m['n_train']} n_test={m['n_test']} n_classes={m['n_classes']} "
+         f"workers={m['n_workers']} (majority class rate {m.get('majority_rate', 0):.4f})")
+    _say(f"artifacts in {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from runner.demo import demo
+
+    t0 = time.monotonic()
+    demo(hosts=args.hosts, job=Path(args.job), cluster_file=Path(args.cluster), progress=_say)
+    _say(f"demo finished in {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="daskfleet", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    lab = sub.add_parser("lab", help="the local multi-host lab (network namespaces + sshd)")
+    labsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    up = labsub.add_parser("up", help="create the lab's hosts (or reuse the running lab)")
+    up.add_argument("--hosts", type=int, default=3)
+    labsub.add_parser("down", help="remove every namespace, link, mount and process of the lab")
+    st = labsub.add_parser("status", help="the lab's hosts")
+    st.add_argument("--json", action="store_true")
+    kill = labsub.add_parser("kill", help="crash a lab host (kills every process on it)")
+    kill.add_argument("host")
+    lab.set_defaults(func=cmd_lab)
+
+    def with_cluster(sp):
+        sp.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster file")
+        return sp
+
+    with_cluster(sub.add_parser("up", help="provision, install and start the cluster")).set_defaults(
+        func=cmd_up)
+    s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    d = with_cluster(sub.add_parser("down", help="stop dask; --destroy also removes infrastructure"))
+    d.add_argument("--destroy", action="store_true")
+    d.set_defaults(func=cmd_down)
+    sm = with_cluster(sub.add_parser("submit", help="run a batch job on the cluster"))
+    sm.add_argument("job", help="job file (jobs/*.yaml)")
+    sm.add_argument("--runs-dir", default="runs")
+    sm.set_defaults(func=cmd_submit)
+    demo = with_cluster(sub.add_parser("demo", help="lab up, up, submit, down, lab down"))
+    demo.add_argument("--hosts", type=int, default=3)
+    demo.add_argument("--job", default="jobs/demo.yaml")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DaskfleetError as e:
+        if args.debug:
+            raise
+        print(f"daskfleet: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("daskfleet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""A Dask cluster made of hosts: provisioned by Terraform and Ansible, run by Fabric over SSH.
+
+The cluster keeps the processes it wants (one scheduler, workers) apart from those that run, and
+`start` reconciles them: it starts only what is missing and leaves healthy processes alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import ansible, inventory, state, terraform
+from runner.config import ClusterSpec, load_cluster, resolve_path
+from runner.errors import (
+    ClusterStartError,
+    ConfigError,
+    DaskfleetError,
+    EnvironmentMismatchError,
+    HostError,
+)
+from runner.hosts import Host, known_host_key
+from runner.processes import DaskSettings, RemoteProcess
+from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out
+from runner.tls import CertificateAuthority
+
+READY_POLL_CAP_S = 1.0
+
+
+def _say(msg: str) -> None:
+    print(f"[daskfleet] {msg}", flush=True)
+
+
+@dataclass
+class UpSummary:
+    timings: dict[str, float] = field(default_factory=dict)
+    changed: int = 0
+    started: list[str] = field(default_factory=list)
+    lock_hash: str = ""
+
+    def line(self) -> str:
+        phases = " ".join(f"{k}={v:.1f}s" for k, v in self.timings.items())
+        started = ", ".join(self.started) or "nothing (all running)"
+        return f"up: {phases} changed={self.changed}; started: {started}"
+
+
+class Cluster:
+    def __init__(self, spec: ClusterSpec):
+        self.spec = spec
+        self._client = None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Cluster:
+        return cls(load_cluster(path))
+
+    # -- context manager / client -----------------------------------------------------------
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.spec.state_dir
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority(self.state_dir / "tls", self.spec.name)
+
+    @property
+    def inventory_path(self) -> Path:
+        return Path("inventory").resolve() / self.spec.name / "hosts.yml"
+
+    def settings(self) -> DaskSettings:
+        d = self.spec.dask
+        return DaskSettings(scheduler_port=d.scheduler_port, dashboard_port=d.dashboard_port,
+                            worker_port_range=d.worker_port_range,
+                            nanny_port_range=d.nanny_port_range,
+                            threads_per_worker=d.threads_per_worker, memory_limit=d.memory_limit,
+                            tls=self.spec.tls)
+
+    # -- hosts ------------------------------------------------------------------------------
+    def ssh(self) -> SSHSettings:
+        s = self.spec.ssh
+        if self.spec.provider == "lab":
+            from runner.lab import Lab
+
+            lab = Lab()
+            key, known = s.private_key or lab.key, s.known_hosts or lab.known_hosts
+        else:
+            if s.private_key is None or s.known_hosts is None:
+                raise ConfigError(f"{self.spec.source}: ssh.private_key and ssh.known_hosts "
+                                  "are required for this provider.")
+            key, known = resolve_path(self.spec, s.private_key), resolve_path(self.spec,
+                                                                               s.known_hosts)
+        return SSHSettings(private_key=Path(key), known_hosts=Path(known),
+                           connect_timeout=s.connect_timeout,
+                           insecure_skip_host_key_check=s.insecure_skip_host_key_check)
+
+    def declared_hosts(self) -> list[Host]:
+        """The machines the cluster file names (lab: the running lab's hosts)."""
+        if self.spec.provider == "lab":
+            from runner.lab import Lab
+
+            lab_hosts = Lab().hosts()
+            if not lab_hosts:
+                raise ConfigError(f"{self.spec.source}: provider 'lab' but no lab is running; "
+                                  f"run `daskfleet lab up --hosts {self.spec.lab.hosts}` first.")
+            return [Host(h.name, h.address, "scheduler" if i == 0 else "worker", h.user, h.port)
+                    for i, h in enumerate(lab_hosts)]
+        if self.spec.provider == "hosts":
+            return [Host(h.name, h.address, h.role, h.user or self.spec.ssh.user, h.port)
+                    for h in self.spec.hosts]
+        return []
+
+    def hosts(self) -> list[Host]:
+        """The hosts as last provisioned (Terraform's output, recorded in state.json)."""
+        recorded = state.read(self.state_dir).get("hosts")
+        if not recorded:
+            raise DaskfleetError(f"cluster {self.spec.name}: not provisioned yet (no record in "
+                                 f"{self.state_dir}); run `daskfleet up -c {self.spec.source}`.")
+        return [Host.from_dict(h) for h in recorded]
+
+    def wanted(self, hosts: list[Host] | None = None) -> list[RemoteProcess]:
+        hosts = hosts or self.hosts()
+        sched = next(h for h in hosts if h.role == "scheduler")
+        settings = self.settings()
+        procs = [RemoteProcess(sched, "scheduler", sched, settings)]
+        workers = [h for h in hosts if h.role == "worker"]
+        if self.spec.provider == "lab" and self.spec.lab.worker_on_scheduler:
+            workers.insert(0, sched)
+        procs += [RemoteProcess(h, "worker", sched, settings) for h in workers]
+        return procs
+
+    # -- provisioning -----------------------------------------------------------------------
+    def provision(self) -> list[Host]:
+        ssh = self.ssh()
+        declared = self.declared_hosts()
+        known = ssh.known_hosts.read_text() if ssh.known_hosts.exists() else ""
+        variables: dict = {"cluster_name": self.spec.name, **self.spec.terraform}
+        if self.spec.provider in ("lab", "hosts"):
+            tf_hosts = []
+            for h in declared:
+                key = known_host_key(known, h.address, h.port)
+                if key is None:
+                    raise ConfigError(
+                        f"{self.spec.source}: host {h.name} ({h.address}) has no entry in "
+                        f"{ssh.known_hosts}; add its host key (after checking its fingerprint).")
+                tf_hosts.append({**h.to_dict(), "host_key": key})
+            variables.update(hosts=tf_hosts, ssh_private_key_path=str(ssh.private_key),
+                             connect_timeout=f"{int(ssh.connect_timeout)}s")
+        workdir = self.state_dir / "terraform"
+        terraform.write_root(workdir, self.spec.provider, variables)
+        hosts = terraform.apply(workdir)
+        state.update(self.state_dir, name=self.spec.name, provider=self.spec.provider,
+                     hosts=[h.to_dict() for h in hosts], inventory=str(self.inventory_path))
+        inventory.write(self.inventory_path, hosts, ssh)
+        return hosts
+
+    def install(self, hosts: list[Host], progress=_say) -> tuple[ansible.PlaybookResult, str]:
+        from runner.lock import derive_lock
+        from runner.wheelhouse import build
+
+        wheelhouse = build(derive_lock(), progress=progress)
+        if self.spec.tls:
+            self.ca.ensure({h.name: h.address for h in hosts})
+        extra = {
+            "python_env_hash": wheelhouse.hash, "python_env_archive": str(wheelhouse.archive),
+            "python_env_python_minor": wheelhouse.lock.python,
+            "python_env_machine": wheelhouse.lock.machine,
+            "dask_node_tls": self.spec.tls, "dask_node_tls_src": str(self.ca.dir),
+        }
+        result = ansible.run_playbook(self.inventory_path, extra,
+                                      log=self.state_dir / "logs" / "ansible.log")
+        state.update(self.state_dir, lock_hash=wheelhouse.hash)
+        return result, wheelhouse.hash
+
+    # -- processes --------------------------------------------------------------------------
+    def process_states(self) -> dict[RemoteProcess, tuple[str, int | None]]:
+        ssh = self.ssh()
+        procs = self.wanted()
+        with ThreadPoolExecutor(max_workers=min(32, len(procs))) as pool:
+            return dict(zip(procs, pool.map(lambda p: p.status(ssh), procs), strict=True))
+
+    def start(self, progress=_say) -> list[str]:
+        """Start what is wanted and not running; wait until every worker has joined."""
+        ssh = self.ssh()
+        procs = self.wanted()
+        current = self.process_states()
+        started: list[str] = []
+        unreachable = [p.host.name for p, (s, _) in current.items() if s == "unreachable"]
+        if unreachable:
+            raise ClusterStartError(f"start: cannot reach {', '.join(sorted(set(unreachable)))} "
+                                    "over SSH; check the host is up and run `daskfleet up` again.")
+        sched = procs[0]
+        pids = {p.name: pid for p, (s, pid) in current.items() if s == "running"}
+        try:
+            if current[sched][0] != "running":
+                progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
+                pids[sched.name] = sched.start(ssh)
+                started.append(f"{sched.name}@{sched.host.name}")
+            self._wait_port(sched)
+            missing = [p for p in procs[1:] if current[p][0] != "running"]
+            if missing:
+                progress(f"starting {len(missing)} worker(s): "
+                         + ", ".join(p.host.name for p in missing))
+                by_host = fan_out([p.host for p in missing],
+                                  lambda h: next(p for p in missing if p.host == h).start(ssh),
+                                  "starting workers")
+                for p in missing:
+                    pids[p.name] = by_host[p.host]
+                    started.append(f"{p.name}@{p.host.name}")
+            state.update(self.state_dir, pids=pids, scheduler=sched.scheduler_address,
+                         dashboard=f"http://{sched.host.address}:{self.spec.dask.dashboard_port}")
+            self.wait_ready(len(procs) - 1)
+        except (ClusterStartError, HostError) as e:
+            self._collect_logs(procs)
+            if started:
+                progress(f"start failed; stopping what this run started: {', '.join(started)}")
+                for p in procs:
+                    if f"{p.name}@{p.host.name}" in started:
+                        try:
+                            p.stop(ssh)
+                        except Exception:  # noqa: BLE001 - best effort, the original error wins
+                            pass
+            raise ClusterStartError(f"{e}\nAll logs copied to {self.state_dir / 'logs'}.") from e
+        return started
+
+    def _wait_port(self, sched: RemoteProcess) -> None:
+        deadline = time.monotonic() + self.spec.dask.start_timeout
+        delay = 0.05
+        while True:
+            try:
+                with socket.create_connection((sched.host.address, self.spec.dask.scheduler_port),
+                                              timeout=2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    tail = sched.log_tail(self.ssh())
+                    raise ClusterStartError(
+                        f"{sched.host.name}: the scheduler does not accept connections on port "
+                        f"{self.spec.dask.scheduler_port} after {self.spec.dask.start_timeout:.0f}s."
+                        f" Last lines of {sched.log_file}:\n{tail}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, READY_POLL_CAP_S)
+
+    def wait_ready(self, n_workers: int) -> None:
+        """Poll the scheduler's own view until n workers have joined, under a deadline."""
+        client = self.client()
+        deadline = time.monotonic() + self.spec.dask.start_timeout
+        delay = 0.05
+        while True:
+            names = {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            if len(names) >= n_workers:
+                return
+            if time.monotonic() > deadline:
+                missing = [p for p in self.wanted()[1:] if p.name not in names]
+                tails = "\n".join(f"--- {p.host.name}: {p.log_file}\n{p.log_tail(self.ssh())}"
+                                  for p in missing)
+                raise ClusterStartError(
+                    f"only {len(names)} of {n_workers} workers joined the scheduler within "
+                    f"{self.spec.dask.start_timeout:.0f}s; missing: "
+                    f"{', '.join(p.name for p in missing)}.\n{tails}")
+            time.sleep(delay)
+            delay = min(delay * 2, READY_POLL_CAP_S)
+
+    def _collect_logs(self, procs: list[RemoteProcess]) -> None:
+        dest = self.state_dir / "logs"
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in procs:
+            try:
+                (dest / f"{p.host.name}-{p.name}.log").write_text(p.log_tail(self.ssh(), 2000))
+            except Exception:  # noqa: BLE001 - an unreachable host has no log to copy
+                pass
+
+    def client(self):
+        if self._client is None:
+            from distributed import Client
+
+            address = state.read(self.state_dir).get("scheduler") or self.wanted()[0].scheduler_address
+            security = self.ca.client_security() if self.spec.tls else None
+            self._client = Client(address, security=security, timeout="15s")
+        return self._client
+
+    # -- versions ---------------------------------------------------------------------------
+    def check_versions(self) -> dict:
+        """Refuse (raise) when any locked package differs between client, scheduler and workers.
+
+        distributed's own check only warns; Python is compared by major.minor (the nodes use the
+        system Python of the same minor version)."""
+        from runner.lock import WORKER_ROOTS, closure
+
+        names = sorted(closure(WORKER_ROOTS)) + ["daskfleet"]
+        versions = self.client().get_versions(packages=names)
+        return compare_versions(versions, names)
+
+    # -- up / down / status -----------------------------------------------------------------
+    def up(self, progress=_say) -> UpSummary:
+        summary = UpSummary()
+        t = time.monotonic()
+        progress("terraform: apply")
+        hosts = self.provision()
+        summary.timings["terraform"] = time.monotonic() - t
+        t = time.monotonic()
+        progress(f"ansible: installing the environment on {len(hosts)} hosts")
+        result, summary.lock_hash = self.install(hosts, progress)
+        summary.changed = result.changed
+        summary.timings["ansible"] = time.monotonic() - t
+        t = time.monotonic()
+        summary.started = self.start(progress)
+        summary.timings["start"] = time.monotonic() - t
+        self.check_versions()
+        return summary
+
+    def stop(self, progress=_say) -> list[str]:
+        """Stop every dask process this cluster started (workers first); report unreachable ones."""
+        ssh = self.ssh()
+        procs = self.wanted()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        stopped: list[str] = []
+        errors: dict = {}
+        for group in (procs[1:], procs[:1]):
+            with ThreadPoolExecutor(max_workers=max(1, min(32, len(group)))) as pool:
+                futs = {p: pool.submit(p.stop, ssh) for p in group}
+            for p, f in futs.items():
+                try:
+                    if f.result():
+                        stopped.append(f"{p.name}@{p.host.name}")
+                except Exception as e:  # noqa: BLE001 - report and keep stopping the rest
+                    errors[p.host] = e
+        state.update(self.state_dir, pids={})
+        if errors:
+            raise HostError("down: could not stop processes on:\n" + "\n".join(
+                f"  {describe_ssh_error(h, e)}" for h, e in errors.items()) +
+                "\nThe others were stopped.", failures=errors)
+        progress(f"stopped {len(stopped)} process(es)")
+        return stopped
+
+    def down(self, destroy: bool = False, progress=_say) -> None:
+        try:
+            if state.read(self.state_dir).get("hosts"):
+                self.stop(progress)
+        finally:
+            if destroy:
+                progress("terraform: destroy")
+                terraform.destroy(self.state_dir / "terraform")
+                self.inventory_path.unlink(missing_ok=True)
+                state.update(self.state_dir, hosts=[], pids={}, destroyed=True)
+
+    def status(self) -> dict:
+        record = state.read(self.state_dir)
+        procs_state = self.process_states()
+        joined: dict[str, dict] = {}
+        if any(p.kind == "scheduler" and s == "running" for p, (s, _) in procs_state.items()):
+            try:
+                info = self.client().scheduler_info(n_workers=-1)
+                joined = {w.get("name"): {"address": a, **w} for a, w in info["workers"].items()}
+            except Exception:  # noqa: BLE001 - a scheduler that does not answer is degraded
+                joined = {}
+        hosts = []
+        workers = []
+        for p, (st, pid) in procs_state.items():
+            hosts.append({"host": p.host.name, "address": p.host.address, "role": p.kind,
+                          "process": p.name, "pid": pid, "state": st})
+            if p.kind == "worker":
+                w = joined.get(p.name, {})
+                workers.append({"name": p.name, "host": p.host.name, "pid": pid, "state": st,
+                                "joined": bool(w), "threads": w.get("nthreads"),
+                                "memory_limit": w.get("memory_limit"),
+                                "memory_used": (w.get("metrics") or {}).get("memory")})
+        healthy = all(h["state"] == "running" for h in hosts) and all(w["joined"] for w in workers)
+        return {"cluster": self.spec.name, "healthy": healthy,
+                "scheduler": {"address": record.get("scheduler"),
+                              "dashboard": record.get("dashboard")},
+                "lock_hash": record.get("lock_hash"), "workers": workers, "hosts": hosts}
+
+    def run_on_hosts(self, command: list[str]) -> dict[Host, str]:
+        """Run a read-only command on every host (used by tests and `status`)."""
+        ssh = self.ssh()
+
+        def run(h: Host) -> str:
+            with connect(h, ssh) as c:
+                return c.run(shlex.join(command)).stdout
+
+        return fan_out(self.hosts(), run, shlex.join(command))
+
+
+def compare_versions(versions: dict, names: list[str]) -> dict:
+    """Raise EnvironmentMismatchError listing every package that differs from the client's."""
+    client = versions["client"]["packages"]
+    nodes = {"scheduler": versions["scheduler"]["packages"], **{
+        f"worker {addr}": v["packages"] for addr, v in versions["workers"].items()}}
+    rows = []
+
+    def norm(name: str, v: str | None) -> str | None:
+        return ".".join(v.split(".")[:2]) if (name == "python" and v) else v
+
+    for node, pkgs in nodes.items():
+        for name in ["python", *names]:
+            if norm(name, pkgs.get(name)) != norm(name, client.get(name)):
+                rows.append(f"  {node}: {name} {pkgs.get(name)} (client has {client.get(name)})")
+    if rows:
+        raise EnvironmentMismatchError(
+            "versions differ between this machine and the cluster:\n" + "\n".join(rows)
+            + "\nRun `daskfleet up` to install this machine's environment on every node.")
+    return versions

@@ -1,0 +1,99 @@
+"""Derive the workers' lock from the control machine's own environment.
+
+The lock is the closure of what workers import (the dask stack, scikit-learn, dask-ml, ...) at the
+exact versions installed here, plus the project's own source digest; its hash names the
+environment on every node (/opt/daskfleet/envs/<hash>).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from runner.errors import ProvisionError
+
+# What runs on the workers. The project itself is added as a wheel, installed without deps.
+WORKER_ROOTS = (
+    "dask[dataframe]", "distributed", "scikit-learn", "dask-ml", "pandas", "pyarrow", "numpy",
+    "scipy", "joblib", "bokeh",
+)
+PROJECT = "daskfleet"
+
+
+@dataclass(frozen=True)
+class Lock:
+    python: str  # major.minor of the control machine, e.g. "3.11"
+    machine: str  # uname -m of the control machine, e.g. "x86_64"
+    pins: tuple[tuple[str, str], ...]  # sorted (canonical name, version)
+    project_digest: str  # sha256 of the project's own source files
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text().encode()).hexdigest()[:16]
+
+    def text(self) -> str:
+        """The lock as a requirements file (without per-file hashes: those the wheelhouse adds)."""
+        head = [
+            f"# daskfleet worker lock: python {self.python}",
+            f"# project {PROJECT} source sha256 {self.project_digest}",
+        ]
+        return "\n".join(head + [f"{n}=={v}" for n, v in self.pins]) + "\n"
+
+    def version_of(self, name: str) -> str | None:
+        name = canonicalize_name(name)
+        return next((v for n, v in self.pins if n == name), None)
+
+
+def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict[str, str]:
+    """name -> installed version for the roots and everything they require here (markers and
+    extras evaluated against this interpreter)."""
+    extras_seen: dict[str, set[str]] = {}
+    versions: dict[str, str] = {}
+    stack = [Requirement(r) for r in roots]
+    while stack:
+        req = stack.pop()
+        name = canonicalize_name(req.name)
+        try:
+            d = dist(name)
+        except md.PackageNotFoundError as e:
+            raise ProvisionError(
+                f"lock: {name} (needed by the workers) is not installed on this machine; "
+                "run `make venv` to install the project with its dependencies."
+            ) from e
+        prev = extras_seen.get(name)
+        if prev is not None and set(req.extras) <= prev:
+            continue
+        extras_seen[name] = (prev or set()) | set(req.extras)
+        versions[name] = d.version
+        for line in d.requires or []:
+            sub = Requirement(line)
+            envs = [{"extra": e} for e in (extras_seen[name] or {""})]
+            if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
+                stack.append(sub)
+    return versions
+
+
+def project_digest(root: Path | None = None) -> str:
+    """sha256 over the project's package sources, so a code change makes a new environment."""
+    root = root or Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def derive_lock() -> Lock:
+    pins = tuple(sorted(closure().items()))
+    return Lock(
+        python=f"{sys.version_info.major}.{sys.version_info.minor}",
+        machine=platform.machine(),
+        pins=pins,
+        project_digest=project_digest(),
+    )

@@ -1,0 +1,140 @@
+"""Dask processes on remote hosts: started detached over SSH, tracked by pid files.
+
+A scheduler and a worker differ only in the command they build. Each process runs in its own
+session (setsid), so stopping it stops its whole process group (a worker's nanny and its child).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from runner.errors import ClusterStartError
+from runner.hosts import Host
+from runner.ssh import SSHSettings, connect
+
+ENV_DIR = "/opt/daskfleet/current"
+LOG_DIR = "/var/log/daskfleet"
+RUN_DIR = "/var/lib/daskfleet/run"
+WORK_DIR = "/var/lib/daskfleet/work"
+DASK_CONFIG = "/etc/daskfleet/dask"
+STOP_GRACE_S = 10.0
+
+State = Literal["running", "dead", "unreachable"]
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    scheduler_port: int = 8786
+    dashboard_port: int = 8787
+    worker_port_range: str = "40000:40099"
+    nanny_port_range: str = "40100:40199"
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    tls: bool = True
+
+    @property
+    def protocol(self) -> str:
+        return "tls" if self.tls else "tcp"
+
+
+@dataclass(frozen=True)
+class RemoteProcess:
+    host: Host
+    kind: Literal["scheduler", "worker"]
+    scheduler: Host
+    settings: DaskSettings
+    index: int = 0  # several workers on one host get distinct names and files
+
+    @property
+    def name(self) -> str:
+        return "scheduler" if self.kind == "scheduler" else f"{self.host.name}-w{self.index}"
+
+    @property
+    def pid_file(self) -> str:
+        return f"{RUN_DIR}/{self.name}.pid"
+
+    @property
+    def log_file(self) -> str:
+        return f"{LOG_DIR}/{self.name}.log"
+
+    @property
+    def scheduler_address(self) -> str:
+        return f"{self.settings.protocol}://{self.scheduler.address}:{self.settings.scheduler_port}"
+
+    def command(self) -> list[str]:
+        s = self.settings
+        dask = f"{ENV_DIR}/bin/dask"
+        if self.kind == "scheduler":
+            return [dask, "scheduler", "--protocol", s.protocol, "--host", self.host.address,
+                    "--port", str(s.scheduler_port),
+                    "--dashboard-address", f"{self.host.address}:{s.dashboard_port}"]
+        return [dask, "worker", self.scheduler_address, "--name", self.name,
+                "--host", self.host.address, "--nthreads", str(s.threads_per_worker),
+                "--nworkers", "1", "--memory-limit", s.memory_limit,
+                "--worker-port", s.worker_port_range, "--nanny-port", s.nanny_port_range,
+                "--local-directory", WORK_DIR, "--no-dashboard"]
+
+    def _start_script(self) -> str:
+        env = f"DASK_CONFIG={shlex.quote(DASK_CONFIG)} PYTHONDONTWRITEBYTECODE=1"
+        return (
+            f"mkdir -p {LOG_DIR} {RUN_DIR} {WORK_DIR} && cd {WORK_DIR} && "
+            f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
+            # Only the dask command goes to the background, with every fd redirected, so the
+            # SSH channel closes at once; setsid makes its pid the process group to stop later.
+            f"{{ {env} setsid {shlex.join(self.command())} >> {self.log_file} 2>&1 < /dev/null & "
+            f"echo $! > {self.pid_file}.tmp; }} && mv {self.pid_file}.tmp {self.pid_file}"
+        )
+
+    def _status_script(self) -> str:
+        # Running = the pid in the file is alive and is one of our dask processes.
+        return (f"pid=$(cat {self.pid_file} 2>/dev/null) || exit 3; "
+                f"grep -q dask /proc/$pid/cmdline 2>/dev/null && echo $pid || exit 4")
+
+    def start(self, ssh: SSHSettings) -> int:
+        with connect(self.host, ssh) as c:
+            r = c.run(self._start_script())
+            if r.failed:
+                raise ClusterStartError(
+                    f"{self.host.name}: could not start {self.name}: {r.stderr.strip()}")
+            time.sleep(0.3)  # a command that fails at once (bad flag, port in use) dies here
+            r = c.run(self._status_script())
+            if r.failed:
+                tail = self.log_tail(ssh, c=c)
+                raise ClusterStartError(
+                    f"{self.host.name}: {self.name} exited right after starting. "
+                    f"Last lines of {self.log_file}:\n{tail}")
+            return int(r.stdout.strip())
+
+    def status(self, ssh: SSHSettings) -> tuple[State, int | None]:
+        try:
+            with connect(self.host, ssh) as c:
+                r = c.run(self._status_script())
+        except Exception:  # noqa: BLE001 - any SSH failure means we cannot see the host
+            return "unreachable", None
+        if r.ok and r.stdout.strip().isdigit():
+            return "running", int(r.stdout.strip())
+        return "dead", None
+
+    def stop(self, ssh: SSHSettings) -> bool:
+        """Stop the process group: TERM, then KILL after a grace period. True if one was running."""
+        script = (
+            f"pid=$(cat {self.pid_file} 2>/dev/null) || exit 0; rm -f {self.pid_file}; "
+            f"grep -q dask /proc/$pid/cmdline 2>/dev/null || exit 0; "
+            f"kill -TERM -- -$pid 2>/dev/null; "
+            f"for i in $(seq 1 {int(STOP_GRACE_S * 10)}); do "
+            f"kill -0 -- -$pid 2>/dev/null || {{ echo stopped; exit 0; }}; sleep 0.1; done; "
+            f"kill -KILL -- -$pid 2>/dev/null; echo killed"
+        )
+        with connect(self.host, ssh) as c:
+            r = c.run(script)
+        return r.stdout.strip() in ("stopped", "killed")
+
+    def log_tail(self, ssh: SSHSettings, lines: int = 30, c=None) -> str:
+        cmd = f"tail -n {int(lines)} {self.log_file} 2>/dev/null"
+        if c is not None:
+            return c.run(cmd).stdout.rstrip()
+        with connect(self.host, ssh) as conn:
+            return conn.run(cmd).stdout.rstrip()

@@ -1,0 +1,79 @@
+"""SSH to the cluster's hosts with Fabric: verified host keys, key auth only, parallel fan-out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+from fabric import Config, Connection
+
+from runner.errors import HostError
+from runner.hosts import Host
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    private_key: Path
+    known_hosts: Path
+    connect_timeout: float = 10.0
+    insecure_skip_host_key_check: bool = False
+
+
+def connect(host: Host, ssh: SSHSettings) -> Connection:
+    conn = Connection(
+        host.address, user=host.user, port=host.port,
+        config=Config(overrides={"load_ssh_configs": False, "run": {"hide": True, "warn": True}}),
+        connect_timeout=max(1, int(ssh.connect_timeout)),
+        connect_kwargs={"key_filename": [str(ssh.private_key)], "look_for_keys": False,
+                        "allow_agent": False, "banner_timeout": ssh.connect_timeout,
+                        "auth_timeout": ssh.connect_timeout},
+    )
+    # Fabric trusts any new host key by default; daskfleet verifies against its known_hosts.
+    if ssh.insecure_skip_host_key_check:
+        conn.client.set_missing_host_key_policy(paramiko.WarningPolicy())
+    else:
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn.client.load_host_keys(str(ssh.known_hosts))
+    return conn
+
+
+def describe_ssh_error(host: Host, exc: BaseException) -> str:
+    """One line a user can act on, for the usual ways an SSH connection fails."""
+    where = f"{host.name} ({host.user}@{host.address}:{host.port})"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (f"{where}: host key mismatch: the key it presented is not the one in known_hosts; "
+                "if the machine was reinstalled, remove its old entry and add the new one.")
+    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+        return f"{where}: host key is not in known_hosts; add it after checking its fingerprint."
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"{where}: SSH key was refused; check ssh.private_key and the host's authorized_keys."
+    if isinstance(exc, TimeoutError | OSError) and not isinstance(exc, paramiko.SSHException):
+        return f"{where}: unreachable ({exc.__class__.__name__}: {exc}); is it up, is the address right?"
+    return f"{where}: {exc.__class__.__name__}: {exc}"
+
+
+def fan_out(hosts: list[Host], fn: Callable[[Host], T], what: str) -> dict[Host, T]:
+    """Run fn on every host in parallel; a result per host, or one HostError naming every host that
+    failed and keeping the good results."""
+    if not hosts:
+        return {}
+    results: dict[Host, T] = {}
+    failures: dict[Host, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        futures = {pool.submit(fn, h): h for h in hosts}
+        for fut, host in futures.items():
+            try:
+                results[host] = fut.result()
+            except Exception as e:  # noqa: BLE001 - collected per host and re-raised below
+                failures[host] = e
+    if failures:
+        lines = [f"  {describe_ssh_error(h, e)}" for h, e in failures.items()]
+        raise HostError(f"{what} failed on {len(failures)} of {len(hosts)} host(s):\n"
+                        + "\n".join(lines), failures=failures, results=results)
+    return results

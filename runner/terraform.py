@@ -1,0 +1,74 @@
+"""Run the cluster's Terraform module in its own working folder, .daskfleet/<cluster>/terraform.
+
+The root configuration is generated as JSON (main.tf.json), so values need no HCL quoting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from runner.errors import ProvisionError
+from runner.hosts import Host
+
+MODULES = Path(__file__).resolve().parent.parent / "terraform" / "modules"
+# The lab is a set of existing machines: it uses the bare-metal module.
+MODULE_FOR_PROVIDER = {"lab": "hosts", "hosts": "hosts", "aws": "aws", "gcp": "gcp",
+                       "azure": "azure"}
+
+
+def _env() -> dict:
+    return {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0"}
+
+
+def _binary() -> str:
+    tf = shutil.which("terraform")
+    if not tf:
+        raise ProvisionError(
+            "terraform: not found on PATH. Install Terraform >= 1.5 "
+            "(https://developer.hashicorp.com/terraform/install) and run the command again.")
+    return tf
+
+
+def _tf(workdir: Path, *args: str, what: str) -> str:
+    proc = subprocess.run([_binary(), *args], cwd=workdir, capture_output=True, text=True,
+                          env=_env())
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-25:])
+        raise ProvisionError(f"terraform {what} failed in {workdir}:\n{tail}")
+    return proc.stdout
+
+
+def write_root(workdir: Path, provider: str, variables: dict) -> None:
+    module = MODULES / MODULE_FOR_PROVIDER[provider]
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = {
+        "module": {"cluster": {"source": str(module), **variables}},
+        "output": {"hosts": {"value": "${module.cluster.hosts}"}},
+    }
+    tmp = workdir / "main.tf.json.tmp"
+    tmp.write_text(json.dumps(root, indent=2) + "\n")
+    tmp.replace(workdir / "main.tf.json")
+
+
+def apply(workdir: Path) -> list[Host]:
+    if not (workdir / ".terraform" / "modules" / "modules.json").exists():
+        _tf(workdir, "init", "-no-color", "-input=false", what="init")
+    _tf(workdir, "apply", "-no-color", "-input=false", "-auto-approve", what="apply")
+    return outputs(workdir)
+
+
+def outputs(workdir: Path) -> list[Host]:
+    out = _tf(workdir, "output", "-no-color", "-json", "hosts", what="output")
+    return [Host.from_dict(h) for h in json.loads(out)]
+
+
+def destroy(workdir: Path) -> None:
+    if (workdir / "main.tf.json").exists():
+        if not (workdir / ".terraform").exists():
+            _tf(workdir, "init", "-no-color", "-input=false", what="init")
+        _tf(workdir, "destroy", "-no-color", "-input=false", "-auto-approve", what="destroy")

@@ -1,0 +1,116 @@
+"""A per-cluster certificate authority and the certificates it signs (mutual TLS for Dask).
+
+Files live in .daskfleet/<cluster>/tls/: ca.pem (+ ca.key, never leaves the control machine),
+<host>.pem/<host>.key for every node and client.pem/client.key for the control machine.
+Keys are written 0600 and never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+VALIDITY = dt.timedelta(days=825)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(cn: str, cluster: str) -> x509.Name:
+    return x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"daskfleet {cluster}"),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn),
+    ])
+
+
+class CertificateAuthority:
+    def __init__(self, directory: Path, cluster: str):
+        self.dir = Path(directory)
+        self.cluster = cluster
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "ca.pem"
+
+    def cert(self, name: str) -> Path:
+        return self.dir / f"{name}.pem"
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.key"
+
+    def ensure(self, hosts: dict[str, str]) -> None:
+        """Create the CA once, and a certificate for every host (name -> address) and the client
+        that does not have one yet. Existing files are kept so running processes stay valid."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        if not (self.ca_cert.exists() and self.key("ca").exists()):
+            self._create_ca()
+        ca_key = serialization.load_pem_private_key(self.key("ca").read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        for name, address in {**hosts, "client": None}.items():
+            if not (self.cert(name).exists() and self.key(name).exists()):
+                self._issue(name, address, ca_key, ca_cert)
+
+    def _create_ca(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        name = _name(f"daskfleet CA {self.cluster}", self.cluster)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(self.key("ca"), _key_pem(key))
+        self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def _issue(self, name: str, address: str | None, ca_key, ca_cert) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        sans: list[x509.GeneralName] = [x509.DNSName(name)]
+        if address:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(address)))
+            except ValueError:
+                sans.append(x509.DNSName(address))
+        cert = (
+            x509.CertificateBuilder().subject_name(_name(name, self.cluster))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_private(self.key(name), _key_pem(key))
+        self.cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def client_security(self):
+        from distributed.security import Security
+
+        return Security(tls_ca_file=str(self.ca_cert), tls_client_cert=str(self.cert("client")),
+                        tls_client_key=str(self.key("client")), require_encryption=True)

@@ -1,0 +1,160 @@
+"""Build, once per lock hash, the archive every node installs its environment from.
+
+Layout of the cache (~/.cache/daskfleet/wheelhouse/<hash>/): wheels/ (every pinned wheel and the
+project's own), lock.txt (pins with sha256 of each file, installed with --require-hashes), uv (the
+installer binary), and <hash>.tar next to the folder: the one file Ansible ships.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import ProvisionError
+from runner.lock import PROJECT, Lock
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Wheelhouse:
+    lock: Lock
+    dir: Path
+    archive: Path
+
+    @property
+    def hash(self) -> str:
+        return self.lock.hash
+
+
+def cache_root() -> Path:
+    base = os.environ.get("DASKFLEET_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base or Path.home() / ".cache") / "daskfleet" / "wheelhouse"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _run(args: list[str], what: str, cwd: Path | None = None) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise ProvisionError(f"wheelhouse: {what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _uv_binary() -> Path:
+    uv = Path(sys.executable).parent / "uv"
+    found = uv if uv.exists() else (shutil.which("uv") and Path(shutil.which("uv")))
+    if not found:
+        raise ProvisionError("wheelhouse: the `uv` binary is missing; run `make venv`.")
+    return Path(found)
+
+
+def _platform_args(machine: str) -> list[str]:
+    """Ask pip for wheels of the target's platform, whatever this machine is."""
+    glibc = platform.libc_ver()[1] or "2.28"
+    minor = glibc.split(".")[1]
+    py = f"{sys.version_info.major}{sys.version_info.minor}"
+    return [
+        "--only-binary=:all:", "--implementation", "cp", "--python-version", py,
+        "--abi", f"cp{py}", "--abi", "abi3", "--abi", "none",
+        # pip matches --platform tags exactly: list every glibc the target can run.
+        *[a for m in range(17, int(minor) + 1) for a in ("--platform", f"manylinux_2_{m}_{machine}")],
+        "--platform", f"manylinux2014_{machine}", "--platform", f"linux_{machine}",
+    ]
+
+
+def _pinned_wheels(lock: Lock, root: Path, progress) -> Path:
+    """The third-party wheels, cached by the pins alone so a code change does not refetch them."""
+    pins = [f"{n}=={v}" for n, v in lock.pins]
+    key = hashlib.sha256(f"{lock.python} {lock.machine} {pins}".encode()).hexdigest()[:16]
+    deps = root / "deps" / key
+    if deps.exists():
+        return deps
+    progress(f"wheelhouse: downloading {len(pins)} pinned wheels (once per set of pins)")
+    tmp = deps.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(tmp),
+          *_platform_args(lock.machine), *pins], "pip download of the pinned wheels")
+    tmp.rename(deps)
+    return deps
+
+
+def _prune(root: Path, keep: int = 3) -> None:
+    """Keep the newest few environments' archives; the deps cache is shared and kept."""
+    archives = sorted(root.glob("*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
+        shutil.rmtree(old.with_suffix(""), ignore_errors=True)
+
+
+def build(lock: Lock, progress=print) -> Wheelhouse:
+    """Return the cached wheelhouse for `lock`, building it first when it is not cached."""
+    root = cache_root()
+    final = root / lock.hash
+    archive = root / f"{lock.hash}.tar"
+    if (final / "lock.txt").exists() and archive.exists():
+        progress(f"wheelhouse: cached {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
+        return Wheelhouse(lock, final, archive)
+    if lock.machine != platform.machine():
+        raise ProvisionError(
+            f"wheelhouse: nodes are {lock.machine} but this machine is {platform.machine()}; "
+            "cross-architecture wheelhouses are not supported yet."
+        )
+    t0 = time.monotonic()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{lock.hash}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    wheels = tmp / "wheels"
+    wheels.mkdir(parents=True)
+    for dep in _pinned_wheels(lock, root, progress).iterdir():
+        os.link(dep, wheels / dep.name)  # hard links: the cache holds each wheel once
+    progress("wheelhouse: building the project's wheel")
+    _run([str(_uv_binary()), "build", "--wheel", "--quiet", "--out-dir", str(wheels),
+          str(PROJECT_ROOT)], f"building the {PROJECT} wheel")
+    lines = [lock.text().rstrip("\n")]
+    project_wheels = []
+    for wheel in sorted(wheels.iterdir()):
+        if wheel.name.startswith(PROJECT + "-"):
+            project_wheels.append(wheel.name)
+    if len(project_wheels) != 1:
+        raise ProvisionError(f"wheelhouse: expected one {PROJECT} wheel, found {project_wheels}")
+    # Re-emit the pins with the hash of every file we hold, so uv refuses anything else.
+    by_name: dict[str, list[str]] = {}
+    for wheel in sorted(wheels.glob("*.whl")):
+        name = wheel.name.split("-")[0].lower().replace("_", "-")
+        by_name.setdefault(name, []).append(f"--hash=sha256:{_sha256(wheel)}")
+    lines = [lines[0].splitlines()[0], lines[0].splitlines()[1]]
+    for n, v in lock.pins:
+        hashes = by_name.get(n)
+        if not hashes:
+            raise ProvisionError(f"wheelhouse: no wheel for {n}=={v} was downloaded")
+        lines.append(f"{n}=={v} " + " ".join(hashes))
+    (tmp / "lock.txt").write_text("\n".join(lines) + "\n")
+    (tmp / "project-wheel.txt").write_text(project_wheels[0] + "\n")
+    (tmp / "lock-hash.txt").write_text(lock.hash + "\n")
+    shutil.copy2(_uv_binary(), tmp / "uv")
+    tar_tmp = root / f"{lock.hash}.tar.tmp-{os.getpid()}"
+    with tarfile.open(tar_tmp, "w") as tar:  # uncompressed: wheels are zip files already
+        tar.add(tmp, arcname=lock.hash)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    tar_tmp.rename(archive)
+    _prune(root)
+    progress(f"wheelhouse: built {archive} ({archive.stat().st_size / 1e6:.0f} MB) "
+             f"in {time.monotonic() - t0:.1f}s")
+    return Wheelhouse(lock, final, archive)

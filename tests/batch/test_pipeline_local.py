@@ -1,0 +1,168 @@
+"""The batch end to end on a local multi-process Dask cluster (no network, no lab)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runner.batch import load_job, load_model, predict_texts, prepare_dataset, run_job
+from runner.batch.corpus import apt_package_lists
+from runner.errors import BatchError
+
+distributed = pytest.importorskip("distributed")
+
+REPO = Path(__file__).resolve().parents[2]
+METRIC_KEYS = {"accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_workers",
+               "dropped_rows", "timings", "majority_rate", "per_class", "labels", "context"}
+PHASES = {"load", "clean", "vectorize", "train", "evaluate", "save"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+def worker_paths(dataset) -> list[str]:
+    # on a real cluster these are the same absolute paths on the worker hosts
+    return [str(p) for p in dataset.paths]
+
+
+def write_job(folder: Path, body: str) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.skipif(not apt_package_lists(), reason="no apt package lists on this machine")
+def test_small_debian_job(client, tmp_path):
+    job = load_job(REPO / "jobs" / "small.yaml")
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    assert dataset.rows == 8000 and dataset.files
+    manifest = json.loads((dataset.dir / "manifest.json").read_text())
+    assert sum(f["rows"] for f in manifest["files"]) == 8000
+    # same input -> same folder, reused without rewriting
+    stamps = {f: (dataset.dir / f).stat().st_mtime_ns for f in dataset.files}
+    again = prepare_dataset(job, tmp_path / "cache")
+    assert again == dataset
+    assert stamps == {f: (dataset.dir / f).stat().st_mtime_ns for f in dataset.files}
+
+    lines: list[str] = []
+    run_dir = tmp_path / "runs" / "r1"
+    metrics = run_job(client, job, worker_paths(dataset), run_dir,
+                      context={"cluster": "local"}, progress=lines.append)
+
+    assert METRIC_KEYS <= set(metrics)
+    assert set(metrics["timings"]) == PHASES
+    assert metrics["context"] == {"cluster": "local"}
+    assert metrics["n_workers"] == 2
+    assert metrics["n_train"] + metrics["n_test"] + metrics["dropped_rows"] == dataset.rows
+    assert metrics["n_classes"] > 20 and len(metrics["labels"]) == metrics["n_classes"]
+    assert metrics["accuracy"] > metrics["majority_rate"] + 0.2, metrics
+    assert 0 < metrics["macro_f1"] <= 1
+    assert any(line.startswith("train: epoch 5/5") for line in lines), lines
+    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert not run_dir.with_name("r1.tmp").exists()
+
+    model = load_model(run_dir / "model.joblib")
+    got = predict_texts(model, [
+        "Python 3 library for parsing",
+        "Perl module to parse HTTP headers",
+        "Haskell library for parsing JSON",
+        "documentation for the foo library",
+    ])
+    assert got == ["python", "perl", "haskell", "doc"]
+
+
+def labelled_rows(n: int) -> list[dict]:
+    vocab = {
+        "sports": ["match", "goal", "team", "league", "referee", "season"],
+        "cooking": ["recipe", "oven", "flour", "sauce", "simmer", "garlic"],
+        "music": ["guitar", "chord", "album", "melody", "drummer", "tempo"],
+    }
+    rng = random.Random(3)
+    rows = []
+    for i in range(n):
+        label = list(vocab)[i % 3]
+        words = rng.choices(vocab[label], k=4) + rng.choices(["the", "a", "new", "great"], k=2)
+        rows.append({"body": " ".join(words) + f" #{i}", "topic": label, "extra": i})
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_files_source_counts_dropped_rows(client, tmp_path, fmt):
+    rows = labelled_rows(600)
+    rows += [{"body": "", "topic": "music", "extra": 0},
+             {"body": "   ", "topic": "sports", "extra": 0},
+             {"body": "a song with no label", "topic": None, "extra": 0},
+             {"body": None, "topic": "cooking", "extra": 0}]
+    df = pd.DataFrame(rows)
+    if fmt == "csv":
+        df.to_csv(tmp_path / "data.csv", index=False)
+    else:
+        df.to_json(tmp_path / "data.jsonl", orient="records", lines=True)
+    job = load_job(write_job(tmp_path, f"""\
+        name: topics-{fmt}
+        data:
+          source: files
+          path: data.{fmt}
+          text_column: body
+          label_column: topic
+          shard_rows: 150
+        model: {{epochs: 3}}
+        """))
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    assert dataset.rows == 604 and len(dataset.files) == 5
+    metrics = run_job(client, job, worker_paths(dataset), tmp_path / "run", progress=print)
+    assert metrics["dropped_rows"] == 4
+    assert metrics["n_train"] + metrics["n_test"] == 600
+    assert metrics["labels"] == ["cooking", "music", "sports"]
+    assert metrics["accuracy"] > metrics["majority_rate"] + 0.2
+    assert "context" not in metrics
+    model = load_model(tmp_path / "run")
+    assert predict_texts(model, ["garlic sauce in the oven", "a drummer and a guitar"]) == [
+        "cooking", "music"]
+
+
+def test_missing_label_column_is_reported(tmp_path):
+    pd.DataFrame({"text": ["a b", "c d"], "category": ["x", "y"]}).to_csv(
+        tmp_path / "data.csv", index=False)
+    job = load_job(write_job(tmp_path, "name: bad\ndata: {source: files, path: data.csv}\n"))
+    with pytest.raises(BatchError, match=r"'label' not found; the file has columns: text, categ"):
+        prepare_dataset(job, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_failing_job_leaves_no_run_dir(client, tmp_path):
+    # shards whose label column is missing (e.g. written by another tool): the workers fail
+    good = pd.DataFrame({"text": ["x y"] * 10, "label": ["a", "b"] * 5})
+    pq.write_table(pa.Table.from_pandas(good), tmp_path / "part-00000.parquet")
+    pq.write_table(pa.table({"text": ["x y"] * 10}), tmp_path / "part-00001.parquet")
+    job = load_job(write_job(tmp_path, "name: broken\ndata: {source: debian-packages}\n"))
+    run_dir = tmp_path / "runs" / "broken"
+    with pytest.raises(BatchError, match=r"load failed on shard .*part-00001.parquet"):
+        run_job(client, job, [str(tmp_path / f"part-0000{i}.parquet") for i in (0, 1)],
+                run_dir, progress=lambda line: None)
+    assert not run_dir.exists() and not run_dir.with_name("broken.tmp").exists()
+
+
+def test_one_class_corpus_is_an_error(client, tmp_path):
+    pd.DataFrame({"text": [f"word{i} other{i}" for i in range(50)], "label": ["only"] * 50}
+                 ).to_csv(tmp_path / "one.csv", index=False)
+    job = load_job(write_job(tmp_path, "name: one\ndata: {source: files, path: one.csv}\n"))
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+    with pytest.raises(BatchError, match="one class only"):
+        run_job(client, job, worker_paths(dataset), run_dir, progress=lambda line: None)
+    assert not run_dir.exists() and not (tmp_path / "run.tmp").exists()
+    shutil.rmtree(tmp_path / "cache")

@@ -1,0 +1,225 @@
+"""Apply terraform/modules/hosts for real against a throwaway sshd on 127.0.0.1.
+
+The sshd has its own host key and authorized key in a temp folder; nothing leaves loopback.
+Needs root (sshd privilege separation), /usr/sbin/sshd, ssh-keygen and terraform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE = REPO / "terraform" / "modules" / "hosts"
+SSHD = Path("/usr/sbin/sshd")
+TF_TIMEOUT = 120  # seconds for any one terraform command
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="needs root to run a throwaway sshd (privilege separation)",
+    ),
+    pytest.mark.skipif(not SSHD.exists(), reason="needs /usr/sbin/sshd"),
+    pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen"),
+    pytest.mark.skipif(shutil.which("terraform") is None, reason="needs terraform on PATH"),
+]
+
+
+@dataclass(frozen=True)
+class LoopbackSshd:
+    port: int
+    host_key: str  # "ssh-ed25519 AAAA..." as the module expects
+    client_key: Path
+    workdir: Path
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True,
+        timeout=30,
+    )
+
+
+def _public_key(path: Path) -> str:
+    key_type, key_b64 = path.with_name(path.name + ".pub").read_text().split()[:2]
+    return f"{key_type} {key_b64}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, deadline_s: float = 15.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited early with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    raise RuntimeError(f"sshd did not listen on 127.0.0.1:{port} within {deadline_s}s")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[LoopbackSshd]:
+    d = tmp_path / "sshd"
+    d.mkdir()
+    _keygen(d / "host_key")
+    _keygen(d / "client_key")
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                "ListenAddress 127.0.0.1",
+                f"Port {port}",
+                f"PidFile {d / 'sshd.pid'}",
+                f"HostKey {d / 'host_key'}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                "",
+            ]
+        )
+    )
+    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    log = (d / "sshd.log").open("w")
+    proc = subprocess.Popen(
+        [str(SSHD), "-D", "-e", "-f", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield LoopbackSshd(port, _public_key(d / "host_key"), d / "client_key", d)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def example_dir(tmp_path: Path) -> Path:
+    """A temp copy of the module, so .terraform/ and state never land in the checkout."""
+    copy = tmp_path / "hosts"
+    shutil.copytree(
+        MODULE,
+        copy,
+        ignore=shutil.ignore_patterns(".terraform", "*.tfstate*", ".terraform.lock.hcl"),
+    )
+    return copy / "examples" / "basic"
+
+
+def _terraform(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_INPUT="0")
+    return subprocess.run(
+        ["terraform", *args, "-no-color"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TF_TIMEOUT,
+    )
+
+
+def _write_vars(workdir: Path, sshd: LoopbackSshd, host_key: str) -> None:
+    hosts = [
+        {"name": "sched", "address": "127.0.0.1", "role": "scheduler", "user": "root",
+         "port": sshd.port, "host_key": host_key},
+        {"name": "w1", "address": "127.0.0.1", "role": "worker", "user": "root",
+         "port": sshd.port, "host_key": host_key},
+    ]  # fmt: skip
+    (workdir / "terraform.tfvars.json").write_text(
+        json.dumps(
+            {
+                "hosts": hosts,
+                "ssh_private_key_path": str(sshd.client_key),
+                "connect_timeout": "5s",
+            }
+        )
+    )
+
+
+def test_apply_checks_hosts_and_outputs_shared_shape(sshd: LoopbackSshd, example_dir: Path):
+    _write_vars(example_dir, sshd, sshd.host_key)
+    init = _terraform(example_dir, "init", "-input=false")
+    assert init.returncode == 0, init.stdout + init.stderr
+
+    apply = _terraform(example_dir, "apply", "-auto-approve", "-input=false")
+    assert apply.returncode == 0, apply.stdout + apply.stderr
+    # The remote check really ran on the machine and reported what it found.
+    assert "daskfleet: sched arch=" in apply.stdout
+    assert "daskfleet: w1 arch=" in apply.stdout
+    assert "Python 3." in apply.stdout
+
+    out = _terraform(example_dir, "output", "-json", "hosts")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        {"name": "sched", "address": "127.0.0.1", "role": "scheduler", "user": "root",
+         "port": sshd.port},
+        {"name": "w1", "address": "127.0.0.1", "role": "worker", "user": "root",
+         "port": sshd.port},
+    ]  # fmt: skip
+
+
+def test_apply_fails_when_host_key_does_not_match(sshd: LoopbackSshd, example_dir: Path):
+    _keygen(sshd.workdir / "impostor_key")
+    _write_vars(example_dir, sshd, _public_key(sshd.workdir / "impostor_key"))
+    init = _terraform(example_dir, "init", "-input=false")
+    assert init.returncode == 0, init.stdout + init.stderr
+
+    apply = _terraform(example_dir, "apply", "-auto-approve", "-input=false")
+    assert apply.returncode != 0, "apply must fail when the host key does not match"
+    assert "key mismatch" in apply.stderr, apply.stderr
+    assert "daskfleet: sched arch=" not in apply.stdout
+
+    out = _terraform(example_dir, "output", "-json", "hosts")
+    assert out.returncode != 0, f"no hosts output may be recorded, got {out.stdout!r}"
+
+
+def test_plan_refuses_bad_hosts_list(example_dir: Path, tmp_path: Path):
+    """Input checking needs no SSH: two schedulers and a bad port are named in the message."""
+    key = tmp_path / "unused_key"
+    key.write_text("not a key\n")
+    bad = [
+        {"name": "a", "address": "10.0.0.1", "role": "scheduler", "user": "root", "port": 22,
+         "host_key": "ssh-ed25519 AAAA"},
+        {"name": "b", "address": "10.0.0.2", "role": "scheduler", "user": "root", "port": 70000,
+         "host_key": "ssh-ed25519 AAAA"},
+    ]  # fmt: skip
+    (example_dir / "terraform.tfvars.json").write_text(
+        json.dumps({"hosts": bad, "ssh_private_key_path": str(key)})
+    )
+    assert _terraform(example_dir, "init", "-input=false").returncode == 0
+    plan = _terraform(example_dir, "plan", "-input=false")
+    assert plan.returncode != 0
+    assert 'Exactly one host must have role "scheduler".' in plan.stderr
+    assert "port must be a whole number from 1 to 65535" in plan.stderr

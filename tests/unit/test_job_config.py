@@ -1,0 +1,117 @@
+"""Job files: a bad file gives one ConfigError naming the file and the dotted key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.batch.job import JobSpec, load_job
+from runner.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "small.yaml"])
+def test_shipped_jobs_load(name):
+    job = load_job(REPO / "jobs" / name)
+    assert isinstance(job, JobSpec)
+    assert job.data.source == "debian-packages"
+
+
+def test_defaults_written_once(tmp_path):
+    job = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
+    assert job.data.text_column == "text" and job.data.label_column == "label"
+    assert job.data.shard_rows == 20000 and job.data.limit is None
+    assert job.features.n_features == 2**18 and job.features.ngram_range == [1, 2]
+    assert job.clean.stop_words == "english" and job.clean.min_token_len == 2
+    assert job.split.test_fraction == 0.2 and job.model.kind == "sgd" and job.model.epochs == 5
+    # the worker-side functions get plain dicts
+    assert isinstance(job.clean_params(), dict) and isinstance(job.sgd_params(), dict)
+
+
+def test_unknown_key_lists_allowed(tmp_path):
+    path = write(tmp_path, "name: j\ndata:\n  sourc: debian-packages\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: data.sourc: unknown key (allowed: source, path, ")
+    assert "text_column" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\nmodle: {}\n"))
+    assert "modle: unknown key (allowed: name, data, clean, features, split, model)" in msg
+
+
+def test_missing_required(tmp_path):
+    path = write(tmp_path, "data: {source: debian-packages}\n")
+    assert error_of(path) == f"{path}: name: required key is missing"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ("model: {epochs: five}", "model.epochs", "valid integer"),
+        ("model: {epochs: 0}", "model.epochs", "greater than or equal to 1"),
+        ("model: {kind: forest}", "model.kind", "'sgd'"),
+        ("clean: {lowercase: 'yes'}", "clean.lowercase", "valid boolean"),
+        ("features: {ngram_range: [2, 1]}", "features.ngram_range", "min_n <= max_n"),
+        ("features: {n_features: 3.5}", "features.n_features", "valid integer"),
+        ("split: {test_fraction: 1.5}", "split.test_fraction", "less than 1"),
+        ("data: {source: debian-packages, limit: -3}", "data.limit", "greater than 0"),
+        ("data: {source: web}", "data.source", "'debian-packages' or 'files'"),
+    ],
+)
+def test_wrong_values_name_the_key(tmp_path, body, key, words):
+    if not body.startswith("data:"):
+        body = "data: {source: debian-packages}\n" + body
+    path = write(tmp_path, f"name: j\n{body}\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert words in msg
+
+
+def test_files_path_resolved_against_job_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.csv").write_text("text,label\na,b\n")
+    job = load_job(write(tmp_path, "name: j\ndata: {source: files, path: data/c.csv}\n"))
+    assert job.data.path == (tmp_path / "data" / "c.csv").resolve()
+    assert job.data.format == "csv"
+
+
+def test_files_path_not_found(tmp_path):
+    path = write(tmp_path, "name: j\ndata: {source: files, path: nope.csv}\n")
+    assert error_of(path) == (
+        f"{path}: data.path: file not found: {(tmp_path / 'nope.csv').resolve()}"
+    )
+
+
+def test_files_path_required_and_format(tmp_path):
+    path = write(tmp_path, "name: j\ndata: {source: files}\n")
+    assert error_of(path) == f"{path}: data.path: required when source is 'files'"
+    (tmp_path / "x.txt").write_text("hello")
+    path = write(tmp_path, "name: j\ndata: {source: files, path: x.txt}\n")
+    assert "data.path: unsupported file type '.txt'" in error_of(path)
+    path = write(tmp_path, "name: j\ndata: {source: debian-packages, path: x.txt}\n")
+    assert "data.path: " in error_of(path)
+
+
+def test_missing_and_unparsable_file(tmp_path):
+    missing = tmp_path / "absent.yaml"
+    assert error_of(missing) == f"{missing}: job file not found"
+    bad = write(tmp_path, "name: j\ndata: [unclosed\n")
+    msg = error_of(bad)
+    assert msg.startswith(f"{bad}: not valid YAML (line ")
+    assert error_of(write(tmp_path, "- a\n- b\n")).startswith(f"{tmp_path / 'job.yaml'}: a job")
