@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"daskfleet: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: one line, then --debug
+        if args.debug:
+            raise
+        print(f"daskfleet: unexpected error: {type(e).__name__}: {e}\n"
+              "Run the command again with --debug for the traceback.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("daskfleet: interrupted", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ The cluster keeps the processes it wants (one scheduler, workers) apart from tho
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import time
@@ -23,7 +24,7 @@ from runner.errors import (
     HostError,
 )
 from runner.hosts import Host, known_host_key
-from runner.processes import DaskSettings, RemoteProcess
+from runner.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out
 from runner.tls import CertificateAuthority
 
@@ -75,7 +76,8 @@ class Cluster:
 
     @property
     def inventory_path(self) -> Path:
-        return Path("inventory").resolve() / self.spec.name / "hosts.yml"
+        root = Path(os.environ.get("DASKFLEET_INVENTORY_DIR", "inventory"))
+        return root.resolve() / self.spec.name / "hosts.yml"
 
     def settings(self) -> DaskSettings:
         d = self.spec.dask
@@ -182,31 +184,41 @@ class Cluster:
         return result, wheelhouse.hash
 
     # -- processes --------------------------------------------------------------------------
-    def process_states(self) -> dict[RemoteProcess, tuple[str, int | None]]:
+    def process_states(self) -> dict[RemoteProcess, ProcStatus]:
         ssh = self.ssh()
         procs = self.wanted()
         with ThreadPoolExecutor(max_workers=min(32, len(procs))) as pool:
             return dict(zip(procs, pool.map(lambda p: p.status(ssh), procs), strict=True))
 
-    def start(self, progress=_say) -> list[str]:
-        """Start what is wanted and not running; wait until every worker has joined."""
+    def start(self, env_hash: str | None = None, progress=_say) -> list[str]:
+        """Reconcile: start what is wanted and not running (or runs another environment than
+        env_hash), leave the rest alone, then wait until every worker has joined."""
         ssh = self.ssh()
         procs = self.wanted()
         current = self.process_states()
-        started: list[str] = []
-        unreachable = [p.host.name for p, (s, _) in current.items() if s == "unreachable"]
+        unreachable = sorted({p.host.name for p, st in current.items() if st.state == "unreachable"})
         if unreachable:
-            raise ClusterStartError(f"start: cannot reach {', '.join(sorted(set(unreachable)))} "
-                                    "over SSH; check the host is up and run `daskfleet up` again.")
+            raise ClusterStartError(f"start: cannot reach {', '.join(unreachable)} over SSH; check "
+                                    "the host is up and run `daskfleet up` again.")
+        stale = [p for p, st in current.items()
+                 if st.state == "running" and env_hash and st.env != env_hash]
+        if stale:
+            progress(f"restarting {len(stale)} process(es) on the new environment {env_hash}")
+            for group in ([p for p in stale if p.kind == "worker"],
+                          [p for p in stale if p.kind == "scheduler"]):
+                fan_out([p.host for p in group],
+                        lambda h, g=group: next(p for p in g if p.host == h).stop(ssh), "stopping")
+        needed = [p for p in procs if current[p].state != "running" or p in stale]
+        pids = {p.name: current[p].pid for p in procs if p not in needed}
+        started: list[str] = []
         sched = procs[0]
-        pids = {p.name: pid for p, (s, pid) in current.items() if s == "running"}
         try:
-            if current[sched][0] != "running":
+            if sched in needed:
                 progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
                 pids[sched.name] = sched.start(ssh)
                 started.append(f"{sched.name}@{sched.host.name}")
             self._wait_port(sched)
-            missing = [p for p in procs[1:] if current[p][0] != "running"]
+            missing = [p for p in needed if p.kind == "worker"]
             if missing:
                 progress(f"starting {len(missing)} worker(s): "
                          + ", ".join(p.host.name for p in missing))
@@ -279,9 +291,19 @@ class Cluster:
             except Exception:  # noqa: BLE001 - an unreachable host has no log to copy
                 pass
 
+    def status_record(self) -> dict:
+        return state.read(self.state_dir)
+
     def client(self):
         if self._client is None:
+            import warnings
+
             from distributed import Client
+            from distributed.versions import VersionMismatchWarning
+
+            # distributed only warns on mismatches (and flags the Python patch level, which the
+            # nodes' system Python may differ in); check_versions() refuses them instead.
+            warnings.filterwarnings("ignore", category=VersionMismatchWarning)
 
             address = state.read(self.state_dir).get("scheduler") or self.wanted()[0].scheduler_address
             security = self.ca.client_security() if self.spec.tls else None
@@ -294,11 +316,29 @@ class Cluster:
 
         distributed's own check only warns; Python is compared by major.minor (the nodes use the
         system Python of the same minor version)."""
-        from runner.lock import WORKER_ROOTS, closure
+        import cloudpickle
+
+        from runner import nodeinfo
+        from runner.lock import WORKER_ROOTS, closure, derive_lock
+
+        # Sent by value: a node running an older environment may not have this module at all.
+        cloudpickle.register_pickle_by_value(nodeinfo)
+        describe = nodeinfo.describe
 
         names = sorted(closure(WORKER_ROOTS)) + ["daskfleet"]
-        versions = self.client().get_versions(packages=names)
-        return compare_versions(versions, names)
+        client = self.client()
+        versions = compare_versions(client.get_versions(packages=names), names)
+        # Same versions, same code: the nodes must run the environment of this machine's lock.
+        wanted = derive_lock().hash
+        nodes = {"scheduler": client.run_on_scheduler(describe),
+                 **{f"worker {a}": d for a, d in client.run(describe).items()}}
+        stale = [f"  {n} ({d['hostname']}): environment {d['env_hash']}"
+                 for n, d in nodes.items() if d["env_hash"] != wanted]
+        if stale:
+            raise EnvironmentMismatchError(
+                f"this machine's lock is {wanted}, but these nodes run another environment:\n"
+                + "\n".join(stale) + "\nRun `daskfleet up` to install and restart them.")
+        return versions
 
     # -- up / down / status -----------------------------------------------------------------
     def up(self, progress=_say) -> UpSummary:
@@ -313,7 +353,7 @@ class Cluster:
         summary.changed = result.changed
         summary.timings["ansible"] = time.monotonic() - t
         t = time.monotonic()
-        summary.started = self.start(progress)
+        summary.started = self.start(summary.lock_hash, progress)
         summary.timings["start"] = time.monotonic() - t
         self.check_versions()
         return summary
@@ -359,7 +399,7 @@ class Cluster:
         record = state.read(self.state_dir)
         procs_state = self.process_states()
         joined: dict[str, dict] = {}
-        if any(p.kind == "scheduler" and s == "running" for p, (s, _) in procs_state.items()):
+        if any(p.kind == "scheduler" and s.state == "running" for p, s in procs_state.items()):
             try:
                 info = self.client().scheduler_info(n_workers=-1)
                 joined = {w.get("name"): {"address": a, **w} for a, w in info["workers"].items()}
@@ -367,9 +407,10 @@ class Cluster:
                 joined = {}
         hosts = []
         workers = []
-        for p, (st, pid) in procs_state.items():
+        for p, ps in procs_state.items():
+            st, pid = ps.state, ps.pid
             hosts.append({"host": p.host.name, "address": p.host.address, "role": p.kind,
-                          "process": p.name, "pid": pid, "state": st})
+                          "process": p.name, "pid": pid, "state": st, "env": ps.env})
             if p.kind == "worker":
                 w = joined.get(p.name, {})
                 workers.append({"name": p.name, "host": p.host.name, "pid": pid, "state": st,

@@ -26,6 +26,13 @@ State = Literal["running", "dead", "unreachable"]
 
 
 @dataclass(frozen=True)
+class ProcStatus:
+    state: State
+    pid: int | None = None
+    env: str | None = None  # the lock hash of the environment it runs from
+
+
+@dataclass(frozen=True)
 class DaskSettings:
     scheduler_port: int = 8786
     dashboard_port: int = 8787
@@ -89,9 +96,12 @@ class RemoteProcess:
         )
 
     def _status_script(self) -> str:
-        # Running = the pid in the file is alive and is one of our dask processes.
+        # Running = the pid in the file is alive and is one of our dask processes; its command
+        # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python).
         return (f"pid=$(cat {self.pid_file} 2>/dev/null) || exit 3; "
-                f"grep -q dask /proc/$pid/cmdline 2>/dev/null && echo $pid || exit 4")
+                f"grep -q dask /proc/$pid/cmdline 2>/dev/null || exit 4; "
+                f"env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
+                f"echo $pid ${{env#envs/}}")
 
     def start(self, ssh: SSHSettings) -> int:
         with connect(self.host, ssh) as c:
@@ -106,17 +116,18 @@ class RemoteProcess:
                 raise ClusterStartError(
                     f"{self.host.name}: {self.name} exited right after starting. "
                     f"Last lines of {self.log_file}:\n{tail}")
-            return int(r.stdout.strip())
+            return int(r.stdout.split()[0])
 
-    def status(self, ssh: SSHSettings) -> tuple[State, int | None]:
+    def status(self, ssh: SSHSettings) -> ProcStatus:
         try:
             with connect(self.host, ssh) as c:
                 r = c.run(self._status_script())
         except Exception:  # noqa: BLE001 - any SSH failure means we cannot see the host
-            return "unreachable", None
-        if r.ok and r.stdout.strip().isdigit():
-            return "running", int(r.stdout.strip())
-        return "dead", None
+            return ProcStatus("unreachable")
+        fields = r.stdout.split()
+        if r.ok and fields and fields[0].isdigit():
+            return ProcStatus("running", int(fields[0]), fields[1] if len(fields) > 1 else None)
+        return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings) -> bool:
         """Stop the process group: TERM, then KILL after a grace period. True if one was running."""

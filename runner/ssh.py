@@ -28,7 +28,9 @@ class SSHSettings:
 def connect(host: Host, ssh: SSHSettings) -> Connection:
     conn = Connection(
         host.address, user=host.user, port=host.port,
-        config=Config(overrides={"load_ssh_configs": False, "run": {"hide": True, "warn": True}}),
+        # in_stream False: never read our stdin (CI has none, pytest captures it)
+        config=Config(overrides={"load_ssh_configs": False,
+                                 "run": {"hide": True, "warn": True, "in_stream": False}}),
         connect_timeout=max(1, int(ssh.connect_timeout)),
         connect_kwargs={"key_filename": [str(ssh.private_key)], "look_for_keys": False,
                         "allow_agent": False, "banner_timeout": ssh.connect_timeout,

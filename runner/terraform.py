@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,8 +39,12 @@ def _tf(workdir: Path, *args: str, what: str) -> str:
     proc = subprocess.run([_binary(), *args], cwd=workdir, capture_output=True, text=True,
                           env=_env())
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr + proc.stdout).strip().splitlines()[-25:])
-        raise ProvisionError(f"terraform {what} failed in {workdir}:\n{tail}")
+        out = proc.stderr + proc.stdout
+        tail = "\n".join(out.strip().splitlines()[-25:])
+        hosts = sorted(set(re.findall(r'terraform_data\.this\["([^"]+)"\]', out)))
+        which = f" for host(s) {', '.join(hosts)}" if hosts else ""
+        raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"
+                             "\nFix the cause and run the command again; finished steps are kept.")
     return proc.stdout
 
 

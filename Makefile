@@ -1,0 +1,57 @@
+# The README's commands. `make demo` and `make test` work on a fresh Debian/Ubuntu machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+LINT_VENV := .venv-lint
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux
+
+.PHONY: venv system-deps demo test test-unit lint bench clean
+
+venv: $(VENV)/.installed
+
+# The control machine's environment, from the committed lock (exact versions and hashes).
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (daskfleet needs Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$$(grep -E '^uv==' requirements.lock | cut -d' ' -f1)"
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# What the lab needs from the system (root): sshd, ip, unshare; and apt lists for the demo corpus.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then \
+	  echo "installing:$$missing (and refreshing apt lists)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: venv system-deps
+	$(BIN)/daskfleet demo
+
+test: venv system-deps
+	$(BIN)/pytest -q
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+$(LINT_VENV)/.installed: requirements-lint.lock
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet "$$(grep -E '^uv==' requirements.lock | cut -d' ' -f1)"
+	$(LINT_VENV)/bin/uv pip sync --quiet --python $(LINT_VENV)/bin/python requirements-lint.lock
+	touch $@
+
+lint: venv $(LINT_VENV)/.installed
+	$(BIN)/ruff check runner tests bench
+	CHECKPOINT_DISABLE=1 terraform fmt -check -recursive terraform
+	cd playbooks && ANSIBLE_CONFIG=ansible.cfg ../$(LINT_VENV)/bin/ansible-lint --profile production site.yml
+	BC_SKIP_MAPPING=TRUE $(LINT_VENV)/bin/checkov --quiet --compact --skip-download -d terraform
+
+bench: venv
+	$(BIN)/python bench/accuracy.py jobs/demo.yaml
+
+clean:
+	-$(BIN)/daskfleet down 2>/dev/null
+	-$(BIN)/daskfleet lab down 2>/dev/null
+	rm -rf .daskfleet runs inventory/lab

@@ -1,0 +1,79 @@
+"""One lab cluster for all e2e tests of a session: lab up 3 hosts, daskfleet up, torn down at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runner.lab import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
+
+
+def lab_skip_reason() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "the lab needs Linux network namespaces"
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, mounts); CI runs these as root"
+    missing = [t for t in ("ip", "unshare", "ssh-keygen", "terraform") if not shutil.which(t)]
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        missing.append("sshd")
+    return f"the lab needs {', '.join(missing)}" if missing else None
+
+
+@dataclass
+class CLI:
+    workdir: Path
+    env: dict
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True):
+        proc = subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=self.workdir,
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            pytest.fail(f"`daskfleet {' '.join(args)}` exited {proc.returncode}\n"
+                        f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("daskfleet-e2e")
+
+
+@pytest.fixture(scope="session")
+def cli(workdir: Path) -> CLI:
+    env = {**os.environ, "DASKFLEET_STATE_DIR": str(workdir / ".daskfleet"),
+           "DASKFLEET_INVENTORY_DIR": str(workdir / "inventory"), "PYTHONUNBUFFERED": "1"}
+    return CLI(workdir, env)
+
+
+@pytest.fixture(scope="session")
+def lab_cluster(cli: CLI, workdir: Path):
+    """A running 3-host lab with the cluster of clusters/lab.yaml up on it."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if Lab().hosts():
+        pytest.fail("a lab is already up on this machine (someone's `daskfleet lab up`); "
+                    "run `daskfleet lab down` first: the e2e tests need their own lab")
+    old = {k: os.environ.get(k) for k in ("DASKFLEET_STATE_DIR", "DASKFLEET_INVENTORY_DIR")}
+    os.environ.update({k: cli.env[k] for k in old})
+    try:
+        cli("lab", "up", "--hosts", "3", timeout=120)
+        up = cli("up", "-c", str(LAB_CLUSTER), timeout=900)
+        yield {"up_output": up.stdout + up.stderr}
+    finally:
+        cli("down", "-c", str(LAB_CLUSTER), check=False, timeout=120)
+        cli("lab", "down", check=False, timeout=120)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,127 @@
+"""The whole path on real lab hosts: lab up -> up -> submit -> down -> lab down.
+
+Tests run in file order and share one cluster; the last one takes it down and checks that
+nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.cluster import Cluster
+from runner.lab import Lab
+from runner.nodeinfo import describe
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
+
+pytestmark = pytest.mark.e2e
+
+
+def test_up_starts_a_healthy_tls_cluster(lab_cluster, cli):
+    out = lab_cluster["up_output"]
+    assert re.search(r"terraform=\d+\.\ds ansible=\d+\.\ds start=\d+\.\ds changed=\d+", out), out
+    status = cli("status", "-c", str(LAB_CLUSTER), "--json")
+    st = json.loads(status.stdout)
+    assert st["healthy"] is True
+    assert st["scheduler"]["address"] == "tls://198.18.0.11:8786"
+    assert sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
+    assert all(w["joined"] and w["pid"] for w in st["workers"])
+
+
+def test_each_worker_runs_from_opt_daskfleet_on_its_own_host(lab_cluster):
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        client = cluster.client()
+        info = client.run(describe)
+        names = {addr: w["name"] for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        lock_hash = cluster.status_record()["lock_hash"]
+    assert len(info) == 2
+    for addr, node in info.items():
+        # the worker named lab2-w0 really is a process on host lab2, not on this machine
+        assert names[addr].startswith(node["hostname"] + "-"), (addr, node)
+        assert node["hostname"] in ("lab2", "lab3")
+        assert node["executable"].startswith("/opt/daskfleet/"), node
+        assert node["executable"] != sys.executable
+        assert node["env_hash"] == lock_hash
+
+
+def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
+    from distributed import Client
+
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        versions = cluster.check_versions()  # raises on any mismatch
+        assert versions["client"]["packages"]["dask"] == versions["scheduler"]["packages"]["dask"]
+    # Without the cluster's certificate nobody gets in.
+    with pytest.raises((OSError, TimeoutError)):
+        Client("tcp://198.18.0.11:8786", timeout="3s")
+
+
+def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path):
+    proc = cli("submit", str(REPO / "jobs" / "small.yaml"), "-c", str(LAB_CLUSTER), timeout=600)
+    run_dirs = sorted((workdir / "runs").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_workers",
+                "dropped_rows", "timings"):
+        assert key in metrics, key
+    assert metrics["n_workers"] == 2
+    assert metrics["n_train"] + metrics["n_test"] + metrics["dropped_rows"] == 8000
+    assert metrics["accuracy"] > metrics["majority_rate"] + 0.3, metrics
+    assert (run_dirs[0] / "model.joblib").stat().st_size > 0
+    assert f"accuracy={metrics['accuracy']:.4f}" in proc.stdout
+    # the corpus reached the workers' own disks (not a shared filesystem)
+    data = Lab().state_dir / "hosts"
+    for host in ("lab2", "lab3"):
+        assert list((data / host / "fs/var/lib/daskfleet/data").glob("*/part-*.parquet"))
+    assert not list((data / "lab1" / "fs/var/lib/daskfleet/data").glob("*"))
+
+
+def test_second_up_changes_nothing_and_restarts_nothing(lab_cluster, cli):
+    before = json.loads(cli("status", "-c", str(LAB_CLUSTER), "--json").stdout)
+    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
+    assert "changed=0" in out, out
+    assert "started: nothing" in out, out
+    after = json.loads(cli("status", "-c", str(LAB_CLUSTER), "--json").stdout)
+    assert [w["pid"] for w in after["workers"]] == [w["pid"] for w in before["workers"]]
+
+
+def test_unreachable_host_fails_up_and_names_it(lab_cluster, cli, workdir: Path):
+    lab = Lab()
+    known = workdir / "ghost_known_hosts"
+    # A recorded key, so the failure is the unreachable address, not a missing known_hosts entry.
+    key = lab.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
+    known.write_text(lab.known_hosts.read_text() + f"198.18.0.99 {key}\n")
+    cfile = workdir / "ghost.yaml"
+    cfile.write_text(
+        "name: ghost\nprovider: hosts\n"
+        f"ssh: {{user: root, private_key: {lab.key}, known_hosts: {known}, connect_timeout: 3}}\n"
+        "hosts:\n  - {name: sched, address: 198.18.0.11, role: scheduler}\n"
+        "  - {name: ghost, address: 198.18.0.99, role: worker}\n")
+    proc = cli("up", "-c", str(cfile), check=False, timeout=180)
+    assert proc.returncode != 0
+    assert "ghost" in proc.stderr and "198.18.0.99" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_down_then_lab_down_leave_nothing_behind(lab_cluster, cli):
+    lab = Lab()
+    cli("down", "-c", str(LAB_CLUSTER))
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        # ps over SSH sees the host's own PID namespace: every process of that machine
+        for host, ps in cluster.run_on_hosts(["ps", "-eo", "args"]).items():
+            assert "sshd" in ps
+            assert not re.search(r"dask (scheduler|worker)", ps), (host.name, ps)
+    cli("lab", "down")
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                          text=True).stdout.split() if n.startswith("dflab-")]
+    assert subprocess.run(["ip", "link", "show", "dflab0"], capture_output=True).returncode != 0
+    assert "daskfleet-lab" not in Path("/proc/mounts").read_text()
+    sshd = subprocess.run(["pgrep", "-af", "daskfleet-lab"], capture_output=True, text=True).stdout
+    assert not sshd.strip(), sshd
+    assert not lab.state_dir.exists()

@@ -1,0 +1,98 @@
+"""Pure logic of provisioning: inventory rendering, lock derivation, version comparison,
+Ansible's recap, known_hosts lookups."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.ansible import parse_recap
+from runner.cluster import compare_versions
+from runner.errors import EnvironmentMismatchError, ProvisionError
+from runner.hosts import Host, known_host_key
+from runner.inventory import render
+from runner.lock import Lock, closure, derive_lock
+from runner.ssh import SSHSettings
+
+HOSTS = [Host("lab1", "198.18.0.11", "scheduler"), Host("lab2", "198.18.0.12", "worker"),
+         Host("lab3", "198.18.0.13", "worker", user="ops", port=2222)]
+
+
+def test_inventory_groups_hosts_by_role_and_pins_host_key_checking():
+    ssh = SSHSettings(Path("/k/id"), Path("/k/known_hosts"), connect_timeout=7)
+    inv = yaml.safe_load(render(HOSTS, ssh))["all"]
+    assert list(inv["children"]["dask_scheduler"]["hosts"]) == ["lab1"]
+    assert list(inv["children"]["dask_workers"]["hosts"]) == ["lab2", "lab3"]
+    assert inv["children"]["dask_workers"]["hosts"]["lab3"] == {
+        "ansible_host": "198.18.0.13", "ansible_user": "ops", "ansible_port": 2222}
+    assert inv["vars"]["ansible_python_interpreter"] == "/usr/bin/python3"
+    args = inv["vars"]["ansible_ssh_common_args"]
+    assert "UserKnownHostsFile=/k/known_hosts" in args and "StrictHostKeyChecking=yes" in args
+    assert "ConnectTimeout=7" in args
+
+
+def test_skipping_host_key_checks_is_only_explicit():
+    ssh = SSHSettings(Path("/k/id"), Path("/k/kh"), insecure_skip_host_key_check=True)
+    assert "StrictHostKeyChecking=no" in render(HOSTS, ssh)
+
+
+def test_lock_is_the_installed_closure_of_the_worker_stack():
+    lock = derive_lock()
+    pins = dict(lock.pins)
+    for name in ("dask", "distributed", "scikit-learn", "dask-ml", "pandas", "numpy", "pyarrow"):
+        assert pins[name] == md.version(name), name
+    # dependencies of dependencies are in, with this environment's versions
+    assert pins["toolz"] == md.version("toolz") and pins["cloudpickle"] == md.version("cloudpickle")
+    # the control machine's tools are not shipped to workers
+    assert "fabric" not in pins and "ansible-core" not in pins and "pydantic" not in pins
+    assert lock.hash == derive_lock().hash and len(lock.hash) == 16
+
+
+def test_lock_hash_changes_with_any_pin_or_the_project_source():
+    base = Lock("3.11", "x86_64", (("dask", "1.0"), ("numpy", "2.0")), "abc")
+    assert base.hash != Lock("3.11", "x86_64", (("dask", "1.1"), ("numpy", "2.0")), "abc").hash
+    assert base.hash != Lock("3.11", "x86_64", base.pins, "abd").hash
+    assert base.hash != Lock("3.12", "x86_64", base.pins, "abc").hash
+    assert "dask==1.0\nnumpy==2.0\n" in base.text()
+
+
+def test_closure_reports_a_missing_package_with_what_to_do():
+    with pytest.raises(ProvisionError, match="no-such-pkg.*make venv"):
+        closure(("no-such-pkg",))
+
+
+def _versions(**worker_pkgs):
+    client = {"python": "3.11.7.final.0", "dask": "1.0", "numpy": "2.0"}
+    return {"client": {"packages": client}, "scheduler": {"packages": dict(client)},
+            "workers": {"tls://w1:1": {"packages": {**client, **worker_pkgs}}}}
+
+
+def test_versions_match_when_only_the_python_patch_level_differs():
+    compare_versions(_versions(python="3.11.2.final.0"), ["dask", "numpy"])
+
+
+def test_any_package_difference_is_refused_naming_node_and_package():
+    with pytest.raises(EnvironmentMismatchError) as e:
+        compare_versions(_versions(numpy="1.26"), ["dask", "numpy"])
+    assert "worker tls://w1:1: numpy 1.26 (client has 2.0)" in str(e.value)
+    with pytest.raises(EnvironmentMismatchError, match="python 3.12"):
+        compare_versions(_versions(python="3.12.1.final.0"), ["dask"])
+
+
+def test_ansible_recap_is_parsed_per_host():
+    out = """PLAY RECAP *********************************************************************
+lab1                       : ok=12   changed=3    unreachable=0    failed=0    skipped=1
+lab2                       : ok=10   changed=0    unreachable=1    failed=0    skipped=1
+"""
+    recap = parse_recap(out)
+    assert recap["lab1"]["changed"] == 3 and recap["lab2"]["unreachable"] == 1
+
+
+def test_known_host_key_lookup_by_address_and_port():
+    text = "# c\n198.18.0.11 ssh-ed25519 AAAA1\n[198.18.0.12]:2222 ssh-ed25519 AAAA2\n"
+    assert known_host_key(text, "198.18.0.11") == "ssh-ed25519 AAAA1"
+    assert known_host_key(text, "198.18.0.12", 2222) == "ssh-ed25519 AAAA2"
+    assert known_host_key(text, "198.18.0.12") is None
