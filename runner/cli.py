@@ -59,6 +59,10 @@ def cmd_up(args) -> int:
     return 0
 
 
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f}"
+
+
 def cmd_status(args) -> int:
     with _cluster(args) as cluster:
         st = cluster.status()
@@ -74,8 +78,8 @@ def cmd_status(args) -> int:
                   f"{h['state']}")
         for w in st["workers"]:
             joined = "joined" if w["joined"] else "NOT JOINED"
-            print(f"worker {w['name']}: {joined}, threads={w['threads']}, "
-                  f"memory {w['memory_used']}/{w['memory_limit']}")
+            print(f"worker {w['name']} on {w['host']}: {joined}, threads={w['threads']}, "
+                  f"memory {_gib(w['memory_used'])}/{_gib(w['memory_limit'])} GiB")
     return 0 if st["healthy"] else 1
 
 
@@ -95,6 +99,42 @@ def cmd_submit(args) -> int:
          f"n_train={m['n_train']} n_test={m['n_test']} n_classes={m['n_classes']} "
          f"workers={m['n_workers']} (majority class rate {m.get('majority_rate', 0):.4f})")
     _say(f"artifacts in {result.run_dir}")
+    return 0
+
+
+def cmd_scale(args) -> int:
+    with _cluster(args) as cluster:
+        result = cluster.scale(args.n, progress=_say)
+    _say(f"scale: {result['workers']} worker(s); retired: {', '.join(result['retired']) or 'none'}; "
+         f"started: {', '.join(result['started']) or 'none'}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from runner import logs
+
+    with _cluster(args) as cluster:
+        procs = logs.select(cluster.wanted(), args.host)
+        logs.show(procs, cluster.ssh(), lines=args.lines, follow=args.follow)
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from runner.tunnel import open_dashboard
+
+    with _cluster(args) as cluster:
+        sched = cluster.wanted()[0].host
+        open_dashboard(sched, cluster.spec.dask.dashboard_port, cluster.ssh(), args.port,
+                       progress=_say)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from runner.plan import plan
+
+    with _cluster(args) as cluster:
+        report = plan(cluster, progress=_say)
+    print(report.text())
     return 0
 
 
@@ -139,6 +179,19 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("job", help="job file (jobs/*.yaml)")
     sm.add_argument("--runs-dir", default="runs")
     sm.set_defaults(func=cmd_submit)
+    sc = with_cluster(sub.add_parser("scale", help="run N workers across the hosts"))
+    sc.add_argument("n", type=int)
+    sc.set_defaults(func=cmd_scale)
+    lg = with_cluster(sub.add_parser("logs", help="scheduler and worker logs"))
+    lg.add_argument("host", nargs="?", help="a host or process name (default: all)")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+    db = with_cluster(sub.add_parser("dashboard", help="SSH tunnel to the scheduler's dashboard"))
+    db.add_argument("--port", type=int, default=8787, help="local port (default 8787)")
+    db.set_defaults(func=cmd_dashboard)
+    pl = with_cluster(sub.add_parser("plan", help="what `up` would do; changes nothing"))
+    pl.set_defaults(func=cmd_plan)
     demo = with_cluster(sub.add_parser("demo", help="lab up, up, submit, down, lab down"))
     demo.add_argument("--hosts", type=int, default=3)
     demo.add_argument("--job", default="jobs/demo.yaml")

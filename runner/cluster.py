@@ -20,7 +20,6 @@ from runner.errors import (
     ClusterStartError,
     ConfigError,
     DaskfleetError,
-    EnvironmentMismatchError,
     HostError,
 )
 from runner.hosts import Host, known_host_key
@@ -81,7 +80,7 @@ class Cluster:
 
     def settings(self) -> DaskSettings:
         d = self.spec.dask
-        return DaskSettings(scheduler_port=d.scheduler_port, dashboard_port=d.dashboard_port,
+        return DaskSettings(cluster=self.spec.name, scheduler_port=d.scheduler_port, dashboard_port=d.dashboard_port,
                             worker_port_range=d.worker_port_range,
                             nanny_port_range=d.nanny_port_range,
                             threads_per_worker=d.threads_per_worker, memory_limit=d.memory_limit,
@@ -129,26 +128,40 @@ class Cluster:
                                  f"{self.state_dir}); run `daskfleet up -c {self.spec.source}`.")
         return [Host.from_dict(h) for h in recorded]
 
-    def wanted(self, hosts: list[Host] | None = None) -> list[RemoteProcess]:
+    def worker_hosts(self, hosts: list[Host] | None = None) -> list[Host]:
+        hosts = hosts or self.hosts()
+        workers = [h for h in hosts if h.role == "worker"]
+        if self.spec.provider == "lab" and self.spec.lab.worker_on_scheduler:
+            workers.insert(0, next(h for h in hosts if h.role == "scheduler"))
+        return workers
+
+    def n_workers(self) -> int:
+        """Workers wanted: one per worker host unless `daskfleet scale N` said otherwise."""
+        return state.read(self.state_dir).get("n_workers") or len(self.worker_hosts())
+
+    def wanted(self, hosts: list[Host] | None = None, n_workers: int | None = None
+               ) -> list[RemoteProcess]:
+        """The scheduler, then n workers spread round-robin over the worker hosts."""
         hosts = hosts or self.hosts()
         sched = next(h for h in hosts if h.role == "scheduler")
         settings = self.settings()
-        procs = [RemoteProcess(sched, "scheduler", sched, settings)]
-        workers = [h for h in hosts if h.role == "worker"]
-        if self.spec.provider == "lab" and self.spec.lab.worker_on_scheduler:
-            workers.insert(0, sched)
-        procs += [RemoteProcess(h, "worker", sched, settings) for h in workers]
-        return procs
+        workers = self.worker_hosts(hosts)
+        n = n_workers if n_workers is not None else self.n_workers()
+        per_host = [len(range(h, n, len(workers))) for h in range(len(workers))]
+        return [RemoteProcess(sched, "scheduler", sched, settings)] + [
+            RemoteProcess(workers[i % len(workers)], "worker", sched, settings,
+                          index=i // len(workers), per_host=per_host[i % len(workers)])
+            for i in range(n)
+        ]
 
     # -- provisioning -----------------------------------------------------------------------
-    def provision(self) -> list[Host]:
+    def terraform_variables(self) -> dict:
         ssh = self.ssh()
-        declared = self.declared_hosts()
-        known = ssh.known_hosts.read_text() if ssh.known_hosts.exists() else ""
         variables: dict = {"cluster_name": self.spec.name, **self.spec.terraform}
         if self.spec.provider in ("lab", "hosts"):
+            known = ssh.known_hosts.read_text() if ssh.known_hosts.exists() else ""
             tf_hosts = []
-            for h in declared:
+            for h in self.declared_hosts():
                 key = known_host_key(known, h.address, h.port)
                 if key is None:
                     raise ConfigError(
@@ -157,13 +170,24 @@ class Cluster:
                 tf_hosts.append({**h.to_dict(), "host_key": key})
             variables.update(hosts=tf_hosts, ssh_private_key_path=str(ssh.private_key),
                              connect_timeout=f"{int(ssh.connect_timeout)}s")
+        return variables
+
+    def provision(self) -> list[Host]:
         workdir = self.state_dir / "terraform"
-        terraform.write_root(workdir, self.spec.provider, variables)
+        terraform.write_root(workdir, self.spec.provider, self.terraform_variables())
         hosts = terraform.apply(workdir)
         state.update(self.state_dir, name=self.spec.name, provider=self.spec.provider,
                      hosts=[h.to_dict() for h in hosts], inventory=str(self.inventory_path))
-        inventory.write(self.inventory_path, hosts, ssh)
+        inventory.write(self.inventory_path, hosts, self.ssh())
         return hosts
+
+    def playbook_vars(self, wheelhouse) -> dict:
+        return {
+            "python_env_hash": wheelhouse.hash, "python_env_archive": str(wheelhouse.archive),
+            "python_env_python_minor": wheelhouse.lock.python,
+            "python_env_machine": wheelhouse.lock.machine,
+            "dask_node_tls": self.spec.tls, "dask_node_tls_src": str(self.ca.dir),
+        }
 
     def install(self, hosts: list[Host], progress=_say) -> tuple[ansible.PlaybookResult, str]:
         from runner.lock import derive_lock
@@ -172,13 +196,10 @@ class Cluster:
         wheelhouse = build(derive_lock(), progress=progress)
         if self.spec.tls:
             self.ca.ensure({h.name: h.address for h in hosts})
-        extra = {
-            "python_env_hash": wheelhouse.hash, "python_env_archive": str(wheelhouse.archive),
-            "python_env_python_minor": wheelhouse.lock.python,
-            "python_env_machine": wheelhouse.lock.machine,
-            "dask_node_tls": self.spec.tls, "dask_node_tls_src": str(self.ca.dir),
-        }
-        result = ansible.run_playbook(self.inventory_path, extra,
+        else:
+            progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
+                     "anyone who reaches the scheduler can run code on every worker.")
+        result = ansible.run_playbook(self.inventory_path, self.playbook_vars(wheelhouse),
                                       log=self.state_dir / "logs" / "ansible.log")
         state.update(self.state_dir, lock_hash=wheelhouse.hash)
         return result, wheelhouse.hash
@@ -192,26 +213,48 @@ class Cluster:
 
     def start(self, env_hash: str | None = None, progress=_say) -> list[str]:
         """Reconcile: start what is wanted and not running (or runs another environment than
-        env_hash), leave the rest alone, then wait until every worker has joined."""
+        env_hash), leave the rest alone, then wait until every worker has joined.
+
+        Worker hosts that cannot be reached are skipped when `min_workers` still allows it
+        (a degraded start, reported); otherwise start fails naming them."""
         ssh = self.ssh()
         procs = self.wanted()
         current = self.process_states()
-        unreachable = sorted({p.host.name for p, st in current.items() if st.state == "unreachable"})
-        if unreachable:
-            raise ClusterStartError(f"start: cannot reach {', '.join(unreachable)} over SSH; check "
-                                    "the host is up and run `daskfleet up` again.")
-        stale = [p for p, st in current.items()
-                 if st.state == "running" and env_hash and st.env != env_hash]
+        sched = procs[0]
+        if current[sched].state == "unreachable":
+            raise ClusterStartError(f"start: cannot reach the scheduler host {sched.host.name} "
+                                    f"({sched.host.address}) over SSH; check it is up and run "
+                                    "`daskfleet up` again.")
+        lost = [p for p in procs[1:] if current[p].state == "unreachable"]
+        if lost:
+            names = ", ".join(sorted({p.host.name for p in lost}))
+            can_run = len(procs) - 1 - len(lost)
+            if self.spec.min_workers is None or can_run < self.spec.min_workers:
+                allowed = "" if self.spec.min_workers is None else (
+                    f" ({can_run} workers could start, min_workers is {self.spec.min_workers})")
+                raise ClusterStartError(f"start: cannot reach {names} over SSH{allowed}; check "
+                                        "the hosts are up and run `daskfleet up` again.")
+            progress(f"WARNING: starting degraded without {names} (unreachable): {can_run} "
+                     f"workers, min_workers {self.spec.min_workers}")
+            procs = [p for p in procs if p not in lost]
+        stale = [p for p in procs if current[p].state == "running" and env_hash
+                 and current[p].env != env_hash]
+        if any(current[p].state != "running" for p in procs) or stale:
+            from runner import preflight
+
+            workers = sorted({p.host for p in procs[1:]}, key=lambda h: h.name)
+            checks = preflight.run(sorted({p.host for p in procs}, key=lambda h: h.name), workers,
+                                   sched.host, self.spec.dask.scheduler_port, ssh)
+            progress(f"pre-flight: SSH to {len({p.host for p in procs})} host(s) ok; scheduler port "
+                     f"reachable from {len(checks) - len({p.host for p in procs})} worker host(s)")
         if stale:
             progress(f"restarting {len(stale)} process(es) on the new environment {env_hash}")
             for group in ([p for p in stale if p.kind == "worker"],
                           [p for p in stale if p.kind == "scheduler"]):
-                fan_out([p.host for p in group],
-                        lambda h, g=group: next(p for p in g if p.host == h).stop(ssh), "stopping")
+                _per_process(group, lambda p: p.stop(ssh), "stopping")
         needed = [p for p in procs if current[p].state != "running" or p in stale]
         pids = {p.name: current[p].pid for p in procs if p not in needed}
         started: list[str] = []
-        sched = procs[0]
         try:
             if sched in needed:
                 progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
@@ -220,13 +263,11 @@ class Cluster:
             self._wait_port(sched)
             missing = [p for p in needed if p.kind == "worker"]
             if missing:
-                progress(f"starting {len(missing)} worker(s): "
-                         + ", ".join(p.host.name for p in missing))
-                by_host = fan_out([p.host for p in missing],
-                                  lambda h: next(p for p in missing if p.host == h).start(ssh),
-                                  "starting workers")
+                progress(f"starting {len(missing)} worker(s): " + ", ".join(
+                    f"{p.name}@{p.host.name}" for p in missing))
+                by_proc = _per_process(missing, lambda p: p.start(ssh), "starting workers")
                 for p in missing:
-                    pids[p.name] = by_host[p.host]
+                    pids[p.name] = by_proc[p]
                     started.append(f"{p.name}@{p.host.name}")
             state.update(self.state_dir, pids=pids, scheduler=sched.scheduler_address,
                          dashboard=f"http://{sched.host.address}:{self.spec.dask.dashboard_port}")
@@ -245,31 +286,40 @@ class Cluster:
         return started
 
     def _wait_port(self, sched: RemoteProcess) -> None:
+        """Poll the scheduler's port; stop early, with its log, if the process died."""
         deadline = time.monotonic() + self.spec.dask.start_timeout
         delay = 0.05
+        next_alive_check = time.monotonic() + 1.0
         while True:
             try:
                 with socket.create_connection((sched.host.address, self.spec.dask.scheduler_port),
                                               timeout=2):
                     return
             except OSError:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                dead = False
+                if now > next_alive_check:
+                    dead = sched.status(self.ssh()).state == "dead"
+                    next_alive_check = now + 1.0
+                if dead or now > deadline:
                     tail = sched.log_tail(self.ssh())
+                    why = "exited" if dead else (f"does not accept connections after "
+                                                 f"{self.spec.dask.start_timeout:.0f}s")
                     raise ClusterStartError(
-                        f"{sched.host.name}: the scheduler does not accept connections on port "
-                        f"{self.spec.dask.scheduler_port} after {self.spec.dask.start_timeout:.0f}s."
-                        f" Last lines of {sched.log_file}:\n{tail}") from None
+                        f"{sched.host.name}: the scheduler {why} (port "
+                        f"{self.spec.dask.scheduler_port}). Last lines of {sched.log_file}:\n"
+                        f"{tail}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, READY_POLL_CAP_S)
 
-    def wait_ready(self, n_workers: int) -> None:
+    def wait_ready(self, n_workers: int, timeout: float | None = None) -> None:
         """Poll the scheduler's own view until n workers have joined, under a deadline."""
         client = self.client()
-        deadline = time.monotonic() + self.spec.dask.start_timeout
+        deadline = time.monotonic() + (timeout or self.spec.dask.start_timeout)
         delay = 0.05
         while True:
             names = {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
-            if len(names) >= n_workers:
+            if len(names) == n_workers:
                 return
             if time.monotonic() > deadline:
                 missing = [p for p in self.wanted()[1:] if p.name not in names]
@@ -310,35 +360,10 @@ class Cluster:
             self._client = Client(address, security=security, timeout="15s")
         return self._client
 
-    # -- versions ---------------------------------------------------------------------------
     def check_versions(self) -> dict:
-        """Refuse (raise) when any locked package differs between client, scheduler and workers.
+        from runner.versions import check_versions
 
-        distributed's own check only warns; Python is compared by major.minor (the nodes use the
-        system Python of the same minor version)."""
-        import cloudpickle
-
-        from runner import nodeinfo
-        from runner.lock import WORKER_ROOTS, closure, derive_lock
-
-        # Sent by value: a node running an older environment may not have this module at all.
-        cloudpickle.register_pickle_by_value(nodeinfo)
-        describe = nodeinfo.describe
-
-        names = sorted(closure(WORKER_ROOTS)) + ["daskfleet"]
-        client = self.client()
-        versions = compare_versions(client.get_versions(packages=names), names)
-        # Same versions, same code: the nodes must run the environment of this machine's lock.
-        wanted = derive_lock().hash
-        nodes = {"scheduler": client.run_on_scheduler(describe),
-                 **{f"worker {a}": d for a, d in client.run(describe).items()}}
-        stale = [f"  {n} ({d['hostname']}): environment {d['env_hash']}"
-                 for n, d in nodes.items() if d["env_hash"] != wanted]
-        if stale:
-            raise EnvironmentMismatchError(
-                f"this machine's lock is {wanted}, but these nodes run another environment:\n"
-                + "\n".join(stale) + "\nRun `daskfleet up` to install and restart them.")
-        return versions
+        return check_versions(self.client())
 
     # -- up / down / status -----------------------------------------------------------------
     def up(self, progress=_say) -> UpSummary:
@@ -357,6 +382,24 @@ class Cluster:
         summary.timings["start"] = time.monotonic() - t
         self.check_versions()
         return summary
+
+    def scale(self, n: int, progress=_say) -> dict:
+        """N workers over the worker hosts. Workers that go are retired through the scheduler
+        first (their data moves to the workers that stay), then their processes stop."""
+        if n < 1:
+            raise ConfigError(f"scale: N must be at least 1, not {n}.")
+        before = self.wanted()
+        after = self.wanted(n_workers=n)
+        going = [p for p in before if p not in after]
+        if going:
+            names = [p.name for p in going]
+            progress(f"retiring {len(going)} worker(s) through the scheduler: {', '.join(names)}")
+            self.client().retire_workers(names=names, close_workers=True, remove=True)
+            _per_process(going, lambda p: p.stop(self.ssh()), "stopping retired workers")
+        state.update(self.state_dir, n_workers=n)
+        started = self.start(state.read(self.state_dir).get("lock_hash"), progress)
+        self.wait_ready(n)
+        return {"workers": n, "retired": [p.name for p in going], "started": started}
 
     def stop(self, progress=_say) -> list[str]:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
@@ -434,22 +477,9 @@ class Cluster:
         return fan_out(self.hosts(), run, shlex.join(command))
 
 
-def compare_versions(versions: dict, names: list[str]) -> dict:
-    """Raise EnvironmentMismatchError listing every package that differs from the client's."""
-    client = versions["client"]["packages"]
-    nodes = {"scheduler": versions["scheduler"]["packages"], **{
-        f"worker {addr}": v["packages"] for addr, v in versions["workers"].items()}}
-    rows = []
+def _per_process(procs: list[RemoteProcess], fn, what: str) -> dict[RemoteProcess, object]:
+    """fan_out over processes (several may share a host): a result per process, or one HostError
+    naming every host that failed."""
+    from runner.ssh import fan_out_items
 
-    def norm(name: str, v: str | None) -> str | None:
-        return ".".join(v.split(".")[:2]) if (name == "python" and v) else v
-
-    for node, pkgs in nodes.items():
-        for name in ["python", *names]:
-            if norm(name, pkgs.get(name)) != norm(name, client.get(name)):
-                rows.append(f"  {node}: {name} {pkgs.get(name)} (client has {client.get(name)})")
-    if rows:
-        raise EnvironmentMismatchError(
-            "versions differ between this machine and the cluster:\n" + "\n".join(rows)
-            + "\nRun `daskfleet up` to install this machine's environment on every node.")
-    return versions
+    return fan_out_items(procs, fn, what, host_of=lambda p: p.host)

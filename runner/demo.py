@@ -28,15 +28,15 @@ def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Pa
         result = submit(cluster, job, runs_dir=runs_dir, progress=progress)
         m = result.metrics
         step = "down"
-        progress("demo 4/5: down")
-        cluster.down(progress=progress)
+        progress("demo 4/5: down --destroy")
+        cluster.down(destroy=True, progress=progress)
         cluster = None
     except DaskfleetError as e:
         raise DaskfleetError(f"demo: step `{step}` failed: {e}") from e
     finally:
         if cluster is not None:
             try:
-                cluster.down(progress=progress)
+                cluster.down(destroy=True, progress=progress)
             except DaskfleetError as e:
                 progress(f"demo: cleanup `down` failed too: {e}")
         progress("demo 5/5: lab down")

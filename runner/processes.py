@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from runner.errors import ClusterStartError
@@ -34,6 +34,7 @@ class ProcStatus:
 
 @dataclass(frozen=True)
 class DaskSettings:
+    cluster: str = "default"
     scheduler_port: int = 8786
     dashboard_port: int = 8787
     worker_port_range: str = "40000:40099"
@@ -54,6 +55,9 @@ class RemoteProcess:
     scheduler: Host
     settings: DaskSettings
     index: int = 0  # several workers on one host get distinct names and files
+    # Workers sharing the host: "auto" memory is split between them. Not part of identity, so
+    # a scale that changes it does not restart the workers already running.
+    per_host: int = field(default=1, compare=False)
 
     @property
     def name(self) -> str:
@@ -61,11 +65,12 @@ class RemoteProcess:
 
     @property
     def pid_file(self) -> str:
-        return f"{RUN_DIR}/{self.name}.pid"
+        # Prefixed with the cluster, so two clusters sharing a host never mix up their processes.
+        return f"{RUN_DIR}/{self.settings.cluster}-{self.name}.pid"
 
     @property
     def log_file(self) -> str:
-        return f"{LOG_DIR}/{self.name}.log"
+        return f"{LOG_DIR}/{self.settings.cluster}-{self.name}.log"
 
     @property
     def scheduler_address(self) -> str:
@@ -80,9 +85,15 @@ class RemoteProcess:
                     "--dashboard-address", f"{self.host.address}:{s.dashboard_port}"]
         return [dask, "worker", self.scheduler_address, "--name", self.name,
                 "--host", self.host.address, "--nthreads", str(s.threads_per_worker),
-                "--nworkers", "1", "--memory-limit", s.memory_limit,
+                "--nworkers", "1", "--memory-limit", self.memory_limit,
                 "--worker-port", s.worker_port_range, "--nanny-port", s.nanny_port_range,
                 "--local-directory", WORK_DIR, "--no-dashboard"]
+
+    @property
+    def memory_limit(self) -> str:
+        if self.settings.memory_limit == "auto" and self.per_host > 1:
+            return f"{0.95 / self.per_host:.4f}"  # a fraction of the host's memory
+        return self.settings.memory_limit
 
     def _start_script(self) -> str:
         env = f"DASK_CONFIG={shlex.quote(DASK_CONFIG)} PYTHONDONTWRITEBYTECODE=1"

@@ -11,10 +11,11 @@ from typing import TypeVar
 import paramiko
 from fabric import Config, Connection
 
-from runner.errors import HostError
+from runner.errors import DaskfleetError, HostError
 from runner.hosts import Host
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ def connect(host: Host, ssh: SSHSettings) -> Connection:
 def describe_ssh_error(host: Host, exc: BaseException) -> str:
     """One line a user can act on, for the usual ways an SSH connection fails."""
     where = f"{host.name} ({host.user}@{host.address}:{host.port})"
+    if isinstance(exc, DaskfleetError):
+        return f"{host.name}: {exc}"
     if isinstance(exc, paramiko.BadHostKeyException):
         return (f"{where}: host key mismatch: the key it presented is not the one in known_hosts; "
                 "if the machine was reinstalled, remove its old entry and add the new one.")
@@ -60,22 +63,28 @@ def describe_ssh_error(host: Host, exc: BaseException) -> str:
     return f"{where}: {exc.__class__.__name__}: {exc}"
 
 
-def fan_out(hosts: list[Host], fn: Callable[[Host], T], what: str) -> dict[Host, T]:
-    """Run fn on every host in parallel; a result per host, or one HostError naming every host that
-    failed and keeping the good results."""
-    if not hosts:
+def fan_out_items(items: list[K], fn: Callable[[K], T], what: str,
+                  host_of: Callable[[K], Host]) -> dict[K, T]:
+    """Run fn on every item in parallel; a result per item, or one HostError naming every host
+    that failed while keeping the good results."""
+    if not items:
         return {}
-    results: dict[Host, T] = {}
+    results: dict[K, T] = {}
     failures: dict[Host, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        futures = {pool.submit(fn, h): h for h in hosts}
-        for fut, host in futures.items():
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut, item in futures.items():
             try:
-                results[host] = fut.result()
+                results[item] = fut.result()
             except Exception as e:  # noqa: BLE001 - collected per host and re-raised below
-                failures[host] = e
+                failures[host_of(item)] = e
     if failures:
         lines = [f"  {describe_ssh_error(h, e)}" for h, e in failures.items()]
-        raise HostError(f"{what} failed on {len(failures)} of {len(hosts)} host(s):\n"
-                        + "\n".join(lines), failures=failures, results=results)
+        raise HostError(f"{what} failed on {len(failures)} host(s):\n" + "\n".join(lines),
+                        failures=failures, results=results)
     return results
+
+
+def fan_out(hosts: list[Host], fn: Callable[[Host], T], what: str) -> dict[Host, T]:
+    """Run fn on every host in parallel (Fabric's ThreadingGroup, with our error handling)."""
+    return fan_out_items(hosts, fn, what, host_of=lambda h: h)

@@ -77,3 +77,24 @@ def destroy(workdir: Path) -> None:
         if not (workdir / ".terraform").exists():
             _tf(workdir, "init", "-no-color", "-input=false", what="init")
         _tf(workdir, "destroy", "-no-color", "-input=false", "-auto-approve", what="destroy")
+
+
+def plan(workdir: Path) -> dict[str, list[str]]:
+    """Resource addresses by action (create, update, delete, replace), from a saved plan."""
+    if not (workdir / ".terraform" / "modules" / "modules.json").exists():
+        _tf(workdir, "init", "-no-color", "-input=false", what="init")
+    _tf(workdir, "plan", "-no-color", "-input=false", "-lock=false", "-out=daskfleet.tfplan",
+        what="plan")
+    try:
+        shown = json.loads(_tf(workdir, "show", "-no-color", "-json", "daskfleet.tfplan",
+                               what="show"))
+    finally:
+        (workdir / "daskfleet.tfplan").unlink(missing_ok=True)
+    actions: dict[str, list[str]] = {"create": [], "update": [], "delete": [], "replace": []}
+    for rc in shown.get("resource_changes", []):
+        acts = rc["change"]["actions"]
+        key = ("replace" if set(acts) == {"create", "delete"} else
+               acts[0] if acts and acts[0] in actions else None)
+        if key:
+            actions[key].append(rc["address"])
+    return actions

@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from runner.ansible import parse_recap
-from runner.cluster import compare_versions
 from runner.errors import EnvironmentMismatchError, ProvisionError
 from runner.hosts import Host, known_host_key
 from runner.inventory import render
 from runner.lock import Lock, closure, derive_lock
 from runner.ssh import SSHSettings
+from runner.versions import compare_versions
 
 HOSTS = [Host("lab1", "198.18.0.11", "scheduler"), Host("lab2", "198.18.0.12", "worker"),
          Host("lab3", "198.18.0.13", "worker", user="ops", port=2222)]

@@ -1,14 +1,12 @@
-"""The whole path on real lab hosts: lab up -> up -> submit -> down -> lab down.
+"""The whole path on real lab hosts: lab up -> up -> submit (down and lab down: test_9_teardown).
 
-Tests run in file order and share one cluster; the last one takes it down and checks that
-nothing is left behind.
+The e2e tests share one cluster (tests/e2e/conftest.py) and run in file order.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -107,21 +105,3 @@ def test_unreachable_host_fails_up_and_names_it(lab_cluster, cli, workdir: Path)
     assert proc.returncode != 0
     assert "ghost" in proc.stderr and "198.18.0.99" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_down_then_lab_down_leave_nothing_behind(lab_cluster, cli):
-    lab = Lab()
-    cli("down", "-c", str(LAB_CLUSTER))
-    with Cluster.from_file(LAB_CLUSTER) as cluster:
-        # ps over SSH sees the host's own PID namespace: every process of that machine
-        for host, ps in cluster.run_on_hosts(["ps", "-eo", "args"]).items():
-            assert "sshd" in ps
-            assert not re.search(r"dask (scheduler|worker)", ps), (host.name, ps)
-    cli("lab", "down")
-    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                          text=True).stdout.split() if n.startswith("dflab-")]
-    assert subprocess.run(["ip", "link", "show", "dflab0"], capture_output=True).returncode != 0
-    assert "daskfleet-lab" not in Path("/proc/mounts").read_text()
-    sshd = subprocess.run(["pgrep", "-af", "daskfleet-lab"], capture_output=True, text=True).stdout
-    assert not sshd.strip(), sshd
-    assert not lab.state_dir.exists()

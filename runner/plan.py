@@ -1,0 +1,86 @@
+"""`daskfleet plan`: what `up` would do (Terraform plan, Ansible check mode, processes to start),
+changing nothing on the hosts."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner import ansible, inventory, terraform
+from runner.errors import DaskfleetError
+
+
+@dataclass
+class PlanReport:
+    terraform: dict[str, list[str]] = field(default_factory=dict)
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # task -> hosts it would change
+    changed: int = 0
+    start: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        out = ["terraform:"]
+        if any(self.terraform.values()):
+            for action, addrs in self.terraform.items():
+                out += [f"  {action}: {a}" for a in addrs]
+        else:
+            out.append("  no changes")
+        out.append(f"ansible (check mode): changed={self.changed}")
+        out += [f"  would change: {t} on {', '.join(sorted(set(h)))}" for t, h in self.tasks.items()]
+        out.append("processes that would start: " + (", ".join(self.start) or "none"))
+        out += [f"note: {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def would_change(output: str) -> dict[str, list[str]]:
+    """Task name -> hosts reported `changed` in an ansible-playbook output."""
+    tasks: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        m = re.match(r"^TASK \[(.+?)\]", line)
+        if m:
+            current = m[1]
+            continue
+        m = re.match(r"^changed: \[([^\]]+)\]", line)
+        if m and current:
+            tasks.setdefault(current, []).append(m[1].split(" ")[0])
+    return tasks
+
+
+def plan(cluster, progress=print) -> PlanReport:
+    from runner.lock import derive_lock
+    from runner.wheelhouse import build
+
+    report = PlanReport()
+    spec = cluster.spec
+    workdir = cluster.state_dir / "terraform"
+    variables = cluster.terraform_variables()
+    terraform.write_root(workdir, spec.provider, variables)
+    progress("terraform: plan")
+    report.terraform = terraform.plan(workdir)
+    try:
+        hosts = cluster.hosts()
+    except DaskfleetError:
+        hosts = cluster.declared_hosts()
+    if not hosts:
+        report.notes.append("hosts are not known before `up` creates them: no Ansible check.")
+        return report
+    wheelhouse = build(derive_lock(), progress=progress)
+    if spec.tls:
+        cluster.ca.ensure({h.name: h.address for h in hosts})
+    with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
+        inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
+        progress(f"ansible: check mode on {len(hosts)} host(s)")
+        result = ansible.run_playbook(inv, cluster.playbook_vars(wheelhouse),
+                                      log=cluster.state_dir / "logs" / "ansible-plan.log",
+                                      check=True)
+    report.changed = result.changed
+    report.tasks = would_change(result.output)
+    try:
+        states = cluster.process_states()
+        report.start = [f"{p.name}@{p.host.name}" for p, s in states.items() if s.state != "running"]
+    except DaskfleetError:
+        report.start = [f"{p.name}@{p.host.name}" for p in cluster.wanted(hosts)]
+    return report

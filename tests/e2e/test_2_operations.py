@@ -1,0 +1,225 @@
+"""Operating a running cluster on the lab: security, heal, scale, logs, dashboard, plan, faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from runner import Cluster
+from runner.config import load_cluster
+from runner.errors import ClusterStartError, ProvisionError
+from runner.ssh import connect
+from runner.tls import CertificateAuthority
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
+SCHEDULER = "tls://198.18.0.11:8786"
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(cli) -> tuple[int, dict]:
+    proc = cli("status", "-c", str(LAB_CLUSTER), "--json", check=False)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_clients_without_the_clusters_certificate_are_refused(lab_cluster, workdir: Path):
+    from distributed import Client
+    from distributed.security import Security
+
+    cluster = Cluster.from_file(LAB_CLUSTER)
+    # TLS, trusting the cluster's CA, but presenting no client certificate
+    no_cert = Security(tls_ca_file=str(cluster.ca.ca_cert), require_encryption=True)
+    with pytest.raises((OSError, TimeoutError)):
+        Client(SCHEDULER, security=no_cert, timeout="4s")
+    # a full certificate, but from another cluster's CA
+    other = CertificateAuthority(workdir / "other-ca", "other")
+    other.ensure({})
+    with pytest.raises((OSError, TimeoutError)):
+        Client(SCHEDULER, security=other.client_security(), timeout="4s")
+    # and the cluster's own certificate works
+    with Client(SCHEDULER, security=cluster.ca.client_security(), timeout="10s") as ok:
+        assert ok.submit(sum, [1, 2]).result() == 3
+
+
+def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, workdir: Path):
+    other = CertificateAuthority(workdir / "intruder-ca", "intruder")
+    other.ensure({"intruder": "198.18.0.1"})
+    dask = Path(sys.executable).parent / "dask"
+    proc = subprocess.Popen(
+        [str(dask), "worker", SCHEDULER, "--name", "intruder", "--no-nanny", "--no-dashboard",
+         "--host", "198.18.0.1", "--tls-ca-file", str(other.ca_cert),
+         "--tls-cert", str(other.cert("intruder")), "--tls-key", str(other.key("intruder"))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(8)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
+    assert "intruder" not in names
+    assert "Registered to" not in out, out
+
+
+def test_a_killed_worker_is_reported_then_healed_by_up(lab_cluster, cli):
+    rc, before = _status(cli)
+    assert rc == 0
+    victim = next(w for w in before["workers"] if w["host"] == "lab3")
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "lab3")
+        with connect(host, cluster.ssh()) as c:
+            c.run(f"kill -KILL -- -{victim['pid']}", warn=False)
+    deadline = time.monotonic() + 30
+    while True:  # the scheduler notices the lost worker within its timeouts
+        rc, st = _status(cli)
+        if rc != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert rc == 1 and st["healthy"] is False
+    assert next(w for w in st["workers"] if w["host"] == "lab3")["state"] == "dead"
+    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
+    assert f"started: {victim['name']}@lab3" in out, out
+    rc, after = _status(cli)
+    assert rc == 0, after
+    # the healthy worker was left alone
+    keep = next(w for w in before["workers"] if w["host"] == "lab2")
+    assert next(w for w in after["workers"] if w["host"] == "lab2")["pid"] == keep["pid"]
+
+
+def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        client = cluster.client()
+        cli("scale", "4", "-c", str(LAB_CLUSTER))
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 4
+        futures = client.map(lambda x: x * x, range(200), pure=False)
+        client.gather(futures)  # computed and held, spread over the 4 workers
+        holders = {a for f in futures for a in client.who_has([f])[f.key]}
+        assert len(holders) > 1
+        out = cli("scale", "1", "-c", str(LAB_CLUSTER)).stdout
+        assert "retired:" in out and "none" not in out.split("retired:")[1].split(";")[0]
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
+        assert client.gather(futures) == [x * x for x in range(200)]
+        cli("scale", "2", "-c", str(LAB_CLUSTER))
+    rc, st = _status(cli)
+    assert rc == 0 and sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
+
+
+def test_logs_show_each_process_log_by_host(lab_cluster, cli):
+    out = cli("logs", "lab2", "-n", "5", "-c", str(LAB_CLUSTER)).stdout
+    assert "[lab2 lab2-w0]" in out and "lab3" not in out
+    bad = cli("logs", "nosuchhost", "-c", str(LAB_CLUSTER), check=False)
+    assert bad.returncode == 2 and "nosuchhost" in bad.stderr
+
+
+def test_dashboard_tunnel_serves_the_dashboard_until_interrupted(lab_cluster, cli):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "dashboard", "--port", str(port),
+                             "-c", str(LAB_CLUSTER)], cwd=cli.workdir, env=cli.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, code = time.monotonic() + 30, None
+        while code is None and time.monotonic() < deadline:
+            try:
+                code = urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).status
+            except OSError:
+                time.sleep(0.5)
+        assert code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/status" in out
+
+
+def test_plan_on_an_up_to_date_cluster_changes_nothing(lab_cluster, cli, workdir: Path):
+    state_file = workdir / ".daskfleet" / "lab" / "state.json"
+    before_state = state_file.read_text()
+    rc, before = _status(cli)
+    out = cli("plan", "-c", str(LAB_CLUSTER)).stdout
+    assert "terraform:\n  no changes" in out, out
+    assert "changed=0" in out and "processes that would start: none" in out, out
+    rc2, after = _status(cli)
+    assert rc == rc2 == 0
+    assert [h["pid"] for h in after["hosts"]] == [h["pid"] for h in before["hosts"]]
+    assert state_file.read_text() == before_state
+
+
+def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workdir: Path):
+    from runner import ansible
+    from runner.lock import derive_lock
+    from runner.wheelhouse import build
+
+    cluster = Cluster.from_file(LAB_CLUSTER)
+    extra = {**cluster.playbook_vars(build(derive_lock(), progress=lambda *_: None)),
+             "python_env_python_minor": "3.12", "python_env_hash": "0000000000000000"}
+    with pytest.raises(ProvisionError) as e:
+        ansible.run_playbook(cluster.inventory_path, extra, log=workdir / "mismatch.log")
+    msg = str(e.value)
+    assert "lab2" in msg and "Python 3.11" in msg and "3.12" in msg
+    lab_root = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet")
+    assert not (lab_root / "envs" / "0000000000000000").exists()  # nothing installed
+
+
+def test_wrong_ssh_key_and_host_key_mismatch_fail_up_naming_the_host(lab_cluster, cli, workdir):
+    from runner.lab import Lab
+
+    lab = Lab()
+    key = workdir / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    wrong_known = workdir / "wrong_known_hosts"
+    lines = lab.known_hosts.read_text().splitlines()
+    stranger_pub = Path(str(key) + ".pub").read_text().split()[:2]
+    # lab2's entry replaced by another key: a man in the middle, as far as SSH can tell
+    wrong_known.write_text("\n".join(
+        f"{ln.split()[0]} {' '.join(stranger_pub)}" if ln.startswith("198.18.0.12 ") else ln
+        for ln in lines) + "\n")
+    hosts = ("hosts:\n  - {name: sched, address: 198.18.0.11, role: scheduler}\n"
+             "  - {name: w2, address: 198.18.0.12, role: worker}\n")
+    for name, pkey, known, words in (
+        ("badkey", key, lab.known_hosts, ("sched", "w2")),
+        ("badhostkey", lab.key, wrong_known, ("w2",)),
+    ):
+        cfile = workdir / f"{name}.yaml"
+        cfile.write_text(f"name: {name}\nprovider: hosts\nssh: {{private_key: {pkey}, "
+                         f"known_hosts: {known}, connect_timeout: 5}}\n" + hosts)
+        proc = cli("up", "-c", str(cfile), check=False, timeout=180)
+        assert proc.returncode != 0, proc.stdout
+        for word in words:
+            assert word in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, workdir: Path):
+    """A second cluster on the same hosts and port: its scheduler cannot bind the port."""
+    spec = load_cluster(LAB_CLUSTER).model_copy(update={"name": "lab-b"})
+    cluster_b = Cluster(spec)
+    shutil.copytree(workdir / ".daskfleet" / "lab", cluster_b.state_dir, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("terraform", "logs"))
+    with pytest.raises(ClusterStartError) as e:
+        cluster_b.start(progress=lambda *_: None)
+    msg = str(e.value)
+    assert "lab1" in msg and "lab-b-scheduler.log" in msg
+    assert "already in use" in msg or "Address in use" in msg or "Errno 98" in msg, msg
+    assert (cluster_b.state_dir / "logs").is_dir()
+    # the running cluster was not disturbed
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        assert len(cluster.client().scheduler_info(n_workers=-1)["workers"]) == 2
