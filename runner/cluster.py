@@ -80,7 +80,8 @@ class Cluster:
 
     def settings(self) -> DaskSettings:
         d = self.spec.dask
-        return DaskSettings(cluster=self.spec.name, scheduler_port=d.scheduler_port, dashboard_port=d.dashboard_port,
+        return DaskSettings(cluster=self.spec.name, scheduler_port=d.scheduler_port,
+                            dashboard_port=d.dashboard_port,
                             worker_port_range=d.worker_port_range,
                             nanny_port_range=d.nanny_port_range,
                             threads_per_worker=d.threads_per_worker, memory_limit=d.memory_limit,
@@ -260,7 +261,7 @@ class Cluster:
                 progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
                 pids[sched.name] = sched.start(ssh)
                 started.append(f"{sched.name}@{sched.host.name}")
-            self._wait_port(sched)
+            self._wait_port(sched, pids[sched.name] if sched in needed else None)
             missing = [p for p in needed if p.kind == "worker"]
             if missing:
                 progress(f"starting {len(missing)} worker(s): " + ", ".join(
@@ -285,8 +286,22 @@ class Cluster:
             raise ClusterStartError(f"{e}\nAll logs copied to {self.state_dir / 'logs'}.") from e
         return started
 
-    def _wait_port(self, sched: RemoteProcess) -> None:
-        """Poll the scheduler's port; stop early, with its log, if the process died."""
+    def _answering_pid(self) -> int | None:
+        """The pid of the scheduler that answers on our address (another process may hold the
+        port: a scheduler of another cluster, a stale one)."""
+        import cloudpickle
+
+        from runner import nodeinfo
+
+        cloudpickle.register_pickle_by_value(nodeinfo)
+        try:
+            return self.client().run_on_scheduler(nodeinfo.describe)["pid"]
+        except (OSError, TimeoutError):
+            return None
+
+    def _wait_port(self, sched: RemoteProcess, pid: int | None = None) -> None:
+        """Poll the scheduler's port (and, for one we just started, that it is our process that
+        answers); stop early, with its log, if the process died."""
         deadline = time.monotonic() + self.spec.dask.start_timeout
         delay = 0.05
         next_alive_check = time.monotonic() + 1.0
@@ -294,7 +309,10 @@ class Cluster:
             try:
                 with socket.create_connection((sched.host.address, self.spec.dask.scheduler_port),
                                               timeout=2):
+                    pass
+                if pid is None or self._answering_pid() == pid:
                     return
+                raise OSError("another process answers on the scheduler's port")
             except OSError:
                 now = time.monotonic()
                 dead = False
@@ -337,7 +355,9 @@ class Cluster:
         dest.mkdir(parents=True, exist_ok=True)
         for p in procs:
             try:
-                (dest / f"{p.host.name}-{p.name}.log").write_text(p.log_tail(self.ssh(), 2000))
+                with connect(p.host, self.ssh()) as c:
+                    text = c.run(f"cat {p.log_file}").stdout
+                (dest / f"{p.host.name}-{p.name}.log").write_text(text)
             except Exception:  # noqa: BLE001 - an unreachable host has no log to copy
                 pass
 

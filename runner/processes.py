@@ -6,6 +6,7 @@ session (setsid), so stopping it stops its whole process group (a worker's nanny
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -154,9 +155,25 @@ class RemoteProcess:
             r = c.run(script)
         return r.stdout.strip() in ("stopped", "killed")
 
-    def log_tail(self, ssh: SSHSettings, lines: int = 30, c=None) -> str:
-        cmd = f"tail -n {int(lines)} {self.log_file} 2>/dev/null"
+    def log_tail(self, ssh: SSHSettings, lines: int = 20, c=None) -> str:
+        """The log's last lines, preceded by the errors it names (a traceback's last lines are
+        rarely its cause: dask prints `Address already in use` before a page of frames)."""
+        cmd = f"tail -n 400 {self.log_file} 2>/dev/null"
         if c is not None:
-            return c.run(cmd).stdout.rstrip()
-        with connect(self.host, ssh) as conn:
-            return conn.run(cmd).stdout.rstrip()
+            text = c.run(cmd).stdout
+        else:
+            with connect(self.host, ssh) as conn:
+                text = conn.run(cmd).stdout
+        return error_excerpt(text, lines)
+
+
+def error_excerpt(text: str, lines: int = 20) -> str:
+    all_lines = text.rstrip().splitlines()
+    errors = []
+    for line in all_lines:
+        if re.search(r"\b\w*(Error|Exception)\b:|\bERROR\b|\bCRITICAL\b", line):
+            short = line.strip()[:300]
+            if short not in errors:
+                errors.append(short)
+    head = ("errors in the log:\n" + "\n".join(f"  {e}" for e in errors[-5:]) + "\n") if errors else ""
+    return head + "\n".join(all_lines[-lines:])

@@ -96,3 +96,16 @@ def test_known_host_key_lookup_by_address_and_port():
     assert known_host_key(text, "198.18.0.11") == "ssh-ed25519 AAAA1"
     assert known_host_key(text, "198.18.0.12", 2222) == "ssh-ed25519 AAAA2"
     assert known_host_key(text, "198.18.0.12") is None
+
+
+def test_a_failed_start_log_excerpt_leads_with_the_cause():
+    from runner.processes import error_excerpt
+
+    log = "\n".join(["INFO - State start", "OSError: [Errno 98] Address already in use",
+                     "Traceback (most recent call last):", *[f'  File "f{i}.py"' for i in range(40)],
+                     "RuntimeError: Scheduler failed to start."])
+    out = error_excerpt(log, lines=5)
+    assert out.splitlines()[1] == "  OSError: [Errno 98] Address already in use"
+    assert out.endswith("RuntimeError: Scheduler failed to start.")
+    assert 'File "f10.py"' not in out
+    assert error_excerpt("all fine\n", 5) == "all fine"
