@@ -51,10 +51,13 @@ def time_sshcluster(cluster: Cluster) -> float:
             [h.address for h in hosts],
             connect_options={"known_hosts": str(ssh.known_hosts), "client_keys": [str(ssh.private_key)],
                              "username": hosts[0].user},
-            worker_options={"nthreads": 1, "local_directory": "/var/lib/daskfleet/work"},
+            # the lab hosts have no default route: name their interface, as daskfleet names the
+            # address (the lab hosts' only interface is eth0)
+            worker_options={"nthreads": 1, "local_directory": "/var/lib/daskfleet/work",
+                            "interface": "eth0"},
             scheduler_options={"port": cluster.spec.dask.scheduler_port, "dashboard_address": ":0",
-                               "protocol": "tls"},
-            remote_python=f"/opt/daskfleet/current/bin/python",
+                               "protocol": "tls", "interface": "eth0"},
+            remote_python="/opt/daskfleet/current/bin/python",
             security=cluster.ca.client_security(),
         )
         ssh_cluster.wait_for_workers(n_workers, timeout=120)

@@ -24,10 +24,10 @@ from runner.errors import (
 )
 from runner.hosts import Host, known_host_key
 from runner.processes import DaskSettings, ProcStatus, RemoteProcess
-from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out
+from runner.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.tls import CertificateAuthority
 
-READY_POLL_CAP_S = 1.0
+READY_POLL_CAP_S = 0.25  # readiness polls are cheap: a late poll costs more than one more
 
 
 def _say(msg: str) -> None:
@@ -51,6 +51,8 @@ class Cluster:
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self._client = None
+        self._ssh: SSHSettings | None = None
+        self._pool = ConnectionPool()
 
     @classmethod
     def from_file(cls, path: str | Path) -> Cluster:
@@ -61,9 +63,13 @@ class Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._pool.close()
 
     @property
     def state_dir(self) -> Path:
@@ -89,6 +95,11 @@ class Cluster:
 
     # -- hosts ------------------------------------------------------------------------------
     def ssh(self) -> SSHSettings:
+        if self._ssh is None:
+            self._ssh = self._ssh_settings()
+        return self._ssh
+
+    def _ssh_settings(self) -> SSHSettings:
         s = self.spec.ssh
         if self.spec.provider == "lab":
             from runner.lab import Lab
@@ -103,7 +114,8 @@ class Cluster:
                                                                                s.known_hosts)
         return SSHSettings(private_key=Path(key), known_hosts=Path(known),
                            connect_timeout=s.connect_timeout,
-                           insecure_skip_host_key_check=s.insecure_skip_host_key_check)
+                           insecure_skip_host_key_check=s.insecure_skip_host_key_check,
+                           pool=self._pool)
 
     def declared_hosts(self) -> list[Host]:
         """The machines the cluster file names (lab: the running lab's hosts)."""
@@ -335,10 +347,22 @@ class Cluster:
         client = self.client()
         deadline = time.monotonic() + (timeout or self.spec.dask.start_timeout)
         delay = 0.05
+        next_alive_check = time.monotonic() + 1.0
         while True:
             names = {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
             if len(names) == n_workers:
                 return
+            dead = []
+            if time.monotonic() > next_alive_check:  # a worker that died will never join
+                missing = [p for p in self.wanted()[1:] if p.name not in names]
+                dead = [p for p in missing if p.status(self.ssh()).state == "dead"]
+                next_alive_check = time.monotonic() + 1.0
+            if dead:
+                tails = "\n".join(f"--- {p.host.name}: {p.log_file}\n{p.log_tail(self.ssh())}"
+                                  for p in dead)
+                raise ClusterStartError(
+                    f"worker(s) exited before joining the scheduler: "
+                    f"{', '.join(f'{p.name} on {p.host.name}' for p in dead)}.\n{tails}")
             if time.monotonic() > deadline:
                 missing = [p for p in self.wanted()[1:] if p.name not in names]
                 tails = "\n".join(f"--- {p.host.name}: {p.log_file}\n{p.log_tail(self.ssh())}"

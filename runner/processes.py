@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -116,19 +115,14 @@ class RemoteProcess:
                 f"echo $pid ${{env#envs/}}")
 
     def start(self, ssh: SSHSettings) -> int:
+        """Start detached and return the pid at once; whether it stays up is the caller's
+        readiness poll to find out (it checks liveness too, and reports the log if it died)."""
         with connect(self.host, ssh) as c:
-            r = c.run(self._start_script())
-            if r.failed:
-                raise ClusterStartError(
-                    f"{self.host.name}: could not start {self.name}: {r.stderr.strip()}")
-            time.sleep(0.3)  # a command that fails at once (bad flag, port in use) dies here
-            r = c.run(self._status_script())
-            if r.failed:
-                tail = self.log_tail(ssh, c=c)
-                raise ClusterStartError(
-                    f"{self.host.name}: {self.name} exited right after starting. "
-                    f"Last lines of {self.log_file}:\n{tail}")
-            return int(r.stdout.split()[0])
+            r = c.run(self._start_script() + f" && cat {self.pid_file}")
+        if r.failed or not r.stdout.strip().isdigit():
+            raise ClusterStartError(
+                f"{self.host.name}: could not start {self.name}: {(r.stderr or r.stdout).strip()}")
+        return int(r.stdout.strip())
 
     def status(self, ssh: SSHSettings) -> ProcStatus:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,15 +20,60 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
+class ConnectionPool:
+    """One open SSH connection per host, reused for every command of a cluster operation
+    (a key exchange costs more than the commands we run)."""
+
+    def __init__(self) -> None:
+        self._conns: dict[Host, Connection] = {}
+        self._locks: dict[Host, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, host: Host, ssh: SSHSettings) -> Connection:
+        with self._guard:
+            lock = self._locks.setdefault(host, threading.Lock())
+        with lock:  # per host: two threads never open the same connection twice
+            conn = self._conns.get(host)
+            if conn is None or conn.transport is None or not conn.transport.is_active():
+                conn = _new_connection(host, ssh)
+                try:
+                    conn.open()
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conns[host] = conn
+            return conn
+
+    def close(self) -> None:
+        with self._guard:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+
+
 @dataclass(frozen=True)
 class SSHSettings:
     private_key: Path
     known_hosts: Path
     connect_timeout: float = 10.0
     insecure_skip_host_key_check: bool = False
+    # When set, connections are borrowed from it and stay open; otherwise each is closed after use.
+    pool: ConnectionPool | None = field(default=None, compare=False, repr=False)
 
 
-def connect(host: Host, ssh: SSHSettings) -> Connection:
+@contextmanager
+def connect(host: Host, ssh: SSHSettings) -> Iterator[Connection]:
+    if ssh.pool is not None:
+        yield ssh.pool.get(host, ssh)
+        return
+    conn = _new_connection(host, ssh)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _new_connection(host: Host, ssh: SSHSettings) -> Connection:
     conn = Connection(
         host.address, user=host.user, port=host.port,
         # in_stream False: never read our stdin (CI has none, pytest captures it)

@@ -229,3 +229,19 @@ def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, workdir: Path)
     # the running cluster was not disturbed
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         assert len(cluster.client().scheduler_info(n_workers=-1)["workers"]) == 2
+
+
+def test_up_keeps_the_current_and_previous_environment_and_prunes_older(lab_cluster, cli):
+    envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        current = cluster.status_record()["lock_hash"]
+        host = next(h for h in cluster.hosts() if h.name == "lab2")
+        with connect(host, cluster.ssh()) as c:  # two older environments, the older one first
+            c.run("mkdir -p /opt/daskfleet/envs/00000000000000a1 /opt/daskfleet/envs/00000000000000b2"
+                  " && touch -d '2 days ago' /opt/daskfleet/envs/00000000000000a1"
+                  " && touch -d '1 day ago' /opt/daskfleet/envs/00000000000000b2", warn=False)
+    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
+    assert "started: nothing" in out
+    assert sorted(p.name for p in envs.iterdir()) == sorted([current, "00000000000000b2"])
+    assert (Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/current").resolve().name
+            == current)
