@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import ProvisionError
@@ -21,6 +21,7 @@ class PlaybookResult:
     changed: int
     per_host: dict[str, dict[str, int]]
     output: str
+    unreachable: list[str] = field(default_factory=list)
 
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:
@@ -34,7 +35,10 @@ def _binary() -> str:
 
 
 def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = False,
-                 playbook: str = "site.yml") -> PlaybookResult:
+                 playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset()
+                 ) -> PlaybookResult:
+    """Run the playbook; raise ProvisionError naming the hosts that failed. Hosts named in
+    tolerate_unreachable may be unreachable (a degraded cluster) without failing the run."""
     log.parent.mkdir(parents=True, exist_ok=True)
     vars_file = log.with_suffix(".vars.json")
     vars_file.write_text(json.dumps(extra_vars))
@@ -47,9 +51,13 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
     output = proc.stdout + proc.stderr
     log.write_text(output)
     per_host = parse_recap(output)
-    if proc.returncode != 0:
+    unreachable = sorted(h for h, c in per_host.items() if c["unreachable"])
+    only_tolerated = (per_host and not any(c["failed"] for c in per_host.values())
+                      and set(unreachable) <= tolerate_unreachable)
+    if proc.returncode != 0 and not only_tolerated:
         raise ProvisionError(_failure_message(output, per_host, log))
-    return PlaybookResult(sum(h["changed"] for h in per_host.values()), per_host, output)
+    return PlaybookResult(sum(h["changed"] for h in per_host.values()), per_host, output,
+                          unreachable)
 
 
 def _failure_message(output: str, per_host: dict, log: Path) -> str:

@@ -212,8 +212,16 @@ class Cluster:
         else:
             progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
                      "anyone who reaches the scheduler can run code on every worker.")
+        # With min_workers, unreachable worker hosts do not fail the run: start() decides whether
+        # enough workers remain for a degraded start.
+        tolerate = frozenset(h.name for h in self.worker_hosts(hosts)
+                             if h.role == "worker") if self.spec.min_workers else frozenset()
         result = ansible.run_playbook(self.inventory_path, self.playbook_vars(wheelhouse),
-                                      log=self.state_dir / "logs" / "ansible.log")
+                                      log=self.state_dir / "logs" / "ansible.log",
+                                      tolerate_unreachable=tolerate)
+        if result.unreachable:
+            progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
+                     f"continuing because min_workers is {self.spec.min_workers}")
         state.update(self.state_dir, lock_hash=wheelhouse.hash)
         return result, wheelhouse.hash
 

@@ -60,9 +60,12 @@ def lab_cluster(cli: CLI, workdir: Path):
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
-    if Lab().hosts():
-        pytest.fail("a lab is already up on this machine (someone's `daskfleet lab up`); "
-                    "run `daskfleet lab down` first: the e2e tests need their own lab")
+    lab = Lab()
+    if lab.hosts():
+        if any(lab.host_alive(h) for h in lab.hosts()):
+            pytest.fail("a lab is already up on this machine (someone's `daskfleet lab up`); "
+                        "run `daskfleet lab down` first: the e2e tests need their own lab")
+        lab.down(progress=lambda *_: None)  # a dead lab left by a killed session: clear it
     old = {k: os.environ.get(k) for k in ("DASKFLEET_STATE_DIR", "DASKFLEET_INVENTORY_DIR")}
     os.environ.update({k: cli.env[k] for k in old})
     try:

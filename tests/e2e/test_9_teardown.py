@@ -1,7 +1,9 @@
-"""Last: `down` with one host crashed reports it and stops the rest; `lab down` leaves nothing."""
+"""Last: a host crashes; `up` refuses, or starts degraded with min_workers; `down` reports the
+crashed host and stops the rest; `lab down` leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -21,9 +23,20 @@ def _ps(host, ssh) -> str:
         return c.run("ps -eo args").stdout
 
 
-def test_down_with_a_host_down_then_lab_down_leave_nothing_behind(lab_cluster, cli):
+def test_a_crashed_host_degraded_up_down_then_lab_down_leave_nothing(lab_cluster, cli, workdir):
     lab = Lab()
     lab.kill("lab3")  # a machine crash: every process of lab3, its sshd included, dies
+    # Without min_workers, `up` refuses to run without lab3; with min_workers 1 it starts degraded.
+    refused = cli("up", "-c", str(LAB_CLUSTER), check=False, timeout=300)
+    assert refused.returncode != 0 and "lab3" in refused.stderr, refused.stderr
+    degraded_file = workdir / "lab-min1.yaml"
+    degraded_file.write_text(LAB_CLUSTER.read_text() + "min_workers: 1\n")
+    degraded = cli("up", "-c", str(degraded_file), timeout=300)
+    assert "starting degraded without lab3" in degraded.stdout, degraded.stdout
+    status = cli("status", "-c", str(degraded_file), "--json", check=False)
+    assert status.returncode == 1  # degraded is not healthy
+    assert {w["host"]: w["state"] for w in json.loads(status.stdout)["workers"]} == {
+        "lab2": "running", "lab3": "unreachable"}
     proc = cli("down", "-c", str(LAB_CLUSTER), check=False, timeout=120)
     assert proc.returncode != 0
     assert "lab3" in proc.stderr and "The others were stopped" in proc.stderr, proc.stderr
