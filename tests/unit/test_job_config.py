@@ -52,7 +52,7 @@ def test_unknown_key_lists_allowed(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\nmodle: {}\n"))
-    assert "modle: unknown key (allowed: name, data, clean, features, split, model)" in msg
+    assert "modle: unknown key (allowed: name, data, clean, features, split, model, search)" in msg
 
 
 def test_missing_required(tmp_path):
@@ -65,7 +65,7 @@ def test_missing_required(tmp_path):
     [
         ("model: {epochs: five}", "model.epochs", "valid integer"),
         ("model: {epochs: 0}", "model.epochs", "greater than or equal to 1"),
-        ("model: {kind: forest}", "model.kind", "'sgd'"),
+        ("model: {kind: forest}", "model.kind", "'sgd', 'naive_bayes' or 'incremental'"),
         ("clean: {lowercase: 'yes'}", "clean.lowercase", "valid boolean"),
         ("features: {ngram_range: [2, 1]}", "features.ngram_range", "min_n <= max_n"),
         ("features: {n_features: 3.5}", "features.n_features", "valid integer"),
