@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,31 @@ def read_status(run_dir: Path) -> dict | None:
 class RunLog:
     """Progress lines: passed on to ``say`` and appended to ``logs/run.log`` of the run."""
 
-    def __init__(self, path: Path, say: Callable[[str], None]):
+    def __init__(self, path: Path, say: Callable[[str], None], earlier: Iterable[str] = ()):
         self.path = Path(path)
         self.say = say
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lines: list[str] = []
+        self.lines: list[str] = list(earlier)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in self.lines)
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         self.say(line)
+
+
+def write_failed_run(run_dir: Path, status: dict, error: BaseException, log_lines=()) -> None:
+    """A run that failed before it reached the cluster: status.json and logs/run.log only."""
+    run_dir = Path(run_dir)
+    tmp = run_dir.with_name(run_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "logs").mkdir(parents=True)
+    try:
+        lines = [*log_lines, f"failed: {error}"]
+        (tmp / "logs" / "run.log").write_text("".join(line + "\n" for line in lines))
+        write_json_atomic(tmp / STATUS_FILE, {**status, "status": "failed", "error": str(error)})
+        tmp.rename(run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -155,37 +155,52 @@ def _name_hash(name: str) -> bytes:
 # --------------------------------------------------------------------------- files
 
 
-def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str):
-    """pandas DataFrames with columns text, label (strings or None), in file order."""
+def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
+                      label_optional: bool = False):
+    """pandas DataFrames with columns text, label (strings or None), in file order.
+
+    With ``label_optional`` a file without the label column gives label None on every row.
+    """
     import pandas as pd
 
-    def pick(df_columns, get):
-        missing = [c for c in (text_col, label_col) if c not in df_columns]
+    def columns_of(df_columns) -> list[str]:
+        names = list(map(str, df_columns))
+        missing = [c for c in (text_col, label_col) if c not in names
+                   and not (label_optional and c == label_col)]
         if missing:
             raise BatchError(
                 f"{path}: column(s) {', '.join(map(repr, missing))} not found; the file has "
-                f"columns: {', '.join(map(str, df_columns)) or '(none)'}. Set data.text_column "
+                f"columns: {', '.join(names) or '(none)'}. Set data.text_column "
                 "and data.label_column in the job file."
             )
-        return get()
+        return [c for c in (text_col, label_col) if c in names]
+
+    def normal(df):
+        df = df.rename(columns={text_col: "text", label_col: "label"})
+        if "label" not in df.columns:
+            df = df.assign(label=None)
+        return df[["text", "label"]]
 
     if fmt == "parquet":
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        pick(names, lambda: None)
-        for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=[text_col, label_col]):
-            yield batch.to_pandas().rename(columns={text_col: "text", label_col: "label"})
+        try:
+            pf = pq.ParquetFile(path)
+            wanted = columns_of(pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=wanted):
+                yield normal(batch.to_pandas())
+        except (pa.ArrowException, OSError) as e:
+            raise BatchError(f"{path}: cannot read as parquet: {e}") from e
         return
     try:
         if fmt == "csv":
             reader = pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype=str,
-                                 keep_default_na=False, na_values=[""])
+                                 keep_default_na=False, na_values=[""],
+                                 encoding="utf-8", encoding_errors="replace")
         else:
-            reader = pd.read_json(path, lines=True, chunksize=CSV_CHUNK_ROWS, dtype=False)
+            reader = pd.read_json(path, lines=True, chunksize=CSV_CHUNK_ROWS, dtype=False,
+                                  encoding="utf-8", encoding_errors="replace")
         with reader:
             for chunk in reader:
-                df = pick(list(chunk.columns), lambda c=chunk: c[[text_col, label_col]])
-                yield df.rename(columns={text_col: "text", label_col: "label"})
+                yield normal(chunk[columns_of(chunk.columns)])
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise BatchError(f"{path}: cannot read as {fmt}: {e}") from e
 
@@ -352,3 +367,70 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Dataset(folder, dataset.files, dataset.rows, digest)
+
+
+# --------------------------------------------------------------------------- prediction input
+
+PREDICT_SCHEMA = pa.schema([("row", pa.int64()), ("text", pa.string()), ("label", pa.string())])
+
+
+def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_column: str = "text",
+                             label_column: str = "label", shard_rows: int = 20000) -> Dataset:
+    """Shards for batch inference: columns row (the input row number), text, label (None when the
+    file has no label column). Contiguous rows per shard; same caching as prepare_dataset."""
+    from runner.batch.sources import infer_format
+
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise BatchError(f"{path}: data file not found")
+    fmt = infer_format(path)
+    meta = {"version": FORMAT_VERSION + "-predict", "format": fmt,
+            "inputs": [[str(path), _sha256_file(path)]], "text_column": text_column,
+            "label_column": label_column, "shard_rows": shard_rows}
+    digest = _digest(meta)
+    meta["digest"] = digest
+    cache_dir = Path(cache_dir).resolve()
+    folder = cache_dir / digest
+    found = _existing(folder)
+    if found is not None:
+        return found
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        names, counts, buffer, row = [], [], [], 0
+
+        def flush():
+            name = f"part-{len(names):05d}.parquet"
+            pq.write_table(pa.table({"row": [r[0] for r in buffer], "text": [r[1] for r in buffer],
+                                     "label": [r[2] for r in buffer]}, schema=PREDICT_SCHEMA),
+                           tmp / name)
+            names.append(name)
+            counts.append(len(buffer))
+            buffer.clear()
+
+        for chunk in _iter_file_chunks(path, fmt, text_column, label_column, label_optional=True):
+            for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
+                buffer.append((row, _as_str(text), _as_str(label)))
+                row += 1
+                if len(buffer) >= shard_rows:
+                    flush()
+        if buffer or not names:
+            flush()
+        if row == 0:
+            raise BatchError(f"{path}: no rows to predict")
+        manifest = {**meta, "rows": row, "files": [
+            {"name": n, "rows": c, "sha256": _sha256_file(tmp / n)}
+            for n, c in zip(names, counts, strict=True)]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            found = _existing(folder)
+            if found is None:
+                raise
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset(folder, tuple(names), row, digest)

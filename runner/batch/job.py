@@ -8,7 +8,7 @@ any task.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -241,6 +241,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         model = field.annotation
+        # an optional section (``SearchSpec | None``): the model class inside the union
+        inner = [a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:
+            model = inner[0]
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 

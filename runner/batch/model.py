@@ -48,3 +48,21 @@ def predict_texts(model: dict, texts: Iterable[str]) -> list[str]:
     clean = make_cleaner(model["clean"])
     X = make_vectorizer(model["vectorizer"]).transform([clean(t) for t in texts])
     return [str(p) for p in model["classifier"].predict(X)]
+
+
+def predict_shard(path: str, model: dict):
+    """Worker side: predictions for one prediction-input shard (columns row, text, label).
+
+    Returns a DataFrame with the shard's row numbers, its label (None when the input had none)
+    and the prediction: one per input row, rows without text predicted from the empty text.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["row", "text", "label"])
+    texts = table.column("text").to_pylist()
+    return pd.DataFrame({
+        "row": table.column("row").to_numpy(),
+        "label": pd.Series(table.column("label").to_pylist(), dtype=object),
+        "prediction": pd.Series(predict_texts(model, texts), dtype=object),
+    })

@@ -77,6 +77,7 @@ def run_job(
     run_dir: str | Path,
     context: dict | None = None,
     progress: Progress | None = None,
+    log_lines: Sequence[str] = (),
 ) -> dict:
     """Run ``job`` on the cluster behind ``client`` over the shards at ``shard_paths``.
 
@@ -86,7 +87,8 @@ def run_job(
     ``report.html``, ``performance.html``, ``job.yaml`` (when ``context["job_path"]`` names the
     job file) and ``logs/run.log``; a failed run holds ``status.json`` ({"status": "failed",
     "error": ...}), its logs and performance report, and never a model or metrics. Returns the
-    metrics; a failure raises BatchError after the failed run folder is written.
+    metrics; a failure raises BatchError after the failed run folder is written. ``log_lines``:
+    earlier lines of this run (from the control machine), written first into ``logs/run.log``.
     """
     run_dir = Path(run_dir)
     if run_dir.exists():
@@ -95,7 +97,7 @@ def run_job(
     tmp = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    say = RunLog(tmp / "logs" / "run.log", progress or print_progress)
+    say = RunLog(tmp / "logs" / "run.log", progress or print_progress, log_lines)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     status = {"run_id": context.get("run_id", run_dir.name), "job": job.name,

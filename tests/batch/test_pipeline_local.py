@@ -25,14 +25,6 @@ METRIC_KEYS = {"accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_work
 PHASES = {"load", "clean", "vectorize", "train", "evaluate", "save"}
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as c:
-            yield c
-
-
 def worker_paths(dataset) -> list[str]:
     # on a real cluster these are the same absolute paths on the worker hosts
     return [str(p) for p in dataset.paths]

@@ -115,3 +115,48 @@ def test_missing_and_unparsable_file(tmp_path):
     msg = error_of(bad)
     assert msg.startswith(f"{bad}: not valid YAML (line ")
     assert error_of(write(tmp_path, "- a\n- b\n")).startswith(f"{tmp_path / 'job.yaml'}: a job")
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ("model: {kind: sgd, variant: complement}", "model.variant",
+         "only allowed when kind is 'naive_bayes'"),
+        ("model: {kind: naive_bayes, variant: bernoulli}", "model.variant",
+         "'multinomial' or 'complement'"),
+        ("model: {kind: naive_bayes}\nfeatures: {alternate_sign: true}",
+         "features.alternate_sign", "non-negative"),
+        ("model: {alpha: 0}", "model.alpha", "greater than 0"),
+        ("search: {grid: {}}", "search.grid", "at least one parameter"),
+        ("search: {grid: {alpha: []}}", "search.grid.alpha", "at least one value"),
+        ("search: {grid: {alpha: [-1]}}", "search.grid.alpha", "numbers > 0"),
+        ("search: {grid: {loss: [hinge, bogus]}}", "search.grid.loss", "unknown loss ['bogus']"),
+        ("search: {grid: {epochs: [1, 2]}}", "search.grid.epochs", "searchable: alpha, loss"),
+        ("model: {kind: naive_bayes}\nsearch: {grid: {loss: [hinge]}}", "search.grid",
+         "loss cannot be searched for model.kind 'naive_bayes'"),
+        ("model: {kind: incremental}\nsearch: {grid: {alpha: [1.0]}}", "search",
+         "not available for model.kind 'incremental'"),
+        ("search: {grid: {alpha: [1, 2, 3]}, max_candidates: 2}", "search.grid",
+         "3 combinations, more than search.max_candidates (2)"),
+        ("search: {grid: {alpha: [1]}, validation_fraction: 1}", "search.validation_fraction",
+         "less than 1"),
+        ("search: {grids: {alpha: [1]}}", "search.grids", "unknown key (allowed: grid, "),
+    ],
+)
+def test_new_model_and_search_keys_name_the_key(tmp_path, body, key, words):
+    path = write(tmp_path, f"name: j\ndata: {{source: debian-packages}}\n{body}\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert words in msg, msg
+
+
+def test_model_defaults_per_kind(tmp_path):
+    nb = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                  "model: {kind: naive_bayes}\n"))
+    assert nb.model_params()["alpha"] == 1.0 and nb.model_params()["variant"] == "multinomial"
+    sgd = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
+    assert sgd.sgd_params()["alpha"] == 1e-5 and sgd.model_params()["variant"] is None
+    grid = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                    "search: {grid: {alpha: [1.0e-5, 1.0e-4], loss: [hinge]}}\n"))
+    assert grid.search.candidates() == [{"alpha": 1e-5, "loss": "hinge"},
+                                        {"alpha": 1e-4, "loss": "hinge"}]
