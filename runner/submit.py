@@ -83,7 +83,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> 
                "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),
                "scheduler": client.scheduler.address, "dataset": dataset.digest,
-               "dataset_rows": dataset.rows}
+               "dataset_rows": dataset.rows, "skipped_files": list(dataset.skipped)}
     try:
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
                           log_lines=lines)

@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import heapq
 import io
+import itertools
 import json
 import lzma
 import os
@@ -52,6 +53,7 @@ class Dataset:
     files: tuple[str, ...]
     rows: int
     digest: str
+    skipped: tuple[str, ...] = ()  # input files left out (data.on_error: skip)
 
     @property
     def paths(self) -> list[Path]:
@@ -220,14 +222,48 @@ def _as_str(value) -> str | None:
     return str(value)
 
 
-def _file_documents(path, fmt, text_col, label_col, limit):
-    n = 0
+def _text_dir_document(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """One document per file; the label is the name of its top folder under ``root``."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise BatchError(f"{path}: cannot read: {e}") from e
+    parts = path.relative_to(root).parts
+    return text, (parts[0] if len(parts) > 1 else None)
+
+
+def _one_file_documents(path: Path, fmt: str, text_col: str, label_col: str, root: Path):
+    if fmt == "text-dirs":
+        yield _text_dir_document(path, root)
+        return
     for chunk in _iter_file_chunks(path, fmt, text_col, label_col):
         for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
+            yield _as_str(text), _as_str(label)
+
+
+def _file_documents(files: list[Path], fmt: str, text_col: str, label_col: str,
+                    limit: int | None, root: Path, skip: frozenset[Path] = frozenset(),
+                    skipped: list[Path] | None = None):
+    """Documents of every file in order. With ``skipped`` (a list), a file that cannot be read
+    is appended to it and contributes no document (``on_error: skip``); without, it raises.
+    Files in ``skip`` (found bad by an earlier pass) are left out."""
+    n = 0
+    for path in files:
+        if path in skip:
+            continue
+        if skipped is not None:  # read the whole file first: a bad one contributes nothing
+            try:
+                docs = list(_one_file_documents(path, fmt, text_col, label_col, root))
+            except BatchError:
+                skipped.append(path)
+                continue
+        else:
+            docs = _one_file_documents(path, fmt, text_col, label_col, root)
+        for doc in docs:
             if limit is not None and n >= limit:
                 return
             n += 1
-            yield _as_str(text), _as_str(label)
+            yield doc
 
 
 # --------------------------------------------------------------------------- shards
@@ -300,7 +336,8 @@ def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: d
         ],
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Dataset(folder, tuple(writer.names), writer.i, meta["digest"])
+    return Dataset(folder, tuple(writer.names), writer.i, meta["digest"],
+                   tuple(meta.get("skipped", ())))
 
 
 def _existing(folder: Path) -> Dataset | None:
@@ -309,9 +346,18 @@ def _existing(folder: Path) -> Dataset | None:
         files = tuple(f["name"] for f in manifest["files"])
         if not all((folder / f).is_file() for f in files):
             return None
-        return Dataset(folder, files, int(manifest["rows"]), manifest["digest"])
+        return Dataset(folder, files, int(manifest["rows"]), manifest["digest"],
+                       tuple(manifest.get("skipped", ())))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _shard_rows(data, n_docs: int, n_chars: int) -> int:
+    """Rows per shard: ``shard_rows`` when the job sets it, else about ``partition_mb`` of text."""
+    if data.shard_rows is not None:
+        return data.shard_rows
+    n_shards = max(1, -(-n_chars // int(data.partition_mb * 2**20)))
+    return max(1, -(-n_docs // n_shards))
 
 
 def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
@@ -319,7 +365,9 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     """Write (or reuse) the job's corpus as parquet shards in ``cache_dir/<digest>/``."""
     data = job.data
     cache_dir = Path(cache_dir).resolve()
-    shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows}
+    shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows,
+             "partition_mb": None if data.shard_rows else data.partition_mb}
+    skip: frozenset[Path] = frozenset()
     if data.source == "debian-packages":
         files = apt_package_lists(Path(apt_lists_dir))
         if not files:
@@ -330,16 +378,29 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
         inputs = [[f.name, _sha256_file(f)] for f in files]
         meta = {"source": "debian-packages", "inputs": inputs, **shape}
 
-        def documents():
+        def documents(skipped=None):
             return _debian_documents(files, data.limit)
+    elif data.source == "synthetic":
+        from runner.batch.synthetic import GENERATOR_VERSION, generate
+
+        params = data.synthetic.model_dump(mode="python")
+        meta = {"source": "synthetic", "generator": GENERATOR_VERSION, "params": params, **shape}
+
+        def documents(skipped=None):
+            docs = generate(**params)
+            return docs if data.limit is None else itertools.islice(docs, data.limit)
     else:
-        path, fmt = data.path, data.format
-        inputs = [[str(path), _sha256_file(path)]]
-        meta = {"source": "files", "format": fmt, "inputs": inputs,
+        from runner.batch.sources import resolve_files
+
+        fmt, files = resolve_files(data.path, data.format)
+        root = data.path if data.path.is_dir() else data.path.parent
+        inputs = [[str(f), _sha256_file(f)] for f in files]
+        meta = {"source": "files", "format": fmt, "inputs": inputs, "on_error": data.on_error,
                 "text_column": data.text_column, "label_column": data.label_column, **shape}
 
-        def documents():
-            return _file_documents(path, fmt, data.text_column, data.label_column, data.limit)
+        def documents(skipped=None):
+            return _file_documents(files, fmt, data.text_column, data.label_column, data.limit,
+                                   root, skip, skipped)
 
     digest = _digest(meta)
     meta["digest"] = digest
@@ -348,15 +409,23 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     if found is not None:
         return found
 
-    n_docs = sum(1 for _ in documents())  # counting pass: no rows kept
+    # counting pass: no rows kept; with on_error: skip it also finds the bad files
+    skipped: list[Path] | None = [] if data.source == "files" and data.on_error == "skip" else None
+    n_docs = n_chars = 0
+    for text, _ in documents(skipped):
+        n_docs += 1
+        n_chars += len(text) if text else 0
+    skip = frozenset(skipped or ())
+    meta["skipped"] = [str(p) for p in skipped or ()]
     if n_docs == 0:
-        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents")
+        more = f" ({len(skip)} unreadable file(s) skipped)" if skip else ""
+        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents{more}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        dataset = _write_shards(documents(), n_docs, data.shard_rows, tmp, meta)
+        dataset = _write_shards(documents(), n_docs, _shard_rows(data, n_docs, n_chars), tmp, meta)
         try:
             tmp.rename(folder)
         except OSError:  # someone else finished the same digest first: use theirs
@@ -366,7 +435,7 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
             return found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Dataset(folder, dataset.files, dataset.rows, digest)
+    return Dataset(folder, dataset.files, dataset.rows, digest, dataset.skipped)
 
 
 # --------------------------------------------------------------------------- prediction input
@@ -384,6 +453,8 @@ def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_co
     if not path.is_file():
         raise BatchError(f"{path}: data file not found")
     fmt = infer_format(path)
+    if fmt == "text-dirs":
+        raise BatchError(f"{path}: predict reads parquet, csv or jsonl files")
     meta = {"version": FORMAT_VERSION + "-predict", "format": fmt,
             "inputs": [[str(path), _sha256_file(path)]], "text_column": text_column,
             "label_column": label_column, "shard_rows": shard_rows}

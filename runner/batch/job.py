@@ -7,6 +7,8 @@ any task.
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -21,10 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from runner.batch.sources import FILE_FORMATS, is_glob
 from runner.errors import ConfigError
-
-FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
-                ".ndjson": "jsonl"}
 
 
 class _Model(BaseModel):
@@ -32,21 +32,41 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class SyntheticSpec(_Model):
+    """A seeded generator of labelled documents (runner.batch.synthetic)."""
+
+    n_docs: Annotated[int, Field(ge=1, le=100_000_000)] = 10_000
+    n_classes: Annotated[int, Field(ge=2, le=10_000)] = 5
+    vocab_size: Annotated[int, Field(ge=10, le=10_000_000)] = 5_000
+    doc_len: Annotated[int, Field(ge=1, le=100_000)] = 40
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.05
+    seed: int = 0
+
+
 class DataSpec(_Model):
     """Where the documents come from.
 
     ``debian-packages``: this machine's apt Packages indexes, text = the Description's first
-    line, label = the Section. ``files``: a parquet, csv or jsonl file (``path``, relative to the
-    job file's folder). ``limit`` keeps the first N rows of a file, or a stable pseudo-random
-    sample of N packages (so a small job still sees every section).
+    line, label = the Section. ``files``: ``path`` (relative to the job file's folder) is a file,
+    a glob or a folder; ``format`` (parquet, csv, jsonl, text-dirs) is inferred from the file
+    names when omitted, text-dirs being one sub-folder per label and one document per file.
+    ``synthetic``: generated documents (``synthetic`` section). ``limit`` keeps the first N rows
+    of the files, or a stable pseudo-random sample of N packages. ``on_error``: a corrupt file
+    fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
+    Partitions hold ``shard_rows`` rows when it is set, otherwise about ``partition_mb`` MB of
+    text each.
     """
 
-    source: Literal["debian-packages", "files"]
+    source: Literal["debian-packages", "files", "synthetic"]
     path: Annotated[Path | None, Field(strict=False)] = None
+    format: Literal["parquet", "csv", "jsonl", "text-dirs"] | None = None
     text_column: str = "text"
     label_column: str = "label"
     limit: Annotated[int | None, Field(gt=0)] = None
-    shard_rows: Annotated[int, Field(gt=0)] = 20000
+    on_error: Literal["fail", "skip"] = "fail"
+    synthetic: SyntheticSpec | None = None
+    shard_rows: Annotated[int | None, Field(gt=0)] = None
+    partition_mb: Annotated[float, Field(gt=0, le=4096, strict=False)] = 64.0
 
     @field_validator("path", mode="after")
     @classmethod
@@ -54,27 +74,43 @@ class DataSpec(_Model):
         if value is None:
             return None
         base = Path((info.context or {}).get("base_dir", "."))
-        path = (base / value.expanduser()).resolve()
-        if path.suffix.lower() not in FILE_FORMATS:
-            raise ValueError(
-                f"unsupported file type {path.suffix or '(none)'!r} "
-                f"(use one of: {', '.join(FILE_FORMATS)})"
-            )
-        if not path.is_file():
+        path = base / value.expanduser()
+        if is_glob(path):
+            path = Path(os.path.abspath(path))
+            if not any(Path(p).is_file() for p in glob.glob(str(path), recursive=True)):
+                raise ValueError(f"the pattern matches no file: {path}")
+            return path
+        path = path.resolve()
+        if not path.exists():
             raise ValueError(f"file not found: {path}")
         return path
 
     @model_validator(mode="after")
-    def _path_matches_source(self) -> DataSpec:
+    def _keys_match_source(self) -> DataSpec:
         if self.source == "files" and self.path is None:
             raise _KeyError("path", "required when source is 'files'")
         if self.source != "files" and self.path is not None:
             raise _KeyError("path", f"only allowed when source is 'files' (source is {self.source!r})")
+        if self.source != "files" and self.format is not None:
+            raise _KeyError("format", f"only allowed when source is 'files' (source is {self.source!r})")
+        if self.source == "synthetic" and self.synthetic is None:
+            raise _KeyError("synthetic", "required when source is 'synthetic', e.g. "
+                            "{n_docs: 10000, n_classes: 5}")
+        if self.source != "synthetic" and self.synthetic is not None:
+            raise _KeyError("synthetic", f"only allowed when source is 'synthetic' "
+                            f"(source is {self.source!r})")
+        if self.path is not None and self.path.is_file() and self.format is None \
+                and self.path.suffix.lower() not in FILE_FORMATS:
+            raise _KeyError("path", f"unsupported file type {self.path.suffix or '(none)'!r} "
+                            f"(use one of: {', '.join(FILE_FORMATS)}, or set data.format)")
+        if self.path is not None and self.path.is_file() and self.format == "text-dirs":
+            raise _KeyError("format", "text-dirs needs data.path to be a folder with one "
+                            "sub-folder per label")
+        if self.source == "files" and self.format == "text-dirs" and (
+                self.text_column != "text" or self.label_column != "label"):
+            raise _KeyError("format", "text-dirs takes the label from the folder names; remove "
+                            "text_column and label_column")
         return self
-
-    @property
-    def format(self) -> str | None:
-        return None if self.path is None else FILE_FORMATS[self.path.suffix.lower()]
 
 
 class CleanSpec(_Model):

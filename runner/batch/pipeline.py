@@ -110,6 +110,8 @@ def run_job(
             copy_atomic(Path(context["job_path"]), tmp / "job.yaml")
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
             metrics, model = _run(client, job, paths, say)
+        # input files the control machine left out (data.on_error: skip), from the context
+        metrics["skipped_files"] = len(context.get("skipped_files") or ())
         metrics["started_at"] = started_at
         metrics["duration_s"] = round(time.perf_counter() - t0, 3)
         if context:

@@ -147,3 +147,25 @@ def test_predict_input_with_labels_reports_accuracy(client, tmp_path, corpus):
     assert list(pd.read_parquet(tmp_path / "p.parquet").columns) == ["row", "label", "prediction"]
     with pytest.raises(BatchError, match="data file not found"):
         prepare_prediction_input(tmp_path / "absent.csv", tmp_path / "pcache")
+
+
+def test_synthetic_corpus_with_skipped_files_in_metrics(client, tmp_path):
+    path = tmp_path / "syn.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: syn
+        data:
+          source: synthetic
+          synthetic: {n_docs: 4000, n_classes: 4, vocab_size: 2000, doc_len: 30, noise: 0.1}
+          partition_mb: 0.1
+        features: {n_features: 8192, ngram_range: [1, 1]}
+        model: {kind: naive_bayes}
+        """))
+    job = load_job(path)
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    assert len(dataset.files) >= 4
+    metrics = run_job(client, job, [str(p) for p in dataset.paths], tmp_path / "run",
+                      context={"skipped_files": ["/data/bad.csv"]}, progress=lambda line: None)
+    assert metrics["skipped_files"] == 1 and metrics["n_classes"] == 4
+    # 10% of the labels are redrawn at random (a quarter of them to the same class): the
+    # best possible accuracy is about 0.925
+    assert 0.8 < metrics["accuracy"] < 0.95, metrics["accuracy"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner.batch.job import JobSpec, load_job
+from runner.batch.sources import resolve_files
 from runner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +36,8 @@ def test_shipped_jobs_load(name):
 def test_defaults_written_once(tmp_path):
     job = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
     assert job.data.text_column == "text" and job.data.label_column == "label"
-    assert job.data.shard_rows == 20000 and job.data.limit is None
+    assert job.data.shard_rows is None and job.data.partition_mb == 64 and job.data.limit is None
+    assert job.data.on_error == "fail" and job.data.format is None
     assert job.features.n_features == 2**18 and job.features.ngram_range == [1, 2]
     assert job.clean.stop_words == "english" and job.clean.min_token_len == 2
     assert job.split.test_fraction == 0.2 and job.model.kind == "sgd" and job.model.epochs == 5
@@ -71,7 +73,7 @@ def test_missing_required(tmp_path):
         ("features: {n_features: 3.5}", "features.n_features", "valid integer"),
         ("split: {test_fraction: 1.5}", "split.test_fraction", "less than 1"),
         ("data: {source: debian-packages, limit: -3}", "data.limit", "greater than 0"),
-        ("data: {source: web}", "data.source", "'debian-packages' or 'files'"),
+        ("data: {source: web}", "data.source", "'debian-packages', 'files' or 'synthetic'"),
     ],
 )
 def test_wrong_values_name_the_key(tmp_path, body, key, words):
@@ -88,7 +90,8 @@ def test_files_path_resolved_against_job_folder(tmp_path):
     (tmp_path / "data" / "c.csv").write_text("text,label\na,b\n")
     job = load_job(write(tmp_path, "name: j\ndata: {source: files, path: data/c.csv}\n"))
     assert job.data.path == (tmp_path / "data" / "c.csv").resolve()
-    assert job.data.format == "csv"
+    assert job.data.format is None  # inferred when the data is read
+    assert resolve_files(job.data.path, job.data.format) == ("csv", [job.data.path])
 
 
 def test_files_path_not_found(tmp_path):
