@@ -114,8 +114,15 @@ class DataSpec(_Model):
 
 
 class CleanSpec(_Model):
+    """Cleaning steps, in this order: Unicode NFKC, HTML tags and entities, lowercase, URLs,
+    e-mail addresses, stand-alone numbers, punctuation, stop words, short tokens."""
+
+    unicode_nfkc: bool = True
+    strip_html: bool = False
     lowercase: bool = True
     strip_urls: bool = True
+    strip_emails: bool = False
+    strip_numbers: bool = False
     strip_punctuation: bool = True
     stop_words: Literal["english"] | list[str] | None = "english"
     min_token_len: Annotated[int, Field(ge=1)] = 2
@@ -126,6 +133,8 @@ class FeatureSpec(_Model):
     ngram_range: list[int] = [1, 2]
     alternate_sign: bool = False
     norm: Literal["l1", "l2"] | None = "l2"
+    # TF-IDF weights, document frequencies counted over all partitions' training rows
+    tfidf: bool = False
 
     @field_validator("ngram_range")
     @classmethod

@@ -1,7 +1,8 @@
 """The saved model: ``model.joblib`` in a run folder, usable without any cluster.
 
 The file holds a dict: ``vectorizer`` (features params), ``clean`` (cleaning params),
-``classifier`` (a fitted scikit-learn SGDClassifier), ``labels`` (its classes, as str).
+``classifier`` (a fitted scikit-learn classifier), ``labels`` (its classes, as str), and with
+``features.tfidf`` the ``idf`` weights (numpy array, one per hashed feature).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import joblib
 
-from runner.batch.features import make_vectorizer
+from runner.batch.features import vectorize
 from runner.batch.text import make_cleaner
 from runner.errors import BatchError
 
@@ -46,7 +47,7 @@ def predict_texts(model: dict, texts: Iterable[str]) -> list[str]:
     if not texts:
         return []
     clean = make_cleaner(model["clean"])
-    X = make_vectorizer(model["vectorizer"]).transform([clean(t) for t in texts])
+    X = vectorize([clean(t) for t in texts], model["vectorizer"], model.get("idf"))
     return [str(p) for p in model["classifier"].predict(X)]
 
 

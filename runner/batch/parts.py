@@ -83,3 +83,18 @@ def carve_validation(part: dict, fraction: float, seed: int) -> dict:
     keep = part["val_hash"] >= float(fraction)
     return {"X_train": part["X_train"][keep], "y_train": part["y_train"][keep],
             "X_test": part["X_train"][~keep], "y_test": part["y_train"][~keep]}
+
+
+def train_frequencies(part: dict) -> dict:
+    """Document frequencies of the partition's training rows (for TF-IDF)."""
+    from runner.batch.features import document_frequencies
+
+    return document_frequencies(part["X_train"])
+
+
+def tfidf_part(part: dict, idf, norm: str | None) -> dict:
+    """The partition with raw counts replaced by tf-idf weights (train and test rows)."""
+    from runner.batch.features import apply_idf
+
+    return {**part, "X_train": apply_idf(part["X_train"], idf, norm),
+            "X_test": apply_idf(part["X_test"], idf, norm)}

@@ -224,6 +224,9 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
                      pure=False)
     _check(vec, "vectorize", paths)
     _release(cleaned)
+    idf = None
+    if vectorizer_params.get("tfidf"):
+        vec, idf = _tfidf(client, vec, vectorizer_params["norm"], paths)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
         f"ngrams {tuple(vectorizer_params['ngram_range'])} ({timings['vectorize']:.1f}s)")
@@ -249,13 +252,15 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     # save: the classifier comes to the client once
     t0 = time.perf_counter()
     clf = fitted.result()
-    _release([*vec, fitted])
+    idf_weights = None if idf is None else idf.result()
+    _release([*vec, fitted, *([idf] if idf is not None else [])])
     model = {
         "vectorizer": vectorizer_params,
         "clean": clean_params,
         "classifier": clf,
         "labels": [str(c) for c in clf.classes_],
         "job": job.name,
+        "idf": idf_weights,
     }
     timings["save"] = time.perf_counter() - t0
     say(f"save: classifier collected ({timings['save']:.1f}s)")
@@ -284,6 +289,23 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     if search is not None:
         metrics["search"] = search
     return metrics, model
+
+
+def _tfidf(client: Client, vec: list[Future], norm: str | None, paths: list[str]):
+    """Document frequencies reduced over all partitions, idf weights, applied everywhere."""
+    from runner.batch import features
+
+    freqs = client.map(parts.train_frequencies, vec, pure=False)
+    _check(freqs, "vectorize (document frequencies)", paths)
+    level = list(freqs)
+    while len(level) > 1:
+        level = [client.submit(features.add_frequencies, *level[i:i + 8], pure=False)
+                 for i in range(0, len(level), 8)]
+    idf = client.submit(features.idf_weights, level[0], pure=False)
+    weighted = client.map(parts.tfidf_part, vec, idf=idf, norm=norm, pure=False)
+    _check(weighted, "vectorize (tf-idf)", paths)
+    _release([*vec, *freqs, *level])
+    return weighted, idf
 
 
 def _evaluate(client: Client, fitted: Future, vec: Sequence[Future], classes: list[str],

@@ -169,3 +169,23 @@ def test_synthetic_corpus_with_skipped_files_in_metrics(client, tmp_path):
     # 10% of the labels are redrawn at random (a quarter of them to the same class): the
     # best possible accuracy is about 0.925
     assert 0.8 < metrics["accuracy"] < 0.95, metrics["accuracy"]
+
+
+def test_tfidf_job_and_its_model_agree(client, corpus, tmp_path):
+    path = corpus / "tfidf.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: tfidf
+        data: {source: files, path: topics.csv, shard_rows: 200}
+        clean: {strip_numbers: true, strip_html: true}
+        features: {n_features: 4096, tfidf: true, ngram_range: [1, 1]}
+        model: {epochs: 2}
+        """))
+    job = load_job(path)
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    metrics = run_job(client, job, [str(p) for p in dataset.paths], tmp_path / "run",
+                      progress=lambda line: None)
+    assert metrics["accuracy"] > 0.9 and metrics["params"]["features"]["tfidf"] is True
+    model = load_model(tmp_path / "run")
+    idf = model["idf"]
+    assert idf.shape == (4096,) and idf.min() >= 1.0 and idf.max() > idf.min()
+    assert predict_texts(model, ["<b>garlic</b> butter 42 sauce"]) == ["cooking"]
