@@ -9,6 +9,7 @@ and at the end the model's weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -48,8 +49,32 @@ def print_progress(line: str) -> None:
     print(f"[daskfleet] {line}", file=sys.stderr, flush=True)
 
 
-def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = None) -> None:
-    """Wait for ``futures``; the first failed task becomes a BatchError naming phase and shard."""
+def progress_bar_wanted() -> bool:
+    """dask's text progress bar only in a terminal; logs and pipes get the phase lines alone."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def _draw_progress_bar(futures: Sequence[Future]) -> None:
+    """dask's TextProgressBar on stderr until ``futures`` are done (it writes to stdout, which
+    would mix with the command's output)."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            TextProgressBar(list(futures), width=30)
+        except Exception:  # noqa: BLE001 - the bar is cosmetic; the wait below decides
+            pass
+
+
+def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = None,
+           bar: bool = False) -> None:
+    """Wait for ``futures``; the first failed task becomes a BatchError naming phase and shard.
+    With ``bar``, in a terminal, dask's progress bar shows while they run."""
+    if bar and progress_bar_wanted():
+        _draw_progress_bar(futures)
     try:
         wait(list(futures))
     except FuturesCancelledError as e:  # a worker or the scheduler dropped the tasks
@@ -175,7 +200,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     # load: one task per shard, on the workers
     t0 = time.perf_counter()
     raw = client.map(parts.read_shard, paths, pure=False)
-    _check(raw, "load", paths)
+    _check(raw, "load", paths, bar=True)
     timings["load"] = time.perf_counter() - t0
     say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
 
@@ -183,7 +208,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     t0 = time.perf_counter()
     cleaned = client.map(parts.clean_part, raw, clean_params=clean_params,
                          split_params=split_params, pure=False)
-    _check(cleaned, "clean", paths)
+    _check(cleaned, "clean", paths, bar=True)
     stats_f = client.map(parts.part_stats, cleaned, pure=False)
     _check(stats_f, "clean", paths)
     stats = client.gather(stats_f)
@@ -222,7 +247,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     t0 = time.perf_counter()
     vec = client.map(parts.vectorize_part, cleaned, vectorizer_params=vectorizer_params,
                      pure=False)
-    _check(vec, "vectorize", paths)
+    _check(vec, "vectorize", paths, bar=True)
     _release(cleaned)
     idf = None
     if vectorizer_params.get("tfidf"):
@@ -311,7 +336,7 @@ def _tfidf(client: Client, vec: list[Future], norm: str | None, paths: list[str]
 def _evaluate(client: Client, fitted: Future, vec: Sequence[Future], classes: list[str],
               paths: list[str], phase: str) -> tuple:
     cms = [client.submit(evaluate.confusion_part, v, fitted, classes, pure=False) for v in vec]
-    _check(cms, phase, paths)
+    _check(cms, phase, paths, bar=True)
     cm = sum(client.gather(cms))
     _release(cms)
     return cm, evaluate.metrics_from_confusion(cm, classes)
@@ -374,7 +399,7 @@ def _parameter_mixing(client: Client, vec: Sequence[Future], classes: list[str],
             new_states.append(client.submit(train.mix, results, state, pure=False))
             all_results.append(results)
         for results in all_results:
-            _check(results, f"train (epoch {epoch + 1})", paths)
+            _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
         _check(new_states, f"train (epoch {epoch + 1}, mixing)")
         _release([s for s in states if s is not None])
         for results in all_results:

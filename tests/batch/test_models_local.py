@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import sys
 import textwrap
 from pathlib import Path
 
@@ -189,3 +191,24 @@ def test_tfidf_job_and_its_model_agree(client, corpus, tmp_path):
     idf = model["idf"]
     assert idf.shape == (4096,) and idf.min() >= 1.0 and idf.max() > idf.min()
     assert predict_texts(model, ["<b>garlic</b> butter 42 sauce"]) == ["cooking"]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_only_in_a_terminal(client, corpus, tmp_path, monkeypatch, tty):
+    err = FakeTerminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    lines: list[str] = []
+    path = job_in(corpus, f"bar-{tty}", "model: {epochs: 1}\n")
+    job = load_job(path)
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    run_job(client, job, [str(p) for p in dataset.paths], tmp_path / "run", progress=lines.append)
+    assert any(line.startswith("train: epoch 1/1") for line in lines)
+    if tty:
+        assert "% Completed" in err.getvalue()
+    else:
+        assert err.getvalue() == ""
