@@ -151,9 +151,11 @@ def run_job(
         tmp.rename(run_dir)
         return metrics
     except BaseException as e:
+        # project errors as they are; the expected failures of I/O and data become a
+        # BatchError; anything else (a bug, Ctrl-C) is recorded and propagates unchanged
         error = e if isinstance(e, DaskfleetError) else _as_batch_error(job, e)
-        _record_failure(tmp, run_dir, status, error, say, time.perf_counter() - t0)
-        if error is e or not isinstance(e, Exception):
+        _record_failure(tmp, run_dir, status, error or e, say, time.perf_counter() - t0)
+        if error is None or error is e:
             raise
         raise error from e
     finally:
@@ -161,20 +163,22 @@ def run_job(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _as_batch_error(job: JobSpec, e: BaseException) -> BatchError:
-    if isinstance(e, KeyboardInterrupt):
-        return BatchError(f"job {job.name!r} interrupted")
-    return BatchError(f"job {job.name!r} failed: {type(e).__name__}: {e}")
+def _as_batch_error(job: JobSpec, e: BaseException) -> BatchError | None:
+    if isinstance(e, (OSError, ValueError, TypeError, RuntimeError, MemoryError)):
+        return BatchError(f"job {job.name!r} failed: {type(e).__name__}: {e}")
+    return None
 
 
 def _record_failure(tmp: Path, run_dir: Path, status: dict, error: BaseException, say: RunLog,
                     seconds: float) -> None:
     """Turn the half-written run folder into a failed run: status, logs, and no results."""
     try:
-        say(f"failed: {error}")
+        message = str(error) if isinstance(error, DaskfleetError) else \
+            f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        say(f"failed: {message}")
         for name in SUCCESS_FILES:
             (tmp / name).unlink(missing_ok=True)
-        status.update(status="failed", error=str(error), duration_s=round(seconds, 3))
+        status.update(status="failed", error=message, duration_s=round(seconds, 3))
         write_json_atomic(tmp / STATUS_FILE, status)
         tmp.rename(run_dir)
     except OSError as e:  # recording must not hide the original error

@@ -177,3 +177,19 @@ def test_one_class_corpus_is_an_error(client, tmp_path):
     assert_failed_run(run_dir, "one class only")
     assert "clean: 50 rows" in (run_dir / "logs" / "run.log").read_text()
     shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("exc", [KeyError("label"), KeyboardInterrupt()])
+def test_unexpected_failure_is_recorded_and_propagates(client, tmp_path, monkeypatch, exc):
+    from runner.batch import pipeline
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(pipeline, "_run", broken)
+    job = load_job(write_job(tmp_path, "name: bug\ndata: {source: debian-packages}\n"))
+    run_dir = tmp_path / "runs" / "bug"
+    with pytest.raises(type(exc)):
+        run_job(client, job, ["/nonexistent/part-00000.parquet"], run_dir,
+                progress=lambda line: None)
+    assert_failed_run(run_dir, type(exc).__name__)
