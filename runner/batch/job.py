@@ -126,6 +126,20 @@ class CleanSpec(_Model):
     strip_punctuation: bool = True
     stop_words: Literal["english"] | list[str] | None = "english"
     min_token_len: Annotated[int, Field(ge=1)] = 2
+    # Snowball stemming (snowballstemmer), e.g. "english"; None: no stemming
+    stem: str | None = None
+
+    @field_validator("stem")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import snowballstemmer
+
+        if value not in snowballstemmer.algorithms():
+            raise ValueError(f"unknown stemming language {value!r} (use one of: "
+                             f"{', '.join(sorted(snowballstemmer.algorithms()))})")
+        return value
 
 
 class FeatureSpec(_Model):

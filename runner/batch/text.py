@@ -2,7 +2,9 @@
 
 ``params`` is the ``clean`` section of the job as a dict: unicode_nfkc, strip_html, lowercase,
 strip_urls, strip_emails, strip_numbers, strip_punctuation, stop_words ("english", a list of
-words, or None), min_token_len. The steps run in that order.
+words, or None), min_token_len, stem (None or a Snowball language such as "english"). The steps
+run in that order; stemming (snowballstemmer: pure Python, no data to download) comes last, after
+the stop words and the length filter have seen the whole words.
 """
 
 from __future__ import annotations
@@ -32,7 +34,20 @@ DEFAULT_PARAMS = {
     "strip_punctuation": True,
     "stop_words": "english",
     "min_token_len": 2,
+    "stem": None,
 }
+
+
+def make_stemmer(language: str):
+    """A function list[str] -> list[str] stemming with Snowball's ``language`` algorithm."""
+    import snowballstemmer  # imported on first use: only jobs that stem need it
+
+    try:
+        stemmer = snowballstemmer.stemmer(language)
+    except KeyError:
+        raise ValueError(f"unknown stemming language {language!r} (snowballstemmer knows: "
+                         f"{', '.join(snowballstemmer.algorithms())})") from None
+    return stemmer.stemWords
 
 
 def stop_word_set(stop_words) -> frozenset[str]:
@@ -51,6 +66,7 @@ def make_cleaner(params: dict):
         p["strip_numbers"]
     stops = stop_word_set(p["stop_words"])
     min_len = int(p["min_token_len"])
+    stem = make_stemmer(p["stem"]) if p["stem"] else None
 
     def clean(text: str) -> str:
         if nfkc:
@@ -68,9 +84,8 @@ def make_cleaner(params: dict):
         if punct:
             text = PUNCT_RE.sub(" ", text)
         # stop words are lowercase; compare lowercase even when the text keeps its case
-        return " ".join(
-            t for t in text.split() if len(t) >= min_len and t.lower() not in stops
-        )
+        tokens = [t for t in text.split() if len(t) >= min_len and t.lower() not in stops]
+        return " ".join(stem(tokens) if stem is not None else tokens)
 
     return clean
 

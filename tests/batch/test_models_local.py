@@ -212,3 +212,11 @@ def test_progress_bar_only_in_a_terminal(client, corpus, tmp_path, monkeypatch, 
         assert "% Completed" in err.getvalue()
     else:
         assert err.getvalue() == ""
+
+
+def test_stemming_runs_on_the_workers(client, corpus, tmp_path):
+    # the workers import snowballstemmer: it must be part of the shipped environment
+    metrics, run_dir = run(client, corpus, tmp_path, "stem", "clean: {stem: english}\n"
+                                                             "model: {epochs: 2}\n")
+    assert metrics["params"]["clean"]["stem"] == "english" and metrics["accuracy"] > 0.9
+    assert predict_texts(load_model(run_dir), ["drummers playing melodies"]) == ["music"]

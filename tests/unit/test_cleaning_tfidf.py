@@ -77,3 +77,22 @@ def test_vectorize_with_idf_and_prediction_uses_it():
              "idf": np.full(64, 2.0)}
     assert predict_texts(model, ["aa bb bb"]) == ["6.0"]
     assert predict_texts({**model, "idf": None}, ["aa bb bb"]) == ["3.0"]
+
+
+def test_stemming_after_stop_words_and_length():
+    params = {"stem": "english", "min_token_len": 3}
+    assert clean_text("Running the parsers, parsing libraries", params) == "run parser pars librari"
+    assert clean_text("Running", {}) == "running"  # off by default
+
+
+def test_stemming_language_is_checked(tmp_path):
+    from runner.batch.job import load_job
+    from runner.errors import ConfigError
+
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\ndata: {source: debian-packages}\nclean: {stem: klingon}\n")
+    with pytest.raises(ConfigError, match=r"clean.stem: unknown stemming language 'klingon' "
+                                          r"\(use one of: .*english"):
+        load_job(path)
+    path.write_text("name: j\ndata: {source: debian-packages}\nclean: {stem: english}\n")
+    assert load_job(path).clean_params()["stem"] == "english"
