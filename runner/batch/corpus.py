@@ -392,9 +392,16 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     else:
         from runner.batch.sources import resolve_files
 
-        fmt, files = resolve_files(data.path, data.format)
-        root = data.path if data.path.is_dir() else data.path.parent
-        inputs = [[str(f), _sha256_file(f)] for f in files]
+        if data.url is not None:
+            from runner.batch.remote import fetch
+
+            local = fetch(data.url, cache_dir / "downloads")
+            fmt, files = resolve_files(local, data.format)
+            root = local.parent
+        else:
+            fmt, files = resolve_files(data.path, data.format)
+            root = data.path if data.path.is_dir() else data.path.parent
+        inputs = [[data.url or str(f), _sha256_file(f)] for f in files]
         meta = {"source": "files", "format": fmt, "inputs": inputs, "on_error": data.on_error,
                 "text_column": data.text_column, "label_column": data.label_column, **shape}
 

@@ -11,6 +11,7 @@ import glob
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from runner.batch.remote import is_url
 from runner.batch.sources import FILE_FORMATS, is_glob
 from runner.errors import ConfigError
 
@@ -50,6 +52,7 @@ class DataSpec(_Model):
     line, label = the Section. ``files``: ``path`` (relative to the job file's folder) is a file,
     a glob or a folder; ``format`` (parquet, csv, jsonl, text-dirs) is inferred from the file
     names when omitted, text-dirs being one sub-folder per label and one document per file.
+    Instead of ``path``, ``url`` (http, https or s3) names one file to download first.
     ``synthetic``: generated documents (``synthetic`` section). ``limit`` keeps the first N rows
     of the files, or a stable pseudo-random sample of N packages. ``on_error``: a corrupt file
     fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
@@ -59,6 +62,7 @@ class DataSpec(_Model):
 
     source: Literal["debian-packages", "files", "synthetic"]
     path: Annotated[Path | None, Field(strict=False)] = None
+    url: str | None = None
     format: Literal["parquet", "csv", "jsonl", "text-dirs"] | None = None
     text_column: str = "text"
     label_column: str = "label"
@@ -87,8 +91,20 @@ class DataSpec(_Model):
 
     @model_validator(mode="after")
     def _keys_match_source(self) -> DataSpec:
-        if self.source == "files" and self.path is None:
-            raise _KeyError("path", "required when source is 'files'")
+        if self.url is not None:
+            if not is_url(self.url):
+                raise _KeyError("url", f"must start with http://, https:// or s3://, got {self.url!r}")
+            if self.source != "files":
+                raise _KeyError("url", f"only allowed when source is 'files' (source is {self.source!r})")
+            if self.path is not None:
+                raise _KeyError("url", "give either path or url, not both")
+            if self.format is None and Path(urlsplit(self.url).path).suffix.lower() not in FILE_FORMATS:
+                raise _KeyError("format", f"cannot be inferred from the URL {self.url!r}; set "
+                                "data.format (parquet, csv or jsonl)")
+            if self.format == "text-dirs":
+                raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+        elif self.source == "files" and self.path is None:
+            raise _KeyError("path", "required when source is 'files' (or give data.url)")
         if self.source != "files" and self.path is not None:
             raise _KeyError("path", f"only allowed when source is 'files' (source is {self.source!r})")
         if self.source != "files" and self.format is not None:

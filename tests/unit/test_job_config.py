@@ -103,7 +103,7 @@ def test_files_path_not_found(tmp_path):
 
 def test_files_path_required_and_format(tmp_path):
     path = write(tmp_path, "name: j\ndata: {source: files}\n")
-    assert error_of(path) == f"{path}: data.path: required when source is 'files'"
+    assert error_of(path) == f"{path}: data.path: required when source is 'files' (or give data.url)"
     (tmp_path / "x.txt").write_text("hello")
     path = write(tmp_path, "name: j\ndata: {source: files, path: x.txt}\n")
     assert "data.path: unsupported file type '.txt'" in error_of(path)
