@@ -40,6 +40,7 @@ APT_HELPER = "/usr/lib/apt/apt-helper"
 FORMAT_VERSION = "daskfleet-shards-1"  # bump when the shard layout or the parsing changes
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 CSV_CHUNK_ROWS = 50_000
+MAX_SHARD_ROWS = 20_000  # rows per shard when the job sets partition_mb and not shard_rows
 # Section prefixes of the non-main archive areas ("non-free/libs" -> "libs")
 AREA_PREFIXES = ("contrib/", "non-free/", "non-free-firmware/", "restricted/", "universe/",
                  "multiverse/")
@@ -353,10 +354,13 @@ def _existing(folder: Path) -> Dataset | None:
 
 
 def _shard_rows(data, n_docs: int, n_chars: int) -> int:
-    """Rows per shard: ``shard_rows`` when the job sets it, else about ``partition_mb`` of text."""
+    """Rows per shard: ``shard_rows`` when the job sets it; else at most ``partition_mb`` of text
+    and at most MAX_SHARD_ROWS rows (so a small corpus of short documents is still cut into
+    several partitions that the workers can share)."""
     if data.shard_rows is not None:
         return data.shard_rows
-    n_shards = max(1, -(-n_chars // int(data.partition_mb * 2**20)))
+    n_shards = max(1, -(-n_chars // max(1, int(data.partition_mb * 2**20))),
+                   -(-n_docs // MAX_SHARD_ROWS))
     return max(1, -(-n_docs // n_shards))
 
 

@@ -56,8 +56,9 @@ class DataSpec(_Model):
     ``synthetic``: generated documents (``synthetic`` section). ``limit`` keeps the first N rows
     of the files, or a stable pseudo-random sample of N packages. ``on_error``: a corrupt file
     fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
-    Partitions hold ``shard_rows`` rows when it is set, otherwise about ``partition_mb`` MB of
-    text each.
+    Partitions hold ``shard_rows`` rows when it is set, otherwise at most ``partition_mb`` MB of
+    text (the raw text; the hashed features in memory are a few times larger) and at most
+    20,000 rows each.
     """
 
     source: Literal["debian-packages", "files", "synthetic"]

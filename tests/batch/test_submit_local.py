@@ -85,3 +85,33 @@ def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsy
     assert main(["runs", "--runs-dir", str(runs_dir)]) == 0
     table = capsys.readouterr().out
     assert table.count("failed") == 2 and table.count("succeeded") == 1
+
+
+def test_predict_on_cluster_through_the_cli_path(client, tmp_path, no_shipping, monkeypatch):
+    from runner import ship as ship_module
+    from runner.predict import predict_on_cluster
+
+    monkeypatch.setattr(ship_module, "ship", lambda *a, **k: {})
+    monkeypatch.setattr(ship_module, "remote_dir", lambda digest: str(submit.datasets_cache() /
+                                                                      digest))
+    rows = [{"text": f"{w} {w}s and more {i}", "label": w}
+            for i in range(100) for w in ("apple", "pear", "plum")]
+    pd.DataFrame(rows).to_csv(tmp_path / "fruit.csv", index=False)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: fruit\ndata: {source: files, path: fruit.csv, shard_rows: 100}\n"
+                    "model: {kind: naive_bayes}\n")
+    result = submit.submit(LocalStandIn(client), good, tmp_path / "runs",
+                           progress=lambda line: None)
+    pd.DataFrame({"body": ["plums", "apples and pears", None, "pear"]}).to_csv(
+        tmp_path / "new.csv", index=False)
+    lines: list[str] = []
+    summary = predict_on_cluster(LocalStandIn(client), result.run_dir, tmp_path / "new.csv",
+                                 tmp_path / "pred.parquet", progress=lines.append,
+                                 text_column="body")
+    out = pd.read_parquet(tmp_path / "pred.parquet")
+    assert summary["rows"] == 4 and list(out["row"]) == [0, 1, 2, 3]
+    assert out["prediction"][0] == "plum" and out["prediction"][3] == "pear"
+    assert "accuracy" not in summary and any("predict: 4 rows" in line for line in lines)
+    with pytest.raises(BatchError, match="model file not found"):
+        predict_on_cluster(LocalStandIn(client), tmp_path / "nope.joblib", tmp_path / "new.csv",
+                           tmp_path / "p2.parquet", progress=lines.append)

@@ -150,3 +150,12 @@ def test_new_data_keys_name_the_key(tmp_path, data, words):
     with pytest.raises(ConfigError) as info:
         job(tmp_path, data)
     assert words in str(info.value), str(info.value)
+
+
+def test_partition_rows_are_capped_without_shard_rows(tmp_path):
+    j = job(tmp_path, """\
+        source: synthetic
+        synthetic: {n_docs: 45000, n_classes: 2, vocab_size: 50, doc_len: 2}
+        """)
+    ds = prepare_dataset(j, tmp_path / "c")  # ~0.5 MB of text: one partition by size alone
+    assert len(ds.files) == 3 and ds.rows == 45000
