@@ -220,3 +220,14 @@ def test_stemming_runs_on_the_workers(client, corpus, tmp_path):
                                                              "model: {epochs: 2}\n")
     assert metrics["params"]["clean"]["stem"] == "english" and metrics["accuracy"] > 0.9
     assert predict_texts(load_model(run_dir), ["drummers playing melodies"]) == ["music"]
+
+
+def test_naive_bayes_search_over_alpha(client, corpus, tmp_path):
+    metrics, _ = run(client, corpus, tmp_path, "nb-search", """\
+        model: {kind: naive_bayes}
+        search: {grid: {alpha: [0.01, 1000.0]}}
+        """)
+    by_alpha = {r["params"]["alpha"]: r["macro_f1"] for r in metrics["search"]["results"]}
+    assert set(by_alpha) == {0.01, 1000.0} and by_alpha[0.01] > by_alpha[1000.0]
+    assert metrics["search"]["best"] == {"alpha": 0.01}
+    assert metrics["params"]["model"]["alpha"] == 0.01 and metrics["accuracy"] > 0.9
