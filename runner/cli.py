@@ -196,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--hosts", type=int, default=3)
     demo.add_argument("--job", default="jobs/demo.yaml")
     demo.set_defaults(func=cmd_demo)
+    from runner.cli_batch import add_commands
+    add_commands(sub)
     return p
 
 

@@ -22,7 +22,7 @@ from runner.errors import ProvisionError
 # What runs on the workers. The project itself is added as a wheel, installed without deps.
 WORKER_ROOTS = (
     "dask[dataframe]", "distributed", "scikit-learn", "dask-ml", "pandas", "pyarrow", "numpy",
-    "scipy", "joblib", "bokeh",
+    "scipy", "joblib", "bokeh", "snowballstemmer",
 )
 PROJECT = "daskfleet"
 

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from runner import runs
+from runner.batch.artifacts import write_failed_run
 from runner.cluster import Cluster
+from runner.errors import DaskfleetError
 from runner.ship import remote_dir, ship
 
 
@@ -30,30 +33,61 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
-def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> SubmitResult:
-    from runner.batch import load_job, prepare_dataset, run_job
-
-    job = load_job(job_path)  # validate before touching the cluster
-    client = cluster.client()
-    cluster.check_versions()
-    progress("versions match on client, scheduler and workers")
-    t = time.monotonic()
-    dataset = prepare_dataset(job, datasets_cache())
-    progress(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
-             f"shards ({time.monotonic() - t:.1f}s)")
+def worker_hosts(cluster: Cluster) -> list:
+    """The hosts that run dask workers (the ones that need the data)."""
     workers = [h for h in cluster.hosts() if h.role == "worker"]
     if cluster.spec.provider == "lab" and cluster.spec.lab.worker_on_scheduler:
         workers = cluster.hosts()
-    t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
-    progress(f"dataset shipped to {sum(sent.values())} host(s), already on "
-             f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
-    shard_paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+    return workers
+
+
+def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> SubmitResult:
+    """Run the job and keep the run: ``runs_dir/<run-id>/`` and a row in ``runs_dir/index.sqlite``,
+    for a failed run as for a successful one (the error is re-raised after it is recorded)."""
+    from runner.batch import load_job, prepare_dataset, run_job
+
+    job = load_job(job_path)  # validate before touching the cluster
     run_id = new_run_id(job.name)
-    run_dir = runs_dir.resolve() / run_id
+    runs_dir = runs_dir.resolve()
+    run_dir = runs_dir / run_id
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    context = {"run_id": run_id, "job": str(job_path), "cluster": cluster.spec.name,
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        progress(line)
+
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    try:
+        client = cluster.client()
+        cluster.check_versions()
+        say("versions match on client, scheduler and workers")
+        t = time.monotonic()
+        dataset = prepare_dataset(job, datasets_cache())
+        say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
+            f"shards ({time.monotonic() - t:.1f}s)")
+        workers = worker_hosts(cluster)
+        t = time.monotonic()
+        sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
+        say(f"dataset shipped to {sum(sent.values())} host(s), already on "
+            f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+    except DaskfleetError as e:
+        write_failed_run(run_dir, {"run_id": run_id, "job": job.name, "started_at": started_at,
+                                   "run_dir": str(run_dir),
+                                   "duration_s": round(time.monotonic() - t0, 3)}, e, lines)
+        runs.record_run_dir(runs_dir, run_dir)
+        raise
+    shard_paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+    context = {"run_id": run_id, "job": str(job_path), "job_path": str(Path(job_path).resolve()),
+               "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),
-               "scheduler": client.scheduler.address, "dataset": dataset.digest}
-    metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress)
+               "scheduler": client.scheduler.address, "dataset": dataset.digest,
+               "dataset_rows": dataset.rows, "skipped_files": list(dataset.skipped)}
+    try:
+        metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
+                          log_lines=lines)
+    finally:
+        if run_dir.is_dir():
+            runs.record_run_dir(runs_dir, run_dir)
     return SubmitResult(run_id, run_dir, metrics)

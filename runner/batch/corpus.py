@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import heapq
 import io
+import itertools
 import json
 import lzma
 import os
@@ -39,6 +40,7 @@ APT_HELPER = "/usr/lib/apt/apt-helper"
 FORMAT_VERSION = "daskfleet-shards-1"  # bump when the shard layout or the parsing changes
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 CSV_CHUNK_ROWS = 50_000
+MAX_SHARD_ROWS = 20_000  # rows per shard when the job sets partition_mb and not shard_rows
 # Section prefixes of the non-main archive areas ("non-free/libs" -> "libs")
 AREA_PREFIXES = ("contrib/", "non-free/", "non-free-firmware/", "restricted/", "universe/",
                  "multiverse/")
@@ -52,6 +54,7 @@ class Dataset:
     files: tuple[str, ...]
     rows: int
     digest: str
+    skipped: tuple[str, ...] = ()  # input files left out (data.on_error: skip)
 
     @property
     def paths(self) -> list[Path]:
@@ -155,37 +158,52 @@ def _name_hash(name: str) -> bytes:
 # --------------------------------------------------------------------------- files
 
 
-def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str):
-    """pandas DataFrames with columns text, label (strings or None), in file order."""
+def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
+                      label_optional: bool = False):
+    """pandas DataFrames with columns text, label (strings or None), in file order.
+
+    With ``label_optional`` a file without the label column gives label None on every row.
+    """
     import pandas as pd
 
-    def pick(df_columns, get):
-        missing = [c for c in (text_col, label_col) if c not in df_columns]
+    def columns_of(df_columns) -> list[str]:
+        names = list(map(str, df_columns))
+        missing = [c for c in (text_col, label_col) if c not in names
+                   and not (label_optional and c == label_col)]
         if missing:
             raise BatchError(
                 f"{path}: column(s) {', '.join(map(repr, missing))} not found; the file has "
-                f"columns: {', '.join(map(str, df_columns)) or '(none)'}. Set data.text_column "
+                f"columns: {', '.join(names) or '(none)'}. Set data.text_column "
                 "and data.label_column in the job file."
             )
-        return get()
+        return [c for c in (text_col, label_col) if c in names]
+
+    def normal(df):
+        df = df.rename(columns={text_col: "text", label_col: "label"})
+        if "label" not in df.columns:
+            df = df.assign(label=None)
+        return df[["text", "label"]]
 
     if fmt == "parquet":
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        pick(names, lambda: None)
-        for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=[text_col, label_col]):
-            yield batch.to_pandas().rename(columns={text_col: "text", label_col: "label"})
+        try:
+            pf = pq.ParquetFile(path)
+            wanted = columns_of(pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=wanted):
+                yield normal(batch.to_pandas())
+        except (pa.ArrowException, OSError) as e:
+            raise BatchError(f"{path}: cannot read as parquet: {e}") from e
         return
     try:
         if fmt == "csv":
             reader = pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype=str,
-                                 keep_default_na=False, na_values=[""])
+                                 keep_default_na=False, na_values=[""],
+                                 encoding="utf-8", encoding_errors="replace")
         else:
-            reader = pd.read_json(path, lines=True, chunksize=CSV_CHUNK_ROWS, dtype=False)
+            reader = pd.read_json(path, lines=True, chunksize=CSV_CHUNK_ROWS, dtype=False,
+                                  encoding="utf-8", encoding_errors="replace")
         with reader:
             for chunk in reader:
-                df = pick(list(chunk.columns), lambda c=chunk: c[[text_col, label_col]])
-                yield df.rename(columns={text_col: "text", label_col: "label"})
+                yield normal(chunk[columns_of(chunk.columns)])
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise BatchError(f"{path}: cannot read as {fmt}: {e}") from e
 
@@ -205,14 +223,48 @@ def _as_str(value) -> str | None:
     return str(value)
 
 
-def _file_documents(path, fmt, text_col, label_col, limit):
-    n = 0
+def _text_dir_document(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """One document per file; the label is the name of its top folder under ``root``."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise BatchError(f"{path}: cannot read: {e}") from e
+    parts = path.relative_to(root).parts
+    return text, (parts[0] if len(parts) > 1 else None)
+
+
+def _one_file_documents(path: Path, fmt: str, text_col: str, label_col: str, root: Path):
+    if fmt == "text-dirs":
+        yield _text_dir_document(path, root)
+        return
     for chunk in _iter_file_chunks(path, fmt, text_col, label_col):
         for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
+            yield _as_str(text), _as_str(label)
+
+
+def _file_documents(files: list[Path], fmt: str, text_col: str, label_col: str,
+                    limit: int | None, root: Path, skip: frozenset[Path] = frozenset(),
+                    skipped: list[Path] | None = None):
+    """Documents of every file in order. With ``skipped`` (a list), a file that cannot be read
+    is appended to it and contributes no document (``on_error: skip``); without, it raises.
+    Files in ``skip`` (found bad by an earlier pass) are left out."""
+    n = 0
+    for path in files:
+        if path in skip:
+            continue
+        if skipped is not None:  # read the whole file first: a bad one contributes nothing
+            try:
+                docs = list(_one_file_documents(path, fmt, text_col, label_col, root))
+            except BatchError:
+                skipped.append(path)
+                continue
+        else:
+            docs = _one_file_documents(path, fmt, text_col, label_col, root)
+        for doc in docs:
             if limit is not None and n >= limit:
                 return
             n += 1
-            yield _as_str(text), _as_str(label)
+            yield doc
 
 
 # --------------------------------------------------------------------------- shards
@@ -285,7 +337,8 @@ def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: d
         ],
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Dataset(folder, tuple(writer.names), writer.i, meta["digest"])
+    return Dataset(folder, tuple(writer.names), writer.i, meta["digest"],
+                   tuple(meta.get("skipped", ())))
 
 
 def _existing(folder: Path) -> Dataset | None:
@@ -294,9 +347,21 @@ def _existing(folder: Path) -> Dataset | None:
         files = tuple(f["name"] for f in manifest["files"])
         if not all((folder / f).is_file() for f in files):
             return None
-        return Dataset(folder, files, int(manifest["rows"]), manifest["digest"])
+        return Dataset(folder, files, int(manifest["rows"]), manifest["digest"],
+                       tuple(manifest.get("skipped", ())))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _shard_rows(data, n_docs: int, n_chars: int) -> int:
+    """Rows per shard: ``shard_rows`` when the job sets it; else at most ``partition_mb`` of text
+    and at most MAX_SHARD_ROWS rows (so a small corpus of short documents is still cut into
+    several partitions that the workers can share)."""
+    if data.shard_rows is not None:
+        return data.shard_rows
+    n_shards = max(1, -(-n_chars // max(1, int(data.partition_mb * 2**20))),
+                   -(-n_docs // MAX_SHARD_ROWS))
+    return max(1, -(-n_docs // n_shards))
 
 
 def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
@@ -304,7 +369,9 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     """Write (or reuse) the job's corpus as parquet shards in ``cache_dir/<digest>/``."""
     data = job.data
     cache_dir = Path(cache_dir).resolve()
-    shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows}
+    shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows,
+             "partition_mb": None if data.shard_rows else data.partition_mb}
+    skip: frozenset[Path] = frozenset()
     if data.source == "debian-packages":
         files = apt_package_lists(Path(apt_lists_dir))
         if not files:
@@ -315,16 +382,36 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
         inputs = [[f.name, _sha256_file(f)] for f in files]
         meta = {"source": "debian-packages", "inputs": inputs, **shape}
 
-        def documents():
+        def documents(skipped=None):
             return _debian_documents(files, data.limit)
+    elif data.source == "synthetic":
+        from runner.batch.synthetic import GENERATOR_VERSION, generate
+
+        params = data.synthetic.model_dump(mode="python")
+        meta = {"source": "synthetic", "generator": GENERATOR_VERSION, "params": params, **shape}
+
+        def documents(skipped=None):
+            docs = generate(**params)
+            return docs if data.limit is None else itertools.islice(docs, data.limit)
     else:
-        path, fmt = data.path, data.format
-        inputs = [[str(path), _sha256_file(path)]]
-        meta = {"source": "files", "format": fmt, "inputs": inputs,
+        from runner.batch.sources import resolve_files
+
+        if data.url is not None:
+            from runner.batch.remote import fetch
+
+            local = fetch(data.url, cache_dir / "downloads")
+            fmt, files = resolve_files(local, data.format)
+            root = local.parent
+        else:
+            fmt, files = resolve_files(data.path, data.format)
+            root = data.path if data.path.is_dir() else data.path.parent
+        inputs = [[data.url or str(f), _sha256_file(f)] for f in files]
+        meta = {"source": "files", "format": fmt, "inputs": inputs, "on_error": data.on_error,
                 "text_column": data.text_column, "label_column": data.label_column, **shape}
 
-        def documents():
-            return _file_documents(path, fmt, data.text_column, data.label_column, data.limit)
+        def documents(skipped=None):
+            return _file_documents(files, fmt, data.text_column, data.label_column, data.limit,
+                                   root, skip, skipped)
 
     digest = _digest(meta)
     meta["digest"] = digest
@@ -333,15 +420,23 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     if found is not None:
         return found
 
-    n_docs = sum(1 for _ in documents())  # counting pass: no rows kept
+    # counting pass: no rows kept; with on_error: skip it also finds the bad files
+    skipped: list[Path] | None = [] if data.source == "files" and data.on_error == "skip" else None
+    n_docs = n_chars = 0
+    for text, _ in documents(skipped):
+        n_docs += 1
+        n_chars += len(text) if text else 0
+    skip = frozenset(skipped or ())
+    meta["skipped"] = [str(p) for p in skipped or ()]
     if n_docs == 0:
-        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents")
+        more = f" ({len(skip)} unreadable file(s) skipped)" if skip else ""
+        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents{more}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        dataset = _write_shards(documents(), n_docs, data.shard_rows, tmp, meta)
+        dataset = _write_shards(documents(), n_docs, _shard_rows(data, n_docs, n_chars), tmp, meta)
         try:
             tmp.rename(folder)
         except OSError:  # someone else finished the same digest first: use theirs
@@ -351,4 +446,73 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
             return found
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Dataset(folder, dataset.files, dataset.rows, digest)
+    return Dataset(folder, dataset.files, dataset.rows, digest, dataset.skipped)
+
+
+# --------------------------------------------------------------------------- prediction input
+
+PREDICT_SCHEMA = pa.schema([("row", pa.int64()), ("text", pa.string()), ("label", pa.string())])
+
+
+def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_column: str = "text",
+                             label_column: str = "label", shard_rows: int = 20000) -> Dataset:
+    """Shards for batch inference: columns row (the input row number), text, label (None when the
+    file has no label column). Contiguous rows per shard; same caching as prepare_dataset."""
+    from runner.batch.sources import infer_format
+
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise BatchError(f"{path}: data file not found")
+    fmt = infer_format(path)
+    if fmt == "text-dirs":
+        raise BatchError(f"{path}: predict reads parquet, csv or jsonl files")
+    meta = {"version": FORMAT_VERSION + "-predict", "format": fmt,
+            "inputs": [[str(path), _sha256_file(path)]], "text_column": text_column,
+            "label_column": label_column, "shard_rows": shard_rows}
+    digest = _digest(meta)
+    meta["digest"] = digest
+    cache_dir = Path(cache_dir).resolve()
+    folder = cache_dir / digest
+    found = _existing(folder)
+    if found is not None:
+        return found
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        names, counts, buffer, row = [], [], [], 0
+
+        def flush():
+            name = f"part-{len(names):05d}.parquet"
+            pq.write_table(pa.table({"row": [r[0] for r in buffer], "text": [r[1] for r in buffer],
+                                     "label": [r[2] for r in buffer]}, schema=PREDICT_SCHEMA),
+                           tmp / name)
+            names.append(name)
+            counts.append(len(buffer))
+            buffer.clear()
+
+        for chunk in _iter_file_chunks(path, fmt, text_column, label_column, label_optional=True):
+            for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
+                buffer.append((row, _as_str(text), _as_str(label)))
+                row += 1
+                if len(buffer) >= shard_rows:
+                    flush()
+        if buffer or not names:
+            flush()
+        if row == 0:
+            raise BatchError(f"{path}: no rows to predict")
+        manifest = {**meta, "rows": row, "files": [
+            {"name": n, "rows": c, "sha256": _sha256_file(tmp / n)}
+            for n, c in zip(names, counts, strict=True)]}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            found = _existing(folder)
+            if found is None:
+                raise
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset(folder, tuple(names), row, digest)

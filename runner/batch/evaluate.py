@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from runner.batch.train import make_classifier
 
-
-def confusion_part(part: dict, state: dict, classes: list[str], sgd_params: dict) -> np.ndarray:
-    """Confusion matrix (rows: true, columns: predicted) of one partition's test rows."""
+def confusion_part(part: dict, clf, classes: list[str]) -> np.ndarray:
+    """Confusion matrix (rows: true, columns: predicted) of one partition's test rows, for a
+    fitted scikit-learn classifier ``clf``."""
     X, y = part["X_test"], part["y_test"]
     k = len(classes)
     if X.shape[0] == 0:
         return np.zeros((k, k), dtype=np.int64)
-    pred = make_classifier(state, classes, sgd_params).predict(X)
+    pred = clf.predict(X)
     return confusion_matrix(y, pred, labels=np.asarray(classes, dtype=object)).astype(np.int64)
 
 

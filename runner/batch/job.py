@@ -7,8 +7,11 @@ any task.
 
 from __future__ import annotations
 
+import glob
+import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -21,10 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from runner.batch.remote import is_url
+from runner.batch.sources import FILE_FORMATS, is_glob
 from runner.errors import ConfigError
-
-FILE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
-                ".ndjson": "jsonl"}
 
 
 class _Model(BaseModel):
@@ -32,21 +34,44 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class SyntheticSpec(_Model):
+    """A seeded generator of labelled documents (runner.batch.synthetic)."""
+
+    n_docs: Annotated[int, Field(ge=1, le=100_000_000)] = 10_000
+    n_classes: Annotated[int, Field(ge=2, le=10_000)] = 5
+    vocab_size: Annotated[int, Field(ge=10, le=10_000_000)] = 5_000
+    doc_len: Annotated[int, Field(ge=1, le=100_000)] = 40
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.05
+    seed: int = 0
+
+
 class DataSpec(_Model):
     """Where the documents come from.
 
     ``debian-packages``: this machine's apt Packages indexes, text = the Description's first
-    line, label = the Section. ``files``: a parquet, csv or jsonl file (``path``, relative to the
-    job file's folder). ``limit`` keeps the first N rows of a file, or a stable pseudo-random
-    sample of N packages (so a small job still sees every section).
+    line, label = the Section. ``files``: ``path`` (relative to the job file's folder) is a file,
+    a glob or a folder; ``format`` (parquet, csv, jsonl, text-dirs) is inferred from the file
+    names when omitted, text-dirs being one sub-folder per label and one document per file.
+    Instead of ``path``, ``url`` (http, https or s3) names one file to download first.
+    ``synthetic``: generated documents (``synthetic`` section). ``limit`` keeps the first N rows
+    of the files, or a stable pseudo-random sample of N packages. ``on_error``: a corrupt file
+    fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
+    Partitions hold ``shard_rows`` rows when it is set, otherwise at most ``partition_mb`` MB of
+    text (the raw text; the hashed features in memory are a few times larger) and at most
+    20,000 rows each.
     """
 
-    source: Literal["debian-packages", "files"]
+    source: Literal["debian-packages", "files", "synthetic"]
     path: Annotated[Path | None, Field(strict=False)] = None
+    url: str | None = None
+    format: Literal["parquet", "csv", "jsonl", "text-dirs"] | None = None
     text_column: str = "text"
     label_column: str = "label"
     limit: Annotated[int | None, Field(gt=0)] = None
-    shard_rows: Annotated[int, Field(gt=0)] = 20000
+    on_error: Literal["fail", "skip"] = "fail"
+    synthetic: SyntheticSpec | None = None
+    shard_rows: Annotated[int | None, Field(gt=0)] = None
+    partition_mb: Annotated[float, Field(gt=0, le=4096, strict=False)] = 64.0
 
     @field_validator("path", mode="after")
     @classmethod
@@ -54,35 +79,84 @@ class DataSpec(_Model):
         if value is None:
             return None
         base = Path((info.context or {}).get("base_dir", "."))
-        path = (base / value.expanduser()).resolve()
-        if path.suffix.lower() not in FILE_FORMATS:
-            raise ValueError(
-                f"unsupported file type {path.suffix or '(none)'!r} "
-                f"(use one of: {', '.join(FILE_FORMATS)})"
-            )
-        if not path.is_file():
+        path = base / value.expanduser()
+        if is_glob(path):
+            path = Path(os.path.abspath(path))
+            if not any(Path(p).is_file() for p in glob.glob(str(path), recursive=True)):
+                raise ValueError(f"the pattern matches no file: {path}")
+            return path
+        path = path.resolve()
+        if not path.exists():
             raise ValueError(f"file not found: {path}")
         return path
 
     @model_validator(mode="after")
-    def _path_matches_source(self) -> DataSpec:
-        if self.source == "files" and self.path is None:
-            raise _KeyError("path", "required when source is 'files'")
+    def _keys_match_source(self) -> DataSpec:
+        if self.url is not None:
+            if not is_url(self.url):
+                raise _KeyError("url", f"must start with http://, https:// or s3://, got {self.url!r}")
+            if self.source != "files":
+                raise _KeyError("url", f"only allowed when source is 'files' (source is {self.source!r})")
+            if self.path is not None:
+                raise _KeyError("url", "give either path or url, not both")
+            if self.format is None and Path(urlsplit(self.url).path).suffix.lower() not in FILE_FORMATS:
+                raise _KeyError("format", f"cannot be inferred from the URL {self.url!r}; set "
+                                "data.format (parquet, csv or jsonl)")
+            if self.format == "text-dirs":
+                raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+        elif self.source == "files" and self.path is None:
+            raise _KeyError("path", "required when source is 'files' (or give data.url)")
         if self.source != "files" and self.path is not None:
             raise _KeyError("path", f"only allowed when source is 'files' (source is {self.source!r})")
+        if self.source != "files" and self.format is not None:
+            raise _KeyError("format", f"only allowed when source is 'files' (source is {self.source!r})")
+        if self.source == "synthetic" and self.synthetic is None:
+            raise _KeyError("synthetic", "required when source is 'synthetic', e.g. "
+                            "{n_docs: 10000, n_classes: 5}")
+        if self.source != "synthetic" and self.synthetic is not None:
+            raise _KeyError("synthetic", f"only allowed when source is 'synthetic' "
+                            f"(source is {self.source!r})")
+        if self.path is not None and self.path.is_file() and self.format is None \
+                and self.path.suffix.lower() not in FILE_FORMATS:
+            raise _KeyError("path", f"unsupported file type {self.path.suffix or '(none)'!r} "
+                            f"(use one of: {', '.join(FILE_FORMATS)}, or set data.format)")
+        if self.path is not None and self.path.is_file() and self.format == "text-dirs":
+            raise _KeyError("format", "text-dirs needs data.path to be a folder with one "
+                            "sub-folder per label")
+        if self.source == "files" and self.format == "text-dirs" and (
+                self.text_column != "text" or self.label_column != "label"):
+            raise _KeyError("format", "text-dirs takes the label from the folder names; remove "
+                            "text_column and label_column")
         return self
-
-    @property
-    def format(self) -> str | None:
-        return None if self.path is None else FILE_FORMATS[self.path.suffix.lower()]
 
 
 class CleanSpec(_Model):
+    """Cleaning steps, in this order: Unicode NFKC, HTML tags and entities, lowercase, URLs,
+    e-mail addresses, stand-alone numbers, punctuation, stop words, short tokens."""
+
+    unicode_nfkc: bool = True
+    strip_html: bool = False
     lowercase: bool = True
     strip_urls: bool = True
+    strip_emails: bool = False
+    strip_numbers: bool = False
     strip_punctuation: bool = True
     stop_words: Literal["english"] | list[str] | None = "english"
     min_token_len: Annotated[int, Field(ge=1)] = 2
+    # Snowball stemming (snowballstemmer), e.g. "english"; None: no stemming
+    stem: str | None = None
+
+    @field_validator("stem")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        import snowballstemmer
+
+        if value not in snowballstemmer.algorithms():
+            raise ValueError(f"unknown stemming language {value!r} (use one of: "
+                             f"{', '.join(sorted(snowballstemmer.algorithms()))})")
+        return value
 
 
 class FeatureSpec(_Model):
@@ -90,6 +164,8 @@ class FeatureSpec(_Model):
     ngram_range: list[int] = [1, 2]
     alternate_sign: bool = False
     norm: Literal["l1", "l2"] | None = "l2"
+    # TF-IDF weights, document frequencies counted over all partitions' training rows
+    tfidf: bool = False
 
     @field_validator("ngram_range")
     @classmethod
@@ -104,14 +180,77 @@ class SplitSpec(_Model):
     seed: int = 0
 
 
+MODEL_KINDS = ("sgd", "naive_bayes", "incremental")
+DEFAULT_ALPHA = {"sgd": 1e-5, "incremental": 1e-5, "naive_bayes": 1.0}
+SEARCH_KEYS = {"sgd": ("alpha", "loss"), "naive_bayes": ("alpha",)}
+SGD_LOSSES = ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron")
+
+
 class ModelSpec(_Model):
-    kind: Literal["sgd"] = "sgd"
+    """``sgd``: parallel SGD by parameter mixing; ``naive_bayes``: exact multinomial or complement
+    naive Bayes from class-feature counts summed over the partitions; ``incremental``: dask-ml's
+    Incremental(SGDClassifier), one sequential pass over the partitions per epoch (the baseline).
+
+    ``alpha``: the SGD regularisation, or the naive-Bayes smoothing (defaults 1e-5 and 1.0).
+    """
+
+    kind: Literal["sgd", "naive_bayes", "incremental"] = "sgd"
+    variant: Literal["multinomial", "complement"] | None = None
     epochs: Annotated[int, Field(ge=1, le=1000)] = 5
-    alpha: Annotated[float, Field(gt=0)] = 1e-5
+    alpha: Annotated[float | None, Field(gt=0)] = None
     # hinge with alpha 1e-5 had the best accuracy and macro-F1 on the Debian corpus
     # (bench/accuracy.py; modified_huber and log_loss within 0.01-0.03 of it)
     loss: Literal["hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron"] = "hinge"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _variant_only_for_bayes(self) -> ModelSpec:
+        if self.variant is not None and self.kind != "naive_bayes":
+            raise _KeyError("variant", f"only allowed when kind is 'naive_bayes' (kind is {self.kind!r})")
+        return self
+
+    @property
+    def alpha_value(self) -> float:
+        return DEFAULT_ALPHA[self.kind] if self.alpha is None else self.alpha
+
+    @property
+    def variant_value(self) -> str:
+        return self.variant or "multinomial"
+
+
+class SearchSpec(_Model):
+    """A small grid evaluated in parallel on a validation split carved from the training rows."""
+
+    grid: dict[str, list[Any]]
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    max_candidates: Annotated[int, Field(ge=1, le=64)] = 16
+
+    @field_validator("grid", mode="after")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid:
+            raise ValueError("must name at least one parameter, e.g. {alpha: [1e-5, 1e-4]}")
+        for key, values in grid.items():
+            if not values:
+                raise _KeyError(key, "needs at least one value")
+            if key == "alpha":
+                bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float)
+                       or v <= 0]
+                if bad:
+                    raise _KeyError(key, f"values must be numbers > 0, got {bad!r}")
+            elif key == "loss":
+                bad = [v for v in values if v not in SGD_LOSSES]
+                if bad:
+                    raise _KeyError(key, f"unknown loss {bad!r} (use: {', '.join(SGD_LOSSES)})")
+            else:
+                raise _KeyError(key, "unknown parameter (searchable: alpha, loss)")
+        return grid
+
+    def candidates(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{}]
+        for key, values in self.grid.items():
+            out = [{**c, key: v} for c in out for v in values]
+        return out
 
 
 class JobSpec(_Model):
@@ -121,6 +260,27 @@ class JobSpec(_Model):
     features: FeatureSpec = FeatureSpec()
     split: SplitSpec = SplitSpec()
     model: ModelSpec = ModelSpec()
+    search: SearchSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        if self.model.kind == "naive_bayes" and self.features.alternate_sign:
+            raise _KeyError("features.alternate_sign", "must be false for model.kind naive_bayes "
+                            "(naive Bayes needs non-negative feature counts)")
+        if self.search is not None:
+            allowed = SEARCH_KEYS.get(self.model.kind)
+            if allowed is None:
+                raise _KeyError("search", f"not available for model.kind {self.model.kind!r} "
+                                "(use sgd or naive_bayes)")
+            extra = [k for k in self.search.grid if k not in allowed]
+            if extra:
+                raise _KeyError("search.grid", f"{', '.join(extra)} cannot be searched for "
+                                f"model.kind {self.model.kind!r} (searchable: {', '.join(allowed)})")
+            n = len(self.search.candidates())
+            if n > self.search.max_candidates:
+                raise _KeyError("search.grid", f"{n} combinations, more than "
+                                f"search.max_candidates ({self.search.max_candidates})")
+        return self
 
     # plain dicts for the worker-side functions (they never see pydantic objects)
     def clean_params(self) -> dict[str, Any]:
@@ -133,8 +293,13 @@ class JobSpec(_Model):
         return self.split.model_dump(mode="python")
 
     def sgd_params(self) -> dict[str, Any]:
-        return {"loss": self.model.loss, "alpha": self.model.alpha,
+        return {"loss": self.model.loss, "alpha": self.model.alpha_value,
                 "random_state": self.model.seed}
+
+    def model_params(self) -> dict[str, Any]:
+        """The model section with the defaults resolved (plain dict for the worker side)."""
+        return {**self.model.model_dump(mode="python"), "alpha": self.model.alpha_value,
+                "variant": self.model.variant_value if self.model.kind == "naive_bayes" else None}
 
 
 class _KeyError(ValueError):
@@ -152,6 +317,10 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if field is None:
             return None
         model = field.annotation
+        # an optional section (``SearchSpec | None``): the model class inside the union
+        inner = [a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:
+            model = inner[0]
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 

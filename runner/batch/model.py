@@ -1,7 +1,8 @@
 """The saved model: ``model.joblib`` in a run folder, usable without any cluster.
 
 The file holds a dict: ``vectorizer`` (features params), ``clean`` (cleaning params),
-``classifier`` (a fitted scikit-learn SGDClassifier), ``labels`` (its classes, as str).
+``classifier`` (a fitted scikit-learn classifier), ``labels`` (its classes, as str), and with
+``features.tfidf`` the ``idf`` weights (numpy array, one per hashed feature).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import joblib
 
-from runner.batch.features import make_vectorizer
+from runner.batch.features import vectorize
 from runner.batch.text import make_cleaner
 from runner.errors import BatchError
 
@@ -46,5 +47,23 @@ def predict_texts(model: dict, texts: Iterable[str]) -> list[str]:
     if not texts:
         return []
     clean = make_cleaner(model["clean"])
-    X = make_vectorizer(model["vectorizer"]).transform([clean(t) for t in texts])
+    X = vectorize([clean(t) for t in texts], model["vectorizer"], model.get("idf"))
     return [str(p) for p in model["classifier"].predict(X)]
+
+
+def predict_shard(path: str, model: dict):
+    """Worker side: predictions for one prediction-input shard (columns row, text, label).
+
+    Returns a DataFrame with the shard's row numbers, its label (None when the input had none)
+    and the prediction: one per input row, rows without text predicted from the empty text.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["row", "text", "label"])
+    texts = table.column("text").to_pylist()
+    return pd.DataFrame({
+        "row": table.column("row").to_numpy(),
+        "label": pd.Series(table.column("label").to_pylist(), dtype=object),
+        "prediction": pd.Series(predict_texts(model, texts), dtype=object),
+    })

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from runner.batch.features import vectorize
-from runner.batch.split import test_mask
+from runner.batch.split import test_mask, unit_hash
 from runner.batch.text import make_cleaner
 
 COLUMNS = ["text", "label"]
@@ -46,6 +46,8 @@ def clean_part(df: pd.DataFrame, clean_params: dict, split_params: dict) -> dict
         "text": cleaned,
         "label": label,
         "is_test": is_test,
+        # a second, independent hash: the validation split of the training rows (grid search)
+        "val_hash": unit_hash(text, int(split_params["seed"]) + 1),
     }
 
 
@@ -56,6 +58,7 @@ def vectorize_part(part: dict, vectorizer_params: dict) -> dict:
     return {
         "X_train": X[~is_test],
         "y_train": part["label"][~is_test],
+        "val_hash": part["val_hash"][~is_test],
         "X_test": X[is_test],
         "y_test": part["label"][is_test],
     }
@@ -72,3 +75,26 @@ def part_stats(part: dict) -> dict:
         "train_labels": {str(k): int(v) for k, v in train.items()},
         "test_labels": {str(k): int(v) for k, v in test.items()},
     }
+
+
+def carve_validation(part: dict, fraction: float, seed: int) -> dict:
+    """The partition's training rows split again by the text hash (another seed): ``X_train``
+    keeps the rows to fit on, ``X_test`` holds the validation rows (for the grid search)."""
+    keep = part["val_hash"] >= float(fraction)
+    return {"X_train": part["X_train"][keep], "y_train": part["y_train"][keep],
+            "X_test": part["X_train"][~keep], "y_test": part["y_train"][~keep]}
+
+
+def train_frequencies(part: dict) -> dict:
+    """Document frequencies of the partition's training rows (for TF-IDF)."""
+    from runner.batch.features import document_frequencies
+
+    return document_frequencies(part["X_train"])
+
+
+def tfidf_part(part: dict, idf, norm: str | None) -> dict:
+    """The partition with raw counts replaced by tf-idf weights (train and test rows)."""
+    from runner.batch.features import apply_idf
+
+    return {**part, "X_train": apply_idf(part["X_train"], idf, norm),
+            "X_test": apply_idf(part["X_test"], idf, norm)}

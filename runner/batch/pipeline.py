@@ -9,20 +9,32 @@ and at the end the model's weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distributed import Future, wait
+from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, parts, train
+from runner.batch import evaluate, naive_bayes, parts, train
+from runner.batch.artifacts import (
+    STATUS_FILE,
+    SUCCESS_FILES,
+    RunLog,
+    copy_atomic,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from runner.batch.model import save_model
+from runner.batch.report import render_report
 from runner.errors import BatchError, DaskfleetError
 
 if TYPE_CHECKING:
@@ -37,8 +49,32 @@ def print_progress(line: str) -> None:
     print(f"[daskfleet] {line}", file=sys.stderr, flush=True)
 
 
-def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = None) -> None:
-    """Wait for ``futures``; the first failed task becomes a BatchError naming phase and shard."""
+def progress_bar_wanted() -> bool:
+    """dask's text progress bar only in a terminal; logs and pipes get the phase lines alone."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def _draw_progress_bar(futures: Sequence[Future]) -> None:
+    """dask's TextProgressBar on stderr until ``futures`` are done (it writes to stdout, which
+    would mix with the command's output)."""
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            TextProgressBar(list(futures), width=30)
+        except Exception:  # noqa: BLE001 - the bar is cosmetic; the wait below decides
+            pass
+
+
+def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = None,
+           bar: bool = False) -> None:
+    """Wait for ``futures``; the first failed task becomes a BatchError naming phase and shard.
+    With ``bar``, in a terminal, dask's progress bar shows while they run."""
+    if bar and progress_bar_wanted():
+        _draw_progress_bar(futures)
     try:
         wait(list(futures))
     except FuturesCancelledError as e:  # a worker or the scheduler dropped the tasks
@@ -66,37 +102,87 @@ def run_job(
     run_dir: str | Path,
     context: dict | None = None,
     progress: Progress | None = None,
+    log_lines: Sequence[str] = (),
 ) -> dict:
     """Run ``job`` on the cluster behind ``client`` over the shards at ``shard_paths``.
 
-    ``shard_paths`` are paths as seen on the worker hosts; the client never opens them. Writes
-    ``metrics.json`` and ``model.joblib`` into ``run_dir`` (through ``<run_dir>.tmp``, renamed at
-    the end, so a failed run leaves no run folder) and returns the metrics.
+    ``shard_paths`` are paths as seen on the worker hosts; the client never opens them. Everything
+    is written into ``<run_dir>.tmp``, renamed to ``run_dir`` at the end. A successful run holds
+    ``status.json`` ({"status": "succeeded"}), ``model.joblib``, ``metrics.json``,
+    ``report.html``, ``performance.html``, ``job.yaml`` (when ``context["job_path"]`` names the
+    job file) and ``logs/run.log``; a failed run holds ``status.json`` ({"status": "failed",
+    "error": ...}), its logs and performance report, and never a model or metrics. Returns the
+    metrics; a failure raises BatchError after the failed run folder is written. ``log_lines``:
+    earlier lines of this run (from the control machine), written first into ``logs/run.log``.
     """
-    say = progress or print_progress
     run_dir = Path(run_dir)
     if run_dir.exists():
         raise BatchError(f"run folder {run_dir} already exists; choose another run id")
-    paths = [str(p) for p in shard_paths]
-    if not paths:
-        raise BatchError(f"job {job.name!r}: no shards to process (empty corpus)")
+    context = dict(context or {})
     tmp = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    say = RunLog(tmp / "logs" / "run.log", progress or print_progress, log_lines)
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    status = {"run_id": context.get("run_id", run_dir.name), "job": job.name,
+              "model": job.model.kind, "started_at": started_at, "run_dir": str(run_dir)}
     try:
-        metrics = _run(client, job, paths, tmp, say)
-        if context is not None:
+        paths = [str(p) for p in shard_paths]
+        if not paths:
+            raise BatchError(f"job {job.name!r}: no shards to process (empty corpus)")
+        if context.get("job_path"):
+            copy_atomic(Path(context["job_path"]), tmp / "job.yaml")
+        with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
+            metrics, model = _run(client, job, paths, say)
+        # input files the control machine left out (data.on_error: skip), from the context
+        metrics["skipped_files"] = len(context.get("skipped_files") or ())
+        metrics["started_at"] = started_at
+        metrics["duration_s"] = round(time.perf_counter() - t0, 3)
+        if context:
             metrics["context"] = _json_safe(context)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(tmp / "model.joblib", lambda f: save_model(f, model))
+        write_json_atomic(tmp / "metrics.json", metrics)
+        write_text_atomic(tmp / "report.html", render_report(metrics))
+        status.update(status="succeeded", duration_s=metrics["duration_s"],
+                      n_workers=metrics["n_workers"], accuracy=metrics["accuracy"],
+                      macro_f1=metrics["macro_f1"], error=None)
+        write_json_atomic(tmp / STATUS_FILE, status)
         tmp.rename(run_dir)
         return metrics
-    except DaskfleetError:
-        raise
-    except (OSError, ValueError, TypeError, RuntimeError, MemoryError) as e:
-        raise BatchError(f"job {job.name!r} failed: {type(e).__name__}: {e}") from e
+    except BaseException as e:
+        # project errors as they are; the expected failures of I/O and data become a
+        # BatchError; anything else (a bug, Ctrl-C) is recorded and propagates unchanged
+        error = e if isinstance(e, DaskfleetError) else _as_batch_error(job, e)
+        _record_failure(tmp, run_dir, status, error or e, say, time.perf_counter() - t0)
+        if error is None or error is e:
+            raise
+        raise error from e
     finally:
         # the futures of a failed run go out of scope here, and the scheduler forgets them
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _as_batch_error(job: JobSpec, e: BaseException) -> BatchError | None:
+    if isinstance(e, (OSError, ValueError, TypeError, RuntimeError, MemoryError)):
+        return BatchError(f"job {job.name!r} failed: {type(e).__name__}: {e}")
+    return None
+
+
+def _record_failure(tmp: Path, run_dir: Path, status: dict, error: BaseException, say: RunLog,
+                    seconds: float) -> None:
+    """Turn the half-written run folder into a failed run: status, logs, and no results."""
+    try:
+        message = str(error) if isinstance(error, DaskfleetError) else \
+            f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        say(f"failed: {message}")
+        for name in SUCCESS_FILES:
+            (tmp / name).unlink(missing_ok=True)
+        status.update(status="failed", error=message, duration_s=round(seconds, 3))
+        write_json_atomic(tmp / STATUS_FILE, status)
+        tmp.rename(run_dir)
+    except OSError as e:  # recording must not hide the original error
+        say(f"could not record the failed run in {run_dir}: {e}")
 
 
 def _release(futures: Sequence[Future]) -> None:
@@ -105,11 +191,11 @@ def _release(futures: Sequence[Future]) -> None:
         f.release()
 
 
-def _run(client: Client, job: JobSpec, paths: list[str], out: Path, say: Progress) -> dict:
+def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple[dict, dict]:
     clean_params = job.clean_params()
     split_params = job.split_params()
     vectorizer_params = job.vectorizer_params()
-    sgd_params = job.sgd_params()
+    model_params = job.model_params()
     timings: dict[str, float] = {}
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     if n_workers == 0:
@@ -118,7 +204,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], out: Path, say: Progres
     # load: one task per shard, on the workers
     t0 = time.perf_counter()
     raw = client.map(parts.read_shard, paths, pure=False)
-    _check(raw, "load", paths)
+    _check(raw, "load", paths, bar=True)
     timings["load"] = time.perf_counter() - t0
     say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
 
@@ -126,10 +212,11 @@ def _run(client: Client, job: JobSpec, paths: list[str], out: Path, say: Progres
     t0 = time.perf_counter()
     cleaned = client.map(parts.clean_part, raw, clean_params=clean_params,
                          split_params=split_params, pure=False)
-    _check(cleaned, "clean", paths)
+    _check(cleaned, "clean", paths, bar=True)
     stats_f = client.map(parts.part_stats, cleaned, pure=False)
     _check(stats_f, "clean", paths)
     stats = client.gather(stats_f)
+    _release(stats_f)
     _release(raw)
     timings["clean"] = time.perf_counter() - t0
     rows = sum(s["rows"] for s in stats)
@@ -164,62 +251,52 @@ def _run(client: Client, job: JobSpec, paths: list[str], out: Path, say: Progres
     t0 = time.perf_counter()
     vec = client.map(parts.vectorize_part, cleaned, vectorizer_params=vectorizer_params,
                      pure=False)
-    _check(vec, "vectorize", paths)
+    _check(vec, "vectorize", paths, bar=True)
     _release(cleaned)
+    idf = None
+    if vectorizer_params.get("tfidf"):
+        vec, idf = _tfidf(client, vec, vectorizer_params["norm"], paths)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
         f"ngrams {tuple(vectorizer_params['ngram_range'])} ({timings['vectorize']:.1f}s)")
 
-    # train: iterative parameter mixing, one mixing step per epoch
+    # train (on the training rows; with a search, first pick the parameters on a validation split)
     t0 = time.perf_counter()
-    epochs = job.model.epochs
-    state: Future | None = None
-    for epoch in range(epochs):
-        te = time.perf_counter()
-        results = [
-            client.submit(train.train_partition, v, state, classes, sgd_params, epoch, i,
-                          pure=False)
-            for i, v in enumerate(vec)
-        ]
-        mixed = client.submit(train.mix, results, state, pure=False)
-        _check(results, f"train (epoch {epoch + 1})", paths)
-        _check([mixed], f"train (epoch {epoch + 1}, mixing)")
-        if state is not None:
-            _release([state])
-        _release(results)
-        state = mixed
-        say(f"train: epoch {epoch + 1}/{epochs} {n_train:,} rows in {len(vec)} partitions "
-            f"({time.perf_counter() - te:.1f}s)")
+    part_rows = [sum(s["train_labels"].values()) for s in stats]
+    search = None
+    if job.search is not None:
+        search = _search(client, job, vec, classes, paths, say)
+        model_params = {**model_params, **search["best"]}
+    fitted = _train(client, job.model.kind, model_params, vec, part_rows, classes, paths, say,
+                    vectorizer_params["n_features"])
     timings["train"] = time.perf_counter() - t0
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
     t0 = time.perf_counter()
-    cms = [client.submit(evaluate.confusion_part, v, state, classes, sgd_params, pure=False)
-           for v in vec]
-    _check(cms, "evaluate", paths)
-    cm = sum(client.gather(cms))
-    scores = evaluate.metrics_from_confusion(cm, classes)
+    cm, scores = _evaluate(client, fitted, vec, classes, paths, "evaluate")
     timings["evaluate"] = time.perf_counter() - t0
     say(f"evaluate: accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
         f"majority class {scores['majority_rate']:.3f} ({timings['evaluate']:.1f}s)")
 
-    # save: the weights come to the client once
+    # save: the classifier comes to the client once
     t0 = time.perf_counter()
-    final = state.result()
-    _release([*vec, *cms, state])
-    clf = train.make_classifier(final, classes, sgd_params)
-    save_model(out / "model.joblib", {
+    clf = fitted.result()
+    idf_weights = None if idf is None else idf.result()
+    _release([*vec, fitted, *([idf] if idf is not None else [])])
+    model = {
         "vectorizer": vectorizer_params,
         "clean": clean_params,
         "classifier": clf,
-        "labels": list(classes),
+        "labels": [str(c) for c in clf.classes_],
         "job": job.name,
-    })
+        "idf": idf_weights,
+    }
     timings["save"] = time.perf_counter() - t0
-    say(f"save: model.joblib, metrics.json ({timings['save']:.1f}s)")
+    say(f"save: classifier collected ({timings['save']:.1f}s)")
 
-    return {
+    metrics = {
         "job": job.name,
+        "model": job.model.kind,
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
         "majority_rate": scores["majority_rate"],
@@ -230,14 +307,163 @@ def _run(client: Client, job: JobSpec, paths: list[str], out: Path, say: Progres
         "n_partitions": len(paths),
         "rows": rows,
         "dropped_rows": dropped,
-        "epochs": epochs,
+        "epochs": job.model.epochs,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "labels": list(classes),
         "per_class": scores["per_class"],
         "confusion_matrix": cm.tolist(),
         "params": {"clean": clean_params, "features": vectorizer_params,
-                   "split": split_params, "model": job.model.model_dump(mode="json")},
+                   "split": split_params, "model": _json_safe(model_params)},
     }
+    if search is not None:
+        metrics["search"] = search
+    return metrics, model
+
+
+def _tfidf(client: Client, vec: list[Future], norm: str | None, paths: list[str]):
+    """Document frequencies reduced over all partitions, idf weights, applied everywhere."""
+    from runner.batch import features
+
+    freqs = client.map(parts.train_frequencies, vec, pure=False)
+    _check(freqs, "vectorize (document frequencies)", paths)
+    level = list(freqs)
+    while len(level) > 1:
+        level = [client.submit(features.add_frequencies, *level[i:i + 8], pure=False)
+                 for i in range(0, len(level), 8)]
+    idf = client.submit(features.idf_weights, level[0], pure=False)
+    weighted = client.map(parts.tfidf_part, vec, idf=idf, norm=norm, pure=False)
+    _check(weighted, "vectorize (tf-idf)", paths)
+    _release([*vec, *freqs, *level])
+    return weighted, idf
+
+
+def _evaluate(client: Client, fitted: Future, vec: Sequence[Future], classes: list[str],
+              paths: list[str], phase: str) -> tuple:
+    cms = [client.submit(evaluate.confusion_part, v, fitted, classes, pure=False) for v in vec]
+    _check(cms, phase, paths, bar=True)
+    cm = sum(client.gather(cms))
+    _release(cms)
+    return cm, evaluate.metrics_from_confusion(cm, classes)
+
+
+def _train(client: Client, kind: str, model_params: dict, vec: Sequence[Future],
+           part_rows: list[int], classes: list[str], paths: list[str], say: Progress,
+           n_features: int) -> Future:
+    """A future of the fitted scikit-learn classifier (it stays on a worker)."""
+    n_train = sum(part_rows)
+    if kind == "naive_bayes":
+        te = time.perf_counter()
+        [fitted] = _naive_bayes(client, vec, classes, model_params["variant"],
+                                [model_params["alpha"]], paths)
+        say(f"train: naive Bayes ({model_params['variant']}) counts of {n_train:,} rows summed "
+            f"over {len(vec)} partitions ({time.perf_counter() - te:.1f}s)")
+        return fitted
+    sgd_params = _sgd_params(model_params)
+    epochs = int(model_params["epochs"])
+    if kind == "incremental":
+        from runner.batch.incremental import fit_incremental
+
+        te = [time.perf_counter()]
+
+        def on_epoch(epoch: int) -> None:
+            say(f"train: epoch {epoch + 1}/{epochs} {n_train:,} rows, sequential over "
+                f"{len(vec)} partitions (dask-ml Incremental) ({time.perf_counter() - te[0]:.1f}s)")
+            te[0] = time.perf_counter()
+
+        try:
+            clf = fit_incremental(vec, part_rows, n_features, classes, sgd_params, epochs, on_epoch)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
+        return client.scatter(clf)
+    [state] = _parameter_mixing(client, vec, classes, [sgd_params], epochs, paths, say, n_train)
+    fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
+    _check([fitted], "train (final weights)")
+    _release([state])
+    return fitted
+
+
+def _sgd_params(model_params: dict) -> dict:
+    return {"loss": model_params["loss"], "alpha": model_params["alpha"],
+            "random_state": model_params["seed"]}
+
+
+def _parameter_mixing(client: Client, vec: Sequence[Future], classes: list[str],
+                      candidates: list[dict], epochs: int, paths: list[str], say: Progress,
+                      n_train: int) -> list[Future]:
+    """Iterative parameter mixing, one mixing step per epoch, for every parameter set in
+    ``candidates`` at once (their tasks run side by side). Returns the final weight states."""
+    states: list[Future | None] = [None] * len(candidates)
+    for epoch in range(epochs):
+        te = time.perf_counter()
+        new_states, all_results = [], []
+        for state, params in zip(states, candidates, strict=True):
+            results = [client.submit(train.train_partition, v, state, classes, params, epoch, i,
+                                     pure=False)
+                       for i, v in enumerate(vec)]
+            new_states.append(client.submit(train.mix, results, state, pure=False))
+            all_results.append(results)
+        for results in all_results:
+            _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
+        _check(new_states, f"train (epoch {epoch + 1}, mixing)")
+        _release([s for s in states if s is not None])
+        for results in all_results:
+            _release(results)
+        states = new_states
+        what = f"{len(candidates)} candidates, " if len(candidates) > 1 else ""
+        say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(vec)} partitions "
+            f"({time.perf_counter() - te:.1f}s)")
+    return states
+
+
+def _naive_bayes(client: Client, vec: Sequence[Future], classes: list[str], variant: str,
+                 alphas: list[float], paths: list[str]) -> list[Future]:
+    counts = client.map(naive_bayes.class_feature_counts, vec, classes=classes, pure=False)
+    _check(counts, "train (naive Bayes counts)", paths)
+    level = list(counts)
+    while len(level) > 1:  # a tree of additions on the workers (fan-in 4)
+        level = [client.submit(naive_bayes.add_counts, *level[i:i + 4], pure=False)
+                 for i in range(0, len(level), 4)]
+    fitted = [client.submit(naive_bayes.naive_bayes_from_counts, level[0], classes, variant, a,
+                            pure=False) for a in alphas]
+    _check(fitted, "train (naive Bayes)")
+    _release(counts)
+    return fitted
+
+
+def _search(client: Client, job: JobSpec, vec: Sequence[Future], classes: list[str],
+            paths: list[str], say: Progress) -> dict:
+    """Fit every grid candidate on the training rows minus a validation split (carved by the
+    text hash), in parallel; score each on the validation rows; best by macro-F1."""
+    spec = job.search
+    t0 = time.perf_counter()
+    candidates = spec.candidates()
+    base = job.model_params()
+    fit_parts = client.map(parts.carve_validation, vec, fraction=spec.validation_fraction,
+                           seed=job.split.seed, pure=False)
+    _check(fit_parts, "search (validation split)", paths)
+    if job.model.kind == "naive_bayes":
+        fitted = _naive_bayes(client, fit_parts, classes, base["variant"],
+                              [c.get("alpha", base["alpha"]) for c in candidates], paths)
+    else:
+        params = [_sgd_params({**base, **c}) for c in candidates]
+        states = _parameter_mixing(client, fit_parts, classes, params, job.model.epochs, paths,
+                                   lambda line: None, 0)
+        fitted = [client.submit(train.make_classifier, s, classes, p, pure=False)
+                  for s, p in zip(states, params, strict=True)]
+        _check(fitted, "search (final weights)")
+        _release(states)
+    results = []
+    for cand, f in zip(candidates, fitted, strict=True):
+        _, scores = _evaluate(client, f, fit_parts, classes, paths, "search (validation)")
+        results.append({"params": cand, "macro_f1": scores["macro_f1"],
+                        "accuracy": scores["accuracy"]})
+    _release([*fitted, *fit_parts])
+    best = max(results, key=lambda r: r["macro_f1"])
+    say(f"search: {len(candidates)} candidates on a {spec.validation_fraction:.0%} validation "
+        f"split; best {best['params']} macro-F1 {best['macro_f1']:.3f} "
+        f"({time.perf_counter() - t0:.1f}s)")
+    return {"validation_fraction": spec.validation_fraction, "results": results,
+            "best": best["params"], "best_macro_f1": best["macro_f1"]}
 
 
 __all__ = ["run_job", "print_progress"]

@@ -1,27 +1,53 @@
 """Text cleaning (worker side: numpy/pandas/scikit-learn only, plain-dict parameters).
 
-``params`` is the ``clean`` section of the job as a dict: lowercase, strip_urls,
-strip_punctuation, stop_words ("english", a list of words, or None), min_token_len.
+``params`` is the ``clean`` section of the job as a dict: unicode_nfkc, strip_html, lowercase,
+strip_urls, strip_emails, strip_numbers, strip_punctuation, stop_words ("english", a list of
+words, or None), min_token_len, stem (None or a Snowball language such as "english"). The steps
+run in that order; stemming (snowballstemmer: pure Python, no data to download) comes last, after
+the stop words and the length filter have seen the whole words.
 """
 
 from __future__ import annotations
 
+import html
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+", re.IGNORECASE)
+TAG_RE = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# a number standing alone: 42, 3.14, 1,000, -7 (not the digits inside a word such as mp3)
+NUMBER_RE = re.compile(r"(?<!\w)[-+]?\d+(?:[.,]\d+)*(?!\w)")
 # anything that is not a letter, digit or underscore (unicode-aware), and underscores too
 PUNCT_RE = re.compile(r"[^\w\s]|_")
 
 DEFAULT_PARAMS = {
+    "unicode_nfkc": True,
+    "strip_html": False,
+    "strip_emails": False,
+    "strip_numbers": False,
     "lowercase": True,
     "strip_urls": True,
     "strip_punctuation": True,
     "stop_words": "english",
     "min_token_len": 2,
+    "stem": None,
 }
+
+
+def make_stemmer(language: str):
+    """A function list[str] -> list[str] stemming with Snowball's ``language`` algorithm."""
+    import snowballstemmer  # imported on first use: only jobs that stem need it
+
+    try:
+        stemmer = snowballstemmer.stemmer(language)
+    except KeyError:
+        raise ValueError(f"unknown stemming language {language!r} (snowballstemmer knows: "
+                         f"{', '.join(snowballstemmer.algorithms())})") from None
+    return stemmer.stemWords
 
 
 def stop_word_set(stop_words) -> frozenset[str]:
@@ -36,20 +62,30 @@ def make_cleaner(params: dict):
     """A function str -> cleaned str (tokens joined by single spaces)."""
     p = {**DEFAULT_PARAMS, **params}
     lowercase, urls, punct = p["lowercase"], p["strip_urls"], p["strip_punctuation"]
+    nfkc, tags, emails, numbers = p["unicode_nfkc"], p["strip_html"], p["strip_emails"], \
+        p["strip_numbers"]
     stops = stop_word_set(p["stop_words"])
     min_len = int(p["min_token_len"])
+    stem = make_stemmer(p["stem"]) if p["stem"] else None
 
     def clean(text: str) -> str:
+        if nfkc:
+            text = unicodedata.normalize("NFKC", text)
+        if tags:
+            text = html.unescape(TAG_RE.sub(" ", text))
         if lowercase:
             text = text.lower()
         if urls:
             text = URL_RE.sub(" ", text)
+        if emails:
+            text = EMAIL_RE.sub(" ", text)
+        if numbers:
+            text = NUMBER_RE.sub(" ", text)
         if punct:
             text = PUNCT_RE.sub(" ", text)
         # stop words are lowercase; compare lowercase even when the text keeps its case
-        return " ".join(
-            t for t in text.split() if len(t) >= min_len and t.lower() not in stops
-        )
+        tokens = [t for t in text.split() if len(t) >= min_len and t.lower() not in stops]
+        return " ".join(stem(tokens) if stem is not None else tokens)
 
     return clean
 

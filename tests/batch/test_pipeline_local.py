@@ -25,14 +25,6 @@ METRIC_KEYS = {"accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_work
 PHASES = {"load", "clean", "vectorize", "train", "evaluate", "save"}
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as c:
-            yield c
-
-
 def worker_paths(dataset) -> list[str]:
     # on a real cluster these are the same absolute paths on the worker hosts
     return [str(p) for p in dataset.paths]
@@ -73,6 +65,13 @@ def test_small_debian_job(client, tmp_path):
     assert any(line.startswith("train: epoch 5/5") for line in lines), lines
     assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
     assert not run_dir.with_name("r1.tmp").exists()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "succeeded"
+    log = (run_dir / "logs" / "run.log").read_text()
+    assert "train: epoch 5/5" in log and log.count("\n") == len(lines)
+    report = (run_dir / "report.html").read_text()
+    assert "<svg" in report and "confusion matrix" in report and "local" in report
+    assert "http://" not in report and "https://" not in report and "<script" not in report
+    assert (run_dir / "performance.html").stat().st_size > 10_000
 
     model = load_model(run_dir / "model.joblib")
     got = predict_texts(model, [
@@ -143,7 +142,17 @@ def test_missing_label_column_is_reported(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-def test_failing_job_leaves_no_run_dir(client, tmp_path):
+def assert_failed_run(run_dir: Path, words: str) -> None:
+    """A failed run is recorded as failed and nothing in it looks like a success."""
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and words in status["error"], status
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model.joblib").exists()
+    assert not (run_dir / "report.html").exists()
+    assert "failed: " in (run_dir / "logs" / "run.log").read_text()
+    assert not run_dir.with_name(run_dir.name + ".tmp").exists()
+
+
+def test_failing_job_is_recorded_as_failed(client, tmp_path):
     # shards whose label column is missing (e.g. written by another tool): the workers fail
     good = pd.DataFrame({"text": ["x y"] * 10, "label": ["a", "b"] * 5})
     pq.write_table(pa.Table.from_pandas(good), tmp_path / "part-00000.parquet")
@@ -153,7 +162,8 @@ def test_failing_job_leaves_no_run_dir(client, tmp_path):
     with pytest.raises(BatchError, match=r"load failed on shard .*part-00001.parquet"):
         run_job(client, job, [str(tmp_path / f"part-0000{i}.parquet") for i in (0, 1)],
                 run_dir, progress=lambda line: None)
-    assert not run_dir.exists() and not run_dir.with_name("broken.tmp").exists()
+    assert_failed_run(run_dir, "part-00001.parquet")
+    assert "load: " not in (run_dir / "logs" / "run.log").read_text()
 
 
 def test_one_class_corpus_is_an_error(client, tmp_path):
@@ -164,5 +174,22 @@ def test_one_class_corpus_is_an_error(client, tmp_path):
     run_dir = tmp_path / "run"
     with pytest.raises(BatchError, match="one class only"):
         run_job(client, job, worker_paths(dataset), run_dir, progress=lambda line: None)
-    assert not run_dir.exists() and not (tmp_path / "run.tmp").exists()
+    assert_failed_run(run_dir, "one class only")
+    assert "clean: 50 rows" in (run_dir / "logs" / "run.log").read_text()
     shutil.rmtree(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("exc", [KeyError("label"), KeyboardInterrupt()])
+def test_unexpected_failure_is_recorded_and_propagates(client, tmp_path, monkeypatch, exc):
+    from runner.batch import pipeline
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(pipeline, "_run", broken)
+    job = load_job(write_job(tmp_path, "name: bug\ndata: {source: debian-packages}\n"))
+    run_dir = tmp_path / "runs" / "bug"
+    with pytest.raises(type(exc)):
+        run_job(client, job, ["/nonexistent/part-00000.parquet"], run_dir,
+                progress=lambda line: None)
+    assert_failed_run(run_dir, type(exc).__name__)

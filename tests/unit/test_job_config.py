@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner.batch.job import JobSpec, load_job
+from runner.batch.sources import resolve_files
 from runner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +36,8 @@ def test_shipped_jobs_load(name):
 def test_defaults_written_once(tmp_path):
     job = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
     assert job.data.text_column == "text" and job.data.label_column == "label"
-    assert job.data.shard_rows == 20000 and job.data.limit is None
+    assert job.data.shard_rows is None and job.data.partition_mb == 64 and job.data.limit is None
+    assert job.data.on_error == "fail" and job.data.format is None
     assert job.features.n_features == 2**18 and job.features.ngram_range == [1, 2]
     assert job.clean.stop_words == "english" and job.clean.min_token_len == 2
     assert job.split.test_fraction == 0.2 and job.model.kind == "sgd" and job.model.epochs == 5
@@ -52,7 +54,7 @@ def test_unknown_key_lists_allowed(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\nmodle: {}\n"))
-    assert "modle: unknown key (allowed: name, data, clean, features, split, model)" in msg
+    assert "modle: unknown key (allowed: name, data, clean, features, split, model, search)" in msg
 
 
 def test_missing_required(tmp_path):
@@ -65,13 +67,13 @@ def test_missing_required(tmp_path):
     [
         ("model: {epochs: five}", "model.epochs", "valid integer"),
         ("model: {epochs: 0}", "model.epochs", "greater than or equal to 1"),
-        ("model: {kind: forest}", "model.kind", "'sgd'"),
+        ("model: {kind: forest}", "model.kind", "'sgd', 'naive_bayes' or 'incremental'"),
         ("clean: {lowercase: 'yes'}", "clean.lowercase", "valid boolean"),
         ("features: {ngram_range: [2, 1]}", "features.ngram_range", "min_n <= max_n"),
         ("features: {n_features: 3.5}", "features.n_features", "valid integer"),
         ("split: {test_fraction: 1.5}", "split.test_fraction", "less than 1"),
         ("data: {source: debian-packages, limit: -3}", "data.limit", "greater than 0"),
-        ("data: {source: web}", "data.source", "'debian-packages' or 'files'"),
+        ("data: {source: web}", "data.source", "'debian-packages', 'files' or 'synthetic'"),
     ],
 )
 def test_wrong_values_name_the_key(tmp_path, body, key, words):
@@ -88,7 +90,8 @@ def test_files_path_resolved_against_job_folder(tmp_path):
     (tmp_path / "data" / "c.csv").write_text("text,label\na,b\n")
     job = load_job(write(tmp_path, "name: j\ndata: {source: files, path: data/c.csv}\n"))
     assert job.data.path == (tmp_path / "data" / "c.csv").resolve()
-    assert job.data.format == "csv"
+    assert job.data.format is None  # inferred when the data is read
+    assert resolve_files(job.data.path, job.data.format) == ("csv", [job.data.path])
 
 
 def test_files_path_not_found(tmp_path):
@@ -100,7 +103,7 @@ def test_files_path_not_found(tmp_path):
 
 def test_files_path_required_and_format(tmp_path):
     path = write(tmp_path, "name: j\ndata: {source: files}\n")
-    assert error_of(path) == f"{path}: data.path: required when source is 'files'"
+    assert error_of(path) == f"{path}: data.path: required when source is 'files' (or give data.url)"
     (tmp_path / "x.txt").write_text("hello")
     path = write(tmp_path, "name: j\ndata: {source: files, path: x.txt}\n")
     assert "data.path: unsupported file type '.txt'" in error_of(path)
@@ -115,3 +118,48 @@ def test_missing_and_unparsable_file(tmp_path):
     msg = error_of(bad)
     assert msg.startswith(f"{bad}: not valid YAML (line ")
     assert error_of(write(tmp_path, "- a\n- b\n")).startswith(f"{tmp_path / 'job.yaml'}: a job")
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ("model: {kind: sgd, variant: complement}", "model.variant",
+         "only allowed when kind is 'naive_bayes'"),
+        ("model: {kind: naive_bayes, variant: bernoulli}", "model.variant",
+         "'multinomial' or 'complement'"),
+        ("model: {kind: naive_bayes}\nfeatures: {alternate_sign: true}",
+         "features.alternate_sign", "non-negative"),
+        ("model: {alpha: 0}", "model.alpha", "greater than 0"),
+        ("search: {grid: {}}", "search.grid", "at least one parameter"),
+        ("search: {grid: {alpha: []}}", "search.grid.alpha", "at least one value"),
+        ("search: {grid: {alpha: [-1]}}", "search.grid.alpha", "numbers > 0"),
+        ("search: {grid: {loss: [hinge, bogus]}}", "search.grid.loss", "unknown loss ['bogus']"),
+        ("search: {grid: {epochs: [1, 2]}}", "search.grid.epochs", "searchable: alpha, loss"),
+        ("model: {kind: naive_bayes}\nsearch: {grid: {loss: [hinge]}}", "search.grid",
+         "loss cannot be searched for model.kind 'naive_bayes'"),
+        ("model: {kind: incremental}\nsearch: {grid: {alpha: [1.0]}}", "search",
+         "not available for model.kind 'incremental'"),
+        ("search: {grid: {alpha: [1, 2, 3]}, max_candidates: 2}", "search.grid",
+         "3 combinations, more than search.max_candidates (2)"),
+        ("search: {grid: {alpha: [1]}, validation_fraction: 1}", "search.validation_fraction",
+         "less than 1"),
+        ("search: {grids: {alpha: [1]}}", "search.grids", "unknown key (allowed: grid, "),
+    ],
+)
+def test_new_model_and_search_keys_name_the_key(tmp_path, body, key, words):
+    path = write(tmp_path, f"name: j\ndata: {{source: debian-packages}}\n{body}\n")
+    msg = error_of(path)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert words in msg, msg
+
+
+def test_model_defaults_per_kind(tmp_path):
+    nb = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                  "model: {kind: naive_bayes}\n"))
+    assert nb.model_params()["alpha"] == 1.0 and nb.model_params()["variant"] == "multinomial"
+    sgd = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
+    assert sgd.sgd_params()["alpha"] == 1e-5 and sgd.model_params()["variant"] is None
+    grid = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                    "search: {grid: {alpha: [1.0e-5, 1.0e-4], loss: [hinge]}}\n"))
+    assert grid.search.candidates() == [{"alpha": 1e-5, "loss": "hinge"},
+                                        {"alpha": 1e-4, "loss": "hinge"}]

@@ -42,7 +42,8 @@ def test_skipping_host_key_checks_is_only_explicit():
 def test_lock_is_the_installed_closure_of_the_worker_stack():
     lock = derive_lock()
     pins = dict(lock.pins)
-    for name in ("dask", "distributed", "scikit-learn", "dask-ml", "pandas", "numpy", "pyarrow"):
+    for name in ("dask", "distributed", "scikit-learn", "dask-ml", "pandas", "numpy", "pyarrow",
+                 "snowballstemmer"):
         assert pins[name] == md.version(name), name
     # dependencies of dependencies are in, with this environment's versions
     assert pins["toolz"] == md.version("toolz") and pins["cloudpickle"] == md.version("cloudpickle")

@@ -46,6 +46,7 @@ def test_worker_modules_import_without_pydantic_or_yaml():
         "    sys.modules[m] = None  # any import of them now fails\n"
         "import runner.batch\n"
         "from runner.batch import text, split, features, parts, train, evaluate, model\n"
+        "from runner.batch import naive_bayes, synthetic\n"
         "from runner.batch import load_model, predict_texts\n"
         "assert 'runner.batch.job' not in sys.modules\n"
         "print('ok')\n"

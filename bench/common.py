@@ -1,0 +1,85 @@
+"""Shared pieces of the benchmarks: the single-process scikit-learn side, memory sampling.
+
+The single-process side uses the same worker-side functions as the cluster (read, clean, hash,
+split), so both sides see the same features and the same split.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import SGDClassifier
+
+from runner.batch.evaluate import metrics_from_confusion
+from runner.batch.naive_bayes import VARIANTS
+from runner.batch.parts import clean_part, read_shard, vectorize_part
+
+
+def single_process_features(job, paths) -> dict:
+    """Read, clean and hash every shard in this process; stacked train and test matrices."""
+    t0 = time.perf_counter()
+    parts = [vectorize_part(clean_part(read_shard(str(p)), job.clean_params(), job.split_params()),
+                            job.vectorizer_params())
+             for p in paths]
+    out = {
+        "X_train": sp.vstack([p["X_train"] for p in parts]).tocsr(),
+        "y_train": np.concatenate([p["y_train"] for p in parts]),
+        "X_test": sp.vstack([p["X_test"] for p in parts]).tocsr(),
+        "y_test": np.concatenate([p["y_test"] for p in parts]),
+    }
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def single_process_fit(job, data: dict, kind: str) -> dict:
+    """Fit one scikit-learn model on all training rows; scores on the test rows."""
+    t0 = time.perf_counter()
+    if kind == "naive_bayes":
+        clf = VARIANTS[job.model.variant_value](alpha=job.model_params()["alpha"]
+                                                 if job.model.kind == "naive_bayes" else 1.0)
+    else:
+        clf = SGDClassifier(max_iter=job.model.epochs, tol=None, shuffle=True, **job.sgd_params())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(data["X_train"], data["y_train"])
+    fit_seconds = time.perf_counter() - t0
+    classes = sorted(set(data["y_train"]) | set(data["y_test"]))
+    index = {c: i for i, c in enumerate(classes)}
+    cm = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(cm, ([index[c] for c in data["y_test"]],
+                   [index[c] for c in clf.predict(data["X_test"])]), 1)
+    scores = metrics_from_confusion(cm, classes)
+    scores["fit_seconds"] = fit_seconds
+    return scores
+
+
+@contextmanager
+def peak_worker_memory(client, interval: float = 0.2):
+    """Sample the workers' ``memory`` metric (process RSS) while the block runs; yields a dict
+    whose ``peak`` (bytes, the largest single worker) is filled in at the end."""
+    result = {"peak": 0}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                workers = client.scheduler_info(n_workers=-1)["workers"].values()
+                result["peak"] = max([result["peak"],
+                                      *(w["metrics"]["memory"] for w in workers)])
+            except (OSError, KeyError, RuntimeError):
+                pass
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join()

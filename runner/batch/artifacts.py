@@ -1,0 +1,81 @@
+"""Run-folder files: written to a temporary name in the same folder, then renamed.
+
+Control side, standard library only. A reader (or a crash) never sees half a file: either the old
+state, or the whole new file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+STATUS_FILE = "status.json"
+SUCCESS_FILES = ("model.joblib", "metrics.json", "report.html")
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` for a temporary sibling of ``path``, then rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def read_status(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class RunLog:
+    """Progress lines: passed on to ``say`` and appended to ``logs/run.log`` of the run."""
+
+    def __init__(self, path: Path, say: Callable[[str], None], earlier: Iterable[str] = ()):
+        self.path = Path(path)
+        self.say = say
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lines: list[str] = list(earlier)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in self.lines)
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        self.say(line)
+
+
+def write_failed_run(run_dir: Path, status: dict, error: BaseException, log_lines=()) -> None:
+    """A run that failed before it reached the cluster: status.json and logs/run.log only."""
+    run_dir = Path(run_dir)
+    tmp = run_dir.with_name(run_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "logs").mkdir(parents=True)
+    try:
+        lines = [*log_lines, f"failed: {error}"]
+        (tmp / "logs" / "run.log").write_text("".join(line + "\n" for line in lines))
+        write_json_atomic(tmp / STATUS_FILE, {**status, "status": "failed", "error": str(error)})
+        tmp.rename(run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""CLI commands of the batch side: `daskfleet runs`, `runs show ID`, `predict`.
+
+runner.cli calls ``add_commands(sub)``; the handlers raise project exceptions and runner.cli's
+main() turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_CLUSTER = "clusters/lab.yaml"
+
+
+def _fmt(value, spec: str = "", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def cmd_runs(args) -> int:
+    from runner import runs
+
+    runs_dir = Path(args.runs_dir)
+    if args.runs_cmd == "show":
+        details = runs.run_details(runs.get_run(runs_dir, args.id))
+        if args.json:
+            print(json.dumps(details, indent=2, default=str))
+            return 0
+        print(f"run {details['id']}: job {details['job']}, {details['status']}, "
+              f"started {details['started_at']}, {_fmt(details['duration_s'], '.1f')}s on "
+              f"{_fmt(details['n_workers'])} workers")
+        if details["error"]:
+            print(f"error: {details['error']}")
+        m = details["metrics"]
+        if m:
+            print(f"model {m.get('model', 'sgd')}: accuracy {m['accuracy']:.4f}, macro-F1 "
+                  f"{m['macro_f1']:.4f}, majority class {m.get('majority_rate', 0):.4f}; "
+                  f"{m['n_train']} train / {m['n_test']} test rows, {m['n_classes']} classes, "
+                  f"{m.get('dropped_rows', 0)} dropped rows")
+            print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
+        print(f"folder: {details['run_dir']}")
+        for f in details["files"]:
+            print(f"  {f}")
+        return 0
+    rows = runs.list_runs(runs_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':40} {'JOB':24} {'STATUS':10} {'ACCURACY':>8} {'MACRO-F1':>8} {'DURATION':>9} "
+          f"{'WORKERS':>7} STARTED")
+    for r in rows:
+        print(f"{r['id']:40} {r['job']:24} {r['status']:10} {_fmt(r['accuracy'], '.4f'):>8} "
+              f"{_fmt(r['macro_f1'], '.4f'):>8} {_fmt(r['duration_s'], '.1f') + 's':>9} "
+              f"{_fmt(r['n_workers']):>7} {r['started_at'] or '-'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from runner.cluster import Cluster
+    from runner.predict import predict_on_cluster
+
+    def say(line: str) -> None:
+        print(f"[daskfleet] {line}", flush=True)
+
+    with Cluster.from_file(args.cluster) as cluster:
+        summary = predict_on_cluster(cluster, Path(args.model), Path(args.data), Path(args.out),
+                                     progress=say, text_column=args.text_column,
+                                     label_column=args.label_column)
+    extra = f", accuracy against the label column {summary['accuracy']:.4f}" \
+        if "accuracy" in summary else ""
+    say(f"{summary['rows']} predictions written to {summary['out']}{extra}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add `runs` and `predict` to the `daskfleet` sub-command parser."""
+    r = sub.add_parser("runs", help="the run history (runs/index.sqlite)")
+    r.add_argument("--runs-dir", default="runs")
+    r.add_argument("--json", action="store_true")
+    rsub = r.add_subparsers(dest="runs_cmd")
+    show = rsub.add_parser("show", help="one run: metrics summary and files")
+    show.add_argument("id", help="run id (or a unique prefix of it)")
+    show.add_argument("--runs-dir", default=argparse.SUPPRESS)
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    r.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("predict", help="batch inference with a saved model on the cluster")
+    p.add_argument("model", help="model.joblib (or the run folder that holds it)")
+    p.add_argument("data", help="parquet, csv or jsonl file with a text column")
+    p.add_argument("-o", "--out", required=True, help="output parquet file")
+    p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label",
+                   help="optional: when present, the output keeps it next to the prediction")
+    p.set_defaults(func=cmd_predict)
