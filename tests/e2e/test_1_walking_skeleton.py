@@ -62,7 +62,7 @@ def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
 
 def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path):
     proc = cli("submit", str(REPO / "jobs" / "small.yaml"), "-c", str(LAB_CLUSTER), timeout=600)
-    run_dirs = sorted((workdir / "runs").iterdir())
+    run_dirs = sorted(p for p in (workdir / "runs").iterdir() if p.is_dir())
     assert len(run_dirs) == 1, run_dirs
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_workers",
@@ -78,6 +78,26 @@ def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path)
     for host in ("lab2", "lab3"):
         assert list((data / host / "fs/var/lib/daskfleet/data").glob("*/part-*.parquet"))
     assert not list((data / "lab1" / "fs/var/lib/daskfleet/data").glob("*"))
+
+
+def test_runs_history_and_predict_on_the_cluster(lab_cluster, cli, workdir: Path):
+    import pandas as pd
+
+    runs = json.loads(cli("runs", "--json", "--runs-dir", str(workdir / "runs")).stdout)
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs
+    run_dir = next(p for p in (workdir / "runs").iterdir() if p.is_dir())
+    for name in ("report.html", "performance.html", "job.yaml", "status.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    data = workdir / "to_predict.csv"
+    texts = ["Python 3 library for parsing YAML documents",
+             "transitional dummy package", "", "GNU C compiler documentation in HTML"]
+    pd.DataFrame({"text": texts}).to_csv(data, index=False)
+    out = workdir / "predictions.parquet"
+    cli("predict", str(run_dir / "model.joblib"), str(data), "-o", str(out),
+        "-c", str(LAB_CLUSTER), timeout=300)
+    pred = pd.read_parquet(out)
+    assert len(pred) == len(texts)  # one prediction per input row, in order
+    assert pred.iloc[0]["prediction"] == "python", pred
 
 
 def test_second_up_changes_nothing_and_restarts_nothing(lab_cluster, cli):
