@@ -27,6 +27,9 @@ def cmd_lab(args) -> int:
     if args.lab_cmd == "down":
         lab.down(progress=_say)
         return 0
+    if args.lab_cmd == "restart":
+        lab.restart(args.host, progress=_say)
+        return 0
     if args.lab_cmd == "kill":
         lab.kill(args.host)
         _say(f"lab: {args.host} crashed (every process on it killed)")
@@ -161,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     kill = labsub.add_parser("kill", help="crash a lab host (kills every process on it)")
     kill.add_argument("host")
+    restart = labsub.add_parser("restart", help="boot a lab host again (same address, keys, disks)")
+    restart.add_argument("host")
     lab.set_defaults(func=cmd_lab)
 
     def with_cluster(sp):

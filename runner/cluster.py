@@ -190,7 +190,8 @@ class Cluster:
         terraform.write_root(workdir, self.spec.provider, self.terraform_variables())
         hosts = terraform.apply(workdir)
         state.update(self.state_dir, name=self.spec.name, provider=self.spec.provider,
-                     hosts=[h.to_dict() for h in hosts], inventory=str(self.inventory_path))
+                     hosts=[h.to_dict() for h in hosts], inventory=str(self.inventory_path),
+                     destroyed=False)
         inventory.write(self.inventory_path, hosts, self.ssh())
         return hosts
 
@@ -488,7 +489,7 @@ class Cluster:
                 progress("terraform: destroy")
                 terraform.destroy(self.state_dir / "terraform")
                 self.inventory_path.unlink(missing_ok=True)
-                state.update(self.state_dir, hosts=[], pids={}, destroyed=True)
+                state.update(self.state_dir, hosts=[], pids={}, n_workers=None, destroyed=True)
 
     def status(self) -> dict:
         record = state.read(self.state_dir)

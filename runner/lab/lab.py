@@ -238,6 +238,23 @@ class Lab:
         host = self._get(name)
         _kill_netns_processes(host.netns)
 
+    def restart(self, name: str, progress=print) -> None:
+        """Boot a host again (after `kill`, or to reboot it): same address, host key and disks;
+        no process survives, as after a real reboot."""
+        check_prerequisites()
+        host = self._get(name)
+        _kill_netns_processes(host.netns)
+        _run(["ip", "netns", "del", host.netns], check=False)
+        _run(["ip", "link", "del", host.veth], check=False)
+        self._create_host(host)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not _port_open(host.address, host.port, timeout=0.5):
+            if time.monotonic() > deadline:
+                raise LabError(f"lab: {name} did not come back within {READY_TIMEOUT_S:.0f}s; "
+                               f"see {self.host_dir(name) / 'init.log'}.")
+            time.sleep(0.1)
+        progress(f"lab: {name} restarted ({host.address})")
+
     # -- teardown ---------------------------------------------------------------------------
     def down(self, progress=print) -> None:
         check_prerequisites()

@@ -129,6 +129,21 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
     assert rc == 0 and sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
 
 
+def test_a_crashed_then_rebooted_host_is_healed_by_up(lab_cluster, cli):
+    cli("lab", "kill", "lab3")  # every process of lab3 dies at once
+    rc, st = _status(cli)
+    assert rc == 1
+    assert next(h for h in st["hosts"] if h["host"] == "lab3")["state"] == "unreachable"
+    cli("lab", "restart", "lab3")  # back, with its disks, without its processes
+    rc, st = _status(cli)
+    assert rc == 1 and next(w for w in st["workers"] if w["host"] == "lab3")["state"] == "dead"
+    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
+    assert "started: lab3-w0@lab3" in out, out
+    assert "changed=0" in out  # its environment survived the reboot on its disk
+    rc, st = _status(cli)
+    assert rc == 0, st
+
+
 def test_logs_show_each_process_log_by_host(lab_cluster, cli):
     out = cli("logs", "lab2", "-n", "5", "-c", str(LAB_CLUSTER)).stdout
     assert "[lab2 lab2-w0]" in out and "lab3" not in out
