@@ -28,7 +28,7 @@ def time_daskfleet(cluster: Cluster) -> float:
     """Stop every dask process, then time `start` until all workers have joined."""
     cluster.stop(progress=lambda *_: None)
     t = time.perf_counter()
-    cluster.start(cluster.status_record()["lock_hash"], progress=lambda *_: None)
+    cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
     return time.perf_counter() - t
 
 
@@ -85,7 +85,7 @@ def main() -> None:
                 ours.append(time_daskfleet(cluster))
                 theirs.append(time_sshcluster(cluster))
                 print(f"round {i + 1}: daskfleet {ours[-1]:.2f}s  SSHCluster {theirs[-1]:.2f}s")
-            cluster.start(cluster.status_record()["lock_hash"], progress=lambda *_: None)
+            cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
         mo, mt = statistics.median(ours), statistics.median(theirs)
         print(f"median start to all workers ready: daskfleet {mo:.2f}s, SSHCluster {mt:.2f}s, "
               f"ratio daskfleet/SSHCluster = {mo / mt:.2f} (< 1 is faster)")

@@ -195,36 +195,58 @@ class Cluster:
         inventory.write(self.inventory_path, hosts, self.ssh())
         return hosts
 
-    def playbook_vars(self, wheelhouse) -> dict:
+    def playbook_vars(self, wheelhouses: dict) -> dict:
+        """Ansible's extra vars: one environment per node architecture (machine -> Wheelhouse)."""
+        any_wh = next(iter(wheelhouses.values()))
         return {
-            "python_env_hash": wheelhouse.hash, "python_env_archive": str(wheelhouse.archive),
-            "python_env_python_minor": wheelhouse.lock.python,
-            "python_env_machine": wheelhouse.lock.machine,
+            "python_env_targets": {m: {"hash": w.hash, "archive": str(w.archive)}
+                                   for m, w in wheelhouses.items()},
+            "python_env_python_minor": any_wh.lock.python,
             "dask_node_tls": self.spec.tls, "dask_node_tls_src": str(self.ca.dir),
         }
 
-    def install(self, hosts: list[Host], progress=_say) -> tuple[ansible.PlaybookResult, str]:
+    def _tolerated(self, hosts: list[Host]) -> frozenset[str]:
+        # With min_workers, unreachable worker hosts do not fail provisioning: start() decides
+        # whether enough workers remain for a degraded start.
+        if not self.spec.min_workers:
+            return frozenset()
+        return frozenset(h.name for h in self.worker_hosts(hosts) if h.role == "worker")
+
+    def wheelhouses(self, hosts: list[Host], progress=_say) -> tuple[dict, dict[str, str]]:
+        """Read each node's Python and architecture (refusing another Python minor version), then
+        build or reuse one wheelhouse per architecture. Returns (machine -> Wheelhouse,
+        host name -> environment hash)."""
+        import sys
+
+        from runner import preflight
         from runner.lock import derive_lock
         from runner.wheelhouse import build
 
-        wheelhouse = build(derive_lock(), progress=progress)
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        machines = preflight.node_platforms(hosts, self.ssh(), minor, self._tolerated(hosts))
+        built = {m: build(derive_lock(m), progress=progress) for m in sorted(set(machines.values()))}
+        return built, {h.name: built[m].hash for h, m in machines.items()}
+
+    def install(self, hosts: list[Host], progress=_say) -> tuple[ansible.PlaybookResult, dict]:
+        """Ansible: the environment of this machine's lock on every node, TLS files, dask config.
+        Returns the playbook result and host name -> environment hash."""
+        import platform
+
+        wheelhouses, env_hashes = self.wheelhouses(hosts, progress)
         if self.spec.tls:
             self.ca.ensure({h.name: h.address for h in hosts})
         else:
             progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
                      "anyone who reaches the scheduler can run code on every worker.")
-        # With min_workers, unreachable worker hosts do not fail the run: start() decides whether
-        # enough workers remain for a degraded start.
-        tolerate = frozenset(h.name for h in self.worker_hosts(hosts)
-                             if h.role == "worker") if self.spec.min_workers else frozenset()
-        result = ansible.run_playbook(self.inventory_path, self.playbook_vars(wheelhouse),
+        result = ansible.run_playbook(self.inventory_path, self.playbook_vars(wheelhouses),
                                       log=self.state_dir / "logs" / "ansible.log",
-                                      tolerate_unreachable=tolerate)
+                                      tolerate_unreachable=self._tolerated(hosts))
         if result.unreachable:
             progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
                      f"continuing because min_workers is {self.spec.min_workers}")
-        state.update(self.state_dir, lock_hash=wheelhouse.hash)
-        return result, wheelhouse.hash
+        local = wheelhouses.get(platform.machine()) or next(iter(wheelhouses.values()))
+        state.update(self.state_dir, lock_hash=local.hash, env_hashes=env_hashes)
+        return result, env_hashes
 
     # -- processes --------------------------------------------------------------------------
     def process_states(self) -> dict[RemoteProcess, ProcStatus]:
@@ -233,9 +255,9 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=min(32, len(procs))) as pool:
             return dict(zip(procs, pool.map(lambda p: p.status(ssh), procs), strict=True))
 
-    def start(self, env_hash: str | None = None, progress=_say) -> list[str]:
+    def start(self, env_hashes: dict[str, str] | None = None, progress=_say) -> list[str]:
         """Reconcile: start what is wanted and not running (or runs another environment than
-        env_hash), leave the rest alone, then wait until every worker has joined.
+        env_hashes[host] says), leave the rest alone, then wait until every worker has joined.
 
         Worker hosts that cannot be reached are skipped when `min_workers` still allows it
         (a degraded start, reported); otherwise start fails naming them."""
@@ -259,8 +281,9 @@ class Cluster:
             progress(f"WARNING: starting degraded without {names} (unreachable): {can_run} "
                      f"workers, min_workers {self.spec.min_workers}")
             procs = [p for p in procs if p not in lost]
-        stale = [p for p in procs if current[p].state == "running" and env_hash
-                 and current[p].env != env_hash]
+        env_hashes = env_hashes or {}
+        stale = [p for p in procs if current[p].state == "running" and p.host.name in env_hashes
+                 and current[p].env != env_hashes[p.host.name]]
         if any(current[p].state != "running" for p in procs) or stale:
             from runner import preflight
 
@@ -270,7 +293,8 @@ class Cluster:
             progress(f"pre-flight: SSH to {len({p.host for p in procs})} host(s) ok; scheduler port "
                      f"reachable from {len(checks) - len({p.host for p in procs})} worker host(s)")
         if stale:
-            progress(f"restarting {len(stale)} process(es) on the new environment {env_hash}")
+            progress(f"restarting {len(stale)} process(es) on this machine's environment: "
+                     + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
             for group in ([p for p in stale if p.kind == "worker"],
                           [p for p in stale if p.kind == "scheduler"]):
                 _per_process(group, lambda p: p.stop(ssh), "stopping")
@@ -427,11 +451,12 @@ class Cluster:
         summary.timings["terraform"] = time.monotonic() - t
         t = time.monotonic()
         progress(f"ansible: installing the environment on {len(hosts)} hosts")
-        result, summary.lock_hash = self.install(hosts, progress)
+        result, env_hashes = self.install(hosts, progress)
+        summary.lock_hash = ", ".join(sorted(set(env_hashes.values())))
         summary.changed = result.changed
         summary.timings["ansible"] = time.monotonic() - t
         t = time.monotonic()
-        summary.started = self.start(summary.lock_hash, progress)
+        summary.started = self.start(env_hashes, progress)
         summary.timings["start"] = time.monotonic() - t
         self.check_versions()
         return summary
@@ -450,7 +475,7 @@ class Cluster:
             self.client().retire_workers(names=names, close_workers=True, remove=True)
             _per_process(going, lambda p: p.stop(self.ssh()), "stopping retired workers")
         state.update(self.state_dir, n_workers=n)
-        started = self.start(state.read(self.state_dir).get("lock_hash"), progress)
+        started = self.start(state.read(self.state_dir).get("env_hashes"), progress)
         self.wait_ready(n)
         return {"workers": n, "retired": [p.name for p in going], "started": started}
 

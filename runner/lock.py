@@ -41,7 +41,7 @@ class Lock:
     def text(self) -> str:
         """The lock as a requirements file (without per-file hashes: those the wheelhouse adds)."""
         head = [
-            f"# daskfleet worker lock: python {self.python}",
+            f"# daskfleet worker lock: python {self.python} on {self.machine}",
             f"# project {PROJECT} source sha256 {self.project_digest}",
         ]
         return "\n".join(head + [f"{n}=={v}" for n, v in self.pins]) + "\n"
@@ -89,11 +89,16 @@ def project_digest(root: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def derive_lock() -> Lock:
+def derive_lock(machine: str | None = None) -> Lock:
+    """This machine's lock for nodes of `machine` (default: this machine's architecture).
+
+    The pins are this environment's own versions whatever the target architecture: the worker
+    stack has no architecture-specific requirements, and a version without a wheel for the
+    target fails the wheelhouse build, naming the package."""
     pins = tuple(sorted(closure().items()))
     return Lock(
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
-        machine=platform.machine(),
+        machine=machine or platform.machine(),
         pins=pins,
         project_digest=project_digest(),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import sys
 
@@ -16,4 +17,5 @@ def describe() -> dict:
         "prefix": prefix,
         "env_hash": os.path.basename(prefix) if "/envs/" in prefix else None,
         "pid": os.getpid(),
+        "machine": platform.machine(),
     }

@@ -50,9 +50,6 @@ def would_change(output: str) -> dict[str, list[str]]:
 
 
 def plan(cluster, progress=print) -> PlanReport:
-    from runner.lock import derive_lock
-    from runner.wheelhouse import build
-
     report = PlanReport()
     spec = cluster.spec
     workdir = cluster.state_dir / "terraform"
@@ -67,13 +64,13 @@ def plan(cluster, progress=print) -> PlanReport:
     if not hosts:
         report.notes.append("hosts are not known before `up` creates them: no Ansible check.")
         return report
-    wheelhouse = build(derive_lock(), progress=progress)
+    wheelhouses, _ = cluster.wheelhouses(hosts, progress)
     if spec.tls:
         cluster.ca.ensure({h.name: h.address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
         inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
         progress(f"ansible: check mode on {len(hosts)} host(s)")
-        result = ansible.run_playbook(inv, cluster.playbook_vars(wheelhouse),
+        result = ansible.run_playbook(inv, cluster.playbook_vars(wheelhouses),
                                       log=cluster.state_dir / "logs" / "ansible-plan.log",
                                       check=True)
     report.changed = result.changed

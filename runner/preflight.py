@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from runner.errors import ClusterStartError, HostError
+from runner.errors import ClusterStartError, DaskfleetError, HostError, ProvisionError
 from runner.hosts import Host
 from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out
 
@@ -74,3 +74,40 @@ def run(hosts: list[Host], workers: list[Host], scheduler: Host, port: int,
             "pre-flight failed: a worker cannot reach the scheduler's port (a firewall or security "
             "group between them must allow it):\n" + table(checks))
     return checks
+
+
+PYTHON_FACTS = ["python3", "-c", "import sys, platform; "
+                "print('%d.%d' % sys.version_info[:2], platform.machine())"]
+
+
+def node_platforms(hosts: list[Host], ssh: SSHSettings, python_minor: str,
+                   tolerate: frozenset[str] = frozenset()) -> dict[Host, str]:
+    """host -> architecture (uname -m), read over SSH before anything is built or installed.
+
+    Refuses nodes whose Python minor version differs from this machine's, naming each host and
+    both versions. Hosts named in `tolerate` may be unreachable (a degraded start)."""
+
+    def probe(h: Host) -> tuple[str, str]:
+        with connect(h, ssh) as c:
+            r = c.run(shlex.join(PYTHON_FACTS))
+        if r.failed or len(r.stdout.split()) != 2:
+            raise ProvisionError(f"{h.name}: no usable /usr/bin/python3 ({r.stderr.strip()}); "
+                                 f"install python{python_minor} on the node.")
+        version, machine = r.stdout.split()
+        return version, machine
+
+    try:
+        facts = fan_out(hosts, probe, "reading the nodes' Python version")
+    except HostError as e:
+        lost = {h.name for h in e.failures}
+        if not lost <= tolerate or any(isinstance(x, DaskfleetError) for x in e.failures.values()):
+            raise
+        facts = e.results
+    bad = [f"  {h.name} ({h.address}) runs Python {v}" for h, (v, _) in facts.items()
+           if v != python_minor]
+    if bad:
+        raise ProvisionError(
+            f"these nodes do not run this machine's Python {python_minor}:\n" + "\n".join(bad)
+            + f"\nInstall python{python_minor} as /usr/bin/python3 on them (or submit from a "
+            "machine that matches); nothing was installed.")
+    return {h: m for h, (_, m) in facts.items()}

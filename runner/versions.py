@@ -41,13 +41,15 @@ def check_versions(client) -> dict:
     versions = compare_versions(client.get_versions(packages=names), names)
     # Sent by value: a node running an older environment may not have this module at all.
     cloudpickle.register_pickle_by_value(nodeinfo)
-    wanted = derive_lock().hash
     nodes = {"scheduler": client.run_on_scheduler(nodeinfo.describe),
              **{f"worker {a}": d for a, d in client.run(nodeinfo.describe).items()}}
-    stale = [f"  {n} ({d['hostname']}): environment {d['env_hash']}"
-             for n, d in nodes.items() if d["env_hash"] != wanted]
+    # the lock for each node's architecture (the same pins; its hash names the architecture too)
+    wanted = {m: derive_lock(m).hash for m in {d.get("machine") for d in nodes.values()}}
+    stale = [f"  {n} ({d['hostname']}): environment {d['env_hash']}, expected "
+             f"{wanted[d.get('machine')]}" for n, d in nodes.items()
+             if d["env_hash"] != wanted[d.get("machine")]]
     if stale:
         raise EnvironmentMismatchError(
-            f"this machine's lock is {wanted}, but these nodes run another environment:\n"
+            "these nodes do not run the environment of this machine's lock:\n"
             + "\n".join(stale) + "\nRun `daskfleet up` to install and restart them.")
     return versions

@@ -8,6 +8,7 @@ installer binary), and <hash>.tar next to the folder: the one file Ansible ships
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +66,8 @@ def _uv_binary() -> Path:
 
 
 def _platform_args(machine: str) -> list[str]:
-    """Ask pip for wheels of the target's platform, whatever this machine is."""
+    """Ask pip for wheels of the target's platform, whatever this machine is. The target's glibc
+    is taken to be at least this machine's (manylinux tags up to it are accepted)."""
     glibc = platform.libc_ver()[1] or "2.28"
     minor = glibc.split(".")[1]
     py = f"{sys.version_info.major}{sys.version_info.minor}"
@@ -75,6 +78,31 @@ def _platform_args(machine: str) -> list[str]:
         *[a for m in range(17, int(minor) + 1) for a in ("--platform", f"manylinux_2_{m}_{machine}")],
         "--platform", f"manylinux2014_{machine}", "--platform", f"linux_{machine}",
     ]
+
+
+def _uv_for(machine: str, dest: Path, root: Path, progress) -> None:
+    """The uv binary the nodes install with: ours on the same architecture, otherwise the
+    same uv version's binary for theirs, taken from its PyPI wheel."""
+    if machine == platform.machine():
+        shutil.copy2(_uv_binary(), dest)
+        return
+    version = importlib.metadata.version("uv")
+    cache = root / "uv" / f"{version}-{machine}"
+    if not cache.exists():
+        progress(f"wheelhouse: downloading uv {version} for {machine}")
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(tmp),
+              *_platform_args(machine), f"uv=={version}"], f"pip download of uv for {machine}")
+        wheel = next(tmp.glob("uv-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            member = next(n for n in zf.namelist() if n.endswith(".data/scripts/uv"))
+            (tmp / "uv").write_bytes(zf.read(member))
+        wheel.unlink()
+        tmp.rename(cache)
+    shutil.copy2(cache / "uv", dest)
+    os.chmod(dest, 0o755)
 
 
 def _pinned_wheels(lock: Lock, root: Path, progress) -> Path:
@@ -94,7 +122,7 @@ def _pinned_wheels(lock: Lock, root: Path, progress) -> Path:
     return deps
 
 
-def _prune(root: Path, keep: int = 3) -> None:
+def _prune(root: Path, keep: int = 4) -> None:
     """Keep the newest few environments' archives; the deps cache is shared and kept."""
     archives = sorted(root.glob("*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in archives[keep:]:
@@ -110,11 +138,6 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     if (final / "lock.txt").exists() and archive.exists():
         progress(f"wheelhouse: cached {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
         return Wheelhouse(lock, final, archive)
-    if lock.machine != platform.machine():
-        raise ProvisionError(
-            f"wheelhouse: nodes are {lock.machine} but this machine is {platform.machine()}; "
-            "cross-architecture wheelhouses are not supported yet."
-        )
     t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{lock.hash}.building-{os.getpid()}"
@@ -147,7 +170,7 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     (tmp / "lock.txt").write_text("\n".join(lines) + "\n")
     (tmp / "project-wheel.txt").write_text(project_wheels[0] + "\n")
     (tmp / "lock-hash.txt").write_text(lock.hash + "\n")
-    shutil.copy2(_uv_binary(), tmp / "uv")
+    _uv_for(lock.machine, tmp / "uv", root, progress)
     tar_tmp = root / f"{lock.hash}.tar.tmp-{os.getpid()}"
     with tarfile.open(tar_tmp, "w") as tar:  # uncompressed: wheels are zip files already
         tar.add(tmp, arcname=lock.hash)

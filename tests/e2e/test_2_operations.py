@@ -185,19 +185,28 @@ def test_plan_on_an_up_to_date_cluster_changes_nothing(lab_cluster, cli, workdir
 
 
 def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workdir: Path):
-    from runner import ansible
-    from runner.lock import derive_lock
+    from runner import ansible, preflight
     from runner.wheelhouse import build
 
     cluster = Cluster.from_file(LAB_CLUSTER)
-    extra = {**cluster.playbook_vars(build(derive_lock(), progress=lambda *_: None)),
-             "python_env_python_minor": "3.12", "python_env_hash": "0000000000000000"}
+    hosts = cluster.hosts()
+    # daskfleet's own check, over SSH, before anything is built or shipped
+    with pytest.raises(ProvisionError) as e:
+        preflight.node_platforms(hosts, cluster.ssh(), "3.12")
+    assert "lab2 (198.18.0.12) runs Python 3.11" in str(e.value) and "3.12" in str(e.value)
+    # and the playbook's own first play refuses too (for ansible-playbook run by hand)
+    from runner.lock import derive_lock
+
+    lab_envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
+    before = sorted(p.name for p in lab_envs.iterdir())
+    wheelhouse = build(derive_lock(), progress=lambda *_: None)
+    extra = {**cluster.playbook_vars({wheelhouse.lock.machine: wheelhouse}),
+             "python_env_python_minor": "3.12"}
     with pytest.raises(ProvisionError) as e:
         ansible.run_playbook(cluster.inventory_path, extra, log=workdir / "mismatch.log")
     msg = str(e.value)
     assert "lab2" in msg and "Python 3.11" in msg and "3.12" in msg
-    lab_root = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet")
-    assert not (lab_root / "envs" / "0000000000000000").exists()  # nothing installed
+    assert sorted(p.name for p in lab_envs.iterdir()) == before  # nothing installed
 
 
 def test_wrong_ssh_key_and_host_key_mismatch_fail_up_naming_the_host(lab_cluster, cli, workdir):

@@ -57,6 +57,7 @@ def test_lock_hash_changes_with_any_pin_or_the_project_source():
     assert base.hash != Lock("3.11", "x86_64", (("dask", "1.1"), ("numpy", "2.0")), "abc").hash
     assert base.hash != Lock("3.11", "x86_64", base.pins, "abd").hash
     assert base.hash != Lock("3.12", "x86_64", base.pins, "abc").hash
+    assert base.hash != Lock("3.11", "aarch64", base.pins, "abc").hash
     assert "dask==1.0\nnumpy==2.0\n" in base.text()
 
 

@@ -1,0 +1,40 @@
+"""A wheelhouse for nodes of another architecture (aarch64) is built on this x86_64 machine from
+the registry: every pinned wheel for that platform, the project's wheel, and uv's aarch64 binary.
+(It downloads about 250 MB once; later runs use the cache.)"""
+
+from __future__ import annotations
+
+import platform
+import struct
+import tarfile
+
+import pytest
+
+from runner.lock import derive_lock
+from runner.wheelhouse import _platform_args, build
+
+EM_AARCH64 = 183  # ELF e_machine
+
+
+def test_platform_args_ask_for_the_targets_wheels():
+    args = _platform_args("aarch64")
+    platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
+    assert platforms and all(p.endswith("_aarch64") for p in platforms)
+    assert "manylinux_2_17_aarch64" in platforms and "--only-binary=:all:" in args
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="checks a cross build from x86_64")
+def test_an_aarch64_wheelhouse_has_aarch64_wheels_and_uv():
+    lock = derive_lock("aarch64")
+    assert lock.hash != derive_lock().hash  # the architecture is part of the environment's name
+    wh = build(lock, progress=lambda *_: None)
+    names = [p.name for p in (wh.dir / "wheels").iterdir()]
+    numpy = [n for n in names if n.startswith("numpy-")]
+    assert len(numpy) == 1 and "aarch64" in numpy[0], numpy
+    assert not [n for n in names if "x86_64" in n], names
+    head = (wh.dir / "uv").read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and struct.unpack("<H", head[18:20])[0] == EM_AARCH64
+    pins = [ln for ln in (wh.dir / "lock.txt").read_text().splitlines() if not ln.startswith("#")]
+    assert len(pins) == len(lock.pins) and all("--hash=sha256:" in ln for ln in pins)
+    with tarfile.open(wh.archive) as tar:
+        assert f"{lock.hash}/uv" in tar.getnames()
