@@ -111,3 +111,22 @@ def test_a_failed_start_log_excerpt_leads_with_the_cause():
     assert out.endswith("RuntimeError: Scheduler failed to start.")
     assert 'File "f10.py"' not in out
     assert error_excerpt("all fine\n", 5) == "all fine"
+
+
+def test_terraform_missing_is_one_message_with_what_to_do(monkeypatch, tmp_path):
+    from runner import terraform
+
+    monkeypatch.setattr(terraform.shutil, "which", lambda name: None)
+    terraform.write_root(tmp_path, "hosts", {"cluster_name": "x"})
+    with pytest.raises(ProvisionError, match="terraform: not found on PATH. Install Terraform"):
+        terraform.apply(tmp_path)
+
+
+def test_plan_lists_the_tasks_that_would_change_per_host():
+    from runner.plan import would_change
+
+    out = ("TASK [python_env : Ensure the wheelhouse archive is on the node] ***\n"
+           "changed: [lab2]\nok: [lab1]\nchanged: [lab3]\n"
+           "TASK [dask_node : Ensure the Dask configuration is written] ***\nok: [lab1]\n")
+    assert would_change(out) == {
+        "python_env : Ensure the wheelhouse archive is on the node": ["lab2", "lab3"]}
