@@ -35,8 +35,8 @@ def _binary() -> str:
 
 
 def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = False,
-                 playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset()
-                 ) -> PlaybookResult:
+                 playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset(),
+                 progress=None) -> PlaybookResult:
     """Run the playbook; raise ProvisionError naming the hosts that failed. Hosts named in
     tolerate_unreachable may be unreachable (a degraded cluster) without failing the run."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +47,17 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
         args.append("--check")
     env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=PLAYBOOKS)
-    output = proc.stdout + proc.stderr
+    # Streamed, so a long install shows which task it is on (the full output goes to the log).
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=PLAYBOOKS)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        task = re.match(r"^TASK \[(.+?)\]", line)
+        if task and progress is not None:
+            progress(f"ansible: {task[1]}")
+    proc.wait()
+    output = "".join(lines)
     log.write_text(output)
     per_host = parse_recap(output)
     unreachable = sorted(h for h, c in per_host.items() if c["unreachable"])

@@ -240,7 +240,8 @@ class Cluster:
                      "anyone who reaches the scheduler can run code on every worker.")
         result = ansible.run_playbook(self.inventory_path, self.playbook_vars(wheelhouses),
                                       log=self.state_dir / "logs" / "ansible.log",
-                                      tolerate_unreachable=self._tolerated(hosts))
+                                      tolerate_unreachable=self._tolerated(hosts),
+                                      progress=progress)
         if result.unreachable:
             progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
                      f"continuing because min_workers is {self.spec.min_workers}")
