@@ -94,6 +94,27 @@ def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = 
             raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
 
 
+def _check_releasing(futures: Sequence[Future], phase: str, paths: Sequence[str]) -> None:
+    """As ``_check``, but every future is released as soon as it finished: the cluster keeps
+    its result only until the tasks that depend on it have run."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    try:
+        for f in as_completed(list(futures)):
+            if f.status == "error":
+                exc = f.exception()
+                i = index[f.key]
+                raise BatchError(f"{phase} failed on shard {paths[i]}: {type(exc).__name__}: "
+                                 f"{exc}") from exc
+            if f.status != "finished":
+                raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
+            f.release()
+    except FuturesCancelledError as e:
+        raise BatchError(f"{phase} failed: the cluster cancelled its tasks ({e}); check "
+                         "`daskfleet status` and the worker logs") from e
+
+
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -446,7 +467,7 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
         return client.scatter(clf)
     [state] = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths, say,
-                                n_train)
+                                n_train, part_rows)
     fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
     _check([fitted], "train (final weights)")
     _release([state])
@@ -460,9 +481,15 @@ def _sgd_params(model_params: dict) -> dict:
 
 def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
                       candidates: list[dict], epochs: int, paths: list[str], say: Progress,
-                      n_train: int) -> list[Future]:
+                      n_train: int, part_rows: list[int] | None = None) -> list[Future]:
     """Iterative parameter mixing, one mixing step per epoch, for every parameter set in
-    ``candidates`` at once (their tasks run side by side). Returns the final weight states."""
+    ``candidates`` at once (their tasks run side by side). Returns the final weight states.
+
+    With ``part_rows`` (each partition's training rows) the mixing is a running sum in partition
+    order (``train.mix_add``), so a partition's weights (k x n_features) are released as soon as
+    they are added and the weights in memory do not grow with the number of partitions; without
+    (the search's validation split, whose row counts the client does not know), one ``mix`` task
+    over all of them. Both give the same bits."""
     states: list[Future | None] = [None] * len(candidates)
     for epoch in range(epochs):
         te = time.perf_counter()
@@ -470,10 +497,20 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
         for state, params in zip(states, candidates, strict=True):
             results = [source.submit(train.train_partition, i, state, classes, params, epoch, i)
                        for i in range(len(source))]
-            new_states.append(client.submit(train.mix, results, state, pure=False))
+            if part_rows is None:
+                new_states.append(client.submit(train.mix, results, state, pure=False))
+            else:
+                total = sum(part_rows)
+                acc = None
+                for r in results:
+                    acc = client.submit(train.mix_add, acc, r, total, pure=False)
+                new_states.append(client.submit(train.mix_finish, acc, state, pure=False))
             all_results.append(results)
         for results in all_results:
-            _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
+            if part_rows is None:
+                _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
+            else:
+                _check_releasing(results, f"train (epoch {epoch + 1})", paths)
         _check(new_states, f"train (epoch {epoch + 1}, mixing)")
         _release([s for s in states if s is not None])
         for results in all_results:
