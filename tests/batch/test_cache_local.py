@@ -91,3 +91,20 @@ def load_job_params() -> dict:
     from runner.batch.job import CleanSpec
 
     return {"clean": CleanSpec().model_dump(mode="python")}
+
+
+def test_running_sum_mixing_equals_mix():
+    from runner.batch import train
+
+    rng = np.random.default_rng(0)
+    results = [{"coef": rng.normal(size=(3, 50)).astype(np.float32), "intercept": rng.normal(size=3),
+                "t": float(10 + i), "n_rows": n} for i, n in enumerate([7, 0, 13, 5])]
+    expected = train.mix(results, {"epochs": 2})
+    acc = None
+    for r in results:
+        acc = train.mix_add(acc, r, 25)
+    got = train.mix_finish(acc, {"epochs": 2})
+    assert got["coef"].dtype == np.float32 and got["epochs"] == 3 and got["n_rows"] == 25
+    for key in ("coef", "intercept"):
+        assert np.array_equal(got[key], expected[key]), key
+    assert got["t"] == expected["t"]
