@@ -1,12 +1,18 @@
 """Throughput on synthetic corpora of three sizes growing 4x: cluster next to single process.
 
-    PYTHONPATH=. .venv/bin/python bench/throughput.py [--scale 1.0] [--workers 2]
+    PYTHONPATH=. .venv/bin/python bench/throughput.py [--scale 1.0] [--workers 2] \
+        [--cache both|true|false] [--datasets DIR]
 
 Sizes are 25k, 100k and 400k documents times ``--scale`` (the default finishes in a few minutes
-on 2 cores). For each size it prints documents per second for load+clean+vectorize and for
-training (5 epochs of SGD), on a ``LocalCluster(n_workers, threads_per_worker=1)`` and in one
-process with scikit-learn on the same features, and the peak memory of the largest worker
-(its ``memory`` metric, sampled every 0.2 s during the run). A benchmark, not a test.
+on 2 cores). For each size and each ``features.cache`` mode (``--cache``: both, the default, or
+one of them) it prints documents per second for load+clean+vectorize, for training (5 epochs of
+SGD) and for the whole run, on a fresh ``LocalCluster(n_workers, threads_per_worker=1)`` per
+run, next to one process with scikit-learn on the same features, and the peak memory of the
+largest worker (its ``memory`` metric, process RSS, sampled every 0.2 s during the run). At the
+end, per mode, the ratio of the peak worker memory of the largest size to the smallest's (the
+corpus grows 16x). Without the cache the load+clean+vectorize column covers only the counting
+pass (the features are rebuilt inside every training and evaluation task), so compare the
+whole-run column. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from common import peak_worker_memory, single_process_features, single_process_f
 from runner.batch import load_job, prepare_dataset, run_job
 
 BASE_SIZES = (25_000, 100_000, 400_000)
+MODES = {"both": (True, False), "true": (True,), "false": (False,)}
 
 
-def synthetic_job(folder: Path, n_docs: int, partition_mb: float):
-    path = folder / f"synthetic-{n_docs}.yaml"
+def synthetic_job(folder: Path, n_docs: int, partition_mb: float, cache: bool = True):
+    path = folder / f"synthetic-{n_docs}-{cache}.yaml"
     path.write_text(textwrap.dedent(f"""\
         name: throughput-{n_docs}
         data:
@@ -33,7 +40,7 @@ def synthetic_job(folder: Path, n_docs: int, partition_mb: float):
           synthetic: {{n_docs: {n_docs}, n_classes: 10, vocab_size: 20000, doc_len: 40,
                        noise: 0.05, seed: 0}}
           partition_mb: {partition_mb}
-        features: {{n_features: 262144, ngram_range: [1, 1]}}
+        features: {{n_features: 262144, ngram_range: [1, 1], cache: {str(cache).lower()}}}
         model: {{kind: sgd, epochs: 5}}
         """))
     return load_job(path)
@@ -46,48 +53,63 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies the corpus sizes")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--partition-mb", type=float, default=4.0)
-    ap.add_argument("--cache", type=Path, default=Path(".daskfleet/cache/datasets"))
+    ap.add_argument("--cache", choices=sorted(MODES), default="both",
+                    help="features.cache of the runs: true, false or both (default)")
+    ap.add_argument("--datasets", type=Path, default=Path(".daskfleet/cache/datasets"),
+                    help="where the synthetic corpora are written (reused across runs)")
     args = ap.parse_args(argv)
     sizes = [max(1000, int(n * args.scale)) for n in BASE_SIZES]
+    modes = MODES[args.cache]
 
     rows = []
-    with (LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                       dashboard_address=None) as cluster,
-          Client(cluster) as client, tempfile.TemporaryDirectory() as tmp):
+    with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            job = synthetic_job(Path(tmp), n, args.partition_mb)
             t0 = time.perf_counter()
-            dataset = prepare_dataset(job, args.cache)
+            dataset = prepare_dataset(synthetic_job(Path(tmp), n, args.partition_mb), args.datasets)
             prepare_s = time.perf_counter() - t0
             paths = [str(p) for p in dataset.paths]
-            with peak_worker_memory(client) as memory:
-                m = run_job(client, job, paths, Path(tmp) / f"run-{n}", progress=lambda line: None)
-            t = m["timings"]
-            features_s = t["load"] + t["clean"] + t["vectorize"]
+            row = {"docs": n, "partitions": len(paths), "prepare_s": prepare_s}
+            for cache in modes:
+                job = synthetic_job(Path(tmp), n, args.partition_mb, cache)
+                # a fresh cluster per run: a worker's RSS does not shrink after a bigger run
+                with (LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                                   dashboard_address=None) as cluster,
+                      Client(cluster) as client):
+                    with peak_worker_memory(client) as memory:
+                        m = run_job(client, job, paths, Path(tmp) / f"run-{n}-{cache}",
+                                    progress=lambda line: None)
+                t = m["timings"]
+                row[cache] = {
+                    "features_dps": n / max(t["load"] + t["clean"] + t["vectorize"], 1e-9),
+                    "train_dps": m["n_train"] / t["train"],
+                    "total_dps": n / m["duration_s"],
+                    "acc": m["accuracy"], "peak_mb": memory["peak"] / 2**20,
+                }
+                print(f"{n:,} docs, cache {str(cache).lower()}: done", flush=True)
             data = single_process_features(job, dataset.paths)
             single = single_process_fit(job, data, "sgd")
-            rows.append({
-                "docs": n, "partitions": len(paths), "prepare_s": prepare_s,
-                "cluster_features_dps": n / features_s, "single_features_dps": n / data["seconds"],
-                "cluster_train_dps": m["n_train"] / t["train"],
-                "single_train_dps": m["n_train"] / single["fit_seconds"],
-                "cluster_acc": m["accuracy"], "single_acc": single["accuracy"],
-                "peak_mb": memory["peak"] / 2**20,
-            })
+            row.update(single_features_dps=n / data["seconds"],
+                       single_train_dps=m["n_train"] / single["fit_seconds"],
+                       single_acc=single["accuracy"])
             del data
-            print(f"{n:,} docs done", flush=True)
+            rows.append(row)
 
-    print(f"\nLocalCluster {args.workers}x1 vs single process (docs/s; ratio = cluster / single)")
-    print(f"{'docs':>9} {'parts':>5} | {'features: cluster':>17} {'single':>8} {'ratio':>6} | "
-          f"{'train: cluster':>14} {'single':>8} {'ratio':>6} | {'acc cl/single':>13} | "
-          f"{'peak worker MB':>14}")
+    print(f"\nLocalCluster {args.workers}x1 (a fresh one per run) vs single process, docs/s")
+    print(f"{'docs':>9} {'parts':>5} {'cache':>5} | {'features':>9} {'train':>8} {'run':>8} | "
+          f"{'single: features':>16} {'train':>8} | {'acc cl/single':>13} | {'peak worker MB':>14}")
     for r in rows:
-        print(f"{r['docs']:>9,} {r['partitions']:>5} | {r['cluster_features_dps']:>17,.0f} "
-              f"{r['single_features_dps']:>8,.0f} "
-              f"{r['cluster_features_dps'] / r['single_features_dps']:>6.2f} | "
-              f"{r['cluster_train_dps']:>14,.0f} {r['single_train_dps']:>8,.0f} "
-              f"{r['cluster_train_dps'] / r['single_train_dps']:>6.2f} | "
-              f"{r['cluster_acc']:.3f}/{r['single_acc']:.3f} | {r['peak_mb']:>14,.0f}")
+        for cache in modes:
+            c = r[cache]
+            print(f"{r['docs']:>9,} {r['partitions']:>5} {str(cache).lower():>5} | "
+                  f"{c['features_dps']:>9,.0f} {c['train_dps']:>8,.0f} {c['total_dps']:>8,.0f} | "
+                  f"{r['single_features_dps']:>16,.0f} {r['single_train_dps']:>8,.0f} | "
+                  f"{c['acc']:.3f}/{r['single_acc']:.3f} | {c['peak_mb']:>14,.0f}")
+    first, last = rows[0], rows[-1]
+    for cache in modes:
+        print(f"cache {str(cache).lower():>5}: peak worker memory {last[cache]['peak_mb']:,.0f} MB "
+              f"at {last['docs']:,} docs / {first[cache]['peak_mb']:,.0f} MB at "
+              f"{first['docs']:,} docs = {last[cache]['peak_mb'] / first[cache]['peak_mb']:.2f}x "
+              f"(corpus {last['docs'] / first['docs']:.0f}x)")
     return 0
 
 

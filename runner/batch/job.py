@@ -166,6 +166,10 @@ class FeatureSpec(_Model):
     norm: Literal["l1", "l2"] | None = "l2"
     # TF-IDF weights, document frequencies counted over all partitions' training rows
     tfidf: bool = False
+    # true: the feature matrices stay on the workers for all epochs and the evaluation (fast,
+    # worker memory grows with the corpus); false: every pass re-reads, cleans and hashes its
+    # shard inside the task and keeps nothing (flat worker memory, a re-read per pass)
+    cache: bool = True
 
     @field_validator("ngram_range")
     @classmethod
@@ -267,6 +271,13 @@ class JobSpec(_Model):
         if self.model.kind == "naive_bayes" and self.features.alternate_sign:
             raise _KeyError("features.alternate_sign", "must be false for model.kind naive_bayes "
                             "(naive Bayes needs non-negative feature counts)")
+        if not self.features.cache:
+            if self.model.kind == "incremental":
+                raise _KeyError("features.cache", "false is not supported for model.kind "
+                                "incremental (use sgd or naive_bayes, or features.cache: true)")
+            if self.search is not None:
+                raise _KeyError("features.cache", "false is not supported with a search "
+                                "section (remove search, or set features.cache: true)")
         if self.search is not None:
             allowed = SEARCH_KEYS.get(self.model.kind)
             if allowed is None:

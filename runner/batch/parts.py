@@ -98,3 +98,31 @@ def tfidf_part(part: dict, idf, norm: str | None) -> dict:
 
     return {**part, "X_train": apply_idf(part["X_train"], idf, norm),
             "X_test": apply_idf(part["X_test"], idf, norm)}
+
+
+# Without the feature cache (``features.cache: false``) nothing per partition stays on the
+# workers between passes: every task of a pass reads its shard again, cleans, splits and hashes
+# it (the same functions as above, so the same rows, split and features), does its work and
+# returns only the small result. ``load_params``: {"clean": ..., "split": ..., "vectorizer": ...}.
+
+
+def shard_stats(path: str, clean_params: dict, split_params: dict) -> dict:
+    """``part_stats`` of a shard read and cleaned inside the task (the data is not kept)."""
+    return part_stats(clean_part(read_shard(path), clean_params, split_params))
+
+
+def shard_features(path: str, load_params: dict, idf=None) -> dict:
+    """The vectorized partition of one shard, as ``vectorize_part`` (and ``tfidf_part`` with
+    ``idf``) would give from the cached pipeline."""
+    part = clean_part(read_shard(path), load_params["clean"], load_params["split"])
+    vec = vectorize_part(part, load_params["vectorizer"])
+    del part
+    if idf is not None:
+        vec = tfidf_part(vec, idf, load_params["vectorizer"].get("norm"))
+    return vec
+
+
+def on_shard(func, path: str, load_params: dict, idf, *args):
+    """``func(partition, *args)`` on the partition rebuilt from the shard at ``path``; only
+    ``func``'s result leaves the task."""
+    return func(shard_features(path, load_params, idf), *args)

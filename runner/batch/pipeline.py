@@ -3,8 +3,11 @@
 Phases: load -> clean -> vectorize -> train -> evaluate -> save. Every per-row step runs on the
 workers as a task per shard (``client.map``), each phase waits for its tasks so that it can be
 timed, and the vectorized partitions stay on the workers (futures) for all epochs and for the
-evaluation. The client only ever holds small things: row and label counts, confusion matrices,
-and at the end the model's weights.
+evaluation. With ``features.cache: false`` nothing per partition is kept between passes: every
+task of every epoch and of the evaluation re-reads, cleans and hashes its shard, so the workers'
+memory stays flat as the corpus grows (at the price of a re-read per pass). The client only
+ever holds small things: row and label counts, confusion matrices, and at the end the model's
+weights.
 """
 
 from __future__ import annotations
@@ -89,6 +92,27 @@ def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = 
             ) from exc
         if f.status != "finished":
             raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
+
+
+def _check_releasing(futures: Sequence[Future], phase: str, paths: Sequence[str]) -> None:
+    """As ``_check``, but every future is released as soon as it finished: the cluster keeps
+    its result only until the tasks that depend on it have run."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    try:
+        for f in as_completed(list(futures)):
+            if f.status == "error":
+                exc = f.exception()
+                i = index[f.key]
+                raise BatchError(f"{phase} failed on shard {paths[i]}: {type(exc).__name__}: "
+                                 f"{exc}") from exc
+            if f.status != "finished":
+                raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
+            f.release()
+    except FuturesCancelledError as e:
+        raise BatchError(f"{phase} failed: the cluster cancelled its tasks ({e}); check "
+                         "`daskfleet status` and the worker logs") from e
 
 
 def _json_safe(value: Any) -> Any:
@@ -201,24 +225,39 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     if n_workers == 0:
         raise BatchError("the cluster has no workers; check `daskfleet status`")
 
-    # load: one task per shard, on the workers
-    t0 = time.perf_counter()
-    raw = client.map(parts.read_shard, paths, pure=False)
-    _check(raw, "load", paths, bar=True)
-    timings["load"] = time.perf_counter() - t0
-    say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
+    cache = bool(vectorizer_params.get("cache", True))
+    cleaned: list[Future] = []
+    if cache:
+        # load: one task per shard, on the workers
+        t0 = time.perf_counter()
+        raw = client.map(parts.read_shard, paths, pure=False)
+        _check(raw, "load", paths, bar=True)
+        timings["load"] = time.perf_counter() - t0
+        say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
 
-    # clean: drop rows without text or label, assign the split, clean
-    t0 = time.perf_counter()
-    cleaned = client.map(parts.clean_part, raw, clean_params=clean_params,
-                         split_params=split_params, pure=False)
-    _check(cleaned, "clean", paths, bar=True)
-    stats_f = client.map(parts.part_stats, cleaned, pure=False)
-    _check(stats_f, "clean", paths)
-    stats = client.gather(stats_f)
-    _release(stats_f)
-    _release(raw)
-    timings["clean"] = time.perf_counter() - t0
+        # clean: drop rows without text or label, assign the split, clean
+        t0 = time.perf_counter()
+        cleaned = client.map(parts.clean_part, raw, clean_params=clean_params,
+                             split_params=split_params, pure=False)
+        _check(cleaned, "clean", paths, bar=True)
+        stats_f = client.map(parts.part_stats, cleaned, pure=False)
+        _check(stats_f, "clean", paths)
+        stats = client.gather(stats_f)
+        _release(stats_f)
+        _release(raw)
+        timings["clean"] = time.perf_counter() - t0
+    else:
+        # load and clean in one task per shard that returns only the counts (no data kept)
+        t0 = time.perf_counter()
+        stats_f = client.map(parts.shard_stats, paths, clean_params=clean_params,
+                             split_params=split_params, pure=False)
+        _check(stats_f, "load and clean", paths, bar=True)
+        stats = client.gather(stats_f)
+        _release(stats_f)
+        timings["load"] = 0.0
+        timings["clean"] = time.perf_counter() - t0
+        say(f"load: {len(paths)} shards on {n_workers} workers, read and cleaned in one pass "
+            "(features.cache: false, nothing kept)")
     rows = sum(s["rows"] for s in stats)
     dropped = sum(s["dropped"] for s in stats)
     train_labels: Counter = Counter()
@@ -247,33 +286,45 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         )
     classes = sorted(set(train_labels) | set(test_labels))
 
-    # vectorize: the feature matrices are built and kept on the workers
+    # vectorize: the feature matrices are built and kept on the workers (with the cache), or
+    # only the tf-idf document frequencies are counted (without: every pass hashes again)
     t0 = time.perf_counter()
-    vec = client.map(parts.vectorize_part, cleaned, vectorizer_params=vectorizer_params,
-                     pure=False)
-    _check(vec, "vectorize", paths, bar=True)
-    _release(cleaned)
     idf = None
-    if vectorizer_params.get("tfidf"):
-        vec, idf = _tfidf(client, vec, vectorizer_params["norm"], paths)
+    if cache:
+        vec = client.map(parts.vectorize_part, cleaned, vectorizer_params=vectorizer_params,
+                         pure=False)
+        _check(vec, "vectorize", paths, bar=True)
+        _release(cleaned)
+        if vectorizer_params.get("tfidf"):
+            vec, idf = _tfidf(client, _Parts(client, vec=vec), vectorizer_params["norm"], paths)
+        source = _Parts(client, vec=vec)
+    else:
+        load_params = {"clean": clean_params, "split": split_params,
+                       "vectorizer": vectorizer_params}
+        source = _Parts(client, paths=paths, load_params=load_params)
+        if vectorizer_params.get("tfidf"):
+            _, idf = _tfidf(client, source, vectorizer_params["norm"], paths, apply=False)
+            source = _Parts(client, paths=paths, load_params=load_params, idf=idf)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
-        f"ngrams {tuple(vectorizer_params['ngram_range'])} ({timings['vectorize']:.1f}s)")
+        f"ngrams {tuple(vectorizer_params['ngram_range'])}"
+        f"{'' if cache else ', rebuilt in every pass (features.cache: false)'} "
+        f"({timings['vectorize']:.1f}s)")
 
     # train (on the training rows; with a search, first pick the parameters on a validation split)
     t0 = time.perf_counter()
     part_rows = [sum(s["train_labels"].values()) for s in stats]
     search = None
     if job.search is not None:
-        search = _search(client, job, vec, classes, paths, say)
+        search = _search(client, job, source, classes, paths, say)
         model_params = {**model_params, **search["best"]}
-    fitted = _train(client, job.model.kind, model_params, vec, part_rows, classes, paths, say,
+    fitted = _train(client, job.model.kind, model_params, source, part_rows, classes, paths, say,
                     vectorizer_params["n_features"])
     timings["train"] = time.perf_counter() - t0
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
     t0 = time.perf_counter()
-    cm, scores = _evaluate(client, fitted, vec, classes, paths, "evaluate")
+    cm, scores = _evaluate(client, fitted, source, classes, paths, "evaluate")
     timings["evaluate"] = time.perf_counter() - t0
     say(f"evaluate: accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
         f"majority class {scores['majority_rate']:.3f} ({timings['evaluate']:.1f}s)")
@@ -282,7 +333,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     t0 = time.perf_counter()
     clf = fitted.result()
     idf_weights = None if idf is None else idf.result()
-    _release([*vec, fitted, *([idf] if idf is not None else [])])
+    _release([*source.futures(), fitted, *([idf] if idf is not None else [])])
     model = {
         "vectorizer": vectorizer_params,
         "clean": clean_params,
@@ -320,48 +371,88 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     return metrics, model
 
 
-def _tfidf(client: Client, vec: list[Future], norm: str | None, paths: list[str]):
-    """Document frequencies reduced over all partitions, idf weights, applied everywhere."""
+class _Parts:
+    """The partitions a pass runs over: futures of the cached feature matrices (``vec``), or,
+    without the cache, the shard paths, each rebuilt inside the task that uses it
+    (``parts.on_shard``, with the idf weights when given)."""
+
+    def __init__(self, client: Client, vec: Sequence[Future] | None = None,
+                 paths: Sequence[str] | None = None, load_params: dict | None = None,
+                 idf: Future | None = None):
+        self.client, self.vec, self.paths = client, vec, paths
+        self.load_params, self.idf = load_params, idf
+
+    def __len__(self) -> int:
+        return len(self.vec if self.vec is not None else self.paths)
+
+    def submit(self, func: Callable, i: int, *args: Any) -> Future:
+        """``func(partition i, *args)`` as a task."""
+        if self.vec is not None:
+            return self.client.submit(func, self.vec[i], *args, pure=False)
+        return self.client.submit(parts.on_shard, func, self.paths[i], self.load_params,
+                                  self.idf, *args, pure=False)
+
+    def map(self, func: Callable, *args: Any) -> list[Future]:
+        return [self.submit(func, i, *args) for i in range(len(self))]
+
+    def futures(self) -> list[Future]:
+        """What this holds on the cluster (to release at the end)."""
+        return list(self.vec) if self.vec is not None else []
+
+
+def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
+           apply: bool = True):
+    """Document frequencies reduced over all partitions, idf weights, applied everywhere (with
+    ``apply``; otherwise only the idf weights, and the partitions are left as they are)."""
     from runner.batch import features
 
-    freqs = client.map(parts.train_frequencies, vec, pure=False)
+    freqs = source.map(parts.train_frequencies)
     _check(freqs, "vectorize (document frequencies)", paths)
     level = list(freqs)
     while len(level) > 1:
         level = [client.submit(features.add_frequencies, *level[i:i + 8], pure=False)
                  for i in range(0, len(level), 8)]
     idf = client.submit(features.idf_weights, level[0], pure=False)
-    weighted = client.map(parts.tfidf_part, vec, idf=idf, norm=norm, pure=False)
-    _check(weighted, "vectorize (tf-idf)", paths)
-    _release([*vec, *freqs, *level])
+    weighted = None
+    if apply:
+        weighted = client.map(parts.tfidf_part, source.vec, idf=idf, norm=norm, pure=False)
+        _check(weighted, "vectorize (tf-idf)", paths)
+        _release(source.futures())
+    else:
+        _check([idf], "vectorize (idf weights)")
+    _release([*freqs, *level])
     return weighted, idf
 
 
-def _evaluate(client: Client, fitted: Future, vec: Sequence[Future], classes: list[str],
+def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str],
               paths: list[str], phase: str) -> tuple:
-    cms = [client.submit(evaluate.confusion_part, v, fitted, classes, pure=False) for v in vec]
+    cms = source.map(evaluate.confusion_part, fitted, classes)
     _check(cms, phase, paths, bar=True)
     cm = sum(client.gather(cms))
     _release(cms)
     return cm, evaluate.metrics_from_confusion(cm, classes)
 
 
-def _train(client: Client, kind: str, model_params: dict, vec: Sequence[Future],
+def _train(client: Client, kind: str, model_params: dict, source: _Parts,
            part_rows: list[int], classes: list[str], paths: list[str], say: Progress,
            n_features: int) -> Future:
     """A future of the fitted scikit-learn classifier (it stays on a worker)."""
     n_train = sum(part_rows)
     if kind == "naive_bayes":
         te = time.perf_counter()
-        [fitted] = _naive_bayes(client, vec, classes, model_params["variant"],
+        [fitted] = _naive_bayes(client, source, classes, model_params["variant"],
                                 [model_params["alpha"]], paths)
         say(f"train: naive Bayes ({model_params['variant']}) counts of {n_train:,} rows summed "
-            f"over {len(vec)} partitions ({time.perf_counter() - te:.1f}s)")
+            f"over {len(source)} partitions ({time.perf_counter() - te:.1f}s)")
         return fitted
     sgd_params = _sgd_params(model_params)
     epochs = int(model_params["epochs"])
     if kind == "incremental":
         from runner.batch.incremental import fit_incremental
+
+        if source.vec is None:  # the job validation refuses incremental without the cache
+            raise BatchError("model.kind incremental needs features.cache: true")
+        vec = source.vec
 
         te = [time.perf_counter()]
 
@@ -375,7 +466,8 @@ def _train(client: Client, kind: str, model_params: dict, vec: Sequence[Future],
         except (ValueError, TypeError, RuntimeError) as e:
             raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
         return client.scatter(clf)
-    [state] = _parameter_mixing(client, vec, classes, [sgd_params], epochs, paths, say, n_train)
+    [state] = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths, say,
+                                n_train, part_rows)
     fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
     _check([fitted], "train (final weights)")
     _release([state])
@@ -387,37 +479,52 @@ def _sgd_params(model_params: dict) -> dict:
             "random_state": model_params["seed"]}
 
 
-def _parameter_mixing(client: Client, vec: Sequence[Future], classes: list[str],
+def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
                       candidates: list[dict], epochs: int, paths: list[str], say: Progress,
-                      n_train: int) -> list[Future]:
+                      n_train: int, part_rows: list[int] | None = None) -> list[Future]:
     """Iterative parameter mixing, one mixing step per epoch, for every parameter set in
-    ``candidates`` at once (their tasks run side by side). Returns the final weight states."""
+    ``candidates`` at once (their tasks run side by side). Returns the final weight states.
+
+    With ``part_rows`` (each partition's training rows) the mixing is a running sum in partition
+    order (``train.mix_add``), so a partition's weights (k x n_features) are released as soon as
+    they are added and the weights in memory do not grow with the number of partitions; without
+    (the search's validation split, whose row counts the client does not know), one ``mix`` task
+    over all of them. Both give the same bits."""
     states: list[Future | None] = [None] * len(candidates)
     for epoch in range(epochs):
         te = time.perf_counter()
         new_states, all_results = [], []
         for state, params in zip(states, candidates, strict=True):
-            results = [client.submit(train.train_partition, v, state, classes, params, epoch, i,
-                                     pure=False)
-                       for i, v in enumerate(vec)]
-            new_states.append(client.submit(train.mix, results, state, pure=False))
+            results = [source.submit(train.train_partition, i, state, classes, params, epoch, i)
+                       for i in range(len(source))]
+            if part_rows is None:
+                new_states.append(client.submit(train.mix, results, state, pure=False))
+            else:
+                total = sum(part_rows)
+                acc = None
+                for r in results:
+                    acc = client.submit(train.mix_add, acc, r, total, pure=False)
+                new_states.append(client.submit(train.mix_finish, acc, state, pure=False))
             all_results.append(results)
         for results in all_results:
-            _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
+            if part_rows is None:
+                _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
+            else:
+                _check_releasing(results, f"train (epoch {epoch + 1})", paths)
         _check(new_states, f"train (epoch {epoch + 1}, mixing)")
         _release([s for s in states if s is not None])
         for results in all_results:
             _release(results)
         states = new_states
         what = f"{len(candidates)} candidates, " if len(candidates) > 1 else ""
-        say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(vec)} partitions "
+        say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(source)} partitions "
             f"({time.perf_counter() - te:.1f}s)")
     return states
 
 
-def _naive_bayes(client: Client, vec: Sequence[Future], classes: list[str], variant: str,
+def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: str,
                  alphas: list[float], paths: list[str]) -> list[Future]:
-    counts = client.map(naive_bayes.class_feature_counts, vec, classes=classes, pure=False)
+    counts = source.map(naive_bayes.class_feature_counts, classes)
     _check(counts, "train (naive Bayes counts)", paths)
     level = list(counts)
     while len(level) > 1:  # a tree of additions on the workers (fan-in 4)
@@ -430,7 +537,7 @@ def _naive_bayes(client: Client, vec: Sequence[Future], classes: list[str], vari
     return fitted
 
 
-def _search(client: Client, job: JobSpec, vec: Sequence[Future], classes: list[str],
+def _search(client: Client, job: JobSpec, source: _Parts, classes: list[str],
             paths: list[str], say: Progress) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
     text hash), in parallel; score each on the validation rows; best by macro-F1."""
@@ -438,15 +545,18 @@ def _search(client: Client, job: JobSpec, vec: Sequence[Future], classes: list[s
     t0 = time.perf_counter()
     candidates = spec.candidates()
     base = job.model_params()
-    fit_parts = client.map(parts.carve_validation, vec, fraction=spec.validation_fraction,
+    if source.vec is None:  # the job validation refuses a search without the cache
+        raise BatchError("search needs features.cache: true")
+    fit_parts = client.map(parts.carve_validation, source.vec, fraction=spec.validation_fraction,
                            seed=job.split.seed, pure=False)
     _check(fit_parts, "search (validation split)", paths)
+    fit_source = _Parts(client, vec=fit_parts)
     if job.model.kind == "naive_bayes":
-        fitted = _naive_bayes(client, fit_parts, classes, base["variant"],
+        fitted = _naive_bayes(client, fit_source, classes, base["variant"],
                               [c.get("alpha", base["alpha"]) for c in candidates], paths)
     else:
         params = [_sgd_params({**base, **c}) for c in candidates]
-        states = _parameter_mixing(client, fit_parts, classes, params, job.model.epochs, paths,
+        states = _parameter_mixing(client, fit_source, classes, params, job.model.epochs, paths,
                                    lambda line: None, 0)
         fitted = [client.submit(train.make_classifier, s, classes, p, pure=False)
                   for s, p in zip(states, params, strict=True)]
@@ -454,7 +564,7 @@ def _search(client: Client, job: JobSpec, vec: Sequence[Future], classes: list[s
         _release(states)
     results = []
     for cand, f in zip(candidates, fitted, strict=True):
-        _, scores = _evaluate(client, f, fit_parts, classes, paths, "search (validation)")
+        _, scores = _evaluate(client, f, fit_source, classes, paths, "search (validation)")
         results.append({"params": cand, "macro_f1": scores["macro_f1"],
                         "accuracy": scores["accuracy"]})
     _release([*fitted, *fit_parts])

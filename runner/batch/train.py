@@ -58,3 +58,28 @@ def mix(results: list[dict], previous: dict | None) -> dict:
     epochs = (previous or {}).get("epochs", 0) + 1
     return {"coef": coef.astype(np.float32), "intercept": intercept, "t": t, "epochs": epochs,
             "n_rows": total}
+
+
+def mix_add(acc: dict | None, result: dict, total: int) -> dict | None:
+    """``mix`` as a running sum, one partition at a time, in partition order: the same floating
+    operations in the same order (so the same bits), but each partition's weights can be
+    dropped as soon as they are added instead of all waiting for one mixing task. ``total``:
+    the training rows of all partitions (known on the client from the counts)."""
+    n = result["n_rows"]
+    if n == 0:
+        return acc
+    w = n / total
+    if acc is None:
+        acc = {"coef": np.zeros(result["coef"].shape, dtype=np.float64),
+               "intercept": np.zeros_like(result["intercept"]), "t": result["t"], "n_rows": 0}
+    # new arrays, never the stored input changed in place
+    return {"coef": acc["coef"] + w * result["coef"],
+            "intercept": acc["intercept"] + w * result["intercept"],
+            "t": max(acc["t"], result["t"]), "n_rows": acc["n_rows"] + n}
+
+
+def mix_finish(acc: dict, previous: dict | None) -> dict:
+    """The mixed state from ``mix_add``'s running sum (as ``mix`` returns it)."""
+    epochs = (previous or {}).get("epochs", 0) + 1
+    return {"coef": acc["coef"].astype(np.float32), "intercept": acc["intercept"], "t": acc["t"],
+            "epochs": epochs, "n_rows": acc["n_rows"]}

@@ -163,3 +163,29 @@ def test_model_defaults_per_kind(tmp_path):
                                     "search: {grid: {alpha: [1.0e-5, 1.0e-4], loss: [hinge]}}\n"))
     assert grid.search.candidates() == [{"alpha": 1e-5, "loss": "hinge"},
                                         {"alpha": 1e-4, "loss": "hinge"}]
+
+
+def test_features_cache_default_and_false(tmp_path):
+    job = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
+    assert job.features.cache is True and job.vectorizer_params()["cache"] is True
+    for kind in ("sgd", "naive_bayes"):
+        job = load_job(write(tmp_path, f"""\
+            name: j
+            data: {{source: debian-packages}}
+            features: {{cache: false, tfidf: true}}
+            model: {{kind: {kind}}}
+            """))
+        assert job.features.cache is False and job.vectorizer_params()["cache"] is False
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("model: {kind: incremental}\n", "model.kind incremental"),
+    ("search: {grid: {alpha: [1.0e-5, 1.0e-4]}}\n", "search"),
+])
+def test_features_cache_false_refused_for_incremental_and_search(tmp_path, extra, words):
+    message = error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                       "features: {cache: false}\n" + extra))
+    assert "features.cache:" in message and words in message and "job.yaml" in message
+    # the same job with the cache is fine
+    load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                             "features: {cache: true}\n" + extra))
