@@ -213,8 +213,11 @@ class Lab:
         config.write_text(_sshd_config(host, hostkey, self.state_dir / "authorized_keys", hdir))
         ns = host.netns
         _run(["ip", "netns", "add", ns])
+        # A fixed MAC per address: a restarted host is reachable at once, with no stale ARP
+        # entry on the other machines pointing at its previous interface.
+        mac = f"02:df:00:00:00:{int(host.address.rsplit('.', 1)[1]):02x}"
         _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
-              "netns", ns])
+              "address", mac, "netns", ns])
         _run(["ip", "link", "set", host.veth, "master", BRIDGE, "up"])
         _run(["ip", "-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
