@@ -341,6 +341,19 @@ def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: d
                    tuple(meta.get("skipped", ())))
 
 
+def _publish(tmp: Path, folder: Path) -> Dataset | None:
+    """Rename the finished temp folder into place. None when it landed; the other copy when
+    someone else finished the same digest first (then theirs is used)."""
+    try:
+        tmp.rename(folder)
+        return None
+    except OSError:
+        found = _existing(folder)
+        if found is None:
+            raise
+        return found
+
+
 def _existing(folder: Path) -> Dataset | None:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -437,13 +450,9 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     tmp.mkdir()
     try:
         dataset = _write_shards(documents(), n_docs, _shard_rows(data, n_docs, n_chars), tmp, meta)
-        try:
-            tmp.rename(folder)
-        except OSError:  # someone else finished the same digest first: use theirs
-            found = _existing(folder)
-            if found is None:
-                raise
-            return found
+        theirs = _publish(tmp, folder)
+        if theirs is not None:
+            return theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Dataset(folder, dataset.files, dataset.rows, digest, dataset.skipped)
@@ -506,13 +515,9 @@ def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_co
             {"name": n, "rows": c, "sha256": _sha256_file(tmp / n)}
             for n, c in zip(names, counts, strict=True)]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        try:
-            tmp.rename(folder)
-        except OSError:
-            found = _existing(folder)
-            if found is None:
-                raise
-            return found
+        theirs = _publish(tmp, folder)
+        if theirs is not None:
+            return theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Dataset(folder, tuple(names), row, digest)
