@@ -6,16 +6,19 @@ split), so both sides see the same features and the same split.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 
+from runner.batch import load_job
 from runner.batch.evaluate import metrics_from_confusion
 from runner.batch.naive_bayes import VARIANTS
 from runner.batch.parts import clean_part, read_shard, vectorize_part
@@ -83,3 +86,19 @@ def peak_worker_memory(client, interval: float = 0.2):
     finally:
         stop.set()
         thread.join()
+
+
+def synthetic_job(path: Path, name: str, n_docs: int, partition_mb: float, *, kind: str = "sgd",
+                  epochs: int = 5, cache: bool = True):
+    """A job file on the synthetic corpus the benchmarks share (10 classes, Zipf words)."""
+    path.write_text(textwrap.dedent(f"""\
+        name: {name}
+        data:
+          source: synthetic
+          synthetic: {{n_docs: {n_docs}, n_classes: 10, vocab_size: 20000, doc_len: 40,
+                       noise: 0.05, seed: 0}}
+          partition_mb: {partition_mb}
+        features: {{n_features: 262144, ngram_range: [1, 1], cache: {str(cache).lower()}}}
+        model: {{kind: {kind}, epochs: {epochs}}}
+        """))
+    return load_job(path)

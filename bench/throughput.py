@@ -19,31 +19,21 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
+import common
 from common import peak_worker_memory, single_process_features, single_process_fit
 
-from runner.batch import load_job, prepare_dataset, run_job
+from runner.batch import prepare_dataset, run_job
 
 BASE_SIZES = (25_000, 100_000, 400_000)
 MODES = {"both": (True, False), "true": (True,), "false": (False,)}
 
 
 def synthetic_job(folder: Path, n_docs: int, partition_mb: float, cache: bool = True):
-    path = folder / f"synthetic-{n_docs}-{cache}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: throughput-{n_docs}
-        data:
-          source: synthetic
-          synthetic: {{n_docs: {n_docs}, n_classes: 10, vocab_size: 20000, doc_len: 40,
-                       noise: 0.05, seed: 0}}
-          partition_mb: {partition_mb}
-        features: {{n_features: 262144, ngram_range: [1, 1], cache: {str(cache).lower()}}}
-        model: {{kind: sgd, epochs: 5}}
-        """))
-    return load_job(path)
+    return common.synthetic_job(folder / f"synthetic-{n_docs}-{cache}.yaml", f"throughput-{n_docs}",
+                                n_docs, partition_mb, cache=cache)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,26 +11,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-from runner.batch import load_job, prepare_dataset, run_job
+from common import synthetic_job
+
+from runner.batch import prepare_dataset, run_job
 
 
 def job_for(folder: Path, kind: str, docs: int, epochs: int):
-    path = folder / f"{kind}.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        name: training-{kind}
-        data:
-          source: synthetic
-          synthetic: {{n_docs: {docs}, n_classes: 10, vocab_size: 20000, doc_len: 40,
-                       noise: 0.05, seed: 0}}
-          partition_mb: 2
-        features: {{n_features: 262144, ngram_range: [1, 1]}}
-        model: {{kind: {kind}, epochs: {epochs}}}
-        """))
-    return load_job(path)
+    return synthetic_job(folder / f"{kind}.yaml", f"training-{kind}", docs, 2, kind=kind,
+                         epochs=epochs)
 
 
 def main(argv: list[str] | None = None) -> int:

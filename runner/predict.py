@@ -31,7 +31,7 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
     from runner.batch.corpus import prepare_prediction_input
     from runner.batch.model import load_model
     from runner.ship import remote_dir, ship
-    from runner.submit import datasets_cache, worker_hosts
+    from runner.submit import datasets_cache
 
     model = load_model(model_path)  # a bad model file fails before the cluster is touched
     client = cluster.client()
@@ -42,7 +42,7 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
     progress(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
              f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, worker_hosts(cluster), cluster.ssh())
+    sent = ship(dataset.dir, dataset.digest, cluster.worker_hosts(), cluster.ssh())
     progress(f"input shipped to {sum(sent.values())} host(s), already on "
              f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
     paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]

@@ -33,14 +33,6 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
-def worker_hosts(cluster: Cluster) -> list:
-    """The hosts that run dask workers (the ones that need the data)."""
-    workers = [h for h in cluster.hosts() if h.role == "worker"]
-    if cluster.spec.provider == "lab" and cluster.spec.lab.worker_on_scheduler:
-        workers = cluster.hosts()
-    return workers
-
-
 def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> SubmitResult:
     """Run the job and keep the run: ``runs_dir/<run-id>/`` and a row in ``runs_dir/index.sqlite``,
     for a failed run as for a successful one (the error is re-raised after it is recorded)."""
@@ -67,7 +59,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> 
         dataset = prepare_dataset(job, datasets_cache())
         say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
             f"shards ({time.monotonic() - t:.1f}s)")
-        workers = worker_hosts(cluster)
+        workers = cluster.worker_hosts()
         t = time.monotonic()
         sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
         say(f"dataset shipped to {sum(sent.values())} host(s), already on "

@@ -149,7 +149,6 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     progress("wheelhouse: building the project's wheel")
     _run([str(_uv_binary()), "build", "--wheel", "--quiet", "--out-dir", str(wheels),
           str(PROJECT_ROOT)], f"building the {PROJECT} wheel")
-    lines = [lock.text().rstrip("\n")]
     project_wheels = []
     for wheel in sorted(wheels.iterdir()):
         if wheel.name.startswith(PROJECT + "-"):
@@ -161,7 +160,7 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     for wheel in sorted(wheels.glob("*.whl")):
         name = wheel.name.split("-")[0].lower().replace("_", "-")
         by_name.setdefault(name, []).append(f"--hash=sha256:{_sha256(wheel)}")
-    lines = [lines[0].splitlines()[0], lines[0].splitlines()[1]]
+    lines = [ln for ln in lock.text().splitlines() if ln.startswith("#")]
     for n, v in lock.pins:
         hashes = by_name.get(n)
         if not hashes:

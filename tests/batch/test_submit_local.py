@@ -29,6 +29,9 @@ class LocalStandIn:
     def hosts(self):
         return []
 
+    def worker_hosts(self):
+        return []
+
     def ssh(self):
         return None
 
