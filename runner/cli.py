@@ -54,6 +54,11 @@ def _cluster(args):
 
 def cmd_up(args) -> int:
     with _cluster(args) as cluster:
+        if args.new_image:
+            from runner import state
+
+            state.update(cluster.state_dir, image=None)
+            _say("up: the image is looked up again; VMs on another image will be replaced")
         summary = cluster.up(progress=_say)
         status = cluster.status()
     _say(summary.line())
@@ -172,8 +177,10 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster file")
         return sp
 
-    with_cluster(sub.add_parser("up", help="provision, install and start the cluster")).set_defaults(
-        func=cmd_up)
+    u = with_cluster(sub.add_parser("up", help="provision, install and start the cluster"))
+    u.add_argument("--new-image", action="store_true",
+                   help="cloud: look up the newest image again (replaces VMs on an older one)")
+    u.set_defaults(func=cmd_up)
     s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)

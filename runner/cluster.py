@@ -14,15 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import ansible, inventory, state, terraform
-from runner.config import ClusterSpec, load_cluster, resolve_path
+from runner import ansible, inventory, providers, state, terraform
+from runner.config import ClusterSpec, load_cluster
 from runner.errors import (
     ClusterStartError,
     ConfigError,
     DaskfleetError,
     HostError,
 )
-from runner.hosts import Host, known_host_key
+from runner.hosts import Host
 from runner.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.tls import CertificateAuthority
@@ -50,9 +50,11 @@ class UpSummary:
 class Cluster:
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
+        self.provider = providers.for_spec(spec)
         self._client = None
         self._ssh: SSHSettings | None = None
         self._pool = ConnectionPool()
+        self._forward = None  # the SSH tunnel to the scheduler, on providers that need one
 
     @classmethod
     def from_file(cls, path: str | Path) -> Cluster:
@@ -66,10 +68,16 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
+        self._close_client()
+        self._pool.close()
+
+    def _close_client(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        self._pool.close()
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
 
     @property
     def state_dir(self) -> Path:
@@ -101,37 +109,15 @@ class Cluster:
 
     def _ssh_settings(self) -> SSHSettings:
         s = self.spec.ssh
-        if self.spec.provider == "lab":
-            from runner.lab import Lab
-
-            lab = Lab()
-            key, known = s.private_key or lab.key, s.known_hosts or lab.known_hosts
-        else:
-            if s.private_key is None or s.known_hosts is None:
-                raise ConfigError(f"{self.spec.source}: ssh.private_key and ssh.known_hosts "
-                                  "are required for this provider.")
-            key, known = resolve_path(self.spec, s.private_key), resolve_path(self.spec,
-                                                                               s.known_hosts)
+        key, known = self.provider.ssh_paths()
         return SSHSettings(private_key=Path(key), known_hosts=Path(known),
                            connect_timeout=s.connect_timeout,
                            insecure_skip_host_key_check=s.insecure_skip_host_key_check,
                            pool=self._pool)
 
     def declared_hosts(self) -> list[Host]:
-        """The machines the cluster file names (lab: the running lab's hosts)."""
-        if self.spec.provider == "lab":
-            from runner.lab import Lab
-
-            lab_hosts = Lab().hosts()
-            if not lab_hosts:
-                raise ConfigError(f"{self.spec.source}: provider 'lab' but no lab is running; "
-                                  f"run `daskfleet lab up --hosts {self.spec.lab.hosts}` first.")
-            return [Host(h.name, h.address, "scheduler" if i == 0 else "worker", h.user, h.port)
-                    for i, h in enumerate(lab_hosts)]
-        if self.spec.provider == "hosts":
-            return [Host(h.name, h.address, h.role, h.user or self.spec.ssh.user, h.port)
-                    for h in self.spec.hosts]
-        return []
+        """The machines the cluster file names (lab: the running lab's hosts; clouds: none)."""
+        return self.provider.declared_hosts()
 
     def hosts(self) -> list[Host]:
         """The hosts as last provisioned (Terraform's output, recorded in state.json)."""
@@ -144,7 +130,7 @@ class Cluster:
     def worker_hosts(self, hosts: list[Host] | None = None) -> list[Host]:
         hosts = hosts or self.hosts()
         workers = [h for h in hosts if h.role == "worker"]
-        if self.spec.provider == "lab" and self.spec.lab.worker_on_scheduler:
+        if self.provider.worker_on_scheduler():
             workers.insert(0, next(h for h in hosts if h.role == "scheduler"))
         return workers
 
@@ -169,29 +155,24 @@ class Cluster:
 
     # -- provisioning -----------------------------------------------------------------------
     def terraform_variables(self) -> dict:
-        ssh = self.ssh()
-        variables: dict = {"cluster_name": self.spec.name, **self.spec.terraform}
-        if self.spec.provider in ("lab", "hosts"):
-            known = ssh.known_hosts.read_text() if ssh.known_hosts.exists() else ""
-            tf_hosts = []
-            for h in self.declared_hosts():
-                key = known_host_key(known, h.address, h.port)
-                if key is None:
-                    raise ConfigError(
-                        f"{self.spec.source}: host {h.name} ({h.address}) has no entry in "
-                        f"{ssh.known_hosts}; add its host key (after checking its fingerprint).")
-                tf_hosts.append({**h.to_dict(), "host_key": key})
-            variables.update(hosts=tf_hosts, ssh_private_key_path=str(ssh.private_key),
-                             connect_timeout=f"{int(ssh.connect_timeout)}s")
-        return variables
+        return self.provider.terraform_variables(state.read(self.state_dir))
 
-    def provision(self) -> list[Host]:
+    def write_terraform_root(self) -> Path:
         workdir = self.state_dir / "terraform"
-        terraform.write_root(workdir, self.spec.provider, self.terraform_variables())
-        hosts = terraform.apply(workdir)
+        terraform.write_root(workdir, self.provider.module, self.terraform_variables(),
+                             self.provider.outputs)
+        return workdir
+
+    def provision(self, progress=_say) -> list[Host]:
+        self.provider.before_apply(progress)
+        workdir = self.write_terraform_root()
+        outputs = terraform.apply(workdir, self.provider.terraform_env())
+        hosts = self.provider.hosts_from_output(outputs)
+        image = {"image": outputs[self.provider.outputs[0]]} if self.provider.outputs else {}
         state.update(self.state_dir, name=self.spec.name, provider=self.spec.provider,
                      hosts=[h.to_dict() for h in hosts], inventory=str(self.inventory_path),
-                     destroyed=False)
+                     destroyed=False, **image)
+        self.provider.after_apply(hosts, self.ssh(), progress)
         inventory.write(self.inventory_path, hosts, self.ssh())
         return hosts
 
@@ -234,7 +215,7 @@ class Cluster:
 
         wheelhouses, env_hashes = self.wheelhouses(hosts, progress)
         if self.spec.tls:
-            self.ca.ensure({h.name: h.address for h in hosts})
+            self.ca.ensure({h.name: h.dask_address for h in hosts})
         else:
             progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
                      "anyone who reaches the scheduler can run code on every worker.")
@@ -317,7 +298,8 @@ class Cluster:
                     pids[p.name] = by_proc[p]
                     started.append(f"{p.name}@{p.host.name}")
             state.update(self.state_dir, pids=pids, scheduler=sched.scheduler_address,
-                         dashboard=f"http://{sched.host.address}:{self.spec.dask.dashboard_port}")
+                         dashboard=f"http://{sched.host.dask_address}:"
+                                   f"{self.spec.dask.dashboard_port}")
             self.wait_ready(len(procs) - 1)
         except (ClusterStartError, HostError) as e:
             self._collect_logs(procs)
@@ -353,9 +335,8 @@ class Cluster:
         next_alive_check = time.monotonic() + 1.0
         while True:
             try:
-                with socket.create_connection((sched.host.address, self.spec.dask.scheduler_port),
-                                              timeout=2):
-                    pass
+                if not self._scheduler_port_open(sched):
+                    raise OSError("the scheduler's port does not accept connections yet")
                 if pid is None or self._answering_pid() == pid:
                     return
                 raise OSError("another process answers on the scheduler's port")
@@ -375,6 +356,27 @@ class Cluster:
                         f"{tail}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, READY_POLL_CAP_S)
+
+    def _scheduler_port_open(self, sched: RemoteProcess) -> bool:
+        """A TCP connect to the scheduler's port, by the route the client takes."""
+        if self.provider.tunnel:
+            return self._scheduler_forward().probe(timeout=2)
+        try:
+            with socket.create_connection((sched.host.dask_address,
+                                           self.spec.dask.scheduler_port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def _scheduler_forward(self):
+        """The SSH tunnel from this machine to the scheduler's port (cloud providers)."""
+        from runner.tunnel import Forward
+
+        if self._forward is None:
+            sched = next(h for h in self.hosts() if h.role == "scheduler")
+            self._forward = Forward(sched, sched.dask_address, self.spec.dask.scheduler_port,
+                                    self.ssh())
+        return self._forward
 
     def wait_ready(self, n_workers: int, timeout: float | None = None) -> None:
         """Poll the scheduler's own view until n workers have joined, under a deadline."""
@@ -434,6 +436,9 @@ class Cluster:
             warnings.filterwarnings("ignore", category=VersionMismatchWarning)
 
             address = state.read(self.state_dir).get("scheduler") or self.wanted()[0].scheduler_address
+            if self.provider.tunnel:
+                protocol = address.split("://")[0]
+                address = f"{protocol}://127.0.0.1:{self._scheduler_forward().local_port}"
             security = self.ca.client_security() if self.spec.tls else None
             self._client = Client(address, security=security, timeout="15s")
         return self._client
@@ -448,7 +453,7 @@ class Cluster:
         summary = UpSummary()
         t = time.monotonic()
         progress("terraform: apply")
-        hosts = self.provision()
+        hosts = self.provision(progress)
         summary.timings["terraform"] = time.monotonic() - t
         t = time.monotonic()
         progress(f"ansible: installing the environment on {len(hosts)} hosts")
@@ -484,9 +489,7 @@ class Cluster:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
         ssh = self.ssh()
         procs = self.wanted()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._close_client()
         stopped: list[str] = []
         errors: dict = {}
         for group in (procs[1:], procs[:1]):
@@ -513,9 +516,11 @@ class Cluster:
         finally:
             if destroy:
                 progress("terraform: destroy")
-                terraform.destroy(self.state_dir / "terraform")
+                terraform.destroy(self.state_dir / "terraform", self.provider.terraform_env())
                 self.inventory_path.unlink(missing_ok=True)
-                state.update(self.state_dir, hosts=[], pids={}, n_workers=None, destroyed=True)
+                # A cluster made again later resolves its image anew.
+                state.update(self.state_dir, hosts=[], pids={}, n_workers=None, destroyed=True,
+                             image=None)
 
     def status(self) -> dict:
         record = state.read(self.state_dir)
@@ -531,7 +536,8 @@ class Cluster:
         workers = []
         for p, ps in procs_state.items():
             st, pid = ps.state, ps.pid
-            hosts.append({"host": p.host.name, "address": p.host.address, "role": p.kind,
+            hosts.append({"host": p.host.name, "address": p.host.address, "user": p.host.user,
+                          "private_address": p.host.dask_address, "role": p.kind,
                           "process": p.name, "pid": pid, "state": st, "env": ps.env})
             if p.kind == "worker":
                 w = joined.get(p.name, {})

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runner.errors import ConfigError
 
 PROVIDERS = ("lab", "hosts", "aws", "gcp", "azure")
+CLOUD_PROVIDERS = ("aws", "gcp", "azure")
 
 
 class _Strict(BaseModel):
@@ -22,10 +23,13 @@ class _Strict(BaseModel):
 
 
 class SSHSpec(_Strict):
-    user: str = "root"
+    user: str | None = None  # default: the provider's (root; aws admin; gcp, azure daskfleet)
     private_key: Path | None = None  # lab: the lab's key
-    known_hosts: Path | None = None  # lab: the lab's known_hosts
+    # lab: the lab's; cloud providers: written by daskfleet (default .daskfleet/<cluster>/known_hosts)
+    known_hosts: Path | None = None
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # New VMs: how long to wait for their sshd (with the host key daskfleet gave them).
+    boot_timeout: Annotated[float, Field(gt=0, le=1800)] = 300.0
     # Skipping host key verification is possible, but only by name, never by default.
     insecure_skip_host_key_check: bool = False
 
@@ -63,6 +67,9 @@ class ClusterSpec(_Strict):
     terraform: dict[str, Any] = {}
     dask: DaskSpec = DaskSpec()
     tls: bool = True
+    # Environment variables for Terraform only (a provider endpoint, test credentials, a CLI
+    # config with a provider mirror); they override the shell's.
+    environment: dict[str, str] = {}
     min_workers: Annotated[int, Field(ge=1)] | None = None
     # Where the file came from: relative paths in it are resolved against its folder.
     source: Path | None = Field(default=None, exclude=True)
@@ -92,6 +99,14 @@ class ClusterSpec(_Strict):
                 )
         elif self.hosts:
             raise ValueError(f"`hosts:` is only for provider 'hosts', not {self.provider!r}")
+        if self.provider in CLOUD_PROVIDERS:
+            if self.ssh.private_key is None:
+                raise ValueError(f"provider {self.provider!r} needs ssh.private_key (its .pub is "
+                                 "installed on the VMs for the login user)")
+            if "admin_cidr" not in self.terraform:
+                raise ValueError(f"provider {self.provider!r} needs terraform.admin_cidr: the "
+                                 "IPv4 range allowed to reach the VMs over SSH (your address, "
+                                 "e.g. 203.0.113.7/32); it has no default")
         return self
 
     @property
@@ -160,7 +175,9 @@ def load_cluster(path: str | Path) -> ClusterSpec:
         spec = ClusterSpec.model_validate({**data, "source": path.resolve()})
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e, ClusterSpec)) from e
-    for key in ("private_key", "known_hosts"):
+    # A cloud provider's known_hosts is written by daskfleet, so it need not exist yet.
+    keys = ("private_key",) if spec.provider in CLOUD_PROVIDERS else ("private_key", "known_hosts")
+    for key in keys:
         value = getattr(spec.ssh, key)
         if value is not None and not _resolve(spec, value).exists():
             raise ConfigError(f"{path}: ssh.{key}: file not found: {_resolve(spec, value)}")

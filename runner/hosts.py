@@ -9,22 +9,51 @@ from typing import Literal
 @dataclass(frozen=True)
 class Host:
     name: str
-    address: str
+    address: str  # where SSH and Ansible reach the host
     role: Literal["scheduler", "worker"]
     user: str = "root"
     port: int = 22
+    # The address on the host's own interface: Dask binds to it and is dialled at it. It differs
+    # from `address` when the control machine reaches the host through a NAT'd public address.
+    private_address: str | None = field(default=None, compare=False)
     # The host's public key line ("ssh-ed25519 AAAA..."), when known: not part of its identity.
     host_key: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def dask_address(self) -> str:
+        return self.private_address or self.address
+
+    @property
+    def become(self) -> bool:
+        """Whether privileged steps need sudo (every login but root's)."""
+        return self.user != "root"
 
     @classmethod
     def from_dict(cls, d: dict) -> Host:
         return cls(name=d["name"], address=d["address"], role=d["role"],
                    user=d.get("user", "root"), port=int(d.get("port", 22)),
-                   host_key=d.get("host_key"))
+                   private_address=d.get("private_address"), host_key=d.get("host_key"))
+
+    @classmethod
+    def from_output(cls, row: dict, use_public: bool) -> Host:
+        """A row of a module's `hosts` output: SSH goes to the public address only when the
+        control machine is outside the network (use_public) and the host has one."""
+        public = row.get("public_address")
+        if use_public and not public:
+            from runner.errors import ProvisionError
+
+            raise ProvisionError(f"host {row['name']} has no public address, but the cluster "
+                                 "file asks for public addresses (terraform.use_public_ip).")
+        return cls(name=row["name"], address=public if use_public else row["private_address"],
+                   role=row["role"], user=row.get("user") or "root", port=int(row.get("port") or 22),
+                   private_address=row["private_address"])
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "address": self.address, "role": self.role,
-                "user": self.user, "port": self.port}
+        d = {"name": self.name, "address": self.address, "role": self.role,
+             "user": self.user, "port": self.port}
+        if self.private_address and self.private_address != self.address:
+            d["private_address"] = self.private_address
+        return d
 
 
 def known_host_key(known_hosts: str, address: str, port: int = 22) -> str | None:

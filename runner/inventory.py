@@ -19,7 +19,9 @@ def render(hosts: list[Host], ssh: SSHSettings) -> str:
 
     def group(role: str) -> dict:
         return {"hosts": {
-            h.name: {"ansible_host": h.address, "ansible_user": h.user, "ansible_port": h.port}
+            # Non-root logins (a cloud image's admin user) reach root through sudo.
+            h.name: {"ansible_host": h.address, "ansible_user": h.user, "ansible_port": h.port,
+                     **({"ansible_become": True} if h.become else {})}
             for h in hosts if h.role == role
         }}
 

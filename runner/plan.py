@@ -52,11 +52,10 @@ def would_change(output: str) -> dict[str, list[str]]:
 def plan(cluster, progress=print) -> PlanReport:
     report = PlanReport()
     spec = cluster.spec
-    workdir = cluster.state_dir / "terraform"
-    variables = cluster.terraform_variables()
-    terraform.write_root(workdir, spec.provider, variables)
+    cluster.provider.before_apply(progress)
+    workdir = cluster.write_terraform_root()
     progress("terraform: plan")
-    report.terraform = terraform.plan(workdir)
+    report.terraform = terraform.plan(workdir, cluster.provider.terraform_env())
     try:
         hosts = cluster.hosts()
     except DaskfleetError:
@@ -66,7 +65,7 @@ def plan(cluster, progress=print) -> PlanReport:
         return report
     wheelhouses, _ = cluster.wheelhouses(hosts, progress)
     if spec.tls:
-        cluster.ca.ensure({h.name: h.address for h in hosts})
+        cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
         inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
         progress(f"ansible: check mode on {len(hosts)} host(s)")

@@ -62,12 +62,12 @@ def run(hosts: list[Host], workers: list[Host], scheduler: Host, port: int,
         raise ClusterStartError("pre-flight failed:\n" + table(checks)) from e
 
     def probe(h: Host) -> str:
-        cmd = shlex.join(["python3", "-c", PROBE, scheduler.address, str(port), str(timeout)])
+        cmd = shlex.join(["python3", "-c", PROBE, scheduler.dask_address, str(port), str(timeout)])
         with connect(h, ssh) as c:
             return c.run(cmd).stdout.strip() or "error:no_output"
 
     results = fan_out(workers, probe, "port pre-flight")
-    checks += [Check(w.name, f"{scheduler.name} ({scheduler.address})", port, results[w])
+    checks += [Check(w.name, f"{scheduler.name} ({scheduler.dask_address})", port, results[w])
                for w in workers]
     if not all(c.ok for c in checks):
         raise ClusterStartError(

@@ -2,6 +2,8 @@
 
 A scheduler and a worker differ only in the command they build. Each process runs in its own
 session (setsid), so stopping it stops its whole process group (a worker's nanny and its child).
+Dask runs as the unprivileged user `dask` (created by playbooks/roles/dask_node), whatever the
+login user is: root switches with runuser, any other login through `sudo -n`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,26 @@ from runner.ssh import SSHSettings, connect
 
 ENV_DIR = "/opt/daskfleet/current"
 LOG_DIR = "/var/log/daskfleet"
-RUN_DIR = "/var/lib/daskfleet/run"
+RUN_DIR = "/run/daskfleet"  # a tmpfs: a reboot clears the pid files with the processes
 WORK_DIR = "/var/lib/daskfleet/work"
 DASK_CONFIG = "/etc/daskfleet/dask"
 STOP_GRACE_S = 10.0
+DASK_USER = "dask"
 
 State = Literal["running", "dead", "unreachable"]
+
+
+def privileged(host: Host, script: str) -> str:
+    """A shell command that runs `script` as root on `host`: as is for a root login, else
+    through sudo (never prompting: a login without passwordless sudo fails at once)."""
+    return shlex.join(["sudo", "-n", "--", "sh", "-c", script]) if host.become else script
+
+
+def as_dask(host: Host, script: str) -> str:
+    """A shell command that runs `script` as the `dask` user, creating its pid folder first
+    (it lives on a tmpfs, so it is gone after every reboot)."""
+    return privileged(host, f"install -d -o {DASK_USER} -g {DASK_USER} -m 0755 {RUN_DIR} && "
+                      + shlex.join(["runuser", "-u", DASK_USER, "--", "sh", "-c", script]))
 
 
 @dataclass(frozen=True)
@@ -74,17 +90,18 @@ class RemoteProcess:
 
     @property
     def scheduler_address(self) -> str:
-        return f"{self.settings.protocol}://{self.scheduler.address}:{self.settings.scheduler_port}"
+        return (f"{self.settings.protocol}://{self.scheduler.dask_address}:"
+                f"{self.settings.scheduler_port}")
 
     def command(self) -> list[str]:
         s = self.settings
         dask = f"{ENV_DIR}/bin/dask"
         if self.kind == "scheduler":
-            return [dask, "scheduler", "--protocol", s.protocol, "--host", self.host.address,
+            return [dask, "scheduler", "--protocol", s.protocol, "--host", self.host.dask_address,
                     "--port", str(s.scheduler_port),
-                    "--dashboard-address", f"{self.host.address}:{s.dashboard_port}"]
+                    "--dashboard-address", f"{self.host.dask_address}:{s.dashboard_port}"]
         return [dask, "worker", self.scheduler_address, "--name", self.name,
-                "--host", self.host.address, "--nthreads", str(s.threads_per_worker),
+                "--host", self.host.dask_address, "--nthreads", str(s.threads_per_worker),
                 "--nworkers", "1", "--memory-limit", self.memory_limit,
                 "--worker-port", s.worker_port_range, "--nanny-port", s.nanny_port_range,
                 "--local-directory", WORK_DIR, "--no-dashboard"]
@@ -98,7 +115,7 @@ class RemoteProcess:
     def _start_script(self) -> str:
         env = f"DASK_CONFIG={shlex.quote(DASK_CONFIG)} PYTHONDONTWRITEBYTECODE=1"
         return (
-            f"mkdir -p {LOG_DIR} {RUN_DIR} {WORK_DIR} && cd {WORK_DIR} && "
+            f"cd {WORK_DIR} && "
             f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
             # Only the dask command goes to the background, with every fd redirected, so the
             # SSH channel closes at once; setsid makes its pid the process group to stop later.
@@ -118,7 +135,7 @@ class RemoteProcess:
         """Start detached and return the pid at once; whether it stays up is the caller's
         readiness poll to find out (it checks liveness too, and reports the log if it died)."""
         with connect(self.host, ssh) as c:
-            r = c.run(self._start_script() + f" && cat {self.pid_file}")
+            r = c.run(as_dask(self.host, self._start_script() + f" && cat {self.pid_file}"))
         if r.failed or not r.stdout.strip().isdigit():
             raise ClusterStartError(
                 f"{self.host.name}: could not start {self.name}: {(r.stderr or r.stdout).strip()}")
@@ -146,7 +163,10 @@ class RemoteProcess:
             f"kill -KILL -- -$pid 2>/dev/null; echo killed"
         )
         with connect(self.host, ssh) as c:
-            r = c.run(script)
+            r = c.run(as_dask(self.host, script))
+        if r.failed and not r.stdout.strip():
+            raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
+                                    f"{(r.stderr or r.stdout).strip()}")
         return r.stdout.strip() in ("stopped", "killed")
 
     def log_tail(self, ssh: SSHSettings, lines: int = 20, c=None) -> str:

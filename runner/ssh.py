@@ -135,3 +135,39 @@ def fan_out_items(items: list[K], fn: Callable[[K], T], what: str,
 def fan_out(hosts: list[Host], fn: Callable[[Host], T], what: str) -> dict[Host, T]:
     """Run fn on every host in parallel (Fabric's ThreadingGroup, with our error handling)."""
     return fan_out_items(hosts, fn, what, host_of=lambda h: h)
+
+
+def wait_for_ssh(hosts: list[Host], ssh: SSHSettings, timeout: float, poll: float = 2.0) -> None:
+    """Until every host answers over SSH with the key known_hosts holds for it, under one
+    deadline. A new VM refuses connections, or presents another key, or refuses our login while
+    it boots; so all three are retried. At the deadline one HostError names each host that never
+    answered, with the last failure (for a key mismatch: both fingerprints)."""
+    import time
+
+    from runner.hostkeys import fingerprint
+
+    deadline = time.monotonic() + timeout
+
+    def wait(host: Host) -> None:
+        while True:
+            conn = _new_connection(host, ssh)
+            try:
+                conn.open()
+                conn.run("true", warn=False)
+                return
+            except paramiko.BadHostKeyException as e:
+                last: BaseException = DaskfleetError(
+                    f"host key mismatch at {host.address}: it presents "
+                    f"{fingerprint(f'{e.key.get_name()} {e.key.get_base64()}')}, known_hosts "
+                    f"({ssh.known_hosts}) expects "
+                    f"{fingerprint(f'{e.expected_key.get_name()} {e.expected_key.get_base64()}')}; "
+                    "this is not the VM daskfleet created (or its user data did not run).")
+            except Exception as e:  # noqa: BLE001 - booting: refused, timed out, login refused
+                last = e
+            finally:
+                conn.close()
+            if time.monotonic() + poll > deadline:
+                raise last
+            time.sleep(poll)
+
+    fan_out(hosts, wait, f"waiting for SSH (at most {timeout:.0f}s)")

@@ -13,16 +13,14 @@ import subprocess
 from pathlib import Path
 
 from runner.errors import ProvisionError
-from runner.hosts import Host
 
 MODULES = Path(__file__).resolve().parent.parent / "terraform" / "modules"
-# The lab is a set of existing machines: it uses the bare-metal module.
-MODULE_FOR_PROVIDER = {"lab": "hosts", "hosts": "hosts", "aws": "aws", "gcp": "gcp",
-                       "azure": "azure"}
 
 
-def _env() -> dict:
-    return {**os.environ, "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1",
+def _env(extra: dict | None = None) -> dict:
+    # The cluster file's `environment:` (an endpoint, test credentials, a CLI config with a
+    # provider mirror) is set for Terraform only, over the shell's values.
+    return {**os.environ, **(extra or {}), "CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1",
             "TF_INPUT": "0"}
 
 
@@ -35,9 +33,9 @@ def _binary() -> str:
     return tf
 
 
-def _tf(workdir: Path, *args: str, what: str) -> str:
+def _tf(workdir: Path, *args: str, what: str, env: dict | None = None) -> str:
     proc = subprocess.run([_binary(), *args], cwd=workdir, capture_output=True, text=True,
-                          env=_env())
+                          env=_env(env))
     if proc.returncode != 0:
         out = proc.stderr + proc.stdout
         tail = "\n".join(out.strip().splitlines()[-25:])
@@ -48,46 +46,53 @@ def _tf(workdir: Path, *args: str, what: str) -> str:
     return proc.stdout
 
 
-def write_root(workdir: Path, provider: str, variables: dict) -> None:
-    module = MODULES / MODULE_FOR_PROVIDER[provider]
+def write_root(workdir: Path, module: str, variables: dict, outputs: tuple[str, ...] = ()) -> None:
+    """The root configuration: the provider's module with the cluster's variables, re-exporting
+    its `hosts` output and the provider's extra outputs (e.g. the image the VMs booted)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)  # the state holds generated host keys
     root = {
-        "module": {"cluster": {"source": str(module), **variables}},
-        "output": {"hosts": {"value": "${module.cluster.hosts}"}},
+        "module": {"cluster": {"source": str(MODULES / module), **variables}},
+        "output": {name: {"value": f"${{module.cluster.{name}}}"} for name in ("hosts", *outputs)},
     }
     tmp = workdir / "main.tf.json.tmp"
     tmp.write_text(json.dumps(root, indent=2) + "\n")
     tmp.replace(workdir / "main.tf.json")
 
 
-def apply(workdir: Path) -> list[Host]:
+def _init(workdir: Path, env: dict | None) -> None:
     if not (workdir / ".terraform" / "modules" / "modules.json").exists():
-        _tf(workdir, "init", "-no-color", "-input=false", what="init")
-    _tf(workdir, "apply", "-no-color", "-input=false", "-auto-approve", what="apply")
-    return outputs(workdir)
+        _tf(workdir, "init", "-no-color", "-input=false", what="init", env=env)
 
 
-def outputs(workdir: Path) -> list[Host]:
-    out = _tf(workdir, "output", "-no-color", "-json", "hosts", what="output")
-    return [Host.from_dict(h) for h in json.loads(out)]
+def apply(workdir: Path, env: dict | None = None) -> dict:
+    """Apply and return the root outputs (name -> value)."""
+    _init(workdir, env)
+    _tf(workdir, "apply", "-no-color", "-input=false", "-auto-approve", what="apply", env=env)
+    return outputs(workdir, env)
 
 
-def destroy(workdir: Path) -> None:
+def outputs(workdir: Path, env: dict | None = None) -> dict:
+    out = json.loads(_tf(workdir, "output", "-no-color", "-json", what="output", env=env))
+    return {name: o["value"] for name, o in out.items()}
+
+
+def destroy(workdir: Path, env: dict | None = None) -> None:
     if (workdir / "main.tf.json").exists():
         if not (workdir / ".terraform").exists():
-            _tf(workdir, "init", "-no-color", "-input=false", what="init")
-        _tf(workdir, "destroy", "-no-color", "-input=false", "-auto-approve", what="destroy")
+            _tf(workdir, "init", "-no-color", "-input=false", what="init", env=env)
+        _tf(workdir, "destroy", "-no-color", "-input=false", "-auto-approve", what="destroy",
+            env=env)
 
 
-def plan(workdir: Path) -> dict[str, list[str]]:
+def plan(workdir: Path, env: dict | None = None) -> dict[str, list[str]]:
     """Resource addresses by action (create, update, delete, replace), from a saved plan."""
-    if not (workdir / ".terraform" / "modules" / "modules.json").exists():
-        _tf(workdir, "init", "-no-color", "-input=false", what="init")
+    _init(workdir, env)
     _tf(workdir, "plan", "-no-color", "-input=false", "-lock=false", "-out=daskfleet.tfplan",
-        what="plan")
+        what="plan", env=env)
     try:
         shown = json.loads(_tf(workdir, "show", "-no-color", "-json", "daskfleet.tfplan",
-                               what="show"))
+                               what="show", env=env))
     finally:
         (workdir / "daskfleet.tfplan").unlink(missing_ok=True)
     actions: dict[str, list[str]] = {"create": [], "update": [], "delete": [], "replace": []}

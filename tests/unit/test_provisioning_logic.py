@@ -26,8 +26,11 @@ def test_inventory_groups_hosts_by_role_and_pins_host_key_checking():
     inv = yaml.safe_load(render(HOSTS, ssh))["all"]
     assert list(inv["children"]["dask_scheduler"]["hosts"]) == ["lab1"]
     assert list(inv["children"]["dask_workers"]["hosts"]) == ["lab2", "lab3"]
+    # A non-root login reaches root through sudo; root's does not ask for it.
     assert inv["children"]["dask_workers"]["hosts"]["lab3"] == {
-        "ansible_host": "198.18.0.13", "ansible_user": "ops", "ansible_port": 2222}
+        "ansible_host": "198.18.0.13", "ansible_user": "ops", "ansible_port": 2222,
+        "ansible_become": True}
+    assert "ansible_become" not in inv["children"]["dask_workers"]["hosts"]["lab2"]
     assert inv["vars"]["ansible_python_interpreter"] == "/usr/bin/python3"
     args = inv["vars"]["ansible_ssh_common_args"]
     assert "UserKnownHostsFile=/k/known_hosts" in args and "StrictHostKeyChecking=yes" in args

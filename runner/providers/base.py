@@ -1,0 +1,54 @@
+"""What every provider answers: the Terraform module and its variables, how host keys become
+trusted, the login user, which address SSH uses and which Dask uses, how the client reaches the
+scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.config import ClusterSpec, resolve_path
+from runner.hosts import Host
+
+
+class Provider:
+    name = ""
+    module = ""  # terraform/modules/<module>
+    default_user = "root"
+    # True: the client reaches the scheduler through an SSH local forward to the scheduler host
+    # (Dask's ports are open only inside the cluster); False: it dials the scheduler directly.
+    tunnel = False
+    outputs: tuple[str, ...] = ()  # module outputs recorded besides `hosts`
+
+    def __init__(self, spec: ClusterSpec):
+        self.spec = spec
+
+    @property
+    def user(self) -> str:
+        return self.spec.ssh.user or self.default_user
+
+    def ssh_paths(self) -> tuple[Path, Path]:
+        """(private key, known_hosts) for SSH, Ansible and Terraform's connections."""
+        s = self.spec.ssh
+        return resolve_path(self.spec, s.private_key), resolve_path(self.spec, s.known_hosts)
+
+    def declared_hosts(self) -> list[Host]:
+        """Machines known before Terraform runs (existing hosts); none for clouds."""
+        return []
+
+    def worker_on_scheduler(self) -> bool:
+        return False
+
+    def terraform_variables(self, recorded: dict) -> dict:
+        raise NotImplementedError
+
+    def terraform_env(self) -> dict[str, str]:
+        return dict(self.spec.environment)
+
+    def before_apply(self, progress) -> None:
+        """Checks that can refuse before anything billable exists."""
+
+    def hosts_from_output(self, outputs: dict) -> list[Host]:
+        return [Host.from_output(row, use_public=False) for row in outputs["hosts"]]
+
+    def after_apply(self, hosts: list[Host], ssh, progress) -> None:
+        """Make the hosts' keys trusted and wait until they answer over SSH."""

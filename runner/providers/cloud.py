@@ -1,0 +1,132 @@
+"""Cloud VMs that Terraform creates (aws, gcp, azure).
+
+daskfleet generates each VM's SSH host key and hands it over through user data, writes
+known_hosts before the first connection, then waits for SSH. The login user is the image's
+(non-root, sudo); the client reaches the scheduler through an SSH tunnel, since Dask's ports are
+open only inside the cluster's own security group."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from runner import hostkeys
+from runner.errors import ConfigError, ProvisionError
+from runner.hosts import Host
+from runner.providers.base import Provider
+
+# Set by daskfleet from ssh: and dask:, never by the cluster file's terraform: section.
+RESERVED = ("cluster_name", "ssh_user", "ssh_public_key", "host_keys", "dask_ports")
+
+
+def port_range(text: str) -> tuple[int, int]:
+    low, high = (int(x) for x in text.split(":"))
+    return low, high
+
+
+class Cloud(Provider):
+    tunnel = True
+    image_var = ""  # the module variable that pins the image
+    # The Python minor version of the module's default image (Debian 12: 3.11), so a control
+    # machine on another version is refused before any VM is billed.
+    default_image_python = "3.11"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.image_var,)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.spec.state_dir
+
+    def ssh_paths(self) -> tuple[Path, Path]:
+        from runner.config import resolve_path
+
+        key = resolve_path(self.spec, self.spec.ssh.private_key)
+        known = (resolve_path(self.spec, self.spec.ssh.known_hosts) if self.spec.ssh.known_hosts
+                 else self.state_dir / "known_hosts")
+        return key, known
+
+    def node_names(self) -> list[str]:
+        n = int(self.spec.terraform.get("worker_count", 2))
+        return ["scheduler"] + [f"worker-{i}" for i in range(1, n + 1)]
+
+    def public_key(self) -> str:
+        key, _ = self.ssh_paths()
+        pub = Path(str(key) + ".pub")
+        if not pub.is_file():
+            raise ConfigError(
+                f"{self.spec.source}: ssh.private_key: {pub} is missing; the VMs' login user gets "
+                f"this public key. Create it with `ssh-keygen -y -f {key} > {pub}`.")
+        return pub.read_text().strip()
+
+    def terraform_variables(self, recorded: dict) -> dict:
+        clash = sorted(set(RESERVED) & set(self.spec.terraform))
+        if clash:
+            raise ConfigError(f"{self.spec.source}: terraform.{clash[0]} is set by daskfleet "
+                              "(from ssh: and dask:); remove it from the terraform: section.")
+        d = self.spec.dask
+        (wf, wt), (nf, nt) = port_range(d.worker_port_range), port_range(d.nanny_port_range)
+        variables = {
+            "cluster_name": self.spec.name, **self.spec.terraform,
+            "ssh_user": self.user, "ssh_public_key": self.public_key(),
+            "host_keys": hostkeys.ensure(self.state_dir / "host_keys", self.node_names()),
+            "dask_ports": {"scheduler": d.scheduler_port, "dashboard": d.dashboard_port,
+                           "worker_from": wf, "worker_to": wt, "nanny_from": nf, "nanny_to": nt},
+        }
+        # The image is resolved once and then pinned: a newly published image never replaces
+        # running VMs on its own (`daskfleet up --new-image` asks for one).
+        if self.image_var not in self.spec.terraform and recorded.get("image"):
+            variables[self.image_var] = recorded["image"]
+        return variables
+
+    def image_python(self) -> str | None:
+        """The Python minor version of the image, where it is known."""
+        return None if self.image_var in self.spec.terraform else self.default_image_python
+
+    def before_apply(self, progress) -> None:
+        self.public_key()
+        minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+        image = self.image_python()
+        if image and image != minor:
+            raise ProvisionError(
+                f"{self.spec.source}: the default image (Debian 12) runs Python {image}, this "
+                f"machine runs Python {minor}: the nodes could not run this machine's environment. "
+                f"Submit from a Python {image} machine, or set terraform.{self.image_var} to an "
+                f"image with Python {minor}. Nothing was created.")
+
+    @property
+    def use_public(self) -> bool:
+        return bool(self.spec.terraform.get("use_public_ip", False))
+
+    def hosts_from_output(self, outputs: dict) -> list[Host]:
+        return [Host.from_output(row, use_public=self.use_public) for row in outputs["hosts"]]
+
+    def after_apply(self, hosts: list[Host], ssh, progress) -> None:
+        from runner.ssh import wait_for_ssh
+
+        keys = hostkeys.ensure(self.state_dir / "host_keys", [h.name for h in hosts])
+        _, known = self.ssh_paths()
+        hostkeys.write_known_hosts(known, {hostkeys.entry_host(h.address, h.port):
+                                           keys[h.name]["public_key"] for h in hosts})
+        progress(f"ssh: waiting for {len(hosts)} host(s) to answer with the host keys daskfleet "
+                 f"gave them (at most {self.spec.ssh.boot_timeout:.0f}s)")
+        wait_for_ssh(hosts, ssh, self.spec.ssh.boot_timeout)
+
+
+class AWS(Cloud):
+    name = module = "aws"
+    default_user = "admin"  # Debian's AMIs
+    image_var = "ami_id"
+
+
+class GCP(Cloud):
+    name = module = "gcp"
+    default_user = "daskfleet"
+    image_var = "image"
+
+
+class Azure(Cloud):
+    name = module = "azure"
+    default_user = "daskfleet"  # Azure refuses root and admin
+    image_var = "image"
