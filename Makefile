@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 LINT_VENV := .venv-lint
-SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux
+# sudo and nftables: lab hosts with non-root logins and enforced security groups (lab up --cloud aws)
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux sudo nftables python3.11-venv
 
 .PHONY: venv system-deps demo test test-unit lint bench clean
 
@@ -27,10 +28,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-demo: venv system-deps
+demo: system-deps venv
 	$(BIN)/daskfleet demo
 
-test: venv system-deps
+test: system-deps venv
 	$(BIN)/pytest -q
 
 test-unit: venv
@@ -45,6 +46,7 @@ $(LINT_VENV)/.installed: requirements-lint.lock
 lint: venv $(LINT_VENV)/.installed
 	$(BIN)/ruff check runner tests bench
 	CHECKPOINT_DISABLE=1 terraform fmt -check -recursive terraform
+	$(BIN)/python tests/static/terraform_validate.py
 	cd playbooks && ANSIBLE_CONFIG=ansible.cfg ../$(LINT_VENV)/bin/ansible-lint --profile production site.yml
 	BC_SKIP_MAPPING=TRUE $(LINT_VENV)/bin/checkov --quiet --compact --skip-download -d terraform
 

@@ -1,4 +1,4 @@
-"""The whole path on real lab hosts: lab up -> up -> submit (down and lab down: test_9_teardown).
+"""The whole path on real lab hosts: lab up -> up -> submit (down and lab down: test_8_teardown).
 
 The e2e tests share one cluster (tests/e2e/conftest.py) and run in file order.
 """

@@ -1,0 +1,145 @@
+"""AWS for real, on the emulated EC2 of `daskfleet lab up --cloud aws`: the aws module and the
+hashicorp/aws provider create VPC, security group, key pair and instances through the EC2 API on
+loopback; each instance becomes a lab host with the image's `admin` user (sudo, no root login).
+
+up -> status -> submit (through the SSH tunnel) -> a worker instance terminated through the API ->
+status degraded -> up replaces and heals it -> down --destroy -> nothing left in the API or the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.cluster import Cluster
+from runner.lab import Lab
+
+REPO = Path(__file__).resolve().parents[2]
+AWS_LAB = REPO / "clusters" / "aws-lab.yaml"
+pytestmark = pytest.mark.e2e
+
+SMALL_JOB = """\
+name: aws-small
+data:
+  source: synthetic
+  synthetic: {n_docs: 3000, n_classes: 3, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: 1}
+features: {n_features: 16384}
+model: {kind: sgd, epochs: 3}
+"""
+
+
+def ec2():
+    import boto3
+
+    return boto3.client("ec2", endpoint_url="http://127.0.0.1:4566", region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def cluster_instances(state: tuple[str, ...] = ("pending", "running", "stopping", "stopped")):
+    out = ec2().describe_instances(Filters=[{"Name": "tag:cluster", "Values": ["aws-lab"]},
+                                            {"Name": "instance-state-name", "Values": list(state)}])
+    return [i for r in out["Reservations"] for i in r["Instances"]]
+
+
+def name_of(instance: dict) -> str:
+    return next(t["Value"] for t in instance.get("Tags", []) if t["Key"] == "Name")
+
+
+def poll(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f}s")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def aws_cluster(lab_cluster, cli):
+    cli("lab", "up", "--cloud", "aws", "--hosts", "3", timeout=180)
+    t = time.monotonic()
+    up = cli("up", "-c", str(AWS_LAB), timeout=900)
+    yield {"up_output": up.stdout + up.stderr, "up_s": time.monotonic() - t}
+    cli("down", "-c", str(AWS_LAB), "--destroy", check=False, timeout=600)
+
+
+def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_cluster, cli):
+    print(aws_cluster["up_output"])
+    status = cli("status", "-c", str(AWS_LAB), "--json")
+    st = json.loads(status.stdout)
+    assert st["healthy"] is True, st
+    assert {h["user"] for h in st["hosts"]} == {"admin"}  # the image's login user, not root
+    assert all(h["address"].startswith("198.19.0.") for h in st["hosts"]), st["hosts"]
+    assert st["scheduler"]["address"].startswith("tls://198.19.0.")
+    with Cluster.from_file(AWS_LAB) as cluster:
+        client = cluster.client()  # through the SSH tunnel
+        assert client.scheduler.address.startswith("tls://127.0.0.1:")
+        users = client.run(lambda: __import__("getpass").getuser())
+        assert set(users.values()) == {"dask"} and len(users) == 2
+        sched = next(h for h in cluster.hosts() if h.role == "scheduler")
+        known = cluster.ssh().known_hosts
+        # known_hosts was written by daskfleet from the keys it generated, before any connection
+        assert known.parent == cluster.state_dir and sched.address in known.read_text()
+        out = cluster.run_on_hosts(["sudo", "-n", "stat", "-c", "%U %a",
+                                    "/etc/daskfleet/tls/node.key"])
+        assert set(out.values()) == {"dask 600\n"}, out
+    # The scheduler's port is open only inside the cluster's security group: not from here.
+    with pytest.raises(OSError):
+        socket.create_connection((sched.dask_address, 8786), timeout=3).close()
+
+
+def test_root_login_is_refused_on_the_instances(aws_cluster):
+    import paramiko
+
+    from runner.hosts import Host
+    from runner.ssh import connect
+
+    with Cluster.from_file(AWS_LAB) as cluster:
+        host = cluster.hosts()[0]
+        as_root = Host(host.name, host.address, host.role, "root", host.port)
+        with pytest.raises(paramiko.AuthenticationException), connect(as_root, cluster.ssh()) as c:
+            c.run("true")
+
+
+def test_submit_runs_the_job_through_the_tunnel(aws_cluster, cli, workdir):
+    job = workdir / "aws-small.yaml"
+    job.write_text(SMALL_JOB)
+    out = cli("submit", str(job), "-c", str(AWS_LAB), "--runs-dir", str(workdir / "runs"),
+              timeout=600)
+    assert "versions match" in out.stdout, out.stdout
+    run_dir = Path(out.stdout.split("artifacts in ")[-1].split()[0])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.8 and metrics["n_workers"] == 2, metrics
+
+
+def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, cli):
+    victim = next(i for i in cluster_instances(("running",)) if name_of(i) == "aws-lab-worker-1")
+    ec2().terminate_instances(InstanceIds=[victim["InstanceId"]])
+    poll(lambda: cli("status", "-c", str(AWS_LAB), check=False, timeout=120).returncode == 1,
+         90, "status to report the terminated worker")
+    healed = cli("up", "-c", str(AWS_LAB), timeout=900)
+    assert "started: worker-1-w0@worker-1" in healed.stdout, healed.stdout
+    st = json.loads(cli("status", "-c", str(AWS_LAB), "--json").stdout)
+    assert st["healthy"] is True
+    running = {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))}
+    assert sorted(running) == ["aws-lab-scheduler", "aws-lab-worker-1", "aws-lab-worker-2"]
+    assert running["aws-lab-worker-1"] != victim["InstanceId"]  # a new VM, same host key
+
+
+def test_down_destroy_leaves_no_instance_key_vpc_or_group(aws_cluster, cli):
+    cli("down", "-c", str(AWS_LAB), "--destroy", timeout=600)
+    api = ec2()
+    assert cluster_instances() == []
+    assert [k["KeyName"] for k in api.describe_key_pairs()["KeyPairs"]
+            if k["KeyName"].startswith("aws-lab")] == []
+    assert [v["VpcId"] for v in api.describe_vpcs()["Vpcs"] if not v["IsDefault"]] == []
+    groups = api.describe_security_groups(Filters=[{"Name": "tag:cluster",
+                                                    "Values": ["aws-lab"]}])["SecurityGroups"]
+    assert groups == []
+    poll(lambda: not Lab().instance_hosts(), 30, "the lab to remove the instance hosts")
