@@ -182,11 +182,13 @@ def test_apply_checks_hosts_and_outputs_shared_shape(sshd: LoopbackSshd, example
 
     out = _terraform(example_dir, "output", "-json", "hosts")
     assert out.returncode == 0, out.stderr
+    # The shared shape: an existing machine is dialled at its given address, and has no
+    # separate public one.
     assert json.loads(out.stdout) == [
-        {"name": "sched", "address": "127.0.0.1", "role": "scheduler", "user": "root",
-         "port": sshd.port},
-        {"name": "w1", "address": "127.0.0.1", "role": "worker", "user": "root",
-         "port": sshd.port},
+        {"name": "sched", "role": "scheduler", "user": "root", "port": sshd.port,
+         "private_address": "127.0.0.1", "public_address": None},
+        {"name": "w1", "role": "worker", "user": "root", "port": sshd.port,
+         "private_address": "127.0.0.1", "public_address": None},
     ]  # fmt: skip
 
 

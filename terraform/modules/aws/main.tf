@@ -1,13 +1,12 @@
+# tags, node_names, nodes, architecture and user_data: see locals.tf.
 locals {
-  tags = { creator = "daskfleet", cluster = var.cluster_name }
-
-  # Scheduler first, then workers: the order of the hosts output.
-  node_names = concat(["scheduler"], [for i in range(var.worker_count) : "worker-${i + 1}"])
-  nodes      = { for n in local.node_names : n => n == "scheduler" ? "scheduler" : "worker" }
-
   create_network = var.subnet_id == null
   subnet_id      = local.create_network ? aws_subnet.this[0].id : var.subnet_id
   vpc_id         = local.create_network ? aws_vpc.this[0].id : data.aws_subnet.existing[0].vpc_id
+
+  # The image every instance boots: the one given, or the newest official Debian 12 for the
+  # instance type's architecture. Output as ami_id, so the runner can pin it on later applies.
+  ami_id = var.ami_id != null ? var.ami_id : data.aws_ami.debian[0].id
 }
 
 data "aws_subnet" "existing" {
@@ -22,12 +21,12 @@ data "aws_ami" "debian" {
 
   filter {
     name   = "name"
-    values = ["debian-12-amd64-*"]
+    values = [local.debian_image_name]
   }
 
   filter {
     name   = "architecture"
-    values = ["x86_64"]
+    values = [local.architecture]
   }
 }
 
@@ -104,8 +103,8 @@ resource "aws_vpc_security_group_ingress_rule" "dask_scheduler_from_cluster" {
   security_group_id            = aws_security_group.this.id
   description                  = "Dask scheduler from cluster members"
   ip_protocol                  = "tcp"
-  from_port                    = 8786
-  to_port                      = 8786
+  from_port                    = var.dask_ports.scheduler
+  to_port                      = var.dask_ports.scheduler
   referenced_security_group_id = aws_security_group.this.id
   tags                         = local.tags
 }
@@ -114,18 +113,28 @@ resource "aws_vpc_security_group_ingress_rule" "dask_dashboard_from_cluster" {
   security_group_id            = aws_security_group.this.id
   description                  = "Dask dashboard from cluster members (users tunnel over SSH)"
   ip_protocol                  = "tcp"
-  from_port                    = 8787
-  to_port                      = 8787
+  from_port                    = var.dask_ports.dashboard
+  to_port                      = var.dask_ports.dashboard
   referenced_security_group_id = aws_security_group.this.id
   tags                         = local.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "dask_workers_from_cluster" {
   security_group_id            = aws_security_group.this.id
-  description                  = "Dask worker and nanny ports from cluster members"
+  description                  = "Dask worker ports from cluster members"
   ip_protocol                  = "tcp"
-  from_port                    = var.worker_port_range.from
-  to_port                      = var.worker_port_range.to
+  from_port                    = var.dask_ports.worker_from
+  to_port                      = var.dask_ports.worker_to
+  referenced_security_group_id = aws_security_group.this.id
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "dask_nannies_from_cluster" {
+  security_group_id            = aws_security_group.this.id
+  description                  = "Dask nanny ports from cluster members"
+  ip_protocol                  = "tcp"
+  from_port                    = var.dask_ports.nanny_from
+  to_port                      = var.dask_ports.nanny_to
   referenced_security_group_id = aws_security_group.this.id
   tags                         = local.tags
 }
@@ -159,16 +168,22 @@ resource "aws_key_pair" "this" {
 
 resource "aws_instance" "this" {
   #checkov:skip=CKV2_AWS_41:The nodes call no AWS API, so they get no IAM role (least privilege).
+  #checkov:skip=CKV_AWS_126:Detailed (1-minute) monitoring is billed per instance; it is opt-in through var.monitoring, and basic 5-minute metrics stay on.
   for_each = local.nodes
 
-  ami                         = coalesce(var.ami_id, try(data.aws_ami.debian[0].id, null))
+  ami                         = local.ami_id
   instance_type               = var.instance_type
   subnet_id                   = local.subnet_id
   vpc_security_group_ids      = [aws_security_group.this.id]
   key_name                    = aws_key_pair.this.key_name
   associate_public_ip_address = var.use_public_ip
-  monitoring                  = true
+  monitoring                  = var.monitoring
   ebs_optimized               = true
+
+  # The node's SSH host key, installed by cloud-init at first boot only: a node whose key
+  # changes is replaced, since the old machine would keep its old key.
+  user_data                   = local.user_data[each.key]
+  user_data_replace_on_change = true
 
   metadata_options {
     http_endpoint               = "enabled"

@@ -62,9 +62,14 @@ variable "vpc_cidr" {
 }
 
 variable "instance_type" {
-  description = "EC2 instance type for the scheduler and the workers."
+  description = "EC2 instance type for the scheduler and the workers. Graviton types (m6g, c7gn, t4g, ...) boot the arm64 Debian image, the others the amd64 one."
   type        = string
   default     = "m6i.large"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9-]+$", var.instance_type))
+    error_message = "The instance_type must be an EC2 instance type such as \"m6i.large\" or \"m6g.xlarge\"."
+  }
 }
 
 variable "worker_count" {
@@ -79,24 +84,70 @@ variable "worker_count" {
 }
 
 variable "ami_id" {
-  description = "AMI to boot. When null, the newest official Debian 12 amd64 image is used (its /usr/bin/python3 matches the control machine's minor version)."
+  description = "AMI to boot. When null, the newest official Debian 12 image for the instance type's architecture is looked up (its /usr/bin/python3 matches the control machine's minor version). Pass back the ami_id output to pin it, so a newly published image never replaces running instances."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "The ami_id must be null or an AMI ID such as \"ami-0123456789abcdef0\"."
+  }
+}
+
+variable "architecture" {
+  description = "CPU architecture of the Debian image to look up when ami_id is null: \"x86_64\" or \"arm64\". When null, it follows the instance type (Graviton types are arm64)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.architecture == null || contains(["x86_64", "arm64"], coalesce(var.architecture, "x86_64"))
+    error_message = "The architecture must be null, \"x86_64\" or \"arm64\"."
+  }
 }
 
 variable "ssh_user" {
-  description = "User to log in as; \"admin\" on the official Debian images."
+  description = "User to log in as, returned in the hosts output; \"admin\" on the official Debian images (a custom ami_id may have another)."
   type        = string
   default     = "admin"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_-]{0,31}$", var.ssh_user))
+    error_message = "The ssh_user must be a lowercase Linux user name such as \"admin\"."
+  }
 }
 
 variable "ssh_public_key" {
-  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\"."
+  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\" (one line, as in a .pub file)."
   type        = string
 
   validation {
-    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+", var.ssh_public_key))
-    error_message = "The ssh_public_key must be an OpenSSH public key such as \"ssh-ed25519 AAAA...\"."
+    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(var.ssh_public_key)))
+    error_message = "The ssh_public_key must be one OpenSSH public key line such as \"ssh-ed25519 AAAA... me@host\"."
+  }
+}
+
+variable "host_keys" {
+  description = "SSH host keys that daskfleet generated, by node name (\"scheduler\", \"worker-1\", ...): an ed25519 key pair in OpenSSH format. cloud-init installs it as the node's only host key at first boot, so known_hosts is written before the first connection. Nodes without an entry keep the keys the image generates. Changing a node's key replaces the node."
+  type = map(object({
+    private_key = string
+    public_key  = string
+  }))
+  default   = {}
+  sensitive = true
+
+  validation {
+    condition     = alltrue([for name in keys(var.host_keys) : can(regex("^(scheduler|worker-[1-9][0-9]*)$", name))])
+    error_message = "Every host_keys entry must be named after a node: \"scheduler\" or \"worker-N\" (N from 1)."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : can(regex("^ssh-ed25519 AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(k.public_key)))])
+    error_message = "Every host_keys public_key must be an ed25519 public key line such as \"ssh-ed25519 AAAA...\"."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : startswith(trimspace(k.private_key), "-----BEGIN OPENSSH PRIVATE KEY-----") && endswith(trimspace(k.private_key), "-----END OPENSSH PRIVATE KEY-----")])
+    error_message = "Every host_keys private_key must be an OpenSSH private key (ssh-keygen -t ed25519 writes one)."
   }
 }
 
@@ -111,22 +162,44 @@ variable "disk_size_gb" {
   }
 }
 
-variable "worker_port_range" {
-  description = "TCP port range the workers (and their nannies) listen on; reachable only from inside the cluster."
+variable "dask_ports" {
+  description = "TCP ports Dask listens on: scheduler, dashboard, and the worker and nanny port ranges (inclusive). They are open only to members of the cluster's security group; they must match the ports daskfleet starts Dask with."
   type = object({
-    from = number
-    to   = number
+    scheduler   = number
+    dashboard   = number
+    worker_from = number
+    worker_to   = number
+    nanny_from  = number
+    nanny_to    = number
   })
-  default = { from = 40000, to = 40100 }
+  default = {
+    scheduler   = 8786
+    dashboard   = 8787
+    worker_from = 40000
+    worker_to   = 40099
+    nanny_from  = 40100
+    nanny_to    = 40199
+  }
 
   validation {
-    condition     = var.worker_port_range.from >= 1024 && var.worker_port_range.to <= 65535 && var.worker_port_range.from <= var.worker_port_range.to
-    error_message = "The worker_port_range must satisfy 1024 <= from <= to <= 65535."
+    condition     = alltrue([for p in values(var.dask_ports) : p >= 1024 && p <= 65535 && floor(p) == p])
+    error_message = "Every dask_ports value must be a whole number from 1024 to 65535."
+  }
+
+  validation {
+    condition     = var.dask_ports.worker_from <= var.dask_ports.worker_to && var.dask_ports.nanny_from <= var.dask_ports.nanny_to
+    error_message = "The dask_ports ranges must run upwards: worker_from <= worker_to and nanny_from <= nanny_to."
   }
 }
 
+variable "monitoring" {
+  description = "Turn on EC2 detailed (1-minute) monitoring for every instance; billed per instance. Basic 5-minute metrics are always on."
+  type        = bool
+  default     = false
+}
+
 variable "use_public_ip" {
-  description = "Give the hosts public IPs and return them as addresses. When false, the hosts get private IPs only, reached over VPN or a bastion."
+  description = "Give the hosts public IPs, returned as public_address in the hosts output. When false, the hosts get private IPs only, reached over VPN or a bastion."
   type        = bool
   default     = false
 }

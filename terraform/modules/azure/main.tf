@@ -1,13 +1,21 @@
+# tags, node_names, nodes, dask_ports and custom_data: see locals.tf.
 locals {
-  tags = { creator = "daskfleet", cluster = var.cluster_name }
-
-  # Scheduler first, then workers: the order of the hosts output.
-  node_names = concat(["scheduler"], [for i in range(var.worker_count) : "worker-${i + 1}"])
-  nodes      = { for n in local.node_names : n => n == "scheduler" ? "scheduler" : "worker" }
-
   create_network = var.subnet_id == null
   subnet_id      = local.create_network ? azurerm_subnet.this[0].id : var.subnet_id
-  dask_ports     = ["8786", "8787", "${var.worker_port_range.from}-${var.worker_port_range.to}"]
+
+  # The image every VM boots, with "latest" resolved to the exact version, so that the version
+  # can be output, pinned, and never changes under running VMs by itself.
+  image = merge(var.image, {
+    version = var.image.version == "latest" ? data.azurerm_platform_image.latest[0].version : var.image.version
+  })
+}
+
+data "azurerm_platform_image" "latest" {
+  count     = var.image.version == "latest" ? 1 : 0
+  location  = var.location
+  publisher = var.image.publisher
+  offer     = var.image.offer
+  sku       = var.image.sku
 }
 
 resource "azurerm_resource_group" "this" {
@@ -72,7 +80,7 @@ resource "azurerm_network_security_group" "this" {
 
   security_rule {
     name                                       = "dask-within-cluster"
-    description                                = "Dask scheduler, dashboard and worker ports from cluster members"
+    description                                = "Dask scheduler, dashboard, worker and nanny ports from cluster members"
     priority                                   = 200
     direction                                  = "Inbound"
     access                                     = "Allow"
@@ -163,12 +171,16 @@ resource "azurerm_linux_virtual_machine" "this" {
     disk_size_gb         = var.disk_size_gb
   }
 
-  # Debian 12: its /usr/bin/python3 matches the control machine's minor version.
+  # The node's SSH host key, installed by cloud-init at first boot; custom_data cannot change
+  # without replacing the VM, so a node's host key only ever changes with the node.
+  custom_data = local.custom_data[each.key]
+
+  # Debian 12 by default: its /usr/bin/python3 matches the control machine's minor version.
   source_image_reference {
-    publisher = "Debian"
-    offer     = "debian-12"
-    sku       = "12-gen2"
-    version   = "latest"
+    publisher = local.image.publisher
+    offer     = local.image.offer
+    sku       = local.image.sku
+    version   = local.image.version
   }
 
   depends_on = [

@@ -1,12 +1,13 @@
 output "hosts" {
-  description = "The cluster's hosts, scheduler first: name, address, role, user and port (the shape every daskfleet module returns)."
+  description = "The cluster's hosts, scheduler first: name, role, user, port, private_address (the private IP on the VM's NIC: Dask binds to it and is dialled at it) and public_address (the static public IP, or null when there is none). The shape every daskfleet module returns."
   value = [
     for n in local.node_names : {
-      name    = n
-      address = var.use_public_ip ? azurerm_public_ip.this[n].ip_address : azurerm_linux_virtual_machine.this[n].private_ip_address
-      role    = local.nodes[n]
-      user    = var.ssh_user
-      port    = 22
+      name            = n
+      role            = local.nodes[n]
+      user            = var.ssh_user
+      port            = 22
+      private_address = azurerm_linux_virtual_machine.this[n].private_ip_address
+      public_address  = var.use_public_ip ? azurerm_public_ip.this[n].ip_address : null
     }
   ]
 }
@@ -14,6 +15,11 @@ output "hosts" {
 output "cluster_name" {
   description = "Name of the cluster."
   value       = var.cluster_name
+}
+
+output "image" {
+  description = "The image the VMs boot, with the exact version (\"latest\" resolved). Pass it back as image on later applies to pin it: a newly published image then never replaces running VMs on its own."
+  value       = local.image
 }
 
 output "resource_group_name" {

@@ -85,6 +85,32 @@ variable "worker_count" {
   }
 }
 
+variable "image" {
+  description = "Marketplace image to boot. version \"latest\" takes the newest at apply time; pass back the image output (which names the exact version) to pin it, so a newly published image never replaces running VMs on its own. Debian 12's /usr/bin/python3 matches the control machine's minor version."
+  type = object({
+    publisher = string
+    offer     = string
+    sku       = string
+    version   = optional(string, "latest")
+  })
+  default = {
+    publisher = "Debian"
+    offer     = "debian-12"
+    sku       = "12-gen2"
+    version   = "latest"
+  }
+
+  validation {
+    condition     = alltrue([for v in [var.image.publisher, var.image.offer, var.image.sku, var.image.version] : trimspace(v) != ""])
+    error_message = "The image must name a publisher, offer, sku and version (a version such as \"0.20240211.1654\" or \"latest\")."
+  }
+
+  validation {
+    condition     = var.image.version == "latest" || can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+$", var.image.version))
+    error_message = "The image version must be \"latest\" or an exact version such as \"0.20240211.1654\"."
+  }
+}
+
 variable "ssh_user" {
   description = "Admin user created on the hosts for SSH logins (Azure refuses names such as \"root\" and \"admin\")."
   type        = string
@@ -97,14 +123,40 @@ variable "ssh_user" {
 }
 
 variable "ssh_public_key" {
-  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\"."
+  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\" (one line, as in a .pub file)."
   type        = string
 
   validation {
-    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+", var.ssh_public_key))
-    error_message = "The ssh_public_key must be an OpenSSH public key such as \"ssh-ed25519 AAAA...\"."
+    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(var.ssh_public_key)))
+    error_message = "The ssh_public_key must be one OpenSSH public key line such as \"ssh-ed25519 AAAA... me@host\"."
   }
 }
+
+variable "host_keys" {
+  description = "SSH host keys that daskfleet generated, by node name (\"scheduler\", \"worker-1\", ...): an ed25519 key pair in OpenSSH format. cloud-init (through custom_data) installs it as the node's only host key at first boot, so known_hosts is written before the first connection. Nodes without an entry keep the keys the image generates. Changing a node's key replaces the node."
+  type = map(object({
+    private_key = string
+    public_key  = string
+  }))
+  default   = {}
+  sensitive = true
+
+  validation {
+    condition     = alltrue([for name in keys(var.host_keys) : can(regex("^(scheduler|worker-[1-9][0-9]*)$", name))])
+    error_message = "Every host_keys entry must be named after a node: \"scheduler\" or \"worker-N\" (N from 1)."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : can(regex("^ssh-ed25519 AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(k.public_key)))])
+    error_message = "Every host_keys public_key must be an ed25519 public key line such as \"ssh-ed25519 AAAA...\"."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : startswith(trimspace(k.private_key), "-----BEGIN OPENSSH PRIVATE KEY-----") && endswith(trimspace(k.private_key), "-----END OPENSSH PRIVATE KEY-----")])
+    error_message = "Every host_keys private_key must be an OpenSSH private key (ssh-keygen -t ed25519 writes one)."
+  }
+}
+
 
 variable "disk_size_gb" {
   description = "Size of each host's OS disk in GB."
@@ -123,22 +175,39 @@ variable "encryption_at_host" {
   default     = true
 }
 
-variable "worker_port_range" {
-  description = "TCP port range the workers (and their nannies) listen on; reachable only from inside the cluster."
+
+variable "dask_ports" {
+  description = "TCP ports Dask listens on: scheduler, dashboard, and the worker and nanny port ranges (inclusive). They are open only to members of the cluster's application security group; they must match the ports daskfleet starts Dask with."
   type = object({
-    from = number
-    to   = number
+    scheduler   = number
+    dashboard   = number
+    worker_from = number
+    worker_to   = number
+    nanny_from  = number
+    nanny_to    = number
   })
-  default = { from = 40000, to = 40100 }
+  default = {
+    scheduler   = 8786
+    dashboard   = 8787
+    worker_from = 40000
+    worker_to   = 40099
+    nanny_from  = 40100
+    nanny_to    = 40199
+  }
 
   validation {
-    condition     = var.worker_port_range.from >= 1024 && var.worker_port_range.to <= 65535 && var.worker_port_range.from <= var.worker_port_range.to
-    error_message = "The worker_port_range must satisfy 1024 <= from <= to <= 65535."
+    condition     = alltrue([for p in values(var.dask_ports) : p >= 1024 && p <= 65535 && floor(p) == p])
+    error_message = "Every dask_ports value must be a whole number from 1024 to 65535."
+  }
+
+  validation {
+    condition     = var.dask_ports.worker_from <= var.dask_ports.worker_to && var.dask_ports.nanny_from <= var.dask_ports.nanny_to
+    error_message = "The dask_ports ranges must run upwards: worker_from <= worker_to and nanny_from <= nanny_to."
   }
 }
 
 variable "use_public_ip" {
-  description = "Give the hosts static public IPs and return them as addresses. When false, the hosts get private IPs only, reached over VPN or Bastion."
+  description = "Give the hosts static public IPs, returned as public_address in the hosts output. When false, the hosts get private IPs only, reached over VPN or Bastion."
   type        = bool
   default     = false
 }

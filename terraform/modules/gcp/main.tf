@@ -1,11 +1,5 @@
+# labels, tag, node_names, nodes and startup_script: see locals.tf.
 locals {
-  labels = { creator = "daskfleet", cluster = var.cluster_name }
-  tag    = "daskfleet-${var.cluster_name}" # network tag: the firewall's notion of "the cluster"
-
-  # Scheduler first, then workers: the order of the hosts output.
-  node_names = concat(["scheduler"], [for i in range(var.worker_count) : "worker-${i + 1}"])
-  nodes      = { for n in local.node_names : n => n == "scheduler" ? "scheduler" : "worker" }
-
   create_network = var.subnet_id == null
   subnetwork     = local.create_network ? google_compute_subnetwork.this[0].self_link : var.subnet_id
   network        = local.create_network ? google_compute_network.this[0].self_link : data.google_compute_subnetwork.existing[0].network
@@ -58,7 +52,7 @@ resource "google_compute_firewall" "ssh_from_admin" {
 
 resource "google_compute_firewall" "dask_within_cluster" {
   name        = "${var.cluster_name}-dask-within-cluster"
-  description = "Dask scheduler, dashboard and worker ports, from cluster members only"
+  description = "Dask scheduler, dashboard, worker and nanny ports, from cluster members only"
   network     = local.network
   direction   = "INGRESS"
   source_tags = [local.tag]
@@ -66,7 +60,12 @@ resource "google_compute_firewall" "dask_within_cluster" {
 
   allow {
     protocol = "tcp"
-    ports    = ["8786", "8787", "${var.worker_port_range.from}-${var.worker_port_range.to}"]
+    ports = [
+      tostring(var.dask_ports.scheduler),
+      tostring(var.dask_ports.dashboard),
+      "${var.dask_ports.worker_from}-${var.dask_ports.worker_to}",
+      "${var.dask_ports.nanny_from}-${var.dask_ports.nanny_to}",
+    ]
   }
 }
 
@@ -115,6 +114,11 @@ resource "google_compute_instance" "this" {
     block-project-ssh-keys = "true"
     serial-port-enable     = "false"
   }
+
+  # The node's SSH host key, installed by a startup script (GCP's Debian images run no
+  # cloud-init). The script runs at every boot; a node whose key changes is replaced, like on
+  # AWS and Azure, so a node's host key only ever changes with the node.
+  metadata_startup_script = local.startup_script[each.key]
 
   service_account {
     email  = google_service_account.this.email

@@ -91,9 +91,14 @@ variable "worker_count" {
 }
 
 variable "image" {
-  description = "Boot image; Debian 12's /usr/bin/python3 matches the control machine's minor version."
+  description = "Boot image: a family such as \"debian-cloud/debian-12\" (its newest image at creation) or an exact image (\"debian-cloud/debian-12-bookworm-v20240312\" or a self link). Pass back the image output to pin the one in use, so workers added later boot the same image. Debian 12's /usr/bin/python3 matches the control machine's minor version."
   type        = string
   default     = "debian-cloud/debian-12"
+
+  validation {
+    condition     = trimspace(var.image) != "" && !strcontains(var.image, " ")
+    error_message = "The image must be an image or image family such as \"debian-cloud/debian-12\"."
+  }
 }
 
 variable "ssh_user" {
@@ -108,14 +113,40 @@ variable "ssh_user" {
 }
 
 variable "ssh_public_key" {
-  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\"."
+  description = "SSH public key installed for ssh_user, such as \"ssh-ed25519 AAAA... me@host\" (one line, as in a .pub file)."
   type        = string
 
   validation {
-    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+", var.ssh_public_key))
-    error_message = "The ssh_public_key must be an OpenSSH public key such as \"ssh-ed25519 AAAA...\"."
+    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(var.ssh_public_key)))
+    error_message = "The ssh_public_key must be one OpenSSH public key line such as \"ssh-ed25519 AAAA... me@host\"."
   }
 }
+
+variable "host_keys" {
+  description = "SSH host keys that daskfleet generated, by node name (\"scheduler\", \"worker-1\", ...): an ed25519 key pair in OpenSSH format. A startup script in the instance metadata installs it as the node's only host key (GCP's Debian images run no cloud-init), so known_hosts is written before the first connection. Nodes without an entry keep the keys the image generates. Changing a node's key replaces the node."
+  type = map(object({
+    private_key = string
+    public_key  = string
+  }))
+  default   = {}
+  sensitive = true
+
+  validation {
+    condition     = alltrue([for name in keys(var.host_keys) : can(regex("^(scheduler|worker-[1-9][0-9]*)$", name))])
+    error_message = "Every host_keys entry must be named after a node: \"scheduler\" or \"worker-N\" (N from 1)."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : can(regex("^ssh-ed25519 AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(k.public_key)))])
+    error_message = "Every host_keys public_key must be an ed25519 public key line such as \"ssh-ed25519 AAAA...\"."
+  }
+
+  validation {
+    condition     = alltrue([for k in values(var.host_keys) : startswith(trimspace(k.private_key), "-----BEGIN OPENSSH PRIVATE KEY-----") && endswith(trimspace(k.private_key), "-----END OPENSSH PRIVATE KEY-----")])
+    error_message = "Every host_keys private_key must be an OpenSSH private key (ssh-keygen -t ed25519 writes one)."
+  }
+}
+
 
 variable "disk_size_gb" {
   description = "Size of each host's boot disk in GB."
@@ -134,22 +165,39 @@ variable "kms_key_self_link" {
   default     = null
 }
 
-variable "worker_port_range" {
-  description = "TCP port range the workers (and their nannies) listen on; reachable only from inside the cluster."
+
+variable "dask_ports" {
+  description = "TCP ports Dask listens on: scheduler, dashboard, and the worker and nanny port ranges (inclusive). They are open only to instances with the cluster's network tag; they must match the ports daskfleet starts Dask with."
   type = object({
-    from = number
-    to   = number
+    scheduler   = number
+    dashboard   = number
+    worker_from = number
+    worker_to   = number
+    nanny_from  = number
+    nanny_to    = number
   })
-  default = { from = 40000, to = 40100 }
+  default = {
+    scheduler   = 8786
+    dashboard   = 8787
+    worker_from = 40000
+    worker_to   = 40099
+    nanny_from  = 40100
+    nanny_to    = 40199
+  }
 
   validation {
-    condition     = var.worker_port_range.from >= 1024 && var.worker_port_range.to <= 65535 && var.worker_port_range.from <= var.worker_port_range.to
-    error_message = "The worker_port_range must satisfy 1024 <= from <= to <= 65535."
+    condition     = alltrue([for p in values(var.dask_ports) : p >= 1024 && p <= 65535 && floor(p) == p])
+    error_message = "Every dask_ports value must be a whole number from 1024 to 65535."
+  }
+
+  validation {
+    condition     = var.dask_ports.worker_from <= var.dask_ports.worker_to && var.dask_ports.nanny_from <= var.dask_ports.nanny_to
+    error_message = "The dask_ports ranges must run upwards: worker_from <= worker_to and nanny_from <= nanny_to."
   }
 }
 
 variable "use_public_ip" {
-  description = "Give the hosts external IPs and return them as addresses. When false, the hosts get internal IPs only, reached over VPN or IAP."
+  description = "Give the hosts external IPs, returned as public_address in the hosts output. When false, the hosts get internal IPs only, reached over VPN or IAP."
   type        = bool
   default     = false
 }

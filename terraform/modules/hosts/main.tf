@@ -9,12 +9,15 @@ resource "terraform_data" "this" {
 
   # What the hosts output returns; read back from the resource so that the output only
   # exists once this host has passed its check.
+  # An existing machine is dialled at the address it was given: that is its private_address
+  # (what Dask binds to and is dialled at); it has no separate NAT'd public address.
   input = {
-    name    = each.value.name
-    address = each.value.address
-    role    = each.value.role
-    user    = each.value.user
-    port    = each.value.port
+    name            = each.value.name
+    role            = each.value.role
+    user            = each.value.user
+    port            = each.value.port
+    private_address = each.value.address
+    public_address  = null
   }
 
   triggers_replace = {
