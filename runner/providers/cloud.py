@@ -119,6 +119,33 @@ class AWS(Cloud):
     default_user = "admin"  # Debian's AMIs
     image_var = "ami_id"
 
+    def before_apply(self, progress) -> None:
+        super().before_apply(progress)
+        self._check_endpoint()
+
+    def _check_endpoint(self) -> None:
+        """An endpoint override that does not answer fails here, at once, rather than after the
+        AWS provider's minutes of retries."""
+        import os
+        import socket
+        from urllib.parse import urlsplit
+
+        key = "AWS_ENDPOINT_URL"
+        url = self.spec.environment.get(key) or os.environ.get(key)
+        if not url:
+            return
+        where = f"environment.{key} in {self.spec.source}" if key in self.spec.environment \
+            else f"{key} in your shell"
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname, port), timeout=5).close()
+        except OSError as e:
+            hint = (" (the emulated EC2: run `daskfleet lab up --cloud aws` first)"
+                    if parts.hostname in ("127.0.0.1", "localhost") else "")
+            raise ProvisionError(f"the EC2 API endpoint {url} ({where}) does not answer: {e}"
+                                 f"{hint}. Nothing was created.") from e
+
 
 class GCP(Cloud):
     name = module = "gcp"

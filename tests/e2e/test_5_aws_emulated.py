@@ -69,6 +69,18 @@ def aws_cluster(lab_cluster, cli):
     cli("down", "-c", str(AWS_LAB), "--destroy", check=False, timeout=600)
 
 
+def test_ssh_open_to_the_world_is_refused_with_nothing_created(lab_cluster, cli, workdir):
+    cli("lab", "up", "--cloud", "aws", "--hosts", "3", timeout=180)
+    world = workdir / "aws-world.yaml"
+    world.write_text(AWS_LAB.read_text().replace("name: aws-lab", "name: aws-world")
+                     .replace("admin_cidr: 198.19.0.1/32", "admin_cidr: 0.0.0.0/0"))
+    out = cli("up", "-c", str(world), check=False, timeout=300)
+    assert out.returncode != 0 and "admin_cidr" in out.stderr, out.stderr
+    assert "whole internet" in out.stderr, out.stderr
+    vpcs = ec2().describe_vpcs(Filters=[{"Name": "tag:cluster", "Values": ["aws-world"]}])
+    assert vpcs["Vpcs"] == [] and ec2().describe_key_pairs()["KeyPairs"] == []
+
+
 def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_cluster, cli):
     print(aws_cluster["up_output"])
     status = cli("status", "-c", str(AWS_LAB), "--json")
@@ -92,6 +104,23 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):
         socket.create_connection((sched.dask_address, 8786), timeout=3).close()
+
+
+def test_a_host_presenting_another_key_is_named_with_both_fingerprints(aws_cluster, tmp_path):
+    from runner import hostkeys
+    from runner.errors import HostError
+    from runner.ssh import SSHSettings, wait_for_ssh
+
+    with Cluster.from_file(AWS_LAB) as cluster:
+        worker = next(h for h in cluster.hosts() if h.name == "worker-2")
+        other = hostkeys.ensure(tmp_path / "k", ["impostor"])["impostor"]["public_key"]
+        hostkeys.write_known_hosts(tmp_path / "known_hosts", {worker.address: other})
+        ssh = SSHSettings(cluster.ssh().private_key, tmp_path / "known_hosts", connect_timeout=3)
+        with pytest.raises(HostError) as e:
+            wait_for_ssh([worker], ssh, timeout=5, poll=1)
+    msg = str(e.value)
+    assert "worker-2" in msg and "host key mismatch" in msg and msg.count("SHA256:") == 2, msg
+    assert hostkeys.fingerprint(other) in msg
 
 
 def test_root_login_is_refused_on_the_instances(aws_cluster):

@@ -154,3 +154,20 @@ def test_every_shipped_cloud_example_is_valid(tmp_path, monkeypatch):
         _, known = provider.ssh_paths()
         assert known == spec.state_dir / "known_hosts", name  # written by daskfleet
         assert provider.user != "root", name
+
+
+def test_an_endpoint_that_does_not_answer_fails_before_terraform(tmp_path, key):
+    import socket
+
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = aws_file(tmp_path, key)
+    data = yaml.safe_load(path.read_text())
+    data["environment"]["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    path.write_text(yaml.safe_dump(data))
+    provider = for_spec(load_cluster(path))
+    with pytest.raises(ProvisionError, match=rf"http://127.0.0.1:{port} \(environment."
+                                             r"AWS_ENDPOINT_URL in .*lab up --cloud aws.*"
+                                             "Nothing was created"):
+        provider.before_apply(print)
