@@ -22,7 +22,7 @@ def cmd_lab(args) -> int:
 
     lab = Lab()
     if args.lab_cmd == "up":
-        lab.up(args.hosts, progress=_say)
+        lab.up(args.hosts, progress=_say, user=args.user, cloud=args.cloud, region=args.region)
         return 0
     if args.lab_cmd == "down":
         lab.down(progress=_say)
@@ -36,14 +36,23 @@ def cmd_lab(args) -> int:
         return 0
     st = lab.status()
     if args.json:
-        print(json.dumps({"hosts": st["hosts"]}, indent=2))
-    elif not st["hosts"]:
+        print(json.dumps({"hosts": st["hosts"], "cloud": st["cloud"]}, indent=2))
+    elif not st["hosts"] and not st["cloud"]:
         print("lab: no lab (run `daskfleet lab up`)")
     else:
         for h in st["hosts"]:
-            print(f"{h['name']:8} {h['address']:15} {'up' if h['up'] else 'DOWN'}")
-        print(f"key {st['hosts'][0]['key']}  known_hosts {st['hosts'][0]['known_hosts']}")
-    return 0 if all(h["up"] for h in st["hosts"]) else 1
+            extra = f"  instance {h['instance_id']}" if h.get("instance_id") else ""
+            print(f"{h['name']:19} {h['address']:15} {h['user']:8} {'up' if h['up'] else 'DOWN'}{extra}")
+        if st["hosts"] and st["hosts"][0]["key"]:
+            print(f"key {st['hosts'][0]['key']}  known_hosts {st['hosts'][0]['known_hosts']}")
+        if st["cloud"]:
+            c = st["cloud"]
+            print(f"cloud {c['provider']}: endpoint {c['endpoint']} region {c['region']} "
+                  f"(api pid {c['api_pid']}, controller pid {c['controller_pid']}"
+                  f"{'' if c['alive'] else ': NOT RUNNING'}); "
+                  f"TF_CLI_CONFIG_FILE={c['terraform_rc']}")
+    cloud_ok = st["cloud"] is None or st["cloud"]["alive"]
+    return 0 if all(h["up"] for h in st["hosts"]) and cloud_ok else 1
 
 
 def _cluster(args):
@@ -163,7 +172,13 @@ def parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("lab", help="the local multi-host lab (network namespaces + sshd)")
     labsub = lab.add_subparsers(dest="lab_cmd", required=True)
     up = labsub.add_parser("up", help="create the lab's hosts (or reuse the running lab)")
-    up.add_argument("--hosts", type=int, default=3)
+    up.add_argument("--hosts", type=int, default=None, help="plain lab hosts (default 3)")
+    up.add_argument("--user", default=None,
+                    help="login user of the plain hosts (default root; non-root: passwordless sudo, "
+                         "root login refused)")
+    up.add_argument("--cloud", choices=["aws"], default=None,
+                    help="also run an emulated EC2 (API on 127.0.0.1:4566 + instance controller)")
+    up.add_argument("--region", default="us-east-1", help="the emulated cloud's region")
     labsub.add_parser("down", help="remove every namespace, link, mount and process of the lab")
     st = labsub.add_parser("status", help="the lab's hosts")
     st.add_argument("--json", action="store_true")

@@ -38,7 +38,8 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None) -> str:
                           env=_env(env))
     if proc.returncode != 0:
         out = proc.stderr + proc.stdout
-        tail = "\n".join(out.strip().splitlines()[-25:])
+        # Terraform writes its errors to stderr; stdout holds the (long) plan before them.
+        tail = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-30:])
         hosts = sorted(set(re.findall(r'terraform_data\.this\["([^"]+)"\]', out)))
         which = f" for host(s) {', '.join(hosts)}" if hosts else ""
         raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"

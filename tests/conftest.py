@@ -16,11 +16,16 @@ def lab_host_logs(state_dir: Path = DEFAULT_STATE_DIR) -> str:
     through the host's disk-backed folders under the lab's state dir."""
     chunks = []
     for host_dir in sorted((state_dir / "hosts").glob("*")):
-        logs = [host_dir / "init.log", *sorted((host_dir / "fs/var/log/daskfleet").glob("*.log"))]
+        logs = [host_dir / "init.log", host_dir / "fs/var/log/cloud-init-output.log",
+                *sorted((host_dir / "fs/var/log/daskfleet").glob("*.log"))]
         for log in logs:
             if log.is_file():
                 lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
                 chunks.append(f"===== {host_dir.name}: {log.name} =====\n" + "\n".join(lines))
+    # The emulated EC2: its API server's and instance controller's logs.
+    for log in sorted((state_dir / "cloud").glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        chunks.append(f"===== emulated EC2: {log.name} =====\n" + "\n".join(lines))
     return "\n".join(chunks) or f"(no lab host logs under {state_dir})"
 
 

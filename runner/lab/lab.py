@@ -2,8 +2,13 @@
 
 A host is a network namespace on a bridge (198.18.0.0/24), entered by
 `unshare --mount --uts --pid --fork` whose init is the host's sshd: killing it is a machine crash.
-The host's mount namespace masks /root, /home and the project checkout with empty tmpfs mounts,
+The host's mount namespace gives it a private, persistent /etc (an overlay on the machine's /etc),
+private disk-backed folders (/home, /var/log, /var/lib/daskfleet, ...), a fresh tmpfs
+/run/daskfleet at every boot, and masks /root and the project checkout with empty tmpfs mounts,
 so nothing from the control machine's environments leaks onto the host.
+
+`boot_host` is the one host-creation path: the plain lab hosts and the emulated cloud's instance
+hosts (runner.lab.instances) both boot through it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.errors import LabError
@@ -28,12 +33,22 @@ SUBNET_PREFIX = "198.18.0."
 BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 32
-# Folders every host gets privately, backed by a per-host folder under the state dir.
-PRIVATE_DIRS = ("etc/daskfleet", "opt/daskfleet", "var/lib/daskfleet", "var/log/daskfleet", "tmp")
+# Folders every host gets privately, backed by a per-host folder under the state dir (parents
+# before children). /home is one of them: it masks the control machine's /home and keeps users'
+# homes across reboots, as a real disk does.
+PRIVATE_DIRS = ("etc/daskfleet", "opt/daskfleet", "var/lib/daskfleet", "var/lib/cloud", "var/log",
+                "var/log/daskfleet", "home", "tmp")
 # Paths masked with empty tmpfs mounts: the control machine's environments must not be visible.
-MASKED_DIRS = ("/root", "/home")
+MASKED_DIRS = ("/root",)
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT_S = 20.0
+# Where sshd looks for keys besides ~/.ssh/authorized_keys: outside any home directory, in the
+# host's private /etc, so the lab's key for a user never depends on its home.
+LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
+# uid 1000 is taken on these machines; lab and cloud users start here.
+FIRST_UID = 1500
+# Written on the host's disk once user_data has run: a reboot does not run it again.
+FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
 
 
 @dataclass(frozen=True)
@@ -43,14 +58,37 @@ class LabHost:
     netns: str
     user: str = "root"
     port: int = 22
+    instance_id: str | None = None  # instance hosts of the emulated cloud only
+    link: str | None = None  # the veth's name on the bridge (default dfv-NAME)
 
     @property
     def veth(self) -> str:
-        return f"dfv-{self.name}"
+        return self.link or f"dfv-{self.name}"
 
 
-def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, capture_output=True, text=True)
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything `boot_host` needs to boot one host (a plain lab host or an instance host)."""
+
+    hostname: str
+    address: str
+    netns: str
+    veth: str
+    mac: str
+    hdir: Path
+    host_keys: tuple[str, ...]  # sshd HostKey paths (as seen inside the host)
+    prefixlen: int = 24
+    gateway: str | None = None
+    user: str | None = None  # a login user the lab creates (None: only first_boot creates users)
+    authorized_keys: str = ""  # installed as LAB_KEYS_DIR/<user> at every boot
+    first_boot: Path | None = None  # run once, as root, inside the host, before sshd (user_data)
+    nft_ruleset: str | None = None  # applied in the netns before anything in it starts
+    port: int = 22
+    extra_private_dirs: tuple[str, ...] = field(default=())
+
+
+def _run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, input=input)
     if check and proc.returncode != 0:
         raise LabError(
             f"lab: `{shlex.join(args)}` failed (exit {proc.returncode}): "
@@ -98,15 +136,42 @@ class Lab:
     def known_hosts(self) -> Path:
         return self.state_dir / "known_hosts"
 
+    @property
+    def cloud_dir(self) -> Path:
+        return self.state_dir / "cloud"
+
+    @property
+    def cloud_terraform_rc(self) -> Path:
+        return self.cloud_dir / "terraform.rc"
+
     def host_dir(self, name: str) -> Path:
         return self.state_dir / "hosts" / name
 
     # -- inspection -------------------------------------------------------------------------
-    def hosts(self) -> list[LabHost]:
+    def _data(self) -> dict | None:
         if not self.record.exists():
-            return []
-        data = json.loads(self.record.read_text())
-        return [LabHost(**h) for h in data["hosts"]]
+            return None
+        return json.loads(self.record.read_text())
+
+    def _write(self, data: dict) -> None:
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.record)
+
+    def hosts(self) -> list[LabHost]:
+        """The plain lab hosts (never the cloud's instance hosts: see `instance_hosts`)."""
+        data = self._data()
+        return [LabHost(**h) for h in data["hosts"]] if data else []
+
+    def instance_hosts(self) -> list[LabHost]:
+        """The emulated cloud's running instances, as the instance controller booted them."""
+        from runner.lab.instances import read_instance_hosts
+
+        return read_instance_hosts(self.cloud_dir)
+
+    def cloud(self) -> dict | None:
+        data = self._data()
+        return data.get("cloud") if data else None
 
     def host_alive(self, host: LabHost) -> bool:
         if not Path(f"/run/netns/{host.netns}").exists():
@@ -114,43 +179,93 @@ class Lab:
         return _port_open(host.address, host.port, timeout=1.0)
 
     def status(self) -> dict:
-        hosts = self.hosts()
+        def row(h: LabHost) -> dict:
+            r = {"name": h.name, "address": h.address, "user": h.user, "port": h.port,
+                 "key": str(self.key), "known_hosts": str(self.known_hosts),
+                 "up": self.host_alive(h)}
+            if h.instance_id:
+                r.update(instance_id=h.instance_id, key=None,
+                         known_hosts=None)  # the key pair's key and host keys are the user's own
+            return r
+
+        cloud = self.cloud()
+        if cloud:
+            from runner.lab.ec2 import cloud_alive
+
+            cloud = {**cloud, "alive": cloud_alive(cloud)}  # API server and controller running
         return {
             "state_dir": str(self.state_dir),
-            "hosts": [
-                {
-                    "name": h.name,
-                    "address": h.address,
-                    "user": h.user,
-                    "port": h.port,
-                    "key": str(self.key),
-                    "known_hosts": str(self.known_hosts),
-                    "up": self.host_alive(h),
-                }
-                for h in hosts
-            ],
+            "hosts": [row(h) for h in self.hosts()]
+                     + [row(h) for h in (self.instance_hosts() if cloud else [])],
+            "cloud": cloud,
         }
 
     # -- bring-up ---------------------------------------------------------------------------
-    def up(self, n_hosts: int = 3, progress=print) -> list[LabHost]:
+    def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
+           cloud: str | None = None, region: str = "us-east-1") -> list[LabHost]:
         check_prerequisites()
-        if not 1 <= n_hosts <= MAX_HOSTS:
-            raise LabError(f"lab: --hosts must be between 1 and {MAX_HOSTS}, not {n_hosts}.")
-        existing = self.hosts()
-        if existing:
-            dead = [h.name for h in existing if not self.host_alive(h)]
-            if dead:
-                raise LabError(
-                    f"lab: a lab already exists in {self.state_dir} but host(s) {', '.join(dead)} "
-                    "are down; run `daskfleet lab down` and then `daskfleet lab up` again."
-                )
-            if len(existing) != n_hosts:
-                raise LabError(
-                    f"lab: a lab with {len(existing)} hosts is already up; use it "
-                    f"(`--hosts {len(existing)}`) or run `daskfleet lab down` first."
-                )
-            progress(f"lab: reusing the running lab ({n_hosts} hosts) in {self.state_dir}")
-            return existing
+        explicit = n_hosts is not None
+        n_hosts = 3 if n_hosts is None else n_hosts
+        low = 0 if cloud else 1
+        if not low <= n_hosts <= MAX_HOSTS:
+            raise LabError(f"lab: --hosts must be between {low} and {MAX_HOSTS}, not {n_hosts}.")
+        if user is not None:
+            _check_user_name(user)
+        if cloud not in (None, "aws"):
+            raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
+        data = self._data()
+        if data is not None:
+            hosts = self._reuse(data, n_hosts if (explicit or not cloud) else None, user, progress)
+        else:
+            hosts = self._fresh(n_hosts, user or "root", progress)
+        if cloud:
+            from runner.lab.ec2 import start_cloud
+
+            if self.cloud():
+                from runner.lab.ec2 import cloud_alive
+
+                if not cloud_alive(self.cloud()):
+                    raise LabError(
+                        f"lab: the emulated cloud recorded in {self.record} is not running (its "
+                        "API server or instance controller died); run `daskfleet lab down` and "
+                        "`daskfleet lab up --cloud aws` again.")
+                progress(f"lab: reusing the running emulated cloud at {self.cloud()['endpoint']}")
+            else:
+                try:
+                    start_cloud(self, region, progress)
+                except BaseException:
+                    if data is None:  # we made the lab: remove it all
+                        progress("lab: bring-up failed; removing what was created")
+                        self.down(progress=lambda *_: None)
+                    else:  # keep the running lab, drop the half-started cloud
+                        from runner.lab.ec2 import stop_cloud
+
+                        stop_cloud(self)
+                        self._write({**self._data(), "cloud": None})
+                    raise
+        return hosts
+
+    def _reuse(self, data: dict, n_hosts: int | None, user: str | None, progress) -> list[LabHost]:
+        existing = [LabHost(**h) for h in data["hosts"]]
+        dead = [h.name for h in existing if not self.host_alive(h)]
+        if dead:
+            raise LabError(
+                f"lab: a lab already exists in {self.state_dir} but host(s) {', '.join(dead)} "
+                "are down; run `daskfleet lab down` and then `daskfleet lab up` again."
+            )
+        if n_hosts is not None and len(existing) != n_hosts:
+            raise LabError(
+                f"lab: a lab with {len(existing)} hosts is already up; use it "
+                f"(`--hosts {len(existing)}`) or run `daskfleet lab down` first."
+            )
+        have = data.get("user", "root")
+        if existing and user is not None and have != user:
+            raise LabError(f"lab: the running lab logs in as {have!r}, not {user!r}; use "
+                           f"`--user {have}` or run `daskfleet lab down` first.")
+        progress(f"lab: reusing the running lab ({len(existing)} hosts) in {self.state_dir}")
+        return existing
+
+    def _fresh(self, n_hosts: int, user: str, progress) -> list[LabHost]:
         if _link_exists(BRIDGE):
             raise LabError(
                 f"lab: bridge {BRIDGE} exists but no lab is recorded in {self.state_dir} "
@@ -158,28 +273,25 @@ class Lab:
             )
         hosts = [
             LabHost(name=f"lab{i}", address=f"{SUBNET_PREFIX}{FIRST_HOST_OCTET + i - 1}",
-                    netns=f"dflab-lab{i}")
+                    netns=f"dflab-lab{i}", user=user)
             for i in range(1, n_hosts + 1)
         ]
         try:
-            self._create(hosts, progress)
+            self._create(hosts, user, progress)
         except BaseException:
             progress("lab: bring-up failed; removing what was created")
             self.down(progress=lambda *_: None)
             raise
         return hosts
 
-    def _create(self, hosts: list[LabHost], progress) -> None:
+    def _create(self, hosts: list[LabHost], user: str, progress) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         # Record first, so `lab down` can always clean up a half-made lab.
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hosts": [asdict(h) for h in hosts]}, indent=2))
-        tmp.replace(self.record)
+        self._write({"hosts": [asdict(h) for h in hosts], "user": user, "cloud": None})
         if not self.key.exists():
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "daskfleet-lab",
                   "-f", str(self.key)])
-        (self.state_dir / "authorized_keys").write_text(Path(str(self.key) + ".pub").read_text())
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "up"])
@@ -198,40 +310,25 @@ class Lab:
                         f"{READY_TIMEOUT_S:.0f}s. Its log:\n{log}"
                     )
                 time.sleep(0.1)
-        progress(f"lab: {len(hosts)} hosts up; key {self.key}, known_hosts {self.known_hosts}")
+        who = "" if user == "root" else f", user {user}"
+        progress(f"lab: {len(hosts)} hosts up{who}; key {self.key}, known_hosts {self.known_hosts}")
 
     def _create_host(self, host: LabHost) -> str:
+        """Boot a plain lab host; returns its known_hosts line."""
         hdir = self.host_dir(host.name)
-        for d in PRIVATE_DIRS:
-            (hdir / "fs" / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(hdir / "fs" / "tmp", 0o1777)
+        hdir.mkdir(parents=True, exist_ok=True)
         hostkey = hdir / "ssh_host_ed25519_key"
         if not hostkey.exists():
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
                   "-f", str(hostkey)])
-        config = hdir / "sshd_config"
-        config.write_text(_sshd_config(host, hostkey, self.state_dir / "authorized_keys", hdir))
-        ns = host.netns
-        _run(["ip", "netns", "add", ns])
         # A fixed MAC per address: a restarted host is reachable at once, with no stale ARP
         # entry on the other machines pointing at its previous interface.
         mac = f"02:df:00:00:00:{int(host.address.rsplit('.', 1)[1]):02x}"
-        _run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
-              "address", mac, "netns", ns])
-        _run(["ip", "link", "set", host.veth, "master", BRIDGE, "up"])
-        _run(["ip", "-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0"])
-        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation dir
-        script = _init_script(host, hdir, config)
-        log = open(hdir / "init.log", "ab")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork",
-             "--mount-proc", "--propagation", "private", "sh", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
-        (hdir / "unshare.pid").write_text(str(proc.pid))
+        boot_host(BootSpec(
+            hostname=host.name, address=host.address, netns=host.netns, veth=host.veth, mac=mac,
+            hdir=hdir, host_keys=(str(hostkey),), user=host.user, port=host.port,
+            authorized_keys=Path(str(self.key) + ".pub").read_text(),
+        ))
         pub = Path(str(hostkey) + ".pub").read_text().split()
         return f"{host.address} {pub[0]} {pub[1]}\n"
 
@@ -243,13 +340,19 @@ class Lab:
 
     def restart(self, name: str, progress=print) -> None:
         """Boot a host again (after `kill`, or to reboot it): same address, host key and disks;
-        no process survives, as after a real reboot."""
+        no process survives, as after a real reboot. Instance hosts reboot with their boot spec
+        (their user_data does not run again)."""
         check_prerequisites()
         host = self._get(name)
-        _kill_netns_processes(host.netns)
-        _run(["ip", "netns", "del", host.netns], check=False)
-        _run(["ip", "link", "del", host.veth], check=False)
-        self._create_host(host)
+        stop_host(host.netns, host.veth)
+        if host.instance_id:
+            spec = load_boot_spec(self.host_dir(host.name))
+            rules = self.host_dir(host.name) / "sg.nft"  # the controller's latest ruleset
+            if rules.exists():
+                spec = replace(spec, nft_ruleset=rules.read_text())
+            boot_host(spec)
+        else:
+            self._create_host(host)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not _port_open(host.address, host.port, timeout=0.5):
             if time.monotonic() > deadline:
@@ -261,59 +364,191 @@ class Lab:
     # -- teardown ---------------------------------------------------------------------------
     def down(self, progress=print) -> None:
         check_prerequisites()
+        from runner.lab.ec2 import stop_cloud
+
+        # The cloud first: its controller must not boot instance hosts while we remove them.
+        stopped_cloud = stop_cloud(self)
         hosts = self.hosts()
-        # Also sweep namespaces by prefix: a crashed `lab up` may not have recorded them all.
-        names = {h.netns for h in hosts} | set(_netns_with_prefix("dflab-"))
+        # Also sweep namespaces by prefix: a crashed `lab up` (or controller) may not have
+        # recorded them all. Deleting a namespace deletes the veth end inside it, and the pair.
+        names = {h.netns for h in hosts} | set(_netns_with_prefix("dflab-")) \
+            | set(_netns_with_prefix("dfec2-"))
         for ns in sorted(names):
             _kill_netns_processes(ns)
             _run(["ip", "netns", "del", ns], check=False)
-        for h in hosts:
-            _run(["ip", "link", "del", h.veth], check=False)
+        for link in {h.veth for h in hosts} | set(_links_with_prefix(("dfv-", "dfe"))):
+            _run(["ip", "link", "del", link], check=False)
         if _link_exists(BRIDGE):
             _run(["ip", "link", "del", BRIDGE], check=False)
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
-        progress(f"lab: down ({len(names)} hosts removed)" if names else "lab: nothing to remove")
+        what = [f"{len(names)} hosts removed"] if names else []
+        what += ["emulated cloud stopped"] if stopped_cloud else []
+        progress(f"lab: down ({', '.join(what)})" if what else "lab: nothing to remove")
 
     def _get(self, name: str) -> LabHost:
-        for h in self.hosts():
+        every = self.hosts() + (self.instance_hosts() if self.cloud() else [])
+        for h in every:
             if h.name == name:
                 return h
-        known = ", ".join(h.name for h in self.hosts()) or "none: run `daskfleet lab up`"
+        known = ", ".join(h.name for h in every) or "none: run `daskfleet lab up`"
         raise LabError(f"lab: no host named {name!r} (hosts: {known}).")
 
 
-def _sshd_config(host: LabHost, hostkey: Path, authorized: Path, hdir: Path) -> str:
+# -- one host ---------------------------------------------------------------------------------
+def boot_host(spec: BootSpec) -> subprocess.Popen:
+    """Create the host's namespace and link and start its init (which ends in sshd).
+
+    Never leaves half a host: on any failure the namespace and link are removed again."""
+    hdir = spec.hdir
+    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
+        (hdir / "fs" / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(hdir / "fs" / "tmp", 0o1777)
+    for d in ("etc-upper", "etc-work"):
+        (hdir / d).mkdir(exist_ok=True)
+    if spec.user:
+        (hdir / "authorized_keys").write_text(spec.authorized_keys)
+    config = hdir / "sshd_config"
+    config.write_text(_sshd_config(spec))
+    (hdir / "boot.json").write_text(json.dumps(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}, indent=2))
+    ns = spec.netns
+    try:
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", spec.veth, "type", "veth", "peer", "name", "eth0",
+              "address", spec.mac, "netns", ns])
+        _run(["ip", "link", "set", spec.veth, "master", BRIDGE, "up"])
+        _run(["ip", "-n", ns, "addr", "add", f"{spec.address}/{spec.prefixlen}", "dev", "eth0"])
+        _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if spec.gateway:
+            _run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway])
+        if spec.nft_ruleset is not None:
+            nft_apply(ns, spec.nft_ruleset)
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation dir
+        log = open(hdir / "init.log", "ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork",
+             "--mount-proc", "--propagation", "private", "sh", "-c", _init_script(spec, config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+    except BaseException:
+        stop_host(ns, spec.veth)
+        raise
+    (hdir / "unshare.pid").write_text(str(proc.pid))
+    return proc
+
+
+def load_boot_spec(hdir: Path) -> BootSpec:
+    d = json.loads((hdir / "boot.json").read_text())
+    d["hdir"] = Path(d["hdir"])
+    d["first_boot"] = Path(d["first_boot"]) if d.get("first_boot") else None
+    d["host_keys"] = tuple(d["host_keys"])
+    d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
+    return BootSpec(**d)
+
+
+def stop_host(netns: str, veth: str) -> None:
+    """Crash the host (every process at once) and remove its namespace and link."""
+    _kill_netns_processes(netns)
+    _run(["ip", "netns", "del", netns], check=False)
+    _run(["ip", "link", "del", veth], check=False)
+
+
+def nft_apply(netns: str, ruleset: str) -> None:
+    _run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset)
+
+
+def _check_user_name(user: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", user):
+        raise LabError(f"lab: --user {user!r} is not a valid user name (lower-case letters, digits, "
+                       "_ and -, starting with a letter).")
+
+
+def user_setup_script(user: str, sudo: bool = True, groups: tuple[str, ...] = (),
+                      shell: str = "/bin/bash") -> str:
+    """Shell lines (run as root inside a host) that create USER once: uid FIRST_UID or above,
+    home under /home, no password (key login only), optional passwordless sudo."""
+    q = shlex.quote(user)
+    lines = [
+        f"if ! id -u {q} >/dev/null 2>&1; then useradd --create-home --user-group "
+        f"-K UID_MIN={FIRST_UID} -K GID_MIN={FIRST_UID} --shell {shlex.quote(shell)} {q}; fi",
+        # '*' rather than useradd's locked '!': sshd without PAM refuses locked accounts even for
+        # key logins, while a cloud image's default user (PAM) logs in with a key.
+        f"usermod -p '*' {q}",
+    ]
+    if groups:
+        lines.append(f"usermod -a -G {shlex.quote(','.join(groups))} {q}")
+    if sudo:
+        f = f"/etc/sudoers.d/daskfleet-{user}"
+        lines.append(f"printf '%s\\n' {shlex.quote(f'{user} ALL=(ALL) NOPASSWD:ALL')} > {f} "
+                     f"&& chmod 0440 {f}")
+    return "\n".join(lines)
+
+
+def _sshd_config(spec: BootSpec) -> str:
+    root = spec.user == "root"
     return "\n".join([
-        f"ListenAddress {host.address}",
-        f"Port {host.port}",
-        f"HostKey {hostkey}",
-        f"AuthorizedKeysFile {authorized}",
-        f"PidFile {hdir / 'sshd.pid'}",
-        "PermitRootLogin prohibit-password",
+        f"ListenAddress {spec.address}",
+        f"Port {spec.port}",
+        *[f"HostKey {k}" for k in spec.host_keys],
+        f"AuthorizedKeysFile .ssh/authorized_keys {LAB_KEYS_DIR}/%u",
+        f"PidFile {spec.hdir / 'sshd.pid'}",
+        f"PermitRootLogin {'prohibit-password' if root else 'no'}",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
         "PubkeyAuthentication yes",
         "UsePAM no",
-        # The lab's key files live under a root-owned 0700 folder, not in a home directory.
-        "StrictModes no",
-        "MaxStartups 100:30:200",
-        "MaxSessions 100",
+        # MaxSessions and MaxStartups stay at Debian's defaults (10; 10:30:100): a real machine's.
         "Subsystem sftp internal-sftp",
         "",
     ])
 
 
-def _init_script(host: LabHost, hdir: Path, config: Path) -> str:
-    lines = ["set -e", f"hostname {shlex.quote(host.name)}"]
-    for d in PRIVATE_DIRS:
+def _init_script(spec: BootSpec, config: Path) -> str:
+    q = shlex.quote
+    hdir = spec.hdir
+    name = q(spec.hostname)
+    lines = [
+        "set -e",
+        # A private, persistent /etc first: users, sudoers and host keys made on this host stay
+        # on it (and survive a restart); everything else mounts on top of it.
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={q(str(hdir / 'etc-upper'))},"
+        f"workdir={q(str(hdir / 'etc-work'))} /etc",
+        f"hostname {name}",
+        f"echo {name} > /etc/hostname",
+        f"printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost ip6-localhost "
+        f"ip6-loopback\\n' {name} > /etc/hosts",
+    ]
+    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
         src = hdir / "fs" / d
-        lines.append(f"mkdir -p /{d} && mount --bind {shlex.quote(str(src))} /{d}")
-    masked = [*MASKED_DIRS, str(_project_root())]
-    for d in masked:
-        lines.append(f"if [ -d {shlex.quote(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs "
-                     f"{shlex.quote(d)}; fi")
-    lines.append(f"exec {SSHD} -D -e -f {shlex.quote(str(config))}")
+        lines.append(f"mkdir -p /{d} && mount --bind {q(str(src))} /{d}")
+    for d in (*MASKED_DIRS, str(_project_root())):
+        lines.append(f"if [ -d {q(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs {q(d)}; fi")
+    # Pid files and the like must not survive a reboot.
+    lines.append("mkdir -p /run/daskfleet && mount -t tmpfs -o mode=0755 tmpfs /run/daskfleet")
+    lines.append(f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}")
+    if spec.user:
+        if spec.user != "root":
+            lines.append(user_setup_script(spec.user))
+        lines.append(f"install -m 0644 {q(str(hdir / 'authorized_keys'))} "
+                     f"{LAB_KEYS_DIR}/{q(spec.user)}")
+    if spec.first_boot:
+        log = "/var/log/cloud-init-output.log"
+        lines += [
+            f"if [ ! -e {FIRST_BOOT_MARKER} ]; then",
+            f"  mkdir -p {os.path.dirname(FIRST_BOOT_MARKER)}",
+            f"  echo \"first boot $(date -u +%FT%TZ): running user_data\" >> {log}",
+            # As cloud-init: a failing user_data is logged, and the machine still comes up.
+            f"  {q(str(spec.first_boot))} >> {log} 2>&1 "
+            f"&& echo 'user_data: ok' >> {log} || echo \"user_data: FAILED (exit $?)\" >> {log}",
+            f"  date -u +%FT%TZ > {FIRST_BOOT_MARKER}",
+            "fi",
+        ]
+    lines.append(f"exec {SSHD} -D -e -f {q(str(config))}")
     return "\n".join(lines)
 
 
@@ -332,6 +567,12 @@ def _link_exists(name: str) -> bool:
 def _netns_with_prefix(prefix: str) -> list[str]:
     out = _run(["ip", "netns", "list"], check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def _links_with_prefix(prefixes: tuple[str, ...]) -> list[str]:
+    out = _run(["ip", "-o", "link", "show"], check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+    return [n for n in names if n.startswith(prefixes)]
 
 
 def _kill_netns_processes(ns: str) -> None:

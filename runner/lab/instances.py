@@ -1,0 +1,285 @@
+"""The emulated cloud's instance controller: `python -m runner.lab.instances --lab-dir DIR`.
+
+It polls the EC2 API (moto, 127.0.0.1 only) about twice a second and makes the lab match it:
+a `running` instance becomes a lab host (netns dfec2-<id>, its private address, hostname
+ip-a-b-c-d, the image's login user `admin` with the key pair's key, user_data run once at first
+boot); a stopped one is crashed and its disk kept; a terminated or vanished one is crashed and its
+disk deleted. Each host's security-group ingress rules are enforced with nftables in its netns.
+What it booted is listed in cloud/instances.json (read by `Lab().instance_hosts()`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from runner.lab import cloudinit
+from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
+from runner.lab.lab import BootSpec, Lab, LabHost, boot_host, nft_apply, stop_host
+
+POLL_S = 0.5
+IMAGE_USER = "admin"  # Debian's cloud images' default user
+SG_TABLE = "daskfleet_sg"
+HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)
+
+
+def log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def read_instance_hosts(cloud_dir: Path) -> list[LabHost]:
+    path = cloud_dir / "instances.json"
+    if not path.exists():
+        return []
+    return [LabHost(**h) for h in json.loads(path.read_text())["hosts"]]
+
+
+def host_for(instance_id: str, address: str) -> LabHost:
+    short = instance_id.removeprefix("i-")
+    # Link names must fit IFNAMSIZ (15 characters): "dfe" + the id's last 12 hex digits.
+    return LabHost(name=instance_id, address=address, netns=f"dfec2-{short}", user=IMAGE_USER,
+                   instance_id=instance_id, link=f"dfe{short[-12:]}")
+
+
+def refuse_reason(inst: dict, arch: str | None) -> str | None:
+    """Why the controller will not boot this instance (None: it will)."""
+    ip = inst.get("PrivateIpAddress")
+    if arch != "x86_64":
+        return f"architecture {arch}: this machine is x86_64 and cannot boot it"
+    if not ip:
+        return "no private IP address"
+    net = ipaddress.ip_network(VPC_SUBNET)
+    addr = ipaddress.ip_address(ip)
+    if addr not in net:
+        return (f"private address {ip} is outside the lab's VPC subnet {VPC_SUBNET} "
+                "(launch it in a subnet of 198.19.0.0/24)")
+    # AWS reserves the network address, .1 (VPC router: here the control machine), .2 (DNS),
+    # .3 (future use) and the broadcast address. moto skips .1-.3 when it picks an address, but
+    # an explicitly requested PrivateIpAddress is taken as given: an emulator bug, refused here.
+    if int(addr) - int(net.network_address) <= 3 or addr == net.broadcast_address:
+        return f"private address {ip} is one AWS reserves in {VPC_SUBNET} (emulator bug)"
+    return None
+
+
+def instance_groups(inst: dict) -> list[str]:
+    """The instance's security groups. moto reports the groups of an instance launched with
+    SecurityGroupIds in a subnet (as Terraform does) only on its network interfaces."""
+    ids = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
+    ids += [g["GroupId"] for n in inst.get("NetworkInterfaces", []) for g in n.get("Groups", [])]
+    return sorted(set(ids))
+
+
+def _ports(perm: dict) -> str:
+    lo, hi = perm.get("FromPort"), perm.get("ToPort")
+    if lo is None or lo == -1 or (lo == 0 and hi == 65535):
+        return ""
+    return f" dport {lo}" if lo == hi else f" dport {lo}-{hi}"
+
+
+def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]]) -> str:
+    """An nftables ruleset enforcing security-group ingress `permissions` (DescribeSecurityGroups
+    IpPermissions of every group of the instance). `members`: group id -> private IPs of the
+    running instances in that group. Applied with `nft -f`: it replaces the table atomically."""
+    rules = []
+    for perm in permissions:
+        proto = str(perm.get("IpProtocol", "-1")).lower()
+        proto = {"6": "tcp", "17": "udp", "1": "icmp"}.get(proto, proto)
+        if proto in ("tcp", "udp"):
+            ports = _ports(perm)
+            match = f"{proto}{ports}" if ports else f"meta l4proto {proto}"
+        elif proto in ("-1", "all"):
+            match = ""
+        elif proto in ("icmp", "icmpv6", "58"):
+            continue  # every ICMP is accepted anyway (below)
+        else:
+            match = f"meta l4proto {proto}"
+        sources = [f"ip saddr {r['CidrIp']}" for r in perm.get("IpRanges", [])]
+        sources += [f"ip6 saddr {r['CidrIpv6']}" for r in perm.get("Ipv6Ranges", [])]
+        for pair in perm.get("UserIdGroupPairs", []):
+            ips = sorted(members.get(pair.get("GroupId", ""), []), key=ipaddress.ip_address)
+            if ips:
+                sources.append(f"ip saddr {{ {', '.join(ips)} }}")
+            else:
+                rules.append(f"    # {pair.get('GroupId')}: no running members")
+        for src in sources:
+            rules.append(f"    {src} {match} accept".replace("  accept", " accept"))
+    return "\n".join([
+        f"table inet {SG_TABLE}",  # so that the delete below never fails
+        f"delete table inet {SG_TABLE}",
+        f"table inet {SG_TABLE} {{",
+        "  chain input {",
+        "    type filter hook input priority 0; policy drop;",
+        "    ct state established,related accept",
+        "    iif \"lo\" accept",
+        "    meta l4proto { icmp, ipv6-icmp } accept",
+        *rules,
+        "  }",
+        "}",
+        "",
+    ])
+
+
+class Controller:
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.region = (lab.cloud() or {}).get("region", "us-east-1")
+        self.ec2 = client(self.region)
+        self.hosts: dict[str, LabHost] = {}  # instance id -> its booted host
+        self.rulesets: dict[str, str] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.refused: set[str] = set()
+        self.boot_errors: set[str] = set()
+        self.arch: dict[str, str | None] = {}
+        # Adopt what a previous controller booted (it may have been restarted).
+        for h in read_instance_hosts(lab.cloud_dir):
+            if Path(f"/run/netns/{h.netns}").exists():
+                self.hosts[h.name] = h
+
+    def image_arch(self, image_id: str) -> str | None:
+        if image_id not in self.arch:
+            imgs = self.ec2.describe_images(ImageIds=[image_id])["Images"]
+            self.arch[image_id] = imgs[0].get("Architecture") if imgs else None
+        return self.arch[image_id]
+
+    def reconcile(self) -> None:
+        pages = self.ec2.get_paginator("describe_instances").paginate()
+        instances = {i["InstanceId"]: i for page in pages for r in page["Reservations"]
+                     for i in r["Instances"]}
+        running = {k: i for k, i in instances.items() if i["State"]["Name"] == "running"}
+        for iid in list(self.hosts):
+            state = instances.get(iid, {}).get("State", {}).get("Name", "gone")
+            if state == "running":
+                continue
+            host = self.hosts.pop(iid)
+            self.rulesets.pop(iid, None)
+            stop_host(host.netns, host.veth)
+            if (p := self.procs.pop(iid, None)) is not None:
+                p.wait()
+            if state in ("stopped", "stopping"):
+                log(f"{iid}: {state}: host {host.address} powered off (disk kept)")
+            else:
+                shutil.rmtree(self.lab.host_dir(iid), ignore_errors=True)
+                log(f"{iid}: {state}: host {host.address} destroyed (disk deleted)")
+            self.write()
+        self.refused &= set(running)
+        members: dict[str, list[str]] = {}
+        for i in running.values():
+            for g in instance_groups(i):
+                if i.get("PrivateIpAddress"):
+                    members.setdefault(g, []).append(i["PrivateIpAddress"])
+        groups = {}
+        if running:
+            groups = {g["GroupId"]: g.get("IpPermissions", [])
+                      for g in self.ec2.describe_security_groups()["SecurityGroups"]}
+        for iid, inst in running.items():
+            perms = [p for g in instance_groups(inst) for p in groups.get(g, [])]
+            ruleset = render_sg_ruleset(perms, members)
+            if iid in self.hosts:
+                if self.rulesets.get(iid) != ruleset:
+                    nft_apply(self.hosts[iid].netns, ruleset)
+                    self.rulesets[iid] = ruleset
+                    (self.lab.host_dir(iid) / "sg.nft").write_text(ruleset)  # for `lab restart`
+                    log(f"{iid}: security group rules re-applied")
+            elif iid not in self.refused:
+                try:
+                    self.boot(inst, ruleset)
+                    self.boot_errors.discard(iid)
+                except Exception as e:  # noqa: BLE001 - one bad instance must not stop the rest
+                    if iid not in self.boot_errors:
+                        log(f"{iid}: boot failed ({type(e).__name__}: {e}); retrying")
+                    self.boot_errors.add(iid)
+        for p in list(self.procs.values()):
+            p.poll()  # reap the init of a host that was killed (`lab kill`)
+
+    def boot(self, inst: dict, ruleset: str) -> None:
+        iid = inst["InstanceId"]
+        reason = refuse_reason(inst, self.image_arch(inst["ImageId"]))
+        if reason:
+            self.refused.add(iid)
+            log(f"{iid}: BOOT FAILED: {reason}")
+            return
+        t0 = time.monotonic()
+        host = host_for(iid, inst["PrivateIpAddress"])
+        hdir = self.lab.host_dir(iid)
+        first = not hdir.exists()
+        hdir.mkdir(parents=True, exist_ok=True)
+        try:
+            keys = []
+            if inst.get("KeyName"):
+                kp = self.ec2.describe_key_pairs(KeyNames=[inst["KeyName"]], IncludePublicKey=True)
+                keys = [kp["KeyPairs"][0]["PublicKey"]]
+            attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+            raw = base64.b64decode(attr.get("UserData", {}).get("Value") or "")
+            try:
+                plan = cloudinit.plan_user_data(raw, IMAGE_USER, keys)
+            except cloudinit.UserDataError as e:
+                log(f"{iid}: user_data not understood ({e}); booting with the default user only")
+                plan = cloudinit.plan_user_data(b"", IMAGE_USER, keys)
+            for what in plan.ignored:
+                log(f"{iid}: user_data: ignored {what}")
+            script = hdir / "first-boot.sh"
+            script.write_text(cloudinit.render_plan(plan))
+            script.chmod(0o700)
+            octets = [int(o) for o in host.address.split(".")]
+            boot_host(BootSpec(
+                hostname="ip-" + host.address.replace(".", "-"), address=host.address,
+                netns=host.netns, veth=host.veth, mac="02:df:ec:{:02x}:{:02x}:{:02x}".format(*octets[1:]),
+                hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
+                prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
+                first_boot=script, nft_ruleset=ruleset))
+        except Exception:
+            if first:  # never leave half a host: boot_host removed the netns, we remove its disk
+                shutil.rmtree(hdir, ignore_errors=True)
+            raise
+        self.hosts[iid] = host
+        self.rulesets[iid] = ruleset
+        (hdir / "sg.nft").write_text(ruleset)
+        self.write()
+        log(f"{iid}: booted {host.address} ({'first boot' if first else 'boot'}) in "
+            f"{time.monotonic() - t0:.2f}s; log {hdir / 'init.log'}")
+
+    def write(self) -> None:
+        path = self.lab.cloud_dir / "instances.json"
+        tmp = path.with_suffix(".tmp")
+        from dataclasses import asdict
+
+        tmp.write_text(json.dumps({"hosts": [asdict(h) for h in self.hosts.values()]}, indent=2))
+        tmp.replace(path)
+
+    def run(self) -> None:
+        log(f"instance controller up: {self.lab.state_dir}, region {self.region}")
+        self.write()
+        failing = False
+        while True:
+            try:
+                self.reconcile()
+                if failing:
+                    log("EC2 API answering again")
+                failing = False
+            except Exception as e:  # noqa: BLE001 - log and retry: the controller must not die
+                if not failing:
+                    log(f"reconcile failed ({type(e).__name__}: {e}); retrying\n"
+                        + traceback.format_exc())
+                failing = True
+            time.sleep(POLL_S)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="the lab's emulated EC2 instance controller")
+    p.add_argument("--lab-dir", required=True)
+    args = p.parse_args(argv)
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    Controller(Lab(args.lab_dir)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Security-group ingress rules -> the nftables ruleset an instance host enforces; refused boots."""
+
+from __future__ import annotations
+
+from runner.lab.instances import host_for, instance_groups, refuse_reason, render_sg_ruleset
+
+
+def rules(text: str) -> list[str]:
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line.startswith(("ip ", "ip6 ", "meta l4proto"))]
+
+
+def test_defaults_drop_everything_but_established_loopback_and_icmp():
+    text = render_sg_ruleset([], {})
+    assert "policy drop;" in text and "ct state established,related accept" in text
+    assert 'iif "lo" accept' in text
+    assert rules(text) == ["meta l4proto { icmp, ipv6-icmp } accept"]
+    # an atomic replace: declare, delete, define, in one `nft -f` transaction
+    assert text.startswith("table inet daskfleet_sg\ndelete table inet daskfleet_sg\n")
+
+
+def test_cidr_rule_single_port():
+    perm = {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "198.19.0.1/32"}]}
+    assert rules(render_sg_ruleset([perm], {}))[1:] == ["ip saddr 198.19.0.1/32 tcp dport 22 accept"]
+
+
+def test_group_reference_uses_the_running_members_and_a_port_range():
+    perm = {"IpProtocol": "tcp", "FromPort": 8786, "ToPort": 8790,
+            "UserIdGroupPairs": [{"GroupId": "sg-1"}]}
+    out = rules(render_sg_ruleset([perm], {"sg-1": ["198.19.0.10", "198.19.0.9"]}))
+    assert out[1:] == ["ip saddr { 198.19.0.9, 198.19.0.10 } tcp dport 8786-8790 accept"]
+    # a group with no running member allows nobody
+    assert rules(render_sg_ruleset([perm], {}))[1:] == []
+
+
+def test_protocol_minus_one_is_everything_and_udp_and_ipv6():
+    perms = [
+        {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]},
+        {"IpProtocol": "udp", "FromPort": 0, "ToPort": 65535, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+        {"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    ]
+    assert rules(render_sg_ruleset(perms, {}))[1:] == [
+        "ip saddr 10.0.0.0/8 accept", "ip6 saddr ::/0 meta l4proto udp accept"]
+
+
+def test_refused_instances():
+    ok = {"PrivateIpAddress": "198.19.0.4"}
+    assert refuse_reason(ok, "x86_64") is None
+    assert "arm64" in refuse_reason(ok, "arm64")
+    for ip in ("198.19.0.1", "198.19.0.2", "198.19.0.3", "198.19.0.255"):
+        assert "reserves" in refuse_reason({"PrivateIpAddress": ip}, "x86_64")
+    assert "outside" in refuse_reason({"PrivateIpAddress": "172.31.0.5"}, "x86_64")
+
+
+def test_instance_host_names_fit_ifnamsiz():
+    h = host_for("i-0123456789abcdef0", "198.19.0.4")
+    assert h.netns == "dfec2-0123456789abcdef0" and len(h.veth) <= 15 and h.user == "admin"
+
+
+def test_instance_groups_come_from_the_instance_and_its_interfaces():
+    groups = [{"GroupId": "sg-2"}, {"GroupId": "sg-1"}]
+    inst = {"SecurityGroups": [], "NetworkInterfaces": [{"Groups": groups}]}
+    assert instance_groups(inst) == ["sg-1", "sg-2"]
