@@ -4,6 +4,7 @@ opened beyond the cluster)."""
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import threading
@@ -21,6 +22,9 @@ class Forward:
     def __init__(self, via: Host, remote_host: str, remote_port: int, ssh: SSHSettings,
                  local_port: int = 0):
         self.remote = (remote_host, remote_port)
+        # A refused forward (the scheduler not listening yet while we poll for it) is an answer
+        # we handle, not an error to print: paramiko would log each one to stderr.
+        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
         self._conn = _new_connection(via, ssh)
         self._conn.open()
         self._listener = socket.create_server(("127.0.0.1", local_port))

@@ -9,6 +9,7 @@ status degraded -> up replaces and heals it -> down --destroy -> nothing left in
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -82,7 +83,11 @@ def test_ssh_open_to_the_world_is_refused_with_nothing_created(lab_cluster, cli,
 
 
 def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_cluster, cli):
-    print(aws_cluster["up_output"])
+    out = aws_cluster["up_output"]
+    print(out)
+    # Every phase timed apart: boot is the wait for the new VMs' SSH, with their host keys.
+    assert re.search(r"up: terraform=\d+\.\ds boot=\d+\.\ds ansible=\d+\.\ds start=\d+\.\ds", out), out
+    assert "open FAILED" not in out  # the tunnel's polling stays quiet
     status = cli("status", "-c", str(AWS_LAB), "--json")
     st = json.loads(status.stdout)
     assert st["healthy"] is True, st
@@ -104,6 +109,16 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):
         socket.create_connection((sched.dask_address, 8786), timeout=3).close()
+
+
+def test_a_second_up_replaces_no_instance_and_changes_nothing(aws_cluster, cli):
+    before = {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))}
+    t = time.monotonic()
+    warm = cli("up", "-c", str(AWS_LAB), timeout=600)
+    print(f"cold up {aws_cluster['up_s']:.1f}s, warm up {time.monotonic() - t:.1f}s")
+    print(warm.stdout)
+    assert "changed=0; started: nothing (all running)" in warm.stdout, warm.stdout
+    assert {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))} == before
 
 
 def test_a_host_presenting_another_key_is_named_with_both_fingerprints(aws_cluster, tmp_path):
