@@ -185,6 +185,7 @@ class Cluster:
             "python_env_targets": {m: {"hash": w.hash, "archive": str(w.archive)}
                                    for m, w in wheelhouses.items()},
             "python_env_python_minor": any_wh.lock.python,
+            "python_env_cluster": self.spec.name, "dask_node_cluster": self.spec.name,
             "dask_node_tls": self.spec.tls, "dask_node_tls_src": str(self.ca.dir),
         }
 
@@ -452,6 +453,11 @@ class Cluster:
 
     # -- up / down / status -----------------------------------------------------------------
     def up(self, progress=_say) -> UpSummary:
+        """Provision, install and start (a reconcile), holding the cluster's lock."""
+        with state.locked(self.state_dir, "daskfleet up", progress=progress):
+            return self._up(progress)
+
+    def _up(self, progress) -> UpSummary:
         summary = UpSummary()
         t = time.monotonic()
         progress("terraform: apply")
@@ -477,6 +483,10 @@ class Cluster:
         first (their data moves to the workers that stay), then their processes stop."""
         if n < 1:
             raise ConfigError(f"scale: N must be at least 1, not {n}.")
+        with state.locked(self.state_dir, "daskfleet scale", progress=progress):
+            return self._scale(n, progress)
+
+    def _scale(self, n: int, progress) -> dict:
         before = self.wanted()
         after = self.wanted(n_workers=n)
         going = [p for p in before if p not in after]
@@ -515,6 +525,10 @@ class Cluster:
         return stopped
 
     def down(self, destroy: bool = False, progress=_say) -> None:
+        with state.locked(self.state_dir, "daskfleet down", progress=progress):
+            self._down(destroy, progress)
+
+    def _down(self, destroy: bool, progress) -> None:
         try:
             if state.read(self.state_dir).get("hosts"):
                 self.stop(progress)

@@ -17,15 +17,19 @@ from runner.errors import ClusterStartError
 from runner.hosts import Host
 from runner.ssh import SSHSettings, connect
 
-ENV_DIR = "/opt/daskfleet/current"
+# Per cluster, so clusters sharing a host never touch each other's environment link or config.
+ENV_LINK = "/opt/daskfleet/clusters/{cluster}/current"
+DASK_CONFIG = "/etc/daskfleet/{cluster}/dask"
 LOG_DIR = "/var/log/daskfleet"
 RUN_DIR = "/run/daskfleet"  # a tmpfs: a reboot clears the pid files with the processes
 WORK_DIR = "/var/lib/daskfleet/work"
-DASK_CONFIG = "/etc/daskfleet/dask"
 STOP_GRACE_S = 10.0
 DASK_USER = "dask"
 
 State = Literal["running", "dead", "unreachable"]
+# Shell: the start time of $pid in clock ticks since boot (field 22 of /proc/<pid>/stat, read
+# after the command name, which may hold spaces).
+START_TIME = "sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20"
 
 
 def privileged(host: Host, script: str) -> str:
@@ -95,7 +99,7 @@ class RemoteProcess:
 
     def command(self) -> list[str]:
         s = self.settings
-        dask = f"{ENV_DIR}/bin/dask"
+        dask = f"{ENV_LINK.format(cluster=s.cluster)}/bin/dask"
         if self.kind == "scheduler":
             return [dask, "scheduler", "--protocol", s.protocol, "--host", self.host.dask_address,
                     "--port", str(s.scheduler_port),
@@ -112,34 +116,55 @@ class RemoteProcess:
             return f"{0.95 / self.per_host:.4f}"  # a fraction of the host's memory
         return self.settings.memory_limit
 
+    @property
+    def identity(self) -> str:
+        """What only this process's command line holds: its kind, the cluster's scheduler
+        address or port (another cluster sharing the host differs there) and, for a worker, its
+        name. A `tail` of its log or the shell that checks it never matches."""
+        cmd = self.command()
+        return " ".join(cmd[1:8] if self.kind == "scheduler" else cmd[1:5]) + " "
+
+    def _ours(self, missing: int = 3, other: int = 4) -> str:
+        """Shell: set $pid from the pid file, or exit `missing`; exit `other` unless that pid is
+        this very process: same start time as recorded (a reused pid after a reboot differs)
+        and our identity in its command line."""
+        return (f"read pid st < {self.pid_file} 2>/dev/null || exit {missing}; "
+                f"[ -n \"$pid\" ] && [ -r /proc/$pid/stat ] || exit {other}; "
+                f"[ -z \"$st\" ] || [ \"$({START_TIME})\" = \"$st\" ] || exit {other}; "
+                f"tr '\\0' ' ' < /proc/$pid/cmdline | grep -qF -- {shlex.quote(self.identity)} "
+                f"|| exit {other}; ")
+
     def _start_script(self) -> str:
-        env = f"DASK_CONFIG={shlex.quote(DASK_CONFIG)} PYTHONDONTWRITEBYTECODE=1"
+        config = DASK_CONFIG.format(cluster=self.settings.cluster)
+        env = f"DASK_CONFIG={shlex.quote(config)} PYTHONDONTWRITEBYTECODE=1"
         return (
             f"cd {WORK_DIR} && "
             f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
             # Only the dask command goes to the background, with every fd redirected, so the
             # SSH channel closes at once; setsid makes its pid the process group to stop later.
+            # The pid file records the start time too: a pid alone may be reused after a reboot.
             f"{{ {env} setsid {shlex.join(self.command())} >> {self.log_file} 2>&1 < /dev/null & "
-            f"echo $! > {self.pid_file}.tmp; }} && mv {self.pid_file}.tmp {self.pid_file}"
+            f"pid=$!; echo \"$pid $({START_TIME})\" > {self.pid_file}.tmp; }} && "
+            f"mv {self.pid_file}.tmp {self.pid_file}"
         )
 
     def _status_script(self) -> str:
         # Running = the pid in the file is alive and is one of our dask processes; its command
         # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python).
-        return (f"pid=$(cat {self.pid_file} 2>/dev/null) || exit 3; "
-                f"grep -q dask /proc/$pid/cmdline 2>/dev/null || exit 4; "
-                f"env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
-                f"echo $pid ${{env#envs/}}")
+        return (self._ours() +
+                "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
+                "echo $pid ${env#envs/}")
 
     def start(self, ssh: SSHSettings) -> int:
         """Start detached and return the pid at once; whether it stays up is the caller's
         readiness poll to find out (it checks liveness too, and reports the log if it died)."""
         with connect(self.host, ssh) as c:
             r = c.run(as_dask(self.host, self._start_script() + f" && cat {self.pid_file}"))
-        if r.failed or not r.stdout.strip().isdigit():
+        pid = r.stdout.split()[0] if r.stdout.split() else ""
+        if r.failed or not pid.isdigit():
             raise ClusterStartError(
                 f"{self.host.name}: could not start {self.name}: {(r.stderr or r.stdout).strip()}")
-        return int(r.stdout.strip())
+        return int(pid)
 
     def status(self, ssh: SSHSettings) -> ProcStatus:
         try:
@@ -155,8 +180,8 @@ class RemoteProcess:
     def stop(self, ssh: SSHSettings) -> bool:
         """Stop the process group: TERM, then KILL after a grace period. True if one was running."""
         script = (
-            f"pid=$(cat {self.pid_file} 2>/dev/null) || exit 0; rm -f {self.pid_file}; "
-            f"grep -q dask /proc/$pid/cmdline 2>/dev/null || exit 0; "
+            f"{{ {self._ours(missing=0, other=5)} }}; rc=$?; rm -f {self.pid_file}; "
+            f"[ $rc = 0 ] || exit 0; "
             f"kill -TERM -- -$pid 2>/dev/null; "
             f"for i in $(seq 1 {int(STOP_GRACE_S * 10)}); do "
             f"kill -0 -- -$pid 2>/dev/null || {{ echo stopped; exit 0; }}; sleep 0.1; done; "

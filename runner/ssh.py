@@ -20,14 +20,38 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
+# sshd refuses the 11th session on one connection (Debian's MaxSessions 10); stay below it.
+MAX_CHANNELS_PER_HOST = 8
+
+
 class ConnectionPool:
     """One open SSH connection per host, reused for every command of a cluster operation
-    (a key exchange costs more than the commands we run)."""
+    (a key exchange costs more than the commands we run). At most MAX_CHANNELS_PER_HOST
+    commands run at once on one host's connection; the others wait for a free channel."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_channels: int = MAX_CHANNELS_PER_HOST) -> None:
         self._conns: dict[Host, Connection] = {}
         self._locks: dict[Host, threading.Lock] = {}
+        self._slots: dict[Host, threading.BoundedSemaphore] = {}
+        self._held = threading.local()  # hosts whose channel slot this thread holds
+        self._max = max_channels
         self._guard = threading.Lock()
+
+    @contextmanager
+    def channel(self, host: Host) -> Iterator[None]:
+        """Hold one of the host's channel slots (re-entrant within a thread)."""
+        held = self._held.__dict__.setdefault("hosts", set())
+        if host in held:
+            yield
+            return
+        with self._guard:
+            slots = self._slots.setdefault(host, threading.BoundedSemaphore(self._max))
+        with slots:
+            held.add(host)
+            try:
+                yield
+            finally:
+                held.discard(host)
 
     def get(self, host: Host, ssh: SSHSettings) -> Connection:
         with self._guard:
@@ -64,7 +88,8 @@ class SSHSettings:
 @contextmanager
 def connect(host: Host, ssh: SSHSettings) -> Iterator[Connection]:
     if ssh.pool is not None:
-        yield ssh.pool.get(host, ssh)
+        with ssh.pool.channel(host):
+            yield ssh.pool.get(host, ssh)
         return
     conn = _new_connection(host, ssh)
     try:

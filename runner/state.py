@@ -1,9 +1,26 @@
-"""The record of a cluster under .daskfleet/<cluster>/: what daskfleet created and started."""
+"""The record of a cluster under .daskfleet/<cluster>/: what daskfleet created and started, and
+the lock that serializes the commands changing it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+
+from runner.errors import DaskfleetError
+
+# Within one process, state.json's read-modify-write is serialized here; across processes by
+# the cluster lock below, which every command that changes the cluster holds.
+_guard = threading.Lock()
 
 
 def read(state_dir: Path) -> dict:
@@ -14,10 +31,51 @@ def read(state_dir: Path) -> dict:
 
 
 def update(state_dir: Path, **changes) -> dict:
-    """Merge changes into state.json, written to a temp file and renamed (never half-written)."""
+    """Merge changes into state.json, written to a temp file of its own and renamed (never
+    half-written, and two writers never share a temp file)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    data = {**read(state_dir), **changes}
-    tmp = state_dir / "state.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(state_dir / "state.json")
+    with _guard:
+        data = {**read(state_dir), **changes}
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, state_dir / "state.json")
     return data
+
+
+@contextmanager
+def locked(state_dir: Path, what: str, wait: float = 600.0, progress=None) -> Iterator[None]:
+    """Hold the cluster's lock (.daskfleet/<cluster>/lock) for a command that changes it. A
+    second such command waits, saying who holds the lock, and gives up after `wait` seconds."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "lock"
+    with open(path, "a+") as f:
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another daskfleet command"
+                if time.monotonic() > deadline:
+                    raise DaskfleetError(
+                        f"{state_dir.name}: {holder} still holds the cluster's lock ({path}) after "
+                        f"{wait:.0f}s; wait for it to finish, or stop it, and run `{what}` again."
+                    ) from None
+                if not told and progress is not None:
+                    progress(f"waiting: {holder} holds the cluster's lock ({path})")
+                    told = True
+                time.sleep(0.5)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} (`{what}`, {shlex.join(sys.argv[1:]) or '-'}) since "
+                f"{datetime.now(UTC).isoformat(timespec='seconds')}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)

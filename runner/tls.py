@@ -1,7 +1,8 @@
 """A per-cluster certificate authority and the certificates it signs (mutual TLS for Dask).
 
 Files live in .daskfleet/<cluster>/tls/: ca.pem (+ ca.key, never leaves the control machine),
-<host>.pem/<host>.key for every node and client.pem/client.key for the control machine.
+client.pem/client.key for the control machine and hosts/<host>.pem/.key for every node (a folder
+of their own, so no host name can collide with `ca` or `client`).
 Keys are written 0600 and never logged.
 """
 
@@ -49,24 +50,38 @@ class CertificateAuthority:
     def ca_cert(self) -> Path:
         return self.dir / "ca.pem"
 
-    def cert(self, name: str) -> Path:
-        return self.dir / f"{name}.pem"
+    def cert(self, host: str) -> Path:
+        return self.dir / "hosts" / f"{host}.pem"
 
-    def key(self, name: str) -> Path:
-        return self.dir / f"{name}.key"
+    def key(self, host: str) -> Path:
+        return self.dir / "hosts" / f"{host}.key"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def client_cert(self) -> Path:
+        return self.dir / "client.pem"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client.key"
 
     def ensure(self, hosts: dict[str, str]) -> None:
         """Create the CA once, and a certificate for every host (name -> address) and the client
         that does not have one yet. Existing files are kept so running processes stay valid."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "hosts").mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        if not (self.ca_cert.exists() and self.key("ca").exists()):
+        if not (self.ca_cert.exists() and self.ca_key.exists()):
             self._create_ca()
-        ca_key = serialization.load_pem_private_key(self.key("ca").read_bytes(), None)
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        for name, address in {**hosts, "client": None}.items():
-            if not (self.cert(name).exists() and self.key(name).exists()):
-                self._issue(name, address, ca_key, ca_cert)
+        wanted = [(name, address, self.cert(name), self.key(name)) for name, address in hosts.items()]
+        wanted.append(("client", None, self.client_cert, self.client_key))
+        for name, address, cert, key in wanted:
+            if not (cert.exists() and key.exists()):
+                self._issue(name, address, ca_key, ca_cert, cert, key)
 
     def _create_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -83,10 +98,11 @@ class CertificateAuthority:
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256())
         )
-        _write_private(self.key("ca"), _key_pem(key))
+        _write_private(self.ca_key, _key_pem(key))
         self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def _issue(self, name: str, address: str | None, ca_key, ca_cert) -> None:
+    def _issue(self, name: str, address: str | None, ca_key, ca_cert, cert_path: Path,
+               key_path: Path) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(name)]
@@ -106,11 +122,11 @@ class CertificateAuthority:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_private(self.key(name), _key_pem(key))
-        self.cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def client_security(self):
         from distributed.security import Security
 
-        return Security(tls_ca_file=str(self.ca_cert), tls_client_cert=str(self.cert("client")),
-                        tls_client_key=str(self.key("client")), require_encryption=True)
+        return Security(tls_ca_file=str(self.ca_cert), tls_client_cert=str(self.client_cert),
+                        tls_client_key=str(self.client_key), require_encryption=True)

@@ -267,5 +267,5 @@ def test_up_keeps_the_current_and_previous_environment_and_prunes_older(lab_clus
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing" in out
     assert sorted(p.name for p in envs.iterdir()) == sorted([current, "00000000000000b2"])
-    assert (Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/current").resolve().name
-            == current)
+    assert (Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/clusters/lab/current")
+            .resolve().name == current)

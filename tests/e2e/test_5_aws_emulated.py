@@ -104,7 +104,7 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
         # known_hosts was written by daskfleet from the keys it generated, before any connection
         assert known.parent == cluster.state_dir and sched.address in known.read_text()
         out = cluster.run_on_hosts(["sudo", "-n", "stat", "-c", "%U %a",
-                                    "/etc/daskfleet/tls/node.key"])
+                                    "/etc/daskfleet/aws-lab/tls/node.key"])
         assert set(out.values()) == {"dask 600\n"}, out
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):

@@ -1,0 +1,67 @@
+"""Two clusters on the same lab hosts, both through the real playbooks: `lab` (TLS) and a dense
+`plain` one (tls: false, scheduler on lab1, 12 workers on lab2). Each has its own CA, config and
+environment link on every node, so `plain`'s up, scale and down leave `lab` untouched; and 12
+workers on one host stay within sshd's default MaxSessions (10) because the SSH pool caps the
+channels it opens per host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner.cluster import Cluster
+from runner.lab import Lab
+
+LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
+pytestmark = pytest.mark.e2e
+
+
+def _pids(cli, cfile: Path) -> dict[str, int]:
+    st = json.loads(cli("status", "-c", str(cfile), "--json").stdout)
+    assert st["healthy"], st
+    return {h["process"]: h["pid"] for h in st["hosts"]}
+
+
+def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_cluster, cli,
+                                                                               workdir):
+    from distributed import Client
+
+    lab = Lab()
+    lab1, lab2 = lab.hosts()[:2]
+    plain = workdir / "plain.yaml"
+    plain.write_text(yaml.safe_dump({
+        "name": "plain", "provider": "hosts", "tls": False,
+        "ssh": {"user": "root", "private_key": str(lab.key), "known_hosts": str(lab.known_hosts)},
+        "hosts": [{"name": "lab1", "address": lab1.address, "role": "scheduler"},
+                  {"name": "lab2", "address": lab2.address, "role": "worker"}],
+        "dask": {"scheduler_port": 8796, "dashboard_port": 8797,
+                 "worker_port_range": "41000:41099", "nanny_port_range": "41100:41199",
+                 "start_timeout": 240}}))
+    before = _pids(cli, LAB_CLUSTER)
+    up = cli("up", "-c", str(plain), timeout=900)
+    assert "tls: false" in up.stdout  # the loud warning
+    scaled = cli("scale", "12", "-c", str(plain), timeout=900)
+    assert "scale: 12 worker(s)" in scaled.stdout, scaled.stdout
+    st = json.loads(cli("status", "-c", str(plain), "--json", timeout=300).stdout)
+    # 12 workers on lab2: every one seen over SSH (none reported "unreachable") and joined
+    assert st["healthy"], st
+    assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
+    with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
+        assert c.submit(sum, [1, 2]).result() == 3
+    cli("down", "-c", str(plain), timeout=300)
+
+    # The TLS cluster: same processes, its own config still demands encryption, and a plain
+    # client is still refused.
+    assert _pids(cli, LAB_CLUSTER) == before
+    conf = Path(lab.host_dir("lab2")) / "fs/etc/daskfleet/lab/dask/daskfleet.yaml"
+    assert "require-encryption: true" in conf.read_text()
+    plain_conf = Path(lab.host_dir("lab2")) / "fs/etc/daskfleet/plain/dask/daskfleet.yaml"
+    assert "require-encryption: false" in plain_conf.read_text()
+    with pytest.raises((OSError, TimeoutError)):
+        Client(f"tcp://{lab1.address}:8786", timeout="3s")
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        cluster.check_versions()
+        assert cluster.client().submit(sum, [2, 3]).result() == 5
