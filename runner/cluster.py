@@ -6,7 +6,6 @@ The cluster keeps the processes it wants (one scheduler, workers) apart from tho
 
 from __future__ import annotations
 
-import os
 import shlex
 import socket
 import time
@@ -89,8 +88,7 @@ class Cluster:
 
     @property
     def inventory_path(self) -> Path:
-        root = Path(os.environ.get("DASKFLEET_INVENTORY_DIR", "inventory"))
-        return root.resolve() / self.spec.name / "hosts.yml"
+        return self.spec.inventory_path
 
     def settings(self) -> DaskSettings:
         d = self.spec.dask

@@ -110,8 +110,25 @@ class ClusterSpec(_Strict):
         return self
 
     @property
+    def project_dir(self) -> Path:
+        """Where the cluster's state and inventory live, whatever the current directory: the
+        folder above `clusters/` when the file sits in one (this repository's layout), else the
+        file's own folder. So the same file always finds the same state (and CA)."""
+        if self.source is None:
+            return Path.cwd()
+        folder = self.source.parent
+        return folder.parent if folder.name == "clusters" else folder
+
+    @property
     def state_dir(self) -> Path:
-        return Path(os.environ.get("DASKFLEET_STATE_DIR", ".daskfleet")).resolve() / self.name
+        root = os.environ.get("DASKFLEET_STATE_DIR")
+        return (Path(root).resolve() if root else self.project_dir / ".daskfleet") / self.name
+
+    @property
+    def inventory_path(self) -> Path:
+        root = os.environ.get("DASKFLEET_INVENTORY_DIR")
+        return (Path(root).resolve() if root else self.project_dir / "inventory") / self.name \
+            / "hosts.yml"
 
 
 def _loc(err: dict) -> str:

@@ -1,4 +1,8 @@
-"""`daskfleet demo`: lab up -> up -> submit -> down -> lab down, cleaning up on failure too."""
+"""`daskfleet demo`: lab up -> up -> submit -> down -> lab down, cleaning up on failure too.
+
+The demo only ever removes what it made: it refuses to start next to a running lab or a cluster
+of the same name, and at the end removes its lab, its cluster's state (CA, Terraform folder,
+state.json, logs) and its inventory. The run folder (runs/<id>/) is what it leaves, on purpose."""
 
 from __future__ import annotations
 
@@ -8,11 +12,28 @@ from runner.errors import DaskfleetError
 
 
 def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Path = Path("runs")):
+    import shutil
+
+    from runner import state
     from runner.cluster import Cluster
+    from runner.config import load_cluster
     from runner.lab import Lab
     from runner.submit import submit
 
     lab = Lab()
+    spec = load_cluster(cluster_file)
+    if lab.hosts() or lab.cloud():
+        raise DaskfleetError(
+            f"demo: a lab is already running ({lab.state_dir}); the demo makes and removes a lab "
+            "of its own and never touches one it did not make. Run `daskfleet lab down` first, "
+            f"or use that lab with `daskfleet up` and `daskfleet submit`.")
+    if state.read(spec.state_dir).get("hosts"):
+        raise DaskfleetError(
+            f"demo: cluster {spec.name} is recorded as up in {spec.state_dir}; the demo never "
+            f"touches a cluster it did not make. Run `daskfleet down -c {cluster_file} --destroy` "
+            "first, or use another cluster file.")
+    made_state = not spec.state_dir.exists()
+    made_inventory = not spec.inventory_path.parent.exists()
     step = "lab up"
     cluster = None
     try:
@@ -41,6 +62,10 @@ def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Pa
                 progress(f"demo: cleanup `down` failed too: {e}")
         progress("demo 5/5: lab down")
         lab.down(progress=progress)
+        if made_state:
+            shutil.rmtree(spec.state_dir, ignore_errors=True)
+        if made_inventory:
+            shutil.rmtree(spec.inventory_path.parent, ignore_errors=True)
     progress(f"accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
              f"(majority class {m.get('majority_rate', 0):.4f}) n_train={m['n_train']} "
              f"n_test={m['n_test']} classes={m['n_classes']} workers={m['n_workers']}")

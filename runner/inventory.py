@@ -12,7 +12,9 @@ from runner.ssh import SSHSettings
 
 
 def render(hosts: list[Host], ssh: SSHSettings) -> str:
-    ssh_args = ["-o", f"UserKnownHostsFile={ssh.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    # Skipping verification never writes the unverified keys into the trusted known_hosts file.
+    known = "/dev/null" if ssh.insecure_skip_host_key_check else ssh.known_hosts
+    ssh_args = ["-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null"]
     ssh_args += ["-o", "StrictHostKeyChecking=" + ("no" if ssh.insecure_skip_host_key_check
                                                    else "yes")]
     ssh_args += ["-o", f"ConnectTimeout={int(ssh.connect_timeout)}"]

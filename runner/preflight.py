@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from runner.errors import ClusterStartError, DaskfleetError, HostError, ProvisionError
 from runner.hosts import Host
-from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out
+from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out, is_trust_failure
 
 # Runs on the worker with the system Python: prints one word.
 PROBE = (
@@ -100,7 +100,10 @@ def node_platforms(hosts: list[Host], ssh: SSHSettings, python_minor: str,
         facts = fan_out(hosts, probe, "reading the nodes' Python version")
     except HostError as e:
         lost = {h.name for h in e.failures}
-        if not lost <= tolerate or any(isinstance(x, DaskfleetError) for x in e.failures.values()):
+        # Only a host that is down may be tolerated: one with another host key, or that refuses
+        # our key, fails the run even with min_workers.
+        if not lost <= tolerate or any(isinstance(x, DaskfleetError) or is_trust_failure(x)
+                                       for x in e.failures.values()):
             raise
         facts = e.results
     bad = [f"  {h.name} ({h.address}) runs Python {v}" for h, (v, _) in facts.items()

@@ -13,9 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
-from runner.errors import ClusterStartError
+from runner.errors import ClusterStartError, HostError
 from runner.hosts import Host
-from runner.ssh import SSHSettings, connect
+from runner.ssh import SSHSettings, connect, describe_ssh_error, is_trust_failure
 
 # Per cluster, so clusters sharing a host never touch each other's environment link or config.
 ENV_LINK = "/opt/daskfleet/clusters/{cluster}/current"
@@ -170,7 +170,11 @@ class RemoteProcess:
         try:
             with connect(self.host, ssh) as c:
                 r = c.run(self._status_script())
-        except Exception:  # noqa: BLE001 - any SSH failure means we cannot see the host
+        except Exception as e:  # noqa: BLE001 - a host we cannot reach is reported as such
+            # A host that answers with another key, or refuses our key, is not "down": it is
+            # an error that must be seen, never a host quietly dropped from a degraded start.
+            if is_trust_failure(e):
+                raise HostError(describe_ssh_error(self.host, e), failures={self.host: e}) from e
             return ProcStatus("unreachable")
         fields = r.stdout.split()
         if r.ok and fields and fields[0].isdigit():

@@ -118,14 +118,28 @@ def _new_connection(host: Host, ssh: SSHSettings) -> Connection:
     return conn
 
 
+def is_trust_failure(exc: BaseException) -> bool:
+    """A host that answered but is not trusted (another host key, none in known_hosts) or does
+    not trust us (our key refused): an error to report, unlike a host that is down."""
+    return (isinstance(exc, paramiko.BadHostKeyException | paramiko.AuthenticationException)
+            or (isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc)))
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    from runner.hostkeys import fingerprint
+
+    return fingerprint(f"{key.get_name()} {key.get_base64()}")
+
+
 def describe_ssh_error(host: Host, exc: BaseException) -> str:
     """One line a user can act on, for the usual ways an SSH connection fails."""
     where = f"{host.name} ({host.user}@{host.address}:{host.port})"
     if isinstance(exc, DaskfleetError):
         return f"{host.name}: {exc}"
     if isinstance(exc, paramiko.BadHostKeyException):
-        return (f"{where}: host key mismatch: the key it presented is not the one in known_hosts; "
-                "if the machine was reinstalled, remove its old entry and add the new one.")
+        return (f"{where}: host key mismatch: it presents {_fingerprint(exc.key)}, known_hosts "
+                f"expects {_fingerprint(exc.expected_key)}; if the machine was reinstalled, "
+                "remove its old entry and add the new one (after checking the fingerprint).")
     if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
         return f"{where}: host key is not in known_hosts; add it after checking its fingerprint."
     if isinstance(exc, paramiko.AuthenticationException):

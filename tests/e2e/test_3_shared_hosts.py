@@ -65,3 +65,24 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         cluster.check_versions()
         assert cluster.client().submit(sum, [2, 3]).result() == 5
+
+
+def test_a_host_presenting_another_key_is_an_error_even_with_min_workers(lab_cluster, cli,
+                                                                           workdir):
+    from runner import hostkeys
+
+    lab = Lab()
+    lab3 = lab.hosts()[2]
+    known = workdir / "known_hosts_tampered"
+    impostor = hostkeys.ensure(workdir / "impostor", ["lab3"])["lab3"]["public_key"]
+    known.write_text(lab.known_hosts.read_text())
+    hostkeys.write_known_hosts(known, {lab3.address: impostor})
+    cfile = workdir / "lab-tampered.yaml"
+    cfile.write_text(LAB_CLUSTER.read_text()
+                     + f"ssh: {{known_hosts: {known}}}\nmin_workers: 1\n")
+    out = cli("status", "-c", str(cfile), check=False, timeout=120)
+    # Not "unreachable", not a degraded cluster: an error that names the host and both keys.
+    assert out.returncode != 0 and "unreachable" not in out.stdout + out.stderr, out
+    assert "lab3" in out.stderr and "host key mismatch" in out.stderr, out.stderr
+    assert hostkeys.fingerprint(impostor) in out.stderr
+    assert known.read_text().count(lab3.address) == 1  # nothing written into known_hosts

@@ -4,6 +4,8 @@ the shared lab is gone: a fresh lab whose hosts refuse root, and a cluster broug
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -44,3 +46,35 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli
         cli("down", "-c", str(cfile), "--destroy", timeout=300)
     finally:
         cli("lab", "down", check=False, timeout=120)
+
+
+DEMO_JOB = """\
+name: demo-small
+data:
+  source: synthetic
+  synthetic: {n_docs: 3000, n_classes: 3, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: 2}
+features: {n_features: 16384}
+model: {kind: sgd, epochs: 2}
+"""
+
+
+def test_demo_refuses_a_lab_it_did_not_make_and_leaves_nothing_behind(lab_cluster, cli, workdir):
+    lab_file = str(Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml")
+    job = workdir / "demo-small.yaml"
+    job.write_text(DEMO_JOB)
+    cli("lab", "up", "--hosts", "2", timeout=120)
+    try:
+        refused = cli("demo", "-c", lab_file, "--job", str(job), check=False, timeout=120)
+        assert refused.returncode != 0 and "a lab is already running" in refused.stderr
+        assert [h.name for h in Lab().hosts()] == ["lab1", "lab2"]  # untouched
+    finally:
+        cli("lab", "down", timeout=120)
+    state_dir = Path(cli.env["DASKFLEET_STATE_DIR"]) / "lab"
+    inventory = Path(cli.env["DASKFLEET_INVENTORY_DIR"]) / "lab"
+    shutil.rmtree(state_dir, ignore_errors=True)  # the shared cluster's, destroyed earlier
+    shutil.rmtree(inventory, ignore_errors=True)
+    out = cli("demo", "-c", lab_file, "--job", str(job), timeout=900)
+    assert "accuracy=" in out.stdout and "run folder:" in out.stdout, out.stdout
+    assert not state_dir.exists() and not inventory.exists()
+    assert Lab().hosts() == [] and not Lab().state_dir.exists()
+    assert list((workdir / "runs").glob("*-demo-small-*/metrics.json"))

@@ -82,3 +82,22 @@ def test_cli_turns_a_bad_file_into_exit_2_and_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("daskfleet: error:") and "bogus: unknown key" in err
     assert "Traceback" not in err
+
+
+def test_the_same_cluster_file_finds_the_same_state_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASKFLEET_STATE_DIR", raising=False)
+    monkeypatch.delenv("DASKFLEET_INVENTORY_DIR", raising=False)
+    (tmp_path / "proj" / "clusters").mkdir(parents=True)
+    path = tmp_path / "proj" / "clusters" / "c.yaml"
+    path.write_text("name: c1\nprovider: lab\n")
+    seen = set()
+    for cwd in (tmp_path, tmp_path / "proj", tmp_path / "proj" / "clusters"):
+        monkeypatch.chdir(cwd)
+        spec = load_cluster(path.relative_to(cwd) if cwd != tmp_path else path)
+        seen.add((spec.state_dir, spec.inventory_path))
+    assert seen == {(tmp_path / "proj" / ".daskfleet" / "c1",
+                     tmp_path / "proj" / "inventory" / "c1" / "hosts.yml")}
+    # A file outside a clusters/ folder keeps its state next to it.
+    other = tmp_path / "elsewhere.yaml"
+    other.write_text("name: c2\nprovider: lab\n")
+    assert load_cluster(other).state_dir == tmp_path / ".daskfleet" / "c2"

@@ -40,6 +40,8 @@ def test_inventory_groups_hosts_by_role_and_pins_host_key_checking():
 def test_skipping_host_key_checks_is_only_explicit():
     ssh = SSHSettings(Path("/k/id"), Path("/k/kh"), insecure_skip_host_key_check=True)
     assert "StrictHostKeyChecking=no" in render(HOSTS, ssh)
+    # ...and the unverified keys are never written into the trusted known_hosts file
+    assert "UserKnownHostsFile=/dev/null" in render(HOSTS, ssh) and "/k/kh" not in render(HOSTS, ssh)
 
 
 def test_lock_is_the_installed_closure_of_the_worker_stack():
