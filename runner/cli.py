@@ -102,7 +102,7 @@ def cmd_status(args) -> int:
 
 def cmd_down(args) -> int:
     with _cluster(args) as cluster:
-        cluster.down(destroy=args.destroy, progress=_say)
+        cluster.down(destroy=args.destroy, progress=_say, purge=args.purge)
     return 0
 
 
@@ -201,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
     d = with_cluster(sub.add_parser("down", help="stop dask; --destroy also removes infrastructure"))
     d.add_argument("--destroy", action="store_true")
+    d.add_argument("--purge", action="store_true",
+                   help="with --destroy: also remove the cluster's CA and generated host keys")
     d.set_defaults(func=cmd_down)
     sm = with_cluster(sub.add_parser("submit", help="run a batch job on the cluster"))
     sm.add_argument("job", help="job file (jobs/*.yaml)")

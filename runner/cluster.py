@@ -22,7 +22,7 @@ from runner.errors import (
     HostError,
 )
 from runner.hosts import Host
-from runner.processes import DaskSettings, ProcStatus, RemoteProcess
+from runner.processes import RUN_DIR, DaskSettings, ProcStatus, RemoteProcess
 from runner.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.tls import CertificateAuthority
 
@@ -132,6 +132,22 @@ class Cluster:
             workers.insert(0, next(h for h in hosts if h.role == "scheduler"))
         return workers
 
+    def live_worker_hosts(self, progress=None) -> list[Host]:
+        """The worker hosts with a worker joined to the scheduler right now: a degraded cluster
+        works with these (data is shipped only there), and the missing ones are said."""
+        joined = {w["host"] for w in self.client().scheduler_info(n_workers=-1)["workers"].values()}
+        hosts = self.worker_hosts()
+        live = [h for h in hosts if h.dask_address in joined]
+        missing = [h.name for h in hosts if h not in live]
+        if not live:
+            raise ClusterStartError(f"cluster {self.spec.name}: no worker has joined the scheduler; "
+                                    f"see `daskfleet status -c {self.spec.source}`, then run "
+                                    "`daskfleet up` to heal it.")
+        if missing and progress is not None:
+            progress(f"WARNING: degraded: no live worker on {', '.join(missing)}; working with "
+                     f"{', '.join(h.name for h in live)}")
+        return live
+
     def n_workers(self) -> int:
         """Workers wanted: one per worker host unless `daskfleet scale N` said otherwise."""
         return state.read(self.state_dir).get("n_workers") or len(self.worker_hosts())
@@ -238,13 +254,61 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=min(32, len(procs))) as pool:
             return dict(zip(procs, pool.map(lambda p: p.status(ssh), procs), strict=True))
 
-    def start(self, env_hashes: dict[str, str] | None = None, progress=_say) -> list[str]:
-        """Reconcile: start what is wanted and not running (or runs another environment than
-        env_hashes[host] says), leave the rest alone, then wait until every worker has joined.
+    def running_names(self, hosts: list[Host]) -> dict[Host, list[str]]:
+        """What runs for this cluster on each reachable host, by its pid files (named after the
+        cluster): host -> process names. Unreachable hosts are left out."""
+        prefix = f"{self.spec.name}-"
+        cmd = f"cd {RUN_DIR} 2>/dev/null && ls -1 -- {shlex.quote(prefix)}*.pid 2>/dev/null; true"
+
+        def names(h: Host) -> list[str]:
+            with connect(h, self.ssh()) as c:
+                out = c.run(cmd).stdout.split()
+            return [n.removeprefix(prefix).removesuffix(".pid") for n in out]
+
+        try:
+            return fan_out(hosts, names, "listing the cluster's processes")
+        except HostError as e:
+            return e.results
+
+    def close_unwanted(self, extra_hosts: list[Host] = (), progress=_say) -> list[str]:
+        """Close what runs for this cluster but is no longer wanted (a worker host removed from
+        the file, worker_on_scheduler turned off, ...): retired through the scheduler first (its
+        data moves to the workers that stay), then stopped. Returns `name@host` of each."""
+        wanted = {(p.host.name, p.name) for p in self.wanted()}
+        sched = self.wanted()[0]
+        hosts = {h.name: h for h in [*self.hosts(), *extra_hosts]}
+        going = []
+        for host, names in self.running_names(list(hosts.values())).items():
+            for name in names:
+                if (host.name, name) in wanted:
+                    continue
+                if name == "scheduler":
+                    going.append(RemoteProcess(host, "scheduler", host, self.settings()))
+                elif name.startswith(f"{host.name}-w") and name.rsplit("-w", 1)[1].isdigit():
+                    going.append(RemoteProcess(host, "worker", sched.host, self.settings(),
+                                               index=int(name.rsplit("-w", 1)[1])))
+        if not going:
+            return []
+        workers = [p.name for p in going if p.kind == "worker"]
+        progress(f"closing what is no longer wanted: {', '.join(f'{p.name}@{p.host.name}' for p in going)}")
+        if workers and self.process_states().get(sched, ProcStatus("dead")).state == "running":
+            try:
+                self.client().retire_workers(names=workers, close_workers=True, remove=True)
+            except Exception as e:  # noqa: BLE001 - retiring moves data; stopping must go on
+                progress(f"WARNING: could not retire {', '.join(workers)} first ({e}); stopping")
+        _per_process(going, lambda p: p.stop(self.ssh()), "stopping unwanted processes")
+        return [f"{p.name}@{p.host.name}" for p in going]
+
+    def start(self, env_hashes: dict[str, str] | None = None, progress=_say,
+              extra_hosts: list[Host] = ()) -> list[str]:
+        """Reconcile: close what runs and is not wanted, start what is wanted and not running (or
+        runs another environment than env_hashes[host] says), leave the rest alone, then wait
+        until every wanted worker has joined.
 
         Worker hosts that cannot be reached are skipped when `min_workers` still allows it
         (a degraded start, reported); otherwise start fails naming them."""
         ssh = self.ssh()
+        self.close_unwanted(list(extra_hosts), progress)
         procs = self.wanted()
         current = self.process_states()
         sched = procs[0]
@@ -301,9 +365,9 @@ class Cluster:
             state.update(self.state_dir, pids=pids, scheduler=sched.scheduler_address,
                          dashboard=f"http://{sched.host.dask_address}:"
                                    f"{self.spec.dask.dashboard_port}")
-            self.wait_ready(len(procs) - 1)
-        except (ClusterStartError, HostError) as e:
-            self._collect_logs(procs)
+            self.wait_ready({p.name for p in procs[1:]})
+        except BaseException as e:
+            # Whatever went wrong (Ctrl-C included), what this run started is stopped again.
             if started:
                 progress(f"start failed; stopping what this run started: {', '.join(started)}")
                 for p in procs:
@@ -312,6 +376,9 @@ class Cluster:
                             p.stop(ssh)
                         except Exception:  # noqa: BLE001 - best effort, the original error wins
                             pass
+            if not isinstance(e, DaskfleetError):
+                raise
+            self._collect_logs(procs)
             raise ClusterStartError(f"{e}\nAll logs copied to {self.state_dir / 'logs'}.") from e
         return started
 
@@ -379,19 +446,22 @@ class Cluster:
                                     self.ssh())
         return self._forward
 
-    def wait_ready(self, n_workers: int, timeout: float | None = None) -> None:
-        """Poll the scheduler's own view until n workers have joined, under a deadline."""
+    def wait_ready(self, wanted: set[str], timeout: float | None = None) -> None:
+        """Poll the scheduler's own view until every wanted worker (by name) has joined, under a
+        deadline."""
         client = self.client()
         deadline = time.monotonic() + (timeout or self.spec.dask.start_timeout)
         delay = 0.05
         next_alive_check = time.monotonic() + 1.0
+        n_workers = len(wanted)
         while True:
-            names = {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
-            if len(names) == n_workers:
+            joined = {w.get("name") for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+            names = joined & wanted
+            if names == wanted:
                 return
             dead = []
             if time.monotonic() > next_alive_check:  # a worker that died will never join
-                missing = [p for p in self.wanted()[1:] if p.name not in names]
+                missing = [p for p in self.wanted()[1:] if p.name in wanted - names]
                 dead = [p for p in missing if p.status(self.ssh()).state == "dead"]
                 next_alive_check = time.monotonic() + 1.0
             if dead:
@@ -401,7 +471,7 @@ class Cluster:
                     f"worker(s) exited before joining the scheduler: "
                     f"{', '.join(f'{p.name} on {p.host.name}' for p in dead)}.\n{tails}")
             if time.monotonic() > deadline:
-                missing = [p for p in self.wanted()[1:] if p.name not in names]
+                missing = [p for p in self.wanted()[1:] if p.name in wanted - names]
                 tails = "\n".join(f"--- {p.host.name}: {p.log_file}\n{p.log_tail(self.ssh())}"
                                   for p in missing)
                 raise ClusterStartError(
@@ -460,6 +530,8 @@ class Cluster:
         t = time.monotonic()
         progress("terraform: apply")
         self.boot_s = 0.0
+        # Hosts the last `up` provisioned: any that the file no longer names get closed.
+        before = [Host.from_dict(h) for h in state.read(self.state_dir).get("hosts") or []]
         hosts = self.provision(progress)
         summary.timings["terraform"] = time.monotonic() - t - self.boot_s
         if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key
@@ -471,7 +543,8 @@ class Cluster:
         summary.changed = result.changed
         summary.timings["ansible"] = time.monotonic() - t
         t = time.monotonic()
-        summary.started = self.start(env_hashes, progress)
+        summary.started = self.start(env_hashes, progress, extra_hosts=[
+            h for h in before if h.name not in {x.name for x in hosts}])
         summary.timings["start"] = time.monotonic() - t
         self.check_versions()
         return summary
@@ -495,7 +568,7 @@ class Cluster:
             _per_process(going, lambda p: p.stop(self.ssh()), "stopping retired workers")
         state.update(self.state_dir, n_workers=n)
         started = self.start(state.read(self.state_dir).get("env_hashes"), progress)
-        self.wait_ready(n)
+        self.wait_ready({p.name for p in after[1:]})
         return {"workers": n, "retired": [p.name for p in going], "started": started}
 
     def stop(self, progress=_say) -> list[str]:
@@ -522,9 +595,23 @@ class Cluster:
         progress(f"stopped {len(stopped)} process(es)")
         return stopped
 
-    def down(self, destroy: bool = False, progress=_say) -> None:
+    def down(self, destroy: bool = False, progress=_say, purge: bool = False) -> None:
+        """Stop Dask; with destroy, remove the infrastructure too. The cluster's CA (and, on
+        clouds, the host keys daskfleet generated) are kept, and said so, unless purge."""
+        if purge and not destroy:
+            raise ConfigError("down: --purge removes the CA of a destroyed cluster; use it with "
+                              "--destroy.")
         with state.locked(self.state_dir, "daskfleet down", progress=progress):
             self._down(destroy, progress)
+        if purge:
+            import shutil
+
+            for folder in (self.ca.dir, self.state_dir / "host_keys"):
+                shutil.rmtree(folder, ignore_errors=True)
+            progress(f"purged the cluster's CA and host keys ({self.state_dir})")
+        elif destroy and self.ca.ca_cert.exists():
+            progress(f"kept the cluster's CA ({self.ca.dir}): a cluster made again from this file "
+                     "trusts the same CA; `down --destroy --purge` removes it")
 
     def _down(self, destroy: bool, progress) -> None:
         try:

@@ -42,7 +42,7 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
     progress(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
              f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, cluster.worker_hosts(), cluster.ssh())
+    sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh())
     progress(f"input shipped to {sum(sent.values())} host(s), already on "
              f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
     paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]

@@ -59,7 +59,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> 
         dataset = prepare_dataset(job, datasets_cache())
         say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
             f"shards ({time.monotonic() - t:.1f}s)")
-        workers = cluster.worker_hosts()
+        workers = cluster.live_worker_hosts(say)
         t = time.monotonic()
         sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
         say(f"dataset shipped to {sum(sent.values())} host(s), already on "

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=825)
+RENEW_BEFORE = dt.timedelta(days=30)  # a certificate this close to expiry is issued anew
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -32,6 +33,24 @@ def _write_private(path: Path, data: bytes) -> None:
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _stale(cert_path: Path, address: str | None) -> bool:
+    """A host certificate no longer fits: its host has another address (a replaced VM), or it
+    expires within RENEW_BEFORE."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE:
+        return True
+    if address is None:
+        return False
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return True
+    try:
+        return ipaddress.ip_address(address) not in sans.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        return address not in sans.get_values_for_type(x509.DNSName)
 
 
 def _name(cn: str, cluster: str) -> x509.Name:
@@ -80,8 +99,12 @@ class CertificateAuthority:
         wanted = [(name, address, self.cert(name), self.key(name)) for name, address in hosts.items()]
         wanted.append(("client", None, self.client_cert, self.client_key))
         for name, address, cert, key in wanted:
-            if not (cert.exists() and key.exists()):
+            if not (cert.exists() and key.exists()) or _stale(cert, address):
                 self._issue(name, address, ca_key, ca_cert, cert, key)
+
+    def reissued(self, hosts: dict[str, str]) -> list[str]:
+        """The hosts whose certificate `ensure` would issue anew (a new address, near expiry)."""
+        return [n for n, a in hosts.items() if self.cert(n).exists() and _stale(self.cert(n), a)]
 
     def _create_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())

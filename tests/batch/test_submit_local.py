@@ -32,6 +32,9 @@ class LocalStandIn:
     def worker_hosts(self):
         return []
 
+    def live_worker_hosts(self, progress=None):
+        return []
+
     def ssh(self):
         return None
 

@@ -177,7 +177,8 @@ def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, 
 
 
 def test_down_destroy_leaves_no_instance_key_vpc_or_group(aws_cluster, cli):
-    cli("down", "-c", str(AWS_LAB), "--destroy", timeout=600)
+    out = cli("down", "-c", str(AWS_LAB), "--destroy", timeout=600)
+    assert "kept the cluster's CA" in out.stdout, out.stdout  # what it keeps, it says
     api = ec2()
     assert cluster_instances() == []
     assert [k["KeyName"] for k in api.describe_key_pairs()["KeyPairs"]

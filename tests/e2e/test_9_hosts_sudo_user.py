@@ -43,7 +43,10 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli
             root = Host("sched", hosts[0].address, "scheduler", "root")
             with pytest.raises(paramiko.AuthenticationException), connect(root, cluster.ssh()):
                 pass
-        cli("down", "-c", str(cfile), "--destroy", timeout=300)
+            tls_dir = cluster.ca.dir
+        assert tls_dir.is_dir()
+        cli("down", "-c", str(cfile), "--destroy", "--purge", timeout=300)
+        assert not tls_dir.exists()
     finally:
         cli("lab", "down", check=False, timeout=120)
 

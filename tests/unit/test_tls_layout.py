@@ -25,3 +25,24 @@ def test_hosts_named_ca_and_client_get_their_own_certificates(tmp_path):
     before = {p: p.read_bytes() for p in (tmp_path / "tls").rglob("*") if p.is_file()}
     ca.ensure({"ca": "10.0.0.1", "client": "10.0.0.2", "w1": "10.0.0.3"})
     assert before == {p: p.read_bytes() for p in (tmp_path / "tls").rglob("*") if p.is_file()}
+
+
+def test_a_certificate_is_issued_anew_for_a_new_address_or_near_expiry(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from runner import tls
+
+    ca = CertificateAuthority(tmp_path / "tls", "c1")
+    ca.ensure({"w1": "10.0.0.3", "w2": "10.0.0.4"})
+    w2 = ca.cert("w2").read_bytes()
+    assert ca.reissued({"w1": "10.0.0.9", "w2": "10.0.0.4"}) == ["w1"]
+    ca.ensure({"w1": "10.0.0.9", "w2": "10.0.0.4"})  # w1's VM came back on another address
+    sans = x509.load_pem_x509_certificate(ca.cert("w1").read_bytes()).extensions \
+        .get_extension_for_class(x509.SubjectAlternativeName).value
+    import ipaddress
+
+    assert ipaddress.ip_address("10.0.0.9") in sans.get_values_for_type(x509.IPAddress)
+    assert ca.cert("w2").read_bytes() == w2  # unchanged host, unchanged certificate
+    # Within RENEW_BEFORE of expiry, every certificate is renewed.
+    monkeypatch.setattr(tls, "RENEW_BEFORE", tls.VALIDITY + dt.timedelta(days=1))
+    assert sorted(ca.reissued({"w1": "10.0.0.9", "w2": "10.0.0.4"})) == ["w1", "w2"]
