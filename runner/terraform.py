@@ -38,13 +38,28 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None) -> str:
                           env=_env(env))
     if proc.returncode != 0:
         out = proc.stderr + proc.stdout
-        # Terraform writes its errors to stderr; stdout holds the (long) plan before them.
-        tail = "\n".join((proc.stderr.strip() or proc.stdout.strip()).splitlines()[-30:])
+        # Terraform writes its errors to stderr, from the first "Error:" on (warnings before it,
+        # such as a missing ~/.terraformrc, are noise); stdout holds the long plan.
+        err = proc.stderr.strip()
+        err = err[err.find("Error:"):] if "Error:" in err else err
+        tail = "\n".join((err or proc.stdout.strip()).splitlines()[-30:])
         hosts = sorted(set(re.findall(r'terraform_data\.this\["([^"]+)"\]', out)))
-        which = f" for host(s) {', '.join(hosts)}" if hosts else ""
+        addresses = _declared_addresses(workdir)
+        which = (" for host(s) " + ", ".join(f"{h} ({addresses[h]})" if h in addresses else h
+                                              for h in hosts)) if hosts else ""
         raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"
                              "\nFix the cause and run the command again; finished steps are kept.")
     return proc.stdout
+
+
+def _declared_addresses(workdir: Path) -> dict[str, str]:
+    """name -> address of the existing machines the root configuration declares (hosts module),
+    so a failure names the address that did not answer."""
+    try:
+        root = json.loads((workdir / "main.tf.json").read_text())
+        return {h["name"]: h["address"] for h in root["module"]["cluster"].get("hosts", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def write_root(workdir: Path, module: str, variables: dict, outputs: tuple[str, ...] = ()) -> None:

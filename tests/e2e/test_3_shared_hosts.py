@@ -86,3 +86,20 @@ def test_a_host_presenting_another_key_is_an_error_even_with_min_workers(lab_clu
     assert "lab3" in out.stderr and "host key mismatch" in out.stderr, out.stderr
     assert hostkeys.fingerprint(impostor) in out.stderr
     assert known.read_text().count(lab3.address) == 1  # nothing written into known_hosts
+
+
+def test_up_closes_a_worker_the_file_no_longer_wants(lab_cluster, cli, workdir):
+    with_extra = workdir / "lab-worker-on-scheduler.yaml"
+    with_extra.write_text(LAB_CLUSTER.read_text().replace(
+        "  hosts: 3", "  hosts: 3\n  worker_on_scheduler: true"))
+    up = cli("up", "-c", str(with_extra), timeout=600)
+    assert "started: lab1-w0@lab1" in up.stdout, up.stdout
+    back = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+    # Closed (retired, then stopped) rather than left registered: `up` does not time out
+    # waiting for "3 of 2" workers, and status is healthy with exactly the wanted ones.
+    assert "closing what is no longer wanted: lab1-w0@lab1" in back.stdout, back.stdout
+    assert "started: nothing (all running)" in back.stdout, back.stdout
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
+    assert names == {"lab2-w0", "lab3-w0"}
+    assert _pids(cli, LAB_CLUSTER)

@@ -55,7 +55,7 @@ def test_a_crashed_host_degraded_up_down_then_lab_down_leave_nothing(lab_cluster
                    fan_out(alive, lambda h: _ps(h, cluster.ssh()), "ps").items()}
     for name, ps in outputs.items():
         assert "sshd" in ps
-        assert not re.search(r"dask (scheduler|worker)", ps), (name, ps)
+        assert not re.search(r"dask (scheduler|worker)", ps), (name, ps, proc.stdout, proc.stderr)
     cli("lab", "down")
     assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                           text=True).stdout.split() if n.startswith("dflab-")]
