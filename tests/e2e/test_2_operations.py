@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import ssl
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner import Cluster
-from runner.config import load_cluster
-from runner.errors import ClusterStartError, ProvisionError
+from runner.errors import ProvisionError
 from runner.ssh import connect
 from runner.tls import CertificateAuthority
 
@@ -238,18 +236,18 @@ def test_wrong_ssh_key_and_host_key_mismatch_fail_up_naming_the_host(lab_cluster
         assert "Traceback" not in proc.stderr
 
 
-def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, workdir: Path):
-    """A second cluster on the same hosts and port: its scheduler cannot bind the port."""
-    spec = load_cluster(LAB_CLUSTER).model_copy(update={"name": "lab-b"})
-    cluster_b = Cluster(spec)
-    shutil.copytree(workdir / ".daskfleet" / "lab", cluster_b.state_dir, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("terraform", "logs"))
-    with pytest.raises(ClusterStartError) as e:
-        cluster_b.start(progress=lambda *_: None)
-    msg = str(e.value)
-    assert "lab1" in msg and "lab-b-scheduler.log" in msg
+def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, cli, workdir: Path):
+    """A second cluster on the same hosts and port, brought up through the real playbooks: its
+    scheduler cannot bind the port."""
+    b_file = workdir / "lab-b.yaml"
+    b_file.write_text(LAB_CLUSTER.read_text().replace("name: lab", "name: lab-b"))
+    out = cli("up", "-c", str(b_file), check=False, timeout=600)
+    msg = out.stderr
+    assert out.returncode != 0 and "lab1" in msg and "lab-b-scheduler.log" in msg, msg
     assert "already in use" in msg or "Address in use" in msg or "Errno 98" in msg, msg
+    cluster_b = Cluster.from_file(b_file)
     assert (cluster_b.state_dir / "logs").is_dir()
+    assert "stopping what this run started: scheduler@lab1" in out.stdout, out.stdout
     # the running cluster was not disturbed
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         assert len(cluster.client().scheduler_info(n_workers=-1)["workers"]) == 2
