@@ -20,8 +20,26 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
-# sshd refuses the 11th session on one connection (Debian's MaxSessions 10); stay below it.
-MAX_CHANNELS_PER_HOST = 8
+# sshd refuses the 11th session on one connection (Debian's MaxSessions 10); stay well below it,
+# since sshd frees a session only once its command's process has exited too.
+MAX_CHANNELS_PER_HOST = 6
+SESSION_RETRIES = 6
+
+
+class _Connection(Connection):
+    """A Fabric connection that retries opening a session the server refused for now (sshd at
+    MaxSessions while earlier sessions wind down): a busy host is not an unreachable one."""
+
+    def create_session(self):
+        import time
+
+        for attempt in range(SESSION_RETRIES):
+            try:
+                return super().create_session()
+            except paramiko.ChannelException:
+                if attempt == SESSION_RETRIES - 1:
+                    raise
+                time.sleep(min(0.1 * 2 ** attempt, 1.0))
 
 
 class ConnectionPool:
@@ -99,7 +117,7 @@ def connect(host: Host, ssh: SSHSettings) -> Iterator[Connection]:
 
 
 def _new_connection(host: Host, ssh: SSHSettings) -> Connection:
-    conn = Connection(
+    conn = _Connection(
         host.address, user=host.user, port=host.port,
         # in_stream False: never read our stdin (CI has none, pytest captures it)
         config=Config(overrides={"load_ssh_configs": False,

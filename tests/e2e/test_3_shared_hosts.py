@@ -41,17 +41,20 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
                  "worker_port_range": "41000:41099", "nanny_port_range": "41100:41199",
                  "start_timeout": 240}}))
     before = _pids(cli, LAB_CLUSTER)
-    up = cli("up", "-c", str(plain), timeout=900)
-    assert "tls: false" in up.stdout  # the loud warning
-    scaled = cli("scale", "12", "-c", str(plain), timeout=900)
-    assert "scale: 12 worker(s)" in scaled.stdout, scaled.stdout
-    st = json.loads(cli("status", "-c", str(plain), "--json", timeout=300).stdout)
-    # 12 workers on lab2: every one seen over SSH (none reported "unreachable") and joined
-    assert st["healthy"], st
-    assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
-    with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
-        assert c.submit(sum, [1, 2]).result() == 3
-    cli("down", "-c", str(plain), timeout=300)
+    try:
+        up = cli("up", "-c", str(plain), timeout=900)
+        assert "tls: false" in up.stdout  # the loud warning
+        scaled = cli("scale", "12", "-c", str(plain), timeout=900)
+        assert "scale: 12 worker(s)" in scaled.stdout, scaled.stdout
+        st = json.loads(cli("status", "-c", str(plain), "--json", timeout=300).stdout)
+        # 12 workers on lab2: every one seen over SSH (none reported "unreachable") and joined
+        assert st["healthy"], st
+        assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
+        with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
+            assert c.submit(sum, [1, 2]).result() == 3
+    finally:
+        down = cli("down", "-c", str(plain), check=False, timeout=300)
+    assert down.returncode == 0, down.stderr
 
     # The TLS cluster: same processes, its own config still demands encryption, and a plain
     # client is still refused.
@@ -98,7 +101,6 @@ def test_up_closes_a_worker_the_file_no_longer_wants(lab_cluster, cli, workdir):
     # Closed (retired, then stopped) rather than left registered: `up` does not time out
     # waiting for "3 of 2" workers, and status is healthy with exactly the wanted ones.
     assert "closing what is no longer wanted: lab1-w0@lab1" in back.stdout, back.stdout
-    assert "started: nothing (all running)" in back.stdout, back.stdout
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
     assert names == {"lab2-w0", "lab3-w0"}
