@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jobfiles import small_job
 
 from runner.cluster import Cluster
 from runner.lab import Lab
@@ -22,16 +23,6 @@ from runner.lab import Lab
 REPO = Path(__file__).resolve().parents[2]
 AWS_LAB = REPO / "clusters" / "aws-lab.yaml"
 pytestmark = pytest.mark.e2e
-
-SMALL_JOB = """\
-name: aws-small
-data:
-  source: synthetic
-  synthetic: {n_docs: 3000, n_classes: 3, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: 1}
-features: {n_features: 16384}
-model: {kind: sgd, epochs: 3}
-"""
-
 
 def ec2():
     import boto3
@@ -153,7 +144,7 @@ def test_root_login_is_refused_on_the_instances(aws_cluster):
 
 def test_submit_runs_the_job_through_the_tunnel(aws_cluster, cli, workdir):
     job = workdir / "aws-small.yaml"
-    job.write_text(SMALL_JOB)
+    job.write_text(small_job("aws-small", seed=1, epochs=3))
     out = cli("submit", str(job), "-c", str(AWS_LAB), "--runs-dir", str(workdir / "runs"),
               timeout=600)
     assert "versions match" in out.stdout, out.stdout

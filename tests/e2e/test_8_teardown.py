@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jobfiles import small_job
 
 from runner.cluster import Cluster
 from runner.lab import Lab
@@ -37,9 +38,7 @@ def test_a_crashed_host_degraded_up_down_then_lab_down_leave_nothing(lab_cluster
     assert status.returncode == 1  # degraded is not healthy
     # A job on the degraded cluster runs on the live workers (its data shipped only there).
     job = workdir / "degraded-job.yaml"
-    job.write_text("name: degraded\ndata:\n  source: synthetic\n  synthetic: {n_docs: 2000, "
-                   "n_classes: 3, vocab_size: 1000, doc_len: 20, noise: 0.02, seed: 3}\n"
-                   "features: {n_features: 8192}\nmodel: {kind: sgd, epochs: 2}\n")
+    job.write_text(small_job("degraded", seed=3, n_docs=2000))
     sub = cli("submit", str(job), "-c", str(degraded_file), "--runs-dir", str(workdir / "runs"),
               timeout=300)
     assert "no live worker on lab3" in sub.stdout and "accuracy=" in sub.stdout, sub.stdout

@@ -10,6 +10,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
+from jobfiles import small_job
 
 from runner.cluster import Cluster
 from runner.hosts import Host
@@ -51,20 +52,10 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli
         cli("lab", "down", check=False, timeout=120)
 
 
-DEMO_JOB = """\
-name: demo-small
-data:
-  source: synthetic
-  synthetic: {n_docs: 3000, n_classes: 3, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: 2}
-features: {n_features: 16384}
-model: {kind: sgd, epochs: 2}
-"""
-
-
 def test_demo_refuses_a_lab_it_did_not_make_and_leaves_nothing_behind(lab_cluster, cli, workdir):
     lab_file = str(Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml")
     job = workdir / "demo-small.yaml"
-    job.write_text(DEMO_JOB)
+    job.write_text(small_job("demo-small", seed=2))
     cli("lab", "up", "--hosts", "2", timeout=120)
     try:
         refused = cli("demo", "-c", lab_file, "--job", str(job), check=False, timeout=120)
