@@ -41,8 +41,10 @@ def privileged(host: Host, script: str) -> str:
 def as_dask(host: Host, script: str) -> str:
     """A shell command that runs `script` as the `dask` user, creating its pid folder first
     (it lives on a tmpfs, so it is gone after every reboot)."""
+    # bash, not sh: Debian's sh (dash) takes `kill -TERM -- -PGID` as a bad pid and kills
+    # nothing, so a process group would never be stopped.
     return privileged(host, f"install -d -o {DASK_USER} -g {DASK_USER} -m 0755 {RUN_DIR} && "
-                      + shlex.join(["runuser", "-u", DASK_USER, "--", "sh", "-c", script]))
+                      + shlex.join(["runuser", "-u", DASK_USER, "--", "bash", "-c", script]))
 
 
 @dataclass(frozen=True)

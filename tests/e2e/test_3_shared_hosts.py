@@ -55,6 +55,11 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     finally:
         down = cli("down", "-c", str(plain), check=False, timeout=300)
     assert down.returncode == 0, down.stderr
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        ps = {h.name: out for h, out in cluster.run_on_hosts(["ps", "-eo", "args"]).items()}
+    left = [line for out in ps.values() for line in out.splitlines() if "--port 8796" in line
+            or "tcp://198.18.0.11:8796" in line]
+    assert not left, (left, down.stdout)  # every process of `plain` is gone
 
     # The TLS cluster: same processes, its own config still demands encryption, and a plain
     # client is still refused.

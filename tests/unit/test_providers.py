@@ -90,7 +90,7 @@ def test_non_root_logins_run_dask_through_sudo_and_root_through_runuser():
     admin = Host("n", "10.0.0.1", "worker", user="admin")
     root = Host("n", "10.0.0.1", "worker")
     assert as_dask(admin, "echo hi").startswith("sudo -n -- sh -c ")
-    assert "runuser -u dask -- sh -c 'echo hi'" in as_dask(root, "echo hi")
+    assert "runuser -u dask -- bash -c 'echo hi'" in as_dask(root, "echo hi")
     assert not as_dask(root, "echo hi").startswith("sudo")
 
 
