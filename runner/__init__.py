@@ -7,7 +7,7 @@ control-side API (`from runner import Cluster`) is loaded on first use.
 
 def __getattr__(name: str):
     if name == "Cluster":
-        from runner.cluster import Cluster
+        from runner.cluster.cluster import Cluster
 
         return Cluster
     raise AttributeError(f"module 'runner' has no attribute {name!r}")

@@ -107,7 +107,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from runner.submit import submit
+    from runner.jobs.submit import submit
 
     with _cluster(args) as cluster:
         result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
@@ -128,7 +128,7 @@ def cmd_scale(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from runner import logs
+    from runner.cluster import logs
 
     with _cluster(args) as cluster:
         procs = logs.select(cluster.wanted(), args.host)
@@ -137,7 +137,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_dashboard(args) -> int:
-    from runner.tunnel import open_dashboard
+    from runner.cluster.tunnel import open_dashboard
 
     with _cluster(args) as cluster:
         sched = cluster.wanted()[0].host
@@ -147,7 +147,7 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from runner.plan import plan
+    from runner.provision.plan import plan
 
     with _cluster(args) as cluster:
         report = plan(cluster, progress=_say)

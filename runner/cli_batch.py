@@ -18,7 +18,7 @@ def _fmt(value, spec: str = "", none: str = "-") -> str:
 
 
 def cmd_runs(args) -> int:
-    from runner import runs
+    from runner.jobs import runs
 
     runs_dir = Path(args.runs_dir)
     if args.runs_cmd == "show":
@@ -57,7 +57,7 @@ def cmd_runs(args) -> int:
 
 def cmd_predict(args) -> int:
     from runner.cluster import Cluster
-    from runner.predict import predict_on_cluster
+    from runner.jobs.predict import predict_on_cluster
 
     def say(line: str) -> None:
         print(f"[daskfleet] {line}", flush=True)

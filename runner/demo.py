@@ -17,8 +17,8 @@ def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Pa
     from runner import state
     from runner.cluster import Cluster
     from runner.config import load_cluster
+    from runner.jobs.submit import submit
     from runner.lab import Lab
-    from runner.submit import submit
 
     lab = Lab()
     spec = load_cluster(cluster_file)

@@ -15,7 +15,7 @@ import pytest
 from runner.batch import load_job, load_model, predict_texts, prepare_dataset, run_job
 from runner.batch.corpus import prepare_prediction_input
 from runner.errors import BatchError
-from runner.predict import predict_shards
+from runner.jobs.predict import predict_shards
 
 VOCAB = {
     "sports": ["match", "goal", "team", "league", "referee", "season", "striker"],

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from runner import runs, submit
 from runner.cli import main
 from runner.errors import BatchError
+from runner.jobs import runs, submit
 
 
 class LocalStandIn:
@@ -94,8 +94,8 @@ def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsy
 
 
 def test_predict_on_cluster_through_the_cli_path(client, tmp_path, no_shipping, monkeypatch):
-    from runner import ship as ship_module
-    from runner.predict import predict_on_cluster
+    from runner.jobs import ship as ship_module
+    from runner.jobs.predict import predict_on_cluster
 
     monkeypatch.setattr(ship_module, "ship", lambda *a, **k: {})
     monkeypatch.setattr(ship_module, "remote_dir", lambda digest: str(submit.datasets_cache() /

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from runner.cluster import Cluster
+from runner.cluster.nodeinfo import describe
 from runner.lab import Lab
-from runner.nodeinfo import describe
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from runner import Cluster
+from runner.cluster.ssh import connect
 from runner.errors import ProvisionError
-from runner.ssh import connect
-from runner.tls import CertificateAuthority
+from runner.provision.tls import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
@@ -183,8 +183,9 @@ def test_plan_on_an_up_to_date_cluster_changes_nothing(lab_cluster, cli, workdir
 
 
 def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workdir: Path):
-    from runner import ansible, preflight
-    from runner.wheelhouse import build
+    from runner.cluster import preflight
+    from runner.provision import ansible
+    from runner.provision.wheelhouse import build
 
     cluster = Cluster.from_file(LAB_CLUSTER)
     hosts = cluster.hosts()
@@ -193,7 +194,7 @@ def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workd
         preflight.node_platforms(hosts, cluster.ssh(), "3.12")
     assert "lab2 (198.18.0.12) runs Python 3.11" in str(e.value) and "3.12" in str(e.value)
     # and the playbook's own first play refuses too (for ansible-playbook run by hand)
-    from runner.lock import derive_lock
+    from runner.provision.lock import derive_lock
 
     lab_envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
     before = sorted(p.name for p in lab_envs.iterdir())

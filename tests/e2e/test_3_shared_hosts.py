@@ -77,7 +77,7 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
 
 def test_a_host_presenting_another_key_is_an_error_even_with_min_workers(lab_cluster, cli,
                                                                            workdir):
-    from runner import hostkeys
+    from runner.provision import hostkeys
 
     lab = Lab()
     lab3 = lab.hosts()[2]

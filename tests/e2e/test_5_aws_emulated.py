@@ -113,9 +113,9 @@ def test_a_second_up_replaces_no_instance_and_changes_nothing(aws_cluster, cli):
 
 
 def test_a_host_presenting_another_key_is_named_with_both_fingerprints(aws_cluster, tmp_path):
-    from runner import hostkeys
+    from runner.cluster.ssh import SSHSettings, wait_for_ssh
     from runner.errors import HostError
-    from runner.ssh import SSHSettings, wait_for_ssh
+    from runner.provision import hostkeys
 
     with Cluster.from_file(AWS_LAB) as cluster:
         worker = next(h for h in cluster.hosts() if h.name == "worker-2")
@@ -132,8 +132,8 @@ def test_a_host_presenting_another_key_is_named_with_both_fingerprints(aws_clust
 def test_root_login_is_refused_on_the_instances(aws_cluster):
     import paramiko
 
-    from runner.hosts import Host
-    from runner.ssh import connect
+    from runner.cluster.hosts import Host
+    from runner.cluster.ssh import connect
 
     with Cluster.from_file(AWS_LAB) as cluster:
         host = cluster.hosts()[0]

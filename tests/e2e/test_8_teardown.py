@@ -12,8 +12,8 @@ import pytest
 from jobfiles import small_job
 
 from runner.cluster import Cluster
+from runner.cluster.ssh import connect, fan_out
 from runner.lab import Lab
-from runner.ssh import connect, fan_out
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e

@@ -13,9 +13,9 @@ import yaml
 from jobfiles import small_job
 
 from runner.cluster import Cluster
-from runner.hosts import Host
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import connect
 from runner.lab import Lab
-from runner.ssh import connect
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from runner.lock import derive_lock
-from runner.wheelhouse import _platform_args, build
+from runner.provision.lock import derive_lock
+from runner.provision.wheelhouse import _platform_args, build
 
 EM_AARCH64 = 183  # ELF e_machine
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from runner import processes
-from runner.hosts import Host
-from runner.processes import START_TIME, DaskSettings, RemoteProcess
+from runner.cluster import processes
+from runner.cluster.hosts import Host
+from runner.cluster.processes import START_TIME, DaskSettings, RemoteProcess
 
 SCHED = Host("lab1", "198.18.0.11", "scheduler")
 WORKER = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,

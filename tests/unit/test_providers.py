@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import hostkeys
+from runner.cluster.hosts import Host
+from runner.cluster.processes import DaskSettings, RemoteProcess, as_dask
 from runner.config import load_cluster
 from runner.errors import ConfigError, ProvisionError
-from runner.hosts import Host
-from runner.processes import DaskSettings, RemoteProcess, as_dask
-from runner.providers import for_spec
+from runner.provision import hostkeys
+from runner.provision.providers import for_spec
 
 ROWS = [
     {"name": "scheduler", "role": "scheduler", "user": "admin", "port": 22,

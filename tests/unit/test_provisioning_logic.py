@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.ansible import parse_recap
+from runner.cluster.hosts import Host, known_host_key
+from runner.cluster.ssh import SSHSettings
+from runner.cluster.versions import compare_versions
 from runner.errors import EnvironmentMismatchError, ProvisionError
-from runner.hosts import Host, known_host_key
-from runner.inventory import render
-from runner.lock import Lock, closure, derive_lock
-from runner.ssh import SSHSettings
-from runner.versions import compare_versions
+from runner.provision.ansible import parse_recap
+from runner.provision.inventory import render
+from runner.provision.lock import Lock, closure, derive_lock
 
 HOSTS = [Host("lab1", "198.18.0.11", "scheduler"), Host("lab2", "198.18.0.12", "worker"),
          Host("lab3", "198.18.0.13", "worker", user="ops", port=2222)]
@@ -106,7 +106,7 @@ def test_known_host_key_lookup_by_address_and_port():
 
 
 def test_a_failed_start_log_excerpt_leads_with_the_cause():
-    from runner.processes import error_excerpt
+    from runner.cluster.processes import error_excerpt
 
     log = "\n".join(["INFO - State start", "OSError: [Errno 98] Address already in use",
                      "Traceback (most recent call last):", *[f'  File "f{i}.py"' for i in range(40)],
@@ -119,7 +119,7 @@ def test_a_failed_start_log_excerpt_leads_with_the_cause():
 
 
 def test_terraform_missing_is_one_message_with_what_to_do(monkeypatch, tmp_path):
-    from runner import terraform
+    from runner.provision import terraform
 
     monkeypatch.setattr(terraform.shutil, "which", lambda name: None)
     terraform.write_root(tmp_path, "hosts", {"cluster_name": "x"})
@@ -128,7 +128,7 @@ def test_terraform_missing_is_one_message_with_what_to_do(monkeypatch, tmp_path)
 
 
 def test_plan_lists_the_tasks_that_would_change_per_host():
-    from runner.plan import would_change
+    from runner.provision.plan import would_change
 
     out = ("TASK [python_env : Ensure the wheelhouse archive is on the node] ***\n"
            "changed: [lab2]\nok: [lab1]\nchanged: [lab3]\n"

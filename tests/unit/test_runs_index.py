@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import runs
 from runner.batch.artifacts import write_failed_run, write_json_atomic
 from runner.cli import main
 from runner.errors import BatchError
+from runner.jobs import runs
 
 
 def make_run(runs_dir: Path, run_id: str, status: str, **extra) -> Path:

@@ -6,8 +6,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from runner.hosts import Host
-from runner.ssh import MAX_CHANNELS_PER_HOST, ConnectionPool
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import MAX_CHANNELS_PER_HOST, ConnectionPool
 
 
 def test_channels_per_host_are_capped_and_hosts_do_not_wait_for_each_other():

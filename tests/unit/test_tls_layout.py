@@ -7,7 +7,7 @@ import stat
 
 from cryptography import x509
 
-from runner.tls import CertificateAuthority
+from runner.provision.tls import CertificateAuthority
 
 
 def test_hosts_named_ca_and_client_get_their_own_certificates(tmp_path):
@@ -30,7 +30,7 @@ def test_hosts_named_ca_and_client_get_their_own_certificates(tmp_path):
 def test_a_certificate_is_issued_anew_for_a_new_address_or_near_expiry(tmp_path, monkeypatch):
     import datetime as dt
 
-    from runner import tls
+    from runner.provision import tls
 
     ca = CertificateAuthority(tmp_path / "tls", "c1")
     ca.ensure({"w1": "10.0.0.3", "w2": "10.0.0.4"})

@@ -13,8 +13,8 @@ from typing import TypeVar
 import paramiko
 from fabric import Config, Connection
 
+from runner.cluster.hosts import Host
 from runner.errors import DaskfleetError, HostError
-from runner.hosts import Host
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -144,7 +144,7 @@ def is_trust_failure(exc: BaseException) -> bool:
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
-    from runner.hostkeys import fingerprint
+    from runner.provision.hostkeys import fingerprint
 
     return fingerprint(f"{key.get_name()} {key.get_base64()}")
 
@@ -201,7 +201,7 @@ def wait_for_ssh(hosts: list[Host], ssh: SSHSettings, timeout: float, poll: floa
     answered, with the last failure (for a key mismatch: both fingerprints)."""
     import time
 
-    from runner.hostkeys import fingerprint
+    from runner.provision.hostkeys import fingerprint
 
     deadline = time.monotonic() + timeout
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from runner import hostkeys
+from runner.cluster.hosts import Host
 from runner.errors import ConfigError, ProvisionError
-from runner.hosts import Host
-from runner.providers.base import Provider
+from runner.provision import hostkeys
+from runner.provision.providers.base import Provider
 
 # Set by daskfleet from ssh: and dask:, never by the cluster file's terraform: section.
 RESERVED = ("cluster_name", "ssh_user", "ssh_public_key", "host_keys", "dask_ports")
@@ -103,7 +103,7 @@ class Cloud(Provider):
         return [Host.from_output(row, use_public=self.use_public) for row in outputs["hosts"]]
 
     def after_apply(self, hosts: list[Host], ssh, progress) -> None:
-        from runner.ssh import wait_for_ssh
+        from runner.cluster.ssh import wait_for_ssh
 
         keys = hostkeys.ensure(self.state_dir / "host_keys", [h.name for h in hosts])
         _, known = self.ssh_paths()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from runner.providers.base import Provider
+from runner.provision.providers.base import Provider
 
 
 def for_spec(spec) -> Provider:
-    from runner.providers.cloud import AWS, GCP, Azure
-    from runner.providers.existing import Hosts, LabHosts
+    from runner.provision.providers.cloud import AWS, GCP, Azure
+    from runner.provision.providers.existing import Hosts, LabHosts
 
     kinds = {"lab": LabHosts, "hosts": Hosts, "aws": AWS, "gcp": GCP, "azure": Azure}
     return kinds[spec.provider](spec)

@@ -8,8 +8,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import ansible, inventory, terraform
 from runner.errors import DaskfleetError
+from runner.provision import ansible, inventory, terraform
 
 
 @dataclass

@@ -34,8 +34,8 @@ def check_versions(client) -> dict:
     environment named by this machine's lock hash."""
     import cloudpickle
 
-    from runner import nodeinfo
-    from runner.lock import WORKER_ROOTS, closure, derive_lock
+    from runner.cluster import nodeinfo
+    from runner.provision.lock import WORKER_ROOTS, closure, derive_lock
 
     names = sorted(closure(WORKER_ROOTS)) + ["daskfleet"]
     versions = compare_versions(client.get_versions(packages=names), names)

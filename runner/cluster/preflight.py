@@ -6,9 +6,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import SSHSettings, connect, describe_ssh_error, fan_out, is_trust_failure
 from runner.errors import ClusterStartError, DaskfleetError, HostError, ProvisionError
-from runner.hosts import Host
-from runner.ssh import SSHSettings, connect, describe_ssh_error, fan_out, is_trust_failure
 
 # Runs on the worker with the system Python: prints one word.
 PROBE = (

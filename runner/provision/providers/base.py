@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.cluster.hosts import Host
 from runner.config import ClusterSpec, resolve_path
-from runner.hosts import Host
 
 
 class Provider:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import ProvisionError
-from runner.lock import PROJECT, Lock
+from runner.provision.lock import PROJECT, Lock
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runner import runs
 from runner.batch.artifacts import write_failed_run
 from runner.cluster import Cluster
 from runner.errors import DaskfleetError
-from runner.ship import remote_dir, ship
+from runner.jobs import runs
+from runner.jobs.ship import remote_dir, ship
 
 
 @dataclass(frozen=True)

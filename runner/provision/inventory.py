@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from runner.hosts import Host
-from runner.ssh import SSHSettings
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import SSHSettings
 
 
 def render(hosts: list[Host], ssh: SSHSettings) -> str:

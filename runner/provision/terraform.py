@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.errors import ProvisionError
 
-MODULES = Path(__file__).resolve().parent.parent / "terraform" / "modules"
+MODULES = Path(__file__).resolve().parents[2] / "terraform" / "modules"
 
 
 def _env(extra: dict | None = None) -> dict:

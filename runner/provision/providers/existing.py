@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.cluster.hosts import Host, known_host_key
 from runner.errors import ConfigError
-from runner.hosts import Host, known_host_key
-from runner.providers.base import Provider
+from runner.provision.providers.base import Provider
 
 
 class Hosts(Provider):

@@ -12,8 +12,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from runner.hosts import Host
-from runner.ssh import SSHSettings, connect, fan_out
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import SSHSettings, connect, fan_out
 
 DATA_DIR = "/var/lib/daskfleet/data"
 

@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import ansible, inventory, providers, state, terraform
+from runner import state
+from runner.cluster.hosts import Host
+from runner.cluster.processes import RUN_DIR, DaskSettings, ProcStatus, RemoteProcess
+from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.config import ClusterSpec, load_cluster
 from runner.errors import (
     ClusterStartError,
@@ -21,10 +24,8 @@ from runner.errors import (
     DaskfleetError,
     HostError,
 )
-from runner.hosts import Host
-from runner.processes import RUN_DIR, DaskSettings, ProcStatus, RemoteProcess
-from runner.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
-from runner.tls import CertificateAuthority
+from runner.provision import ansible, inventory, providers, terraform
+from runner.provision.tls import CertificateAuthority
 
 READY_POLL_CAP_S = 0.25  # readiness polls are cheap: a late poll costs more than one more
 
@@ -216,9 +217,9 @@ class Cluster:
         host name -> environment hash)."""
         import sys
 
-        from runner import preflight
-        from runner.lock import derive_lock
-        from runner.wheelhouse import build
+        from runner.cluster import preflight
+        from runner.provision.lock import derive_lock
+        from runner.provision.wheelhouse import build
 
         minor = f"{sys.version_info.major}.{sys.version_info.minor}"
         machines = preflight.node_platforms(hosts, self.ssh(), minor, self._tolerated(hosts))
@@ -332,7 +333,7 @@ class Cluster:
         stale = [p for p in procs if current[p].state == "running" and p.host.name in env_hashes
                  and current[p].env != env_hashes[p.host.name]]
         if any(current[p].state != "running" for p in procs) or stale:
-            from runner import preflight
+            from runner.cluster import preflight
 
             workers = sorted({p.host for p in procs[1:]}, key=lambda h: h.name)
             checks = preflight.run(sorted({p.host for p in procs}, key=lambda h: h.name), workers,
@@ -387,7 +388,7 @@ class Cluster:
         port: a scheduler of another cluster, a stale one)."""
         import cloudpickle
 
-        from runner import nodeinfo
+        from runner.cluster import nodeinfo
 
         cloudpickle.register_pickle_by_value(nodeinfo)
         try:
@@ -438,7 +439,7 @@ class Cluster:
 
     def _scheduler_forward(self):
         """The SSH tunnel from this machine to the scheduler's port (cloud providers)."""
-        from runner.tunnel import Forward
+        from runner.cluster.tunnel import Forward
 
         if self._forward is None:
             sched = next(h for h in self.hosts() if h.role == "scheduler")
@@ -515,7 +516,7 @@ class Cluster:
         return self._client
 
     def check_versions(self) -> dict:
-        from runner.versions import check_versions
+        from runner.cluster.versions import check_versions
 
         return check_versions(self.client())
 
@@ -669,6 +670,6 @@ class Cluster:
 def _per_process(procs: list[RemoteProcess], fn, what: str) -> dict[RemoteProcess, object]:
     """fan_out over processes (several may share a host): a result per process, or one HostError
     naming every host that failed."""
-    from runner.ssh import fan_out_items
+    from runner.cluster.ssh import fan_out_items
 
     return fan_out_items(procs, fn, what, host_of=lambda p: p.host)

@@ -30,8 +30,8 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
     """Predict every row of ``data_path`` on ``cluster``; write ``out_path`` (parquet)."""
     from runner.batch.corpus import prepare_prediction_input
     from runner.batch.model import load_model
-    from runner.ship import remote_dir, ship
-    from runner.submit import datasets_cache
+    from runner.jobs.ship import remote_dir, ship
+    from runner.jobs.submit import datasets_cache
 
     model = load_model(model_path)  # a bad model file fails before the cluster is touched
     client = cluster.client()

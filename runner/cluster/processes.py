@@ -13,9 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import SSHSettings, connect, describe_ssh_error, is_trust_failure
 from runner.errors import ClusterStartError, HostError
-from runner.hosts import Host
-from runner.ssh import SSHSettings, connect, describe_ssh_error, is_trust_failure
 
 # Per cluster, so clusters sharing a host never touch each other's environment link or config.
 ENV_LINK = "/opt/daskfleet/clusters/{cluster}/current"

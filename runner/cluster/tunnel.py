@@ -11,8 +11,8 @@ import threading
 
 import paramiko
 
-from runner.hosts import Host
-from runner.ssh import SSHSettings, _new_connection, connect
+from runner.cluster.hosts import Host
+from runner.cluster.ssh import SSHSettings, _new_connection, connect
 
 
 class Forward:

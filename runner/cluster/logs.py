@@ -6,9 +6,9 @@ import shlex
 import sys
 import threading
 
+from runner.cluster.processes import RemoteProcess
+from runner.cluster.ssh import SSHSettings, connect
 from runner.errors import ConfigError
-from runner.processes import RemoteProcess
-from runner.ssh import SSHSettings, connect
 
 
 class _Prefixed:

@@ -1,0 +1,1 @@
+"""Batch jobs on a running cluster: ship inputs, submit, predict, and the run records."""

@@ -1,0 +1,1 @@
+"""Standing machines up: Terraform, the inventory, Ansible, the lock and wheelhouse, TLS."""
