@@ -5,6 +5,8 @@ a `running` instance becomes a lab host (netns dfec2-<id>, its private address, 
 ip-a-b-c-d, the image's login user `admin` with the key pair's key, user_data run once at first
 boot); a stopped one is crashed and its disk kept; a terminated or vanished one is crashed and its
 disk deleted. Each host's security-group ingress rules are enforced with nftables in its netns.
+The image has a `docker` stand-in and a `shutdown` that powers the instance off through the API
+(runner.lab.standin).
 What it booted is listed in cloud/instances.json (read by `Lab().instance_hosts()`).
 """
 
@@ -22,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
-from runner.lab import cloudinit
+from runner.lab import cloudinit, standin
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import BootSpec, Lab, LabHost, boot_host, nft_apply, stop_host
 
@@ -138,6 +140,7 @@ class Controller:
         self.procs: dict[str, subprocess.Popen] = {}
         self.refused: set[str] = set()
         self.boot_errors: set[str] = set()
+        self.powered_off: set[str] = set()  # instances whose `shutdown` was acted on
         self.arch: dict[str, str | None] = {}
         # Adopt what a previous controller booted (it may have been restarted).
         for h in read_instance_hosts(lab.cloud_dir):
@@ -180,6 +183,9 @@ class Controller:
         if running:
             groups = {g["GroupId"]: g.get("IpPermissions", [])
                       for g in self.ec2.describe_security_groups()["SecurityGroups"]}
+        for iid in set(self.hosts) & set(running) - self.powered_off:
+            if standin.shutdown_requested(self.lab.host_dir(iid)):
+                self.power_off(iid)
         for iid, inst in running.items():
             perms = [p for g in instance_groups(inst) for p in groups.get(g, [])]
             ruleset = render_sg_ruleset(perms, members)
@@ -199,6 +205,18 @@ class Controller:
                     self.boot_errors.add(iid)
         for p in list(self.procs.values()):
             p.poll()  # reap the init of a host that was killed (`lab kill`)
+
+    def power_off(self, iid: str) -> None:
+        """The instance ran `shutdown`: stop or terminate it, as EC2 does."""
+        attr = self.ec2.describe_instance_attribute(InstanceId=iid,
+                                                    Attribute="instanceInitiatedShutdownBehavior")
+        behaviour = attr.get("InstanceInitiatedShutdownBehavior", {}).get("Value", "stop")
+        if behaviour == "terminate":
+            self.ec2.terminate_instances(InstanceIds=[iid])
+        else:
+            self.ec2.stop_instances(InstanceIds=[iid])
+        self.powered_off.add(iid)
+        log(f"{iid}: shut down from inside: {behaviour}")
 
     def boot(self, inst: dict, ruleset: str) -> None:
         iid = inst["InstanceId"]
@@ -226,6 +244,10 @@ class Controller:
                 plan = cloudinit.plan_user_data(b"", IMAGE_USER, keys)
             for what in plan.ignored:
                 log(f"{iid}: user_data: ignored {what}")
+            images = self.lab.cloud_dir / "images"
+            if b"docker" in cloudinit.decode_user_data(raw):  # only a container needs the image
+                standin.build_image_env(images, log)
+            standin.install(hdir, standin.image_env_path(images))
             script = hdir / "first-boot.sh"
             script.write_text(cloudinit.render_plan(plan))
             script.chmod(0o700)
@@ -235,7 +257,7 @@ class Controller:
                 netns=host.netns, veth=host.veth, mac="02:df:ec:{:02x}:{:02x}:{:02x}".format(*octets[1:]),
                 hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
                 prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
-                first_boot=script, nft_ruleset=ruleset))
+                first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS))
         except Exception:
             if first:  # never leave half a host: boot_host removed the netns, we remove its disk
                 shutil.rmtree(hdir, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""What the emulated EC2's instance image has besides Debian: a `docker` stand-in and a
+`shutdown` that powers the instance off through the controller.
+
+There is no internet here, so no image can be pulled. The stand-in implements `docker run` as
+dask-cloudprovider's user data uses it (`docker run --net=host -e K=V ... IMAGE COMMAND...`):
+options are honoured where they mean something on a host (`-e`/`--env`; `--net=host` is what
+the host's network is anyway), the image name is logged and otherwise ignored, and COMMAND runs
+on the host, as root (as in the container), in the "image's" environment: a venv the lab builds
+from this machine's lock (the same pins every node gets, without the project itself, which a
+public image lacks too), with the host's own Python. The image's entry point is emulated for
+EXTRA_PIP_PACKAGES: pins the environment already satisfies are reported; others cannot be
+installed offline and are reported as such (the client's version check then refuses the cluster).
+
+So the emulator proves orchestration (user data, addresses, security groups, TLS, teardown), not
+the image. `shutdown` asks the controller to stop or terminate the instance, as the instance's
+InstanceInitiatedShutdownBehavior says; the real /sbin/shutdown must never run inside a lab host
+(it would reach the control machine's init).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from runner.errors import LabError
+
+# Inside an instance host (private per host: runner.lab.instances adds them to the boot spec).
+BIN_DIRS = ("usr/local/bin", "usr/local/sbin")
+SHUTDOWN_MARKER = "/var/lib/cloud/instance/shutdown-requested"
+
+DOCKER = r'''#!/usr/bin/python3
+"""docker stand-in of the daskfleet lab (see runner/lab/standin.py): `docker run` runs the
+container's command on this host in the lab's image environment. Not Docker."""
+import os, subprocess, sys
+
+IMAGE_ENV = @IMAGE_ENV@
+WITH_VALUE = {"-e", "--env", "-v", "--volume", "--name", "-p", "--publish", "--network", "--net",
+              "--gpus", "-w", "--workdir", "--entrypoint", "-u", "--user", "--env-file",
+              "--restart", "--log-driver", "-m", "--memory", "--shm-size", "--mount"}
+
+
+def say(msg):
+    print(f"docker (lab stand-in): {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv):
+    if not argv or argv[0] in ("-v", "--version", "version"):
+        print("Docker version 0.0.0-daskfleet-lab-stand-in")
+        return 0
+    if argv[0] in ("pull", "info", "ps", "images"):
+        say(f"`docker {argv[0]}`: nothing to do (no daemon, no registry)")
+        return 0
+    if argv[0] != "run":
+        say(f"`docker {argv[0]}` is not implemented (only run)")
+        return 125
+    env, i, args = {}, 1, argv
+    while i < len(args) and args[i].startswith("-"):
+        opt, _, val = args[i].partition("=")
+        if opt in WITH_VALUE and not val:
+            i += 1
+            val = args[i] if i < len(args) else ""
+        if opt in ("-e", "--env"):
+            k, eq, v = val.partition("=")
+            env[k] = v if eq else os.environ.get(k, "")
+        elif opt in ("--net", "--network") and val != "host":
+            say(f"{opt}={val}: this host's network is used (as --net=host)")
+        elif opt in ("-d", "--detach"):
+            say("-d: not supported; running in the foreground")
+        elif opt not in ("--rm", "-i", "-t", "-it", "--init", "--net", "--network"):
+            say(f"ignored option {args[i]}")
+        i += 1
+    if i >= len(args):
+        say("no image given")
+        return 125
+    image, command = args[i], args[i + 1:]
+    say(f"image {image}: running its command in the lab's environment {IMAGE_ENV}")
+    pins = env.get("EXTRA_PIP_PACKAGES", "").split()
+    if pins:
+        check = ("import importlib.metadata as m, sys\n"
+                 "bad = []\n"
+                 "for p in sys.argv[1:]:\n"
+                 "    n, _, v = p.partition('==')\n"
+                 "    try: have = m.version(n)\n"
+                 "    except m.PackageNotFoundError: have = None\n"
+                 "    if have != v: bad.append(f'{p} (image has {have})')\n"
+                 "print('\\n'.join(bad))\n")
+        out = subprocess.run([f"{IMAGE_ENV}/bin/python", "-c", check, *pins],
+                             capture_output=True, text=True).stdout.split("\n")
+        bad = [b for b in out if b]
+        if bad:
+            say("EXTRA_PIP_PACKAGES: cannot install offline: " + "; ".join(bad))
+        else:
+            say(f"EXTRA_PIP_PACKAGES: all {len(pins)} pins already satisfied by the image")
+    if not command:
+        say("no command given (the image's default command is not emulated)")
+        return 125
+    base = {"PATH": f"{IMAGE_ENV}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/root",
+            "LANG": "C.UTF-8", "HOSTNAME": os.uname().nodename}
+    sys.stdout.flush()
+    os.execvpe(command[0], command, {**base, **env})
+
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+SHUTDOWN = f'''#!/bin/sh
+# shutdown/poweroff/halt/reboot stand-in of the daskfleet lab (see runner/lab/standin.py): the
+# controller stops or terminates this instance as its InstanceInitiatedShutdownBehavior says.
+echo "$(basename "$0") (lab stand-in): asking the instance controller to power off"
+mkdir -p {os.path.dirname(SHUTDOWN_MARKER)} && date -u +%FT%TZ > {SHUTDOWN_MARKER}
+'''
+
+
+def install(hdir: Path, image_env: Path) -> None:
+    """Write the stand-ins into an instance host's private /usr/local (before it boots)."""
+    bin_dir, sbin_dir = (hdir / "fs" / d for d in BIN_DIRS)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    sbin_dir.mkdir(parents=True, exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(DOCKER.replace("@IMAGE_ENV@", repr(str(image_env))))
+    docker.chmod(0o755)
+    for name in ("shutdown", "poweroff", "halt", "reboot"):
+        (sbin_dir / name).write_text(SHUTDOWN)
+        (sbin_dir / name).chmod(0o755)
+
+
+def shutdown_requested(hdir: Path) -> bool:
+    return (hdir / "fs" / SHUTDOWN_MARKER.lstrip("/")).exists()
+
+
+def image_env_path(images_dir: Path) -> Path:
+    """Where the image environment of this machine's lock lives (named by its pins only: a
+    change of the project's code, which the image does not hold, keeps it)."""
+    from runner.provision.lock import derive_lock
+
+    lock = derive_lock()
+    key = hashlib.sha256("\n".join(f"{n}=={v}" for n, v in lock.pins).encode()
+                         + lock.python.encode()).hexdigest()[:16]
+    return images_dir / key
+
+
+def build_image_env(images_dir: Path, progress) -> Path:
+    """The lock's third-party pins installed offline (hash-checked, from the project's wheelhouse)
+    into a venv of the host's Python, once per set of pins. The project itself is left out."""
+    from runner.provision import wheelhouse
+    from runner.provision.lock import derive_lock
+
+    dest = image_env_path(images_dir)
+    if (dest / ".complete").exists():
+        return dest
+    t0 = time.monotonic()
+    house = wheelhouse.build(derive_lock(), progress=progress)
+    # Built in place (a venv's scripts name its own path); `.complete` is written last, so a
+    # half-built one is rebuilt. Only the instance controller builds it, one boot at a time.
+    subprocess.run(["rm", "-rf", str(dest)], check=False)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    uv = str(house.dir / "uv")
+    steps = [
+        [uv, "venv", "--quiet", "--python", "/usr/bin/python3", str(dest)],
+        [uv, "pip", "install", "--quiet", "--offline", "--no-index", "--no-deps", "--require-hashes",
+         "--find-links", str(house.dir / "wheels"), "--python", str(dest / "bin" / "python"),
+         "-r", str(house.dir / "lock.txt")],
+    ]
+    for args in steps:
+        proc = subprocess.run(args, capture_output=True, text=True,
+                              env={**os.environ, "UV_NO_CONFIG": "1"})
+        if proc.returncode != 0:
+            raise LabError(f"lab: building the docker stand-in's environment failed: "
+                           f"`{shlex.join(args)}`:\n{(proc.stderr or proc.stdout)[-1500:]}")
+    (dest / ".complete").write_text(house.lock.hash + "\n")
+    progress(f"docker stand-in environment {dest} built in {time.monotonic() - t0:.1f}s")
+    return dest
