@@ -5,12 +5,15 @@ Defaults are written once, here. Every error names the file and the dotted key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from runner.errors import ConfigError
 
@@ -34,16 +37,43 @@ class SSHSpec(_Strict):
     insecure_skip_host_key_check: bool = False
 
 
+HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
 class HostSpec(_Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+    name: str
     address: str
     role: Literal["scheduler", "worker"]
     user: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
 
+    @field_validator("name")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        # it names the host's certificate, log files and Dask worker: one DNS label
+        if not HOST_LABEL.match(value):
+            raise ValueError(f"{value!r} is not a valid host name: use 1 to 63 lowercase letters, "
+                             "digits and '-', not starting or ending with '-' (e.g. worker-1)")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _host_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        labels = value.rstrip(".").split(".")
+        if len(value) > 253 or not all(HOST_LABEL.match(label.lower()) for label in labels):
+            raise ValueError(f"{value!r} is neither an IP address nor a valid DNS name "
+                             "(e.g. 10.0.0.11 or node1.example.com)")
+        return value
+
 
 class LabSpec(_Strict):
-    hosts: Annotated[int, Field(ge=2, le=32)] = 3
+    hosts: Annotated[int, Field(ge=2, le=32, description=(
+        "the first lab host runs the scheduler, so 2 or more give at least one worker"))] = 3
     # Run a worker next to the scheduler on the first host too.
     worker_on_scheduler: bool = False
 
@@ -56,6 +86,25 @@ class DaskSpec(_Strict):
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     memory_limit: str = "auto"
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> DaskSpec:
+        ranges = {"dask.scheduler_port": (self.scheduler_port, self.scheduler_port),
+                  "dask.dashboard_port": (self.dashboard_port, self.dashboard_port)}
+        for key in ("worker_port_range", "nanny_port_range"):
+            lo, hi = (int(n) for n in getattr(self, key).split(":"))
+            if not 1024 <= lo <= hi <= 65535:
+                raise ValueError(f"dask.{key}: {lo}:{hi} is not a port range within "
+                                 "1024:65535 (low:high, low <= high), e.g. 40000:40099")
+            ranges[f"dask.{key}"] = (lo, hi)
+        keys = list(ranges)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                (alo, ahi), (blo, bhi) = ranges[a], ranges[b]
+                if alo <= bhi and blo <= ahi:
+                    raise ValueError(f"{a} and {b} collide (both use port {max(alo, blo)}); "
+                                     "give every Dask process kind its own ports")
+        return self
 
 
 class ClusterSpec(_Strict):
@@ -70,7 +119,8 @@ class ClusterSpec(_Strict):
     # Environment variables for Terraform only (a provider endpoint, test credentials, a CLI
     # config with a provider mirror); they override the shell's.
     environment: dict[str, str] = {}
-    min_workers: Annotated[int, Field(ge=1)] | None = None
+    min_workers: Annotated[int | None, Field(ge=1, description=(
+        "the fewest workers a degraded start may have; leave it out to need them all"))] = None
     # Where the file came from: relative paths in it are resolved against its folder.
     source: Path | None = Field(default=None, exclude=True)
 
@@ -80,17 +130,23 @@ class ClusterSpec(_Strict):
         names = [h.name for h in hosts]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)}")
+            raise ValueError(f"host names must be unique; repeated: {', '.join(dupes)} "
+                             "(rename all but one)")
         return hosts
 
     @model_validator(mode="after")
     def _hosts_match_provider(self) -> ClusterSpec:
         if self.provider == "hosts":
-            roles = [h.role for h in self.hosts]
-            if roles.count("scheduler") != 1 or "worker" not in roles:
+            schedulers = [h.name for h in self.hosts if h.role == "scheduler"]
+            if len(schedulers) > 1:
+                raise ValueError(f"hosts: {len(schedulers)} hosts have role: scheduler "
+                                 f"({', '.join(schedulers)}); a cluster has exactly one: make the "
+                                 "others role: worker")
+            if len(schedulers) != 1 or len(self.hosts) == 1:
                 raise ValueError(
                     "provider 'hosts' needs `hosts:` with exactly one role: scheduler and at least "
-                    "one role: worker"
+                    f"one role: worker (the file has {len(schedulers)} scheduler(s) and "
+                    f"{len(self.hosts) - len(schedulers)} worker(s)); add the missing host(s)"
                 )
             if self.ssh.private_key is None or self.ssh.known_hosts is None:
                 raise ValueError(
@@ -144,21 +200,47 @@ def format_validation_error(path: Path, exc: ValidationError, model: type[BaseMo
             hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
             lines.append(f"{path}: {key}: unknown key{hint}")
         elif err["type"] == "missing":
-            lines.append(f"{path}: {key}: required key is missing")
+            choices = _choices(model, err["loc"])
+            hint = f" (one of: {', '.join(choices)})" if choices else ""
+            lines.append(f"{path}: {key}: required key is missing{hint}")
+        elif err["type"] == "value_error":
+            # our own validators: the message says what is wrong and often names its key
+            msg = err["msg"].removeprefix("Value error, ")
+            named = not err["loc"] or msg.startswith((f"{key}.", f"{key}:"))
+            lines.append(f"{path}: {msg}" if named else f"{path}: {key}: {msg}")
         else:
-            lines.append(f"{path}: {key}: {err['msg']} (got {err.get('input')!r})")
+            field = _field_at(model, tuple(p for p in err["loc"] if not isinstance(p, int)))
+            hint = f"; {field.description}" if field is not None and field.description else ""
+            lines.append(f"{path}: {key}: {err['msg']} (got {err.get('input')!r}){hint}")
     return "\n".join(lines) + "\nFix the file and run the command again."
 
 
+def _field_at(model: type[BaseModel], loc: tuple) -> FieldInfo | None:
+    return getattr(_model_at(model, loc[:-1]), "model_fields", {}).get(loc[-1]) if loc else None
+
+
+def _choices(model: type[BaseModel], loc: tuple) -> tuple[str, ...]:
+    """The values a required key at `loc` takes, when it is a Literal (e.g. provider)."""
+    field = _field_at(model, loc)
+    if field is None or get_origin(field.annotation) is not Literal:
+        return ()
+    return tuple(map(str, get_args(field.annotation)))
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Walk `loc` through nested models to list the keys allowed where an unknown one was."""
+    """The keys allowed where an unknown one was."""
+    return sorted(getattr(_model_at(model, loc), "model_fields", {}))
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> Any:
+    """Walk `loc` through nested models; None when it leads out of them."""
     current: Any = model
     for part in loc:
         if isinstance(part, int):
             continue
         field = getattr(current, "model_fields", {}).get(part)
         if field is None:
-            return []
+            return None
         ann = field.annotation
         for cand in (ann, *getattr(ann, "__args__", ())):
             inner = getattr(cand, "__args__", None)
@@ -168,8 +250,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
                 current = cand
                 break
         else:
-            return []
-    return sorted(getattr(current, "model_fields", {}))
+            return None
+    return current
 
 
 def read_yaml(path: Path, what: str) -> dict:
@@ -197,8 +279,57 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     for key in keys:
         value = getattr(spec.ssh, key)
         if value is not None and not _resolve(spec, value).exists():
-            raise ConfigError(f"{path}: ssh.{key}: file not found: {_resolve(spec, value)}")
+            raise ConfigError(f"{path}: ssh.{key}: file not found: {_resolve(spec, value)}; "
+                              "fix the path (a relative one is read from the cluster file's "
+                              "folder, ~ from your home)")
+    if spec.ssh.private_key is not None:
+        _check_private_key(path, _resolve(spec, spec.ssh.private_key))
+    if spec.provider == "hosts" and not spec.ssh.insecure_skip_host_key_check:
+        _check_known_hosts(path, spec, _resolve(spec, spec.ssh.known_hosts))
     return spec
+
+
+def _read_ssh_file(path: Path, key: str, file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: ssh.{key}: cannot read {file}: {e.strerror or e}. Point "
+                          f"ssh.{key} at a file this user can read.") from None
+
+
+def _check_private_key(path: Path, key: Path) -> None:
+    head = _read_ssh_file(path, "private_key", key)[:64]
+    if head.startswith((b"ssh-", b"ecdsa-", b"sk-")):
+        raise ConfigError(f"{path}: ssh.private_key: {key} is a public key; point ssh.private_key "
+                          "at the private key (the same name without .pub)")
+
+
+def _check_known_hosts(path: Path, spec: ClusterSpec, known_hosts: Path) -> None:
+    """Every host of the file must have a key there, else SSH refuses it (no trust on first use)."""
+    import paramiko
+
+    _read_ssh_file(path, "known_hosts", known_hosts)
+    keys = paramiko.HostKeys()
+    try:  # the parser the SSH connections use (load_host_keys)
+        keys.load(str(known_hosts))
+    except (UnicodeDecodeError, paramiko.SSHException, ValueError) as e:
+        raise ConfigError(f"{path}: ssh.known_hosts: {known_hosts} is not a known_hosts file "
+                          f"({e}); point ssh.known_hosts at one") from None
+    missing = []
+    for h in spec.hosts:
+        target = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
+        if keys.lookup(target) is None:
+            missing.append((h, target))
+    if missing:
+        names = ", ".join(f"{h.name} ({target})" for h, target in missing)
+        h, _ = missing[0]
+        raise ConfigError(
+            f"{path}: ssh.known_hosts: {known_hosts} has no host key for {names}, so SSH would "
+            f"refuse {'it' if len(missing) == 1 else 'them'}. Add each host's key after checking "
+            f"its fingerprint (e.g. `ssh-keyscan -p {h.port} {h.address} >> {known_hosts}`, "
+            "compared with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), or "
+            "fix hosts[].address"
+        )
 
 
 def _resolve(spec: ClusterSpec, p: Path) -> Path:

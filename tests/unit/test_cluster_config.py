@@ -62,7 +62,10 @@ def test_hosts_provider_needs_one_scheduler_and_existing_key_files(tmp_path):
                          "role: worker}")
     with pytest.raises(ConfigError, match=r"ssh\.known_hosts: file not found"):
         load_cluster(write(tmp_path, text2 % (key, tmp_path / "missing")))
-    spec = load_cluster(write(tmp_path, text2 % (key, key)))
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"10.0.0.{i} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoq"
+                             "KLsabgH5C9okWi0dh2l9GKJl\n" for i in (1, 2)))
+    spec = load_cluster(write(tmp_path, text2 % (key, known)))
     assert [h.role for h in spec.hosts] == ["scheduler", "worker"]
 
 
