@@ -52,6 +52,7 @@ class ProcStatus:
     state: State
     pid: int | None = None
     env: str | None = None  # the lock hash of the environment it runs from
+    memory_limit: str | None = None  # a worker's --memory-limit, as it was started
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,13 @@ class RemoteProcess:
 
     def _status_script(self) -> str:
         # Running = the pid in the file is alive and is one of our dask processes; its command
-        # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python).
+        # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and,
+        # for a worker, the memory limit it was started with.
         return (self._ours() +
                 "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
-                "echo $pid ${env#envs/}")
+                "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
+                "| tail -n +2 | head -n1); "
+                "echo $pid env=${env#envs/} mem=$mem")
 
     def start(self, ssh: SSHSettings) -> int:
         """Start detached and return the pid at once; whether it stays up is the caller's
@@ -180,7 +184,9 @@ class RemoteProcess:
             return ProcStatus("unreachable")
         fields = r.stdout.split()
         if r.ok and fields and fields[0].isdigit():
-            return ProcStatus("running", int(fields[0]), fields[1] if len(fields) > 1 else None)
+            info = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+            return ProcStatus("running", int(fields[0]), info.get("env") or None,
+                              info.get("mem") or None)
         return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import DaskfleetError
-from runner.provision import ansible, inventory, terraform
+from runner.provision import ansible, inventory, machines, terraform
 
 
 @dataclass
@@ -53,7 +53,7 @@ def plan(cluster, progress=print) -> PlanReport:
     report = PlanReport()
     spec = cluster.spec
     cluster.provider.before_apply(progress)
-    workdir = cluster.write_terraform_root()
+    workdir = machines.write_terraform_root(cluster)
     progress("terraform: plan")
     report.terraform = terraform.plan(workdir, cluster.provider.terraform_env())
     try:
@@ -63,13 +63,13 @@ def plan(cluster, progress=print) -> PlanReport:
     if not hosts:
         report.notes.append("hosts are not known before `up` creates them: no Ansible check.")
         return report
-    wheelhouses, _ = cluster.wheelhouses(hosts, progress)
+    wheelhouses, _ = machines.wheelhouses(cluster, hosts, progress)
     if spec.tls:
         cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
         inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
         progress(f"ansible: check mode on {len(hosts)} host(s)")
-        result = ansible.run_playbook(inv, cluster.playbook_vars(wheelhouses),
+        result = ansible.run_playbook(inv, machines.playbook_vars(cluster, wheelhouses),
                                       log=cluster.state_dir / "logs" / "ansible-plan.log",
                                       check=True)
     report.changed = result.changed

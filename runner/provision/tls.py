@@ -35,11 +35,23 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _stale(cert_path: Path, address: str | None) -> bool:
-    """A host certificate no longer fits: its host has another address (a replaced VM), or it
-    expires within RENEW_BEFORE."""
+def _usages(server: bool) -> list:
+    # Nodes are servers and, dialling each other (worker -> scheduler, nanny -> worker), clients
+    # too; the control machine's certificate is for a client only, so it cannot pose as a node.
+    return ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def _stale(cert_path: Path, address: str | None, server: bool = True) -> bool:
+    """A certificate no longer fits: its host has another address (a replaced VM), it expires
+    within RENEW_BEFORE, or its uses are not those it is for (an older client certificate)."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE:
+        return True
+    try:
+        if list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) \
+                != _usages(server):
+            return True
+    except x509.ExtensionNotFound:
         return True
     if address is None:
         return False
@@ -96,11 +108,12 @@ class CertificateAuthority:
             self._create_ca()
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        wanted = [(name, address, self.cert(name), self.key(name)) for name, address in hosts.items()]
-        wanted.append(("client", None, self.client_cert, self.client_key))
-        for name, address, cert, key in wanted:
-            if not (cert.exists() and key.exists()) or _stale(cert, address):
-                self._issue(name, address, ca_key, ca_cert, cert, key)
+        wanted = [(name, address, True, self.cert(name), self.key(name))
+                  for name, address in hosts.items()]
+        wanted.append(("client", None, False, self.client_cert, self.client_key))
+        for name, address, server, cert, key in wanted:
+            if not (cert.exists() and key.exists()) or _stale(cert, address, server):
+                self._issue(name, address, server, ca_key, ca_cert, cert, key)
 
     def reissued(self, hosts: dict[str, str]) -> list[str]:
         """The hosts whose certificate `ensure` would issue anew (a new address, near expiry)."""
@@ -124,8 +137,8 @@ class CertificateAuthority:
         _write_private(self.ca_key, _key_pem(key))
         self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def _issue(self, name: str, address: str | None, ca_key, ca_cert, cert_path: Path,
-               key_path: Path) -> None:
+    def _issue(self, name: str, address: str | None, server: bool, ca_key, ca_cert,
+               cert_path: Path, key_path: Path) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(name)]
@@ -141,8 +154,7 @@ class CertificateAuthority:
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(_usages(server)), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write_private(key_path, _key_pem(key))

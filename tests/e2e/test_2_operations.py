@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -110,10 +111,20 @@ def test_a_killed_worker_is_reported_then_healed_by_up(lab_cluster, cli):
 
 
 def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
+    from distributed.system import MEMORY_LIMIT
+
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         client = cluster.client()
-        cli("scale", "4", "-c", str(LAB_CLUSTER))
-        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 4
+        out = cli("scale", "4", "-c", str(LAB_CLUSTER)).stdout
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert len(workers) == 4
+        # two workers per host now: the two that ran alone restarted with half the share, so a
+        # host never commits more memory than it has
+        assert "new memory share" in out, out
+        limits = {w["name"]: w["memory_limit"] for w in workers}
+        host_memory = set(client.run(lambda: MEMORY_LIMIT).values())
+        assert len(set(limits.values())) == 1, limits
+        assert all(2 * v <= min(host_memory) for v in limits.values()), (limits, host_memory)
         futures = client.map(lambda x: x * x, range(200), pure=False)
         client.gather(futures)  # computed and held, spread over the 4 workers
         holders = {a for f in futures for a in client.who_has([f])[f.key]}
@@ -132,6 +143,12 @@ def test_a_crashed_then_rebooted_host_is_healed_by_up(lab_cluster, cli):
     rc, st = _status(cli)
     assert rc == 1
     assert next(h for h in st["hosts"] if h["host"] == "lab3")["state"] == "unreachable"
+    # scale works on the degraded cluster with the live host, and says which one is missing
+    out = cli("scale", "3", "-c", str(LAB_CLUSTER)).stdout
+    assert "lab3 unreachable" in out, out
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        joined = cluster.client().scheduler_info(n_workers=-1)["workers"].values()
+        assert sorted(w["name"] for w in joined) == ["lab2-w0", "lab2-w1"]
     cli("lab", "restart", "lab3")  # back, with its disks, without its processes
     rc, st = _status(cli)
     assert rc == 1 and next(w for w in st["workers"] if w["host"] == "lab3")["state"] == "dead"
@@ -140,6 +157,9 @@ def test_a_crashed_then_rebooted_host_is_healed_by_up(lab_cluster, cli):
     assert "changed=0" in out  # its environment survived the reboot on its disk
     rc, st = _status(cli)
     assert rc == 0, st
+    cli("scale", "2", "-c", str(LAB_CLUSTER))
+    rc, st = _status(cli)
+    assert rc == 0 and sorted(w["name"] for w in st["workers"]) == ["lab2-w0", "lab3-w0"], st
 
 
 def test_logs_show_each_process_log_by_host(lab_cluster, cli):
@@ -182,9 +202,24 @@ def test_plan_on_an_up_to_date_cluster_changes_nothing(lab_cluster, cli, workdir
     assert state_file.read_text() == before_state
 
 
+def test_the_playbook_run_by_hand_on_the_generated_inventory_changes_nothing(lab_cluster, workdir):
+    """`ansible-playbook -i inventory/<cluster>/hosts.yml playbooks/site.yml`, as the README shows:
+    the inventory folder carries the cluster's and the shared variables, so it is `up`'s run."""
+    from runner.provision.ansible import _binary, parse_recap
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    proc = subprocess.run([_binary(), "-i", str(workdir / "inventory" / "lab" / "hosts.yml"),
+                           "playbooks/site.yml"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    recap = parse_recap(proc.stdout)
+    assert sorted(recap) == ["lab1", "lab2", "lab3"], proc.stdout[-2000:]
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in recap.values()), recap
+
+
 def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workdir: Path):
     from runner.cluster import preflight
-    from runner.provision import ansible
+    from runner.provision import ansible, machines
     from runner.provision.wheelhouse import build
 
     cluster = Cluster.from_file(LAB_CLUSTER)
@@ -199,7 +234,7 @@ def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workd
     lab_envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
     before = sorted(p.name for p in lab_envs.iterdir())
     wheelhouse = build(derive_lock(), progress=lambda *_: None)
-    extra = {**cluster.playbook_vars({wheelhouse.lock.machine: wheelhouse}),
+    extra = {**machines.playbook_vars(cluster, {wheelhouse.lock.machine: wheelhouse}),
              "python_env_python_minor": "3.12"}
     with pytest.raises(ProvisionError) as e:
         ansible.run_playbook(cluster.inventory_path, extra, log=workdir / "mismatch.log")

@@ -31,10 +31,27 @@ def test_inventory_groups_hosts_by_role_and_pins_host_key_checking():
         "ansible_host": "198.18.0.13", "ansible_user": "ops", "ansible_port": 2222,
         "ansible_become": True}
     assert "ansible_become" not in inv["children"]["dask_workers"]["hosts"]["lab2"]
-    assert inv["vars"]["ansible_python_interpreter"] == "/usr/bin/python3"
     args = inv["vars"]["ansible_ssh_common_args"]
     assert "UserKnownHostsFile=/k/known_hosts" in args and "StrictHostKeyChecking=yes" in args
     assert "ConnectTimeout=7" in args
+
+
+def test_an_inventory_folder_carries_the_clusters_and_the_shared_variables(tmp_path):
+    """What `up` writes is what a run by hand (`ansible-playbook -i inventory/<c>/hosts.yml`)
+    reads: hosts.yml, the cluster's variables and a link to the committed shared ones."""
+    from runner.provision import inventory
+
+    path = inventory.write(tmp_path / "inv" / "c1" / "hosts.yml", HOSTS,
+                           SSHSettings(Path("/k/id"), Path("/k/kh")))
+    inventory.write_vars(path, {"python_env_cluster": "c1", "dask_node_tls": True})
+    group_vars = path.parent / "group_vars" / "all"
+    shared = yaml.safe_load((group_vars / "shared.yml").read_text())
+    assert shared["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert (group_vars / "shared.yml").resolve() == inventory.SHARED_VARS
+    assert yaml.safe_load((group_vars / "cluster.yml").read_text()) == {
+        "python_env_cluster": "c1", "dask_node_tls": True}
+    inventory.write(path, HOSTS, SSHSettings(Path("/k/id"), Path("/k/kh")))  # again: unchanged
+    assert sorted(p.name for p in group_vars.iterdir()) == ["cluster.yml", "shared.yml"]
 
 
 def test_skipping_host_key_checks_is_only_explicit():

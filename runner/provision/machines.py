@@ -1,0 +1,100 @@
+"""The provisioning half of `up`: Terraform makes (or finds) the machines, Ansible installs this
+machine's environment, the TLS files and the Dask configuration on each of them."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner import state
+from runner.cluster.hosts import Host
+from runner.provision import ansible, inventory, terraform
+
+if TYPE_CHECKING:
+    from runner.cluster.cluster import Cluster
+
+
+def write_terraform_root(cluster: Cluster) -> Path:
+    workdir = cluster.state_dir / "terraform"
+    variables = cluster.provider.terraform_variables(state.read(cluster.state_dir))
+    terraform.write_root(workdir, cluster.provider.module, variables, cluster.provider.outputs)
+    return workdir
+
+
+def provision(cluster: Cluster, progress=print) -> tuple[list[Host], float]:
+    """Terraform apply, record the hosts, wait until they boot, write the inventory. Returns the
+    hosts and the seconds spent waiting for them to boot."""
+    provider = cluster.provider
+    provider.before_apply(progress)
+    outputs = terraform.apply(write_terraform_root(cluster), provider.terraform_env())
+    hosts = provider.hosts_from_output(outputs)
+    image = {"image": outputs[provider.outputs[0]]} if provider.outputs else {}
+    state.update(cluster.state_dir, name=cluster.spec.name, provider=cluster.spec.provider,
+                 hosts=[h.to_dict() for h in hosts], inventory=str(cluster.inventory_path),
+                 destroyed=False, **image)
+    t = time.monotonic()
+    provider.after_apply(hosts, cluster.ssh(), progress)
+    boot_s = time.monotonic() - t
+    inventory.write(cluster.inventory_path, hosts, cluster.ssh())
+    return hosts, boot_s
+
+
+def playbook_vars(cluster: Cluster, wheelhouses: dict) -> dict:
+    """Ansible's extra vars: one environment per node architecture (machine -> Wheelhouse)."""
+    any_wh = next(iter(wheelhouses.values()))
+    return {
+        "python_env_targets": {m: {"hash": w.hash, "archive": str(w.archive)}
+                               for m, w in wheelhouses.items()},
+        "python_env_python_minor": any_wh.lock.python,
+        "python_env_cluster": cluster.spec.name, "dask_node_cluster": cluster.spec.name,
+        "dask_node_tls": cluster.spec.tls, "dask_node_tls_src": str(cluster.ca.dir),
+    }
+
+
+def tolerated(cluster: Cluster, hosts: list[Host]) -> frozenset[str]:
+    """With min_workers, unreachable worker hosts do not fail provisioning: the reconcile
+    decides whether enough workers remain for a degraded start."""
+    if not cluster.spec.min_workers:
+        return frozenset()
+    return frozenset(h.name for h in cluster.worker_hosts(hosts) if h.role == "worker")
+
+
+def wheelhouses(cluster: Cluster, hosts: list[Host], progress=print) -> tuple[dict, dict[str, str]]:
+    """Read each node's Python and architecture (refusing another Python minor version), then
+    build or reuse one wheelhouse per architecture. Returns (machine -> Wheelhouse,
+    host name -> environment hash)."""
+    from runner.cluster import preflight
+    from runner.provision.lock import derive_lock
+    from runner.provision.wheelhouse import build
+
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    machines = preflight.node_platforms(hosts, cluster.ssh(), minor, tolerated(cluster, hosts))
+    built = {m: build(derive_lock(m), progress=progress) for m in sorted(set(machines.values()))}
+    return built, {h.name: built[m].hash for h, m in machines.items()}
+
+
+def install(cluster: Cluster, hosts: list[Host], progress=print
+            ) -> tuple[ansible.PlaybookResult, dict[str, str]]:
+    """Ansible: the environment of this machine's lock on every node, TLS files, dask config.
+    Returns the playbook result and host name -> environment hash."""
+    built, env_hashes = wheelhouses(cluster, hosts, progress)
+    if cluster.spec.tls:
+        cluster.ca.ensure({h.name: h.dask_address for h in hosts})
+    else:
+        progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
+                 "anyone who reaches the scheduler can run code on every worker.")
+    variables = playbook_vars(cluster, built)
+    inventory.write_vars(cluster.inventory_path, variables)  # a run by hand is the same run
+    result = ansible.run_playbook(cluster.inventory_path, variables,
+                                  log=cluster.state_dir / "logs" / "ansible.log",
+                                  tolerate_unreachable=tolerated(cluster, hosts),
+                                  progress=progress)
+    if result.unreachable:
+        progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
+                 f"continuing because min_workers is {cluster.spec.min_workers}")
+    local = built.get(platform.machine()) or next(iter(built.values()))
+    state.update(cluster.state_dir, lock_hash=local.hash, env_hashes=env_hashes)
+    return result, env_hashes
