@@ -55,9 +55,22 @@ def cmd_lab(args) -> int:
     return 0 if all(h["up"] for h in st["hosts"]) and cloud_ok else 1
 
 
+def _ephemeral_spec(args):
+    """The cluster file's spec when it is `mode: ephemeral`, else None."""
+    from runner.config import load_cluster
+
+    spec = load_cluster(args.cluster)
+    return spec if spec.mode == "ephemeral" else None
+
+
 def _cluster(args):
     from runner.cluster import Cluster
+    from runner.errors import ConfigError
 
+    if _ephemeral_spec(args) is not None:
+        raise ConfigError(f"{args.cluster}: mode: ephemeral: the cluster exists only during "
+                          f"`daskfleet submit JOB -c {args.cluster}`; `{args.cmd}` is not for it "
+                          "(use submit, plan or gc).")
     return Cluster.from_file(args.cluster)
 
 
@@ -109,8 +122,14 @@ def cmd_down(args) -> int:
 def cmd_submit(args) -> int:
     from runner.jobs.submit import submit
 
-    with _cluster(args) as cluster:
-        result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
+    spec = _ephemeral_spec(args)
+    if spec is not None:
+        from runner.ephemeral.run import submit_ephemeral
+
+        result = submit_ephemeral(spec, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
+    else:
+        with _cluster(args) as cluster:
+            result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
     m = result.metrics
     _say(f"run {result.run_id}: accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
          f"n_train={m['n_train']} n_test={m['n_test']} n_classes={m['n_classes']} "
@@ -149,9 +168,41 @@ def cmd_dashboard(args) -> int:
 def cmd_plan(args) -> int:
     from runner.provision.plan import plan
 
+    spec = _ephemeral_spec(args)
+    if spec is not None:
+        from runner.ephemeral.plan import plan_text
+        from runner.provision.lock import derive_lock
+
+        print(plan_text(spec, derive_lock()))
+        return 0
     with _cluster(args) as cluster:
         report = plan(cluster, progress=_say)
     print(report.text())
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from datetime import UTC, datetime
+
+    from runner.config import parse_duration
+    from runner.ephemeral import aws
+    from runner.errors import ConfigError
+
+    spec = _ephemeral_spec(args)
+    if spec is None:
+        raise ConfigError(f"{args.cluster}: gc needs an ephemeral cluster file (mode: ephemeral) for "
+                          "its region and environment (endpoint, credentials).")
+    try:
+        older = None if args.older_than is None else parse_duration(args.older_than)
+    except ValueError as e:
+        raise ConfigError(f"--older-than: {e}") from None
+    with aws.file_environment(spec.environment):
+        removed, kept = aws.gc(aws.ec2_client(spec.ephemeral.region), datetime.now(UTC), older,
+                               _say)
+    for what in removed:
+        _say(f"gc: removed {what}")
+    _say(f"gc: {len(removed)} resource(s) removed in {spec.ephemeral.region}"
+         + (f"; kept runs not yet expired: {', '.join(kept)}" if kept else ""))
     return 0
 
 
@@ -221,6 +272,11 @@ def parser() -> argparse.ArgumentParser:
     db.set_defaults(func=cmd_dashboard)
     pl = with_cluster(sub.add_parser("plan", help="what `up` would do; changes nothing"))
     pl.set_defaults(func=cmd_plan)
+    gc = with_cluster(sub.add_parser(
+        "gc", help="remove EC2 resources of ephemeral runs whose tagged expiry has passed"))
+    gc.add_argument("--older-than", default=None,
+                    help="also remove what was created at least this long ago (e.g. 2h, 30m, 0s)")
+    gc.set_defaults(func=cmd_gc)
     demo = with_cluster(sub.add_parser("demo", help="lab up, up, submit, down, lab down"))
     demo.add_argument("--hosts", type=int, default=3)
     demo.add_argument("--job", default="jobs/demo.yaml")

@@ -19,6 +19,15 @@ from runner.errors import ConfigError
 
 PROVIDERS = ("lab", "hosts", "aws", "gcp", "azure")
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1d' -> seconds; ValueError names the accepted form."""
+    m = DURATION.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a duration: use a number and s, m, h or d (e.g. 30m, 2h)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 class _Strict(BaseModel):
@@ -107,9 +116,87 @@ class DaskSpec(_Strict):
         return self
 
 
+class ImageSpec(_Strict):
+    """The AMI: an id, or the newest image of `owner` whose name matches `name` (a glob)."""
+
+    id: str | None = None
+    owner: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ImageSpec:
+        if (self.id is None) == (self.owner is None or self.name is None):
+            raise ValueError("give either id (ami-...) or both owner and name (a glob such as "
+                             "debian-12-amd64-*)")
+        return self
+
+
+class NetworkSpec(_Strict):
+    """Where the instances go: an existing subnet, or a VPC and subnet made for the run (tagged,
+    deleted with it)."""
+
+    subnet_id: str | None = None
+    vpc_cidr: str | None = None
+    subnet_cidr: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NetworkSpec:
+        made = self.vpc_cidr is not None or self.subnet_cidr is not None
+        if (self.subnet_id is None) == (not made) or (made and None in (self.vpc_cidr, self.subnet_cidr)):
+            raise ValueError("give either subnet_id (an existing subnet) or both vpc_cidr and "
+                             "subnet_cidr (a VPC and subnet made for the run)")
+        for key in ("vpc_cidr", "subnet_cidr"):
+            if getattr(self, key) is not None:
+                ipaddress.ip_network(getattr(self, key))  # ValueError names the bad range
+        return self
+
+
+class EphemeralSpec(_Strict):
+    """`mode: ephemeral` (provider aws): one EC2 cluster per `submit`, made with
+    dask_cloudprovider's EC2Cluster and always closed after the job."""
+
+    region: str
+    # Who may reach the scheduler's and dashboard's ports: the control machine's range. No default.
+    admin_cidr: str
+    network: NetworkSpec
+    image: ImageSpec
+    scheduler_instance_type: str = "m6i.large"
+    worker_instance_type: str = "m6i.large"
+    workers: Annotated[int, Field(ge=1, le=200)] = 2
+    spot_workers: bool = False
+    filesystem_size: Annotated[int, Field(ge=8, le=16384)] = 20  # GiB, encrypted root volume
+    # The container every instance runs; default ghcr.io/dask/dask:<this machine's dask>-py<X.Y>
+    docker_image: str | None = None
+    # Install Docker at boot (dask-cloudprovider's bootstrap, Ubuntu images); false: the image has it
+    bootstrap: bool = True
+    # Tagged daskfleet:expires = creation + this; `daskfleet gc` removes what outlived it.
+    max_lifetime: str = "2h"
+    # The scheduler closes itself when idle this long (then its instance shuts down and terminates)
+    idle_timeout: str = "30m"
+    ready_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
+
+    @field_validator("admin_cidr")
+    @classmethod
+    def _admin_cidr(cls, value: str) -> str:
+        net = ipaddress.ip_network(value, strict=False)
+        if net.prefixlen == 0:
+            raise ValueError(f"{value} opens the scheduler to the whole internet; give the control "
+                             "machine's range (e.g. 203.0.113.7/32 or your VPC's CIDR)")
+        return value
+
+    @field_validator("max_lifetime", "idle_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
 class ClusterSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
     provider: Literal["lab", "hosts", "aws", "gcp", "azure"]
+    # long-lived: up / submit / down; ephemeral (aws only): submit makes and removes the cluster
+    mode: Literal["long-lived", "ephemeral"] = "long-lived"
+    ephemeral: EphemeralSpec | None = None
     ssh: SSHSpec = SSHSpec()
     hosts: list[HostSpec] = []
     lab: LabSpec = LabSpec()
@@ -136,6 +223,8 @@ class ClusterSpec(_Strict):
 
     @model_validator(mode="after")
     def _hosts_match_provider(self) -> ClusterSpec:
+        if self.mode == "ephemeral" or self.ephemeral is not None:
+            return self._ephemeral_only()
         if self.provider == "hosts":
             schedulers = [h.name for h in self.hosts if h.role == "scheduler"]
             if len(schedulers) > 1:
@@ -163,6 +252,24 @@ class ClusterSpec(_Strict):
                 raise ValueError(f"provider {self.provider!r} needs terraform.admin_cidr: the "
                                  "IPv4 range allowed to reach the VMs over SSH (your address, "
                                  "e.g. 203.0.113.7/32); it has no default")
+        return self
+
+    def _ephemeral_only(self) -> ClusterSpec:
+        if self.mode != "ephemeral":
+            raise ValueError("ephemeral: is only read with `mode: ephemeral`; add that key or "
+                             "remove the ephemeral: block")
+        if self.provider != "aws":
+            raise ValueError(f"mode: ephemeral is for provider aws only, not {self.provider!r}")
+        if self.ephemeral is None:
+            raise ValueError("mode: ephemeral needs an `ephemeral:` block (region, admin_cidr, "
+                             "network, image, ...); see clusters/aws-ephemeral.example.yaml")
+        extra = [k for k in ("hosts", "terraform") if getattr(self, k)]
+        if extra:
+            raise ValueError(f"{extra[0]}: is not used by mode: ephemeral (dask-cloudprovider makes "
+                             "the instances, not Terraform); remove it")
+        if not self.tls:
+            raise ValueError("tls: false is refused for mode: ephemeral (its scheduler listens on "
+                             "a cloud address); remove the key")
         return self
 
     @property

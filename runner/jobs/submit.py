@@ -33,13 +33,27 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
-def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> SubmitResult:
+def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
+    """The dataset to the live workers' hosts over SSH (a long-lived cluster)."""
+    workers = cluster.live_worker_hosts(say)
+    t = time.monotonic()
+    sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
+    say(f"dataset shipped to {sum(sent.values())} host(s), already on "
+        f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+
+
+def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
+           run_id: str | None = None) -> SubmitResult:
     """Run the job and keep the run: ``runs_dir/<run-id>/`` and a row in ``runs_dir/index.sqlite``,
-    for a failed run as for a successful one (the error is re-raised after it is recorded)."""
+    for a failed run as for a successful one (the error is re-raised after it is recorded).
+
+    ``cluster`` is a long-lived Cluster or anything with the same client(), check_versions(),
+    status_record() and spec.name (an ephemeral cluster); one with a ``ship_dataset(dataset, say)``
+    ships the data itself, the others over SSH."""
     from runner.batch import load_job, prepare_dataset, run_job
 
     job = load_job(job_path)  # validate before touching the cluster
-    run_id = new_run_id(job.name)
+    run_id = run_id or new_run_id(job.name)
     runs_dir = runs_dir.resolve()
     run_dir = runs_dir / run_id
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +73,11 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print) -> 
         dataset = prepare_dataset(job, datasets_cache())
         say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
             f"shards ({time.monotonic() - t:.1f}s)")
-        workers = cluster.live_worker_hosts(say)
-        t = time.monotonic()
-        sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
-        say(f"dataset shipped to {sum(sent.values())} host(s), already on "
-            f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+        ship_dataset = getattr(cluster, "ship_dataset", None)
+        if ship_dataset is not None:
+            ship_dataset(dataset, say)
+        else:
+            ship_over_ssh(cluster, dataset, say)
     except DaskfleetError as e:
         write_failed_run(run_dir, {"run_id": run_id, "job": job.name, "started_at": started_at,
                                    "run_dir": str(run_dir),

@@ -211,11 +211,15 @@ class Controller:
         attr = self.ec2.describe_instance_attribute(InstanceId=iid,
                                                     Attribute="instanceInitiatedShutdownBehavior")
         behaviour = attr.get("InstanceInitiatedShutdownBehavior", {}).get("Value", "stop")
-        if behaviour == "terminate":
-            self.ec2.terminate_instances(InstanceIds=[iid])
-        else:
-            self.ec2.stop_instances(InstanceIds=[iid])
         self.powered_off.add(iid)
+        try:
+            if behaviour == "terminate":
+                self.ec2.terminate_instances(InstanceIds=[iid])
+            else:
+                self.ec2.stop_instances(InstanceIds=[iid])
+        except Exception as e:  # noqa: BLE001 - e.g. terminated through the API meanwhile
+            log(f"{iid}: shut down from inside, but {behaviour} failed ({e}); the API decides")
+            return
         log(f"{iid}: shut down from inside: {behaviour}")
 
     def boot(self, inst: dict, ruleset: str) -> None:

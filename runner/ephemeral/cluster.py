@@ -1,0 +1,282 @@
+"""One ephemeral EC2 cluster: made for one job with dask-cloudprovider's EC2Cluster, always removed.
+
+    with EphemeralCluster(spec, run_id, progress) as cluster:   # network, group, EC2Cluster
+        cluster.client(); cluster.check_versions(); ...          # what submit needs
+    # closed: EC2Cluster.close(), then everything tagged with the run (instances, group, key
+    # pairs, subnet, VPC), whether the body succeeded, failed, or was interrupted
+
+What EC2Cluster is given: security=True (TLS with its temporary credentials), use_private_ip,
+the run's own security group and subnet, no key pair, spot workers when asked, tags naming the
+cluster, the run and its expiry on instances and volumes, and the scheduler's idle timeout (an
+orphaned cluster closes itself; with the instances' shutdown behaviour `terminate`, that removes
+the instances). Encrypted root volumes and IMDSv2 are not options of EC2Cluster: a hook on its
+RunInstances calls adds them (see `harden_run_instances`).
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from runner.config import ClusterSpec, parse_duration
+from runner.ephemeral import aws
+from runner.ephemeral import tags as T
+from runner.errors import ClusterStartError, ProvisionError
+
+
+def harden_run_instances(root_device: str):
+    """A botocore `before-parameter-build.ec2.RunInstances` handler. dask-cloudprovider
+    (2025.9) maps /dev/sda1 (Ubuntu's root device; on other images an extra volume) with
+    Encrypted: False and sets no MetadataOptions; this maps the image's own root device,
+    encrypted (the account's default EBS key), and requires IMDSv2 tokens with a hop limit of 1
+    (a container on the host network still reaches it; nothing further away does)."""
+
+    def handler(params: dict, **_kwargs) -> None:
+        for mapping in params.get("BlockDeviceMappings", []):
+            if "Ebs" in mapping:
+                mapping["DeviceName"] = root_device
+                mapping.pop("VirtualName", None)  # only meaningful for instance-store volumes
+                mapping["Ebs"]["Encrypted"] = True
+        params["MetadataOptions"] = {"HttpTokens": "required", "HttpEndpoint": "enabled",
+                                     "HttpPutResponseHopLimit": 1}
+
+    return handler
+
+
+def ec2_cluster_class():
+    try:
+        from dask_cloudprovider.aws import EC2Cluster
+    except ImportError:
+        raise ProvisionError(aws.INSTALL_HINT) from None
+
+    class HardenedEC2Cluster(EC2Cluster):
+        """EC2Cluster whose instances get an encrypted root volume and IMDSv2 (see above). It
+        records itself before starting, so an interrupted start can still be closed."""
+
+        def __init__(self, *args, root_device: str, started: list, **kwargs):
+            self._harden = harden_run_instances(root_device)
+            started.append(self)
+            super().__init__(*args, **kwargs)
+
+        # EC2Cluster.__init__ makes its aiobotocore session itself: hook whichever it sets.
+        @property
+        def boto_session(self):
+            return self._boto_session
+
+        @boto_session.setter
+        def boto_session(self, session) -> None:
+            session.register("before-parameter-build.ec2.RunInstances", self._harden)
+            self._boto_session = session
+
+    return HardenedEC2Cluster
+
+
+@contextmanager
+def deadline(seconds: float, what: str):
+    """Raise ClusterStartError in the main thread after `seconds` (EC2Cluster waits for its
+    scheduler's port without a timeout). Outside the main thread: no deadline."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_sig, _frame):
+        raise ClusterStartError(f"ephemeral: {what} did not finish within {seconds:.0f}s "
+                                "(ephemeral.ready_timeout); the cluster is removed.")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class EphemeralCluster:
+    """The cluster of one run; a context manager that always removes what the run made."""
+
+    def __init__(self, spec: ClusterSpec, run_id: str, progress=print):
+        if spec.ephemeral is None:
+            raise ProvisionError(f"{spec.source}: not an ephemeral cluster file (mode: ephemeral)")
+        self.spec = spec
+        self.e = spec.ephemeral
+        self.run_id = run_id
+        self.progress = progress
+        self.now = datetime.now(UTC)
+        self.tags = T.run_tags(spec.name, run_id, self.now, parse_duration(self.e.max_lifetime))
+        self.made = aws.Made()
+        self.ec2 = None
+        self.cluster = None
+        self._started: list = []
+        self._client = None
+        self.timings: dict[str, float] = {}
+        self.lock = None
+        self.upload: Path | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="daskfleet-ephemeral-")
+
+    # -- what submit uses ------------------------------------------------------------------
+    def client(self):
+        if self._client is None:
+            from distributed import Client
+            from distributed.versions import VersionMismatchWarning
+
+            with warnings.catch_warnings():  # check_versions() refuses, where this only warns
+                warnings.simplefilter("ignore", VersionMismatchWarning)
+                self._client = Client(self.cluster, security=self.cluster.security,
+                                      direct_to_workers=False)
+        return self._client
+
+    def check_versions(self) -> dict:
+        from runner.ephemeral.environment import check_environment
+
+        return check_environment(self.client(), self.upload.name)
+
+    def status_record(self) -> dict:
+        return {"lock_hash": self.lock.hash if self.lock else None, "run": self.run_id,
+                "instances": [i["InstanceId"] for i in self.instances()]}
+
+    def ship_dataset(self, dataset, say) -> None:
+        from runner.ephemeral.data import ship_through_dask
+
+        t = time.monotonic()
+        try:
+            sent = ship_through_dask(self.client(), dataset.dir, dataset.digest)
+        except Exception as err:  # noqa: BLE001 - a worker's error, re-raised with the step named
+            raise ProvisionError(f"ephemeral: shipping the dataset through the scheduler failed: "
+                                 f"{type(err).__name__}: {err}") from err
+        say(f"dataset shipped through the scheduler to {sum(sent.values())} worker(s), already on "
+            f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+
+    def instances(self) -> list[dict]:
+        return aws.tagged_instances(self.ec2, {T.RUN: self.run_id}) if self.ec2 else []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> EphemeralCluster:
+        try:
+            self.create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def create(self) -> None:
+        from runner.ephemeral.environment import default_image, env_vars, project_upload
+        from runner.provision.lock import derive_lock
+
+        e, say = self.e, self.progress
+        t0 = time.monotonic()
+        self.lock = derive_lock()
+        self.upload = project_upload(Path(self._tmp.name), self.lock, say)
+        self.ec2 = aws.ec2_client(e.region)
+        image = aws.find_image(self.ec2, e.image.owner, e.image.name, e.image.id)
+        try:
+            if e.network.subnet_id:
+                self.made.subnet_id = e.network.subnet_id
+                self.made.vpc_id = aws.subnet_vpc(self.ec2, e.network.subnet_id)
+            else:
+                aws.make_network(self.ec2, e.network.vpc_cidr, e.network.subnet_cidr, self.tags,
+                                 self.made)
+            ports = (self.spec.dask.scheduler_port, self.spec.dask.dashboard_port)
+            aws.make_group(self.ec2, self.made.vpc_id, f"daskfleet-{self.run_id}", e.admin_cidr,
+                           (min(ports), max(ports)), self.tags, self.made)
+        except ProvisionError:
+            raise
+        except Exception as err:  # noqa: BLE001 - botocore errors: one message naming the step
+            raise ProvisionError(f"ephemeral: making the network or security group failed: {err}") \
+                from err
+        say(f"ephemeral: made {'; '.join(self.made.created)}; tags {T.RUN}={self.run_id} "
+            f"{T.EXPIRES}={self.tags[T.EXPIRES]}")
+        docker_image = e.docker_image or default_image(self.lock)
+        say(f"ephemeral: creating the scheduler ({e.scheduler_instance_type}) and {e.workers} "
+            f"worker(s) ({e.worker_instance_type}{', spot' if e.spot_workers else ''}) from "
+            f"{image['ImageId']} ({image.get('Name')}), container {docker_image}")
+        Cls = ec2_cluster_class()
+        memory = self.spec.dask.memory_limit
+        kwargs = dict(
+            region=e.region, ami=image["ImageId"], bootstrap=e.bootstrap, auto_shutdown=True,
+            scheduler_instance_type=e.scheduler_instance_type,
+            worker_instance_type=e.worker_instance_type, vpc=self.made.vpc_id,
+            subnet_id=self.made.subnet_id, security_groups=[self.made.group_id],
+            filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
+            instance_tags=dict(self.tags), volume_tags=dict(self.tags), use_private_ip=True,
+            enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
+            security=True, env_vars=env_vars(self.lock),
+            scheduler_options={"port": self.spec.dask.scheduler_port,
+                               "dashboard_address": f":{self.spec.dask.dashboard_port}",
+                               "idle_timeout": f"{parse_duration(e.idle_timeout):.0f}s"},
+            worker_options={"nthreads": self.spec.dask.threads_per_worker,
+                            **({} if memory == "auto" else {"memory_limit": memory})},
+            silence_logs=True,
+        )
+        with deadline(e.ready_timeout, "creating the cluster (scheduler instance and its port)"), \
+                warnings.catch_warnings():
+            # "Creating your cluster is taking a surprisingly long time": booting VMs takes long
+            warnings.filterwarnings("ignore", message="Creating your cluster")
+            self.cluster = Cls(root_device=image.get("RootDeviceName") or "/dev/xvda",
+                               started=self._started, **kwargs)
+        self.timings["create"] = time.monotonic() - t0
+        addr = self.cluster.scheduler_address
+        say(f"ephemeral: scheduler {addr} answering ({self.timings['create']:.1f}s); waiting for "
+            f"{e.workers} worker(s)")
+        t = time.monotonic()
+        client = self.client()
+        with deadline(e.ready_timeout, f"waiting for {e.workers} worker(s)"):
+            client.wait_for_workers(e.workers, timeout=e.ready_timeout)
+        client.upload_file(str(self.upload))
+        self.timings["ready"] = time.monotonic() - t
+        say(f"ephemeral: {e.workers} worker(s) joined, project code uploaded "
+            f"({self.timings['ready']:.1f}s)")
+
+    def close(self) -> None:
+        """Close the client and EC2Cluster, then remove everything tagged with the run. Ctrl-C and
+        SIGTERM are held off meanwhile (a second one would only leave things behind)."""
+        say = self.progress
+        t = time.monotonic()
+        held = _hold_signals(say)
+        try:
+            say(f"ephemeral: closing the cluster of run {self.run_id}")
+            if self._client is not None:
+                try:
+                    self._client.close(timeout=10)
+                except Exception as err:  # noqa: BLE001 - closing anyway
+                    say(f"ephemeral: closing the client: {err}")
+            for c in self._started[:1]:
+                try:
+                    c.close(timeout=60)
+                except Exception as err:  # noqa: BLE001 - the sweep below removes what is left
+                    say(f"ephemeral: EC2Cluster.close: {type(err).__name__}: {err}")
+            if self.ec2 is not None:
+                removed = aws.remove_tagged(self.ec2, {T.RUN: self.run_id}, say)
+                # A start interrupted mid-call may still launch an instance: sweep once more.
+                time.sleep(1)
+                removed += aws.remove_tagged(self.ec2, {T.RUN: self.run_id}, say)
+                say(f"ephemeral: removed {', '.join(removed) or 'nothing'}")
+            self.timings["teardown"] = time.monotonic() - t
+            say(f"ephemeral: nothing of run {self.run_id} is left ({self.timings['teardown']:.1f}s)")
+        finally:
+            _restore_signals(held)
+            self._tmp.cleanup()
+
+
+def _hold_signals(say) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def hold(sig, _frame):
+        say(f"ephemeral: {signal.Signals(sig).name} while closing: finishing the teardown first")
+
+    return {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(held: dict) -> None:
+    for s, h in held.items():
+        signal.signal(s, h)
