@@ -87,7 +87,8 @@ class DataSpec(_Model):
             return path
         path = path.resolve()
         if not path.exists():
-            raise ValueError(f"file not found: {path}")
+            raise ValueError(f"file not found: {path} (a relative data.path is read from the job "
+                             "file's folder; fix the path)")
         return path
 
     @model_validator(mode="after")
@@ -123,6 +124,12 @@ class DataSpec(_Model):
         if self.path is not None and self.path.is_file() and self.format == "text-dirs":
             raise _KeyError("format", "text-dirs needs data.path to be a folder with one "
                             "sub-folder per label")
+        inferred = FILE_FORMATS.get(self.path.suffix.lower()) if self.path is not None else None
+        if self.path is not None and self.path.is_file() and inferred and self.format \
+                and self.format != inferred:
+            raise _KeyError("format", f"{self.format} does not match {self.path.name} (a "
+                            f"{inferred} file name); remove data.format to read it as {inferred}, "
+                            "or point data.path at a file of that format")
         if self.source == "files" and self.format == "text-dirs" and (
                 self.text_column != "text" or self.label_column != "label"):
             raise _KeyError("format", "text-dirs takes the label from the folder names; remove "
@@ -160,7 +167,7 @@ class CleanSpec(_Model):
 
 
 class FeatureSpec(_Model):
-    n_features: Annotated[int, Field(ge=16, le=2**24)] = 2**18
+    n_features: int = 2**18
     ngram_range: list[int] = [1, 2]
     alternate_sign: bool = False
     norm: Literal["l1", "l2"] | None = "l2"
@@ -171,6 +178,16 @@ class FeatureSpec(_Model):
     # shard inside the task and keeps nothing (flat worker memory, a re-read per pass)
     cache: bool = True
 
+    @field_validator("n_features")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        # the hashed feature table: a power of two between 2**4 and 2**24 (64 MB of float32
+        # coefficients per class on every worker at the top)
+        if value < 16 or value > 2**24 or value & (value - 1):
+            raise ValueError(f"must be a power of two from 16 to 16777216 (2**24), got {value}; "
+                             "e.g. 262144 (2**18)")
+        return value
+
     @field_validator("ngram_range")
     @classmethod
     def _ngrams(cls, value: list[int]) -> list[int]:
@@ -180,7 +197,8 @@ class FeatureSpec(_Model):
 
 
 class SplitSpec(_Model):
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    test_fraction: Annotated[float, Field(gt=0, lt=1, description=(
+        "the share of rows held out for testing: above 0 and below 1, e.g. 0.2"))] = 0.2
     seed: int = 0
 
 
@@ -258,8 +276,10 @@ class SearchSpec(_Model):
 
 
 class JobSpec(_Model):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)]
-    data: DataSpec
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80,
+                               description="letters, digits, '.', '_' and '-', e.g. name: my-job")]
+    data: Annotated[DataSpec, Field(description=(
+        "where the documents come from, e.g. data: {source: files, path: corpus.csv}"))]
     clean: CleanSpec = CleanSpec()
     features: FeatureSpec = FeatureSpec()
     split: SplitSpec = SplitSpec()
@@ -338,12 +358,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def _describe(error: dict) -> str:
     loc = tuple(str(p) for p in error["loc"])
     kind = error["type"]
+    model = _model_at(loc)
     if kind == "extra_forbidden":
-        model = _model_at(loc)
         allowed = ", ".join(model.model_fields) if model else "?"
         return f"{'.'.join(loc)}: unknown key (allowed: {allowed})"
+    # the field's description says what a good value looks like
+    field = model.model_fields.get(loc[-1]) if model is not None and loc else None
+    hint = f" ({field.description})" if field is not None and field.description else ""
     if kind == "missing":
-        return f"{'.'.join(loc)}: required key is missing"
+        return f"{'.'.join(loc)}: required key is missing{hint}"
     message = error["msg"]
     message = message.removeprefix("Value error, ")
     if kind == "value_error" and isinstance(error.get("ctx", {}).get("error"), _KeyError):
@@ -351,7 +374,7 @@ def _describe(error: dict) -> str:
     if kind in ("int_type", "float_type", "bool_type", "string_type", "list_type",
                 "model_type", "dict_type"):
         message = f"{message}, got {type(error['input']).__name__} {error['input']!r}"
-    return f"{'.'.join(loc) or '(top level)'}: {message}"
+    return f"{'.'.join(loc) or '(top level)'}: {message}{hint}"
 
 
 def load_job(path: str | Path) -> JobSpec:

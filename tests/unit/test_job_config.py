@@ -59,7 +59,8 @@ def test_unknown_top_level_key(tmp_path):
 
 def test_missing_required(tmp_path):
     path = write(tmp_path, "data: {source: debian-packages}\n")
-    assert error_of(path) == f"{path}: name: required key is missing"
+    assert error_of(path) == (f"{path}: name: required key is missing (letters, digits, '.', "
+                              "'_' and '-', e.g. name: my-job)")
 
 
 @pytest.mark.parametrize(
@@ -97,7 +98,8 @@ def test_files_path_resolved_against_job_folder(tmp_path):
 def test_files_path_not_found(tmp_path):
     path = write(tmp_path, "name: j\ndata: {source: files, path: nope.csv}\n")
     assert error_of(path) == (
-        f"{path}: data.path: file not found: {(tmp_path / 'nope.csv').resolve()}"
+        f"{path}: data.path: file not found: {(tmp_path / 'nope.csv').resolve()} (a relative "
+        "data.path is read from the job file's folder; fix the path)"
     )
 
 
