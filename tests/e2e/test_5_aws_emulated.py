@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ec2api import ec2
 from jobfiles import small_job
 
 from runner.cluster import Cluster
@@ -23,12 +24,6 @@ from runner.lab import Lab
 REPO = Path(__file__).resolve().parents[2]
 AWS_LAB = REPO / "clusters" / "aws-lab.yaml"
 pytestmark = pytest.mark.e2e
-
-def ec2():
-    import boto3
-
-    return boto3.client("ec2", endpoint_url="http://127.0.0.1:4566", region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test")
 
 
 def cluster_instances(state: tuple[str, ...] = ("pending", "running", "stopping", "stopped")):
