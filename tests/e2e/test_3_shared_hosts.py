@@ -25,6 +25,34 @@ def _pids(cli, cfile: Path) -> dict[str, int]:
     return {h["process"]: h["pid"] for h in st["hosts"]}
 
 
+def _follow_logs(cli, cfile: Path, host: str, want: int, timeout: float = 60) -> set[str]:
+    """The processes `daskfleet logs HOST -f` shows lines of, until `want` of them or timeout."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "logs", host, "-f", "-n", "2",
+                             "-c", str(cfile)], cwd=cli.workdir, env=cli.env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: set[str] = set()
+
+    def read() -> None:
+        for line in proc.stdout:
+            if line.startswith(f"[{host} "):
+                seen.add(line.split()[1].rstrip("]"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while len(seen) < want and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(10)
+    return set(seen)
+
+
 def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_cluster, cli,
                                                                                workdir):
     from distributed import Client
@@ -52,6 +80,10 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
         assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
         with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
             assert c.submit(sum, [1, 2]).result() == 3
+        # `logs -f` follows all 12 workers of lab2 at once (one tail per host, not one SSH
+        # channel per log: sshd would hold the 7th and later back for as long as -f runs)
+        seen = _follow_logs(cli, plain, "lab2", want=12)
+        assert len(seen) == 12, seen
     finally:
         down = cli("down", "-c", str(plain), check=False, timeout=300)
     assert down.returncode == 0, down.stderr
