@@ -266,3 +266,21 @@ def test_docker_stand_in_runs_the_command_with_the_containers_env(tmp_path):
     shutdown = tmp_path / "fs" / "usr" / "local" / "sbin" / "shutdown"
     assert "powers the instance off" in textwrap.dedent(standin.__doc__) and shutdown.exists()
     assert "SHUTDOWN_MARKER" not in shutdown.read_text()  # the path itself, not the name
+
+
+def test_sigterm_becomes_an_exception_so_the_teardown_runs():
+    import os
+    import signal
+
+    from runner.ephemeral.run import Terminated, sigterm_raises
+
+    closed = []
+    with pytest.raises(Terminated), sigterm_raises():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time_left = 50
+            while time_left:  # the handler raises at the next bytecode
+                time_left -= 1
+        finally:
+            closed.append(True)
+    assert closed == [True] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
