@@ -55,6 +55,7 @@ class Dataset:
     rows: int
     digest: str
     skipped: tuple[str, ...] = ()  # input files left out (data.on_error: skip)
+    notes: tuple[str, ...] = ()  # what the reading changed or doubts, for the run's log
 
     @property
     def paths(self) -> list[Path]:
@@ -158,11 +159,45 @@ def _name_hash(name: str) -> bytes:
 # --------------------------------------------------------------------------- files
 
 
+MAX_HEADER_BYTES = 1 << 20  # a csv header line longer than this is no header
+BINARY_MAGIC = {b"PAR1": "a parquet file", b"\x1f\x8b": "a gzip file", b"PK\x03\x04": "a zip file",
+                b"\xfd7zXZ": "an xz file", b"BZh": "a bzip2 file", b"\x89PNG": "a PNG image",
+                b"%PDF": "a PDF document"}
+UNREADABLE_HINT = ("fix or remove the file, or set data.on_error: skip to leave it out")
+COLUMNS_HINT = "Set data.text_column and data.label_column in the job file."
+
+
+def _sniff_text_file(path: Path, fmt: str) -> None:
+    """Refuse, before pandas parses it, a csv/jsonl file that is empty, binary, or (csv) has no
+    line break in its first MB: each would otherwise give a parser error or a giant header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(MAX_HEADER_BYTES + 1)
+    except OSError as e:
+        raise BatchError(f"{path}: cannot read: {e.strerror or e}; {UNREADABLE_HINT}") from e
+    if not head.strip():
+        raise BatchError(f"{path}: the file is empty; {UNREADABLE_HINT}")
+    kind = next((what for magic, what in BINARY_MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None or b"\x00" in head[:8192]:
+        raise BatchError(f"{path}: not a {fmt} text file: it is {kind or 'binary (NUL bytes)'}; "
+                         f"give data.path a {fmt} file (or set data.format), or "
+                         f"{UNREADABLE_HINT.removeprefix('fix or remove the file, or ')}")
+    if fmt == "csv" and len(head) > MAX_HEADER_BYTES and b"\n" not in head and b"\r" not in head:
+        raise BatchError(f"{path}: no line break in the first {MAX_HEADER_BYTES >> 20} MB: a csv "
+                         "file needs a header line (e.g. text,label) and one row per line; "
+                         f"{UNREADABLE_HINT}")
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else name[:width] + f"... ({len(name):,} characters)"
+
+
 def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
-                      label_optional: bool = False):
+                      label_optional: bool = False, columns_hint: str = COLUMNS_HINT):
     """pandas DataFrames with columns text, label (strings or None), in file order.
 
     With ``label_optional`` a file without the label column gives label None on every row.
+    ``columns_hint`` says how to name other columns (job keys; predict's flags).
     """
     import pandas as pd
 
@@ -171,10 +206,10 @@ def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
         missing = [c for c in (text_col, label_col) if c not in names
                    and not (label_optional and c == label_col)]
         if missing:
+            shown = ", ".join(_short(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
             raise BatchError(
                 f"{path}: column(s) {', '.join(map(repr, missing))} not found; the file has "
-                f"columns: {', '.join(names) or '(none)'}. Set data.text_column "
-                "and data.label_column in the job file."
+                f"columns: {shown or '(none)'}. {columns_hint}"
             )
         return [c for c in (text_col, label_col) if c in names]
 
@@ -191,8 +226,10 @@ def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
             for batch in pf.iter_batches(batch_size=CSV_CHUNK_ROWS, columns=wanted):
                 yield normal(batch.to_pandas())
         except (pa.ArrowException, OSError) as e:
-            raise BatchError(f"{path}: cannot read as parquet: {e}") from e
+            raise BatchError(f"{path}: cannot read as parquet (damaged, truncated or not "
+                             f"parquet): {str(e).strip().rstrip('.')}; {UNREADABLE_HINT}") from e
         return
+    _sniff_text_file(path, fmt)
     try:
         if fmt == "csv":
             reader = pd.read_csv(path, chunksize=CSV_CHUNK_ROWS, dtype=str,
@@ -205,14 +242,18 @@ def _iter_file_chunks(path: Path, fmt: str, text_col: str, label_col: str,
             for chunk in reader:
                 yield normal(chunk[columns_of(chunk.columns)])
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise BatchError(f"{path}: cannot read as {fmt}: {e}") from e
+        raise BatchError(f"{path}: cannot read as {fmt}: {str(e).strip().rstrip('.')}; "
+                         f"{UNREADABLE_HINT}") from e
 
 
 def _as_str(value) -> str | None:
     if value is None:
         return None
-    if isinstance(value, float) and value != value:  # NaN
-        return None
+    if isinstance(value, float):
+        if value != value:  # NaN: a missing value
+            return None
+        if value.is_integer():  # 3.0 (an int column with gaps, as pandas reads it) -> "3"
+            return str(int(value))
     try:
         import pandas as pd
 
@@ -338,7 +379,7 @@ def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: d
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return Dataset(folder, tuple(writer.names), writer.i, meta["digest"],
-                   tuple(meta.get("skipped", ())))
+                   tuple(meta.get("skipped", ())), tuple(meta.get("notes", ())))
 
 
 def _publish(tmp: Path, folder: Path) -> Dataset | None:
@@ -361,9 +402,60 @@ def _existing(folder: Path) -> Dataset | None:
         if not all((folder / f).is_file() for f in files):
             return None
         return Dataset(folder, files, int(manifest["rows"]), manifest["digest"],
-                       tuple(manifest.get("skipped", ())))
+                       tuple(manifest.get("skipped", ())), tuple(manifest.get("notes", ())))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+class _Count:
+    """What the counting pass learns about a corpus without keeping its rows."""
+
+    def __init__(self):
+        self.docs = self.chars = self.labelled = self.replaced = 0
+        self.labels: list[str] = []  # the first two distinct labels of rows with a text
+
+    def add(self, text: str | None, label: str | None) -> None:
+        self.docs += 1
+        self.chars += len(text) if text else 0
+        if _present(text) and _present(label):
+            self.labelled += 1
+            if len(self.labels) < 2 and label.strip() not in self.labels:
+                self.labels.append(label.strip())
+        if "\ufffd" in (text or "") or "\ufffd" in (label or ""):
+            self.replaced += 1
+
+    def check(self, data, job_name: str, n_skipped: int, text_dirs: bool) -> list[str]:
+        """Refuse a corpus no classifier can learn from, naming where it came from and the
+        key to check; return notes (warnings) for the run's log."""
+        where = (f"{data.url or data.path} (data.path)" if data.source == "files"
+                 else f"the {data.source} source of job {job_name!r}")
+        label_key = "label folders" if text_dirs else f"data.label_column ({data.label_column!r})"
+        if self.docs == 0:
+            if n_skipped:
+                raise BatchError(f"{where}: has no documents ({n_skipped} unreadable file(s) "
+                                 "skipped); fix those files or point data.path at readable ones")
+            raise BatchError(f"{where}: has no documents (no rows under the header); point "
+                             "data.path at files that hold rows")
+        if self.labelled == 0:
+            raise BatchError(
+                f"{where}: none of its {self.docs:,} rows has both a text and a label (all "
+                f"empty or NaN); check data.text_column ({data.text_column!r}) and {label_key}")
+        if len(self.labels) < 2:
+            raise BatchError(
+                f"{where}: one class only ({self.labels[0]!r} on all {self.labelled:,} labelled "
+                f"rows of {label_key}); a classifier needs at least two labels: check "
+                f"{label_key.split(' (')[0]} or add rows of other classes")
+        notes = []
+        if self.replaced:
+            notes.append(f"{where}: {self.replaced:,} document(s) held bytes that are not UTF-8, "
+                         "read as U+FFFD; convert the file(s) to UTF-8 (e.g. iconv -f latin1 -t "
+                         "utf-8) to keep those characters")
+        return notes
+
+
+def _present(value) -> bool:
+    """A text or label the workers keep (runner.batch.parts drops the others)."""
+    return isinstance(value, str) and value.strip() != ""
 
 
 def _shard_rows(data, n_docs: int, n_chars: int) -> int:
@@ -435,27 +527,25 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
 
     # counting pass: no rows kept; with on_error: skip it also finds the bad files
     skipped: list[Path] | None = [] if data.source == "files" and data.on_error == "skip" else None
-    n_docs = n_chars = 0
-    for text, _ in documents(skipped):
-        n_docs += 1
-        n_chars += len(text) if text else 0
+    count = _Count()
+    for text, label in documents(skipped):
+        count.add(text, label)
     skip = frozenset(skipped or ())
     meta["skipped"] = [str(p) for p in skipped or ()]
-    if n_docs == 0:
-        more = f" ({len(skip)} unreadable file(s) skipped)" if skip else ""
-        raise BatchError(f"the {data.source} source of job {job.name!r} has no documents{more}")
+    meta["notes"] = count.check(data, job.name, len(skip), meta.get("format") == "text-dirs")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{digest}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        dataset = _write_shards(documents(), n_docs, _shard_rows(data, n_docs, n_chars), tmp, meta)
+        dataset = _write_shards(documents(), count.docs,
+                                _shard_rows(data, count.docs, count.chars), tmp, meta)
         theirs = _publish(tmp, folder)
         if theirs is not None:
             return theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Dataset(folder, dataset.files, dataset.rows, digest, dataset.skipped)
+    return Dataset(folder, dataset.files, dataset.rows, digest, dataset.skipped, dataset.notes)
 
 
 # --------------------------------------------------------------------------- prediction input
@@ -501,7 +591,10 @@ def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_co
             counts.append(len(buffer))
             buffer.clear()
 
-        for chunk in _iter_file_chunks(path, fmt, text_column, label_column, label_optional=True):
+        hint = ("Name the columns with `daskfleet predict --text-column NAME` (and "
+                "--label-column, optional).")
+        for chunk in _iter_file_chunks(path, fmt, text_column, label_column, label_optional=True,
+                                       columns_hint=hint):
             for text, label in zip(chunk["text"].tolist(), chunk["label"].tolist(), strict=True):
                 buffer.append((row, _as_str(text), _as_str(label)))
                 row += 1

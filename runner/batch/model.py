@@ -2,12 +2,16 @@
 
 The file holds a dict: ``vectorizer`` (features params), ``clean`` (cleaning params),
 ``classifier`` (a fitted scikit-learn classifier), ``labels`` (its classes, as str), and with
-``features.tfidf`` the ``idf`` weights (numpy array, one per hashed feature).
+``features.tfidf`` the ``idf`` weights (numpy array, one per hashed feature); ``format`` (the
+layout of this dict, MODEL_FORMAT), ``daskfleet`` and ``scikit-learn`` (the versions that wrote
+it). A file of another format, or whose classifier scikit-learn says it cannot unpickle safely,
+is refused naming both versions.
 """
 
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +22,25 @@ from runner.batch.text import make_cleaner
 from runner.errors import BatchError
 
 MODEL_KEYS = ("vectorizer", "clean", "classifier", "labels")
+MODEL_FORMAT = 1  # bump when the dict's layout changes; files without it are format 1
+RETRAIN = "train it again with this daskfleet (`daskfleet submit JOB.yaml`)"
+
+
+def _daskfleet_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("daskfleet")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_stamp() -> dict:
+    """The keys that say which daskfleet and scikit-learn wrote a model file."""
+    import sklearn
+
+    return {"format": MODEL_FORMAT, "daskfleet": _daskfleet_version(),
+            "scikit-learn": sklearn.__version__}
 
 
 def save_model(path: Path, model: dict) -> None:
@@ -29,15 +52,33 @@ def load_model(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "model.joblib"
+    from sklearn.exceptions import InconsistentVersionWarning
+
     try:
-        model = joblib.load(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", InconsistentVersionWarning)
+            model = joblib.load(path)
     except FileNotFoundError:
         raise BatchError(f"{path}: model file not found") from None
+    except InconsistentVersionWarning as w:
+        raise BatchError(
+            f"{path}: model file from another daskfleet environment: its {w.estimator_name} was "
+            f"written by scikit-learn {w.original_sklearn_version}, this is "
+            f"{w.current_sklearn_version}, and the results could be wrong; {RETRAIN}, or "
+            "predict with the daskfleet that made it") from None
     except (OSError, EOFError, ValueError, KeyError, AttributeError, ImportError,
             TypeError, pickle.UnpicklingError) as e:  # the ways a damaged file fails to load
-        raise BatchError(f"{path}: not a daskfleet model file: {e}") from e
+        raise BatchError(f"{path}: not a daskfleet model file: {e}; give the model.joblib of a "
+                         "run folder (runs/<run-id>/)") from e
     if not isinstance(model, dict) or any(k not in model for k in MODEL_KEYS):
-        raise BatchError(f"{path}: not a daskfleet model file (expected keys {MODEL_KEYS})")
+        raise BatchError(f"{path}: not a daskfleet model file (expected keys {MODEL_KEYS}); give "
+                         "the model.joblib of a run folder (runs/<run-id>/)")
+    if model.get("format", 1) != MODEL_FORMAT:
+        raise BatchError(
+            f"{path}: model file from another daskfleet version: format {model.get('format')!r} "
+            f"written by daskfleet {model.get('daskfleet', 'unknown')}, this daskfleet "
+            f"{_daskfleet_version()} reads format {MODEL_FORMAT}; {RETRAIN}, or predict with the "
+            "daskfleet that made it")
     return model
 
 

@@ -36,7 +36,7 @@ from runner.batch.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from runner.batch.model import save_model
+from runner.batch.model import model_stamp, save_model
 from runner.batch.report import render_report
 from runner.errors import BatchError, DaskfleetError
 
@@ -285,6 +285,17 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             "data or a larger split.test_fraction"
         )
     classes = sorted(set(train_labels) | set(test_labels))
+    warnings = []
+    test_only = sorted(set(test_labels) - set(train_labels))
+    if test_only:
+        # kept (the test set stays whole and honest), but the model can never predict them
+        warnings.append(
+            f"label(s) {', '.join(map(repr, test_only))} occur only in the test split "
+            f"({sum(test_labels[c] for c in test_only)} rows): the model cannot predict them and "
+            "their recall is 0; add training rows for them, or change split.seed or "
+            "split.test_fraction")
+    for warning in warnings:
+        say(f"warning: {warning}")
 
     # vectorize: the feature matrices are built and kept on the workers (with the cache), or
     # only the tf-idf document frequencies are counted (without: every pass hashes again)
@@ -335,6 +346,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     idf_weights = None if idf is None else idf.result()
     _release([*source.futures(), fitted, *([idf] if idf is not None else [])])
     model = {
+        **model_stamp(),
         "vectorizer": vectorizer_params,
         "clean": clean_params,
         "classifier": clf,
@@ -368,6 +380,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     }
     if search is not None:
         metrics["search"] = search
+    if warnings:
+        metrics["warnings"] = warnings
     return metrics, model
 
 

@@ -52,11 +52,17 @@ def resolve_files(path: Path, fmt: str | None) -> tuple[str, list[Path]]:
             files = sorted(p for p in path.rglob("*") if p.is_file() and _visible(p, path))
             if not files:
                 raise BatchError(f"{path}: no documents in the label folders")
+            if all(f.parent == path for f in files):
+                raise BatchError(f"{path}: no label sub-folders: text-dirs takes each document's "
+                                 "label from the name of the folder it is in; put the documents "
+                                 f"in one sub-folder per label (e.g. {path / 'sports' / '1.txt'})")
             return "text-dirs", files
         files = sorted(p for p in path.rglob("*") if p.is_file() and _visible(p, path)
                        and (fmt is not None or p.suffix.lower() in FILE_FORMATS))
         if not files:
-            raise BatchError(f"{path}: no {fmt or 'parquet, csv or jsonl'} files in the folder")
+            raise BatchError(f"{path}: no {fmt or 'parquet, csv or jsonl'} files in the folder; "
+                             "point data.path at such files, or put text documents in one "
+                             f"sub-folder per label (text-dirs: {path / '<label>' / '1.txt'})")
     elif path.is_file():
         files = [path]
     else:

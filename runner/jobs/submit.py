@@ -73,6 +73,8 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
         dataset = prepare_dataset(job, datasets_cache())
         say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
             f"shards ({time.monotonic() - t:.1f}s)")
+        for note in dataset.notes:
+            say(f"warning: {note}")
         ship_dataset = getattr(cluster, "ship_dataset", None)
         if ship_dataset is not None:
             ship_dataset(dataset, say)

@@ -167,15 +167,24 @@ def test_failing_job_is_recorded_as_failed(client, tmp_path):
 
 
 def test_one_class_corpus_is_an_error(client, tmp_path):
-    pd.DataFrame({"text": [f"word{i} other{i}" for i in range(50)], "label": ["only"] * 50}
-                 ).to_csv(tmp_path / "one.csv", index=False)
+    frame = pd.DataFrame({"text": [f"word{i} other{i}" for i in range(50)], "label": ["only"] * 50})
+    frame.to_csv(tmp_path / "one.csv", index=False)
     job = load_job(write_job(tmp_path, "name: one\ndata: {source: files, path: one.csv}\n"))
+    # the control machine refuses it before any shard is written
+    with pytest.raises(BatchError, match=r"one\.csv \(data\.path\): one class only \('only'"):
+        prepare_dataset(job, tmp_path / "cache")
+    # a second class whose rows all fall in the test split: the workers find one class to train
+    from runner.batch.split import test_mask
+
+    kiwis = [t for t in (f"kiwi {i}" for i in range(100)) if test_mask([t], 0.2, 0)[0]][:2]
+    pd.concat([frame, pd.DataFrame({"text": kiwis, "label": "kiwi"})]).to_csv(
+        tmp_path / "one.csv", index=False)
     dataset = prepare_dataset(job, tmp_path / "cache")
     run_dir = tmp_path / "run"
     with pytest.raises(BatchError, match="one class only"):
         run_job(client, job, worker_paths(dataset), run_dir, progress=lambda line: None)
     assert_failed_run(run_dir, "one class only")
-    assert "clean: 50 rows" in (run_dir / "logs" / "run.log").read_text()
+    assert "clean: 52 rows" in (run_dir / "logs" / "run.log").read_text()
     shutil.rmtree(tmp_path / "cache")
 
 
