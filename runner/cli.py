@@ -19,6 +19,7 @@ def _say(msg: str) -> None:
 
 def cmd_lab(args) -> int:
     from runner.lab import Lab
+    from runner.lab.lab import host_state
 
     lab = Lab()
     if args.lab_cmd == "up":
@@ -34,6 +35,16 @@ def cmd_lab(args) -> int:
         lab.kill(args.host)
         _say(f"lab: {args.host} crashed (every process on it killed)")
         return 0
+    if args.lab_cmd == "cut":
+        lab.cut(args.host)
+        _say(f"lab: {args.host}'s link is cut (every packet in or out dropped; its processes "
+             f"keep running); `daskfleet lab heal {args.host}` restores it")
+        return 0
+    if args.lab_cmd == "heal":
+        was_cut = lab.heal(args.host)
+        _say(f"lab: {args.host}'s link is up again" if was_cut
+             else f"lab: {args.host}'s link was not cut; nothing to heal")
+        return 0
     st = lab.status()
     if args.json:
         print(json.dumps({"hosts": st["hosts"], "cloud": st["cloud"]}, indent=2))
@@ -42,7 +53,7 @@ def cmd_lab(args) -> int:
     else:
         for h in st["hosts"]:
             extra = f"  instance {h['instance_id']}" if h.get("instance_id") else ""
-            print(f"{h['name']:19} {h['address']:15} {h['user']:8} {'up' if h['up'] else 'DOWN'}{extra}")
+            print(f"{h['name']:19} {h['address']:15} {h['user']:8} {host_state(h['up'], h['cut'])}{extra}")
         if st["hosts"] and st["hosts"][0]["key"]:
             print(f"key {st['hosts'][0]['key']}  known_hosts {st['hosts'][0]['known_hosts']}")
         if st["cloud"]:
@@ -237,6 +248,11 @@ def parser() -> argparse.ArgumentParser:
     kill.add_argument("host")
     restart = labsub.add_parser("restart", help="boot a lab host again (same address, keys, disks)")
     restart.add_argument("host")
+    cut = labsub.add_parser("cut", help="cut a lab host's link (packets dropped both ways; its "
+                                        "processes keep running)")
+    cut.add_argument("host")
+    heal = labsub.add_parser("heal", help="restore a lab host's link after `lab cut`")
+    heal.add_argument("host")
     lab.set_defaults(func=cmd_lab)
 
     def with_cluster(sp):

@@ -49,6 +49,9 @@ LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
 FIRST_UID = 1500
 # Written on the host's disk once user_data has run: a reboot does not run it again.
 FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
+# `lab cut`: an nftables table of its own inside the host's namespace. Never the emulated EC2's
+# security-group table (runner.lab.instances.SG_TABLE): healing must not open what a group closes.
+CUT_TABLE = "daskfleet_cut"
 
 
 @dataclass(frozen=True)
@@ -180,9 +183,10 @@ class Lab:
 
     def status(self) -> dict:
         def row(h: LabHost) -> dict:
+            cut = self.is_cut(h)
             r = {"name": h.name, "address": h.address, "user": h.user, "port": h.port,
                  "key": str(self.key), "known_hosts": str(self.known_hosts),
-                 "up": self.host_alive(h)}
+                 "up": not cut and self.host_alive(h), "cut": cut}
             if h.instance_id:
                 r.update(instance_id=h.instance_id, key=None,
                          known_hosts=None)  # the key pair's key and host keys are the user's own
@@ -361,6 +365,37 @@ class Lab:
             time.sleep(0.1)
         progress(f"lab: {name} restarted ({host.address})")
 
+    def cut(self, name: str) -> None:
+        """Cut the host's link: every packet in or out of it is dropped (loopback excepted), its
+        processes keep running. Peers see silence, not a refusal: their connections time out."""
+        host = self._get(name)
+        self._check_running(host, "cut")
+        nft_apply(host.netns, cut_ruleset())
+
+    def heal(self, name: str) -> bool:
+        """Undo `cut`; returns whether the link was cut. Connections that outlived the cut go on
+        (TCP retransmits); those that timed out meanwhile are gone."""
+        host = self._get(name)
+        self._check_running(host, "heal")
+        if not self.is_cut(host):
+            return False
+        _run(["ip", "netns", "exec", host.netns, "nft", "delete", "table", "inet", CUT_TABLE])
+        return True
+
+    def is_cut(self, host: LabHost) -> bool:
+        if not Path(f"/run/netns/{host.netns}").exists():
+            return False
+        out = _run(["ip", "netns", "exec", host.netns, "nft", "list", "tables"], check=False).stdout
+        return has_cut_table(out)
+
+    def _check_running(self, host: LabHost, verb: str) -> None:
+        if not Path(f"/run/netns/{host.netns}").exists():
+            raise LabError(f"lab: {host.name} is not running (no namespace {host.netns}); "
+                           f"nothing to {verb}. Boot it with `daskfleet lab restart {host.name}`.")
+        if shutil.which("nft") is None:
+            raise LabError("lab: cut and heal need nftables; install it with "
+                           "`apt-get install -y nftables`.")
+
     # -- teardown ---------------------------------------------------------------------------
     def down(self, progress=print) -> None:
         check_prerequisites()
@@ -458,6 +493,37 @@ def stop_host(netns: str, veth: str) -> None:
 
 def nft_apply(netns: str, ruleset: str) -> None:
     _run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset)
+
+
+def cut_ruleset() -> str:
+    """The `lab cut` table: input and output dropped but for loopback, ahead of every other
+    table's chains (a drop anywhere is final in nftables). Declared, deleted and defined in one
+    `nft -f` transaction, so cutting a cut host is a no-op."""
+    return "\n".join([
+        f"table inet {CUT_TABLE}",
+        f"delete table inet {CUT_TABLE}",
+        f"table inet {CUT_TABLE} {{",
+        "  chain input {",
+        "    type filter hook input priority -400; policy drop;",
+        '    iif "lo" accept',
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority -400; policy drop;",
+        '    oif "lo" accept',
+        "  }",
+        "}",
+        "",
+    ])
+
+
+def has_cut_table(nft_list_tables: str) -> bool:
+    """Whether `nft list tables` output names the cut table."""
+    return f"table inet {CUT_TABLE}" in {line.strip() for line in nft_list_tables.splitlines()}
+
+
+def host_state(up: bool, cut: bool) -> str:
+    """What `lab status` says of a host."""
+    return "CUT" if cut else "up" if up else "DOWN"
 
 
 def _check_user_name(user: str) -> None:
