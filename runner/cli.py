@@ -317,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"daskfleet: unexpected error: {type(e).__name__}: {e}\n"
               "Run the command again with --debug for the traceback.", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("daskfleet: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command raises it ("SIGTERM")
+        print(f"daskfleet: interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130
 
 
 if __name__ == "__main__":

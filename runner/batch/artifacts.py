@@ -66,16 +66,27 @@ class RunLog:
         self.say(line)
 
 
+def interruption(error: BaseException) -> str | None:
+    """The message of a run cancelled on the control machine (Ctrl-C, or SIGTERM raised as a
+    KeyboardInterrupt whose text is "SIGTERM"), or None for any other error."""
+    if not isinstance(error, KeyboardInterrupt):
+        return None
+    return f"cancelled: interrupted on the control machine ({str(error) or 'SIGINT'})"
+
+
 def write_failed_run(run_dir: Path, status: dict, error: BaseException, log_lines=()) -> None:
-    """A run that failed before it reached the cluster: status.json and logs/run.log only."""
+    """A run that failed (or was cancelled) before it reached the cluster: status.json and
+    logs/run.log only."""
     run_dir = Path(run_dir)
     tmp = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "logs").mkdir(parents=True)
     try:
-        lines = [*log_lines, f"failed: {error}"]
+        cancelled = interruption(error)
+        lines = [*log_lines, cancelled or f"failed: {error}"]
         (tmp / "logs" / "run.log").write_text("".join(line + "\n" for line in lines))
-        write_json_atomic(tmp / STATUS_FILE, {**status, "status": "failed", "error": str(error)})
+        write_json_atomic(tmp / STATUS_FILE, {**status, "status": "cancelled" if cancelled
+                                              else "failed", "error": cancelled or str(error)})
         tmp.rename(run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -32,6 +32,7 @@ from runner.batch.artifacts import (
     SUCCESS_FILES,
     RunLog,
     copy_atomic,
+    interruption,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -127,6 +128,7 @@ def run_job(
     context: dict | None = None,
     progress: Progress | None = None,
     log_lines: Sequence[str] = (),
+    watch: Any = None,
 ) -> dict:
     """Run ``job`` on the cluster behind ``client`` over the shards at ``shard_paths``.
 
@@ -138,6 +140,9 @@ def run_job(
     "error": ...}), its logs and performance report, and never a model or metrics. Returns the
     metrics; a failure raises BatchError after the failed run folder is written. ``log_lines``:
     earlier lines of this run (from the control machine), written first into ``logs/run.log``.
+    ``watch`` (runner.jobs.watch.RunWatch): its ``summary()`` goes into status.json and
+    metrics.json as ``cluster_events``, and its ``explain(error)`` may replace a failure's error.
+    An interrupted run (KeyboardInterrupt, SIGTERM raised as one) is recorded as ``cancelled``.
     """
     run_dir = Path(run_dir)
     if run_dir.exists():
@@ -165,6 +170,8 @@ def run_job(
         metrics["duration_s"] = round(time.perf_counter() - t0, 3)
         if context:
             metrics["context"] = _json_safe(context)
+        if watch is not None:
+            metrics["cluster_events"] = status["cluster_events"] = _json_safe(watch.summary())
         write_atomic(tmp / "model.joblib", lambda f: save_model(f, model))
         write_json_atomic(tmp / "metrics.json", metrics)
         write_text_atomic(tmp / "report.html", render_report(metrics))
@@ -178,6 +185,9 @@ def run_job(
         # project errors as they are; the expected failures of I/O and data become a
         # BatchError; anything else (a bug, Ctrl-C) is recorded and propagates unchanged
         error = e if isinstance(e, DaskfleetError) else _as_batch_error(job, e)
+        if watch is not None:
+            error = watch.explain(e) or error
+            status["cluster_events"] = _json_safe(watch.summary())
         _record_failure(tmp, run_dir, status, error or e, say, time.perf_counter() - t0)
         if error is None or error is e:
             raise
@@ -197,12 +207,15 @@ def _record_failure(tmp: Path, run_dir: Path, status: dict, error: BaseException
                     seconds: float) -> None:
     """Turn the half-written run folder into a failed run: status, logs, and no results."""
     try:
-        message = str(error) if isinstance(error, DaskfleetError) else \
-            f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        say(f"failed: {message}")
+        cancelled = interruption(error)
+        message = cancelled or (str(error) if isinstance(error, DaskfleetError) else
+                                f"{type(error).__name__}: {error}" if str(error)
+                                else type(error).__name__)
+        say(message if cancelled else f"failed: {message}")
         for name in SUCCESS_FILES:
             (tmp / name).unlink(missing_ok=True)
-        status.update(status="failed", error=message, duration_s=round(seconds, 3))
+        status.update(status="cancelled" if cancelled else "failed", error=message,
+                      duration_s=round(seconds, 3))
         write_json_atomic(tmp / STATUS_FILE, status)
         tmp.rename(run_dir)
     except OSError as e:  # recording must not hide the original error

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from runner.batch.artifacts import write_failed_run
 from runner.cluster import Cluster
-from runner.errors import DaskfleetError
+from runner.ephemeral.run import sigterm_raises
+from runner.errors import ClusterStartError, DaskfleetError
 from runner.jobs import runs
 from runner.jobs.ship import remote_dir, ship
+from runner.jobs.watch import RunWatch
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,36 @@ def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
         f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
 
 
+def _scheduler_host(cluster) -> str:
+    hosts = getattr(cluster, "hosts", None)
+    try:
+        return next(h.name for h in hosts() if h.role == "scheduler")
+    except Exception:  # noqa: BLE001 - an ephemeral cluster, or no record: say it generally
+        return "the scheduler's host"
+
+
+def _client(cluster):
+    """The cluster's client; a scheduler that does not answer is an error naming it."""
+    try:
+        return cluster.client()
+    except (OSError, TimeoutError) as e:
+        source = cluster.spec.source
+        raise ClusterStartError(
+            f"cluster {cluster.spec.name}: the scheduler on {_scheduler_host(cluster)} does not "
+            f"answer ({type(e).__name__}: {e}); `daskfleet status -c {source}` shows what is "
+            f"down and `daskfleet up -c {source}` starts it again.") from e
+
+
 def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
            run_id: str | None = None) -> SubmitResult:
+    """Run the job and keep the run (see `_submit`). SIGTERM is raised as a KeyboardInterrupt
+    (`Terminated`) while it runs, so an interrupted run is recorded as cancelled, as Ctrl-C's."""
+    with sigterm_raises():
+        return _submit(cluster, job_path, runs_dir, progress, run_id)
+
+
+def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
+            run_id: str | None = None) -> SubmitResult:
     """Run the job and keep the run: ``runs_dir/<run-id>/`` and a row in ``runs_dir/index.sqlite``,
     for a failed run as for a successful one (the error is re-raised after it is recorded).
 
@@ -66,7 +96,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     try:
-        client = cluster.client()
+        client = _client(cluster)
         cluster.check_versions()
         say("versions match on client, scheduler and workers")
         t = time.monotonic()
@@ -80,7 +110,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
             ship_dataset(dataset, say)
         else:
             ship_over_ssh(cluster, dataset, say)
-    except DaskfleetError as e:
+    except (DaskfleetError, KeyboardInterrupt) as e:
         write_failed_run(run_dir, {"run_id": run_id, "job": job.name, "started_at": started_at,
                                    "run_dir": str(run_dir),
                                    "duration_s": round(time.monotonic() - t0, 3)}, e, lines)
@@ -92,10 +122,20 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
                "lock_hash": cluster.status_record().get("lock_hash"),
                "scheduler": client.scheduler.address, "dataset": dataset.digest,
                "dataset_rows": dataset.rows, "skipped_files": list(dataset.skipped)}
+    watch = RunWatch(client, str(cluster.spec.source), _scheduler_host(cluster),
+                     n_features=job.features.n_features, job_path=str(job_path))
     try:
+        watch.start()
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
-                          log_lines=lines)
+                          log_lines=lines, watch=watch)
+    except KeyboardInterrupt:
+        progress(f"run {run_id} cancelled; recorded in {run_dir}")
+        raise
     finally:
         if run_dir.is_dir():
             runs.record_run_dir(runs_dir, run_dir)
+    lost = metrics.get("cluster_events", {}).get("lost_workers")
+    if lost:
+        progress(f"workers lost during the run: {', '.join(lost)}; "
+                 f"{metrics['cluster_events'].get('recomputed_tasks', 0)} task(s) recomputed")
     return SubmitResult(run_id, run_dir, metrics)
