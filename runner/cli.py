@@ -110,7 +110,11 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(st, indent=2, default=str))
     else:
-        print(f"cluster {st['cluster']}: {'healthy' if st['healthy'] else 'DEGRADED'}; "
+        scheduler_up = any(h["role"] == "scheduler" and h["state"] == "running"
+                           for h in st["hosts"])
+        health = "healthy" if st["healthy"] else "DEGRADED" if scheduler_up else \
+            f"DOWN (its scheduler is not running; `daskfleet up -c {args.cluster}` starts it again)"
+        print(f"cluster {st['cluster']}: {health}; "
               f"scheduler {st['scheduler']['address']}; dashboard {st['scheduler']['dashboard']} "
               f"(reach it with an SSH tunnel); environment {st['lock_hash']}")
         print(f"{'HOST':10} {'ADDRESS':15} {'PROCESS':12} {'PID':>7} STATE")

@@ -122,8 +122,9 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
                "lock_hash": cluster.status_record().get("lock_hash"),
                "scheduler": client.scheduler.address, "dataset": dataset.digest,
                "dataset_rows": dataset.rows, "skipped_files": list(dataset.skipped)}
-    watch = RunWatch(client, str(cluster.spec.source), _scheduler_host(cluster),
-                     n_features=job.features.n_features, job_path=str(job_path))
+    watch = RunWatch(client, str(getattr(cluster.spec, "source", None) or cluster.spec.name),
+                     _scheduler_host(cluster), n_features=job.features.n_features,
+                     job_path=str(job_path))
     try:
         watch.start()
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,

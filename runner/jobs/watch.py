@@ -95,7 +95,8 @@ class RunWatch:
             pass
 
     def _events(self, topic: str) -> list[dict]:
-        return [msg for t, msg in self._ask("events", topic=topic)
+        """The scheduler's events on ``topic`` since the start, each with its time as ``at``."""
+        return [{**msg, "at": t} for t, msg in self._ask("events", topic=topic)
                 if t >= self.t0 and isinstance(msg, dict)]
 
     def _name(self, address: str, *more: dict[str, dict]) -> str:
@@ -109,6 +110,7 @@ class RunWatch:
         """For status.json and metrics.json (`cluster_events`). Never raises."""
         record: dict[str, Any] = {
             "scheduler": f"{self.address} ({self.scheduler_host})",
+            "started": round(self.t0, 3),
             "workers_at_start": sorted(w["name"] for w in self.at_start.values()),
         }
         if not self.scheduler_answers():
@@ -134,7 +136,9 @@ class RunWatch:
             worker_removals=[{"worker": self._name(m["worker"], at_end),
                               "lost_computed_tasks": len(m.get("lost-computed-tasks") or ()),
                               "processing_tasks": len(m.get("processing-tasks") or ()),
-                              "expected": bool(m.get("expected"))}
+                              "expected": bool(m.get("expected")),
+                              "at": round(m["at"], 3),
+                              "seconds_into_run": round(m["at"] - self.t0, 1)}
                              for m in removed if m.get("action") == "remove-worker"],
             recomputed_tasks=len(again),
             recomputed_keys=list(again)[:MAX_KEYS],
