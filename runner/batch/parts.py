@@ -126,3 +126,22 @@ def on_shard(func, path: str, load_params: dict, idf, *args):
     """``func(partition, *args)`` on the partition rebuilt from the shard at ``path``; only
     ``func``'s result leaves the task."""
     return func(shard_features(path, load_params, idf), *args)
+
+
+class LazyParts:
+    """The partitions of several shards, each rebuilt (``shard_features``) when it is reached
+    and dropped after: a worker streams its shards through one task in bounded memory."""
+
+    def __init__(self, paths: list[str], load_params: dict, idf=None):
+        self.paths, self.load_params, self.idf = paths, load_params, idf
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        return shard_features(self.paths[i], self.load_params, self.idf)
+
+
+def on_shards(func, paths: list[str], load_params: dict, idf, *args):
+    """``func(partitions, *args)`` over the shards at ``paths``, rebuilt one at a time."""
+    return func(LazyParts(list(paths), load_params, idf), *args)

@@ -95,27 +95,6 @@ def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = 
             raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
 
 
-def _check_releasing(futures: Sequence[Future], phase: str, paths: Sequence[str]) -> None:
-    """As ``_check``, but every future is released as soon as it finished: the cluster keeps
-    its result only until the tasks that depend on it have run."""
-    from distributed import as_completed
-
-    index = {f.key: i for i, f in enumerate(futures)}
-    try:
-        for f in as_completed(list(futures)):
-            if f.status == "error":
-                exc = f.exception()
-                i = index[f.key]
-                raise BatchError(f"{phase} failed on shard {paths[i]}: {type(exc).__name__}: "
-                                 f"{exc}") from exc
-            if f.status != "finished":
-                raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
-            f.release()
-    except FuturesCancelledError as e:
-        raise BatchError(f"{phase} failed: the cluster cancelled its tasks ({e}); check "
-                         "`daskfleet status` and the worker logs") from e
-
-
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -243,7 +222,10 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     if cache:
         # load: one task per shard, on the workers
         t0 = time.perf_counter()
-        raw = client.map(parts.read_shard, paths, pure=False)
+        # shard i on worker i mod W: training later streams each worker's own shards in place
+        workers = _workers(client)
+        raw = [client.submit(parts.read_shard, p, workers=[workers[i % len(workers)]],
+                             allow_other_workers=True, pure=False) for i, p in enumerate(paths)]
         _check(raw, "load", paths, bar=True)
         timings["load"] = time.perf_counter() - t0
         say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
@@ -422,9 +404,45 @@ class _Parts:
     def map(self, func: Callable, *args: Any) -> list[Future]:
         return [self.submit(func, i, *args) for i in range(len(self))]
 
+    def by_worker(self) -> list[tuple[str, list[int]]]:
+        """Partition i belongs to worker i mod W (workers sorted by address): where `_run` placed
+        its shard when it loaded it (with the cache), or where it is rebuilt (without). The same
+        groups either way, so both give the same model, bit for bit."""
+        workers = _workers(self.client)
+        groups = [(w, list(range(j, len(self), len(workers)))) for j, w in enumerate(workers)]
+        return [(w, idx) for w, idx in groups if idx]
+
+    def submit_group(self, func: Callable, worker: str, indices: list[int], *args: Any) -> Future:
+        """``func(those partitions, *args)`` as one task on ``worker``, where they are (another
+        worker takes it if that one is lost: the partitions are then recomputed)."""
+        where = {"workers": [worker], "allow_other_workers": True, "pure": False}
+        if self.vec is not None:
+            return self.client.submit(func, [self.vec[i] for i in indices], *args, **where)
+        return self.client.submit(parts.on_shards, func, [self.paths[i] for i in indices],
+                                  self.load_params, self.idf, *args, **where)
+
     def futures(self) -> list[Future]:
         """What this holds on the cluster (to release at the end)."""
         return list(self.vec) if self.vec is not None else []
+
+
+def _workers(client: Client) -> list[str]:
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _tree_reduce(client: Client, futures: Sequence[Future], func: Callable,
+                 fan_in: int = 8) -> tuple[Future, list[Future]]:
+    """``func(*inputs)`` in a tree over the futures, on the workers (no input waits for all the
+    others, and no node holds more than ``fan_in`` of them). Returns the root and every node."""
+    level, nodes = list(futures), []
+    while len(level) > 1:
+        level = [client.submit(func, *level[i:i + fan_in], pure=False)
+                 for i in range(0, len(level), fan_in)]
+        nodes += level
+    if not nodes:  # one input: still a node of func, so the root always has func's shape
+        level = [client.submit(func, level[0], pure=False)]
+        nodes = level
+    return level[0], nodes
 
 
 def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
@@ -435,11 +453,8 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
 
     freqs = source.map(parts.train_frequencies)
     _check(freqs, "vectorize (document frequencies)", paths)
-    level = list(freqs)
-    while len(level) > 1:
-        level = [client.submit(features.add_frequencies, *level[i:i + 8], pure=False)
-                 for i in range(0, len(level), 8)]
-    idf = client.submit(features.idf_weights, level[0], pure=False)
+    total, level = _tree_reduce(client, freqs, features.add_frequencies)
+    idf = client.submit(features.idf_weights, total, pure=False)
     weighted = None
     if apply:
         weighted = client.map(parts.tfidf_part, source.vec, idf=idf, norm=norm, pure=False)
@@ -494,7 +509,7 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
         return client.scatter(clf)
     [state] = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths, say,
-                                n_train, part_rows)
+                                n_train)
     fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
     _check([fitted], "train (final weights)")
     _release([state])
@@ -508,44 +523,28 @@ def _sgd_params(model_params: dict) -> dict:
 
 def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
                       candidates: list[dict], epochs: int, paths: list[str], say: Progress,
-                      n_train: int, part_rows: list[int] | None = None) -> list[Future]:
-    """Iterative parameter mixing, one mixing step per epoch, for every parameter set in
-    ``candidates`` at once (their tasks run side by side). Returns the final weight states.
-
-    With ``part_rows`` (each partition's training rows) the mixing is a running sum in partition
-    order (``train.mix_add``), so a partition's weights (k x n_features) are released as soon as
-    they are added and the weights in memory do not grow with the number of partitions; without
-    (the search's validation split, whose row counts the client does not know), one ``mix`` task
-    over all of them. Both give the same bits."""
+                      n_train: int) -> list[Future]:
+    """Iterative parameter mixing with one model per worker per epoch (``train``'s docstring),
+    for every parameter set in ``candidates`` at once (their tasks run side by side). Returns
+    the final weight states."""
     states: list[Future | None] = [None] * len(candidates)
+    groups = source.by_worker()
     for epoch in range(epochs):
         te = time.perf_counter()
-        new_states, all_results = [], []
+        new_states, nodes = [], []
         for state, params in zip(states, candidates, strict=True):
-            results = [source.submit(train.train_partition, i, state, classes, params, epoch, i)
-                       for i in range(len(source))]
-            if part_rows is None:
-                new_states.append(client.submit(train.mix, results, state, pure=False))
-            else:
-                total = sum(part_rows)
-                acc = None
-                for r in results:
-                    acc = client.submit(train.mix_add, acc, r, total, pure=False)
-                new_states.append(client.submit(train.mix_finish, acc, state, pure=False))
-            all_results.append(results)
-        for results in all_results:
-            if part_rows is None:
-                _check(results, f"train (epoch {epoch + 1})", paths, bar=True)
-            else:
-                _check_releasing(results, f"train (epoch {epoch + 1})", paths)
-        _check(new_states, f"train (epoch {epoch + 1}, mixing)")
-        _release([s for s in states if s is not None])
-        for results in all_results:
-            _release(results)
+            results = [source.submit_group(train.train_partitions, worker, idx, state, classes,
+                                           params, epoch, g)
+                       for g, (worker, idx) in enumerate(groups)]
+            total, tree = _tree_reduce(client, results, train.mix_sum)
+            new_states.append(client.submit(train.mix_finish, total, state, pure=False))
+            nodes += [*results, *tree]
+        _check(new_states, f"train (epoch {epoch + 1})")
+        _release([*[s for s in states if s is not None], *nodes])
         states = new_states
         what = f"{len(candidates)} candidates, " if len(candidates) > 1 else ""
         say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(source)} partitions "
-            f"({time.perf_counter() - te:.1f}s)")
+            f"on {len(groups)} workers ({time.perf_counter() - te:.1f}s)")
     return states
 
 
@@ -553,14 +552,11 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
                  alphas: list[float], paths: list[str]) -> list[Future]:
     counts = source.map(naive_bayes.class_feature_counts, classes)
     _check(counts, "train (naive Bayes counts)", paths)
-    level = list(counts)
-    while len(level) > 1:  # a tree of additions on the workers (fan-in 4)
-        level = [client.submit(naive_bayes.add_counts, *level[i:i + 4], pure=False)
-                 for i in range(0, len(level), 4)]
-    fitted = [client.submit(naive_bayes.naive_bayes_from_counts, level[0], classes, variant, a,
+    total, nodes = _tree_reduce(client, counts, naive_bayes.add_counts, fan_in=4)
+    fitted = [client.submit(naive_bayes.naive_bayes_from_counts, total, classes, variant, a,
                             pure=False) for a in alphas]
     _check(fitted, "train (naive Bayes)")
-    _release(counts)
+    _release([*counts, *nodes])
     return fitted
 
 

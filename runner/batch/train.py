@@ -1,10 +1,11 @@
-"""Parallel SGD by iterative parameter mixing (worker side, plus the mixing step).
+"""Parallel SGD: one model per worker per epoch, then the workers' models mixed (worker side).
 
-Each epoch every partition starts from the same mixed weights, runs one shuffled pass of
-``SGDClassifier.partial_fit`` over its own training rows and returns its weights; the weights are
-averaged, weighted by rows (McDonald, Hall & Mann 2010, "Distributed training strategies for the
-structured perceptron"). The mixing runs as a task too, so the weight matrices travel between
-workers and reach the client once, at the end.
+Each epoch every worker starts from the same mixed weights and streams the partitions it holds
+(data locality: nothing moves) through one ``SGDClassifier.partial_fit``, partitions and rows in
+a shuffled order; the workers' weights are then averaged, weighted by rows, in a tree of
+``mix_sum`` tasks (iterative parameter mixing, McDonald, Hall & Mann 2010). So the models mixed
+are as many as the workers, not the partitions: accuracy does not fall as a corpus is cut into
+more partitions, and the weights in flight per epoch are one k x n_features matrix per worker.
 """
 
 from __future__ import annotations
@@ -26,60 +27,55 @@ def make_classifier(state: dict | None, classes: list[str], sgd_params: dict) ->
     return clf
 
 
-def train_partition(part: dict, state: dict | None, classes: list[str], sgd_params: dict,
-                    epoch: int, index: int) -> dict:
-    """One epoch over one partition's training rows, from the mixed ``state``."""
-    X, y = part["X_train"], part["y_train"]
-    n = X.shape[0]
+def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: dict,
+                     epoch: int, index: int) -> dict:
+    """One epoch over the training rows of ``parts`` (this worker's partitions: a list, or
+    ``parts.LazyParts`` that builds each one when it is reached), from the mixed ``state``."""
+    seed = int(sgd_params.get("random_state") or 0)
+    rng = np.random.default_rng([seed, epoch, index])
+    labels = np.asarray(classes, dtype=object)
+    clf = make_classifier(state, classes, sgd_params)
+    n = 0
+    for j in rng.permutation(len(parts)):
+        part = parts[int(j)]
+        X, y = part["X_train"], part["y_train"]
+        if X.shape[0] == 0:
+            continue
+        order = rng.permutation(X.shape[0])
+        clf.partial_fit(X[order], y[order], classes=labels)
+        n += X.shape[0]
     if n == 0:
         return {"n_rows": 0}
-    seed = int(sgd_params.get("random_state") or 0)
-    order = np.random.default_rng([seed, epoch, index]).permutation(n)
-    clf = make_classifier(state, classes, sgd_params)
-    clf.partial_fit(X[order], y[order], classes=np.asarray(classes, dtype=object))
-    # float32 halves what travels between workers each epoch (k x n_features weights); the
-    # mixing and the next epoch compute in float64 again
+    # float32 halves what travels to the mixing; the next epoch computes in float64 again
     return {"coef": clf.coef_.astype(np.float32), "intercept": clf.intercept_, "t": clf.t_,
             "n_rows": n}
 
 
-def mix(results: list[dict], previous: dict | None) -> dict:
-    """Row-weighted average of the partitions' weights (the parameter-mixing step)."""
+def mix_sum(*results: dict) -> dict:
+    """Row-weighted sums of workers' weights (one node of the mixing tree; its inputs are
+    results of ``train_partitions`` or of other ``mix_sum`` nodes)."""
     done = [r for r in results if r["n_rows"] > 0]
-    total = sum(r["n_rows"] for r in done)
+    if not done:
+        return {"n_rows": 0}
     coef = np.zeros(done[0]["coef"].shape, dtype=np.float64)
-    intercept = np.zeros_like(done[0]["intercept"])
+    intercept = np.zeros(done[0]["intercept"].shape, dtype=np.float64)
     for r in done:
-        w = r["n_rows"] / total
+        summed = r.get("summed", False)  # a tree node's sums are already weighted
+        w = 1.0 if summed else float(r["n_rows"])
         coef += w * r["coef"]
         intercept += w * r["intercept"]
-    # the learning-rate schedule advances by one epoch's worth of this model's updates
-    t = max(r["t"] for r in done)
-    epochs = (previous or {}).get("epochs", 0) + 1
-    return {"coef": coef.astype(np.float32), "intercept": intercept, "t": t, "epochs": epochs,
-            "n_rows": total}
-
-
-def mix_add(acc: dict | None, result: dict, total: int) -> dict | None:
-    """``mix`` as a running sum, one partition at a time, in partition order: the same floating
-    operations in the same order (so the same bits), but each partition's weights can be
-    dropped as soon as they are added instead of all waiting for one mixing task. ``total``:
-    the training rows of all partitions (known on the client from the counts)."""
-    n = result["n_rows"]
-    if n == 0:
-        return acc
-    w = n / total
-    if acc is None:
-        acc = {"coef": np.zeros(result["coef"].shape, dtype=np.float64),
-               "intercept": np.zeros_like(result["intercept"]), "t": result["t"], "n_rows": 0}
-    # new arrays, never the stored input changed in place
-    return {"coef": acc["coef"] + w * result["coef"],
-            "intercept": acc["intercept"] + w * result["intercept"],
-            "t": max(acc["t"], result["t"]), "n_rows": acc["n_rows"] + n}
+    return {"coef": coef, "intercept": intercept, "t": max(r["t"] for r in done),
+            "n_rows": sum(r["n_rows"] for r in done), "summed": True}
 
 
 def mix_finish(acc: dict, previous: dict | None) -> dict:
-    """The mixed state from ``mix_add``'s running sum (as ``mix`` returns it)."""
+    """The mixed state: the tree's sums divided by the rows. The learning-rate schedule goes on
+    from the furthest worker."""
+    if acc["n_rows"] == 0:
+        raise ValueError("no partition had training rows")
+    total = float(acc["n_rows"])
+    if not acc.get("summed"):  # a single worker: nothing was summed
+        acc = mix_sum(acc)
     epochs = (previous or {}).get("epochs", 0) + 1
-    return {"coef": acc["coef"].astype(np.float32), "intercept": acc["intercept"], "t": acc["t"],
-            "epochs": epochs, "n_rows": acc["n_rows"]}
+    return {"coef": (acc["coef"] / total).astype(np.float32), "intercept": acc["intercept"] / total,
+            "t": acc["t"], "epochs": epochs, "n_rows": acc["n_rows"]}

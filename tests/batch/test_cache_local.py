@@ -93,18 +93,22 @@ def load_job_params() -> dict:
     return {"clean": CleanSpec().model_dump(mode="python")}
 
 
-def test_running_sum_mixing_equals_mix():
+def test_mixing_in_a_tree_is_the_row_weighted_mean_whatever_its_shape():
     from runner.batch import train
 
     rng = np.random.default_rng(0)
     results = [{"coef": rng.normal(size=(3, 50)).astype(np.float32), "intercept": rng.normal(size=3),
                 "t": float(10 + i), "n_rows": n} for i, n in enumerate([7, 0, 13, 5])]
-    expected = train.mix(results, {"epochs": 2})
-    acc = None
-    for r in results:
-        acc = train.mix_add(acc, r, 25)
-    got = train.mix_finish(acc, {"epochs": 2})
-    assert got["coef"].dtype == np.float32 and got["epochs"] == 3 and got["n_rows"] == 25
-    for key in ("coef", "intercept"):
-        assert np.array_equal(got[key], expected[key]), key
-    assert got["t"] == expected["t"]
+    weights = np.array([r["n_rows"] for r in results], dtype=np.float64)
+    coefs = np.stack([r["coef"] for r in results]).astype(np.float64)
+    expected = np.tensordot(weights / weights.sum(), coefs, axes=1)
+    flat = train.mix_finish(train.mix_sum(*results), {"epochs": 2})
+    nested = train.mix_finish(train.mix_sum(train.mix_sum(*results[:2]),
+                                            train.mix_sum(results[2]), results[3]), {"epochs": 2})
+    for got in (flat, nested):
+        assert got["coef"].dtype == np.float32 and got["epochs"] == 3 and got["n_rows"] == 25
+        np.testing.assert_allclose(got["coef"], expected, rtol=1e-5, atol=1e-6)
+        assert got["t"] == 13.0  # the furthest worker's schedule goes on
+    one = train.mix_finish(results[2], None)  # a single worker: its own weights
+    np.testing.assert_allclose(one["coef"], results[2]["coef"], rtol=1e-6)
+    assert train.mix_sum(results[1])["n_rows"] == 0
