@@ -33,7 +33,11 @@ def make_vectorizer(params: dict) -> HashingVectorizer:
 
 def vectorize(texts, params: dict, idf: np.ndarray | None = None):
     """scipy.sparse CSR matrix (n_texts x n_features) for cleaned texts (with ``idf``: tf-idf)."""
-    X = make_vectorizer(params).transform(list(texts))
+    texts = list(texts)
+    if not texts:  # a partition whose rows were all dropped (HashingVectorizer raises on [])
+        n_features = int({**DEFAULT_PARAMS, **params}["n_features"])
+        return sp.csr_matrix((0, n_features), dtype=np.float64)
+    X = make_vectorizer(params).transform(texts)
     if idf is not None:
         X = apply_idf(X, idf, {**DEFAULT_PARAMS, **params}["norm"])
     return X

@@ -209,8 +209,8 @@ SGD_LOSSES = ("hinge", "log_loss", "modified_huber", "squared_hinge", "perceptro
 
 
 class ModelSpec(_Model):
-    """``sgd``: parallel SGD by parameter mixing; ``naive_bayes``: exact multinomial or complement
-    naive Bayes from class-feature counts summed over the partitions; ``incremental``: dask-ml's
+    """``sgd``: parallel SGD by parameter mixing; ``naive_bayes``: exact complement (default) or
+    multinomial naive Bayes from class-feature counts summed over the partitions; ``incremental``: dask-ml's
     Incremental(SGDClassifier), one sequential pass over the partitions per epoch (the baseline).
 
     ``alpha``: the SGD regularisation, or the naive-Bayes smoothing (defaults 1e-5 and 1.0).
@@ -237,7 +237,10 @@ class ModelSpec(_Model):
 
     @property
     def variant_value(self) -> str:
-        return self.variant or "multinomial"
+        # complement: on Debian sections (l2-normalised hashed features) accuracy 0.698 and
+        # macro-F1 0.628, against 0.492 / 0.240 for multinomial, whose class priors swamp
+        # the small normalised counts (measured single-process, same features and split)
+        return self.variant or "complement"
 
 
 class SearchSpec(_Model):

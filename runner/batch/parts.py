@@ -37,9 +37,11 @@ def clean_part(df: pd.DataFrame, clean_params: dict, split_params: dict) -> dict
     keep = _present(text) & _present(label)
     text = np.asarray([t.strip() for t in text[keep]], dtype=object)
     label = np.asarray([lab.strip() for lab in label[keep]], dtype=object)
-    is_test = test_mask(text, split_params["test_fraction"], split_params["seed"])
     clean = make_cleaner(clean_params)
     cleaned = [clean(t) for t in text]
+    # the split hashes the cleaned text: texts that differ only in case, punctuation or stop
+    # words are the same document to the model, so they must fall on the same side
+    is_test = test_mask(cleaned, split_params["test_fraction"], split_params["seed"])
     return {
         "rows": int(len(df)),
         "dropped": int((~keep).sum()),
@@ -47,7 +49,7 @@ def clean_part(df: pd.DataFrame, clean_params: dict, split_params: dict) -> dict
         "label": label,
         "is_test": is_test,
         # a second, independent hash: the validation split of the training rows (grid search)
-        "val_hash": unit_hash(text, int(split_params["seed"]) + 1),
+        "val_hash": unit_hash(cleaned, int(split_params["seed"]) + 1),
     }
 
 

@@ -1,8 +1,9 @@
-"""Train/test split by a stable hash of each document's text (worker side).
+"""Train/test split by a stable hash of each document's cleaned text (worker side).
 
-A row's side depends only on its text and the seed, never on which partition it sits in or on
+A row's side depends only on its cleaned text and the seed, never on which partition it sits in or on
 how many partitions there are, so every worker computes the same split independently and
-identical texts (duplicate descriptions) never straddle train and test.
+texts the cleaning makes identical (duplicates, or texts that differ only in case,
+punctuation or stop words) never straddle train and test.
 """
 
 from __future__ import annotations

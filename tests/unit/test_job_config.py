@@ -158,7 +158,7 @@ def test_new_model_and_search_keys_name_the_key(tmp_path, body, key, words):
 def test_model_defaults_per_kind(tmp_path):
     nb = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
                                   "model: {kind: naive_bayes}\n"))
-    assert nb.model_params()["alpha"] == 1.0 and nb.model_params()["variant"] == "multinomial"
+    assert nb.model_params()["alpha"] == 1.0 and nb.model_params()["variant"] == "complement"
     sgd = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"))
     assert sgd.sgd_params()["alpha"] == 1e-5 and sgd.model_params()["variant"] is None
     grid = load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"

@@ -68,3 +68,22 @@ def test_known_values_stay_stable():
 
 
 test_mask.__test__ = False  # a helper under test, not a test
+
+
+def test_texts_the_cleaning_makes_equal_fall_on_the_same_side():
+    """'The Apple pie!' and 'apple pie' are one document to the model: a split on the raw text
+    would put some such twins in train and test both (an optimistic test score)."""
+    import pandas as pd
+
+    from runner.batch.job import CleanSpec
+    from runner.batch.parts import clean_part
+
+    raw = [f"word{i} pie" for i in range(300)]
+    twins = [f"The WORD{i}, pie!" for i in range(300)]
+    df = pd.DataFrame({"text": raw + twins, "label": ["x"] * 600})
+    part = clean_part(df, CleanSpec().model_dump(mode="python"), {"test_fraction": 0.3, "seed": 0})
+    assert part["text"][:300] == part["text"][300:]
+    assert (part["is_test"][:300] == part["is_test"][300:]).all()
+    assert (part["val_hash"][:300] == part["val_hash"][300:]).all()
+    # the raw texts alone would have split many of these twins
+    assert (test_mask(raw, 0.3, 0) != test_mask(twins, 0.3, 0)).sum() > 50
