@@ -92,7 +92,7 @@ def cmd_up(args) -> int:
 
             state.update(cluster.state_dir, image=None)
             _say("up: the image is looked up again; VMs on another image will be replaced")
-        summary = cluster.up(progress=_say)
+        summary = cluster.up(progress=_say, force=args.force)
         status = cluster.status()
     _say(summary.line())
     _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
@@ -266,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     u = with_cluster(sub.add_parser("up", help="provision, install and start the cluster"))
     u.add_argument("--new-image", action="store_true",
                    help="cloud: look up the newest image again (replaces VMs on an older one)")
+    u.add_argument("--force", action="store_true",
+                   help="run the playbook on every host, also those recorded as up to date")
     u.set_defaults(func=cmd_up)
     s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
     s.add_argument("--json", action="store_true")

@@ -167,8 +167,8 @@ class Cluster:
         hosts, self.boot_s = machines.provision(self, progress)
         return hosts
 
-    def install(self, hosts: list[Host], progress=_say):
-        return machines.install(self, hosts, progress)
+    def install(self, hosts: list[Host], progress=_say, force: bool = False):
+        return machines.install(self, hosts, progress, force)
 
     def process_states(self) -> dict[RemoteProcess, ProcStatus]:
         return reconcile.process_states(self)
@@ -220,12 +220,12 @@ class Cluster:
         return check_versions(self.client())
 
     # -- up / down / status -----------------------------------------------------------------
-    def up(self, progress=_say) -> UpSummary:
+    def up(self, progress=_say, force: bool = False) -> UpSummary:
         """Provision, install and start (a reconcile), holding the cluster's lock."""
         with state.locked(self.state_dir, "daskfleet up", progress=progress):
-            return self._up(progress)
+            return self._up(progress, force)
 
-    def _up(self, progress) -> UpSummary:
+    def _up(self, progress, force: bool = False) -> UpSummary:
         summary = UpSummary()
         t = time.monotonic()
         progress("terraform: apply")
@@ -238,7 +238,7 @@ class Cluster:
             summary.timings["boot"] = self.boot_s
         t = time.monotonic()
         progress(f"ansible: installing the environment on {len(hosts)} hosts")
-        result, env_hashes = self.install(hosts, progress)
+        result, env_hashes = self.install(hosts, progress, force)
         summary.lock_hash = ", ".join(sorted(set(env_hashes.values())))
         summary.changed = result.changed
         summary.timings["ansible"] = time.monotonic() - t

@@ -36,7 +36,7 @@ def _binary() -> str:
 
 def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = False,
                  playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset(),
-                 progress=None) -> PlaybookResult:
+                 progress=None, limit: list[str] | None = None) -> PlaybookResult:
     """Run the playbook; raise ProvisionError naming the hosts that failed. Hosts named in
     tolerate_unreachable may be unreachable (a degraded cluster) without failing the run."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +45,8 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
     args = [_binary(), "-i", str(inventory), "-e", f"@{vars_file}", str(PLAYBOOKS / playbook)]
     if check:
         args.append("--check")
+    if limit is not None:
+        args += ["--limit", ",".join(limit)]
     env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}
     # Streamed, so a long install shows which task it is on (the full output goes to the log).

@@ -76,10 +76,13 @@ def wheelhouses(cluster: Cluster, hosts: list[Host], progress=print) -> tuple[di
     return built, {h.name: built[m].hash for h, m in machines.items()}
 
 
-def install(cluster: Cluster, hosts: list[Host], progress=print
+def install(cluster: Cluster, hosts: list[Host], progress=print, force: bool = False
             ) -> tuple[ansible.PlaybookResult, dict[str, str]]:
-    """Ansible: the environment of this machine's lock on every node, TLS files, dask config.
-    Returns the playbook result and host name -> environment hash."""
+    """Ansible: the environment of this machine's lock on every node, TLS files, dask config,
+    on the hosts whose record says they lack it (all of them with ``force``). Returns the
+    playbook result and host name -> environment hash."""
+    from runner.provision import fingerprint
+
     built, env_hashes = wheelhouses(cluster, hosts, progress)
     if cluster.spec.tls:
         cluster.ca.ensure({h.name: h.dask_address for h in hosts})
@@ -88,13 +91,28 @@ def install(cluster: Cluster, hosts: list[Host], progress=print
                  "anyone who reaches the scheduler can run code on every worker.")
     variables = playbook_vars(cluster, built)
     inventory.write_vars(cluster.inventory_path, variables)  # a run by hand is the same run
-    result = ansible.run_playbook(cluster.inventory_path, variables,
-                                  log=cluster.state_dir / "logs" / "ansible.log",
-                                  tolerate_unreachable=tolerated(cluster, hosts),
-                                  progress=progress)
-    if result.unreachable:
-        progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
-                 f"continuing because min_workers is {cluster.spec.min_workers}")
+    wanted = {h.name: fingerprint.expected(cluster, h, variables) for h in hosts}
+    done = set() if force else fingerprint.up_to_date(cluster, hosts, wanted, env_hashes)
+    todo = [h for h in hosts if h.name not in done]
+    if not todo:
+        progress(f"ansible: nothing to do: all {len(hosts)} hosts have this environment, TLS files "
+                 "and configuration (as recorded on each); `daskfleet up --force` runs it anyway")
+        result = ansible.PlaybookResult(changed=0, per_host={}, output="")
+    else:
+        if done:
+            progress(f"ansible: {', '.join(sorted(done))} up to date; running on "
+                     + ", ".join(h.name for h in todo))
+        result = ansible.run_playbook(cluster.inventory_path, variables,
+                                      log=cluster.state_dir / "logs" / "ansible.log",
+                                      tolerate_unreachable=tolerated(cluster, hosts),
+                                      progress=progress,
+                                      limit=None if len(todo) == len(hosts) else
+                                      [h.name for h in todo])
+        if result.unreachable:
+            progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
+                     f"continuing because min_workers is {cluster.spec.min_workers}")
+        fingerprint.record(cluster, [h for h in todo if h.name not in result.unreachable],
+                           wanted)
     local = built.get(platform.machine()) or next(iter(built.values()))
     state.update(cluster.state_dir, lock_hash=local.hash, env_hashes=env_hashes)
     return result, env_hashes

@@ -105,8 +105,19 @@ def test_second_up_changes_nothing_and_restarts_nothing(lab_cluster, cli):
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "changed=0" in out, out
     assert "started: nothing" in out, out
+    # each node's record says it has this environment, TLS files and config: no playbook run
+    assert "ansible: nothing to do: all 3 hosts" in out, out
     after = json.loads(cli("status", "-c", str(LAB_CLUSTER), "--json").stdout)
     assert [w["pid"] for w in after["workers"]] == [w["pid"] for w in before["workers"]]
+
+
+def test_up_runs_the_playbook_where_a_node_lost_what_it_was_given(lab_cluster, cli):
+    """A node whose cluster config went missing (drift) gets the playbook again, and only it."""
+    conf = Path("/var/lib/daskfleet-lab/hosts/lab3/fs/etc/daskfleet/lab/dask/daskfleet.yaml")
+    conf.unlink()
+    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
+    assert "ansible: lab1, lab2 up to date; running on lab3" in out, out
+    assert conf.exists() and "changed=0" not in out, out
 
 
 def test_unreachable_host_fails_up_and_names_it(lab_cluster, cli, workdir: Path):
