@@ -2,8 +2,9 @@
 
 The control machine cuts the input file into shards (label column optional), ships them to the
 worker hosts like `submit` does, and the workers predict one shard each; the predictions come
-back to the client (one short string per row) and are written to one parquet file, through a
-temporary file renamed at the end.
+back one shard at a time, in input order, and are appended to one parquet file (a row group per
+shard) through a temporary file renamed at the end: the client holds one shard's predictions at
+a time, whatever the size of the input.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
 
 def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_path: Path,
                    progress: Progress = print) -> dict:
-    """The core: map ``predict_shard`` over shards (paths as the workers see them), gather the
-    predictions in input-row order and write them to ``out_path``."""
-    import pandas as pd
+    """The core: map ``predict_shard`` over shards (paths as the workers see them, in input
+    order) and stream the predictions, shard by shard, into ``out_path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from distributed import wait
 
     from runner.batch.model import predict_shard
@@ -67,23 +69,47 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
         if f.status != "finished":
             exc = f.exception() if f.status == "error" else f.status
             raise BatchError(f"predict failed on shard {path}: {type(exc).__name__}: {exc}")
-    frames = client.gather(futures)
-    df = pd.concat(frames, ignore_index=True).sort_values("row", kind="stable", ignore_index=True)
-    if df["label"].isna().all():
-        df = df.drop(columns=["label"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    rows = labelled = correct = 0
+    schema = pa.schema([("row", pa.int64()), ("label", pa.string()), ("prediction", pa.string())])
     try:
-        df.to_parquet(tmp, index=False)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for f in futures:
+                df = f.result().sort_values("row", kind="stable")
+                f.release()  # the worker drops it; the client keeps one shard at a time
+                known = df["label"].notna()
+                rows += len(df)
+                labelled += int(known.sum())
+                correct += int((df.loc[known, "label"] == df.loc[known, "prediction"]).sum())
+                writer.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False))
+        if labelled == 0:  # an input without labels: no label column in the output either
+            _drop_column(tmp, "label")
         os.replace(tmp, out_path)
     except OSError as e:
         raise BatchError(f"{out_path}: cannot write the predictions: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
-    summary = {"rows": len(df), "out": str(out_path), "seconds": round(time.monotonic() - t, 3)}
-    if "label" in df.columns:
-        known = df["label"].notna()
-        summary["accuracy"] = float((df.loc[known, "label"] == df.loc[known, "prediction"]).mean())
-    progress(f"predict: {len(df):,} rows from {len(shard_paths)} shards -> {out_path} "
+    summary = {"rows": rows, "out": str(out_path), "seconds": round(time.monotonic() - t, 3)}
+    if labelled:
+        summary["accuracy"] = correct / labelled
+    progress(f"predict: {rows:,} rows from {len(shard_paths)} shards -> {out_path} "
              f"({summary['seconds']:.1f}s)")
     return summary
+
+
+def _drop_column(path: Path, column: str) -> None:
+    """Rewrite a parquet file without ``column``, a row group at a time."""
+    import pyarrow.parquet as pq
+
+    src = pq.ParquetFile(path)
+    keep = [n for n in src.schema_arrow.names if n != column]
+    out = path.with_name(path.name + ".drop")
+    try:
+        with pq.ParquetWriter(out, src.schema_arrow.remove(
+                src.schema_arrow.get_field_index(column))) as writer:
+            for i in range(src.num_row_groups):
+                writer.write_table(src.read_row_group(i, columns=keep))
+        os.replace(out, path)
+    finally:
+        out.unlink(missing_ok=True)

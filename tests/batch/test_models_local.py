@@ -137,6 +137,11 @@ def test_predict_shards_one_prediction_per_row_in_order(client, tmp_path, corpus
     agree = sum(p == t for p, t in zip(out["prediction"], truth, strict=True))
     assert agree > 240, agree
     assert not list((tmp_path / "out").glob(".*tmp*"))
+    # written a shard at a time (a row group each), never gathered whole on the client
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "out" / "pred.parquet").num_row_groups == 5
+    assert not client.who_has()  # each shard's predictions released once written
 
 
 def test_predict_input_with_labels_reports_accuracy(client, tmp_path, corpus):
