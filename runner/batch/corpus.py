@@ -324,24 +324,42 @@ def _digest(parts: list) -> str:
 
 
 class _ShardWriter:
-    """Deals rows round-robin to ``n_shards`` parquet files, flushing small row groups."""
+    """Deals rows round-robin to parquet shards, flushing small row groups, so each shard mixes
+    rows from all over its stretch of the input (an input sorted by label still gives shards of
+    every class). At most ``max_open`` shards are open at once: the rows are dealt over a window
+    of that many shards until they are full, then the next window opens (a corpus of any size
+    stays far below the open-file limit)."""
+
+    max_open = 128
 
     def __init__(self, folder: Path, n_shards: int, shard_rows: int):
         self.folder = folder
         self.names = [f"part-{i:05d}.parquet" for i in range(n_shards)]
-        self.flush_rows = max(256, shard_rows // n_shards)
+        self.shard_rows = shard_rows
+        self.flush_rows = max(256, shard_rows // min(n_shards, self.max_open))
         self.buffers: list[list[tuple]] = [[] for _ in range(n_shards)]
         self.writers: list[pq.ParquetWriter | None] = [None] * n_shards
         self.rows = [0] * n_shards
         self.i = 0
+        self.base, self.j = 0, 0  # the window's first shard; rows dealt in this window
 
     def add(self, text: str | None, label: str | None) -> None:
-        k = self.i % len(self.names)
+        width = min(self.max_open, len(self.names) - self.base)
+        if self.j == width * self.shard_rows and self.base + width < len(self.names):
+            for k in range(self.base, self.base + width):  # the window is full: close it
+                self._close(k)
+            self.base, self.j = self.base + width, 0
+            width = min(self.max_open, len(self.names) - self.base)
+        k = self.base + self.j % width
+        self.j += 1
         self.i += 1
         self.buffers[k].append((text, label))
         self.rows[k] += 1
         if len(self.buffers[k]) >= self.flush_rows:
             self._flush(k)
+
+    def open_files(self) -> int:
+        return sum(w is not None for w in self.writers)
 
     def _flush(self, k: int) -> None:
         rows = self.buffers[k]
@@ -352,11 +370,17 @@ class _ShardWriter:
         self.writers[k].write_table(table)
         self.buffers[k] = []
 
+    def _close(self, k: int) -> None:
+        # the last rows; or, for a shard that got none, its (empty) file: every shard exists
+        if self.buffers[k] or not (self.folder / self.names[k]).exists():
+            self._flush(k)
+        if self.writers[k] is not None:
+            self.writers[k].close()
+            self.writers[k] = None
+
     def close(self) -> None:
         for k in range(len(self.names)):
-            if self.buffers[k] or self.writers[k] is None:
-                self._flush(k)
-            self.writers[k].close()
+            self._close(k)
 
 
 def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: dict) -> Dataset:
