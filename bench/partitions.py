@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                         "single_accuracy": single["accuracy"], "single_macro_f1": single["macro_f1"],
                         "accuracy_points": 100 * (m["accuracy"] - single["accuracy"]),
                         "macro_f1_points": 100 * (m["macro_f1"] - single["macro_f1"]),
-                        "seconds": seconds, "time_ratio": seconds / single_s})
+                        "seconds": seconds, "time_ratio": seconds / single_s,
+                        "phases": m["timings"]})
                     r = rows_out[-1]
                     print(f"  {r['partitions']:>4} partitions: accuracy {r['accuracy']:.4f} "
                           f"({r['accuracy_points']:+.2f} pts), macro-F1 {r['macro_f1']:.4f} "
                           f"({r['macro_f1_points']:+.2f} pts), {seconds:.1f}s = "
-                          f"x{r['time_ratio']:.2f} single", file=sys.stderr)
+                          f"x{r['time_ratio']:.2f} single; " + ", ".join(
+                              f"{k} {v:.1f}s" for k, v in m["timings"].items()), file=sys.stderr)
     print("\n| corpus | partitions | accuracy (pts vs single) | macro-F1 (pts vs single) | "
           "time / single |\n|---|---|---|---|---|")
     for r in rows_out:
