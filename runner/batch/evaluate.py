@@ -17,6 +17,18 @@ def confusion_part(part: dict, clf, classes: list[str]) -> np.ndarray:
     return confusion_matrix(y, pred, labels=np.asarray(classes, dtype=object)).astype(np.int64)
 
 
+def confusion_parts(parts, clf, classes: list[str]) -> np.ndarray:
+    """``confusion_part`` summed over a worker's partitions, predicted in batches (one
+    prediction per partition would copy the k x n_features weights for each)."""
+    from runner.batch.parts import batches
+
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for X, y in batches(parts, range(len(parts)), "X_test", "y_test"):
+        cm += confusion_part({"X_test": X, "y_test": y}, clf, classes)
+    return cm
+
+
 def metrics_from_confusion(cm: np.ndarray, classes: list[str]) -> dict:
     """accuracy, macro_f1 and per-class precision/recall/f1/support.
 

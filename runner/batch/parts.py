@@ -147,3 +147,29 @@ class LazyParts:
 def on_shards(func, paths: list[str], load_params: dict, idf, *args):
     """``func(partitions, *args)`` over the shards at ``paths``, rebuilt one at a time."""
     return func(LazyParts(list(paths), load_params, idf), *args)
+
+
+BATCH_ROWS = 20_000
+
+
+def batches(parts, order, x_key: str, y_key: str, min_rows: int = BATCH_ROWS):
+    """(X, y) of the partitions in ``order``, consecutive ones stacked until at least
+    ``min_rows`` rows (the last batch may be smaller). scikit-learn's linear models pay a cost of
+    the order of classes x features on every call (a copy of the weights), so a worker with many
+    small partitions makes few large calls, with a bounded copy of its rows."""
+    import scipy.sparse as sp
+
+    Xs, ys, n = [], [], 0
+    for j in order:
+        part = parts[int(j)]
+        X = part[x_key]
+        if X.shape[0] == 0:
+            continue
+        Xs.append(X)
+        ys.append(part[y_key])
+        n += X.shape[0]
+        if n >= min_rows:
+            yield (Xs[0] if len(Xs) == 1 else sp.vstack(Xs, format="csr")), np.concatenate(ys)
+            Xs, ys, n = [], [], 0
+    if Xs:
+        yield (Xs[0] if len(Xs) == 1 else sp.vstack(Xs, format="csr")), np.concatenate(ys)

@@ -468,8 +468,9 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
 
 def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str],
               paths: list[str], phase: str) -> tuple:
-    cms = source.map(evaluate.confusion_part, fitted, classes)
-    _check(cms, phase, paths, bar=True)
+    cms = [source.submit_group(evaluate.confusion_parts, worker, idx, fitted, classes)
+           for worker, idx in source.by_worker()]
+    _check(cms, phase)
     cm = sum(client.gather(cms))
     _release(cms)
     return cm, evaluate.metrics_from_confusion(cm, classes)

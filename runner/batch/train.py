@@ -30,17 +30,17 @@ def make_classifier(state: dict | None, classes: list[str], sgd_params: dict) ->
 def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: dict,
                      epoch: int, index: int) -> dict:
     """One epoch over the training rows of ``parts`` (this worker's partitions: a list, or
-    ``parts.LazyParts`` that builds each one when it is reached), from the mixed ``state``."""
+    ``parts.LazyParts`` that builds each one when it is reached), from the mixed ``state``:
+    partitions in a shuffled order, stacked into batches of at least ``parts.BATCH_ROWS`` rows,
+    rows shuffled within each batch."""
+    from runner.batch.parts import batches
+
     seed = int(sgd_params.get("random_state") or 0)
     rng = np.random.default_rng([seed, epoch, index])
     labels = np.asarray(classes, dtype=object)
     clf = make_classifier(state, classes, sgd_params)
     n = 0
-    for j in rng.permutation(len(parts)):
-        part = parts[int(j)]
-        X, y = part["X_train"], part["y_train"]
-        if X.shape[0] == 0:
-            continue
+    for X, y in batches(parts, rng.permutation(len(parts)), "X_train", "y_train"):
         order = rng.permutation(X.shape[0])
         clf.partial_fit(X[order], y[order], classes=labels)
         n += X.shape[0]

@@ -229,7 +229,7 @@ def test_stemming_runs_on_the_workers(client, corpus, tmp_path):
 
 def test_naive_bayes_search_over_alpha(client, corpus, tmp_path):
     metrics, _ = run(client, corpus, tmp_path, "nb-search", """\
-        model: {kind: naive_bayes}
+        model: {kind: naive_bayes, variant: multinomial}
         search: {grid: {alpha: [0.01, 1000.0]}}
         """)
     by_alpha = {r["params"]["alpha"]: r["macro_f1"] for r in metrics["search"]["results"]}
