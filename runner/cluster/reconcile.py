@@ -111,8 +111,8 @@ def _drop_unreachable(cluster: Cluster, procs: list[RemoteProcess],
         allowed = "" if floor is None else f" ({can_run} workers could start, at least {floor} needed)"
         raise ClusterStartError(f"start: cannot reach {names} over SSH{allowed}; check the "
                                 "hosts are up and run `daskfleet up` again.")
-    progress(f"WARNING: degraded: {names} unreachable, so its workers are missing; running "
-             f"{can_run} workers (at least {floor} needed)")
+    progress(f"WARNING: starting degraded without {names} (unreachable): its workers are "
+             f"missing; running {can_run} workers (at least {floor} needed)")
     return [p for p in procs if p not in lost]
 
 
