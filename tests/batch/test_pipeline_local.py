@@ -142,13 +142,13 @@ def test_missing_label_column_is_reported(tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
-def assert_failed_run(run_dir: Path, words: str) -> None:
-    """A failed run is recorded as failed and nothing in it looks like a success."""
+def assert_failed_run(run_dir: Path, words: str, status_word: str = "failed") -> None:
+    """A failed (or cancelled) run is recorded so and nothing in it looks like a success."""
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "failed" and words in status["error"], status
+    assert status["status"] == status_word and words in status["error"], status
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "model.joblib").exists()
     assert not (run_dir / "report.html").exists()
-    assert "failed: " in (run_dir / "logs" / "run.log").read_text()
+    assert f"{status_word}: " in (run_dir / "logs" / "run.log").read_text()
     assert not run_dir.with_name(run_dir.name + ".tmp").exists()
 
 
@@ -202,7 +202,10 @@ def test_unexpected_failure_is_recorded_and_propagates(client, tmp_path, monkeyp
     with pytest.raises(type(exc)):
         run_job(client, job, ["/nonexistent/part-00000.parquet"], run_dir,
                 progress=lambda line: None)
-    assert_failed_run(run_dir, type(exc).__name__)
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C on the control machine: cancelled
+        assert_failed_run(run_dir, "interrupted on the control machine", "cancelled")
+    else:
+        assert_failed_run(run_dir, type(exc).__name__)
 
 
 def test_a_shard_whose_rows_are_all_dropped_does_not_break_the_job(client, tmp_path):
