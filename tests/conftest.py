@@ -23,7 +23,8 @@ def lab_host_logs(state_dir: Path = DEFAULT_STATE_DIR) -> str:
                 lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
                 chunks.append(f"===== {host_dir.name}: {log.name} =====\n" + "\n".join(lines))
     # The emulated EC2: its API server's and instance controller's logs.
-    for log in sorted((state_dir / "cloud").glob("*.log")):
+    for log in sorted([*(state_dir / "cloud").glob("*.log"),
+                       *(state_dir / "cloud" / "terminated").glob("*.log")]):
         lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
         chunks.append(f"===== emulated EC2: {log.name} =====\n" + "\n".join(lines))
     return "\n".join(chunks) or f"(no lab host logs under {state_dir})"

@@ -34,6 +34,19 @@ SG_TABLE = "daskfleet_sg"
 HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)
 
 
+def _keep_logs(hdir, dest, iid: str) -> None:
+    """A terminated instance's boot logs, kept beside the controller's (its disk goes): a test
+    that fails after an instance ended itself can still show why."""
+    for name in ("init.log", "fs/var/log/cloud-init-output.log"):
+        src = hdir / name
+        try:
+            if src.is_file():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest / f"{iid}-{src.name}")
+        except OSError:
+            pass  # best effort: the host is going either way
+
+
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
@@ -170,6 +183,7 @@ class Controller:
             if state in ("stopped", "stopping"):
                 log(f"{iid}: {state}: host {host.address} powered off (disk kept)")
             else:
+                _keep_logs(self.lab.host_dir(iid), self.lab.cloud_dir / "terminated", iid)
                 shutil.rmtree(self.lab.host_dir(iid), ignore_errors=True)
                 log(f"{iid}: {state}: host {host.address} destroyed (disk deleted)")
             self.write()
