@@ -330,7 +330,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
     t0 = time.perf_counter()
-    cm, scores = _evaluate(client, fitted, source, classes, paths, "evaluate")
+    cm, scores = _evaluate(client, fitted, source, classes, "evaluate")
     timings["evaluate"] = time.perf_counter() - t0
     say(f"evaluate: accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
         f"majority class {scores['majority_rate']:.3f} ({timings['evaluate']:.1f}s)")
@@ -467,7 +467,7 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
 
 
 def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str],
-              paths: list[str], phase: str) -> tuple:
+              phase: str) -> tuple:
     cms = [source.submit_group(evaluate.confusion_parts, worker, idx, fitted, classes)
            for worker, idx in source.by_worker()]
     _check(cms, phase)
@@ -588,7 +588,7 @@ def _search(client: Client, job: JobSpec, source: _Parts, classes: list[str],
         _release(states)
     results = []
     for cand, f in zip(candidates, fitted, strict=True):
-        _, scores = _evaluate(client, f, fit_source, classes, paths, "search (validation)")
+        _, scores = _evaluate(client, f, fit_source, classes, "search (validation)")
         results.append({"params": cand, "macro_f1": scores["macro_f1"],
                         "accuracy": scores["accuracy"]})
     _release([*fitted, *fit_parts])
