@@ -60,6 +60,7 @@ class RunWatch:
         self.address = client.scheduler.address
         self.t0 = time.time()
         self.at_start: dict[str, dict] = {}
+        self.start_error: str | None = None
 
     # -- the scheduler, asked with a bound ----------------------------------------------------
     def _ask(self, method: str, **kwargs) -> Any:
@@ -91,8 +92,8 @@ class RunWatch:
             self.at_start = self._workers()
             # the first call registers the scheduler's task-stream plugin: it records from now
             self._ask("get_task_stream", start=self.t0)
-        except Exception:  # noqa: BLE001 - the run itself decides whether the cluster is fine
-            pass
+        except Exception as e:  # noqa: BLE001 - the run itself decides whether the cluster is fine
+            self.start_error = f"{type(e).__name__}: {e}"
 
     def _events(self, topic: str) -> list[dict]:
         """The scheduler's events on ``topic`` since the start, each with its time as ``at``."""
@@ -113,16 +114,28 @@ class RunWatch:
             "started": round(self.t0, 3),
             "workers_at_start": sorted(w["name"] for w in self.at_start.values()),
         }
+        if self.start_error:
+            record["start_error"] = f"could not ask the scheduler at the start: {self.start_error}"
         if not self.scheduler_answers():
             record["scheduler_lost"] = True
             return record
-        try:
-            at_end = self._workers()
-            removed = self._events("all")
-            stream = self._ask("get_task_stream", start=self.t0)
-            memory_kills = self._events("worker-restart-memory")
-        except Exception as e:  # noqa: BLE001 - the record says what it could not learn
-            record["error"] = f"could not ask the scheduler: {type(e).__name__}: {e}"
+        # each question on its own: one that fails (or times out) leaves the others' answers
+        errors: list[str] = []
+
+        def ask(what: str, fn, default):
+            try:
+                return fn()
+            except Exception as e:  # noqa: BLE001 - the record says what it could not learn
+                errors.append(f"{what}: {type(e).__name__}: {e}")
+                return default
+
+        at_end = ask("workers", self._workers, None)
+        removed = ask("events", lambda: self._events("all"), [])
+        stream = ask("task stream", lambda: self._ask("get_task_stream", start=self.t0), [])
+        memory_kills = ask("memory kills", lambda: self._events("worker-restart-memory"), [])
+        if errors:
+            record["error"] = "could not ask the scheduler: " + "; ".join(errors)
+        if at_end is None:
             return record
         again = recomputed(stream)
         start_names = set(record["workers_at_start"])

@@ -170,7 +170,8 @@ def baseline(lab_cluster, cli, fault_job, runs_dir) -> dict:
     assert s.finish(900) == 0, s.out + s.err
     status = _status(_run_dir(runs_dir, before))
     events = status["cluster_events"]
-    assert events["workers_at_start"] == events["workers_at_end"] == ["lab2-w0", "lab3-w0"]
+    assert events["workers_at_start"] == events.get("workers_at_end") == ["lab2-w0", "lab3-w0"], \
+        events
     assert events["lost_workers"] == [] and events["recomputed_tasks"] == 0, events
     metrics = json.loads((Path(status["run_dir"]) / "metrics.json").read_text())
     assert metrics["timings"]["train"] >= 15, metrics["timings"]  # tens of seconds to hit
@@ -194,7 +195,7 @@ def test_a_worker_host_killed_mid_training_the_job_completes_on_the_other(
         events = status["cluster_events"]
         assert events["lost_workers"] == ["lab3-w0"], events
         assert events["workers_at_start"] == ["lab2-w0", "lab3-w0"]
-        assert events["workers_at_end"] == ["lab2-w0"]
+        assert events.get("workers_at_end") == ["lab2-w0"], events
         # the lost worker's partitions were read, cleaned and hashed again on lab2
         assert events["recomputed_tasks"] > 0 and events["recomputed_keys"], events
         assert any(k.startswith(("read_shard", "vectorize_part", "clean_part"))

@@ -77,3 +77,19 @@ def test_tasks_that_kill_their_workers_name_the_memory_limit_and_the_keys(monkey
     assert "4 time(s)" in msg and "8,388,608 x 8 bytes = 64 MiB per class" in msg
     assert "Lower features.n_features in big.yaml" in msg
     assert w.explain(ValueError("a bad shard")) is None
+
+
+def test_one_question_the_scheduler_cannot_answer_leaves_the_others_in_the_record(monkeypatch):
+    w = _watch()
+    monkeypatch.setattr(w, "scheduler_answers", lambda: True)
+    monkeypatch.setattr(w, "_workers", lambda: {"tls://198.18.0.12:40001": {"name": "lab2-w0"}})
+    monkeypatch.setattr(w, "_events", lambda topic: [])
+
+    def ask(method, **kwargs):
+        raise TimeoutError("no answer in 10 s")
+
+    monkeypatch.setattr(w, "_ask", ask)  # the task stream times out
+    summary = w.summary()
+    assert summary["workers_at_end"] == ["lab2-w0"] and summary["lost_workers"] == []
+    assert "task stream: TimeoutError: no answer in 10 s" in summary["error"]
+    assert summary["recomputed_tasks"] == 0
