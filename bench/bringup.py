@@ -4,14 +4,17 @@ environment, several rounds in one run, reported as a ratio.
 
     .venv/bin/python bench/bringup.py [--rounds 3]
 
-Needs root (it makes a lab if none is up) and asyncssh (`pip install asyncssh`) for SSHCluster.
-Also prints `daskfleet up` per phase, cold (fresh hosts) and warm (second run).
+Needs root and no lab up (it makes one, so the first `up` meets fresh hosts). Times
+`daskfleet up` cold (fresh hosts) and warm (nothing changed: the nodes' fingerprints match, so
+Ansible is skipped), then the start-to-ready rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,34 +69,55 @@ def time_sshcluster(cluster: Cluster) -> float:
     return elapsed
 
 
+def up_cli(log: Path) -> float:
+    """Seconds of `daskfleet up -c clusters/lab.yaml` run as a user runs it."""
+    from scale import run_child
+
+    rc, seconds, _ = run_child(["up", "-c", str(LAB_CLUSTER)], dict(os.environ), log)
+    if rc != 0:
+        raise SystemExit(f"daskfleet up failed (rc {rc}):\n{log.read_text()[-3000:]}")
+    return seconds
+
+
+def measure(rounds: int = 3, log=print) -> dict:
+    """On a lab with fresh hosts: `daskfleet up` cold, then warm (nothing changed), then
+    ``rounds`` of start-to-all-workers-ready, daskfleet's and SSHCluster's in turn."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cold = up_cli(Path(tmp) / "cold.log")
+        log(f"daskfleet up, fresh hosts: {cold:.1f}s")
+        warm = up_cli(Path(tmp) / "warm.log")
+        log(f"daskfleet up, unchanged:   {warm:.1f}s")
+    ours, theirs = [], []
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        for i in range(rounds):
+            ours.append(time_daskfleet(cluster))
+            theirs.append(time_sshcluster(cluster))
+            log(f"round {i + 1}: daskfleet {ours[-1]:.2f}s  SSHCluster {theirs[-1]:.2f}s")
+        cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
+    mo, mt = statistics.median(ours), statistics.median(theirs)
+    return {"up_cold_s": cold, "up_warm_s": warm, "warm_over_cold": warm / cold,
+            "start_daskfleet_s": ours, "start_sshcluster_s": theirs,
+            "start_median_daskfleet_s": mo, "start_median_sshcluster_s": mt,
+            "start_ratio": mo / mt}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     lab = Lab()
-    fresh = not lab.hosts()
-    if fresh:
-        lab.up(3, progress=lambda *_: None)
+    if lab.hosts():
+        raise SystemExit("bench/bringup.py times `up` on fresh hosts: run `daskfleet lab down` first")
+    lab.up(3, progress=lambda *_: None)
     try:
-        with Cluster.from_file(LAB_CLUSTER) as cluster:
-            cold = cluster.up(progress=lambda *_: None)
-            warm = cluster.up(progress=lambda *_: None)
-            print(f"daskfleet up, {'fresh hosts' if fresh else 'existing lab'}: {cold.line()}")
-            print(f"daskfleet up, second run:        {warm.line()}")
-            ours, theirs = [], []
-            for i in range(args.rounds):
-                ours.append(time_daskfleet(cluster))
-                theirs.append(time_sshcluster(cluster))
-                print(f"round {i + 1}: daskfleet {ours[-1]:.2f}s  SSHCluster {theirs[-1]:.2f}s")
-            cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
-        mo, mt = statistics.median(ours), statistics.median(theirs)
-        print(f"median start to all workers ready: daskfleet {mo:.2f}s, SSHCluster {mt:.2f}s, "
-              f"ratio daskfleet/SSHCluster = {mo / mt:.2f} (< 1 is faster)")
+        r = measure(args.rounds)
+        print(f"warm/cold up {r['warm_over_cold']:.2f}; median start to all workers ready: "
+              f"daskfleet {r['start_median_daskfleet_s']:.2f}s, SSHCluster "
+              f"{r['start_median_sshcluster_s']:.2f}s, ratio {r['start_ratio']:.2f} (< 1 is faster)")
     finally:
-        if fresh:
-            with Cluster.from_file(LAB_CLUSTER) as cluster:
-                cluster.down(destroy=True, progress=lambda *_: None)
-            lab.down(progress=lambda *_: None)
+        with Cluster.from_file(LAB_CLUSTER) as cluster:
+            cluster.down(destroy=True, progress=lambda *_: None)
+        lab.down(progress=lambda *_: None)
 
 
 if __name__ == "__main__":

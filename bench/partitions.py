@@ -45,20 +45,16 @@ def corpus_rows(job, cache: Path) -> int:
     return prepare_dataset(job, cache).rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(partitions=(4, 16, 64, 256), only: str | None = None,
+            cache: Path = Path(".daskfleet/cache/datasets")) -> list[dict]:
+    """One row per corpus and partition count (see the module's docstring)."""
     from distributed import Client, LocalCluster
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--partitions", type=int, nargs="+", default=[4, 16, 64, 256])
-    ap.add_argument("--only", choices=["debian", "synthetic"])
-    ap.add_argument("--cache", type=Path, default=Path(".daskfleet/cache/datasets"))
-    args = ap.parse_args(argv)
 
     jobs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "debian"):
+        if only in (None, "debian"):
             jobs["debian"] = load_job(HERE.parent / "jobs" / "demo.yaml")
-        if args.only in (None, "synthetic"):
+        if only in (None, "synthetic"):
             path = Path(tmp) / "synthetic.yaml"
             path.write_text(SYNTHETIC)
             jobs["synthetic"] = load_job(path)
@@ -66,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         with (LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
               Client(cluster) as client):
             for corpus, job in jobs.items():
-                whole = prepare_dataset(job, args.cache)
+                whole = prepare_dataset(job, cache)
                 data = single_process_features(job, whole.paths)
                 single = single_process_fit(job, data, "sgd")
                 single_s = data["seconds"] + single["fit_seconds"]
                 print(f"\n{corpus}: {whole.rows:,} rows; single process accuracy "
                       f"{single['accuracy']:.4f} macro-F1 {single['macro_f1']:.4f} "
                       f"({single_s:.1f}s)", file=sys.stderr)
-                for n in args.partitions:
+                for n in partitions:
                     cut = with_shards(job, math.ceil(whole.rows / n))
-                    ds = prepare_dataset(cut, args.cache)
+                    ds = prepare_dataset(cut, cache)
                     t0 = time.perf_counter()
                     m = run_job(client, cut, [str(p) for p in ds.paths], Path(tmp) / f"{corpus}-{n}",
                                 context={"bench": "partitions"}, progress=lambda line: None)
@@ -95,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"({r['macro_f1_points']:+.2f} pts), {seconds:.1f}s = "
                           f"x{r['time_ratio']:.2f} single; " + ", ".join(
                               f"{k} {v:.1f}s" for k, v in m["timings"].items()), file=sys.stderr)
+    return rows_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--partitions", type=int, nargs="+", default=[4, 16, 64, 256])
+    ap.add_argument("--only", choices=["debian", "synthetic"])
+    ap.add_argument("--cache", type=Path, default=Path(".daskfleet/cache/datasets"))
+    args = ap.parse_args(argv)
+    rows_out = measure(args.partitions, args.only, args.cache)
     print("\n| corpus | partitions | accuracy (pts vs single) | macro-F1 (pts vs single) | "
           "time / single |\n|---|---|---|---|---|")
     for r in rows_out:

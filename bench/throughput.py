@@ -36,33 +36,26 @@ def synthetic_job(folder: Path, n_docs: int, partition_mb: float, cache: bool = 
                                 n_docs, partition_mb, cache=cache)
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(sizes, workers: int = 2, partition_mb: float = 4.0, modes=(True, False),
+            datasets: Path = Path(".daskfleet/cache/datasets"), log=print) -> list[dict]:
+    """One row per corpus size: per ``features.cache`` mode, the cluster's documents per second
+    (features, training, whole run), accuracy and peak worker memory; one process's figures on
+    the same features; ``train_per_core``, the cluster's training rate per worker over one
+    process's (the cluster's training time covers mixing and its scheduling)."""
     from distributed import Client, LocalCluster
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the corpus sizes")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--partition-mb", type=float, default=4.0)
-    ap.add_argument("--cache", choices=sorted(MODES), default="both",
-                    help="features.cache of the runs: true, false or both (default)")
-    ap.add_argument("--datasets", type=Path, default=Path(".daskfleet/cache/datasets"),
-                    help="where the synthetic corpora are written (reused across runs)")
-    args = ap.parse_args(argv)
-    sizes = [max(1000, int(n * args.scale)) for n in BASE_SIZES]
-    modes = MODES[args.cache]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             t0 = time.perf_counter()
-            dataset = prepare_dataset(synthetic_job(Path(tmp), n, args.partition_mb), args.datasets)
+            dataset = prepare_dataset(synthetic_job(Path(tmp), n, partition_mb), datasets)
             prepare_s = time.perf_counter() - t0
             paths = [str(p) for p in dataset.paths]
             row = {"docs": n, "partitions": len(paths), "prepare_s": prepare_s}
             for cache in modes:
-                job = synthetic_job(Path(tmp), n, args.partition_mb, cache)
+                job = synthetic_job(Path(tmp), n, partition_mb, cache)
                 # a fresh cluster per run: a worker's RSS does not shrink after a bigger run
-                with (LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                with (LocalCluster(n_workers=workers, threads_per_worker=1,
                                    dashboard_address=None) as cluster,
                       Client(cluster) as client):
                     with peak_worker_memory(client) as memory:
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     "total_dps": n / m["duration_s"],
                     "acc": m["accuracy"], "peak_mb": memory["peak"] / 2**20,
                 }
-                print(f"{n:,} docs, cache {str(cache).lower()}: done", flush=True)
+                log(f"{n:,} docs, cache {str(cache).lower()}: done")
             data = single_process_features(job, dataset.paths)
             single = single_process_fit(job, data, "sgd")
             row.update(single_features_dps=n / data["seconds"],
@@ -83,6 +76,26 @@ def main(argv: list[str] | None = None) -> int:
                        single_acc=single["accuracy"])
             del data
             rows.append(row)
+
+    for row in rows:
+        for cache in modes:
+            row[cache]["train_per_core"] = row[cache]["train_dps"] / (workers * row["single_train_dps"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplies the corpus sizes")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--partition-mb", type=float, default=4.0)
+    ap.add_argument("--cache", choices=sorted(MODES), default="both",
+                    help="features.cache of the runs: true, false or both (default)")
+    ap.add_argument("--datasets", type=Path, default=Path(".daskfleet/cache/datasets"),
+                    help="where the synthetic corpora are written (reused across runs)")
+    args = ap.parse_args(argv)
+    sizes = [max(1000, int(n * args.scale)) for n in BASE_SIZES]
+    modes = MODES[args.cache]
+    rows = measure(sizes, args.workers, args.partition_mb, modes, args.datasets)
 
     print(f"\nLocalCluster {args.workers}x1 (a fresh one per run) vs single process, docs/s")
     print(f"{'docs':>9} {'parts':>5} {'cache':>5} | {'features':>9} {'train':>8} {'run':>8} | "

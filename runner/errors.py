@@ -40,3 +40,11 @@ class EnvironmentMismatchError(DaskfleetError):
 
 class BatchError(DaskfleetError):
     """A batch job failed (bad data, a failed task, ...)."""
+
+
+class ModelTooLarge(BatchError):
+    """Training would need more memory than a worker has; checked before any training task."""
+
+    def __init__(self, message: str, *, need: str, limit: int, fits: int | None):
+        super().__init__(message)
+        self.need, self.limit, self.fits = need, limit, fits  # need: what needs how much, in words

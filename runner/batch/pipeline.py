@@ -39,7 +39,7 @@ from runner.batch.artifacts import (
 )
 from runner.batch.model import model_stamp, save_model
 from runner.batch.report import render_report
-from runner.errors import BatchError, DaskfleetError
+from runner.errors import BatchError, DaskfleetError, ModelTooLarge
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -291,6 +291,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             "split.test_fraction")
     for warning in warnings:
         say(f"warning: {warning}")
+    _check_model_fits(client, job, len(classes))
 
     # vectorize: the feature matrices are built and kept on the workers (with the cache), or
     # only the tf-idf document frequencies are counted (without: every pass hashes again)
@@ -515,6 +516,34 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
     _check([fitted], "train (final weights)")
     _release([state])
     return fitted
+
+
+def _check_model_fits(client: Client, job: JobSpec, n_classes: int) -> None:
+    """Refuse, before any feature or training task, a model whose weights cannot fit in the
+    smallest worker's memory limit (a worker restarted in a loop is the alternative)."""
+    limits = [w.get("memory_limit") or 0
+              for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+    if not limits or min(limits) == 0:  # no limit set: nothing to check against
+        return
+    limit = min(limits)
+    n_features = job.features.n_features
+    candidates = len(job.search.candidates()) if job.search is not None else 1
+    need = train.training_memory(n_classes, n_features, candidates)
+    if need <= train.MEMORY_BUDGET * limit:
+        return
+    fits = train.largest_fitting_features(n_classes, limit, candidates)
+    per_copy = train.training_memory(n_classes, n_features) // train.TRAINING_COPIES
+    searched = f" and {candidates} search candidates" if candidates > 1 else ""
+    hint = (f"features.n_features: {fits:,} fits" if fits else
+            "no n_features fits: fewer classes or more memory")
+    what = (f"job {job.name!r}: training needs about {need / 2**30:.2f} GiB on every worker "
+            f"({n_classes} classes x {n_features:,} features x 8 bytes = "
+            f"{per_copy / 2**30:.2f} GiB per copy of the weights, {train.TRAINING_COPIES} copies "
+            f"while training{searched})")
+    raise ModelTooLarge(
+        f"{what}, more than {int(train.MEMORY_BUDGET * 100)} % of the workers' memory limit of "
+        f"{limit / 2**30:.2f} GiB. Lower features.n_features ({hint}) or raise the workers' "
+        "memory limit; nothing was trained.", need=what, limit=limit, fits=fits)
 
 
 def _sgd_params(model_params: dict) -> dict:

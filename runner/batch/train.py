@@ -27,6 +27,32 @@ def make_classifier(state: dict | None, classes: list[str], sgd_params: dict) ->
     return clf
 
 
+# float64 copies of the k x n_features weights a worker holds at once while training: the
+# classifier's, the mixed state it starts from and the tree's sums (with their float32 inputs)
+TRAINING_COPIES = 3
+# distributed pauses a worker at 80 % of its limit and the interpreter needs its own share
+MEMORY_BUDGET = 0.8
+
+
+def training_memory(n_classes: int, n_features: int, candidates: int = 1) -> int:
+    """Bytes a worker needs for the weights while training: ``TRAINING_COPIES`` float64 copies,
+    plus the float32 state of every further search candidate (their states live side by side).
+    Two classes have one row of weights, as in scikit-learn."""
+    rows = 1 if n_classes == 2 else n_classes
+    copy = rows * n_features * 8
+    return TRAINING_COPIES * copy + (candidates - 1) * copy // 2
+
+
+def largest_fitting_features(n_classes: int, memory_limit: int, candidates: int = 1) -> int | None:
+    """The largest power-of-two ``n_features`` (at least 16) whose training fits the budget."""
+    n = 2**24
+    while n >= 16:
+        if training_memory(n_classes, n, candidates) <= MEMORY_BUDGET * memory_limit:
+            return n
+        n //= 2
+    return None
+
+
 def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: dict,
                      epoch: int, index: int) -> dict:
     """One epoch over the training rows of ``parts`` (this worker's partitions: a list, or

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import BatchError, DaskfleetError
+from runner.errors import BatchError, DaskfleetError, ModelTooLarge
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -167,6 +167,9 @@ class RunWatch:
         """A clearer error for a run the cluster failed, or None to keep the run's own."""
         if isinstance(error, KeyboardInterrupt):
             return None
+        if isinstance(error, ModelTooLarge):  # refused up front: the same advice, with the files
+            return ModelTooLarge(self._too_large_message(error), need=error.need,
+                                 limit=error.limit, fits=error.fits)
         cause = str(error).split("\n")[0][:300]
         if not self.scheduler_answers():
             return BatchError(
@@ -179,6 +182,14 @@ class RunWatch:
         if killed_worker(error) is not None:
             return BatchError(self._memory_message(cause))
         return None
+
+    def _too_large_message(self, error: ModelTooLarge) -> str:
+        job = f" in {self.job_path}" if self.job_path else ""
+        fits = f"{error.fits:,} fits" if error.fits else "none fits: fewer classes"
+        return (f"{error.need}, more than the workers can hold: their memory limit is "
+                f"{_gib(error.limit)} (dask.memory_limit in {self.cluster_file}). Lower "
+                f"features.n_features{job} ({fits}), or raise dask.memory_limit (hosts with more "
+                "memory), then submit again; nothing was trained.")
 
     def _memory_message(self, cause: str) -> str:
         limits = [w["memory_limit"] for w in self.at_start.values() if w.get("memory_limit")]

@@ -189,6 +189,45 @@ def test_one_class_corpus_is_an_error(client, tmp_path):
     shutil.rmtree(tmp_path / "cache")
 
 
+def test_a_model_larger_than_the_workers_memory_is_refused_before_any_training(client, tmp_path):
+    from runner.batch.train import MEMORY_BUDGET, largest_fitting_features, training_memory
+    from runner.errors import ModelTooLarge
+
+    job = load_job(write_job(tmp_path, """\
+        name: huge
+        data:
+          source: synthetic
+          synthetic: {n_docs: 2000, n_classes: 100, vocab_size: 500, doc_len: 10, seed: 1}
+        features: {n_features: 16777216}
+        """))
+    limit = min(w["memory_limit"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    need = training_memory(100, 2**24)  # 3 float64 copies of 100 x 2**24 weights: 37.5 GiB
+    assert need > MEMORY_BUDGET * limit, "this machine's workers would hold it: use more classes"
+    fits = largest_fitting_features(100, limit)
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    lines: list[str] = []
+    run_dir = tmp_path / "runs" / "huge"
+    with pytest.raises(ModelTooLarge) as e:
+        run_job(client, job, worker_paths(dataset), run_dir, progress=lines.append)
+    msg = str(e.value)
+    assert f"training needs about {need / 2**30:.2f} GiB on every worker" in msg
+    assert f"memory limit of {limit / 2**30:.2f} GiB" in msg
+    assert f"Lower features.n_features (features.n_features: {fits:,} fits)" in msg
+    assert training_memory(100, fits) <= MEMORY_BUDGET * limit < training_memory(100, 2 * fits)
+    assert_failed_run(run_dir, "training needs about")
+    assert not any(line.startswith(("vectorize:", "train:")) for line in lines), lines
+
+
+def test_training_memory_counts_copies_rows_and_candidates():
+    from runner.batch.train import largest_fitting_features, training_memory
+
+    assert training_memory(20, 2**23) == 3 * 20 * 2**23 * 8
+    assert training_memory(2, 1024) == 3 * 1024 * 8  # binary: one row of weights
+    assert training_memory(10, 1024, candidates=5) == 3 * 81920 + 4 * 40960
+    assert largest_fitting_features(10, 10 * 2**20) == 32768  # 7.5 MiB needed <= 8 MiB budget
+    assert largest_fitting_features(10**6, 2**20) is None
+
+
 @pytest.mark.parametrize("exc", [KeyError("label"), KeyboardInterrupt()])
 def test_unexpected_failure_is_recorded_and_propagates(client, tmp_path, monkeypatch, exc):
     from runner.batch import pipeline

@@ -313,8 +313,10 @@ def test_d_the_control_machine_interrupted_mid_job_records_a_cancelled_run(
           status="cancelled", next_job="succeeded")
 
 
-def test_e_a_worker_out_of_memory_fails_naming_the_limit_and_the_keys(
+def test_e_a_model_beyond_the_workers_memory_is_refused_naming_the_limit_and_the_keys(
         baseline, cli, workdir, runs_dir):
+    """Refused before any feature or training task: no worker is driven into its memory limit
+    (the nanny's restart loop a model this size caused before the check)."""
     small = workdir / "lab-small-memory.yaml"  # the same cluster, workers limited to 700 MiB
     small.write_text(LAB_CLUSTER.read_text().rstrip("\n") + "\n  memory_limit: 700MiB\n")
     job = workdir / "too-big-model.yaml"
@@ -326,17 +328,17 @@ def test_e_a_worker_out_of_memory_fails_naming_the_limit_and_the_keys(
         cli("up", "-c", str(small), timeout=600)
         before = {p.name for p in runs_dir.iterdir()}
         s = Submission(cli, job, runs_dir, cluster=small)
-        t_train = s.wait_for("vectorize:")
         rc = s.finish(300)
         assert rc == 1, s.out + s.err
         err = s.err
+        assert "training needs about 3.75 GiB on every worker" in err, err
         assert "memory limit is 0.68 GiB" in err and "dask.memory_limit" in err, err
-        assert "features.n_features" in err and str(job) in err, err
+        assert f"Lower features.n_features in {job} (1,048,576 fits)" in err, err
+        assert "vectorize:" not in s.out and "train:" not in s.out, s.out
         status = _status(_run_dir(runs_dir, before))
         assert status["status"] == "failed" and "dask.memory_limit" in status["error"]
-        kills = status["cluster_events"].get("memory_kills") or []
-        _note("worker out of memory", fail_after_training_started_s=round(s.ended - t_train, 1),
-              worker_restarts=len(kills), duration_s=round(s.ended - s.t0, 1))
+        assert not status["cluster_events"].get("memory_kills"), status["cluster_events"]
+        _note("model beyond the workers' memory", refused_after_s=round(s.ended - s.t0, 1))
     finally:
         _heal(cli)  # `up` with clusters/lab.yaml: workers back to their automatic share
 

@@ -1,0 +1,182 @@
+"""The benchmark suite (`make bench`): every figure a ratio measured in this one run.
+
+    .venv/bin/python bench/suite.py [--quick] [--only bringup scale partitions throughput]
+
+1. bringup (lab): `daskfleet up` cold on fresh hosts, then warm on the unchanged cluster; start
+   to all workers ready, daskfleet against Dask's SSHCluster on the same hosts (bench/bringup.py).
+2. scale (lab): end to end, peak worker memory above idle and the client's peak memory at 100k,
+   400k and 1.6M synthetic documents; predict against one process (bench/scale.py).
+3. partitions (LocalCluster): accuracy and macro-F1 against single-process scikit-learn at 4, 16,
+   64 and 256 partitions, Debian sections and a synthetic corpus (bench/partitions.py).
+4. throughput (LocalCluster): training documents per second per worker core against one
+   process on the same sparse matrices and epochs, 100k and 400k documents (bench/throughput.py).
+
+Writes bench/results/<date>.json and <date>.md, and the table into README.md between its
+bench markers. `--quick` divides the corpus sizes by 16 and runs fewer rounds: a check that the
+suite works, not figures to quote. Needs root and no lab up (the first `up` must meet fresh
+hosts). Nothing here is asserted: the goals' column says whether each holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+SECTIONS = ("bringup", "scale", "partitions", "throughput")
+
+
+def log(line: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def run_lab_sections(results: dict, quick: bool, only: set[str]) -> None:
+    import bringup
+    import scale
+
+    from runner import Cluster
+    from runner.lab import Lab
+
+    lab = Lab()
+    if lab.hosts():
+        raise SystemExit("bench: a lab is up; the suite times `up` on fresh hosts and takes the "
+                         "lab down at the end: run `daskfleet lab down` first")
+    log("lab: 3 fresh hosts")
+    lab.up(3, progress=lambda *_: None)
+    try:
+        if "bringup" in only:
+            results["bringup"] = bringup.measure(rounds=1 if quick else 3, log=log)
+        else:
+            bringup.up_cli(Path("/dev/null"))
+        if "scale" in only:
+            sizes = [n // 16 for n in scale.SIZES] if quick else list(scale.SIZES)
+            results["scale"] = scale.measure(sizes, log=log)
+    finally:
+        log("lab: down")
+        with Cluster.from_file(bringup.LAB_CLUSTER) as cluster:
+            cluster.down(destroy=True, progress=lambda *_: None)
+        lab.down(progress=lambda *_: None)
+
+
+def goals(results: dict) -> list[tuple[str, str, str, bool]]:
+    """(goal, measured, target, holds) for every figure the suite has."""
+    out = []
+    if b := results.get("bringup"):
+        out.append(("warm `up` / cold `up`", f"{b['up_warm_s']:.1f}s / {b['up_cold_s']:.1f}s = "
+                    f"{b['warm_over_cold']:.2f}", "<= 0.20 and warm < 10 s",
+                    b["warm_over_cold"] <= 0.2 and b["up_warm_s"] < 10))
+        out.append(("start to all workers ready / SSHCluster (median)",
+                    f"{b['start_median_daskfleet_s']:.2f}s / {b['start_median_sshcluster_s']:.2f}s"
+                    f" = {b['start_ratio']:.2f}", "<= 1.0", b["start_ratio"] <= 1.0))
+    if s := results.get("scale"):
+        r, first, last = s["ratios"], s["sizes"][0], s["sizes"][-1]
+        span = f"{first['docs']:,} -> {last['docs']:,} docs"
+        out.append((f"end to end time, {span}", f"{last['seconds']:.0f}s / {first['seconds']:.0f}s"
+                    f" = {r['time']:.1f}x", f"<= {r['corpus'] * 17 / 16:.0f}x", r["time"] <=
+                    r["corpus"] * 17 / 16))
+        out.append((f"peak worker memory above idle, {span}",
+                    f"{last['worker_above_idle_mb']:.0f} / {first['worker_above_idle_mb']:.0f} MB"
+                    f" = {r['worker_memory_above_idle']:.2f}x", "<= 1.2x",
+                    r["worker_memory_above_idle"] <= 1.2))
+        out.append((f"client peak memory in submit, {span}",
+                    f"{last['client_peak_mb']:.0f} / {first['client_peak_mb']:.0f} MB = "
+                    f"{r['client_memory_submit']:.2f}x", "<= 1.2x", r["client_memory_submit"] <= 1.2))
+        if "client_memory_predict" in r:
+            p0, p1 = s["predict"][0], s["predict"][-1]
+            out.append((f"client peak memory in predict, {p0['rows']:,} -> {p1['rows']:,} rows",
+                        f"{p1['client_peak_mb']:.0f} / {p0['client_peak_mb']:.0f} MB = "
+                        f"{r['client_memory_predict']:.2f}x", "<= 1.2x",
+                        r["client_memory_predict"] <= 1.2))
+        for p in s["predict"]:
+            out.append((f"predict throughput, {p['rows']:,} rows, cluster / one process",
+                        f"{p['docs_per_s']:,.0f} / {p['single_docs_per_s']:,.0f} docs/s = "
+                        f"{p['ratio']:.2f}", "(reported)", True))
+    for row in results.get("partitions", []):
+        out.append((f"accuracy, {row['corpus']}, {row['partitions']} partitions, vs one process",
+                    f"{row['accuracy']:.4f} vs {row['single_accuracy']:.4f} "
+                    f"({row['accuracy_points']:+.2f} pts); macro-F1 {row['macro_f1_points']:+.2f}",
+                    ">= -1 pt both", min(row["accuracy_points"], row["macro_f1_points"]) >= -1))
+    for row in results.get("throughput", []):
+        c = row[True]
+        out.append((f"training per worker core / one process, {row['docs']:,} docs",
+                    f"{c['train_dps']:,.0f} docs/s on {results['meta']['workers']} workers vs "
+                    f"{row['single_train_dps']:,.0f} = {c['train_per_core']:.2f}", ">= 0.85",
+                    c["train_per_core"] >= 0.85))
+    return out
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    lines = [f"Measured {meta['date']} on {meta['machine']} ({meta['cpus']} CPUs), "
+             f"`make bench`{' --quick' if meta['quick'] else ''}, {meta['minutes']:.0f} min; "
+             "each figure is a ratio within this one run.", "",
+             "| goal | measured | target | holds |", "|---|---|---|---|"]
+    for goal, measured, target, holds in goals(results):
+        lines.append(f"| {goal} | {measured} | {target} | {'yes' if holds else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def update_readme(table: str) -> bool:
+    text = README.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    write_atomic(README, f"{head}{START}\n{table}{END}{tail}")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    import partitions
+    import throughput
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="sizes / 16, fewer rounds: a smoke run")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    args = ap.parse_args(argv)
+    only = set(args.only)
+    t0 = time.monotonic()
+    results: dict = {"meta": {"date": dt.date.today().isoformat(), "quick": args.quick,
+                              "machine": platform.platform(), "cpus": os.cpu_count(),
+                              "workers": 2, "sections": sorted(only)}}
+    if only & {"bringup", "scale"}:
+        run_lab_sections(results, args.quick, only)
+    if "partitions" in only:
+        log("partitions: accuracy against one process")
+        results["partitions"] = partitions.measure((4, 16) if args.quick else (4, 16, 64, 256),
+                                                   only="synthetic" if args.quick else None)
+    if "throughput" in only:
+        log("throughput: training per worker core")
+        sizes = [6_250, 25_000] if args.quick else [100_000, 400_000]
+        rows = throughput.measure(sizes, workers=2, modes=(True,), log=log)
+        results["throughput"] = rows
+    results["meta"]["minutes"] = (time.monotonic() - t0) / 60
+    out = HERE / "results" / f"{results['meta']['date']}{'-quick' if args.quick else ''}"
+    out.parent.mkdir(exist_ok=True)
+    table = markdown(results)
+    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2, default=str))
+    write_atomic(out.with_suffix(".md"), table)
+    print(table)
+    if not args.quick and only == set(SECTIONS) and update_readme(table):
+        log("README.md: table updated")
+    log(f"written: {out}.json, {out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
