@@ -465,7 +465,7 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork",
              "--mount-proc", "--propagation", "private", "sh", "-c", _init_script(spec, config)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
         )
         log.close()
     except BaseException:
@@ -594,6 +594,10 @@ def _init_script(spec: BootSpec, config: Path) -> str:
         lines.append(f"mkdir -p /{d} && mount --bind {q(str(src))} /{d}")
     for d in (*MASKED_DIRS, str(_project_root())):
         lines.append(f"if [ -d {q(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs {q(d)}; fi")
+    # A machine's init starts in /, never in the control machine's folder (a process that
+    # re-enters its start folder, as multiprocessing's spawn does, would fail only on a lab
+    # started from a folder the host does not have, such as one under its private /tmp).
+    lines.append("cd /")
     # Pid files and the like must not survive a reboot.
     lines.append("mkdir -p /run/daskfleet && mount -t tmpfs -o mode=0755 tmpfs /run/daskfleet")
     lines.append(f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}")

@@ -6,6 +6,7 @@ The e2e tests share one cluster (tests/e2e/conftest.py) and run in file order.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -47,6 +48,19 @@ def test_each_worker_runs_from_opt_daskfleet_on_its_own_host(lab_cluster):
         assert node["executable"].startswith("/opt/daskfleet/"), node
         assert node["executable"] != sys.executable
         assert node["env_hash"] == lock_hash
+
+
+def test_a_hosts_processes_start_in_its_own_root_not_the_control_machines_folder(lab_cluster):
+    """As on a real machine: the host's init runs in /, and the control machine's project folder
+    is not there (a worker's spawned child re-enters its parent's folder, and the ephemeral
+    workers died of that when the lab was started from a folder under /tmp)."""
+    def where(project: str) -> tuple[str, list[str]]:
+        return os.readlink("/proc/1/cwd"), os.listdir(project) if os.path.isdir(project) else []
+
+    project = str(Path(__file__).resolve().parents[2])
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        seen = cluster.client().run(where, project)
+    assert seen and all(cwd == "/" and listing == [] for cwd, listing in seen.values()), seen
 
 
 def test_versions_match_and_a_plain_client_is_refused(lab_cluster):

@@ -27,14 +27,7 @@ from runner.lab.lab import check_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 EPHEMERAL_LAB = REPO / "clusters" / "aws-ephemeral-lab.yaml"
-# Known open failure (issue 12 stays open): in two full fresh-clone runs of `make test` the
-# ephemeral workers shut themselves down seconds after boot and the run times out waiting for
-# them (the cluster is still removed). Run alone, or right after test_5, these tests pass. Marked
-# as an expected failure, reported as such (`x` in pytest's output), until the cause is found.
-pytestmark = [pytest.mark.e2e, pytest.mark.xfail(
-    reason="ephemeral workers exit after boot in the full fresh-clone suite; see issue 12",
-    strict=False)]
-
+pytestmark = pytest.mark.e2e
 
 
 def of_run(run_id: str) -> dict:
