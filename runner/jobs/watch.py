@@ -130,7 +130,12 @@ class RunWatch:
                 return default
 
         at_end = ask("workers", self._workers, None)
-        removed = ask("events", lambda: self._events("all"), [])
+        # each worker's own topic, not "all": that one holds everything since the scheduler
+        # started (functions run on it included, which may not travel back) and can be large
+        removed = [{**m, "worker": address}
+                   for address in sorted(set(self.at_start) | set(at_end or {}))
+                   for m in ask(f"events of {address}", lambda a=address: self._events(a), [])
+                   if m.get("action") == "remove-worker"]
         stream = ask("task stream", lambda: self._ask("get_task_stream", start=self.t0), [])
         memory_kills = ask("memory kills", lambda: self._events("worker-restart-memory"), [])
         if errors:
@@ -142,17 +147,16 @@ class RunWatch:
         end_names = {w["name"] for w in at_end.values()}
         record.update(
             workers_at_end=sorted(end_names),
-            lost_workers=sorted({self._name(m["worker"], at_end) for m in removed
-                                 if m.get("action") == "remove-worker"} | (start_names - end_names)),
-            joined_workers=sorted({self._name(m["worker"], at_end) for m in removed
-                                   if m.get("action") == "add-worker"}),
+            lost_workers=sorted({self._name(m["worker"], at_end) for m in removed}
+                                | (start_names - end_names)),
+            joined_workers=sorted(at_end[a]["name"] for a in set(at_end) - set(self.at_start)),
             worker_removals=[{"worker": self._name(m["worker"], at_end),
                               "lost_computed_tasks": len(m.get("lost-computed-tasks") or ()),
                               "processing_tasks": len(m.get("processing-tasks") or ()),
                               "expected": bool(m.get("expected")),
                               "at": round(m["at"], 3),
                               "seconds_into_run": round(m["at"] - self.t0, 1)}
-                             for m in removed if m.get("action") == "remove-worker"],
+                             for m in removed],
             recomputed_tasks=len(again),
             recomputed_keys=list(again)[:MAX_KEYS],
             tasks_run=len(stream),

@@ -201,7 +201,8 @@ def test_a_worker_host_killed_mid_training_the_job_completes_on_the_other(
         assert any(k.startswith(("read_shard", "vectorize_part", "clean_part"))
                    for k in events["recomputed_keys"]), events
         assert abs(status["accuracy"] - baseline["accuracy"]) <= ACCURACY_TOLERANCE
-        removal = next(r for r in events["worker_removals"] if r["worker"] == "lab3-w0")
+        removal = next((r for r in events["worker_removals"] if r["worker"] == "lab3-w0"), None)
+        assert removal is not None, events
         _note("worker host killed", detect_s=round(removal["at"] - killed_at, 1),
               finish_after_fault_s=round(s.ended - t_kill, 1),
               duration_s=round(s.ended - s.t0, 1), accuracy=status["accuracy"],

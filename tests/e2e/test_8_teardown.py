@@ -60,6 +60,8 @@ def test_a_crashed_host_degraded_up_down_then_lab_down_leave_nothing(lab_cluster
                                           text=True).stdout.split() if n.startswith("dflab-")]
     assert subprocess.run(["ip", "link", "show", "dflab0"], capture_output=True).returncode != 0
     assert "daskfleet-lab" not in Path("/proc/mounts").read_text()
-    sshd = subprocess.run(["pgrep", "-af", "daskfleet-lab"], capture_output=True, text=True).stdout
-    assert not sshd.strip(), sshd
+    # every process of the lab (sshd, init, controller) runs from files under its state folder
+    left = subprocess.run(["pgrep", "-af", str(lab.state_dir)], capture_output=True,
+                          text=True).stdout
+    assert not left.strip(), left
     assert not lab.state_dir.exists()

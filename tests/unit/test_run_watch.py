@@ -93,3 +93,29 @@ def test_one_question_the_scheduler_cannot_answer_leaves_the_others_in_the_recor
     assert summary["workers_at_end"] == ["lab2-w0"] and summary["lost_workers"] == []
     assert "task stream: TimeoutError: no answer in 10 s" in summary["error"]
     assert summary["recomputed_tasks"] == 0
+
+
+def test_removals_come_from_each_workers_own_topic_never_all(monkeypatch):
+    """The "all" topic keeps the scheduler's last 1000 events of every kind (low-level-log-length):
+    on a long-lived scheduler a removal early in a run can be gone from it by the end."""
+    w = _watch()  # lab2-w0 at tls://198.18.0.12:40001 at the start
+    w.t0 = 100.0
+    monkeypatch.setattr(w, "scheduler_answers", lambda: True)
+    monkeypatch.setattr(w, "_workers", lambda: {"tls://198.18.0.13:40005": {"name": "lab3-w1"}})
+    asked = []
+
+    def ask(method, **kwargs):
+        asked.append(kwargs.get("topic"))
+        if method == "events" and kwargs["topic"] == "tls://198.18.0.12:40001":
+            return [(99.0, {"action": "remove-worker"}),  # before the run: not this run's
+                    (130.5, {"action": "remove-worker", "lost-computed-tasks": ["a", "b"],
+                             "processing-tasks": ["c"], "expected": False})]
+        return []
+
+    monkeypatch.setattr(w, "_ask", ask)
+    summary = w.summary()
+    assert "all" not in asked
+    assert summary["lost_workers"] == ["lab2-w0"] and summary["joined_workers"] == ["lab3-w1"]
+    assert summary["worker_removals"] == [{
+        "worker": "lab2-w0", "lost_computed_tasks": 2, "processing_tasks": 1, "expected": False,
+        "at": 130.5, "seconds_into_run": 30.5}]
