@@ -6,8 +6,8 @@ The e2e tests share one cluster (tests/e2e/conftest.py) and run in file order.
 from __future__ import annotations
 
 import json
-import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import pytest
 
 from runner.cluster import Cluster
 from runner.cluster.nodeinfo import describe
+from runner.cluster.ssh import connect
 from runner.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,13 +55,14 @@ def test_a_hosts_processes_start_in_its_own_root_not_the_control_machines_folder
     """As on a real machine: the host's init runs in /, and the control machine's project folder
     is not there (a worker's spawned child re-enters its parent's folder, and the ephemeral
     workers died of that when the lab was started from a folder under /tmp)."""
-    def where(project: str) -> tuple[str, list[str]]:
-        return os.readlink("/proc/1/cwd"), os.listdir(project) if os.path.isdir(project) else []
-
-    project = str(Path(__file__).resolve().parents[2])
+    project = shlex.quote(str(Path(__file__).resolve().parents[2]))
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        seen = cluster.client().run(where, project)
-    assert seen and all(cwd == "/" and listing == [] for cwd, listing in seen.values()), seen
+        seen = {}
+        for host in cluster.hosts():  # as root over SSH: init's folder is root's to read
+            with connect(host, cluster.ssh()) as c:
+                seen[host.name] = c.run(f"readlink /proc/1/cwd; ls -A {project} 2>/dev/null",
+                                        warn=True).stdout.split()
+    assert seen and all(out == ["/"] for out in seen.values()), seen
 
 
 def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
