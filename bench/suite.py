@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def log(line: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
-def run_lab_sections(results: dict, quick: bool, only: set[str]) -> None:
+def run_lab_sections(results: dict, quick: bool, only: set[str], save) -> None:
     import bringup
     import scale
 
@@ -53,11 +54,13 @@ def run_lab_sections(results: dict, quick: bool, only: set[str]) -> None:
     try:
         if "bringup" in only:
             results["bringup"] = bringup.measure(rounds=1 if quick else 3, log=log)
+            save()
         else:
             bringup.up_cli(Path("/dev/null"))
         if "scale" in only:
             sizes = [n // 16 for n in scale.SIZES] if quick else list(scale.SIZES)
             results["scale"] = scale.measure(sizes, log=log)
+            save()
     finally:
         log("lab: down")
         with Cluster.from_file(bringup.LAB_CLUSTER) as cluster:
@@ -151,25 +154,33 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     only = set(args.only)
     t0 = time.monotonic()
+    # the suite's cluster state apart from a user's own (.daskfleet/, inventory/)
+    work = Path(tempfile.mkdtemp(prefix="daskfleet-bench-"))
+    os.environ.setdefault("DASKFLEET_STATE_DIR", str(work / ".daskfleet"))
+    os.environ.setdefault("DASKFLEET_INVENTORY_DIR", str(work / "inventory"))
     results: dict = {"meta": {"date": dt.date.today().isoformat(), "quick": args.quick,
                               "machine": platform.platform(), "cpus": os.cpu_count(),
                               "workers": 2, "sections": sorted(only)}}
+    out = HERE / "results" / f"{results['meta']['date']}{'-quick' if args.quick else ''}"
+    out.parent.mkdir(exist_ok=True)
+
+    def save() -> None:  # after every section: a later failure keeps what was measured
+        results["meta"]["minutes"] = (time.monotonic() - t0) / 60
+        write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2, default=str))
+
     if only & {"bringup", "scale"}:
-        run_lab_sections(results, args.quick, only)
+        run_lab_sections(results, args.quick, only, save)
     if "partitions" in only:
         log("partitions: accuracy against one process")
         results["partitions"] = partitions.measure((4, 16) if args.quick else (4, 16, 64, 256),
                                                    only="synthetic" if args.quick else None)
+        save()
     if "throughput" in only:
         log("throughput: training per worker core")
         sizes = [6_250, 25_000] if args.quick else [100_000, 400_000]
-        rows = throughput.measure(sizes, workers=2, modes=(True,), log=log)
-        results["throughput"] = rows
-    results["meta"]["minutes"] = (time.monotonic() - t0) / 60
-    out = HERE / "results" / f"{results['meta']['date']}{'-quick' if args.quick else ''}"
-    out.parent.mkdir(exist_ok=True)
+        results["throughput"] = throughput.measure(sizes, workers=2, modes=(True,), log=log)
+    save()
     table = markdown(results)
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2, default=str))
     write_atomic(out.with_suffix(".md"), table)
     print(table)
     if not args.quick and only == set(SECTIONS) and update_readme(table):
