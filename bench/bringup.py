@@ -21,10 +21,10 @@ from pathlib import Path
 import dask
 
 from runner import Cluster
+from runner.cluster.processes import ENV_LINK
 from runner.lab import Lab
 
 LAB_CLUSTER = Path(__file__).resolve().parents[1] / "clusters" / "lab.yaml"
-REMOTE_TLS = "/etc/daskfleet/tls"
 
 
 def time_daskfleet(cluster: Cluster) -> float:
@@ -41,12 +41,14 @@ def time_sshcluster(cluster: Cluster) -> float:
     hosts = cluster.hosts()
     ssh = cluster.ssh()
     n_workers = len(hosts) - 1
-    # Remote processes inherit this config: TLS files at the nodes' own paths, as daskfleet's.
+    # Remote processes inherit this config: TLS files at the nodes' own paths, as daskfleet's
+    # (each cluster has its own folders on a node: runner/cluster/processes.py)
+    remote_tls = f"/etc/daskfleet/{cluster.spec.name}/tls"
     tls = {"distributed.comm.require-encryption": True,
-           "distributed.comm.tls.ca-file": f"{REMOTE_TLS}/ca.pem"}
+           "distributed.comm.tls.ca-file": f"{remote_tls}/ca.pem"}
     for role in ("scheduler", "worker", "client"):
-        tls[f"distributed.comm.tls.{role}.cert"] = f"{REMOTE_TLS}/node.pem"
-        tls[f"distributed.comm.tls.{role}.key"] = f"{REMOTE_TLS}/node.key"
+        tls[f"distributed.comm.tls.{role}.cert"] = f"{remote_tls}/node.pem"
+        tls[f"distributed.comm.tls.{role}.key"] = f"{remote_tls}/node.key"
     cluster.stop(progress=lambda *_: None)  # same ports, same hosts: one at a time
     t = time.perf_counter()
     with dask.config.set(tls):
@@ -60,7 +62,7 @@ def time_sshcluster(cluster: Cluster) -> float:
                             "interface": "eth0"},
             scheduler_options={"port": cluster.spec.dask.scheduler_port, "dashboard_address": ":0",
                                "protocol": "tls", "interface": "eth0"},
-            remote_python="/opt/daskfleet/current/bin/python",
+            remote_python=ENV_LINK.format(cluster=cluster.spec.name) + "/bin/python",
             security=cluster.ca.client_security(),
         )
         ssh_cluster.wait_for_workers(n_workers, timeout=120)
