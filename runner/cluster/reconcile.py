@@ -179,19 +179,29 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     pids = {p.name: current[p].pid for p in procs if p not in needed}
     started: list[str] = []
     try:
-        if sched in needed:
-            progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
-            pids[sched.name] = sched.start(ssh)
-            started.append(f"{sched.name}@{sched.host.name}")
-        readiness.wait_port(cluster, sched, pids[sched.name] if sched in needed else None)
         missing = [p for p in needed if p.kind == "worker"]
-        if missing:
+
+        def start_workers() -> None:
             progress(f"starting {len(missing)} worker(s): "
                      + ", ".join(f"{p.name}@{p.host.name}" for p in missing))
             by_proc = per_process(missing, lambda p: p.start(ssh), "starting workers")
             for p in missing:
                 pids[p.name] = by_proc[p]
                 started.append(f"{p.name}@{p.host.name}")
+
+        if sched in needed:
+            progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
+            pids[sched.name] = sched.start(ssh)
+            started.append(f"{sched.name}@{sched.host.name}")
+            # The workers start while the scheduler imports: they retry until it listens
+            # (TLS keeps them off any other process on that port), so the two startups overlap.
+            if missing:
+                start_workers()
+            readiness.wait_port(cluster, sched, pids[sched.name])
+        else:
+            readiness.wait_port(cluster, sched, None)
+            if missing:
+                start_workers()
         state.update(cluster.state_dir, pids=pids, scheduler=sched.scheduler_address,
                      dashboard=f"http://{sched.host.dask_address}:"
                                f"{cluster.spec.dask.dashboard_port}")
