@@ -174,7 +174,8 @@ def baseline(lab_cluster, cli, fault_job, runs_dir) -> dict:
         events
     assert events["lost_workers"] == [] and events["recomputed_tasks"] == 0, events
     metrics = json.loads((Path(status["run_dir"]) / "metrics.json").read_text())
-    assert metrics["timings"]["train"] >= 15, metrics["timings"]  # tens of seconds to hit
+    # no time is asserted (the machine's speed varies): 19 epochs remain after the first, and
+    # each fault test checks that its fault landed mid-run (a lost worker, recomputed tasks...)
     _note("none", accuracy=status["accuracy"], duration_s=round(s.ended - s.t0, 1),
           train_s=metrics["timings"]["train"], after_epoch_1_s=round(s.ended - train, 1))
     return {"accuracy": status["accuracy"], "duration": s.ended - s.t0,
