@@ -213,7 +213,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     vectorizer_params = job.vectorizer_params()
     model_params = job.model_params()
     timings: dict[str, float] = {}
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    workers_info = client.scheduler_info(n_workers=-1)["workers"]
+    n_workers = len(workers_info)
     if n_workers == 0:
         raise BatchError("the cluster has no workers; check `daskfleet status`")
 
@@ -291,7 +292,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             "split.test_fraction")
     for warning in warnings:
         say(f"warning: {warning}")
-    _check_model_fits(client, job, len(classes))
+    _check_model_fits(job, len(classes), [w.get("memory_limit") or 0
+                                          for w in workers_info.values()])
 
     # vectorize: the feature matrices are built and kept on the workers (with the cache), or
     # only the tf-idf document frequencies are counted (without: every pass hashes again)
@@ -518,11 +520,10 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
     return fitted
 
 
-def _check_model_fits(client: Client, job: JobSpec, n_classes: int) -> None:
+def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int]) -> None:
     """Refuse, before any feature or training task, a model whose weights cannot fit in the
-    smallest worker's memory limit (a worker restarted in a loop is the alternative)."""
-    limits = [w.get("memory_limit") or 0
-              for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+    smallest worker's memory limit (``limits``: the workers', 0 for none; a worker restarted in
+    a loop is the alternative)."""
     if not limits or min(limits) == 0:  # no limit set: nothing to check against
         return
     limit = min(limits)
