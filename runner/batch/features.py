@@ -28,6 +28,9 @@ def make_vectorizer(params: dict) -> HashingVectorizer:
         tokenizer=str.split,
         token_pattern=None,
         preprocessor=None,
+        # float32 end to end: half the memory of the features and the weights, and
+        # scikit-learn's SGD keeps the dtype it is given
+        dtype=np.float32,
     )
 
 
@@ -36,7 +39,7 @@ def vectorize(texts, params: dict, idf: np.ndarray | None = None):
     texts = list(texts)
     if not texts:  # a partition whose rows were all dropped (HashingVectorizer raises on [])
         n_features = int({**DEFAULT_PARAMS, **params}["n_features"])
-        return sp.csr_matrix((0, n_features), dtype=np.float64)
+        return sp.csr_matrix((0, n_features), dtype=np.float32)
     X = make_vectorizer(params).transform(texts)
     if idf is not None:
         X = apply_idf(X, idf, {**DEFAULT_PARAMS, **params}["norm"])
@@ -69,6 +72,6 @@ def idf_weights(freq: dict) -> np.ndarray:
 
 def apply_idf(X, idf: np.ndarray, norm: str | None):
     """Raw counts -> tf-idf weights, then the row norm (``norm``: l1, l2 or None)."""
-    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True)
     X.data *= idf[X.indices]
     return normalize(X, norm=norm, copy=False) if norm else X

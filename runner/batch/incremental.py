@@ -34,8 +34,8 @@ def partitions_as_arrays(parts: Sequence, n_rows: Sequence[int], n_features: int
         if n == 0:
             continue
         xs.append(da.from_delayed(dask.delayed(operator.getitem)(part, "X_train"),
-                                  shape=(n, n_features), dtype=np.float64,
-                                  meta=sp.csr_matrix((0, n_features))))
+                                  shape=(n, n_features), dtype=np.float32,
+                                  meta=sp.csr_matrix((0, n_features), dtype=np.float32)))
         ys.append(da.from_delayed(dask.delayed(operator.getitem)(part, "y_train"),
                                   shape=(n,), dtype=object))
     return da.concatenate(xs, axis=0), da.concatenate(ys, axis=0)

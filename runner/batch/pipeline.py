@@ -434,18 +434,20 @@ def _workers(client: Client) -> list[str]:
 
 
 def _tree_reduce(client: Client, futures: Sequence[Future], func: Callable,
-                 fan_in: int = 8) -> tuple[Future, list[Future]]:
+                 fan_in: int = 8, root: Callable | None = None,
+                 root_args: Sequence = ()) -> tuple[Future, list[Future]]:
     """``func(*inputs)`` in a tree over the futures, on the workers (no input waits for all the
-    others, and no node holds more than ``fan_in`` of them). Returns the root and every node."""
+    others, and no node holds more than ``fan_in`` of them). The last node is
+    ``root(*root_args, *inputs)`` (``func`` by default), so a reduction that ends in another
+    step ends in the same task. Returns the root and every node."""
     level, nodes = list(futures), []
-    while len(level) > 1:
+    while len(level) > fan_in:
         level = [client.submit(func, *level[i:i + fan_in], pure=False)
                  for i in range(0, len(level), fan_in)]
         nodes += level
-    if not nodes:  # one input: still a node of func, so the root always has func's shape
-        level = [client.submit(func, level[0], pure=False)]
-        nodes = level
-    return level[0], nodes
+    # one input still goes through a node, so the root always has the reduction's shape
+    top = client.submit(root or func, *root_args, *level, pure=False)
+    return top, [*nodes, top]
 
 
 def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
@@ -538,13 +540,18 @@ def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int]) -> None:
     hint = (f"features.n_features: {fits:,} fits" if fits else
             "no n_features fits: fewer classes or more memory")
     what = (f"job {job.name!r}: training needs about {need / 2**30:.2f} GiB on every worker "
-            f"({n_classes} classes x {n_features:,} features x 8 bytes = "
+            f"({n_classes} classes x {n_features:,} features x {train.WEIGHT_BYTES} bytes = "
             f"{per_copy / 2**30:.2f} GiB per copy of the weights, {train.TRAINING_COPIES} copies "
             f"while training{searched})")
     raise ModelTooLarge(
         f"{what}, more than {int(train.MEMORY_BUDGET * 100)} % of the workers' memory limit of "
         f"{limit / 2**30:.2f} GiB. Lower features.n_features ({hint}) or raise the workers' "
         "memory limit; nothing was trained.", need=what, limit=limit, fits=fits)
+
+
+# inputs of one mixing node: each is a k x n_features weight matrix the node's worker holds at
+# once (train.TRAINING_COPIES counts them)
+MIX_FAN_IN = 3
 
 
 def _sgd_params(model_params: dict) -> dict:
@@ -557,26 +564,36 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
                       n_train: int) -> list[Future]:
     """Iterative parameter mixing with one model per worker per epoch (``train``'s docstring),
     for every parameter set in ``candidates`` at once (their tasks run side by side). Returns
-    the final weight states."""
-    states: list[Future | None] = [None] * len(candidates)
+    the final weight states.
+
+    Every epoch's tasks are submitted up front: an epoch starts on a worker as soon as the mixed
+    state it needs exists, not after a round trip through the client. The client keeps only
+    each epoch's states, to report progress and to hold the last ones; the scheduler keeps an
+    intermediate result until the tasks that need it have run."""
     groups = source.by_worker()
+    states: list[Future | None] = [None] * len(candidates)
+    per_epoch: list[list[Future]] = []
     for epoch in range(epochs):
-        te = time.perf_counter()
-        new_states, nodes = [], []
+        new_states = []
         for state, params in zip(states, candidates, strict=True):
             results = [source.submit_group(train.train_partitions, worker, idx, state, classes,
                                            params, epoch, g)
                        for g, (worker, idx) in enumerate(groups)]
-            total, tree = _tree_reduce(client, results, train.mix_sum)
-            new_states.append(client.submit(train.mix_finish, total, state, pure=False))
-            nodes += [*results, *tree]
-        _check(new_states, f"train (epoch {epoch + 1})")
-        _release([*[s for s in states if s is not None], *nodes])
+            mixed, _ = _tree_reduce(client, results, train.mix_sum, fan_in=MIX_FAN_IN,
+                                    root=train.mix_finish, root_args=(epoch,))
+            new_states.append(mixed)
+        per_epoch.append(new_states)
         states = new_states
-        what = f"{len(candidates)} candidates, " if len(candidates) > 1 else ""
+    what = f"{len(candidates)} candidates, " if len(candidates) > 1 else ""
+    te = time.perf_counter()
+    for epoch, epoch_states in enumerate(per_epoch):
+        _check(epoch_states, f"train (epoch {epoch + 1})")
+        if epoch > 0:
+            _release(per_epoch[epoch - 1])
         say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(source)} partitions "
             f"on {len(groups)} workers ({time.perf_counter() - te:.1f}s)")
-    return states
+        te = time.perf_counter()
+    return per_epoch[-1]
 
 
 def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: str,

@@ -14,33 +14,40 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 
-def make_classifier(state: dict | None, classes: list[str], sgd_params: dict) -> SGDClassifier:
-    """An SGDClassifier that continues from ``state`` (coef, intercept, t) or starts fresh."""
+def make_classifier(state: dict | None, classes, sgd_params: dict) -> SGDClassifier:
+    """An SGDClassifier that continues from ``state`` (coef, intercept, t) or starts fresh;
+    ``classes``: the labels, sorted (or their codes while training)."""
     clf = SGDClassifier(**sgd_params)
     if state is not None:
-        clf.classes_ = np.asarray(classes, dtype=object)
-        clf.coef_ = np.array(state["coef"], dtype=np.float64, order="C", copy=True)
-        clf.intercept_ = np.array(state["intercept"], dtype=np.float64, copy=True)
+        # label strings stay objects (as scikit-learn keeps them); codes stay integers
+        clf.classes_ = (classes if isinstance(classes, np.ndarray)
+                        else np.asarray(classes, dtype=object))
+        # a copy: partial_fit updates the weights in place, and the state may be shared by
+        # other tasks on this worker
+        clf.coef_ = np.array(state["coef"], dtype=np.float32, order="C", copy=True)
+        clf.intercept_ = np.array(state["intercept"], dtype=np.float32, copy=True)
         clf.t_ = float(state["t"])
         clf.n_features_in_ = clf.coef_.shape[1]
         clf.n_iter_ = int(state.get("epochs", 0))
     return clf
 
 
-# float64 copies of the k x n_features weights a worker holds at once while training: the
-# classifier's, the mixed state it starts from and the tree's sums (with their float32 inputs)
-TRAINING_COPIES = 3
+# float32 copies of the k x n_features weights a worker may hold at once while training: the
+# state it starts from, its classifier's, and where the mixing tree's root runs, the other
+# workers' results, the sum and its scaling buffer
+TRAINING_COPIES = 6
+WEIGHT_BYTES = 4  # float32
 # distributed pauses a worker at 80 % of its limit and the interpreter needs its own share
 MEMORY_BUDGET = 0.8
 
 
 def training_memory(n_classes: int, n_features: int, candidates: int = 1) -> int:
-    """Bytes a worker needs for the weights while training: ``TRAINING_COPIES`` float64 copies,
-    plus the float32 state of every further search candidate (their states live side by side).
+    """Bytes a worker needs for the weights while training: ``TRAINING_COPIES`` float32 copies,
+    plus the state of every further search candidate (their states live side by side).
     Two classes have one row of weights, as in scikit-learn."""
     rows = 1 if n_classes == 2 else n_classes
-    copy = rows * n_features * 8
-    return TRAINING_COPIES * copy + (candidates - 1) * copy // 2
+    copy = rows * n_features * WEIGHT_BYTES
+    return TRAINING_COPIES * copy + (candidates - 1) * copy
 
 
 def largest_fitting_features(n_classes: int, memory_limit: int, candidates: int = 1) -> int | None:
@@ -58,50 +65,59 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
     """One epoch over the training rows of ``parts`` (this worker's partitions: a list, or
     ``parts.LazyParts`` that builds each one when it is reached), from the mixed ``state``:
     partitions in a shuffled order, stacked into batches of at least ``parts.BATCH_ROWS`` rows,
-    rows shuffled within each batch."""
+    rows shuffled within each batch (by scikit-learn, with a seed of the epoch and batch)."""
     from runner.batch.parts import batches
 
     seed = int(sgd_params.get("random_state") or 0)
     rng = np.random.default_rng([seed, epoch, index])
-    labels = np.asarray(classes, dtype=object)
-    clf = make_classifier(state, classes, sgd_params)
+    # labels as their positions in the sorted ``classes``: every partial_fit call sorts its
+    # labels (class weights) and compares them once per class, which on strings cost more
+    # than a tenth of the epoch; the order, and so the weights, are the same
+    codes = np.arange(len(classes))
+    code_of = {c: i for i, c in enumerate(classes)}
+    clf = make_classifier(state, codes, sgd_params)
     n = 0
     for X, y in batches(parts, rng.permutation(len(parts)), "X_train", "y_train"):
-        order = rng.permutation(X.shape[0])
-        clf.partial_fit(X[order], y[order], classes=labels)
+        # partial_fit shuffles the rows itself (shuffle=True) with a seed drawn from
+        # random_state: a seed per batch gives every batch and epoch its own order, and the
+        # rows are not copied to be shuffled
+        clf.random_state = int(rng.integers(2**31 - 1))
+        clf.partial_fit(X, np.fromiter((code_of[v] for v in y), dtype=np.int64, count=len(y)),
+                        classes=codes)
         n += X.shape[0]
     if n == 0:
         return {"n_rows": 0}
-    # float32 halves what travels to the mixing; the next epoch computes in float64 again
-    return {"coef": clf.coef_.astype(np.float32), "intercept": clf.intercept_, "t": clf.t_,
-            "n_rows": n}
+    return {"coef": clf.coef_, "intercept": clf.intercept_, "t": clf.t_, "n_rows": n}
 
 
 def mix_sum(*results: dict) -> dict:
     """Row-weighted sums of workers' weights (one node of the mixing tree; its inputs are
-    results of ``train_partitions`` or of other ``mix_sum`` nodes)."""
+    results of ``train_partitions`` or of other ``mix_sum`` nodes), in float32 with one scaling
+    buffer: the node holds its inputs, the sum and the buffer, never a float64 copy."""
     done = [r for r in results if r["n_rows"] > 0]
     if not done:
         return {"n_rows": 0}
-    coef = np.zeros(done[0]["coef"].shape, dtype=np.float64)
+    coef = np.zeros(done[0]["coef"].shape, dtype=np.float32)
     intercept = np.zeros(done[0]["intercept"].shape, dtype=np.float64)
+    scaled = np.empty_like(coef)
     for r in done:
         summed = r.get("summed", False)  # a tree node's sums are already weighted
         w = 1.0 if summed else float(r["n_rows"])
-        coef += w * r["coef"]
+        np.multiply(r["coef"], w, out=scaled, dtype=np.float32, casting="same_kind")
+        coef += scaled
         intercept += w * r["intercept"]
     return {"coef": coef, "intercept": intercept, "t": max(r["t"] for r in done),
             "n_rows": sum(r["n_rows"] for r in done), "summed": True}
 
 
-def mix_finish(acc: dict, previous: dict | None) -> dict:
-    """The mixed state: the tree's sums divided by the rows. The learning-rate schedule goes on
-    from the furthest worker."""
+def mix_finish(epoch: int, *results: dict) -> dict:
+    """The mixed state after ``epoch`` (0-based): the row-weighted mean of ``results`` (workers'
+    weights or sums of a ``mix_sum`` level below; the root of the mixing tree, so an epoch ends
+    in one task). The learning-rate schedule goes on from the furthest worker."""
+    acc = mix_sum(*results)
     if acc["n_rows"] == 0:
         raise ValueError("no partition had training rows")
     total = float(acc["n_rows"])
-    if not acc.get("summed"):  # a single worker: nothing was summed
-        acc = mix_sum(acc)
-    epochs = (previous or {}).get("epochs", 0) + 1
-    return {"coef": (acc["coef"] / total).astype(np.float32), "intercept": acc["intercept"] / total,
-            "t": acc["t"], "epochs": epochs, "n_rows": acc["n_rows"]}
+    acc["coef"] /= np.float32(total)
+    return {"coef": acc["coef"], "intercept": acc["intercept"] / total, "t": acc["t"],
+            "epochs": epoch + 1, "n_rows": acc["n_rows"]}

@@ -102,13 +102,13 @@ def test_mixing_in_a_tree_is_the_row_weighted_mean_whatever_its_shape():
     weights = np.array([r["n_rows"] for r in results], dtype=np.float64)
     coefs = np.stack([r["coef"] for r in results]).astype(np.float64)
     expected = np.tensordot(weights / weights.sum(), coefs, axes=1)
-    flat = train.mix_finish(train.mix_sum(*results), {"epochs": 2})
-    nested = train.mix_finish(train.mix_sum(train.mix_sum(*results[:2]),
-                                            train.mix_sum(results[2]), results[3]), {"epochs": 2})
+    flat = train.mix_finish(2, *results)
+    nested = train.mix_finish(2, train.mix_sum(*results[:2]), train.mix_sum(results[2]),
+                              results[3])
     for got in (flat, nested):
         assert got["coef"].dtype == np.float32 and got["epochs"] == 3 and got["n_rows"] == 25
         np.testing.assert_allclose(got["coef"], expected, rtol=1e-5, atol=1e-6)
         assert got["t"] == 13.0  # the furthest worker's schedule goes on
-    one = train.mix_finish(results[2], None)  # a single worker: its own weights
+    one = train.mix_finish(0, results[2])  # a single worker: its own weights
     np.testing.assert_allclose(one["coef"], results[2]["coef"], rtol=1e-6)
     assert train.mix_sum(results[1])["n_rows"] == 0

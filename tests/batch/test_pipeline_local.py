@@ -201,7 +201,7 @@ def test_a_model_larger_than_the_workers_memory_is_refused_before_any_training(c
         features: {n_features: 16777216}
         """))
     limit = min(w["memory_limit"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
-    need = training_memory(100, 2**24)  # 3 float64 copies of 100 x 2**24 weights: 37.5 GiB
+    need = training_memory(100, 2**24)  # 6 float32 copies of 100 x 2**24 weights: 37.5 GiB
     assert need > MEMORY_BUDGET * limit, "this machine's workers would hold it: use more classes"
     fits = largest_fitting_features(100, limit)
     dataset = prepare_dataset(job, tmp_path / "cache")
@@ -221,9 +221,10 @@ def test_a_model_larger_than_the_workers_memory_is_refused_before_any_training(c
 def test_training_memory_counts_copies_rows_and_candidates():
     from runner.batch.train import largest_fitting_features, training_memory
 
-    assert training_memory(20, 2**23) == 3 * 20 * 2**23 * 8
-    assert training_memory(2, 1024) == 3 * 1024 * 8  # binary: one row of weights
-    assert training_memory(10, 1024, candidates=5) == 3 * 81920 + 4 * 40960
+    # 6 float32 copies of the classes x n_features weights
+    assert training_memory(20, 2**23) == 6 * 20 * 2**23 * 4
+    assert training_memory(2, 1024) == 6 * 1024 * 4  # binary: one row of weights
+    assert training_memory(10, 1024, candidates=5) == 6 * 40960 + 4 * 40960  # + 4 more states
     assert largest_fitting_features(10, 10 * 2**20) == 32768  # 7.5 MiB needed <= 8 MiB budget
     assert largest_fitting_features(10**6, 2**20) is None
 

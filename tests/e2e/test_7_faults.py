@@ -322,7 +322,7 @@ def test_e_a_model_beyond_the_workers_memory_is_refused_naming_the_limit_and_the
     small = workdir / "lab-small-memory.yaml"  # the same cluster, workers limited to 700 MiB
     small.write_text(LAB_CLUSTER.read_text().rstrip("\n") + "\n  memory_limit: 700MiB\n")
     job = workdir / "too-big-model.yaml"
-    # 20 classes x 2**23 hashed features: 1.25 GiB of float64 weights per copy
+    # 20 classes x 2**23 hashed features: 0.62 GiB of float32 weights per copy, 6 copies
     job.write_text("name: too-big-model\ndata:\n  source: synthetic\n  synthetic: {n_docs: 3000, "
                    "n_classes: 20, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: 9}\n"
                    "features: {n_features: 8388608}\nmodel: {kind: sgd, epochs: 3}\n")

@@ -74,7 +74,7 @@ def test_tasks_that_kill_their_workers_name_the_memory_limit_and_the_keys(monkey
     error.__cause__ = KilledWorker("task x")
     msg = str(w.explain(error))
     assert "memory limit is 0.68 GiB (dask.memory_limit in clusters/lab.yaml)" in msg
-    assert "4 time(s)" in msg and "8,388,608 x 8 bytes = 64 MiB per class" in msg
+    assert "4 time(s)" in msg and "8,388,608 x 4 bytes = 32 MiB per class" in msg
     assert "Lower features.n_features in big.yaml" in msg
     assert w.explain(ValueError("a bad shard")) is None
 
