@@ -193,8 +193,9 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
             progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
             pids[sched.name] = sched.start(ssh)
             started.append(f"{sched.name}@{sched.host.name}")
-            # The workers start while the scheduler imports: they retry until it listens
-            # (TLS keeps them off any other process on that port), so the two startups overlap.
+            # The workers start while the scheduler imports, so the two startups overlap; each
+            # nanny's preload (cluster/nanny_wait.py) holds it until the scheduler listens (TLS
+            # keeps it off any other process on that port).
             if missing:
                 start_workers()
             readiness.wait_port(cluster, sched, pids[sched.name])

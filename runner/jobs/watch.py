@@ -206,9 +206,11 @@ class RunWatch:
                 if kills else "")
         per_class = ""
         if self.n_features:
+            from runner.batch.train import WEIGHT_BYTES
+
             per_class = (f" The model holds features.n_features x classes weights, several "
-                         f"copies while it trains: {self.n_features:,} x 4 bytes = "
-                         f"{self.n_features * 4 / 2**20:.0f} MiB per class and copy.")
+                         f"copies while it trains: {self.n_features:,} x {WEIGHT_BYTES} bytes = "
+                         f"{self.n_features * WEIGHT_BYTES / 2**20:.0f} MiB per class and copy.")
         job = f" in {self.job_path}" if self.job_path else ""
         return (
             f"the job's tasks killed every worker they ran on ({cause}). {seen}The workers' "
