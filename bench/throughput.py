@@ -23,7 +23,12 @@ import time
 from pathlib import Path
 
 import common
-from common import peak_worker_memory, single_process_features, single_process_fit
+from common import (
+    concurrent_single_fits,
+    peak_worker_memory,
+    single_process_features,
+    single_process_fit,
+)
 
 from runner.batch import prepare_dataset, run_job
 
@@ -41,7 +46,10 @@ def measure(sizes, workers: int = 2, partition_mb: float = 4.0, modes=(True, Fal
     """One row per corpus size: per ``features.cache`` mode, the cluster's documents per second
     (features, training, whole run), accuracy and peak worker memory; one process's figures on
     the same features; ``train_per_core``, the cluster's training rate per worker over one
-    process's (the cluster's training time covers mixing and its scheduling)."""
+    process's (the cluster's training time covers mixing and its scheduling);
+    ``ceiling_per_core``, the same ratio for ``workers`` independent processes fitting at once
+    (``common.concurrent_single_fits``), and ``train_vs_ceiling``, the cluster's rate over
+    theirs."""
     from distributed import Client, LocalCluster
 
     rows = []
@@ -71,15 +79,20 @@ def measure(sizes, workers: int = 2, partition_mb: float = 4.0, modes=(True, Fal
                 log(f"{n:,} docs, cache {str(cache).lower()}: done")
             data = single_process_features(job, dataset.paths)
             single = single_process_fit(job, data, "sgd")
+            ceiling = concurrent_single_fits(job, data, workers)
             row.update(single_features_dps=n / data["seconds"],
                        single_train_dps=m["n_train"] / single["fit_seconds"],
-                       single_acc=single["accuracy"])
+                       single_acc=single["accuracy"],
+                       concurrent_train_dps=ceiling["rows_per_s"])
             del data
             rows.append(row)
 
     for row in rows:
         for cache in modes:
             row[cache]["train_per_core"] = row[cache]["train_dps"] / (workers * row["single_train_dps"])
+            # what the machine itself allows: independent processes fitting at once
+            row[cache]["train_vs_ceiling"] = row[cache]["train_dps"] / row["concurrent_train_dps"]
+        row["ceiling_per_core"] = row["concurrent_train_dps"] / (workers * row["single_train_dps"])
     return rows
 
 
@@ -107,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['features_dps']:>9,.0f} {c['train_dps']:>8,.0f} {c['total_dps']:>8,.0f} | "
                   f"{r['single_features_dps']:>16,.0f} {r['single_train_dps']:>8,.0f} | "
                   f"{c['acc']:.3f}/{r['single_acc']:.3f} | {c['peak_mb']:>14,.0f}")
+    for r in rows:
+        print(f"{r['docs']:>9,}: {args.workers} single processes fitting at once reach "
+              f"{r['concurrent_train_dps']:,.0f} docs/s, {r['ceiling_per_core']:.2f} per core of one "
+              f"alone (this machine's ceiling)")
     first, last = rows[0], rows[-1]
     for cache in modes:
         print(f"cache {str(cache).lower():>5}: peak worker memory {last[cache]['peak_mb']:,.0f} MB "

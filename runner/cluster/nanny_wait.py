@@ -7,6 +7,10 @@ to another 1-2 s after the scheduler listens, and only then registers and spawns
 This runs before the nanny registers (``--preload-nanny``) and returns as soon as a TLS (or TCP)
 connection to the scheduler succeeds, or after ``WAIT_S``, when the nanny's own retries take over
 (and report).
+
+With ``distributed.worker.multiprocessing-method: forkserver`` (the dask_node role's default) it
+first starts the server the worker will be forked from, so that the server's import of distributed
+overlaps the wait instead of following it (a spawned worker imports it after the wait).
 """
 
 from __future__ import annotations
@@ -19,9 +23,36 @@ WAIT_S = 120.0
 ATTEMPT_S = 0.5  # one connect try; a scheduler not listening refuses at once
 
 
+# What the fork server imports: what a spawned worker imports before it joins. distributed's own
+# list adds numpy and pandas, imported in the nanny first to check them: on a host that starts
+# several processes at once, CPU spent before the scheduler listens (workers import them when a
+# task needs them, as they do with spawn).
+FORKSERVER_PRELOAD = ["distributed"]
+
+
+def start_forkserver() -> bool:
+    """Start the nanny's fork server now if workers are forked from one; whether it was."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    import dask
+    import distributed.utils
+
+    if dask.config.get("distributed.worker.multiprocessing-method") != "forkserver":
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    # distributed.utils.get_mp_context sets its own list once, unless told it was set (private,
+    # so checked: an upgrade that renames it only brings back distributed's list)
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
+    multiprocessing.forkserver.ensure_running()  # returns once started, not once imported
+    return True
+
+
 async def dask_setup(nanny) -> None:
     from distributed.comm import connect
 
+    start_forkserver()
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         try:

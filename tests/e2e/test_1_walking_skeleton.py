@@ -83,6 +83,34 @@ def test_dask_processes_keep_their_bytecode_outside_the_root_owned_environment(l
         assert out[1:] == ["0", "root"], seen
 
 
+def test_workers_are_forked_from_the_nannys_fork_server(lab_cluster):
+    """The dask_node role's multiprocessing-method: forkserver. Each worker process is the child
+    of a fork server that imported distributed only (started by the nanny's preload while the
+    scheduler started), in the nanny's process group, so `down` stops all three."""
+    import os
+
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        client = cluster.client()
+        pids = client.run(os.getpid)  # worker address -> pid
+        hosts = {h.dask_address: h for h in cluster.hosts()}
+        seen = {}
+        for address, pid in pids.items():
+            host = hosts[address.split("://")[1].rsplit(":", 1)[0]]
+            with connect(host, cluster.ssh()) as c:
+                seen[address] = c.run(
+                    f"server=$(ps -o ppid= -p {pid} | tr -d ' '); "
+                    f"nanny=$(ps -o ppid= -p $server | tr -d ' '); "
+                    f"tr '\\0' ' ' < /proc/$server/cmdline; echo; "
+                    f"tr '\\0' ' ' < /proc/$nanny/cmdline; echo; "
+                    f"ps -o pgid= -p {pid} -p $server -p $nanny | sort -u | wc -l").stdout
+    assert len(seen) == 2, seen
+    for out in seen.values():
+        server, nanny, groups = out.strip().splitlines()
+        assert "multiprocessing.forkserver import main" in server and "['distributed']" in server
+        assert " worker tls://" in nanny and "--preload-nanny runner.cluster.nanny_wait" in nanny
+        assert groups.strip() == "1", out  # one process group
+
+
 def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
     from distributed import Client
 

@@ -44,3 +44,56 @@ def test_the_preload_returns_once_the_scheduler_listens_and_not_before():
     early, connections = asyncio.run(scenario())
     assert not early, "returned while nothing listened"
     assert connections == 1  # one successful probe, closed cleanly
+
+
+# Run in a child interpreter: a fork server outlives the call that starts it.
+FORKSERVER_SCRIPT = """
+import json, multiprocessing.forkserver as fs, os, sys, time
+import dask
+dask.config.set({"distributed.worker.multiprocessing-method": sys.argv[1]})
+from runner.cluster.nanny_wait import start_forkserver
+started = start_forkserver()
+from distributed.utils import get_mp_context
+ctx = get_mp_context()  # what the nanny calls before it starts its worker
+out = {"started": started, "pandas_imported": "pandas" in sys.modules,
+       "server": fs._forkserver._forkserver_pid, "self": os.getpid()}
+if started:
+    out["server_cmdline"] = open(f"/proc/{out['server']}/cmdline").read().replace("\\0", " ")
+child = ctx.Process(target=time.sleep, args=(5,))
+child.start()
+out["child_parent"] = int([line.split()[1] for line in open(f"/proc/{child.pid}/status")
+                           if line.startswith("PPid:")][0])
+child.terminate()
+child.join()
+print(json.dumps(out))
+"""
+
+
+def _forkserver_run(method: str) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", FORKSERVER_SCRIPT, method], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_with_forkserver_the_worker_is_forked_from_a_server_started_before_the_wait():
+    out = _forkserver_run("forkserver")
+    assert out["started"] is True
+    # the server imports distributed only; neither it nor the nanny imports pandas up front
+    assert "['distributed']" in out["server_cmdline"], out
+    assert out["pandas_imported"] is False, out
+    assert out["child_parent"] == out["server"], out  # the worker process is the server's child
+
+
+def test_with_spawn_no_server_is_started():
+    out = _forkserver_run("spawn")
+    assert out["started"] is False and out["server"] is None, out
+    assert out["child_parent"] == out["self"], out  # spawned by the nanny itself
