@@ -66,7 +66,9 @@ def run_child(argv: list[str], env: dict, log: Path) -> tuple[int, float, int]:
         rc = subprocess.call([sys.executable, "-c", LAUNCHER, str(rss), sys.executable, "-m",
                               "runner.cli", *argv], cwd=ROOT, env=env, stdout=out,
                              stderr=subprocess.STDOUT)
-    return rc, time.perf_counter() - t, int(rss.read_text()) * 1024
+    seconds = time.perf_counter() - t
+    # no figure if the launcher itself was killed: the caller reports the exit code and the log
+    return rc, seconds, int(rss.read_text()) * 1024 if rss.exists() else 0
 
 
 def idle_memory(client, seconds: float = 3.0) -> int:
