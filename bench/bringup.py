@@ -27,9 +27,15 @@ from runner.lab import Lab
 LAB_CLUSTER = Path(__file__).resolve().parents[1] / "clusters" / "lab.yaml"
 
 
+# Before each timed start, after the other side's processes were stopped: their exit (and the
+# CPU it takes on the hosts, which share this machine's cores) is over before the clock starts.
+SETTLE_S = 2.0
+
+
 def time_daskfleet(cluster: Cluster) -> float:
     """Stop every dask process, then time `start` until all workers have joined."""
     cluster.stop(progress=lambda *_: None)
+    time.sleep(SETTLE_S)
     t = time.perf_counter()
     cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
     return time.perf_counter() - t
@@ -50,6 +56,7 @@ def time_sshcluster(cluster: Cluster) -> float:
         tls[f"distributed.comm.tls.{role}.cert"] = f"{remote_tls}/node.pem"
         tls[f"distributed.comm.tls.{role}.key"] = f"{remote_tls}/node.key"
     cluster.stop(progress=lambda *_: None)  # same ports, same hosts: one at a time
+    time.sleep(SETTLE_S)
     t = time.perf_counter()
     with dask.config.set(tls):
         ssh_cluster = SSHCluster(
@@ -83,7 +90,8 @@ def up_cli(log: Path) -> float:
 
 def measure(rounds: int = 3, log=print) -> dict:
     """On a lab with fresh hosts: `daskfleet up` cold, then warm (nothing changed), then
-    ``rounds`` of start-to-all-workers-ready, daskfleet's and SSHCluster's in turn."""
+    ``rounds`` of start-to-all-workers-ready, daskfleet's and SSHCluster's in turn (who goes
+    first alternates; each start waits ``SETTLE_S`` after the previous processes stopped)."""
     with tempfile.TemporaryDirectory() as tmp:
         cold = up_cli(Path(tmp) / "cold.log")
         log(f"daskfleet up, fresh hosts: {cold:.1f}s")
@@ -92,8 +100,13 @@ def measure(rounds: int = 3, log=print) -> dict:
     ours, theirs = [], []
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         for i in range(rounds):
-            ours.append(time_daskfleet(cluster))
-            theirs.append(time_sshcluster(cluster))
+            # each side goes first in every other round: neither always follows the other
+            if i % 2 == 0:
+                ours.append(time_daskfleet(cluster))
+                theirs.append(time_sshcluster(cluster))
+            else:
+                theirs.append(time_sshcluster(cluster))
+                ours.append(time_daskfleet(cluster))
             log(f"round {i + 1}: daskfleet {ours[-1]:.2f}s  SSHCluster {theirs[-1]:.2f}s")
         cluster.start(cluster.status_record()["env_hashes"], progress=lambda *_: None)
     mo, mt = statistics.median(ours), statistics.median(theirs)

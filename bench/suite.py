@@ -53,7 +53,7 @@ def run_lab_sections(results: dict, quick: bool, only: set[str], save) -> None:
     lab.up(3, progress=lambda *_: None)
     try:
         if "bringup" in only:
-            results["bringup"] = bringup.measure(rounds=1 if quick else 5, log=log)
+            results["bringup"] = bringup.measure(rounds=1 if quick else 7, log=log)
             save()
         else:
             bringup.up_cli(Path("/dev/null"))
