@@ -62,7 +62,9 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
 
     out_path = Path(out_path)
     t = time.monotonic()
-    model_f = client.scatter(model, broadcast=True)
+    # one future for the whole model, under a key of its own: scattering the dict itself would
+    # put each entry under its name ('job', 'idf', ...), shared by every predict on the cluster
+    [model_f] = client.scatter([model], broadcast=True, hash=False)
     futures = client.map(predict_shard, list(shard_paths), model=model_f, pure=False)
     wait(futures)
     for path, f in zip(shard_paths, futures, strict=True):
@@ -90,6 +92,7 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
         raise BatchError(f"{out_path}: cannot write the predictions: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
+    client.cancel([model_f])  # every prediction is in: the workers drop the model now
     summary = {"rows": rows, "out": str(out_path), "seconds": round(time.monotonic() - t, 3)}
     if labelled:
         summary["accuracy"] = correct / labelled
