@@ -13,6 +13,14 @@ class ConfigError(DaskfleetError):
     exit_code = 2
 
 
+class StateError(DaskfleetError):
+    """A cluster's state.json cannot be read; ``path`` is the file."""
+
+    def __init__(self, message: str, *, path):
+        super().__init__(message)
+        self.path = path
+
+
 class LabError(DaskfleetError):
     """The local lab could not be created, inspected or removed."""
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runner.errors import DaskfleetError
+from runner.errors import DaskfleetError, StateError
 
 # Within one process, state.json's read-modify-write is serialized here; across processes by
 # the cluster lock below, which every command that changes the cluster holds.
@@ -24,23 +24,60 @@ _guard = threading.Lock()
 
 
 def read(state_dir: Path) -> dict:
+    """state.json as a dict ({} before the first `up`); a damaged file is a StateError that names
+    it and says what still works."""
     path = state_dir / "state.json"
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        data, why = None, f"not JSON: {e}"
+    else:
+        why = f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data, dict):
+        raise StateError(
+            f"{path} is damaged ({why}). `daskfleet down` still works: it reads the hosts from "
+            f"Terraform's state ({state_dir / 'terraform'}). To bring the cluster up again, move "
+            f"the file aside (`mv {path} {path}.damaged`) and run `daskfleet up`, which records "
+            "the cluster anew.", path=path)
+    return data
 
 
 def update(state_dir: Path, **changes) -> dict:
-    """Merge changes into state.json, written to a temp file of its own and renamed (never
-    half-written, and two writers never share a temp file)."""
+    """Merge changes into state.json, written to a temp file of its own, flushed to disk and
+    renamed (never half-written, even across a power cut, and two writers never share a temp
+    file). A damaged state.json is kept beside it as state.json.damaged and replaced."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with _guard:
-        data = {**read(state_dir), **changes}
+        try:
+            old = read(state_dir)
+        except StateError as e:
+            os.replace(e.path, e.path.with_name(e.path.name + ".damaged"))
+            old = {}
+        data = {**old, **changes}
         fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, state_dir / "state.json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, state_dir / "state.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(state_dir)  # the rename itself survives a crash
     return data
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -1,7 +1,9 @@
-"""Shared test settings: e2e tests print the lab hosts' logs when they fail."""
+"""Shared test settings: e2e tests print the lab hosts' logs when they fail, and a test that
+skips where it must run fails instead."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,9 +32,38 @@ def lab_host_logs(state_dir: Path = DEFAULT_STATE_DIR) -> str:
     return "\n".join(chunks) or f"(no lab host logs under {state_dir})"
 
 
+# A test that cannot apply to this machine at all (a cross build from another architecture) says
+# so with this in its skip reason; any other skip is a missing prerequisite.
+NOT_APPLICABLE = "not applicable here:"
+
+
+def full_tier(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) is not None for m in ("e2e", "integration"))
+
+
+def skip_becomes_failure(item: pytest.Item, reason: str) -> str | None:
+    """Why a skip of ``item`` must fail: the full tier never skips (a skipped tier is no proof),
+    and in CI (``CI`` set) no tier does; None where a skip is allowed."""
+    if NOT_APPLICABLE in reason:
+        return None
+    if full_tier(item):
+        return ("the full tier (`make test`) cannot run here, and it fails rather than skips: "
+                f"{reason}. `make check` runs the tier that needs no lab, root or network.")
+    if os.environ.get("CI"):
+        return f"CI must run this test, but it skipped: {reason}"
+    return None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        why = skip_becomes_failure(item, reason)
+        if why:
+            report.outcome, report.longrepr = "failed", why
     if report.failed and item.get_closest_marker("e2e") is not None:
         report.sections.append(("lab host logs", lab_host_logs()))

@@ -86,7 +86,8 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
                         classes=codes)
         n += X.shape[0]
     if n == 0:
-        return {"n_rows": 0}
+        # what this task was given, for the error at the root if no worker had rows
+        return {"n_rows": 0, "n_parts": len(parts), "epoch": epoch, "group": index}
     return {"coef": clf.coef_, "intercept": clf.intercept_, "t": clf.t_, "n_rows": n}
 
 
@@ -116,7 +117,9 @@ def mix_finish(epoch: int, *results: dict) -> dict:
     in one task). The learning-rate schedule goes on from the furthest worker."""
     acc = mix_sum(*results)
     if acc["n_rows"] == 0:
-        raise ValueError("no partition had training rows")
+        seen = [{k: r[k] for k in ("group", "n_parts") if k in r} for r in results]
+        raise ValueError(f"no partition had training rows in epoch {epoch + 1} (the workers' "
+                         f"groups of partitions: {seen})")
     total = float(acc["n_rows"])
     acc["coef"] /= np.float32(total)
     return {"coef": acc["coef"], "intercept": acc["intercept"] / total, "t": acc["t"],

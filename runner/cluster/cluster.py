@@ -19,7 +19,7 @@ from runner.cluster.hosts import Host
 from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.config import ClusterSpec, load_cluster
-from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError
+from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError, StateError
 from runner.provision import machines, providers, terraform
 from runner.provision.tls import CertificateAuthority
 
@@ -113,12 +113,28 @@ class Cluster:
         return self.provider.declared_hosts()
 
     def hosts(self) -> list[Host]:
-        """The hosts as last provisioned (Terraform's output, recorded in state.json)."""
-        recorded = state.read(self.state_dir).get("hosts")
+        """The hosts as last provisioned (Terraform's output, recorded in state.json; read from
+        Terraform's own state when state.json is damaged)."""
+        recorded = self._recorded_hosts()
         if not recorded:
             raise DaskfleetError(f"cluster {self.spec.name}: not provisioned yet (no record in "
                                  f"{self.state_dir}); run `daskfleet up -c {self.spec.source}`.")
         return [Host.from_dict(h) for h in recorded]
+
+    def _recorded_hosts(self) -> list[dict]:
+        try:
+            return state.read(self.state_dir).get("hosts") or []
+        except StateError as damaged:
+            workdir = self.state_dir / "terraform"
+            if not (workdir / "terraform.tfstate").exists():
+                raise
+            try:
+                outputs = terraform.outputs(workdir, self.provider.terraform_env())
+                hosts = self.provider.hosts_from_output(outputs)
+            except DaskfleetError:
+                raise damaged from None
+            _say(f"warning: {damaged.path} is damaged; the hosts come from Terraform's state")
+            return [h.to_dict() for h in hosts]
 
     def worker_hosts(self, hosts: list[Host] | None = None) -> list[Host]:
         hosts = hosts or self.hosts()
@@ -322,7 +338,7 @@ class Cluster:
 
     def _down(self, destroy: bool, progress) -> None:
         try:
-            if state.read(self.state_dir).get("hosts"):
+            if self._recorded_hosts():
                 self.stop(progress)
         finally:
             if destroy:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,11 +59,28 @@ class Host:
         return d
 
 
+def _pattern_matches(pattern: str, wanted: str) -> bool:
+    """One host pattern of a known_hosts line: a plain name, or a hashed one (`|1|salt|hash`,
+    what `HashKnownHosts yes`, Debian's default, writes: HMAC-SHA1 of the name, keyed by salt)."""
+    if pattern.startswith("|1|"):
+        try:
+            salt = base64.b64decode(pattern.split("|")[2])
+        except (IndexError, ValueError):
+            return False
+        digest = hmac.new(salt, wanted.encode(), hashlib.sha1).digest()
+        return hmac.compare_digest(pattern, f"|1|{pattern.split('|')[2]}|"
+                                            f"{base64.b64encode(digest).decode()}")
+    return pattern == wanted
+
+
 def known_host_key(known_hosts: str, address: str, port: int = 22) -> str | None:
-    """The key recorded for `address` in a known_hosts file's text (plain, not hashed, entries)."""
+    """The key recorded for `address` in a known_hosts file's text (plain or hashed entries;
+    `@cert-authority` and `@revoked` lines are not host keys)."""
     wanted = address if port == 22 else f"[{address}]:{port}"
     for line in known_hosts.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and not line.startswith("#") and wanted in parts[0].split(","):
+        if len(parts) < 3 or line.startswith(("#", "@")):
+            continue
+        if any(_pattern_matches(p, wanted) for p in parts[0].split(",")):
             return f"{parts[1]} {parts[2]}"
     return None

@@ -133,15 +133,17 @@ class RemoteProcess:
         cmd = self.command()
         return " ".join(cmd[1:8] if self.kind == "scheduler" else cmd[1:5]) + " "
 
-    def _ours(self, missing: int = 3, other: int = 4) -> str:
-        """Shell: set $pid from the pid file, or exit `missing`; exit `other` unless that pid is
-        this very process: same start time as recorded (a reused pid after a reboot differs)
-        and our identity in its command line."""
-        return (f"read pid st < {self.pid_file} 2>/dev/null || exit {missing}; "
-                f"[ -n \"$pid\" ] && [ -r /proc/$pid/stat ] || exit {other}; "
-                f"[ -z \"$st\" ] || [ \"$({START_TIME})\" = \"$st\" ] || exit {other}; "
+    def _ours(self) -> str:
+        """Shell: define and call `ours`, which sets $pid from the pid file and returns 0 if that
+        pid is this very process (same start time as recorded: a reused pid after a reboot
+        differs; our identity in its command line), 3 without a pid file, 4 otherwise. A
+        function and `return`, never `exit` inside `{ }`, which would end the whole script."""
+        return ("ours() { "
+                f"read pid st < {self.pid_file} 2>/dev/null || return 3; "
+                f"[ -n \"$pid\" ] && [ -r /proc/$pid/stat ] || return 4; "
+                f"[ -z \"$st\" ] || [ \"$({START_TIME})\" = \"$st\" ] || return 4; "
                 f"tr '\\0' ' ' < /proc/$pid/cmdline | grep -qF -- {shlex.quote(self.identity)} "
-                f"|| exit {other}; ")
+                "|| return 4; }; ours")
 
     def _start_script(self) -> str:
         config = DASK_CONFIG.format(cluster=self.settings.cluster)
@@ -161,7 +163,7 @@ class RemoteProcess:
         # Running = the pid in the file is alive and is one of our dask processes; its command
         # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and,
         # for a worker, the memory limit it was started with.
-        return (self._ours() +
+        return (self._ours() + " || exit $?; " +
                 "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
                 "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
                 "| tail -n +2 | head -n1); "
@@ -196,21 +198,25 @@ class RemoteProcess:
         return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings) -> bool:
-        """Stop the process group: TERM, then KILL after a grace period. True if one was running."""
-        script = (
-            f"{{ {self._ours(missing=0, other=5)} }}; rc=$?; rm -f {self.pid_file}; "
-            f"[ $rc = 0 ] || exit 0; "
+        """Stop the process group: TERM, then KILL after a grace period. True if one was running.
+        A pid file whose process has exited (or whose pid now belongs to another process) is
+        removed and the process reported gone: a stale file never fails a stop."""
+        with connect(self.host, ssh) as c:
+            r = c.run(as_dask(self.host, self._stop_script()))
+        if r.failed:
+            raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
+                                    f"{(r.stderr or r.stdout).strip() or f'exit status {r.exited}'}")
+        return r.stdout.strip() in ("stopped", "killed")
+
+    def _stop_script(self) -> str:
+        return (
+            f"{self._ours()}; rc=$?; rm -f {self.pid_file}; "
+            f"if [ $rc != 0 ]; then echo gone; exit 0; fi; "
             f"kill -TERM -- -$pid 2>/dev/null; "
             f"for i in $(seq 1 {int(STOP_GRACE_S * 10)}); do "
-            f"kill -0 -- -$pid 2>/dev/null || {{ echo stopped; exit 0; }}; sleep 0.1; done; "
+            f"if ! kill -0 -- -$pid 2>/dev/null; then echo stopped; exit 0; fi; sleep 0.1; done; "
             f"kill -KILL -- -$pid 2>/dev/null; echo killed"
         )
-        with connect(self.host, ssh) as c:
-            r = c.run(as_dask(self.host, script))
-        if r.failed and not r.stdout.strip():
-            raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
-                                    f"{(r.stderr or r.stdout).strip()}")
-        return r.stdout.strip() in ("stopped", "killed")
 
     def log_tail(self, ssh: SSHSettings, lines: int = 20, c=None) -> str:
         """The log's last lines, preceded by the errors it names (a traceback's last lines are

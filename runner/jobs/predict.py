@@ -54,17 +54,35 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
                    progress: Progress = print) -> dict:
     """The core: map ``predict_shard`` over shards (paths as the workers see them, in input
     order) and stream the predictions, shard by shard, into ``out_path``."""
+    out_path = Path(out_path)
+    t = time.monotonic()
+    # one future for the whole model, under a key of its own: scattering the dict itself would
+    # put each entry under its name ('job', 'idf', ...), shared by every predict on the cluster
+    [model_f] = client.scatter([model], broadcast=True, hash=False)
+    try:
+        rows, labelled, correct = _predict_into(client, model_f, shard_paths, out_path)
+    finally:
+        # every prediction is in, or the run failed: the workers drop the model either way
+        # (the cancel reaches the scheduler asynchronously, a moment after this returns)
+        client.cancel([model_f])
+    summary = {"rows": rows, "out": str(out_path), "seconds": round(time.monotonic() - t, 3)}
+    if labelled:
+        summary["accuracy"] = correct / labelled
+    progress(f"predict: {rows:,} rows from {len(shard_paths)} shards -> {out_path} "
+             f"({summary['seconds']:.1f}s)")
+    return summary
+
+
+def _predict_into(client: Client, model_f, shard_paths: Sequence[str],
+                  out_path: Path) -> tuple[int, int, int]:
+    """Predict every shard with the scattered model; append the predictions, in input order, to
+    ``out_path`` through a temporary file. Returns (rows, labelled rows, correct)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from distributed import wait
 
     from runner.batch.model import predict_shard
 
-    out_path = Path(out_path)
-    t = time.monotonic()
-    # one future for the whole model, under a key of its own: scattering the dict itself would
-    # put each entry under its name ('job', 'idf', ...), shared by every predict on the cluster
-    [model_f] = client.scatter([model], broadcast=True, hash=False)
     futures = client.map(predict_shard, list(shard_paths), model=model_f, pure=False)
     wait(futures)
     for path, f in zip(shard_paths, futures, strict=True):
@@ -92,13 +110,7 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
         raise BatchError(f"{out_path}: cannot write the predictions: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
-    client.cancel([model_f])  # every prediction is in: the workers drop the model now
-    summary = {"rows": rows, "out": str(out_path), "seconds": round(time.monotonic() - t, 3)}
-    if labelled:
-        summary["accuracy"] = correct / labelled
-    progress(f"predict: {rows:,} rows from {len(shard_paths)} shards -> {out_path} "
-             f"({summary['seconds']:.1f}s)")
-    return summary
+    return rows, labelled, correct
 
 
 def _drop_column(path: Path, column: str) -> None:

@@ -45,13 +45,15 @@ def expected(cluster: Cluster, host: Host, variables: dict) -> str:
     return h.hexdigest()
 
 
-def _probe(cluster: str, env_hash: str) -> str:
-    """Prints the node's record, if its environment, link and config are still in place."""
+def _probe(cluster: str, env_hash: str, root: str = "") -> str:
+    """Prints the node's record, if its environment, link and config are still in place.
+    ``root``: a folder standing for / (tests run the script against one)."""
     env = f"{ENVS}/{env_hash}"
-    return (f"[ -e {shlex.quote(env)}/.daskfleet-complete ] && "
-            f"[ \"$(readlink /opt/daskfleet/clusters/{shlex.quote(cluster)}/current)\" = "
-            f"{shlex.quote(env)} ] && [ -e /etc/daskfleet/{shlex.quote(cluster)}/dask/daskfleet.yaml ] "
-            f"&& cat {shlex.quote(record_path(cluster))} 2>/dev/null; true")
+    q = shlex.quote
+    return (f"[ -e {q(root + env)}/.daskfleet-complete ] && "
+            f"[ \"$(readlink {q(f'{root}/opt/daskfleet/clusters/{cluster}/current')})\" = "
+            f"{q(env)} ] && [ -e {q(f'{root}/etc/daskfleet/{cluster}/dask/daskfleet.yaml')} ] "
+            f"&& cat {q(root + record_path(cluster))} 2>/dev/null; true")
 
 
 def up_to_date(cluster: Cluster, hosts: list[Host], wanted: dict[str, str],

@@ -275,15 +275,17 @@ def test_predict_input_without_the_text_column_names_the_flag(project, trained, 
     assert list(pd.read_parquet(project / "out/pred.parquet")["prediction"]) == ["plum"]
 
 
-def another_format(model: dict) -> dict:
-    return {**model, "format": 99, "daskfleet": "9.9.0"}
+def another_format(model: dict, path: Path) -> None:
+    joblib.dump({**model, "format": 99, "daskfleet": "9.9.0"}, path)
 
 
-def another_sklearn(model: dict, monkeypatch) -> dict:
+def another_sklearn(model: dict, path: Path) -> None:
     import sklearn.base
 
-    monkeypatch.setattr(sklearn.base, "__version__", "1.0.2")  # what the pickle records
-    return model
+    # a patch of its own, undone before predict runs (the fixture's patches stay in place)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sklearn.base, "__version__", "1.0.2")  # what the pickle records
+        joblib.dump(model, path)
 
 
 @pytest.mark.parametrize(("rewrite", "names"), [
@@ -292,13 +294,9 @@ def another_sklearn(model: dict, monkeypatch) -> dict:
     (another_sklearn, ("model file from another daskfleet environment",
                        "written by scikit-learn 1.0.2")),
 ], ids=["model of another daskfleet version", "model of another scikit-learn"])
-def test_a_model_file_from_another_version_is_refused(project, trained, capsys, monkeypatch,
-                                                      rewrite, names):
-    model = joblib.load(trained)
+def test_a_model_file_from_another_version_is_refused(project, trained, capsys, rewrite, names):
     old = project / "old-model.joblib"
-    args = (monkeypatch,) if rewrite is another_sklearn else ()
-    joblib.dump(rewrite(model, *args), old)
-    monkeypatch.undo()
+    rewrite(joblib.load(trained), old)
     pd.DataFrame({"text": ["plums"]}).to_csv(project / "new.csv", index=False)
     outcome = predict(project, old, project / "new.csv", capsys)
     assert_clear_error(outcome, 1, (str(old), *names), "train it again with this daskfleet")

@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -51,6 +52,16 @@ def job_in(folder: Path, name: str, extra: str = "") -> Path:
         features: {{n_features: 4096}}
         """) + textwrap.dedent(extra))
     return path
+
+
+def held_keys_clear(client, seconds: float = 10.0) -> bool:
+    """Whether the cluster holds no data any more, within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while client.who_has():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def run(client, corpus: Path, tmp_path: Path, name: str, extra: str = "") -> tuple[dict, Path]:
@@ -141,7 +152,9 @@ def test_predict_shards_one_prediction_per_row_in_order(client, tmp_path, corpus
     import pyarrow.parquet as pq
 
     assert pq.ParquetFile(tmp_path / "out" / "pred.parquet").num_row_groups == 5
-    assert not client.who_has()  # each shard's predictions released once written
+    # each shard's predictions released once written, and the model once all are in (the
+    # releases reach the scheduler asynchronously: wait for them, under a deadline)
+    assert held_keys_clear(client), client.who_has()
 
 
 def test_predict_input_with_labels_reports_accuracy(client, tmp_path, corpus):

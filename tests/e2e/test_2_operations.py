@@ -61,17 +61,32 @@ def test_clients_without_the_clusters_certificate_are_refused(lab_cluster, workd
         assert ok.submit(sum, [1, 2]).result() == 3
 
 
-def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, workdir: Path):
+def _handshake_refusals(cli, peer: str, since: str) -> list[str]:
+    """The scheduler's log lines since ``since`` (its timestamp format) saying that a TLS
+    handshake with ``peer`` failed."""
+    out = cli("logs", "lab1", "-n", "2000", "-c", str(LAB_CLUSTER)).stdout
+    return [line for line in out.splitlines()
+            if f"TLS handshake failed with remote 'tls://{peer}:" in line
+            and line.split("] ", 1)[-1][:23] >= since]
+
+
+def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, cli, workdir: Path):
     other = CertificateAuthority(workdir / "intruder-ca", "intruder")
     other.ensure({"intruder": "198.18.0.1"})
     dask = Path(sys.executable).parent / "dask"
+    since = time.strftime("%Y-%m-%d %H:%M:%S")  # the lab hosts share this machine's clock
     proc = subprocess.Popen(
         [str(dask), "worker", SCHEDULER, "--name", "intruder", "--no-nanny", "--no-dashboard",
          "--host", "198.18.0.1", "--tls-ca-file", str(other.ca_cert),
          "--tls-cert", str(other.cert("intruder")), "--tls-key", str(other.key("intruder"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(8)
+        # the refusal itself, in the scheduler's log: the handshake fails on the other CA
+        deadline = time.monotonic() + 60
+        refusals = _handshake_refusals(cli, "198.18.0.1", since)
+        while not refusals and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            refusals = _handshake_refusals(cli, "198.18.0.1", since)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -79,6 +94,7 @@ def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, wor
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
+    assert refusals and "UNKNOWN_CA" in refusals[-1], (refusals, out[-2000:])
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
     assert "intruder" not in names

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import paramiko
@@ -27,11 +28,18 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli
         lab = Lab()
         hosts = lab.hosts()
         assert [h.user for h in hosts] == ["deploy", "deploy"]
+        # the hosts' keys as a real machine keeps them: hashed (`HashKnownHosts yes`, Debian's
+        # default), which every reader of the file (config check, Terraform, SSH) must take
+        known_hosts = workdir / "hashed_known_hosts"
+        shutil.copy(lab.known_hosts, known_hosts)
+        subprocess.run(["ssh-keygen", "-H", "-f", str(known_hosts)], check=True,
+                       capture_output=True)
+        assert hosts[0].address not in known_hosts.read_text()
         cfile = workdir / "hosts-deploy.yaml"
         cfile.write_text(yaml.safe_dump({
             "name": "sudohosts", "provider": "hosts",
             "ssh": {"user": "deploy", "private_key": str(lab.key),
-                    "known_hosts": str(lab.known_hosts)},
+                    "known_hosts": str(known_hosts)},
             "hosts": [{"name": "sched", "address": hosts[0].address, "role": "scheduler"},
                       {"name": "w1", "address": hosts[1].address, "role": "worker"}]}))
         up = cli("up", "-c", str(cfile), timeout=900)

@@ -23,7 +23,9 @@ def test_platform_args_ask_for_the_targets_wheels():
     assert "manylinux_2_17_aarch64" in platforms and "--only-binary=:all:" in args
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="checks a cross build from x86_64")
+@pytest.mark.integration  # downloads from the package registry: the full tier
+@pytest.mark.skipif(platform.machine() != "x86_64",
+                    reason="not applicable here: checks a cross build from x86_64")
 def test_an_aarch64_wheelhouse_has_aarch64_wheels_and_uv():
     lock = derive_lock("aarch64")
     assert lock.hash != derive_lock().hash  # the architecture is part of the environment's name

@@ -23,7 +23,6 @@ TERRAFORM = REPO / "terraform"
 MODULES = TERRAFORM / "modules"
 CLOUD = ["aws", "gcp", "azure"]
 ALL_MODULES = ["hosts", *CLOUD]
-CHECKOV = REPO / ".venv-lint" / "bin" / "checkov"
 WORLD = {"0.0.0.0/0", "::/0", "*", "internet", "any"}
 HOSTS_KEYS = {"name", "role", "user", "port", "private_address", "public_address"}
 # Dask's ports in daskfleet (runner/config.py): scheduler, dashboard, worker and nanny ranges.
@@ -606,38 +605,3 @@ def test_admin_cidr_validation_refuses_the_world(module: str, tmp_path: Path):
     assert plan(admin_cidr="0.0.0.0/0", allow_world_ssh=True).returncode == 0
     missing = plan()
     assert missing.returncode != 0 and "admin_cidr" in missing.stderr
-
-
-# --- checkov ------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(
-    not CHECKOV.exists(),
-    reason="checkov is not installed in .venv-lint (python3 -m venv .venv-lint && "
-    ".venv-lint/bin/pip install checkov)",
-)
-def test_checkov_finds_no_failed_check():
-    env = dict(os.environ, BC_SKIP_MAPPING="TRUE")  # with --skip-download: no network
-    result = subprocess.run(
-        [str(CHECKOV), "-d", str(TERRAFORM), "--framework", "terraform", "--skip-download",
-         "--quiet", "--compact", "-o", "json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    reports = json.loads(result.stdout)
-    reports = reports if isinstance(reports, list) else [reports]
-    summary = {k: sum(r["summary"][k] for r in reports) for k in ["passed", "failed"]}
-    failed = [
-        f"{c['check_id']} {c['resource']} ({c['file_path']})"
-        for r in reports
-        for c in r.get("results", {}).get("failed_checks", [])
-    ]
-    assert summary["failed"] == 0, "checkov failed checks:\n" + "\n".join(failed)
-    # A check that crashes on a resource is neither passed nor failed: it silently checks nothing.
-    crashed = [line for line in result.stderr.splitlines() if "Failed to run check" in line]
-    assert not crashed, "checkov checks crashed:\n" + "\n".join(crashed)
-    assert summary["passed"] > 0, "checkov checked nothing"
-    assert sum(r["summary"]["parsing_errors"] for r in reports) == 0

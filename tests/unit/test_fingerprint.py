@@ -3,7 +3,11 @@ install differently, and only then (so a warm `up` skips Ansible exactly when it
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from runner.cluster.hosts import Host
 from runner.provision import fingerprint
@@ -33,9 +37,48 @@ def test_the_fingerprint_follows_what_the_playbook_would_install(tmp_path):
     assert fingerprint.expected(cluster, w1, variables) != base
 
 
-def test_the_probe_prints_the_record_only_when_the_environment_is_in_place():
-    script = fingerprint._probe("c1", "aa11")
-    assert "/opt/daskfleet/envs/aa11/.daskfleet-complete" in script
-    assert "readlink /opt/daskfleet/clusters/c1/current" in script
-    assert "/etc/daskfleet/c1/dask/daskfleet.yaml" in script
-    assert script.index("cat /var/lib/daskfleet/c1/provisioned") > script.index("readlink")
+def _node(root: Path, cluster: str = "c1", env_hash: str = "aa11") -> dict[str, Path]:
+    """A node's provisioned files under ``root`` (which stands for /)."""
+    env = root / f"opt/daskfleet/envs/{env_hash}"
+    files = {"complete": env / ".daskfleet-complete",
+             "config": root / f"etc/daskfleet/{cluster}/dask/daskfleet.yaml",
+             "record": root / f"var/lib/daskfleet/{cluster}/provisioned",
+             "link": root / f"opt/daskfleet/clusters/{cluster}/current"}
+    for key in ("complete", "config", "record"):
+        files[key].parent.mkdir(parents=True, exist_ok=True)
+        files[key].write_text("fp-123\n" if key == "record" else "")
+    files["link"].parent.mkdir(parents=True, exist_ok=True)
+    # the link names the environment as the node sees it (from /), as the playbook makes it
+    files["link"].symlink_to(f"/opt/daskfleet/envs/{env_hash}")
+    return files
+
+
+def _run_probe(root: Path, cluster: str = "c1", env_hash: str = "aa11") -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", fingerprint._probe(cluster, env_hash, root=str(root))],
+                          capture_output=True, text=True, timeout=10)
+
+
+def test_the_probe_prints_the_record_when_everything_is_in_place(tmp_path):
+    _node(tmp_path)
+    out = _run_probe(tmp_path)
+    assert out.returncode == 0 and out.stdout == "fp-123\n", out
+
+
+@pytest.mark.parametrize("broken", ["complete", "config", "record", "link"])
+def test_the_probe_prints_nothing_when_a_part_is_missing(tmp_path, broken):
+    files = _node(tmp_path)
+    files[broken].unlink()
+    if broken == "link":  # the link pointing at another environment is as good as missing
+        files["link"].symlink_to("/opt/daskfleet/envs/bb22")
+    out = _run_probe(tmp_path)
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "", out
+
+
+def test_the_probe_asks_for_this_environment_and_cluster(tmp_path):
+    _node(tmp_path)
+    assert _run_probe(tmp_path, env_hash="bb22").stdout == ""  # another environment wanted
+    assert _run_probe(tmp_path, cluster="c2").stdout == ""  # another cluster's files
+    odd = tmp_path / "it's a $(root)"  # quotes and $() in a path stay one word, run nothing
+    _node(odd)
+    quoted = _run_probe(odd)
+    assert quoted.returncode == 0 and quoted.stdout == "fp-123\n", quoted

@@ -1,5 +1,7 @@
 """A pid file names one process only: the recorded pid, with the start time recorded with it,
-running our own command line (kind, the cluster's scheduler address, the worker's name)."""
+running our own command line (kind, the cluster's scheduler address, the worker's name). The stop
+script, run for real by bash (as on a node), stops that process only, and a stale pid file never
+makes it fail."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ WORKER = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
 
 
 def check(proc: RemoteProcess) -> int:
-    return subprocess.run(["sh", "-c", proc._ours() + "echo ours"]).returncode
+    return subprocess.run(["sh", "-c", proc._ours() + "; exit $?"]).returncode
 
 
 @pytest.fixture
@@ -26,7 +28,7 @@ def fake_worker(tmp_path, monkeypatch):
     """A process whose command line is the worker's (as `dask worker ...` would show it)."""
     monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                          *WORKER.command()[1:]])
+                          *WORKER.command()[1:]], start_new_session=True)  # setsid, as started
     yield p
     p.kill()
     p.wait()
@@ -58,3 +60,37 @@ def test_another_clusters_worker_of_the_same_name_is_not_ours(fake_worker, tmp_p
 def test_a_missing_pid_file_is_not_running(tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
     assert check(WORKER) == 3
+
+
+def stop(proc: RemoteProcess) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", proc._stop_script()], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_stop_stops_the_recorded_process_and_removes_its_pid_file(fake_worker, tmp_path):
+    pid_file = tmp_path / "lab-lab2-w0.pid"
+    pid_file.write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    out = stop(WORKER)
+    assert out.returncode == 0 and out.stdout.strip() in ("stopped", "killed"), out
+    assert fake_worker.wait(timeout=10) is not None and not pid_file.exists()
+
+
+def test_a_process_that_already_exited_is_cleaned_up_not_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass", *WORKER.command()[1:]])
+    gone.wait()
+    pid_file = tmp_path / "lab-lab2-w0.pid"
+    pid_file.write_text(f"{gone.pid} 12345\n")  # a worker that exited by itself
+    for _ in range(2):  # and again: nothing is left to jam the next stop
+        out = stop(WORKER)
+        assert out.returncode == 0 and out.stdout.strip() == "gone", out
+        assert not pid_file.exists()
+
+
+def test_a_pid_now_held_by_another_process_is_not_signalled(fake_worker, tmp_path):
+    other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
+                                                                     scheduler_port=8796))
+    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    out = stop(other)
+    assert out.returncode == 0 and out.stdout.strip() == "gone", out
+    assert fake_worker.poll() is None  # still running: not ours to stop

@@ -115,6 +115,23 @@ lab2                       : ok=10   changed=0    unreachable=1    failed=0    s
     assert recap["lab1"]["changed"] == 3 and recap["lab2"]["unreachable"] == 1
 
 
+def test_known_host_key_reads_hashed_entries_as_ssh_keygen_writes_them(tmp_path):
+    import subprocess
+
+    plain = tmp_path / "known_hosts"
+    plain.write_text("198.18.0.11 ssh-ed25519 AAAA1\n[198.18.0.12]:2222 ssh-ed25519 AAAA2\n"
+                     "@revoked 198.18.0.13 ssh-ed25519 AAAA3\n")
+    # ssh-keygen -H hashes every name, as `HashKnownHosts yes` (Debian's default) does
+    subprocess.run(["ssh-keygen", "-H", "-f", str(plain)], check=True, capture_output=True)
+    hashed = plain.read_text()
+    assert "198.18.0.11" not in hashed and hashed.startswith("|1|"), hashed
+    assert known_host_key(hashed, "198.18.0.11") == "ssh-ed25519 AAAA1"
+    assert known_host_key(hashed, "198.18.0.12", 2222) == "ssh-ed25519 AAAA2"
+    assert known_host_key(hashed, "198.18.0.12") is None
+    assert known_host_key(hashed, "198.18.0.13") is None  # a revoked key is no host key
+    assert known_host_key("|1|not base64|x ssh-ed25519 AAAA9\n", "198.18.0.11") is None
+
+
 def test_known_host_key_lookup_by_address_and_port():
     text = "# c\n198.18.0.11 ssh-ed25519 AAAA1\n[198.18.0.12]:2222 ssh-ed25519 AAAA2\n"
     assert known_host_key(text, "198.18.0.11") == "ssh-ed25519 AAAA1"
