@@ -80,11 +80,83 @@ def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict
     return versions
 
 
+# What the nodes import of the project: the batch's worker-side tasks (runner.batch.pipeline and
+# runner.jobs.predict submit these functions) and the nanny's preload. With every project module
+# they import in turn (found by reading the imports), this is the nodes' code: only it names the
+# environment, so an edit to the CLI, the lab or the provisioning restarts nothing.
+NODE_ENTRY_MODULES = (
+    "runner.batch.parts", "runner.batch.train", "runner.batch.evaluate",
+    "runner.batch.naive_bayes", "runner.batch.features", "runner.batch.model",
+    "runner.cluster.nanny_wait",
+)
+
+
+def _module_path(root: Path, module: str) -> Path | None:
+    """The file of a module of the package at ``root`` (``root.name`` is its top-level name)."""
+    parts = module.split(".")
+    if parts[0] != root.name:
+        return None
+    base = root.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def node_modules(root: Path | None = None,
+                 entries: tuple[str, ...] = NODE_ENTRY_MODULES) -> list[Path]:
+    """The project files the nodes import: the entry modules, the packages they sit in (their
+    __init__ runs on import) and every project module imported from these, at any depth, in a
+    function body too."""
+    import ast
+
+    root = root or Path(__file__).resolve().parents[1]  # the runner package
+    seen: set[Path] = set()
+    todo = list(entries)
+    while todo:
+        module = todo.pop()
+        names = module.split(".")
+        # the module and every package above it
+        for i in range(1, len(names) + 1):
+            path = _module_path(root, ".".join(names[:i]))
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            todo += _imports(ast.parse(path.read_text(), str(path)))
+    return sorted(seen)
+
+
+def _imports(tree) -> list[str]:
+    """The modules a file imports when it runs: at module level and in function bodies, but not
+    under `if TYPE_CHECKING:` (never run) nor in a module's lazy `__getattr__` (the control-side
+    names a package resolves on first use, which the nodes never ask for)."""
+    import ast
+
+    found: list[str] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+            found += [f"{node.module}.{a.name}" for a in node.names]  # submodules
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack += child.orelse
+                continue
+            if isinstance(child, ast.FunctionDef) and child.name == "__getattr__":
+                continue
+            stack.append(child)
+    return found
+
+
 def project_digest(root: Path | None = None) -> str:
-    """sha256 over the project's package sources, so a code change makes a new environment."""
+    """sha256 over the project files the nodes import (``node_modules``), so a change to what
+    the nodes run makes a new environment, and nothing else does."""
     root = root or Path(__file__).resolve().parents[1]  # the runner package
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in node_modules(root):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -155,6 +155,16 @@ def fault_job(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def long_job(workdir: Path) -> Path:
+    """The fault job with epochs enough that a signal sent after the first always lands mid-run
+    (its 20 epochs can end in under 10 s on a quiet machine); interrupted, it never runs them."""
+    job = workdir / "fault-train-long.yaml"
+    job.write_text(FAULT_JOB.replace("name: fault-train", "name: fault-train-long")
+                   .replace("epochs: 20", "epochs: 400"))
+    return job
+
+
+@pytest.fixture(scope="module")
 def runs_dir(workdir: Path) -> Path:
     d = workdir / "fault-runs"
     d.mkdir(exist_ok=True)
@@ -291,9 +301,9 @@ def test_c_the_scheduler_host_killed_mid_job_fails_submit_then_up_heals(
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_d_the_control_machine_interrupted_mid_job_records_a_cancelled_run(
-        baseline, cli, fault_job, runs_dir, workdir, sig):
+        baseline, cli, long_job, runs_dir, workdir, sig):
     before = {p.name for p in runs_dir.iterdir()}
-    s = Submission(cli, fault_job, runs_dir)
+    s = Submission(cli, long_job, runs_dir)
     s.wait_for(MID_TRAINING)
     t_sig = time.monotonic()
     s.proc.send_signal(sig)

@@ -169,3 +169,35 @@ def test_plan_lists_the_tasks_that_would_change_per_host():
            "TASK [dask_node : Ensure the Dask configuration is written] ***\nok: [lab1]\n")
     assert would_change(out) == {
         "python_env : Ensure the wheelhouse archive is on the node": ["lab2", "lab3"]}
+
+
+def test_only_the_code_the_nodes_import_names_their_environment(tmp_path):
+    import shutil
+
+    from runner.provision.lock import node_modules, project_digest
+
+    root = tmp_path / "runner"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "runner", root,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    names = {str(p.relative_to(root)) for p in node_modules(root)}
+    assert {"batch/train.py", "batch/parts.py", "cluster/nanny_wait.py", "errors.py"} <= names
+    # control-side code: the CLI, the lab, provisioning, the job file (pydantic), the pipeline
+    assert not names & {"cli.py", "lab/lab.py", "provision/lock.py", "batch/job.py",
+                        "batch/pipeline.py", "cluster/cluster.py"}, names
+    base = project_digest(root)
+    for control in ("cli.py", "lab/lab.py", "cluster/reconcile.py"):
+        with (root / control).open("a") as f:
+            f.write("# an edit the nodes never run\n")
+        assert project_digest(root) == base, control
+    with (root / "batch" / "train.py").open("a") as f:
+        f.write("# an edit the workers run\n")
+    changed = project_digest(root)
+    assert changed != base
+    # a helper that node code starts to import (even inside a function) counts from then on
+    (root / "batch" / "helper.py").write_text("X = 1\n")
+    with (root / "batch" / "features.py").open("a") as f:
+        f.write("\n\ndef _uses_helper():\n    from runner.batch.helper import X\n    return X\n")
+    assert "batch/helper.py" in {str(p.relative_to(root)) for p in node_modules(root)}
+    before_helper_edit = project_digest(root)
+    (root / "batch" / "helper.py").write_text("X = 2\n")
+    assert project_digest(root) != before_helper_edit
