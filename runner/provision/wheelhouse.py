@@ -105,19 +105,72 @@ def _uv_for(machine: str, dest: Path, root: Path, progress) -> None:
     os.chmod(dest, 0o755)
 
 
+REQUIREMENTS_LOCK = PROJECT_ROOT / "requirements.lock"
+
+
+def locked_hashes(text: str) -> dict[tuple[str, str], list[str]]:
+    """(canonical name, version) -> the sha256 hashes requirements.lock allows for it (every
+    file of that release: each platform's wheels and the sdist)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for entry in text.replace("\\\n", " ").splitlines():
+        words = entry.split("#", 1)[0].split()
+        if not words or "==" not in words[0]:
+            continue
+        name, version = words[0].split("==", 1)
+        name = name.split("[", 1)[0].lower().replace("_", "-").replace(".", "-")
+        out[(name, version)] = [w.split("=", 1)[1] for w in words[1:]
+                                if w.startswith("--hash=")]
+    return out
+
+
+def hashed_requirements(lock: Lock, lock_file: Path | None = None) -> str:
+    """The lock's pins with the hashes requirements.lock holds for them, for `pip download
+    --require-hashes`: a wheel whose bytes are not the ones locked is refused, never trusted on
+    first download."""
+    lock_file = lock_file or REQUIREMENTS_LOCK
+    try:
+        known = locked_hashes(lock_file.read_text())
+    except OSError as e:
+        raise ProvisionError(f"wheelhouse: cannot read {lock_file} ({e.strerror}): the nodes' "
+                             "wheels are checked against its hashes; run from a checkout of "
+                             "daskfleet, set up with `make venv`.") from None
+    lines, missing = [], []
+    for n, v in lock.pins:
+        hashes = known.get((n, v))
+        if not hashes:
+            missing.append(f"{n}=={v}")
+            continue
+        lines.append(f"{n}=={v} " + " ".join(f"--hash=sha256:{h.removeprefix('sha256:')}"
+                                           for h in hashes))
+    if missing:
+        raise ProvisionError(
+            f"wheelhouse: {', '.join(missing)} installed here but not in {lock_file} with hashes "
+            "(this environment differs from the lock); run `make venv` to install the locked "
+            "versions, or regenerate the lock (see the README's Development section).")
+    return "\n".join(lines) + "\n"
+
+
 def _pinned_wheels(lock: Lock, root: Path, progress) -> Path:
-    """The third-party wheels, cached by the pins alone so a code change does not refetch them."""
+    """The third-party wheels, cached by the pins alone so a code change does not refetch them;
+    downloaded with --require-hashes against requirements.lock."""
     pins = [f"{n}=={v}" for n, v in lock.pins]
     key = hashlib.sha256(f"{lock.python} {lock.machine} {pins}".encode()).hexdigest()[:16]
     deps = root / "deps" / key
     if deps.exists():
         return deps
+    requirements = hashed_requirements(lock)
     progress(f"wheelhouse: downloading {len(pins)} pinned wheels (once per set of pins)")
     tmp = deps.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(tmp),
-          *_platform_args(lock.machine), *pins], "pip download of the pinned wheels")
+    (tmp.parent / f"{key}.requirements-{os.getpid()}.txt").write_text(requirements)
+    try:
+        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+              "--dest", str(tmp), *_platform_args(lock.machine),
+              "-r", str(tmp.parent / f"{key}.requirements-{os.getpid()}.txt")],
+             "pip download of the pinned wheels (checked against requirements.lock's hashes)")
+    finally:
+        (tmp.parent / f"{key}.requirements-{os.getpid()}.txt").unlink(missing_ok=True)
     tmp.rename(deps)
     return deps
 

@@ -40,3 +40,22 @@ def test_an_aarch64_wheelhouse_has_aarch64_wheels_and_uv():
     assert len(pins) == len(lock.pins) and all("--hash=sha256:" in ln for ln in pins)
     with tarfile.open(wh.archive) as tar:
         assert f"{lock.hash}/uv" in tar.getnames()
+
+
+@pytest.mark.integration  # downloads from the package registry: the full tier
+def test_a_wheel_whose_bytes_are_not_the_locked_ones_is_refused(tmp_path, monkeypatch):
+    from runner.errors import ProvisionError
+    from runner.provision import wheelhouse
+    from runner.provision.lock import Lock
+
+    lock = derive_lock()
+    version = lock.version_of("snowballstemmer")  # a small wheel
+    tampered = tmp_path / "requirements.lock"
+    tampered.write_text(f"snowballstemmer=={version} \\\n    --hash=sha256:{'0' * 64}\n")
+    monkeypatch.setattr(wheelhouse, "REQUIREMENTS_LOCK", tampered)
+    one = Lock(lock.python, lock.machine, (("snowballstemmer", version),), "d")
+    with pytest.raises(ProvisionError, match="checked against requirements.lock's hashes") as e:
+        wheelhouse._pinned_wheels(one, tmp_path / "cache", progress=lambda *_: None)
+    assert "DO NOT MATCH THE HASHES" in str(e.value), e.value
+    # nothing was cached as if it were the locked set of wheels
+    assert [p.name for p in (tmp_path / "cache" / "deps").iterdir() if ".tmp-" not in p.name] == []

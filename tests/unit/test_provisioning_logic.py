@@ -201,3 +201,25 @@ def test_only_the_code_the_nodes_import_names_their_environment(tmp_path):
     before_helper_edit = project_digest(root)
     (root / "batch" / "helper.py").write_text("X = 2\n")
     assert project_digest(root) != before_helper_edit
+
+
+def test_the_nodes_wheels_are_pinned_to_the_hashes_of_requirements_lock(tmp_path):
+    from runner.provision.lock import Lock
+    from runner.provision.wheelhouse import hashed_requirements, locked_hashes
+
+    text = ("# header\nnumpy==2.4.6 \\\n    --hash=sha256:aa11 \\\n    --hash=sha256:bb22\n"
+            "    # via pandas\nZope.Interface==7.0 \\\n    --hash=sha256:cc33\n")
+    assert locked_hashes(text) == {("numpy", "2.4.6"): ["sha256:aa11", "sha256:bb22"],
+                                   ("zope-interface", "7.0"): ["sha256:cc33"]}
+    lock_file = tmp_path / "requirements.lock"
+    lock_file.write_text(text)
+    lock = Lock("3.11", "x86_64", (("numpy", "2.4.6"),), "d")
+    assert hashed_requirements(lock, lock_file) == \
+        "numpy==2.4.6 --hash=sha256:aa11 --hash=sha256:bb22\n"
+    # a version installed here that the lock does not hold is refused, naming both
+    other = Lock("3.11", "x86_64", (("numpy", "2.5.0"),), "d")
+    with pytest.raises(ProvisionError, match=r"numpy==2\.5\.0 installed here but not in .*"
+                                             r"requirements\.lock"):
+        hashed_requirements(other, lock_file)
+    with pytest.raises(ProvisionError, match="cannot read"):
+        hashed_requirements(lock, tmp_path / "missing.lock")
