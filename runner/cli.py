@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from runner.errors import DaskfleetError
+from runner.signals import sigterm_raises
 
 DEFAULT_CLUSTER = "clusters/lab.yaml"
 
@@ -311,7 +312,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        with sigterm_raises():  # SIGTERM ends a command as Ctrl-C does: clean-up runs
+            return args.func(args)
     except DaskfleetError as e:
         if args.debug:
             raise

@@ -8,35 +8,13 @@ closes the cluster. Only SIGKILL (or a dead machine) skips it: then the tags' ex
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.config import ClusterSpec
 from runner.errors import DaskfleetError
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that clean-up code runs."""
-
-
-@contextmanager
-def sigterm_raises():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_sig, _frame):
-        raise Terminated("SIGTERM")
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+from runner.signals import sigterm_raises
 
 
 def submit_ephemeral(spec: ClusterSpec, job_path: Path, runs_dir: Path, progress=print):

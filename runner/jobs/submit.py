@@ -11,11 +11,11 @@ from pathlib import Path
 
 from runner.batch.artifacts import write_failed_run
 from runner.cluster import Cluster
-from runner.ephemeral.run import sigterm_raises
 from runner.errors import ClusterStartError, DaskfleetError
 from runner.jobs import runs
 from runner.jobs.ship import remote_dir, ship
 from runner.jobs.watch import RunWatch
+from runner.signals import sigterm_raises
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from runner import signals
 from runner.errors import ProvisionError
 
 MODULES = Path(__file__).resolve().parents[2] / "terraform" / "modules"
@@ -33,9 +34,27 @@ def _binary() -> str:
     return tf
 
 
-def _tf(workdir: Path, *args: str, what: str, env: dict | None = None) -> str:
-    proc = subprocess.run([_binary(), *args], cwd=workdir, capture_output=True, text=True,
-                          env=_env(env))
+# How long an interrupted Terraform may take to finish the cloud calls in flight and write its
+# state (an instance being created is waited for, not abandoned untracked).
+INTERRUPT_GRACE_S = 300.0
+
+
+def _say(message: str) -> None:
+    print(f"[daskfleet] {message}", flush=True)
+
+
+def _tf(workdir: Path, *args: str, what: str, env: dict | None = None, say=_say) -> str:
+    # A session of its own: the terminal's Ctrl-C reaches only us, and Terraform gets exactly
+    # one interrupt from us (a second one makes it stop at once, state unsaved).
+    proc = subprocess.Popen([_binary(), *args], cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(env),
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as Terminated
+        _, _, finished = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S, say)
+        raise ProvisionError(_interrupted(workdir, what, finished, env)) from interrupt
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
         out = proc.stderr + proc.stdout
         # Terraform writes its errors to stderr, from the first "Error:" on (warnings before it,
@@ -50,6 +69,24 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None) -> str:
         raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"
                              "\nFix the cause and run the command again; finished steps are kept.")
     return proc.stdout
+
+
+def _interrupted(workdir: Path, what: str, finished: bool, env: dict | None) -> str:
+    """What an interrupted Terraform left, and what to run."""
+    how = ("it finished the calls in flight and saved its state" if finished else
+           f"it did not stop within {INTERRUPT_GRACE_S:.0f}s and was killed: resources being "
+           "created may be missing from its state")
+    try:
+        listed = subprocess.run([_binary(), "state", "list"], cwd=workdir, capture_output=True,
+                                text=True, env=_env(env), timeout=60).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        listed = []
+    held = (f"; its state ({workdir}) holds {len(listed)} resource(s): "
+            + ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")) if listed else \
+        f"; its state ({workdir}) holds no resource"
+    return (f"terraform {what} interrupted: {how}{held}. Run the same command again to "
+            "finish (Terraform picks up from its state), or `daskfleet down --destroy` to remove "
+            "what was made.")
 
 
 def _declared_addresses(workdir: Path) -> dict[str, str]:

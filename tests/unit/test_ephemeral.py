@@ -274,7 +274,7 @@ def test_sigterm_becomes_an_exception_so_the_teardown_runs():
     import os
     import signal
 
-    from runner.ephemeral.run import Terminated, sigterm_raises
+    from runner.signals import Terminated, sigterm_raises
 
     closed = []
     with pytest.raises(Terminated), sigterm_raises():

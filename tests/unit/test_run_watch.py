@@ -6,8 +6,8 @@ import json
 from types import SimpleNamespace
 
 from runner.batch.artifacts import interruption, write_failed_run
-from runner.ephemeral.run import Terminated
 from runner.jobs.watch import RunWatch, killed_worker, recomputed
+from runner.signals import Terminated
 
 
 def test_keys_that_finished_more_than_once_are_the_recomputed_work():

@@ -1,0 +1,71 @@
+"""Ctrl-C or SIGTERM during `terraform apply`: Terraform gets one interrupt (the terminal's
+reaches only daskfleet), is given time to finish what it is doing and write its state, and the
+command then says what the state holds and what to run. Run for real with a stand-in
+`terraform` (a shell script on PATH) in a process of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAKE_TERRAFORM = """#!/bin/bash
+# stand-in: `state list` lists one instance; anything else runs until interrupted, then takes a
+# moment to "write its state" and exits 1, as Terraform does after an interrupt
+case "$1" in
+  state) echo 'module.cluster.aws_instance.this["w1"]'; exit 0;;
+esac
+trap 'echo INT >> signals.log; sleep 1; echo saved > state.saved; exit 1' INT
+echo creating > started
+while true; do sleep 0.1; done
+"""
+
+DRIVER = """
+import sys
+from pathlib import Path
+from runner.errors import ProvisionError
+from runner.provision import terraform
+from runner.signals import sigterm_raises
+with sigterm_raises():
+    try:
+        terraform._tf(Path(sys.argv[1]), "apply", what="apply", say=lambda m: print(m, flush=True))
+    except ProvisionError as e:
+        print("ERROR", e, flush=True)
+        sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "terraform").write_text(FAKE_TERRAFORM)
+    (bin_dir / "terraform").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    # in a group of its own, as a command in a terminal: the signal goes to the whole group
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (work / "started").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, out
+    # exactly one interrupt reached Terraform (two would make it stop without saving)
+    assert (work / "signals.log").read_text() == "INT\n", out
+    assert (work / "state.saved").exists(), out
+    assert "letting" in out and "finish what it is doing and save its state" in out
+    assert "terraform apply interrupted: it finished the calls in flight and saved its state" in out
+    assert 'holds 1 resource(s): module.cluster.aws_instance.this["w1"]' in out
+    assert "Run the same command again" in out and "down --destroy" in out
