@@ -93,7 +93,7 @@ def cmd_up(args) -> int:
 
             state.update(cluster.state_dir, image=None)
             _say("up: the image is looked up again; VMs on another image will be replaced")
-        summary = cluster.up(progress=_say, force=args.force)
+        summary = cluster.up(progress=_say, force=args.force, restart=args.restart)
         status = cluster.status()
     _say(summary.line())
     _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
@@ -269,6 +269,9 @@ def parser() -> argparse.ArgumentParser:
                    help="cloud: look up the newest image again (replaces VMs on an older one)")
     u.add_argument("--force", action="store_true",
                    help="run the playbook on every host, also those recorded as up to date")
+    u.add_argument("--restart", action="store_true",
+                   help="restart the scheduler when a change needs it even while a job runs "
+                        "(the job fails); without it `up` refuses")
     u.set_defaults(func=cmd_up)
     s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
     s.add_argument("--json", action="store_true")

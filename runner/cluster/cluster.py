@@ -190,9 +190,11 @@ class Cluster:
         return reconcile.process_states(self)
 
     def start(self, env_hashes: dict[str, str] | None = None, progress=_say,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False) -> list[str]:
+              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+              restart_scheduler: bool = False) -> list[str]:
         """Reconcile what runs with what is wanted (cluster/reconcile.py)."""
-        return reconcile.reconcile(self, env_hashes, progress, extra_hosts, degraded_ok)
+        return reconcile.reconcile(self, env_hashes, progress, extra_hosts, degraded_ok,
+                                   restart_scheduler)
 
     def wait_ready(self, wanted: set[str], timeout: float | None = None) -> None:
         readiness.wait_ready(self, wanted, timeout)
@@ -236,12 +238,13 @@ class Cluster:
         return check_versions(self.client())
 
     # -- up / down / status -----------------------------------------------------------------
-    def up(self, progress=_say, force: bool = False) -> UpSummary:
-        """Provision, install and start (a reconcile), holding the cluster's lock."""
+    def up(self, progress=_say, force: bool = False, restart: bool = False) -> UpSummary:
+        """Provision, install and start (a reconcile), holding the cluster's lock. ``restart``:
+        restart the scheduler when it must, even under a running job."""
         with state.locked(self.state_dir, "daskfleet up", progress=progress):
-            return self._up(progress, force)
+            return self._up(progress, force, restart)
 
-    def _up(self, progress, force: bool = False) -> UpSummary:
+    def _up(self, progress, force: bool = False, restart: bool = False) -> UpSummary:
         summary = UpSummary()
         t = time.monotonic()
         progress("terraform: apply")
@@ -260,7 +263,7 @@ class Cluster:
         summary.timings["ansible"] = time.monotonic() - t
         t = time.monotonic()
         summary.started = self.start(env_hashes, progress, extra_hosts=[
-            h for h in before if h.name not in {x.name for x in hosts}])
+            h for h in before if h.name not in {x.name for x in hosts}], restart_scheduler=restart)
         summary.timings["start"] = time.monotonic() - t
         self.check_versions()
         return summary
@@ -297,11 +300,14 @@ class Cluster:
     def stop(self, progress=_say) -> list[str]:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
         ssh = self.ssh()
+        # what the file wants, and whatever else the hosts' pid files record for this cluster
         procs = self.wanted()
+        procs += [p for p in reconcile.recorded(self, self.hosts()) if p not in procs]
         self._close_client()
         stopped: list[str] = []
         errors: dict = {}
-        for group in (procs[1:], procs[:1]):
+        for group in ([p for p in procs if p.kind == "worker"],
+                      [p for p in procs if p.kind == "scheduler"]):
             with ThreadPoolExecutor(max_workers=max(1, min(32, len(group)))) as pool:
                 futs = {p: pool.submit(p.stop, ssh) for p in group}
             for p, f in futs.items():

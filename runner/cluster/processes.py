@@ -8,6 +8,8 @@ login user is: root switches with runuser, any other login through `sudo -n`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -57,6 +59,9 @@ class ProcStatus:
     pid: int | None = None
     env: str | None = None  # the lock hash of the environment it runs from
     memory_limit: str | None = None  # a worker's --memory-limit, as it was started
+    spec: str | None = None  # the spec digest it was started with (command line, environment)
+    files: str | None = None  # the digest of its node files (config, certificates) at its start
+    files_now: str | None = None  # the same digest of the files on the node now
 
 
 @dataclass(frozen=True)
@@ -126,48 +131,75 @@ class RemoteProcess:
         return self.settings.memory_limit
 
     @property
-    def identity(self) -> str:
-        """What only this process's command line holds: its kind, the cluster's scheduler
-        address or port (another cluster sharing the host differs there) and, for a worker, its
-        name. A `tail` of its log or the shell that checks it never matches."""
-        cmd = self.command()
-        return " ".join(cmd[1:8] if self.kind == "scheduler" else cmd[1:5]) + " "
+    def identity(self) -> list[str]:
+        """What the command line of this very process holds whatever its settings: the
+        cluster's own `dask` (clusters sharing a host differ there), its kind and, for a worker,
+        its name. Its settings are not identity: a process whose settings changed is still the
+        one to replace (see ``spec_digest``), never an orphan left running."""
+        mine = [f"clusters/{self.settings.cluster}/current/bin/dask {self.kind} "]
+        return mine + ([f" --name {self.name} "] if self.kind == "worker" else [])
+
+    def environment(self) -> dict[str, str]:
+        return {"DASK_CONFIG": DASK_CONFIG.format(cluster=self.settings.cluster),
+                "PYTHONPYCACHEPREFIX": PYCACHE_DIR}
+
+    @property
+    def spec_digest(self) -> str:
+        """A digest of what the control machine decides of this process: its full command line
+        (addresses, ports, threads) and environment. The memory limit is left out: it follows
+        the host's number of workers, and is compared on its own (``changes.memory_reason``)."""
+        argv = self.command()
+        if "--memory-limit" in argv:
+            argv[argv.index("--memory-limit") + 1] = "(compared apart)"
+        blob = json.dumps({"argv": argv, "env": self.environment()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def _files_digest(self) -> str:
+        """Shell: a digest of the node's files that shape the process (its cluster's Dask
+        config, the CA and node certificates; not the key), as they are now."""
+        etc = f"/etc/daskfleet/{self.settings.cluster}"
+        return (f"$(cat -- {etc}/dask/* {etc}/tls/*.pem 2>/dev/null | sha256sum | cut -c1-16)")
 
     def _ours(self) -> str:
-        """Shell: define and call `ours`, which sets $pid from the pid file and returns 0 if that
-        pid is this very process (same start time as recorded: a reused pid after a reboot
-        differs; our identity in its command line), 3 without a pid file, 4 otherwise. A
-        function and `return`, never `exit` inside `{ }`, which would end the whole script."""
+        """Shell: define and call `ours`, which sets $pid, $spec and $files from the pid file
+        and returns 0 if that pid is this very process (same start time as recorded: a reused
+        pid after a reboot differs; our identity in its command line), 3 without a pid file, 4
+        otherwise. A function and `return`, never `exit` inside `{ }`, which would end the whole
+        script."""
+        checks = "".join(f"case \"$cmd\" in *{shlex.quote(part)}*) ;; *) return 4;; esac; "
+                         for part in self.identity)
         return ("ours() { "
-                f"read pid st < {self.pid_file} 2>/dev/null || return 3; "
+                f"read pid st spec files < {self.pid_file} 2>/dev/null || return 3; "
                 f"[ -n \"$pid\" ] && [ -r /proc/$pid/stat ] || return 4; "
                 f"[ -z \"$st\" ] || [ \"$({START_TIME})\" = \"$st\" ] || return 4; "
-                f"tr '\\0' ' ' < /proc/$pid/cmdline | grep -qF -- {shlex.quote(self.identity)} "
-                "|| return 4; }; ours")
+                "cmd=\"$(tr '\\0' ' ' < /proc/$pid/cmdline) \"; " + checks + "}; ours")
 
     def _start_script(self) -> str:
-        config = DASK_CONFIG.format(cluster=self.settings.cluster)
-        env = f"DASK_CONFIG={shlex.quote(config)} PYTHONPYCACHEPREFIX={PYCACHE_DIR}"
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environment().items())
         return (
             f"cd {WORK_DIR} && "
             f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
             # Only the dask command goes to the background, with every fd redirected, so the
             # SSH channel closes at once; setsid makes its pid the process group to stop later.
-            # The pid file records the start time too: a pid alone may be reused after a reboot.
-            f"{{ {env} setsid {shlex.join(self.command())} >> {self.log_file} 2>&1 < /dev/null & "
-            f"pid=$!; echo \"$pid $({START_TIME})\" > {self.pid_file}.tmp; }} && "
-            f"mv {self.pid_file}.tmp {self.pid_file}"
+            # The pid file records the start time too (a pid alone may be reused after a
+            # reboot) and the digests of what the process was started with.
+            f"{{ files={self._files_digest()}; "
+            f"{env} setsid {shlex.join(self.command())} >> {self.log_file} 2>&1 < /dev/null & "
+            f"pid=$!; echo \"$pid $({START_TIME}) {self.spec_digest} $files\" "
+            f"> {self.pid_file}.tmp; }} && mv {self.pid_file}.tmp {self.pid_file}"
         )
 
     def _status_script(self) -> str:
-        # Running = the pid in the file is alive and is one of our dask processes; its command
-        # line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and,
-        # for a worker, the memory limit it was started with.
+        # Running = the pid in the file is alive and is this process; its command line names
+        # the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and, for a
+        # worker, the memory limit it was started with; the digests say what it started with
+        # and what its node files are now.
         return (self._ours() + " || exit $?; " +
                 "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
                 "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
                 "| tail -n +2 | head -n1); "
-                "echo $pid env=${env#envs/} mem=$mem")
+                f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
+                f"files_now={self._files_digest()}")
 
     def start(self, ssh: SSHSettings) -> int:
         """Start detached and return the pid at once; whether it stays up is the caller's
@@ -183,7 +215,8 @@ class RemoteProcess:
     def status(self, ssh: SSHSettings) -> ProcStatus:
         try:
             with connect(self.host, ssh) as c:
-                r = c.run(self._status_script())
+                # as root: the node's TLS folder is the dask user's alone (0700)
+                r = c.run(privileged(self.host, self._status_script()))
         except Exception as e:  # noqa: BLE001 - a host we cannot reach is reported as such
             # A host that answers with another key, or refuses our key, is not "down": it is
             # an error that must be seen, never a host quietly dropped from a degraded start.
@@ -194,7 +227,8 @@ class RemoteProcess:
         if r.ok and fields and fields[0].isdigit():
             info = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
             return ProcStatus("running", int(fields[0]), info.get("env") or None,
-                              info.get("mem") or None)
+                              info.get("mem") or None, info.get("spec") or None,
+                              info.get("files") or None, info.get("files_now") or None)
         return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings) -> bool:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from runner import state
-from runner.cluster import readiness
+from runner.cluster import changes, readiness
 from runner.cluster.hosts import Host
 from runner.cluster.processes import RUN_DIR, ProcStatus, RemoteProcess
 from runner.cluster.ssh import connect, fan_out, fan_out_items
@@ -52,24 +52,30 @@ def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
         return e.results
 
 
+def recorded(cluster: Cluster, hosts: list[Host]) -> list[RemoteProcess]:
+    """Every process the cluster's pid files on ``hosts`` record, wanted or not (a worker of a
+    host dropped from the file, one beyond the wanted count, ...), as the process to stop."""
+    sched = cluster.wanted()[0]
+    settings = cluster.settings()
+    found = []
+    for host, names in running_names(cluster, hosts).items():
+        for name in names:
+            if name == "scheduler":
+                found.append(RemoteProcess(host, "scheduler", host, settings))
+            elif name.startswith(f"{host.name}-w") and name.rsplit("-w", 1)[1].isdigit():
+                found.append(RemoteProcess(host, "worker", sched.host, settings,
+                                           index=int(name.rsplit("-w", 1)[1])))
+    return found
+
+
 def close_unwanted(cluster: Cluster, extra_hosts: list[Host] = (), progress=print) -> list[str]:
     """Close what runs for this cluster but is no longer wanted (a worker host removed from the
     file, worker_on_scheduler turned off, ...): retired through the scheduler first (its data
     moves to the workers that stay), then stopped. Returns `name@host` of each."""
     wanted = {(p.host.name, p.name) for p in cluster.wanted()}
-    sched = cluster.wanted()[0]
-    settings = cluster.settings()
     hosts = {h.name: h for h in [*cluster.hosts(), *extra_hosts]}
-    going = []
-    for host, names in running_names(cluster, list(hosts.values())).items():
-        for name in names:
-            if (host.name, name) in wanted:
-                continue
-            if name == "scheduler":
-                going.append(RemoteProcess(host, "scheduler", host, settings))
-            elif name.startswith(f"{host.name}-w") and name.rsplit("-w", 1)[1].isdigit():
-                going.append(RemoteProcess(host, "worker", sched.host, settings,
-                                           index=int(name.rsplit("-w", 1)[1])))
+    going = [p for p in recorded(cluster, list(hosts.values()))
+             if (p.host.name, p.name) not in wanted]
     if not going:
         return []
     workers = [p.name for p in going if p.kind == "worker"]
@@ -116,52 +122,31 @@ def _drop_unreachable(cluster: Cluster, procs: list[RemoteProcess],
     return [p for p in procs if p not in lost]
 
 
-def _share(limit: str | None) -> float | None:
-    """A worker's memory limit as a fraction of its host ("auto" alone on a host is all of it);
-    None for a limit in bytes, set in the cluster file."""
-    if limit == "auto":
-        return 1.0
-    try:
-        return float(limit)
-    except (TypeError, ValueError):
-        return None
-
-
-def _env_stale(p: RemoteProcess, now: ProcStatus, env_hashes: dict[str, str]) -> bool:
-    """Running from another environment than this machine's lock gives its host."""
-    return (now.state == "running" and p.host.name in env_hashes
-            and now.env != env_hashes[p.host.name])
-
-
-def _over_memory(p: RemoteProcess, now: ProcStatus) -> bool:
-    """A running worker whose memory limit is larger than its share now that more workers share
-    its host (together they would commit more than the host has), or another limit than the
-    cluster file now sets. A smaller share than due is left alone: restarting it would cost its
-    data for no safety."""
-    if p.kind != "worker" or now.state != "running" or now.memory_limit is None:
-        return False
-    running, wanted = _share(now.memory_limit), _share(p.memory_limit)
-    if running is None or wanted is None:
-        return now.memory_limit != p.memory_limit
-    return running > wanted + 1e-4
-
-
 def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progress=print,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False) -> list[str]:
-    """Close what runs and is not wanted, start what is wanted and not running (or runs stale),
-    leave the rest alone, then wait until every wanted worker has joined. Returns what started.
+              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+              restart_scheduler: bool = False) -> list[str]:
+    """Close what runs and is not wanted, start what is wanted and not running, replace what
+    runs but differs (``changes.plan``: environment, settings, node files, memory share), leave
+    the rest alone, then wait until every wanted worker has joined. Returns what started.
 
-    Worker hosts that cannot be reached are skipped when `min_workers` (or degraded_ok) still
-    allows it, reported; otherwise this fails naming them."""
+    Workers are replaced one at a time (retired, so their data moves; stopped; started; joined),
+    so a job running through it completes. A scheduler that must restart is refused while a job
+    runs on it unless ``restart_scheduler``. Worker hosts that cannot be reached are skipped
+    when `min_workers` (or degraded_ok) still allows it, reported; otherwise this fails naming
+    them."""
     ssh = cluster.ssh()
     close_unwanted(cluster, list(extra_hosts), progress)
     current = process_states(cluster)
     procs = _drop_unreachable(cluster, cluster.wanted(), current, degraded_ok, progress)
     sched = procs[0]
-    stale = [p for p in procs if _env_stale(p, current[p], env_hashes or {})]
-    # Restarted last, once the workers that start now have joined: their data moves there.
-    over = [p for p in procs if p not in stale and _over_memory(p, current[p])]
-    if any(current[p].state != "running" for p in procs) or stale:
+    todo = changes.plan(procs, current, env_hashes or {})
+    restarts = [c for c in todo if c.action == "restart"]
+    sched_change = next((c for c in todo if c.proc is sched), None)
+    if restarts:
+        progress("to replace, and why:\n" + changes.table(restarts))
+    if sched_change is not None and sched_change.action == "restart":
+        _refuse_under_running_jobs(cluster, sched_change, restart_scheduler, progress)
+    if todo:
         from runner.cluster import preflight
 
         hosts = sorted({p.host for p in procs}, key=lambda h: h.name)
@@ -169,13 +154,18 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         checks = preflight.run(hosts, workers, sched.host, cluster.spec.dask.scheduler_port, ssh)
         progress(f"pre-flight: SSH to {len(hosts)} host(s) ok; scheduler port reachable from "
                  f"{len(checks) - len(hosts)} worker host(s)")
-    if stale:
-        progress(f"restarting {len(stale)} process(es) on this machine's environment: "
-                 + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
-        for group in ([p for p in stale if p.kind == "worker"],
-                      [p for p in stale if p.kind == "scheduler"]):
+    if sched_change is not None and sched_change.action == "restart":
+        # A new scheduler ends every worker's connection and data: they all restart with it.
+        going = [p for p in procs[1:] if current[p].state == "running"] + [sched]
+        progress("stopping the scheduler and its workers to restart them: "
+                 + ", ".join(f"{p.name}@{p.host.name}" for p in going))
+        for group in (going[:-1], going[-1:]):
             per_process(group, lambda p: p.stop(ssh), "stopping")
-    needed = [p for p in procs if current[p].state != "running" or p in stale]
+        needed = list(procs)
+        rolling: list[changes.Change] = []
+    else:
+        needed = [c.proc for c in todo if c.action == "start"]
+        rolling = [c for c in restarts if c.proc.kind == "worker"]
     pids = {p.name: current[p].pid for p in procs if p not in needed}
     started: list[str] = []
     try:
@@ -190,6 +180,9 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
                 started.append(f"{p.name}@{p.host.name}")
 
         if sched in needed:
+            # a client (or tunnel) of an earlier scheduler, maybe on another port, is of no use
+            cluster._close_client()
+            state.update(cluster.state_dir, scheduler=sched.scheduler_address)
             progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
             pids[sched.name] = sched.start(ssh)
             started.append(f"{sched.name}@{sched.host.name}")
@@ -207,18 +200,6 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
                      dashboard=f"http://{sched.host.dask_address}:"
                                f"{cluster.spec.dask.dashboard_port}")
         readiness.wait_ready(cluster, {p.name for p in procs[1:]})
-        if over:
-            progress(f"restarting {len(over)} worker(s) with their host's new memory share: "
-                     + ", ".join(f"{p.name}@{p.host.name} ({current[p].memory_limit} -> "
-                                 f"{p.memory_limit})" for p in over))
-            retire(cluster, [p.name for p in over], progress)
-            per_process(over, lambda p: p.stop(ssh), "stopping")
-            by_proc = per_process(over, lambda p: p.start(ssh), "restarting workers")
-            for p in over:
-                pids[p.name] = by_proc[p]
-                started.append(f"{p.name}@{p.host.name}")
-            state.update(cluster.state_dir, pids=pids)
-            readiness.wait_ready(cluster, {p.name for p in procs[1:]})
     except BaseException as e:
         # Whatever went wrong (Ctrl-C included), what this run started is stopped again.
         if started:
@@ -233,7 +214,60 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
             raise
         collect_logs(cluster, procs)
         raise ClusterStartError(f"{e}\nAll logs copied to {cluster.state_dir / 'logs'}.") from e
+    started += _roll(cluster, procs, rolling, pids, progress)
     return started
+
+
+def _refuse_under_running_jobs(cluster: Cluster, change: changes.Change, force: bool,
+                               progress) -> None:
+    from runner.cluster import activity
+
+    try:
+        busy = activity.running(cluster.client())
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer runs no job we can end
+        busy = []
+    if not busy:
+        return
+    if force:
+        progress(f"WARNING: restarting the scheduler under {', '.join(busy)} (--restart): "
+                 "it will fail")
+        return
+    raise ClusterStartError(
+        f"the scheduler on {change.proc.host.name} must restart ({'; '.join(change.reasons)}), "
+        f"but {', '.join(busy)} is running on it: a restart would end it. No process was "
+        "restarted (the nodes' files are up to date; running processes keep what they started "
+        "with). "
+        f"Wait until it ends (`daskfleet runs`), or run `daskfleet up --restart -c "
+        f"{cluster.spec.source}` to restart the scheduler anyway.")
+
+
+def _roll(cluster: Cluster, procs: list[RemoteProcess], rolling: list[changes.Change],
+          pids: dict[str, int | None], progress) -> list[str]:
+    """Replace workers one at a time: retire (its data moves to the others), stop, start, wait
+    until it and every other wanted worker have joined. A failure stops the roll there, with
+    the workers not yet reached still running as they were."""
+    ssh = cluster.ssh()
+    names = {p.name for p in procs[1:]}
+    replaced: list[str] = []
+    for i, c in enumerate(rolling, 1):
+        p = c.proc
+        progress(f"replacing {c.where} ({i}/{len(rolling)}): {'; '.join(c.reasons)}")
+        try:
+            retire(cluster, [p.name], progress)
+            p.stop(ssh)
+            pids[p.name] = p.start(ssh)
+            state.update(cluster.state_dir, pids=pids)
+            readiness.wait_ready(cluster, names)
+        except DaskfleetError as e:
+            left = [x.where for x in rolling[i:]]
+            collect_logs(cluster, [p])
+            raise ClusterStartError(
+                f"replacing {c.where} failed: {e}\n" + (
+                    f"Not reached, still running as before: {', '.join(left)}. " if left else "")
+                + f"Replaced before it: {', '.join(replaced) or 'none'}. Logs copied to "
+                f"{cluster.state_dir / 'logs'}; fix the cause and run `daskfleet up` again.") from e
+        replaced.append(c.where)
+    return replaced
 
 
 def collect_logs(cluster: Cluster, procs: list[RemoteProcess]) -> None:

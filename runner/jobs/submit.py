@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.batch.artifacts import write_failed_run
-from runner.cluster import Cluster
+from runner.cluster import Cluster, activity
 from runner.errors import ClusterStartError, DaskfleetError
 from runner.jobs import runs
 from runner.jobs.ship import remote_dir, ship
@@ -126,6 +127,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
                      _scheduler_host(cluster), n_features=job.features.n_features,
                      job_path=str(job_path))
     try:
+        activity.register(client, run_id)  # `up` will not restart the scheduler under it
         watch.start()
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
                           log_lines=lines, watch=watch)
@@ -135,6 +137,8 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
     finally:
         if run_dir.is_dir():
             runs.record_run_dir(runs_dir, run_dir)
+        with contextlib.suppress(Exception):  # a lost scheduler has nothing left to clear
+            activity.register(client, None)
     lost = metrics.get("cluster_events", {}).get("lost_workers")
     if lost:
         progress(f"workers lost during the run: {', '.join(lost)}; "

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.cluster import changes
 from runner.errors import DaskfleetError
 from runner.provision import ansible, inventory, machines, terraform
 
@@ -18,6 +19,7 @@ class PlanReport:
     tasks: dict[str, list[str]] = field(default_factory=dict)  # task -> hosts it would change
     changed: int = 0
     start: list[str] = field(default_factory=list)
+    restart: list[str] = field(default_factory=list)  # table lines: what, where, why
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -30,6 +32,8 @@ class PlanReport:
         out.append(f"ansible (check mode): changed={self.changed}")
         out += [f"  would change: {t} on {', '.join(sorted(set(h)))}" for t, h in self.tasks.items()]
         out.append("processes that would start: " + (", ".join(self.start) or "none"))
+        out.append("processes that would be replaced: " + ("" if self.restart else "none"))
+        out += self.restart
         out += [f"note: {n}" for n in self.notes]
         return "\n".join(out)
 
@@ -63,7 +67,7 @@ def plan(cluster, progress=print) -> PlanReport:
     if not hosts:
         report.notes.append("hosts are not known before `up` creates them: no Ansible check.")
         return report
-    wheelhouses, _ = machines.wheelhouses(cluster, hosts, progress)
+    wheelhouses, env_hashes = machines.wheelhouses(cluster, hosts, progress)
     if spec.tls:
         cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
@@ -76,7 +80,13 @@ def plan(cluster, progress=print) -> PlanReport:
     report.tasks = would_change(result.output)
     try:
         states = cluster.process_states()
-        report.start = [f"{p.name}@{p.host.name}" for p, s in states.items() if s.state != "running"]
     except DaskfleetError:
         report.start = [f"{p.name}@{p.host.name}" for p in cluster.wanted(hosts)]
+        return report
+    todo = changes.plan(list(states), states, env_hashes)
+    report.start = [c.where for c in todo if c.action == "start"]
+    report.restart = changes.table([c for c in todo if c.action == "restart"]).splitlines()
+    if any(c.action == "restart" and c.proc.kind == "scheduler" for c in todo):
+        report.notes.append("the scheduler would restart, and every worker with it (their data "
+                            "is lost); `up` refuses while a job runs, unless --restart")
     return report

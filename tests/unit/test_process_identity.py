@@ -28,7 +28,7 @@ def fake_worker(tmp_path, monkeypatch):
     """A process whose command line is the worker's (as `dask worker ...` would show it)."""
     monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                          *WORKER.command()[1:]], start_new_session=True)  # setsid, as started
+                          *WORKER.command()], start_new_session=True)  # setsid, as started
     yield p
     p.kill()
     p.wait()
@@ -50,11 +50,22 @@ def test_a_reused_pid_with_another_start_time_is_not_ours(fake_worker, tmp_path)
 
 
 def test_another_clusters_worker_of_the_same_name_is_not_ours(fake_worker, tmp_path):
-    other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
+    other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="plain"))
+    (tmp_path / "plain-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    assert other.name == WORKER.name and check(other) == 4
+    w10 = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab"), index=10)
+    (tmp_path / "lab-lab2-w10.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    assert check(w10) == 4  # lab2-w10 never matches lab2-w0's process, nor w1 w10's
+
+
+def test_the_same_process_with_other_settings_is_still_ours(fake_worker, tmp_path):
+    """A changed port or thread count makes a process to replace, never one to lose track of
+    (the old scheduler left running on its old port, untracked)."""
+    moved = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
                                                                      scheduler_port=8796))
     (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
-    assert other.name == WORKER.name and check(other) == 4
-    assert "--name lab2-w1 " not in WORKER.identity  # lab2-w1 never matches lab2-w10
+    assert check(moved) == 0
+    assert moved.spec_digest != WORKER.spec_digest
 
 
 def test_a_missing_pid_file_is_not_running(tmp_path, monkeypatch):
@@ -93,9 +104,22 @@ def test_a_process_that_already_exited_is_cleaned_up_not_an_error(tmp_path, monk
 
 
 def test_a_pid_now_held_by_another_process_is_not_signalled(fake_worker, tmp_path):
-    other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
-                                                                     scheduler_port=8796))
-    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="plain"))
+    (tmp_path / "plain-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     out = stop(other)
     assert out.returncode == 0 and out.stdout.strip() == "gone", out
     assert fake_worker.poll() is None  # still running: not ours to stop
+
+
+def test_status_reports_the_digests_the_process_started_with_and_the_files_now(fake_worker,
+                                                                              tmp_path):
+    (tmp_path / "lab-lab2-w0.pid").write_text(
+        f"{fake_worker.pid} {start_time(fake_worker.pid)} {WORKER.spec_digest} 0123abcd\n")
+    out = subprocess.run(["sh", "-c", WORKER._status_script()], capture_output=True, text=True,
+                         timeout=30)
+    fields = dict(f.split("=", 1) for f in out.stdout.split()[1:])
+    assert out.stdout.split()[0] == str(fake_worker.pid), out
+    assert fields["spec"] == WORKER.spec_digest and fields["files"] == "0123abcd"
+    # the node files' digest as of now (none here: the digest of nothing), 16 hex digits
+    assert len(fields["files_now"]) == 16 and fields["files_now"] != "0123abcd"
+    assert fields["mem"] == "auto"

@@ -1,0 +1,88 @@
+"""What `up` must do to a cluster's processes, decided from data alone (no SSH): the wanted
+processes, each with the spec digest of what the cluster file and this machine's lock make of
+it, against what runs (its status and the digests it was started with). `reconcile` carries the
+changes out; `plan` shows them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from runner.cluster.processes import ProcStatus, RemoteProcess
+
+
+@dataclass(frozen=True)
+class Change:
+    proc: RemoteProcess
+    action: Literal["start", "restart"]
+    reasons: tuple[str, ...]
+
+    @property
+    def where(self) -> str:
+        return f"{self.proc.name}@{self.proc.host.name}"
+
+
+def _share(limit: str | None) -> float | None:
+    """A worker's memory limit as a fraction of its host ("auto" alone on a host is all of it);
+    None for a limit in bytes, set in the cluster file."""
+    if limit == "auto":
+        return 1.0
+    try:
+        return float(limit)
+    except (TypeError, ValueError):
+        return None
+
+
+def memory_reason(p: RemoteProcess, now: ProcStatus) -> str | None:
+    """A running worker whose memory limit is larger than its share now that more workers share
+    its host (together they would commit more than the host has), or another limit than the
+    cluster file now sets. A smaller share than due is left alone: restarting it would cost its
+    data for no safety (a host's last worker has nowhere to hand it)."""
+    if p.kind != "worker" or now.memory_limit is None:
+        return None
+    running, wanted = _share(now.memory_limit), _share(p.memory_limit)
+    if running is None or wanted is None:
+        changed = now.memory_limit != p.memory_limit
+    else:
+        changed = running > wanted + 1e-4
+    return f"memory limit {now.memory_limit} -> {p.memory_limit}" if changed else None
+
+
+def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None) -> list[str]:
+    """Why a running process no longer is what is wanted (empty: leave it alone)."""
+    reasons = []
+    if env_hash and now.env != env_hash:
+        reasons.append(f"environment {now.env} -> {env_hash}")
+    if now.spec is None:
+        reasons.append("started without a recorded spec (an older daskfleet)")
+    elif now.spec != p.spec_digest:
+        reasons.append("settings changed (command line or environment: "
+                       f"{now.spec} -> {p.spec_digest})")
+    if now.files and now.files_now and now.files != now.files_now:
+        reasons.append("node config or certificates changed since it started")
+    memory = memory_reason(p, now)
+    if memory:
+        reasons.append(memory)
+    return reasons
+
+
+def plan(procs: list[RemoteProcess], observed: dict[RemoteProcess, ProcStatus],
+         env_hashes: dict[str, str]) -> list[Change]:
+    """Start what is wanted and not running; restart what runs but differs, with the reasons.
+    Unreachable processes are neither (the caller decides whether the cluster may run without
+    them)."""
+    changes = []
+    for p in procs:
+        now = observed.get(p, ProcStatus("dead"))
+        if now.state == "dead":
+            changes.append(Change(p, "start", ("not running",)))
+        elif now.state == "running":
+            reasons = restart_reasons(p, now, env_hashes.get(p.host.name))
+            if reasons:
+                changes.append(Change(p, "restart", tuple(reasons)))
+    return changes
+
+
+def table(changes: list[Change]) -> str:
+    """The changes as lines a user reads: what, where, why."""
+    return "\n".join(f"  {c.action:<8} {c.where:<24} {'; '.join(c.reasons)}" for c in changes)
