@@ -120,8 +120,11 @@ def cmd_status(args) -> int:
               f"(reach it with an SSH tunnel); environment {st['lock_hash']}")
         print(f"{'HOST':10} {'ADDRESS':15} {'PROCESS':12} {'PID':>7} STATE")
         for h in st["hosts"]:
+            todo = h.get("up_would")
+            pending = (f"  (`up` would {todo['action']} it: {'; '.join(todo['reasons'])})"
+                       if todo and h["state"] == "running" else "")
             print(f"{h['host']:10} {h['address']:15} {h['process']:12} {h['pid'] or '-':>7} "
-                  f"{h['state']}")
+                  f"{h['state']}{pending}")
         for w in st["workers"]:
             joined = "joined" if w["joined"] else "NOT JOINED"
             print(f"worker {w['name']} on {w['host']}: {joined}, threads={w['threads']}, "

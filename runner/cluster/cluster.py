@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import state
-from runner.cluster import readiness, reconcile
+from runner.cluster import changes, readiness, reconcile
 from runner.cluster.hosts import Host
 from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
@@ -367,11 +367,19 @@ class Cluster:
                 joined = {}
         hosts = []
         workers = []
+        env_hashes = record.get("env_hashes") or {}
+        pending = {c.proc: c for c in changes.plan(list(procs_state), procs_state, env_hashes)}
         for p, ps in procs_state.items():
             st, pid = ps.state, ps.pid
+            # what it runs with, and whether `up` would replace it (and why)
+            replace = pending.get(p)
             hosts.append({"host": p.host.name, "address": p.host.address, "user": p.host.user,
                           "private_address": p.host.dask_address, "role": p.kind,
-                          "process": p.name, "pid": pid, "state": st, "env": ps.env})
+                          "process": p.name, "pid": pid, "state": st, "env": ps.env,
+                          "spec_digest": ps.spec, "files_digest": ps.files,
+                          "wanted_spec_digest": p.spec_digest,
+                          "up_would": None if replace is None else
+                          {"action": replace.action, "reasons": list(replace.reasons)}})
             if p.kind == "worker":
                 w = joined.get(p.name, {})
                 workers.append({"name": p.name, "host": p.host.name, "pid": pid, "state": st,

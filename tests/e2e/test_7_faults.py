@@ -12,14 +12,12 @@ import contextlib
 import json
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from jobfiles import small_job
+from submission import Submission
 
 from runner.batch.artifacts import SUCCESS_FILES
 from runner.jobs.submit import datasets_cache
@@ -46,65 +44,10 @@ def _note(fault: str, **values) -> None:
     print(f"FAULT {fault}: " + ", ".join(f"{k}={v}" for k, v in values.items()), flush=True)
 
 
-class Submission:
-    """`daskfleet submit` in the background, its output lines timed as they come."""
-
-    def __init__(self, cli, job: Path, runs_dir: Path, cluster: Path = LAB_CLUSTER):
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner.cli", "submit", str(job), "-c", str(cluster),
-             "--runs-dir", str(runs_dir)], cwd=cli.workdir, env=cli.env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.lines: list[tuple[float, str]] = []
-        self.err = ""
-        self._seen = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
-        self._err_reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._seen:
-                self.lines.append((time.monotonic(), line.rstrip("\n")))
-                self._seen.notify_all()
-
-    def _read_err(self) -> None:
-        self.err = self.proc.stderr.read()
-
-    @property
-    def out(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def wait_for(self, text: str, timeout: float = 600) -> float:
-        deadline = time.monotonic() + timeout
-        with self._seen:
-            while not any(text in line for _, line in self.lines):
-                if self.proc.poll() is not None and not self._reader.is_alive():
-                    pytest.fail(f"submit ended before {text!r}:\n{self.out}\n{self.err}")
-                if time.monotonic() > deadline:
-                    self.proc.kill()
-                    pytest.fail(f"no {text!r} within {timeout}s:\n{self.out}\n{self.err}")
-                self._seen.wait(1)
-        return time.monotonic()
-
-    def finish(self, timeout: float) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"submit still running {timeout:.0f}s later (a hang):\n{self.out}")
-        self._reader.join(10)
-        self._err_reader.join(10)
-        self.ended = time.monotonic()
-        return rc
-
-
 @contextlib.contextmanager
 def _faulted(cli, job: Path, runs_dir: Path):
     """A submission to break: whatever happens, it is ended and the cluster healed after."""
-    s = Submission(cli, job, runs_dir)
+    s = Submission(cli, job, runs_dir, LAB_CLUSTER)
     try:
         yield s
     finally:
@@ -175,7 +118,7 @@ def runs_dir(workdir: Path) -> Path:
 def baseline(lab_cluster, cli, fault_job, runs_dir) -> dict:
     """The fault job without a fault: its accuracy and duration are what faults compare with."""
     before = {p.name for p in runs_dir.iterdir()}
-    s = Submission(cli, fault_job, runs_dir)
+    s = Submission(cli, fault_job, runs_dir, LAB_CLUSTER)
     train = s.wait_for(MID_TRAINING)
     assert s.finish(900) == 0, s.out + s.err
     status = _status(_run_dir(runs_dir, before))
@@ -303,7 +246,7 @@ def test_c_the_scheduler_host_killed_mid_job_fails_submit_then_up_heals(
 def test_d_the_control_machine_interrupted_mid_job_records_a_cancelled_run(
         baseline, cli, long_job, runs_dir, workdir, sig):
     before = {p.name for p in runs_dir.iterdir()}
-    s = Submission(cli, long_job, runs_dir)
+    s = Submission(cli, long_job, runs_dir, LAB_CLUSTER)
     s.wait_for(MID_TRAINING)
     t_sig = time.monotonic()
     s.proc.send_signal(sig)

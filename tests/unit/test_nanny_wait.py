@@ -58,7 +58,13 @@ ctx = get_mp_context()  # what the nanny calls before it starts its worker
 out = {"started": started, "pandas_imported": "pandas" in sys.modules,
        "server": fs._forkserver._forkserver_pid, "self": os.getpid()}
 if started:
-    out["server_cmdline"] = open(f"/proc/{out['server']}/cmdline").read().replace("\\0", " ")
+    # the server is forked, then execs: its command line reads empty until the exec is done
+    deadline = time.monotonic() + 10
+    while True:
+        out["server_cmdline"] = open(f"/proc/{out['server']}/cmdline").read().replace("\\0", " ")
+        if "forkserver" in out["server_cmdline"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 child = ctx.Process(target=time.sleep, args=(5,))
 child.start()
 out["child_parent"] = int([line.split()[1] for line in open(f"/proc/{child.pid}/status")
