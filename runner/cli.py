@@ -101,6 +101,13 @@ def cmd_up(args) -> int:
     return 0
 
 
+def cmd_rotate(args) -> int:
+    with _cluster(args) as cluster:
+        summary = cluster.rotate(progress=_say, restart=args.restart)
+    _say(summary.line())
+    return 0
+
+
 def _gib(n) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
@@ -125,6 +132,13 @@ def cmd_status(args) -> int:
                        if todo and h["state"] == "running" else "")
             print(f"{h['host']:10} {h['address']:15} {h['process']:12} {h['pid'] or '-':>7} "
                   f"{h['state']}{pending}")
+        ends = st.get("certificates") or {}
+        if ends:
+            hosts_end = min((v for k, v in ends.items() if k != "ca"), default="-")
+            print(f"certificates: CA until {ends.get('ca', '-')[:10]}; host and client "
+                  f"certificates until {hosts_end[:10]} at the earliest")
+        for warning in st.get("warnings") or ():
+            print(f"WARNING: {warning}")
         for w in st["workers"]:
             joined = "joined" if w["joined"] else "NOT JOINED"
             print(f"worker {w['name']} on {w['host']}: {joined}, threads={w['threads']}, "
@@ -276,6 +290,12 @@ def parser() -> argparse.ArgumentParser:
                    help="restart the scheduler when a change needs it even while a job runs "
                         "(the job fails); without it `up` refuses")
     u.set_defaults(func=cmd_up)
+    r = with_cluster(sub.add_parser("rotate", help="new TLS certificates for every host and the "
+                                    "client (same CA), rolled out: workers one at a time, the "
+                                    "scheduler once no job runs"))
+    r.add_argument("--restart", action="store_true",
+                   help="restart the scheduler now even while a job runs (the job fails)")
+    r.set_defaults(func=cmd_rotate)
     s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)

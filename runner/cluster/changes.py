@@ -21,6 +21,15 @@ class Change:
     def where(self) -> str:
         return f"{self.proc.name}@{self.proc.host.name}"
 
+    @property
+    def files_only(self) -> bool:
+        """Only its node files changed (new certificates from the same CA, new config): what it
+        runs with stays valid, so its restart can wait."""
+        return self.action == "restart" and set(self.reasons) == {FILES_CHANGED}
+
+
+FILES_CHANGED = "node config or certificates changed since it started"
+
 
 def _share(limit: str | None) -> float | None:
     """A worker's memory limit as a fraction of its host ("auto" alone on a host is all of it);
@@ -59,7 +68,7 @@ def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None) -> 
         reasons.append("settings changed (command line or environment: "
                        f"{now.spec} -> {p.spec_digest})")
     if now.files and now.files_now and now.files != now.files_now:
-        reasons.append("node config or certificates changed since it started")
+        reasons.append(FILES_CHANGED)
     memory = memory_reason(p, now)
     if memory:
         reasons.append(memory)

@@ -387,10 +387,45 @@ class Cluster:
                                 "memory_limit": w.get("memory_limit"),
                                 "memory_used": (w.get("metrics") or {}).get("memory")})
         healthy = all(h["state"] == "running" for h in hosts) and all(w["joined"] for w in workers)
+        certificates, warnings = self._certificates(sorted({p.host.name for p in procs_state}))
         return {"cluster": self.spec.name, "healthy": healthy,
+                "certificates": certificates, "warnings": warnings,
                 "scheduler": {"address": record.get("scheduler"),
                               "dashboard": record.get("dashboard")},
                 "lock_hash": record.get("lock_hash"), "workers": workers, "hosts": hosts}
+
+    def _certificates(self, hosts: list[str]) -> tuple[dict[str, str], list[str]]:
+        """When the CA's and each certificate's validity ends, and a warning for each that ends
+        within 30 days (`daskfleet rotate` issues new ones; a CA's end needs a new CA)."""
+        if not self.spec.tls:
+            return {}, []
+        from datetime import UTC, datetime, timedelta
+
+        ends = self.ca.expiries(hosts)
+        now = datetime.now(UTC)
+        warnings = [
+            f"the {'CA' if name == 'ca' else f'certificate of {name}'} expires on "
+            f"{end:%Y-%m-%d} ({(end - now).days} days): "
+            + ("make a new CA (`daskfleet down --destroy --purge`, then `up`)" if name == "ca"
+               else f"run `daskfleet rotate -c {self.spec.source}`")
+            for name, end in ends.items() if end - now < timedelta(days=30)]
+        return {name: end.isoformat(timespec="seconds") for name, end in ends.items()}, warnings
+
+    def rotate(self, progress=_say, restart: bool = False) -> UpSummary:
+        """New certificates (new keys, same CA) for every host and the client, installed by the
+        playbook and rolled out by the reconcile: workers one at a time, the scheduler when no
+        job runs (its files stay valid meanwhile)."""
+        with state.locked(self.state_dir, "daskfleet rotate", progress=progress):
+            if not self.spec.tls:
+                raise ConfigError(f"{self.spec.source}: tls: false: there is no certificate to "
+                                  "rotate.")
+            hosts = self.hosts()
+            issued = self.ca.rotate({h.name: h.dask_address for h in hosts})
+            end = self.ca.expiries([])["ca"]
+            progress(f"rotate: new certificates for {', '.join(issued)} from the cluster's CA "
+                     f"(valid until {end:%Y-%m-%d} at most: the CA's own end)")
+            self._close_client()  # the next client presents the new client certificate
+            return self._up(progress, False, restart)
 
     def run_on_hosts(self, command: list[str]) -> dict[Host, str]:
         """Run a read-only command on every host (used by tests and `status`)."""

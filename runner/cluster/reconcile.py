@@ -145,7 +145,9 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     if restarts:
         progress("to replace, and why:\n" + changes.table(restarts))
     if sched_change is not None and sched_change.action == "restart":
-        _refuse_under_running_jobs(cluster, sched_change, restart_scheduler, progress)
+        if not _may_restart_scheduler(cluster, sched_change, restart_scheduler, progress):
+            todo.remove(sched_change)  # it keeps valid files until a later `up` without a job
+            sched_change = None
     if todo:
         from runner.cluster import preflight
 
@@ -218,8 +220,11 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     return started
 
 
-def _refuse_under_running_jobs(cluster: Cluster, change: changes.Change, force: bool,
-                               progress) -> None:
+def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool,
+                           progress) -> bool:
+    """Whether the scheduler may restart now: yes with no job running (or with --restart);
+    a change of its node files alone (new certificates of the same CA) waits for a later `up`;
+    anything else is refused while a job runs."""
     from runner.cluster import activity
 
     try:
@@ -227,11 +232,16 @@ def _refuse_under_running_jobs(cluster: Cluster, change: changes.Change, force: 
     except Exception:  # noqa: BLE001 - a scheduler that does not answer runs no job we can end
         busy = []
     if not busy:
-        return
+        return True
     if force:
         progress(f"WARNING: restarting the scheduler under {', '.join(busy)} (--restart): "
                  "it will fail")
-        return
+        return True
+    if change.files_only:
+        progress(f"the scheduler keeps its running files while {', '.join(busy)} runs: they "
+                 "stay valid; `daskfleet up` restarts it once no job runs (`status` shows it "
+                 "pending)")
+        return False
     raise ClusterStartError(
         f"the scheduler on {change.proc.host.name} must restart ({'; '.join(change.reasons)}), "
         f"but {', '.join(busy)} is running on it: a restart would end it. No process was "

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -41,12 +42,34 @@ def _usages(server: bool) -> list:
     return ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
-def _stale(cert_path: Path, address: str | None, server: bool = True) -> bool:
+def _pair_matches(cert_path: Path, key_path: Path) -> bool:
+    """Whether the key is the certificate's own (a cert written without its key, or a key
+    copied over another host's, is not)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (OSError, ValueError):
+        return False
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    return (cert.public_key().public_bytes(serialization.Encoding.DER, pub)
+            == key.public_key().public_bytes(serialization.Encoding.DER, pub))
+
+
+def _stale(cert_path: Path, address: str | None, server: bool = True,
+           ca_cert: x509.Certificate | None = None) -> bool:
     """A certificate no longer fits: its host has another address (a replaced VM), it expires
-    within RENEW_BEFORE, or its uses are not those it is for (an older client certificate)."""
+    within RENEW_BEFORE, its uses are not those it is for (an older client certificate), or it
+    is not signed by the CA (``ca_cert``: a CA made anew) or outlives it."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < RENEW_BEFORE:
         return True
+    if ca_cert is not None:
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return True
+        if cert.not_valid_after_utc > ca_cert.not_valid_after_utc:
+            return True
     try:
         if list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) \
                 != _usages(server):
@@ -112,12 +135,33 @@ class CertificateAuthority:
                   for name, address in hosts.items()]
         wanted.append(("client", None, False, self.client_cert, self.client_key))
         for name, address, server, cert, key in wanted:
-            if not (cert.exists() and key.exists()) or _stale(cert, address, server):
+            if (not (cert.exists() and key.exists()) or not _pair_matches(cert, key)
+                    or _stale(cert, address, server, ca_cert)):
                 self._issue(name, address, server, ca_key, ca_cert, cert, key)
 
     def reissued(self, hosts: dict[str, str]) -> list[str]:
         """The hosts whose certificate `ensure` would issue anew (a new address, near expiry)."""
         return [n for n, a in hosts.items() if self.cert(n).exists() and _stale(self.cert(n), a)]
+
+    def rotate(self, hosts: dict[str, str]) -> list[str]:
+        """Issue every host's and the client's certificate anew (new keys), from the same CA;
+        returns what was issued. Running processes keep theirs, still valid, until replaced."""
+        self.ensure(hosts)
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        for name, address in hosts.items():
+            self._issue(name, address, True, ca_key, ca_cert, self.cert(name), self.key(name))
+        self._issue("client", None, False, ca_key, ca_cert, self.client_cert, self.client_key)
+        return [*hosts, "client"]
+
+    def expiries(self, hosts: list[str]) -> dict[str, dt.datetime]:
+        """When the CA and each host's certificate (and the client's) stop being valid."""
+        out = {}
+        for name, path in [("ca", self.ca_cert), ("client", self.client_cert),
+                           *((h, self.cert(h)) for h in hosts)]:
+            if path.exists():
+                out[name] = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+        return out
 
     def _create_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -151,14 +195,22 @@ class CertificateAuthority:
             x509.CertificateBuilder().subject_name(_name(name, self.cluster))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + VALIDITY)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            # never beyond its CA: a leaf that outlived it would be refused anyway
+            .not_valid_after(min(now + VALIDITY, ca_cert.not_valid_after_utc))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(_usages(server)), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # key and certificate side by side under temp names, then renamed, certificate last:
+        # a reader never finds a certificate next to another one's key for long, and ensure()
+        # issues a mismatched pair anew
+        _write_private(key_path.with_name(key_path.name + ".new"), _key_pem(key))
+        cert_tmp = cert_path.with_name(cert_path.name + ".new")
+        cert_tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.with_name(key_path.name + ".new").replace(key_path)
+        cert_tmp.replace(cert_path)
 
     def client_security(self):
         from distributed.security import Security

@@ -165,3 +165,37 @@ def test_a_scheduler_change_is_refused_under_a_job_then_leaves_nothing_of_the_ol
         cli("up", "-c", str(LAB_CLUSTER), timeout=600)
     rc, st = _status(cli)
     assert rc == 0 and st["scheduler"]["address"] == "tls://198.18.0.11:8786", st
+
+
+def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, workdir):
+    runs_dir = workdir / "day2-runs"
+    runs_dir.mkdir(exist_ok=True)
+    rc, st = _status(cli)
+    assert rc == 0 and st["certificates"]["lab1"] <= st["certificates"]["ca"], st
+    before = _pids(st)
+    tls_dir = Path(cli.env["DASKFLEET_STATE_DIR"]) / "lab" / "tls"
+    old_cert = (tls_dir / "hosts" / "lab2.pem").read_bytes()
+    job = Submission(cli, _job(workdir, 250), runs_dir, LAB_CLUSTER)  # Ansible runs first
+    job.wait_for(MID_TRAINING)
+    rotated = cli("rotate", "-c", str(LAB_CLUSTER), timeout=600)
+    rotate_ended = time.monotonic()
+    out = rotated.stdout
+    assert "rotate: new certificates for lab1, lab2, lab3, client" in out, out
+    assert "replacing lab2-w0@lab2 (1/2)" in out and "replacing lab3-w0@lab3 (2/2)" in out, out
+    assert "the scheduler keeps its running files while run " in out, out
+    assert job.finish(600) == 0, job.out + job.err
+    assert job.ended > rotate_ended  # the job ran through the whole rotation
+    assert (tls_dir / "hosts" / "lab2.pem").read_bytes() != old_cert
+    rc, st = _status(cli)
+    assert rc == 0, st
+    after = _pids(st)
+    assert after["lab2-w0"] != before["lab2-w0"] and after["lab3-w0"] != before["lab3-w0"]
+    sched = next(h for h in st["hosts"] if h["process"] == "scheduler")
+    assert after["scheduler"] == before["scheduler"]
+    assert sched["up_would"] == {"action": "restart", "reasons": [
+        "node config or certificates changed since it started"]}, sched
+    # no job now: `up` restarts the scheduler with its new certificate
+    cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+    rc, st = _status(cli)
+    assert rc == 0 and _pids(st)["scheduler"] != before["scheduler"], st
+    assert all(h["up_would"] is None for h in st["hosts"]), st
