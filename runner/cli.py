@@ -20,7 +20,7 @@ def _say(msg: str) -> None:
 
 def cmd_lab(args) -> int:
     from runner.lab import Lab
-    from runner.lab.lab import host_state
+    from runner.lab.machine import host_state
 
     lab = Lab()
     if args.lab_cmd == "up":

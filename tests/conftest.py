@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.lab.lab import DEFAULT_STATE_DIR
+from runner.lab.machine import DEFAULT_STATE_DIR
 
 LOG_TAIL_LINES = 60
 

@@ -129,9 +129,9 @@ def _spawn(module: str, lab, log_name: str, extra: list[str]) -> int:
 
 def start_cloud(lab, region: str, progress) -> None:
     """Start the API server and the instance controller; record them in lab.json."""
-    from runner.lab.lab import BRIDGE, _port_open, _run
+    from runner.lab.machine import BRIDGE, port_open, run
 
-    if _port_open("127.0.0.1", PORT, timeout=0.5):
+    if port_open("127.0.0.1", PORT, timeout=0.5):
         raise LabError(
             f"lab: port {PORT} on 127.0.0.1 is taken (LocalStack, another moto?), and the emulated "
             f"EC2 needs it; stop what listens there (`ss -ltnp 'sport = :{PORT}'`) and run "
@@ -166,7 +166,7 @@ def start_cloud(lab, region: str, progress) -> None:
     if len(images) != 2:
         raise LabError(f"lab: the EC2 API server lists {len(images)} Debian images, not 2; "
                        f"see {cdir / 'amis.json'} and {cdir / 'api.log'}.")
-    _run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE])
+    run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE])
     cloud["controller_pid"] = _spawn("runner.lab.instances", lab, "controller.log", [])
     lab._write(data)
     time.sleep(0.5)
@@ -187,7 +187,7 @@ def start_cloud(lab, region: str, progress) -> None:
 def stop_cloud(lab) -> bool:
     """Stop the controller, then the API server (by record and by a sweep of /proc); remove the
     VPC router address. True if anything was running."""
-    from runner.lab.lab import BRIDGE, _run
+    from runner.lab.machine import BRIDGE, run
 
     cloud = (lab._data() or {}).get("cloud") or {}
     pids = []
@@ -205,7 +205,7 @@ def stop_cloud(lab) -> bool:
     while any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
-    _run(["ip", "addr", "del", f"{VPC_ROUTER}/24", "dev", BRIDGE], check=False)
+    run(["ip", "addr", "del", f"{VPC_ROUTER}/24", "dev", BRIDGE], check=False)
     return bool(pids)
 
 

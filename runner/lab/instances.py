@@ -26,7 +26,8 @@ from pathlib import Path
 
 from runner.lab import cloudinit, standin
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
-from runner.lab.lab import BootSpec, Lab, LabHost, boot_host, nft_apply, stop_host
+from runner.lab.lab import Lab
+from runner.lab.machine import BootSpec, LabHost, boot_host, nft_apply, read_instance_hosts, stop_host
 
 POLL_S = 0.5
 IMAGE_USER = "admin"  # Debian's cloud images' default user
@@ -49,13 +50,6 @@ def _keep_logs(hdir, dest, iid: str) -> None:
 
 def log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
-
-
-def read_instance_hosts(cloud_dir: Path) -> list[LabHost]:
-    path = cloud_dir / "instances.json"
-    if not path.exists():
-        return []
-    return [LabHost(**h) for h in json.loads(path.read_text())["hosts"]]
 
 
 def host_for(instance_id: str, address: str) -> LabHost:

@@ -23,7 +23,7 @@ from jobfiles import small_job
 
 from runner.errors import LabError
 from runner.lab import Lab
-from runner.lab.lab import check_prerequisites
+from runner.lab.machine import check_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 EPHEMERAL_LAB = REPO / "clusters" / "aws-ephemeral-lab.yaml"

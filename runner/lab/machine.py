@@ -1,0 +1,354 @@
+"""A lab host, the primitives: a network namespace on the lab's bridge, booted by
+`unshare --mount --uts --pid --fork` into an init that ends in the host's own sshd (killing it is
+a machine crash), its private folders, its firewall (nftables) and its users. The plain lab
+hosts (runner.lab.lab) and the emulated cloud's instance hosts (runner.lab.instances) both boot
+through `boot_host`; this module imports nothing else of the lab, so everything there can import
+it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from runner.errors import LabError
+
+DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
+BRIDGE = "dflab0"
+SUBNET_PREFIX = "198.18.0."
+BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
+FIRST_HOST_OCTET = 11
+MAX_HOSTS = 32
+# Folders every host gets privately, backed by a per-host folder under the state dir (parents
+# before children). /home is one of them: it masks the control machine's /home and keeps users'
+# homes across reboots, as a real disk does.
+PRIVATE_DIRS = ("etc/daskfleet", "opt/daskfleet", "var/lib/daskfleet", "var/lib/cloud", "var/log",
+                "var/log/daskfleet", "home", "tmp")
+# Paths masked with empty tmpfs mounts: the control machine's environments must not be visible.
+MASKED_DIRS = ("/root",)
+SSHD = "/usr/sbin/sshd"
+READY_TIMEOUT_S = 20.0
+# Where sshd looks for keys besides ~/.ssh/authorized_keys: outside any home directory, in the
+# host's private /etc, so the lab's key for a user never depends on its home.
+LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
+# uid 1000 is taken on these machines; lab and cloud users start here.
+FIRST_UID = 1500
+# Written on the host's disk once user_data has run: a reboot does not run it again.
+FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
+# `lab cut`: an nftables table of its own inside the host's namespace. Never the emulated EC2's
+# security-group table (runner.lab.instances.SG_TABLE): healing must not open what a group closes.
+CUT_TABLE = "daskfleet_cut"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    netns: str
+    user: str = "root"
+    port: int = 22
+    instance_id: str | None = None  # instance hosts of the emulated cloud only
+    link: str | None = None  # the veth's name on the bridge (default dfv-NAME)
+
+    @property
+    def veth(self) -> str:
+        return self.link or f"dfv-{self.name}"
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything `boot_host` needs to boot one host (a plain lab host or an instance host)."""
+
+    hostname: str
+    address: str
+    netns: str
+    veth: str
+    mac: str
+    hdir: Path
+    host_keys: tuple[str, ...]  # sshd HostKey paths (as seen inside the host)
+    prefixlen: int = 24
+    gateway: str | None = None
+    user: str | None = None  # a login user the lab creates (None: only first_boot creates users)
+    authorized_keys: str = ""  # installed as LAB_KEYS_DIR/<user> at every boot
+    first_boot: Path | None = None  # run once, as root, inside the host, before sshd (user_data)
+    nft_ruleset: str | None = None  # applied in the netns before anything in it starts
+    port: int = 22
+    extra_private_dirs: tuple[str, ...] = field(default=())
+
+
+def run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise LabError(
+            f"lab: `{shlex.join(args)}` failed (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip()}"
+        )
+    return proc
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def check_prerequisites() -> None:
+    """One line that says what is missing: the lab needs Linux, root, ip, unshare and sshd."""
+    if not sys.platform.startswith("linux"):
+        raise LabError("lab: needs Linux (network namespaces); this is " + sys.platform + ".")
+    if os.geteuid() != 0:
+        raise LabError("lab: needs root (it creates network namespaces and mounts); run as root.")
+    missing = [t for t in ("ip", "unshare", "ssh-keygen") if shutil.which(t) is None]
+    if not os.access(SSHD, os.X_OK):
+        missing.append(SSHD)
+    if missing:
+        raise LabError(
+            "lab: missing " + ", ".join(missing)
+            + "; install them with `apt-get install -y iproute2 util-linux openssh-server`."
+        )
+
+
+
+
+def read_instance_hosts(cloud_dir: Path) -> list[LabHost]:
+    """The emulated cloud's running instances, as the instance controller recorded them."""
+    path = cloud_dir / "instances.json"
+    if not path.exists():
+        return []
+    return [LabHost(**h) for h in json.loads(path.read_text())["hosts"]]
+
+
+# -- one host ---------------------------------------------------------------------------------
+def boot_host(spec: BootSpec) -> subprocess.Popen:
+    """Create the host's namespace and link and start its init (which ends in sshd).
+
+    Never leaves half a host: on any failure the namespace and link are removed again."""
+    hdir = spec.hdir
+    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
+        (hdir / "fs" / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(hdir / "fs" / "tmp", 0o1777)
+    for d in ("etc-upper", "etc-work"):
+        (hdir / d).mkdir(exist_ok=True)
+    if spec.user:
+        (hdir / "authorized_keys").write_text(spec.authorized_keys)
+    config = hdir / "sshd_config"
+    config.write_text(_sshd_config(spec))
+    (hdir / "boot.json").write_text(json.dumps(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}, indent=2))
+    ns = spec.netns
+    try:
+        run(["ip", "netns", "add", ns])
+        run(["ip", "link", "add", spec.veth, "type", "veth", "peer", "name", "eth0",
+              "address", spec.mac, "netns", ns])
+        run(["ip", "link", "set", spec.veth, "master", BRIDGE, "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{spec.address}/{spec.prefixlen}", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if spec.gateway:
+            run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway])
+        if spec.nft_ruleset is not None:
+            nft_apply(ns, spec.nft_ruleset)
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation dir
+        log = open(hdir / "init.log", "ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork",
+             "--mount-proc", "--propagation", "private", "sh", "-c", _init_script(spec, config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
+        )
+        log.close()
+    except BaseException:
+        stop_host(ns, spec.veth)
+        raise
+    (hdir / "unshare.pid").write_text(str(proc.pid))
+    return proc
+
+
+def load_boot_spec(hdir: Path) -> BootSpec:
+    d = json.loads((hdir / "boot.json").read_text())
+    d["hdir"] = Path(d["hdir"])
+    d["first_boot"] = Path(d["first_boot"]) if d.get("first_boot") else None
+    d["host_keys"] = tuple(d["host_keys"])
+    d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
+    return BootSpec(**d)
+
+
+def stop_host(netns: str, veth: str) -> None:
+    """Crash the host (every process at once) and remove its namespace and link."""
+    kill_netns_processes(netns)
+    run(["ip", "netns", "del", netns], check=False)
+    run(["ip", "link", "del", veth], check=False)
+
+
+def nft_apply(netns: str, ruleset: str) -> None:
+    run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset)
+
+
+def cut_ruleset() -> str:
+    """The `lab cut` table: input and output dropped but for loopback, ahead of every other
+    table's chains (a drop anywhere is final in nftables). Declared, deleted and defined in one
+    `nft -f` transaction, so cutting a cut host is a no-op."""
+    return "\n".join([
+        f"table inet {CUT_TABLE}",
+        f"delete table inet {CUT_TABLE}",
+        f"table inet {CUT_TABLE} {{",
+        "  chain input {",
+        "    type filter hook input priority -400; policy drop;",
+        '    iif "lo" accept',
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority -400; policy drop;",
+        '    oif "lo" accept',
+        "  }",
+        "}",
+        "",
+    ])
+
+
+def has_cut_table(nft_list_tables: str) -> bool:
+    """Whether `nft list tables` output names the cut table."""
+    return f"table inet {CUT_TABLE}" in {line.strip() for line in nft_list_tables.splitlines()}
+
+
+def host_state(up: bool, cut: bool) -> str:
+    """What `lab status` says of a host."""
+    return "CUT" if cut else "up" if up else "DOWN"
+
+
+def check_user_name(user: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", user):
+        raise LabError(f"lab: --user {user!r} is not a valid user name (lower-case letters, digits, "
+                       "_ and -, starting with a letter).")
+
+
+def user_setup_script(user: str, sudo: bool = True, groups: tuple[str, ...] = (),
+                      shell: str = "/bin/bash") -> str:
+    """Shell lines (run as root inside a host) that create USER once: uid FIRST_UID or above,
+    home under /home, no password (key login only), optional passwordless sudo."""
+    q = shlex.quote(user)
+    lines = [
+        f"if ! id -u {q} >/dev/null 2>&1; then useradd --create-home --user-group "
+        f"-K UID_MIN={FIRST_UID} -K GID_MIN={FIRST_UID} --shell {shlex.quote(shell)} {q}; fi",
+        # '*' rather than useradd's locked '!': sshd without PAM refuses locked accounts even for
+        # key logins, while a cloud image's default user (PAM) logs in with a key.
+        f"usermod -p '*' {q}",
+    ]
+    if groups:
+        lines.append(f"usermod -a -G {shlex.quote(','.join(groups))} {q}")
+    if sudo:
+        f = f"/etc/sudoers.d/daskfleet-{user}"
+        lines.append(f"printf '%s\\n' {shlex.quote(f'{user} ALL=(ALL) NOPASSWD:ALL')} > {f} "
+                     f"&& chmod 0440 {f}")
+    return "\n".join(lines)
+
+
+def _sshd_config(spec: BootSpec) -> str:
+    root = spec.user == "root"
+    return "\n".join([
+        f"ListenAddress {spec.address}",
+        f"Port {spec.port}",
+        *[f"HostKey {k}" for k in spec.host_keys],
+        f"AuthorizedKeysFile .ssh/authorized_keys {LAB_KEYS_DIR}/%u",
+        f"PidFile {spec.hdir / 'sshd.pid'}",
+        f"PermitRootLogin {'prohibit-password' if root else 'no'}",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes",
+        "UsePAM no",
+        # MaxSessions and MaxStartups stay at Debian's defaults (10; 10:30:100): a real machine's.
+        "Subsystem sftp internal-sftp",
+        "",
+    ])
+
+
+def _init_script(spec: BootSpec, config: Path) -> str:
+    q = shlex.quote
+    hdir = spec.hdir
+    name = q(spec.hostname)
+    lines = [
+        "set -e",
+        # A private, persistent /etc first: users, sudoers and host keys made on this host stay
+        # on it (and survive a restart); everything else mounts on top of it.
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={q(str(hdir / 'etc-upper'))},"
+        f"workdir={q(str(hdir / 'etc-work'))} /etc",
+        f"hostname {name}",
+        f"echo {name} > /etc/hostname",
+        f"printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost ip6-localhost "
+        f"ip6-loopback\\n' {name} > /etc/hosts",
+    ]
+    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
+        src = hdir / "fs" / d
+        lines.append(f"mkdir -p /{d} && mount --bind {q(str(src))} /{d}")
+    for d in (*MASKED_DIRS, str(project_root())):
+        lines.append(f"if [ -d {q(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs {q(d)}; fi")
+    # A machine's init starts in /, never in the control machine's folder (a process that
+    # re-enters its start folder, as multiprocessing's spawn does, would fail only on a lab
+    # started from a folder the host does not have, such as one under its private /tmp).
+    lines.append("cd /")
+    # Pid files and the like must not survive a reboot.
+    lines.append("mkdir -p /run/daskfleet && mount -t tmpfs -o mode=0755 tmpfs /run/daskfleet")
+    lines.append(f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}")
+    if spec.user:
+        if spec.user != "root":
+            lines.append(user_setup_script(spec.user))
+        lines.append(f"install -m 0644 {q(str(hdir / 'authorized_keys'))} "
+                     f"{LAB_KEYS_DIR}/{q(spec.user)}")
+    if spec.first_boot:
+        log = "/var/log/cloud-init-output.log"
+        lines += [
+            f"if [ ! -e {FIRST_BOOT_MARKER} ]; then",
+            f"  mkdir -p {os.path.dirname(FIRST_BOOT_MARKER)}",
+            f"  echo \"first boot $(date -u +%FT%TZ): running user_data\" >> {log}",
+            # As cloud-init: a failing user_data is logged, and the machine still comes up.
+            f"  {q(str(spec.first_boot))} >> {log} 2>&1 "
+            f"&& echo 'user_data: ok' >> {log} || echo \"user_data: FAILED (exit $?)\" >> {log}",
+            f"  date -u +%FT%TZ > {FIRST_BOOT_MARKER}",
+            "fi",
+        ]
+    lines.append(f"exec {SSHD} -D -e -f {q(str(config))}")
+    return "\n".join(lines)
+
+
+def port_open(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", name], check=False).returncode == 0
+
+
+def netns_with_prefix(prefix: str) -> list[str]:
+    out = run(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def links_with_prefix(prefixes: tuple[str, ...]) -> list[str]:
+    out = run(["ip", "-o", "link", "show"], check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line]
+    return [n for n in names if n.startswith(prefixes)]
+
+
+def kill_netns_processes(ns: str) -> None:
+    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    deadline = time.monotonic() + 5
+    while run(["ip", "netns", "pids", ns], check=False).stdout.split():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
