@@ -25,6 +25,12 @@ def _clients(dask_scheduler) -> dict[str, int]:  # runs on the scheduler
 
 def running(client: Client) -> list[str]:
     """The runs (and other clients holding tasks) on the scheduler, this client left out."""
+    import sys
+
+    import cloudpickle
+
+    # by value: this module is control-side code, which the nodes' environment may not hold
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     runs = client.get_metadata([RUNS_KEY], default=None) or {}
     connected = client.run_on_scheduler(_clients)
     busy = []

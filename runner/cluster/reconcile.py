@@ -229,8 +229,18 @@ def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool
 
     try:
         busy = activity.running(cluster.client())
-    except Exception:  # noqa: BLE001 - a scheduler that does not answer runs no job we can end
+    except (OSError, TimeoutError) as e:  # a scheduler that does not answer runs no job
+        progress(f"the scheduler does not answer ({e}): no job can be running on it")
         busy = []
+    except Exception as e:  # noqa: BLE001 - never restart it under a job we could not see
+        if force:
+            busy = ["(unknown: the question failed)"]
+        else:
+            raise ClusterStartError(
+                f"the scheduler on {change.proc.host.name} must restart "
+                f"({'; '.join(change.reasons)}), but asking it whether a job runs failed "
+                f"({type(e).__name__}: {e}); nothing was restarted. Run `daskfleet up --restart "
+                f"-c {cluster.spec.source}` to restart it anyway.") from e
     if not busy:
         return True
     if force:

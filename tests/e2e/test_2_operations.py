@@ -136,7 +136,7 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
         assert len(workers) == 4
         # two workers per host now: the two that ran alone restarted with half the share, so a
         # host never commits more memory than it has
-        assert "new memory share" in out, out
+        assert "memory limit auto -> 0.4750" in out and "replacing lab2-w0@lab2" in out, out
         limits = {w["name"]: w["memory_limit"] for w in workers}
         host_memory = set(client.run(lambda: MEMORY_LIMIT).values())
         assert len(set(limits.values())) == 1, limits
