@@ -161,6 +161,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         going = [p for p in procs[1:] if current[p].state == "running"] + [sched]
         progress("stopping the scheduler and its workers to restart them: "
                  + ", ".join(f"{p.name}@{p.host.name}" for p in going))
+        cluster._close_client()  # before its scheduler goes: no reconnect attempts to report
         for group in (going[:-1], going[-1:]):
             per_process(group, lambda p: p.stop(ssh), "stopping")
         needed = list(procs)
