@@ -8,3 +8,16 @@ def small_job(name: str, seed: int, epochs: int = 2, n_docs: int = 3000) -> str:
     return (f"name: {name}\ndata:\n  source: synthetic\n  synthetic: {{n_docs: {n_docs}, "
             f"n_classes: 3, vocab_size: 1500, doc_len: 25, noise: 0.02, seed: {seed}}}\n"
             f"features: {{n_features: 16384}}\nmodel: {{kind: sgd, epochs: {epochs}}}\n")
+
+
+# A job that trains for a while, for tests that act on the cluster while a job runs: 40,000
+# synthetic documents of 20 classes (each epoch 20 binary fits, about 0.3-0.5 s on the lab's two
+# workers). The corpus does not depend on the name or epochs: it is generated and cached once.
+MID_TRAINING = "train: epoch 1/"
+
+
+def training_job(name: str, epochs: int) -> str:
+    return (f"name: {name}\ndata:\n  source: synthetic\n  synthetic: {{n_docs: 40000, "
+            "n_classes: 20, vocab_size: 5000, doc_len: 40, noise: 0.05, seed: 7}\n"
+            f"  shard_rows: 5000\nfeatures: {{n_features: 262144}}\n"
+            f"model: {{kind: sgd, epochs: {epochs}}}\n")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jobfiles import MID_TRAINING, training_job
 from submission import Submission
 
 from runner.cluster import Cluster
@@ -22,13 +23,6 @@ from runner.cluster.ssh import connect, fan_out
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e
-
-# Long enough to be running while `up` works (about 0.3 s an epoch on the lab's 2 workers); the
-# corpus is the fault tests' (the same dataset, cached once).
-JOB = ("name: day2\ndata:\n  source: synthetic\n  synthetic: {n_docs: 40000, n_classes: 20, "
-       "vocab_size: 5000, doc_len: 40, noise: 0.05, seed: 7}\n  shard_rows: 5000\n"
-       "features: {n_features: 262144}\nmodel: {kind: sgd, epochs: EPOCHS}\n")
-MID_TRAINING = "train: epoch 1/"
 
 
 def _status(cli, cfile: Path = LAB_CLUSTER) -> tuple[int, dict]:
@@ -49,7 +43,7 @@ def _variant(workdir: Path, name: str, extra: str) -> Path:
 
 def _job(workdir: Path, epochs: int) -> Path:
     path = workdir / f"day2-{epochs}.yaml"
-    path.write_text(JOB.replace("EPOCHS", str(epochs)))
+    path.write_text(training_job("day2", epochs))
     return path
 
 

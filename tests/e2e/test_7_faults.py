@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobfiles import small_job
+from jobfiles import MID_TRAINING, small_job, training_job
 from submission import Submission
 
 from runner.batch.artifacts import SUCCESS_FILES
@@ -27,12 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e
 
-# Training runs tens of seconds (20 epochs of about 1.5 s on the lab's 2 workers), on a corpus
-# generated in a few seconds: 20 classes make each epoch's SGD work 20 binary fits.
-FAULT_JOB = ("name: fault-train\ndata:\n  source: synthetic\n  synthetic: {n_docs: 40000, "
-             "n_classes: 20, vocab_size: 5000, doc_len: 40, noise: 0.05, seed: 7}\n"
-             "  shard_rows: 5000\nfeatures: {n_features: 262144}\nmodel: {kind: sgd, epochs: 20}\n")
-MID_TRAINING = "train: epoch 1/"
+FAULT_JOB = training_job("fault-train", epochs=20)
 CUT_S = 20.0
 SUBMIT_FAIL_BOUND_S = 60.0  # a lost scheduler fails `submit` within this
 ACCURACY_TOLERANCE = 0.01
@@ -102,8 +97,7 @@ def long_job(workdir: Path) -> Path:
     """The fault job with epochs enough that a signal sent after the first always lands mid-run
     (its 20 epochs can end in under 10 s on a quiet machine); interrupted, it never runs them."""
     job = workdir / "fault-train-long.yaml"
-    job.write_text(FAULT_JOB.replace("name: fault-train", "name: fault-train-long")
-                   .replace("epochs: 20", "epochs: 400"))
+    job.write_text(training_job("fault-train-long", epochs=400))
     return job
 
 
