@@ -166,6 +166,16 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
             per_process(group, lambda p: p.stop(ssh), "stopping")
         needed = list(procs)
         rolling: list[changes.Change] = []
+    elif sched_change is not None:
+        # the scheduler starts anew (it was not running): workers that differ cannot be retired
+        # through it, and may not even reach it (another port): they restart with it
+        stale = [c.proc for c in restarts if c.proc.kind == "worker"]
+        if stale:
+            progress("stopping workers to restart them with the new scheduler: "
+                     + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
+            per_process(stale, lambda p: p.stop(ssh), "stopping")
+        needed = [c.proc for c in todo if c.action == "start"] + stale
+        rolling = []
     else:
         needed = [c.proc for c in todo if c.action == "start"]
         rolling = [c for c in restarts if c.proc.kind == "worker"]
