@@ -224,11 +224,28 @@ class ModelSpec(_Model):
     # (bench/accuracy.py; modified_huber and log_loss within 0.01-0.03 of it)
     loss: Literal["hinge", "log_loss", "modified_huber", "squared_hinge", "perceptron"] = "hinge"
     seed: int = 0
+    # scikit-learn's SGDClassifier schedule, under the same names and defaults
+    learning_rate: Literal["optimal", "constant", "invscaling", "adaptive"] = "optimal"
+    eta0: Annotated[float, Field(gt=0)] = 0.01
+    power_t: float = 0.5
+    # "balanced": n_rows / (n_classes x rows of the class), from the training split's counts; or
+    # label -> weight (labels not named weigh 1)
+    class_weight: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
 
     @model_validator(mode="after")
     def _variant_only_for_bayes(self) -> ModelSpec:
         if self.variant is not None and self.kind != "naive_bayes":
             raise _KeyError("variant", f"only allowed when kind is 'naive_bayes' (kind is {self.kind!r})")
+        return self
+
+    @model_validator(mode="after")
+    def _schedule_only_for_sgd(self) -> ModelSpec:
+        if self.kind == "naive_bayes":
+            for key, default in (("learning_rate", "optimal"), ("eta0", 0.01),
+                                 ("power_t", 0.5), ("class_weight", None)):
+                if getattr(self, key) != default:
+                    raise _KeyError(key, "only allowed when kind is 'sgd' or 'incremental' "
+                                         "(naive Bayes has no learning rate or class weights)")
         return self
 
     @property

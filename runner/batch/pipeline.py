@@ -292,6 +292,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             "split.test_fraction")
     for warning in warnings:
         say(f"warning: {warning}")
+    model_params["class_weight"] = _class_weights(job, train_labels)
     _check_model_fits(job, len(classes), [w.get("memory_limit") or 0
                                           for w in workers_info.values()])
 
@@ -325,7 +326,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     part_rows = [sum(s["train_labels"].values()) for s in stats]
     search = None
     if job.search is not None:
-        search = _search(client, job, source, classes, paths, say)
+        search = _search(client, job, model_params, source, classes, paths, say)
         model_params = {**model_params, **search["best"]}
     fitted = _train(client, job.model.kind, model_params, source, part_rows, classes, paths, say,
                     vectorizer_params["n_features"])
@@ -555,8 +556,33 @@ MIX_FAN_IN = 3
 
 
 def _sgd_params(model_params: dict) -> dict:
+    """The SGDClassifier parameters of the model section (``class_weight`` already resolved to
+    label -> weight by ``_class_weights``)."""
     return {"loss": model_params["loss"], "alpha": model_params["alpha"],
-            "random_state": model_params["seed"]}
+            "random_state": model_params["seed"],
+            "learning_rate": model_params.get("learning_rate", "optimal"),
+            "eta0": model_params.get("eta0", 0.01), "power_t": model_params.get("power_t", 0.5),
+            "class_weight": model_params.get("class_weight")}
+
+
+def _class_weights(job: JobSpec, train_labels: Counter) -> dict[str, float] | None:
+    """``model.class_weight`` as label -> weight: "balanced" from the training split's label
+    counts, as scikit-learn computes it (n_rows / (n_classes x rows of the class)); a mapping
+    as given, once its labels are checked against the training labels."""
+    wanted = job.model.class_weight
+    if wanted is None:
+        return None
+    present = {c: n for c, n in train_labels.items() if n > 0}
+    if wanted == "balanced":
+        total = sum(present.values())
+        return {c: total / (len(present) * n) for c, n in sorted(present.items())}
+    unknown = sorted(set(wanted) - set(present))
+    if unknown:
+        raise BatchError(
+            f"job {job.name!r}: model.class_weight names label(s) {', '.join(map(repr, unknown))} "
+            f"that have no training rows (labels: {', '.join(map(repr, sorted(present)))}); fix "
+            "the job file's model.class_weight.")
+    return dict(wanted)
 
 
 def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
@@ -608,14 +634,13 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
     return fitted
 
 
-def _search(client: Client, job: JobSpec, source: _Parts, classes: list[str],
+def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: list[str],
             paths: list[str], say: Progress) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
     text hash), in parallel; score each on the validation rows; best by macro-F1."""
     spec = job.search
     t0 = time.perf_counter()
     candidates = spec.candidates()
-    base = job.model_params()
     if source.vec is None:  # the job validation refuses a search without the cache
         raise BatchError("search needs features.cache: true")
     fit_parts = client.map(parts.carve_validation, source.vec, fraction=spec.validation_fraction,

@@ -75,6 +75,9 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
     # than a tenth of the epoch; the order, and so the weights, are the same
     codes = np.arange(len(classes))
     code_of = {c: i for i, c in enumerate(classes)}
+    weights = sgd_params.get("class_weight")
+    if isinstance(weights, dict):  # by label in the job, by code inside training
+        sgd_params = {**sgd_params, "class_weight": {code_of[c]: w for c, w in weights.items()}}
     clf = make_classifier(state, codes, sgd_params)
     n = 0
     for X, y in batches(parts, rng.permutation(len(parts)), "X_train", "y_train"):

@@ -191,3 +191,22 @@ def test_features_cache_false_refused_for_incremental_and_search(tmp_path, extra
     # the same job with the cache is fine
     load_job(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
                              "features: {cache: true}\n" + extra))
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("{kind: naive_bayes, eta0: 0.1}", "eta0: only allowed when kind is 'sgd' or 'incremental'"),
+    ("{kind: naive_bayes, class_weight: balanced}", "class_weight: only allowed when kind"),
+    ("{learning_rate: fastest}", "learning_rate"),
+    ("{eta0: 0}", "eta0"),
+    ("{class_weight: {rare: -1}}", "class_weight"),
+    ("{class_weight: heavy}", "class_weight"),
+])
+def test_the_schedule_and_class_weights_are_checked(tmp_path, model, message):
+    from runner.batch.job import load_job
+    from runner.errors import ConfigError
+
+    path = tmp_path / "job.yaml"
+    path.write_text(f"name: j\ndata: {{source: debian-packages}}\nmodel: {model}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job(path)
+    assert message in str(e.value) and str(path) in str(e.value), e.value
