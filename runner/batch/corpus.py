@@ -65,8 +65,15 @@ class Dataset:
 # --------------------------------------------------------------------------- debian packages
 
 
-def apt_package_lists(lists_dir: Path = APT_LISTS_DIR) -> list[Path]:
-    return sorted(p for p in Path(lists_dir).glob("*_Packages*") if p.is_file())
+def apt_lists_dir() -> Path:
+    """Where `data.source: debian-packages` reads the package lists: the machine's apt lists, or
+    the folder DASKFLEET_APT_LISTS names (an offline mirror's lists, a fixed copy)."""
+    return Path(os.environ.get("DASKFLEET_APT_LISTS") or APT_LISTS_DIR)
+
+
+def apt_package_lists(lists_dir: Path | None = None) -> list[Path]:
+    return sorted(p for p in Path(lists_dir or apt_lists_dir()).glob("*_Packages*")
+                  if p.is_file())
 
 
 @contextlib.contextmanager
@@ -499,7 +506,7 @@ def _shard_rows(data, n_docs: int, n_chars: int) -> int:
 
 
 def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
-                    apt_lists_dir: str | Path = APT_LISTS_DIR) -> Dataset:
+                    apt_lists: str | Path | None = None) -> Dataset:
     """Write (or reuse) the job's corpus as parquet shards in ``cache_dir/<digest>/``."""
     data = job.data
     cache_dir = Path(cache_dir).resolve()
@@ -507,11 +514,13 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
              "partition_mb": None if data.shard_rows else data.partition_mb}
     skip: frozenset[Path] = frozenset()
     if data.source == "debian-packages":
-        files = apt_package_lists(Path(apt_lists_dir))
+        lists_dir = Path(apt_lists or apt_lists_dir())
+        files = apt_package_lists(lists_dir)
         if not files:
             raise BatchError(
-                f"no apt package lists (*_Packages*) in {apt_lists_dir}; run `apt-get update` "
-                "on the control machine or use a job with data.source: files"
+                f"no apt package lists (*_Packages*) in {lists_dir}; run `apt-get update` "
+                "on the control machine (or point DASKFLEET_APT_LISTS at a folder of lists), or "
+                "use a job with data.source: files"
             )
         inputs = [[f.name, _sha256_file(f)] for f in files]
         meta = {"source": "debian-packages", "inputs": inputs, **shape}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from runner.batch import load_job, load_model, prepare_dataset, run_job
-from runner.batch.corpus import apt_package_lists
 
 distributed = pytest.importorskip("distributed")
 
@@ -39,7 +38,7 @@ def run_with_cache(client, folder: Path, cache_dir: Path, name: str, cache: bool
     return metrics, load_model(run_dir), lines
 
 
-@pytest.mark.skipif(not apt_package_lists(), reason="no apt package lists on this machine")
+@pytest.mark.usefixtures("apt_lists")
 @pytest.mark.parametrize("name, body", [
     ("sgd", "features: {{cache: {cache}, n_features: 65536}}\nmodel: {{kind: sgd, epochs: 2}}\n"),
     ("nb-tfidf", "features: {{cache: {cache}, n_features: 65536, tfidf: true}}\n"

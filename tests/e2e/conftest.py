@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aptlists import write_apt_lists
 
 from runner.lab import Lab
 
@@ -49,8 +50,11 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cli(workdir: Path) -> CLI:
+    # debian-packages jobs read fixed lists (the machine's change with every apt-get update)
+    lists = write_apt_lists(workdir / "apt-lists")
     env = {**os.environ, "DASKFLEET_STATE_DIR": str(workdir / ".daskfleet"),
-           "DASKFLEET_INVENTORY_DIR": str(workdir / "inventory"), "PYTHONUNBUFFERED": "1"}
+           "DASKFLEET_INVENTORY_DIR": str(workdir / "inventory"), "PYTHONUNBUFFERED": "1",
+           "DASKFLEET_APT_LISTS": str(lists)}
     return CLI(workdir, env)
 
 
