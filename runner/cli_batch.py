@@ -65,9 +65,14 @@ def cmd_predict(args) -> int:
     with Cluster.from_file(args.cluster) as cluster:
         summary = predict_on_cluster(cluster, Path(args.model), Path(args.data), Path(args.out),
                                      progress=say, text_column=args.text_column,
-                                     label_column=args.label_column)
+                                     label_column=args.label_column, top_k=args.top_k,
+                                     proba=args.proba)
     extra = f", accuracy against the label column {summary['accuracy']:.4f}" \
         if "accuracy" in summary else ""
+    if "scores" in summary:
+        extra += (", scores are class probabilities" if summary["scores"] == "probability" else
+                  ", scores are decision scores (the model's loss gives no probabilities: train "
+                  "with model.loss log_loss or modified_huber for them)")
     say(f"{summary['rows']} predictions written to {summary['out']}{extra}")
     return 0
 
@@ -92,4 +97,9 @@ def add_commands(sub) -> None:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label",
                    help="optional: when present, the output keeps it next to the prediction")
+    p.add_argument("--top-k", type=int, default=0, metavar="N",
+                   help="also write the N best classes and their scores (top_1, score_1, ...)")
+    p.add_argument("--proba", action="store_true",
+                   help="also write every class's score (score:<label>): probabilities where "
+                        "the model has them, else decision scores")
     p.set_defaults(func=cmd_predict)

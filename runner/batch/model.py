@@ -92,19 +92,59 @@ def predict_texts(model: dict, texts: Iterable[str]) -> list[str]:
     return [str(p) for p in model["classifier"].predict(X)]
 
 
-def predict_shard(path: str, model: dict):
+def score_kind(model: dict) -> str:
+    """"probability" when the classifier gives class probabilities (log_loss, modified_huber,
+    naive Bayes), else "decision" (its decision function: hinge and the other margins)."""
+    # scikit-learn hides predict_proba where the loss has none
+    return "probability" if hasattr(model["classifier"], "predict_proba") else "decision"
+
+
+def score_texts(model: dict, texts: list[str]):
+    """(class labels, n_texts x n_classes scores): probabilities or decision scores
+    (``score_kind``); the predicted label is the highest-scoring class."""
+    import numpy as np
+
+    clean = make_cleaner(model["clean"])
+    X = vectorize([clean("" if t is None else str(t)) for t in texts], model["vectorizer"],
+                  model.get("idf"))
+    clf = model["classifier"]
+    labels = [str(c) for c in clf.classes_]
+    if score_kind(model) == "probability":
+        return labels, clf.predict_proba(X)
+    scores = clf.decision_function(X)
+    if scores.ndim == 1:  # two classes: one margin, positive for the second class
+        scores = np.column_stack([-scores, scores])
+    return labels, scores
+
+
+def predict_shard(path: str, model: dict, top_k: int = 0, proba: bool = False):
     """Worker side: predictions for one prediction-input shard (columns row, text, label).
 
     Returns a DataFrame with the shard's row numbers, its label (None when the input had none)
     and the prediction: one per input row, rows without text predicted from the empty text.
+    With ``top_k``, columns top_1..top_k and score_1..score_k (the best classes, best first);
+    with ``proba``, one score column per class (``score:<label>``). Scores are probabilities or
+    decision scores (``score_kind``).
     """
+    import numpy as np
     import pandas as pd
     import pyarrow.parquet as pq
 
     table = pq.read_table(path, columns=["row", "text", "label"])
     texts = table.column("text").to_pylist()
-    return pd.DataFrame({
-        "row": table.column("row").to_numpy(),
-        "label": pd.Series(table.column("label").to_pylist(), dtype=object),
-        "prediction": pd.Series(predict_texts(model, texts), dtype=object),
-    })
+    out = {"row": table.column("row").to_numpy(),
+           "label": pd.Series(table.column("label").to_pylist(), dtype=object)}
+    if not (top_k or proba):
+        out["prediction"] = pd.Series(predict_texts(model, texts), dtype=object)
+        return pd.DataFrame(out)
+    labels, scores = score_texts(model, texts)
+    out["prediction"] = pd.Series(predict_texts(model, texts), dtype=object)
+    if top_k:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        for k in range(best.shape[1]):
+            out[f"top_{k + 1}"] = pd.Series([labels[j] for j in best[:, k]], dtype=object)
+            out[f"score_{k + 1}"] = scores[np.arange(len(texts)), best[:, k]]
+    if proba:
+        for j, label in enumerate(labels):
+            out[f"score:{label}"] = scores[:, j]
+    return pd.DataFrame(out)

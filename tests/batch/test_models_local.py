@@ -292,3 +292,29 @@ def test_the_learning_rate_schedule_is_scikit_learns(client, corpus, tmp_path):
                            "model: {epochs: 3, learning_rate: constant, eta0: 0.05}\n")
     clf = load_model(run_dir)["classifier"]
     assert (clf.learning_rate, clf.eta0) == ("constant", 0.05) and metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize(("loss", "kind"), [("log_loss", "probability"), ("hinge", "decision")])
+def test_predict_writes_the_best_classes_and_every_score(client, tmp_path, corpus, loss, kind):
+    from runner.errors import ConfigError
+
+    _, run_dir = run(client, corpus, tmp_path, f"scores-{loss}",
+                     f"model: {{epochs: 2, loss: {loss}}}\n")
+    model = load_model(run_dir)
+    topic_rows(90, seed=12).drop(columns=["label"]).to_csv(tmp_path / "new.csv", index=False)
+    shards = prepare_prediction_input(tmp_path / "new.csv", tmp_path / "pcache", shard_rows=40)
+    out = tmp_path / "out.parquet"
+    summary = predict_shards(client, model, [str(p) for p in shards.paths], out,
+                             progress=lambda line: None, top_k=2, proba=True)
+    df = pd.read_parquet(out)
+    assert summary["scores"] == kind and len(df) == 90
+    assert list(df.columns) == ["row", "prediction", "top_1", "score_1", "top_2", "score_2",
+                                "score:cooking", "score:music", "score:sports"]
+    assert (df["top_1"] == df["prediction"]).all() and (df["top_1"] != df["top_2"]).all()
+    assert (df["score_1"] >= df["score_2"]).all()
+    per_class = df[["score:cooking", "score:music", "score:sports"]].to_numpy()
+    assert (per_class.max(axis=1) == df["score_1"].to_numpy()).all()
+    if kind == "probability":
+        assert abs(per_class.sum(axis=1) - 1).max() < 1e-6
+    with pytest.raises(ConfigError, match="--top-k 4: the model has 3 classes"):
+        predict_shards(client, model, [str(p) for p in shards.paths], out, top_k=4)
