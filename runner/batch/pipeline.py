@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, naive_bayes, parts, train
+from runner.batch import evaluate, memory, naive_bayes, parts, train
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -294,7 +294,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         say(f"warning: {warning}")
     model_params["class_weight"] = _class_weights(job, train_labels)
     _check_model_fits(job, len(classes), [w.get("memory_limit") or 0
-                                          for w in workers_info.values()])
+                                          for w in workers_info.values()],
+                      max((w.get("nthreads") or 1 for w in workers_info.values()), default=1))
 
     # vectorize: the feature matrices are built and kept on the workers (with the cache), or
     # only the tf-idf document frequencies are counted (without: every pass hashes again)
@@ -523,27 +524,27 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
     return fitted
 
 
-def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int]) -> None:
-    """Refuse, before any feature or training task, a model whose weights cannot fit in the
-    smallest worker's memory limit (``limits``: the workers', 0 for none; a worker restarted in
-    a loop is the alternative)."""
+def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int],
+                      threads: int = 1) -> None:
+    """Refuse, before any feature or training task, a model that cannot fit in the smallest
+    worker's memory limit at its peak, as its kind needs it (``memory.model_memory``; ``limits``:
+    the workers', 0 for none; a worker restarted in a loop is the alternative)."""
     if not limits or min(limits) == 0:  # no limit set: nothing to check against
         return
     limit = min(limits)
     n_features = job.features.n_features
     candidates = len(job.search.candidates()) if job.search is not None else 1
-    need = train.training_memory(n_classes, n_features, candidates)
+    mem = memory.model_memory(job.model.kind, n_classes, candidates, threads)
+    need = mem.need(n_features)
     if need <= train.MEMORY_BUDGET * limit:
         return
-    fits = train.largest_fitting_features(n_classes, limit, candidates)
-    per_copy = train.training_memory(n_classes, n_features) // train.TRAINING_COPIES
-    searched = f" and {candidates} search candidates" if candidates > 1 else ""
+    fits = memory.largest_fitting(mem, limit)
     hint = (f"features.n_features: {fits:,} fits" if fits else
             "no n_features fits: fewer classes or more memory")
     what = (f"job {job.name!r}: training needs about {need / 2**30:.2f} GiB on every worker "
-            f"({n_classes} classes x {n_features:,} features x {train.WEIGHT_BYTES} bytes = "
-            f"{per_copy / 2**30:.2f} GiB per copy of the weights, {train.TRAINING_COPIES} copies "
-            f"while training{searched})")
+            f"({mem.rows} {'classes' if mem.rows > 1 else 'row'} x {n_features:,} features x "
+            f"{mem.value_bytes} bytes = {mem.copy_bytes(n_features) / 2**30:.2f} GiB per copy, "
+            f"{mem.what})")
     raise ModelTooLarge(
         f"{what}, more than {int(train.MEMORY_BUDGET * 100)} % of the workers' memory limit of "
         f"{limit / 2**30:.2f} GiB. Lower features.n_features ({hint}) or raise the workers' "

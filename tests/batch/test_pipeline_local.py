@@ -266,3 +266,35 @@ def test_a_shard_whose_rows_are_all_dropped_does_not_break_the_job(client, tmp_p
     metrics = run_job(client, job, paths, tmp_path / "run", progress=lambda line: None)
     assert metrics["dropped_rows"] == 30 and metrics["n_partitions"] == 2
     assert metrics["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("model", [
+    "{kind: naive_bayes, variant: multinomial}",
+    "{kind: naive_bayes, variant: complement}",
+], ids=["multinomial", "complement"])
+def test_a_naive_bayes_model_beyond_the_workers_memory_is_refused_as_float64_counts(
+        client, tmp_path, model):
+    from runner.batch.memory import largest_fitting, model_memory
+    from runner.errors import ModelTooLarge
+
+    job = load_job(write_job(tmp_path, f"""\
+        name: huge-nb
+        data:
+          source: synthetic
+          synthetic: {{n_docs: 2000, n_classes: 100, vocab_size: 500, doc_len: 10, seed: 1}}
+        features: {{n_features: 16777216}}
+        model: {model}
+        """))
+    limit = min(w["memory_limit"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    mem = model_memory("naive_bayes", 100)
+    dataset = prepare_dataset(job, tmp_path / "cache")
+    lines: list[str] = []
+    with pytest.raises(ModelTooLarge) as e:
+        run_job(client, job, worker_paths(dataset), tmp_path / "runs" / "huge-nb",
+                progress=lines.append)
+    msg = str(e.value)
+    # 4 float64 copies of 100 x 2**24 counts: 50 GiB, where the SGD check would say 37.5
+    assert f"training needs about {mem.need(2**24) / 2**30:.2f} GiB on every worker" in msg, msg
+    assert "4 float64 copies of the class-feature counts" in msg, msg
+    assert f"features.n_features: {largest_fitting(mem, limit):,} fits" in msg, msg
+    assert not any(line.startswith(("vectorize:", "train:")) for line in lines), lines

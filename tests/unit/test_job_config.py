@@ -210,3 +210,23 @@ def test_the_schedule_and_class_weights_are_checked(tmp_path, model, message):
     with pytest.raises(ConfigError) as e:
         load_job(path)
     assert message in str(e.value) and str(path) in str(e.value), e.value
+
+
+def test_the_memory_each_model_kind_needs_at_its_peak():
+    from runner.batch.memory import largest_fitting, model_memory
+
+    n = 2**21
+    sgd = model_memory("sgd", 1000)
+    assert sgd.need(n) == 6 * 1000 * n * 4  # 6 float32 copies
+    assert model_memory("sgd", 2).rows == 1  # one row of weights for two classes
+    assert model_memory("sgd", 10, candidates=5).copies == 10  # + 4 more states
+    nb = model_memory("naive_bayes", 1000)
+    # the case: 1000 classes x 2**21 features peaks around 67 GB in naive Bayes
+    assert nb.need(n) == 4 * 1000 * n * 8 and 66e9 < nb.need(n) < 68e9
+    assert model_memory("naive_bayes", 2).rows == 2  # counts keep a row per class
+    # a search fits a candidate per worker thread at once; the others wait, fitted, to be scored
+    assert model_memory("naive_bayes", 10, candidates=4, threads=2).copies == 4 * 2 + 2 * 2
+    assert model_memory("naive_bayes", 10, candidates=4, threads=8).copies == 4 * 4
+    fits = largest_fitting(nb, 8 * 2**30)
+    assert nb.need(fits) <= 0.8 * 8 * 2**30 < nb.need(2 * fits)
+    assert largest_fitting(model_memory("naive_bayes", 10**6), 2**20) is None
