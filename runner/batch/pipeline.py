@@ -280,7 +280,10 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             f"job {job.name!r}: the test split is empty ({n_train} training rows); use more "
             "data or a larger split.test_fraction"
         )
-    classes = sorted(set(train_labels) | set(test_labels))
+    # the model knows the training split's classes only; the evaluation counts every label of
+    # the test rows too (a test-only label is a row the model gets wrong, never a class of it)
+    classes = sorted(c for c, n in train_labels.items() if n > 0)
+    labels = sorted(set(classes) | set(test_labels))
     warnings = []
     test_only = sorted(set(test_labels) - set(train_labels))
     if test_only:
@@ -335,7 +338,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
     t0 = time.perf_counter()
-    cm, scores = _evaluate(client, fitted, source, classes, "evaluate")
+    cm, scores = _evaluate(client, fitted, source, labels, "evaluate")
     timings["evaluate"] = time.perf_counter() - t0
     say(f"evaluate: accuracy {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}, "
         f"majority class {scores['majority_rate']:.3f} ({timings['evaluate']:.1f}s)")
@@ -366,13 +369,14 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         "n_train": n_train,
         "n_test": n_test,
         "n_classes": len(classes),
+        "model_classes": list(classes),
         "n_workers": n_workers,
         "n_partitions": len(paths),
         "rows": rows,
         "dropped_rows": dropped,
         "epochs": job.model.epochs,
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "labels": list(classes),
+        "labels": list(labels),
         "per_class": scores["per_class"],
         "confusion_matrix": cm.tolist(),
         "params": {"clean": clean_params, "features": vectorizer_params,

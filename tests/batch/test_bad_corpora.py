@@ -208,6 +208,9 @@ def test_a_class_only_in_the_test_split_is_kept_and_warned_about(project, capsys
     metrics = json.loads((run / "metrics.json").read_text())
     assert any(warning in w for w in metrics["warnings"]) and "kiwi" in metrics["labels"]
     assert metrics["per_class"]["kiwi"]["recall"] == 0
+    # the model's classes are the training split's: it never learnt a class it saw no row of
+    assert "kiwi" not in metrics["model_classes"]
+    assert "kiwi" not in [str(c) for c in joblib.load(run / "model.joblib")["classifier"].classes_]
 
 
 def test_non_utf8_bytes_are_replaced_and_warned_about(project, capsys):
