@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 APT_LISTS_DIR = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
-FORMAT_VERSION = "daskfleet-shards-1"  # bump when the shard layout or the parsing changes
+FORMAT_VERSION = "daskfleet-shards-2"  # bump when the shard layout, the parsing or the sampling changes
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 CSV_CHUNK_ROWS = 50_000
 MAX_SHARD_ROWS = 20_000  # rows per shard when the job sets partition_mb and not shard_rows
@@ -300,8 +300,33 @@ def _file_documents(files: list[Path], fmt: str, text_col: str, label_col: str,
                     skipped: list[Path] | None = None):
     """Documents of every file in order. With ``skipped`` (a list), a file that cannot be read
     is appended to it and contributes no document (``on_error: skip``); without, it raises.
-    Files in ``skip`` (found bad by an earlier pass) are left out."""
-    n = 0
+    Files in ``skip`` (found bad by an earlier pass) are left out.
+
+    With ``limit``, a stable pseudo-random sample of that many documents (the smallest hashes
+    of their file and position, in file order), never the first ones: a corpus read label by
+    label (text-dirs, files sorted by label) still gives every label. It reads the files twice
+    and holds ``limit`` positions, never the documents."""
+    if limit is None:
+        yield from _every_file_document(files, fmt, text_col, label_col, root, skip, skipped)
+        return
+
+    def positions():
+        for path, i, _ in _every_file_document(files, fmt, text_col, label_col, root, skip,
+                                               skipped, numbered=True):
+            yield _name_hash(f"{path.relative_to(root) if path.is_relative_to(root) else path}"
+                             f"\0{i}"), str(path), i
+
+    keep = {(p, i) for _, p, i in heapq.nsmallest(limit, positions())}
+    again = skip | frozenset(skipped or ())  # files found bad in the first pass stay out
+    for path, i, doc in _every_file_document(files, fmt, text_col, label_col, root, again,
+                                             None, numbered=True):
+        if (str(path), i) in keep:
+            yield doc
+
+
+def _every_file_document(files: list[Path], fmt: str, text_col: str, label_col: str,
+                         root: Path, skip: frozenset[Path], skipped: list[Path] | None,
+                         numbered: bool = False):
     for path in files:
         if path in skip:
             continue
@@ -313,11 +338,8 @@ def _file_documents(files: list[Path], fmt: str, text_col: str, label_col: str,
                 continue
         else:
             docs = _one_file_documents(path, fmt, text_col, label_col, root)
-        for doc in docs:
-            if limit is not None and n >= limit:
-                return
-            n += 1
-            yield doc
+        for i, doc in enumerate(docs):
+            yield (path, i, doc) if numbered else doc
 
 
 # --------------------------------------------------------------------------- shards

@@ -159,3 +159,22 @@ def test_partition_rows_are_capped_without_shard_rows(tmp_path):
         """)
     ds = prepare_dataset(j, tmp_path / "c")  # ~0.5 MB of text: one partition by size alone
     assert len(ds.files) == 3 and ds.rows == 45000
+
+
+def test_a_limit_samples_every_label_of_a_corpus_read_label_by_label(tmp_path):
+    """text-dirs is read one label folder after another: the first N documents would hold the
+    first labels only. A limit takes a stable pseudo-random sample instead."""
+    for k in range(20):
+        folder = tmp_path / "corpus" / f"label{k:02d}"
+        folder.mkdir(parents=True)
+        for i in range(50):
+            (folder / f"{i}.txt").write_text(f"document {i} of label {k}")
+    limited = job(tmp_path, "source: files\npath: corpus\nformat: text-dirs\nlimit: 200\n")
+    ds = prepare_dataset(limited, tmp_path / "c")
+    df = rows_of(ds)
+    assert ds.rows == len(df) == 200
+    assert set(df["label"]) == {f"label{k:02d}" for k in range(20)}, df["label"].value_counts()
+    assert df["label"].value_counts().min() >= 3  # spread, not 10 labels of 20 documents
+    # the same sample every time, and the same as a fresh reading
+    again = prepare_dataset(limited, tmp_path / "c2")
+    assert sorted(rows_of(again)["text"]) == sorted(df["text"])
