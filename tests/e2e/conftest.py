@@ -59,8 +59,8 @@ def cli(workdir: Path) -> CLI:
 
 
 @pytest.fixture(scope="session")
-def lab_cluster(cli: CLI, workdir: Path):
-    """A running 3-host lab with the cluster of clusters/lab.yaml up on it."""
+def session_lab(cli: CLI, workdir: Path):
+    """A running 3-host lab with the cluster of clusters/lab.yaml up on it, for the session."""
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -84,3 +84,22 @@ def lab_cluster(cli: CLI, workdir: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture
+def lab_cluster(session_lab, cli: CLI):
+    """The session's lab cluster, made again if an earlier test took the lab down (the teardown
+    tests do): no test depends on the order the tests run in."""
+    lab = Lab()
+    if not lab.hosts():
+        cli("lab", "up", "--hosts", "3", timeout=120)
+        up = cli("up", "-c", str(LAB_CLUSTER), timeout=900)
+        session_lab["up_output"] = up.stdout + up.stderr
+    return session_lab
+
+
+@pytest.fixture
+def no_lab(session_lab, cli: CLI):
+    """No lab running, for tests that make labs of their own (the session's is made again by
+    `lab_cluster` for the tests after them)."""
+    cli("lab", "down", timeout=120)

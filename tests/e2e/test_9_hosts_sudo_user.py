@@ -21,8 +21,7 @@ from runner.lab import Lab
 pytestmark = pytest.mark.e2e
 
 
-def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli, workdir):
-    cli("lab", "down", timeout=120)  # test_8 took the shared lab down; make sure
+def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(no_lab, cli, workdir):
     cli("lab", "up", "--hosts", "2", "--user", "deploy", timeout=120)
     try:
         lab = Lab()
@@ -60,7 +59,7 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(lab_cluster, cli
         cli("lab", "down", check=False, timeout=120)
 
 
-def test_demo_refuses_a_lab_it_did_not_make_and_leaves_nothing_behind(lab_cluster, cli, workdir):
+def test_demo_refuses_a_lab_it_did_not_make_and_leaves_nothing_behind(no_lab, cli, workdir):
     lab_file = str(Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml")
     job = workdir / "demo-small.yaml"
     job.write_text(small_job("demo-small", seed=2))
