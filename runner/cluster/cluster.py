@@ -251,6 +251,10 @@ class Cluster:
         self.boot_s = 0.0
         # Hosts the last `up` provisioned: any that the file no longer names get closed.
         before = [Host.from_dict(h) for h in state.read(self.state_dir).get("hosts") or []]
+        planned = self.provider.planned_names()
+        going = [h for h in before if planned is not None and h.name not in planned]
+        if going:  # their workers' data moves before Terraform removes the machines
+            reconcile.close_hosts(self, going, progress)
         hosts = self.provision(progress)
         summary.timings["terraform"] = time.monotonic() - t - self.boot_s
         if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key

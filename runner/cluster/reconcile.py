@@ -86,6 +86,21 @@ def close_unwanted(cluster: Cluster, extra_hosts: list[Host] = (), progress=prin
     return [f"{p.name}@{p.host.name}" for p in going]
 
 
+def close_hosts(cluster: Cluster, going: list[Host], progress=print) -> list[str]:
+    """Before Terraform removes ``going`` (a lower worker_count, hosts dropped from the file):
+    retire their workers through the scheduler, so their data moves to the workers that stay,
+    then stop them. Returns `name@host` of each."""
+    procs = [p for p in recorded(cluster, going) if p.kind == "worker"]
+    if not procs:
+        return []
+    where = [f"{p.name}@{p.host.name}" for p in procs]
+    progress(f"retiring the workers of the machines that go ({', '.join(h.name for h in going)})"
+             f" before they are removed: {', '.join(where)}")
+    retire(cluster, [p.name for p in procs], progress)
+    per_process(procs, lambda p: p.stop(cluster.ssh()), "stopping the workers of machines that go")
+    return where
+
+
 def retire(cluster: Cluster, names: list[str], progress=print) -> None:
     """Retire workers through the scheduler (their data moves to the others) when it runs."""
     sched = cluster.wanted()[0]

@@ -171,3 +171,14 @@ def test_an_endpoint_that_does_not_answer_fails_before_terraform(tmp_path, key):
                                              r"AWS_ENDPOINT_URL in .*lab up --cloud aws.*"
                                              "Nothing was created"):
         provider.before_apply(print)
+
+
+def test_the_machines_an_apply_will_leave_are_known_before_it(tmp_path, key):
+    """So `up` retires the workers of the machines a lower worker_count removes, before
+    Terraform removes them (their data moves to the workers that stay)."""
+    three = for_spec(load_cluster(aws_file(tmp_path, key, worker_count=3)))
+    one = for_spec(load_cluster(aws_file(tmp_path, key, worker_count=1)))
+    assert three.planned_names() == ["scheduler", "worker-1", "worker-2", "worker-3"]
+    recorded = [Host(n, f"10.0.0.{i}", "worker") for i, n in enumerate(three.planned_names())]
+    going = [h.name for h in recorded if h.name not in one.planned_names()]
+    assert going == ["worker-2", "worker-3"]

@@ -35,6 +35,11 @@ class Provider:
         """Machines known before Terraform runs (existing hosts); none for clouds."""
         return []
 
+    def planned_names(self) -> list[str] | None:
+        """The names of the machines the next apply will leave (None: not known before it)."""
+        declared = self.declared_hosts()
+        return [h.name for h in declared] if declared else None
+
     def worker_on_scheduler(self) -> bool:
         return False
 

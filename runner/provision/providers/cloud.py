@@ -51,6 +51,9 @@ class Cloud(Provider):
         n = int(self.spec.terraform.get("worker_count", 2))
         return ["scheduler"] + [f"worker-{i}" for i in range(1, n + 1)]
 
+    def planned_names(self) -> list[str] | None:
+        return self.node_names()
+
     def public_key(self) -> str:
         key, _ = self.ssh_paths()
         pub = Path(str(key) + ".pub")
