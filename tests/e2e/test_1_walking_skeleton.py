@@ -155,11 +155,14 @@ def test_runs_history_and_predict_on_the_cluster(lab_cluster, cli, workdir: Path
              "transitional dummy package", "", "GNU C compiler documentation in HTML"]
     pd.DataFrame({"text": texts}).to_csv(data, index=False)
     out = workdir / "predictions.parquet"
-    cli("predict", str(run_dir / "model.joblib"), str(data), "-o", str(out),
-        "-c", str(LAB_CLUSTER), timeout=300)
+    said = cli("predict", str(run_dir / "model.joblib"), str(data), "-o", str(out),
+               "-c", str(LAB_CLUSTER), "--top-k", "2", timeout=300).stdout
     pred = pd.read_parquet(out)
     assert len(pred) == len(texts)  # one prediction per input row, in order
     assert pred.iloc[0]["prediction"] == "python", pred
+    # the two best classes, best first, with the hinge model's decision scores
+    assert (pred["top_1"] == pred["prediction"]).all() and (pred["score_1"] >= pred["score_2"]).all()
+    assert "scores are decision scores" in said, said
 
 
 def test_second_up_changes_nothing_and_restarts_nothing(lab_cluster, cli):
