@@ -86,10 +86,12 @@ def session_lab(cli: CLI, workdir: Path):
                 os.environ[k] = v
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lab_cluster(session_lab, cli: CLI):
-    """The session's lab cluster, made again if an earlier test took the lab down (the teardown
-    tests do): no test depends on the order the tests run in."""
+    """The session's lab cluster, made again if an earlier module took the lab down (the
+    teardown tests do, at their end): no module depends on the order the modules run in.
+    Module-scoped, so the modules' own fixtures (the fault baseline, the emulated EC2 cluster)
+    can stand on it."""
     lab = Lab()
     if not lab.hosts():
         cli("lab", "up", "--hosts", "3", timeout=120)
