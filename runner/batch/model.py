@@ -100,8 +100,8 @@ def score_kind(model: dict) -> str:
 
 
 def score_texts(model: dict, texts: list[str]):
-    """(class labels, n_texts x n_classes scores): probabilities or decision scores
-    (``score_kind``); the predicted label is the highest-scoring class."""
+    """(class labels, predictions, n_texts x n_classes scores) from one cleaning and hashing of
+    ``texts``: scores are probabilities or decision scores (``score_kind``)."""
     import numpy as np
 
     clean = make_cleaner(model["clean"])
@@ -109,12 +109,13 @@ def score_texts(model: dict, texts: list[str]):
                   model.get("idf"))
     clf = model["classifier"]
     labels = [str(c) for c in clf.classes_]
+    predictions = [str(p) for p in clf.predict(X)]
     if score_kind(model) == "probability":
-        return labels, clf.predict_proba(X)
+        return labels, predictions, clf.predict_proba(X)
     scores = clf.decision_function(X)
     if scores.ndim == 1:  # two classes: one margin, positive for the second class
         scores = np.column_stack([-scores, scores])
-    return labels, scores
+    return labels, predictions, scores
 
 
 def predict_shard(path: str, model: dict, top_k: int = 0, proba: bool = False):
@@ -137,8 +138,8 @@ def predict_shard(path: str, model: dict, top_k: int = 0, proba: bool = False):
     if not (top_k or proba):
         out["prediction"] = pd.Series(predict_texts(model, texts), dtype=object)
         return pd.DataFrame(out)
-    labels, scores = score_texts(model, texts)
-    out["prediction"] = pd.Series(predict_texts(model, texts), dtype=object)
+    labels, predictions, scores = score_texts(model, texts)
+    out["prediction"] = pd.Series(predictions, dtype=object)
     if top_k:
         best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
         for k in range(best.shape[1]):

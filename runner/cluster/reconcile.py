@@ -78,12 +78,9 @@ def close_unwanted(cluster: Cluster, extra_hosts: list[Host] = (), progress=prin
              if (p.host.name, p.name) not in wanted]
     if not going:
         return []
-    workers = [p.name for p in going if p.kind == "worker"]
     progress("closing what is no longer wanted: "
              + ", ".join(f"{p.name}@{p.host.name}" for p in going))
-    retire(cluster, workers, progress)
-    per_process(going, lambda p: p.stop(cluster.ssh()), "stopping unwanted processes")
-    return [f"{p.name}@{p.host.name}" for p in going]
+    return _retire_and_stop(cluster, going, progress, "stopping unwanted processes")
 
 
 def close_hosts(cluster: Cluster, going: list[Host], progress=print) -> list[str]:
@@ -93,18 +90,31 @@ def close_hosts(cluster: Cluster, going: list[Host], progress=print) -> list[str
     procs = [p for p in recorded(cluster, going) if p.kind == "worker"]
     if not procs:
         return []
-    where = [f"{p.name}@{p.host.name}" for p in procs]
     progress(f"retiring the workers of the machines that go ({', '.join(h.name for h in going)})"
-             f" before they are removed: {', '.join(where)}")
-    retire(cluster, [p.name for p in procs], progress)
-    per_process(procs, lambda p: p.stop(cluster.ssh()), "stopping the workers of machines that go")
-    return where
+             f" before they are removed: {', '.join(f'{p.name}@{p.host.name}' for p in procs)}")
+    return _retire_and_stop(cluster, procs, progress, "stopping the workers of machines that go")
 
 
-def retire(cluster: Cluster, names: list[str], progress=print) -> None:
-    """Retire workers through the scheduler (their data moves to the others) when it runs."""
-    sched = cluster.wanted()[0]
-    if not names or process_states(cluster).get(sched, ProcStatus("dead")).state != "running":
+def _retire_and_stop(cluster: Cluster, procs: list[RemoteProcess], progress,
+                     what: str) -> list[str]:
+    """Retire the workers among ``procs`` (their data moves to the others), then stop all of
+    them. Returns `name@host` of each."""
+    retire(cluster, [p.name for p in procs if p.kind == "worker"], progress)
+    per_process(procs, lambda p: p.stop(cluster.ssh()), what)
+    return [f"{p.name}@{p.host.name}" for p in procs]
+
+
+def retire(cluster: Cluster, names: list[str], progress=print,
+           scheduler_running: bool | None = None) -> None:
+    """Retire workers through the scheduler (their data moves to the others) when it runs
+    (``scheduler_running``: known already; otherwise asked over SSH)."""
+    if not names:
+        return
+    if scheduler_running is None:
+        sched = cluster.wanted()[0]
+        scheduler_running = process_states(cluster).get(sched, ProcStatus("dead")).state \
+            == "running"
+    if not scheduler_running:
         return
     try:
         cluster.client().retire_workers(names=names, close_workers=True, remove=True)
@@ -299,7 +309,8 @@ def _roll(cluster: Cluster, procs: list[RemoteProcess], rolling: list[changes.Ch
         p = c.proc
         progress(f"replacing {c.where} ({i}/{len(rolling)}): {'; '.join(c.reasons)}")
         try:
-            retire(cluster, [p.name], progress)
+            # the scheduler was just proven ready: no SSH status sweep of every process per step
+            retire(cluster, [p.name], progress, scheduler_running=True)
             p.stop(ssh)
             pids[p.name] = p.start(ssh)
             state.update(cluster.state_dir, pids=pids)
