@@ -48,7 +48,8 @@ def cmd_lab(args) -> int:
         return 0
     st = lab.status()
     if args.json:
-        print(json.dumps({"hosts": st["hosts"], "cloud": st["cloud"]}, indent=2))
+        print(json.dumps({"hosts": st["hosts"], "cloud": st["cloud"],
+                          "object_store": st["object_store"]}, indent=2))
     elif not st["hosts"] and not st["cloud"]:
         print("lab: no lab (run `daskfleet lab up`)")
     else:
@@ -63,8 +64,13 @@ def cmd_lab(args) -> int:
                   f"(api pid {c['api_pid']}, controller pid {c['controller_pid']}"
                   f"{'' if c['alive'] else ': NOT RUNNING'}); "
                   f"TF_CLI_CONFIG_FILE={c['terraform_rc']}")
+        if st["object_store"]:
+            o = st["object_store"]
+            print(f"object store (S3): endpoint {o['endpoint']} region {o['region']}"
+                  f"{'' if o['up'] else ': NOT RUNNING'}; credentials {o['credentials']}")
     cloud_ok = st["cloud"] is None or st["cloud"]["alive"]
-    return 0 if all(h["up"] for h in st["hosts"]) and cloud_ok else 1
+    store_ok = st["object_store"] is None or st["object_store"]["up"]
+    return 0 if all(h["up"] for h in st["hosts"]) and cloud_ok and store_ok else 1
 
 
 def _ephemeral_spec(args):

@@ -26,7 +26,8 @@ from pydantic import (
 
 from runner.batch.remote import is_url
 from runner.batch.sources import FILE_FORMATS, is_glob
-from runner.errors import ConfigError
+from runner.batch.store import check_options, is_store_url
+from runner.errors import BatchError, ConfigError
 
 
 class _Model(BaseModel):
@@ -52,9 +53,13 @@ class DataSpec(_Model):
     line, label = the Section. ``files``: ``path`` (relative to the job file's folder) is a file,
     a glob or a folder; ``format`` (parquet, csv, jsonl, text-dirs) is inferred from the file
     names when omitted, text-dirs being one sub-folder per label and one document per file.
-    Instead of ``path``, ``url`` (http, https or s3) names one file to download first.
-    ``synthetic``: generated documents (``synthetic`` section). ``limit`` keeps the first N rows
-    of the files, or a stable pseudo-random sample of N packages. ``on_error``: a corrupt file
+    Instead of ``path``, ``url`` (http or https) names one file to download first.
+    ``path`` may instead be an ``s3://`` URL (an object store) or a ``file://`` URL (a filesystem
+    every node mounts at that path): the workers then read it themselves (runner.batch.store),
+    with ``storage_options`` (fsspec's names: key, secret, token, endpoint_url, region, anon);
+    ``url: s3://...`` means the same. ``synthetic``: generated documents (``synthetic``
+    section). ``limit`` keeps the first N rows of the files, or a stable pseudo-random sample of
+    N packages (read in place: about N rows, a stable sample by text hash). ``on_error``: a corrupt file
     fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
     Partitions hold ``shard_rows`` rows when it is set, otherwise at most ``partition_mb`` MB of
     text (the raw text; the hashed features in memory are a few times larger) and at most
@@ -72,6 +77,21 @@ class DataSpec(_Model):
     synthetic: SyntheticSpec | None = None
     shard_rows: Annotated[int | None, Field(gt=0)] = None
     partition_mb: Annotated[float, Field(gt=0, le=4096, strict=False)] = 64.0
+    # set from ``path`` (or an s3 ``url``) when it is a URL the workers read in place
+    path_url: str | None = None
+    storage_options: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _where_it_lives(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("path", "url"):
+                value = data.get(key)
+                if is_store_url(value) and (key == "path" or value.startswith("s3://")):
+                    if data.get("path_url") is not None or (key == "url" and "path" in data):
+                        raise _KeyError(key, "give one of path and url, not both")
+                    data = {**{k: v for k, v in data.items() if k != key}, "path_url": value}
+        return data
 
     @field_validator("path", mode="after")
     @classmethod
@@ -95,7 +115,8 @@ class DataSpec(_Model):
     def _keys_match_source(self) -> DataSpec:
         if self.url is not None:
             if not is_url(self.url):
-                raise _KeyError("url", f"must start with http://, https:// or s3://, got {self.url!r}")
+                raise _KeyError("url", f"must start with http://, https:// or s3://, got "
+                                f"{self.url!r}")
             if self.source != "files":
                 raise _KeyError("url", f"only allowed when source is 'files' (source is {self.source!r})")
             if self.path is not None:
@@ -105,8 +126,24 @@ class DataSpec(_Model):
                                 "data.format (parquet, csv or jsonl)")
             if self.format == "text-dirs":
                 raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+        elif self.path_url is not None:
+            if self.source != "files":
+                raise _KeyError("path", f"a URL is only allowed when source is 'files' (source is "
+                                f"{self.source!r})")
+            if self.format == "text-dirs":
+                raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+            if not urlsplit(self.path_url).netloc and self.path_url.startswith("s3://"):
+                raise _KeyError("path", f"an s3 URL names a bucket: s3://bucket/prefix/*.parquet, "
+                                f"got {self.path_url!r}")
+            try:
+                check_options(self.storage_options)
+            except BatchError as e:
+                raise _KeyError("storage_options", str(e).split(": ", 1)[1]) from None
         elif self.source == "files" and self.path is None:
             raise _KeyError("path", "required when source is 'files' (or give data.url)")
+        if self.storage_options is not None and self.path_url is None:
+            raise _KeyError("storage_options", "only used when data.path is an s3:// or file:// "
+                            "URL")
         if self.source != "files" and self.path is not None:
             raise _KeyError("path", f"only allowed when source is 'files' (source is {self.source!r})")
         if self.source != "files" and self.format is not None:

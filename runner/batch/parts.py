@@ -17,8 +17,11 @@ from runner.batch.text import make_cleaner
 COLUMNS = ["text", "label"]
 
 
-def read_shard(path: str) -> pd.DataFrame:
-    """One parquet shard as a DataFrame with object columns text and label."""
+def read_shard(path) -> pd.DataFrame:
+    """One parquet shard as a DataFrame with object columns text and label (a partition the
+    workers already hold, read where the corpus lives, is passed through as it is)."""
+    if isinstance(path, pd.DataFrame):
+        return path
     table = pq.read_table(path, columns=COLUMNS)
     return pd.DataFrame({c: np.asarray(table.column(c).to_pylist(), dtype=object)
                          for c in COLUMNS})

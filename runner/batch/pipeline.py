@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, memory, naive_bayes, parts, train
+from runner.batch import evaluate, memory, naive_bayes, parts, store_load, train
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -136,15 +136,16 @@ def run_job(
     status = {"run_id": context.get("run_id", run_dir.name), "job": job.name,
               "model": job.model.kind, "started_at": started_at, "run_dir": str(run_dir)}
     try:
-        paths = [str(p) for p in shard_paths]
-        if not paths:
+        paths = [str(p) for p in shard_paths or ()]
+        if not paths and job.data.path_url is None:
             raise BatchError(f"job {job.name!r}: no shards to process (empty corpus)")
         if context.get("job_path"):
             copy_atomic(Path(context["job_path"]), tmp / "job.yaml")
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
             metrics, model = _run(client, job, paths, say)
         # input files the control machine left out (data.on_error: skip), from the context
-        metrics["skipped_files"] = len(context.get("skipped_files") or ())
+        metrics["skipped_files"] = len(context.get("skipped_files") or ()) \
+            + len(metrics.get("skipped_objects") or ())
         metrics["started_at"] = started_at
         metrics["duration_s"] = round(time.perf_counter() - t0, 3)
         if context:
@@ -220,21 +221,40 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
 
     cache = bool(vectorizer_params.get("cache", True))
     cleaned: list[Future] = []
+    workers = _workers(client)
+    # shards: paths on the worker hosts, or (a corpus read where it lives) the futures of the
+    # partitions the workers read and dealt; a pass without the cache rebuilds from either
+    shards: list = list(paths)
+    extra: dict[str, Any] = {}
+    if job.data.path_url is not None:
+        t0 = time.perf_counter()
+        loaded = store_load.load(client, job.data, workers, split_params["seed"], say)
+        shards, paths = loaded.partitions, loaded.names(job.data.path_url)
+        extra = {"data_objects": loaded.objects, "data_bytes": loaded.bytes,
+                 "skipped_objects": loaded.skipped}
+        timings["read"] = time.perf_counter() - t0
+        say(f"read: {loaded.rows:,} rows dealt into {len(shards)} partitions on the workers "
+            f"({timings['read']:.1f}s)")
     if cache:
         # load: one task per shard, on the workers
         t0 = time.perf_counter()
         # shard i on worker i mod W: training later streams each worker's own shards in place
-        workers = _workers(client)
-        raw = [client.submit(parts.read_shard, p, workers=[workers[i % len(workers)]],
-                             allow_other_workers=True, pure=False) for i, p in enumerate(paths)]
-        _check(raw, "load", paths, bar=True)
+        if job.data.path_url is None:
+            raw = [client.submit(parts.read_shard, p, workers=[workers[i % len(workers)]],
+                                 allow_other_workers=True, pure=False) for i, p in enumerate(paths)]
+            _check(raw, "load", paths, bar=True)
+        else:
+            raw = shards
         timings["load"] = time.perf_counter() - t0
         say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
 
-        # clean: drop rows without text or label, assign the split, clean
+        # clean: drop rows without text or label, assign the split, clean (partition i on
+        # worker i mod W, where the training groups it)
         t0 = time.perf_counter()
-        cleaned = client.map(parts.clean_part, raw, clean_params=clean_params,
-                             split_params=split_params, pure=False)
+        cleaned = [client.submit(parts.clean_part, r, clean_params=clean_params,
+                                 split_params=split_params, pure=False,
+                                 workers=[workers[i % len(workers)]], allow_other_workers=True)
+                   for i, r in enumerate(raw)]
         _check(cleaned, "clean", paths, bar=True)
         stats_f = client.map(parts.part_stats, cleaned, pure=False)
         _check(stats_f, "clean", paths)
@@ -245,7 +265,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     else:
         # load and clean in one task per shard that returns only the counts (no data kept)
         t0 = time.perf_counter()
-        stats_f = client.map(parts.shard_stats, paths, clean_params=clean_params,
+        stats_f = client.map(parts.shard_stats, shards, clean_params=clean_params,
                              split_params=split_params, pure=False)
         _check(stats_f, "load and clean", paths, bar=True)
         stats = client.gather(stats_f)
@@ -315,10 +335,10 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     else:
         load_params = {"clean": clean_params, "split": split_params,
                        "vectorizer": vectorizer_params}
-        source = _Parts(client, paths=paths, load_params=load_params)
+        source = _Parts(client, paths=shards, load_params=load_params)
         if vectorizer_params.get("tfidf"):
             _, idf = _tfidf(client, source, vectorizer_params["norm"], paths, apply=False)
-            source = _Parts(client, paths=paths, load_params=load_params, idf=idf)
+            source = _Parts(client, paths=shards, load_params=load_params, idf=idf)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
         f"ngrams {tuple(vectorizer_params['ngram_range'])}"
@@ -347,7 +367,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     t0 = time.perf_counter()
     clf = fitted.result()
     idf_weights = None if idf is None else idf.result()
-    _release([*source.futures(), fitted, *([idf] if idf is not None else [])])
+    _release([*source.futures(), fitted, *([idf] if idf is not None else []),
+              *(f for f in shards if isinstance(f, Future))])
     model = {
         **model_stamp(),
         "vectorizer": vectorizer_params,
@@ -382,6 +403,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         "params": {"clean": clean_params, "features": vectorizer_params,
                    "split": split_params, "model": _json_safe(model_params)},
     }
+    metrics.update(extra)
     if search is not None:
         metrics["search"] = search
     if warnings:

@@ -1,6 +1,6 @@
-"""Control side: fetch a ``files`` source given as a URL into the local cache, then read it as
-a file. ``http(s)://`` with the standard library; ``s3://bucket/key`` with boto3, an optional
-extra (``pip install 'daskfleet[s3]'``) imported only when an s3 URL is used.
+"""Control side: fetch a ``files`` source given as an http(s) URL into the local cache, then
+read it as a file (standard library only). An ``s3://`` URL is never fetched here: the workers
+read it where it lives (runner.batch.store).
 
 A download lands under a temporary name beside its target and is renamed when complete, so a
 broken transfer never looks like a file.
@@ -18,9 +18,8 @@ from pathlib import Path
 
 from runner.errors import BatchError
 
-SCHEMES = ("http", "https", "s3")
+SCHEMES = ("http", "https")
 TIMEOUT_S = 60
-S3_HINT = "reading s3:// URLs needs boto3: pip install 'daskfleet[s3]' (or pip install boto3)"
 
 
 def is_url(value: str) -> bool:
@@ -42,10 +41,7 @@ def fetch(url: str, folder: Path) -> Path:
     dest = folder / url_file_name(url)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        if urllib.parse.urlsplit(url).scheme == "s3":
-            _fetch_s3(url, tmp)
-        else:
-            _fetch_http(url, tmp)
+        _fetch_http(url, tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -63,18 +59,3 @@ def _fetch_http(url: str, tmp: Path) -> None:
         reason = getattr(e, "reason", e)
         raise BatchError(f"{url}: download failed: {reason}") from e
 
-
-def _fetch_s3(url: str, tmp: Path) -> None:
-    try:
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:
-        raise BatchError(f"{url}: {S3_HINT}") from None
-    parts = urllib.parse.urlsplit(url)
-    bucket, key = parts.netloc, parts.path.lstrip("/")
-    if not bucket or not key:
-        raise BatchError(f"{url}: an s3 URL names a bucket and a key: s3://bucket/path/file.csv")
-    try:
-        boto3.client("s3").download_file(bucket, key, str(tmp))
-    except (BotoCoreError, ClientError) as e:
-        raise BatchError(f"{url}: download failed: {e}") from e

@@ -100,29 +100,36 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
         client = _client(cluster)
         cluster.check_versions()
         say("versions match on client, scheduler and workers")
-        t = time.monotonic()
-        dataset = prepare_dataset(job, datasets_cache())
-        say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in {len(dataset.files)} "
-            f"shards ({time.monotonic() - t:.1f}s)")
-        for note in dataset.notes:
-            say(f"warning: {note}")
-        ship_dataset = getattr(cluster, "ship_dataset", None)
-        if ship_dataset is not None:
-            ship_dataset(dataset, say)
-        else:
-            ship_over_ssh(cluster, dataset, say)
+        dataset = None
+        if job.data.path_url is None:  # else the workers read it where it lives
+            t = time.monotonic()
+            dataset = prepare_dataset(job, datasets_cache())
+            say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
+                f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
+            for note in dataset.notes:
+                say(f"warning: {note}")
+            ship_dataset = getattr(cluster, "ship_dataset", None)
+            if ship_dataset is not None:
+                ship_dataset(dataset, say)
+            else:
+                ship_over_ssh(cluster, dataset, say)
     except (DaskfleetError, KeyboardInterrupt) as e:
         write_failed_run(run_dir, {"run_id": run_id, "job": job.name, "started_at": started_at,
                                    "run_dir": str(run_dir),
                                    "duration_s": round(time.monotonic() - t0, 3)}, e, lines)
         runs.record_run_dir(runs_dir, run_dir)
         raise
-    shard_paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+    shard_paths = [] if dataset is None else \
+        [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
     context = {"run_id": run_id, "job": str(job_path), "job_path": str(Path(job_path).resolve()),
                "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),
-               "scheduler": client.scheduler.address, "dataset": dataset.digest,
-               "dataset_rows": dataset.rows, "skipped_files": list(dataset.skipped)}
+               "scheduler": client.scheduler.address}
+    if dataset is None:
+        context["data"] = job.data.path_url
+    else:
+        context.update(dataset=dataset.digest, dataset_rows=dataset.rows,
+                       skipped_files=list(dataset.skipped))
     watch = RunWatch(client, str(getattr(cluster.spec, "source", None) or cluster.spec.name),
                      _scheduler_host(cluster), n_features=job.features.n_features,
                      job_path=str(job_path))

@@ -131,7 +131,17 @@ class Lab:
             "hosts": [row(h) for h in self.hosts()]
                      + [row(h) for h in (self.instance_hosts() if cloud else [])],
             "cloud": cloud,
+            "object_store": self._store_status(),
         }
+
+    def _store_status(self) -> dict | None:
+        from runner.lab import objectstore
+
+        record = self.object_store()
+        if not record:
+            return None
+        return {"endpoint": record["endpoint"], "region": record["region"],
+                "credentials": record["credentials"], "up": objectstore.alive(record)}
 
     # -- bring-up ---------------------------------------------------------------------------
     def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
@@ -151,6 +161,7 @@ class Lab:
             hosts = self._reuse(data, n_hosts if (explicit or not cloud) else None, user, progress)
         else:
             hosts = self._fresh(n_hosts, user or "root", progress)
+        self._object_store(region, progress)
         if cloud:
             from runner.lab.ec2 import start_cloud
 
@@ -177,6 +188,26 @@ class Lab:
                         self._write({**self._data(), "cloud": None})
                     raise
         return hosts
+
+    def _object_store(self, region: str, progress) -> None:
+        """The lab's object store (runner.lab.objectstore): started with the lab, started again
+        when a reused lab's store is down (its objects are gone then: they live in memory)."""
+        from runner.lab import objectstore
+
+        data = self._data()
+        record = data.get("object_store")
+        if objectstore.alive(record):
+            progress(f"lab: reusing the running object store at {record['endpoint']}")
+            return
+        if record:
+            progress("lab: the object store was down; starting it again (empty)")
+            stop_host(objectstore.NETNS, objectstore.LINK)
+        data["object_store"] = objectstore.start(self.state_dir / "objectstore", region, progress)
+        self._write(data)
+
+    def object_store(self) -> dict | None:
+        data = self._data()
+        return data.get("object_store") if data else None
 
     def _reuse(self, data: dict, n_hosts: int | None, user: str | None, progress) -> list[LabHost]:
         existing = [LabHost(**h) for h in data["hosts"]]

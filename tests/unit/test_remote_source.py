@@ -1,10 +1,9 @@
-"""`files` sources given as URLs: http(s) against a loopback server, s3 without boto3."""
+"""`files` sources given as http(s) URLs, against a loopback server."""
 
 from __future__ import annotations
 
 import functools
 import http.server
-import sys
 import threading
 
 import pandas as pd
@@ -59,13 +58,6 @@ def test_http_errors_name_the_url(tmp_path, server):
     with pytest.raises(BatchError, match=rf"{base}/absent.csv: download failed: HTTP 404"):
         fetch(f"{base}/absent.csv", tmp_path / "downloads")
     assert not list((tmp_path / "downloads").iterdir())  # nothing half-written
-
-
-def test_s3_without_boto3_gives_the_install_hint(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "boto3", None)
-    with pytest.raises(BatchError, match=r"s3://bucket/data.csv: reading s3:// URLs needs boto3: "
-                                         r"pip install 'daskfleet\[s3\]'"):
-        fetch("s3://bucket/data.csv", tmp_path)
 
 
 @pytest.mark.parametrize(("data", "words"), [
