@@ -162,6 +162,20 @@ def cmd_submit(args) -> int:
     from runner.jobs.submit import submit
 
     spec = _ephemeral_spec(args)
+    if args.detach:
+        if spec is not None:
+            from runner.errors import ConfigError
+
+            raise ConfigError(f"{args.cluster}: --detach needs a long-lived cluster; an "
+                              "ephemeral one lives as long as its submit")
+        from runner.jobs.detached import submit_detached
+
+        with _cluster(args) as cluster:
+            run_id = submit_detached(cluster, Path(args.job), Path(args.runs_dir), progress=_say)
+        _say(f"run {run_id} queued on the cluster; `daskfleet runs` lists it, `daskfleet runs "
+             f"logs {run_id} -f` follows it, `daskfleet runs wait {run_id}` waits for it")
+        print(run_id)
+        return 0
     if spec is not None:
         from runner.ephemeral.run import submit_ephemeral
 
@@ -278,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     restart.add_argument("host")
     cut = labsub.add_parser("cut", help="cut a lab host's link (packets dropped both ways; its "
                                         "processes keep running)")
-    cut.add_argument("host")
+    cut.add_argument("host", help="a lab host, or `control`: this machine's own link to the lab")
     heal = labsub.add_parser("heal", help="restore a lab host's link after `lab cut`")
     heal.add_argument("host")
     lab.set_defaults(func=cmd_lab)
@@ -313,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     sm = with_cluster(sub.add_parser("submit", help="run a batch job on the cluster"))
     sm.add_argument("job", help="job file (jobs/*.yaml)")
     sm.add_argument("--runs-dir", default="runs")
+    sm.add_argument("--detach", action="store_true",
+                    help="run the job's driver on the scheduler's host and return at once "
+                         "(prints the run id)")
     sm.set_defaults(func=cmd_submit)
     sc = with_cluster(sub.add_parser("scale", help="run N workers across the hosts"))
     sc.add_argument("n", type=int)

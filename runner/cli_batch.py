@@ -1,4 +1,4 @@
-"""CLI commands of the batch side: `daskfleet runs`, `runs show ID`, `predict`.
+"""CLI commands of the batch side: `daskfleet runs`, `runs show|wait|cancel|logs ID`, `predict`.
 
 runner.cli calls ``add_commands(sub)``; the handlers raise project exceptions and runner.cli's
 main() turns them into exit codes.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from runner.errors import DaskfleetError
 
 DEFAULT_CLUSTER = "clusters/lab.yaml"
 
@@ -42,7 +44,19 @@ def cmd_runs(args) -> int:
         for f in details["files"]:
             print(f"  {f}")
         return 0
+    if args.runs_cmd in ("wait", "cancel", "logs"):
+        return _detached(args, runs_dir)
     rows = runs.list_runs(runs_dir)
+    for i, r in enumerate(rows):  # detached runs not ended yet: ask their cluster
+        if r["status"] not in FINAL:
+            from runner.jobs import detached
+
+            try:
+                now = detached.refresh(runs_dir, r["id"])
+                rows[i] = {**r, **(runs.get_run(runs_dir, r["id"]) if now["status"] in FINAL
+                                   else {"status": _queued(now)})}
+            except DaskfleetError as e:
+                rows[i] = {**r, "status": "unknown", "error": str(e)}
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -53,6 +67,36 @@ def cmd_runs(args) -> int:
               f"{_fmt(r['macro_f1'], '.4f'):>8} {_fmt(r['duration_s'], '.1f') + 's':>9} "
               f"{_fmt(r['n_workers']):>7} {r['started_at'] or '-'}")
     return 0
+
+
+FINAL = ("succeeded", "failed", "cancelled", "lost")
+
+
+def _queued(status: dict) -> str:
+    ahead = status.get("ahead")
+    return f"queued ({len(ahead)} ahead)" if status["status"] == "queued" and ahead \
+        else status["status"]
+
+
+def _detached(args, runs_dir: Path) -> int:
+    from runner.jobs import detached
+
+    if args.runs_cmd == "logs":
+        detached.logs(runs_dir, args.id, args.cluster, follow=args.follow)
+        return 0
+    if args.runs_cmd == "cancel":
+        status = detached.cancel(runs_dir, args.id, args.cluster)
+    else:
+        status = detached.wait(runs_dir, args.id, args.cluster, progress=print,
+                               timeout=args.timeout)
+    line = f"run {args.id}: {status['status']}"
+    if status.get("accuracy") is not None:
+        line += f", accuracy {status['accuracy']:.4f}, macro-F1 {status['macro_f1']:.4f}"
+    if status.get("error"):
+        line += f": {status['error']}"
+    print(line)
+    print(f"folder: {status.get('run_dir')}")
+    return {"succeeded": 0, "cancelled": 130}.get(status["status"], 1)
 
 
 def cmd_predict(args) -> int:
@@ -87,6 +131,18 @@ def add_commands(sub) -> None:
     show.add_argument("id", help="run id (or a unique prefix of it)")
     show.add_argument("--runs-dir", default=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    for name, what in (("wait", "wait for a detached run; exit 0 if it succeeded"),
+                       ("cancel", "stop a detached run (recorded cancelled)"),
+                       ("logs", "a detached run's driver log")):
+        sp = rsub.add_parser(name, help=what)
+        sp.add_argument("id", help="run id")
+        sp.add_argument("-c", "--cluster", default=None,
+                        help="cluster file (for a run submitted from another machine)")
+        sp.add_argument("--runs-dir", default=argparse.SUPPRESS)
+        if name == "logs":
+            sp.add_argument("-f", "--follow", action="store_true")
+        if name == "wait":
+            sp.add_argument("--timeout", type=float, default=None, help="seconds")
     r.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("predict", help="batch inference with a saved model on the cluster")

@@ -206,6 +206,8 @@ class ClusterSpec(_Strict):
     # Environment variables for Terraform only (a provider endpoint, test credentials, a CLI
     # config with a provider mirror); they override the shell's.
     environment: dict[str, str] = {}
+    # detached runs (`submit --detach`) at once; the others wait in the scheduler host's queue
+    max_running_jobs: Annotated[int, Field(ge=1, le=64)] = 1
     min_workers: Annotated[int | None, Field(ge=1, description=(
         "the fewest workers a degraded start may have; leave it out to need them all"))] = None
     # Where the file came from: relative paths in it are resolved against its folder.

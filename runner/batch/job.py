@@ -100,6 +100,8 @@ class DataSpec(_Model):
             return None
         base = Path((info.context or {}).get("base_dir", "."))
         path = base / value.expanduser()
+        if not (info.context or {}).get("check_paths", True):
+            return path  # a detached run's driver: the data was prepared where the job was sent
         if is_glob(path):
             path = Path(os.path.abspath(path))
             if not any(Path(p).is_file() for p in glob.glob(str(path), recursive=True)):
@@ -434,8 +436,10 @@ def _describe(error: dict) -> str:
     return f"{'.'.join(loc) or '(top level)'}: {message}{hint}"
 
 
-def load_job(path: str | Path) -> JobSpec:
-    """Read and validate a job file; any problem is one ConfigError naming the file and key."""
+def load_job(path: str | Path, check_paths: bool = True) -> JobSpec:
+    """Read and validate a job file; any problem is one ConfigError naming the file and key.
+    ``check_paths=False``: data.path need not exist here (a detached run's driver, on the
+    scheduler's host, runs over the shards the submitting machine prepared and shipped)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -456,7 +460,8 @@ def load_job(path: str | Path) -> JobSpec:
             f"got {type(raw).__name__}"
         )
     try:
-        return JobSpec.model_validate(raw, context={"base_dir": path.resolve().parent})
+        return JobSpec.model_validate(raw, context={"base_dir": path.resolve().parent,
+                                                    "check_paths": check_paths})
     except ValidationError as e:
         errors = e.errors()
         # an unknown key next to a missing one at the same level is most likely a typo of it:

@@ -65,6 +65,9 @@ def filesystem(url: str, options: dict | None):
             kwargs["session_token"] = str(options["token"])
     if options.get("region"):
         kwargs["region"] = str(options["region"])
+    elif options.get("endpoint_url"):
+        # an S3-compatible store: no region to look up (the SDK would ask the instance metadata)
+        kwargs["region"] = "us-east-1"
     endpoint = options.get("endpoint_url")
     if endpoint:
         e = urllib.parse.urlsplit(str(endpoint))

@@ -36,6 +36,7 @@ from runner.lab.machine import (
     boot_host,
     check_prerequisites,
     check_user_name,
+    control_cut_ruleset,
     cut_ruleset,
     has_cut_table,
     kill_netns_processes,
@@ -49,6 +50,8 @@ from runner.lab.machine import (
     run,
     stop_host,
 )
+
+CONTROL = "control"  # `lab cut control`: the control machine's own link
 
 
 class Lab:
@@ -327,7 +330,11 @@ class Lab:
 
     def cut(self, name: str) -> None:
         """Cut the host's link: every packet in or out of it is dropped (loopback excepted), its
-        processes keep running. Peers see silence, not a refusal: their connections time out."""
+        processes keep running. Peers see silence, not a refusal: their connections time out.
+        ``control``: this machine's own link to the lab (the hosts keep talking to each other)."""
+        if name == CONTROL:
+            run(["nft", "-f", "-"], input=control_cut_ruleset())
+            return
         host = self._get(name)
         self._check_running(host, "cut")
         nft_apply(host.netns, cut_ruleset())
@@ -335,6 +342,11 @@ class Lab:
     def heal(self, name: str) -> bool:
         """Undo `cut`; returns whether the link was cut. Connections that outlived the cut go on
         (TCP retransmits); those that timed out meanwhile are gone."""
+        if name == CONTROL:
+            if not has_cut_table(run(["nft", "list", "tables"], check=False).stdout):
+                return False
+            run(["nft", "delete", "table", "inet", CUT_TABLE])
+            return True
         host = self._get(name)
         self._check_running(host, "heal")
         if not self.is_cut(host):
@@ -375,6 +387,8 @@ class Lab:
             run(["ip", "link", "del", link], check=False)
         if link_exists(BRIDGE):
             run(["ip", "link", "del", BRIDGE], check=False)
+        if shutil.which("nft"):  # a `lab cut control` left in place
+            run(["nft", "delete", "table", "inet", CUT_TABLE], check=False)
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir)
         what = [f"{len(names)} hosts removed"] if names else []

@@ -211,6 +211,27 @@ def cut_ruleset() -> str:
     ])
 
 
+def control_cut_ruleset() -> str:
+    """`lab cut control`: the control machine's own link to the lab (its address on the bridge)
+    cut, in the machine's namespace. Only packets to and from this machine's stack: traffic
+    between the hosts is bridged, never seen by these hooks, so the cluster runs on."""
+    return "\n".join([
+        f"table inet {CUT_TABLE}",
+        f"delete table inet {CUT_TABLE}",
+        f"table inet {CUT_TABLE} {{",
+        "  chain input {",
+        "    type filter hook input priority -400;",
+        f'    iifname "{BRIDGE}" drop',
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority -400;",
+        f'    oifname "{BRIDGE}" drop',
+        "  }",
+        "}",
+        "",
+    ])
+
+
 def has_cut_table(nft_list_tables: str) -> bool:
     """Whether `nft list tables` output names the cut table."""
     return f"table inet {CUT_TABLE}" in {line.strip() for line in nft_list_tables.splitlines()}

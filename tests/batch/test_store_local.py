@@ -112,6 +112,7 @@ def test_credentials_from_the_standard_environment_variables(client, store, tmp_
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", store["key"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", store["secret"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", store["endpoint"])
+    monkeypatch.setenv("AWS_REGION", store["region"])
     job = load_job(_job(tmp_path, "s3://corpus/sorted/*.csv", None,
                         limit=3000))
     metrics = run_job(client, job, None, tmp_path / "run", progress=lambda _: None)

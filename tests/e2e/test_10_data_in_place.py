@@ -1,0 +1,77 @@
+"""A corpus in the lab's object store (an S3 API on a lab host of its own), read by the workers
+of the lab cluster: nothing of it passes through the control machine."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner.batch.synthetic import generate
+from runner.cluster import Cluster
+from runner.cluster.ssh import connect
+from runner.jobs.ship import DATA_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
+BRIDGE_TX = Path("/sys/class/net/dflab0/statistics/tx_bytes")
+
+pytestmark = pytest.mark.e2e
+
+
+def _data_dirs() -> dict[str, str]:
+    """What each worker host holds under the shipped-datasets folder."""
+    seen = {}
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        for host in cluster.hosts():
+            with connect(host, cluster.ssh()) as c:
+                seen[host.name] = c.run(f"ls -1 {DATA_DIR} 2>/dev/null || true",
+                                        warn=True).stdout
+    return seen
+
+
+def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli, workdir):
+    import boto3
+
+    st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
+    assert st["endpoint"] == "http://198.18.0.5:9000" and st["up"] is True
+    creds = json.loads(Path(st["credentials"]).read_text())
+    s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
+                      aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
+    s3.create_bucket(Bucket="team-corpora")
+    docs = pd.DataFrame(list(generate(60_000, 6, 4000, 40, 0.05, 11)), columns=["text", "label"])
+    corpus_bytes = 0
+    for label, group in docs.groupby("label"):  # stored label by label, as a team's export is
+        body = group.to_parquet(index=False)
+        corpus_bytes += len(body)
+        s3.put_object(Bucket="team-corpora", Key=f"reviews/{label}.parquet", Body=body)
+
+    job = workdir / "in-place.yaml"
+    job.write_text("name: in-place\ndata:\n  source: files\n"
+                   "  path: s3://team-corpora/reviews/*.parquet\n"
+                   "features: {n_features: 65536}\nmodel: {kind: sgd, epochs: 3}\n")
+    before_dirs = _data_dirs()
+    env = {**cli.env, "AWS_ACCESS_KEY_ID": creds["key"], "AWS_SECRET_ACCESS_KEY": creds["secret"],
+           "AWS_ENDPOINT_URL": st["endpoint"], "AWS_REGION": st["region"]}
+    sent_before = int(BRIDGE_TX.read_text())
+    proc = type(cli)(cli.workdir, env)("submit", str(job), "-c", str(LAB_CLUSTER), timeout=600)
+    sent = int(BRIDGE_TX.read_text()) - sent_before
+    out = proc.stdout + proc.stderr
+    assert "read by the workers" in out and "shipped" not in out, out
+    run_id = re.search(r"run (\S+)", out)
+    run_dir = max((workdir / "runs").glob("*-in-place-*"), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["rows"] == 60_000 and metrics["data_objects"] == 6
+    assert metrics["n_workers"] == 2 and metrics["accuracy"] > 0.8, (run_id, metrics["accuracy"])
+    # the corpus went from the store to the workers: the control machine sent only the task
+    # graph and the cluster's chatter (it sends corpus x hosts when it ships a local corpus)
+    print(f"control machine sent {sent:,} bytes for a corpus of {corpus_bytes:,} bytes "
+          f"({100 * sent / corpus_bytes:.2f} %)")
+    assert sent < corpus_bytes / 10, (sent, corpus_bytes)
+    assert _data_dirs() == before_dirs  # nothing was shipped to the workers' disks
+    assert creds["secret"] not in "".join(p.read_text(errors="replace")
+                                          for p in run_dir.rglob("*") if p.is_file()
+                                          and p.suffix in (".json", ".log", ".yaml", ".html"))
