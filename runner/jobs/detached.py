@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import tarfile
 import tempfile
 import time
@@ -140,9 +141,11 @@ def _start(host, ssh, where: Where, files: dict[str, str]) -> None:
         finally:
             c.run(f"rm -rf {shlex.quote(staging)}", warn=True, hide=True)
         assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        c.run(as_dask(host, f"cd {folder} && {assign} setsid "
+        # only the driver goes to the background (braces: `a && b &` would background the
+        # whole list, whose shell keeps the SSH channel open until the run ends)
+        c.run(as_dask(host, f"cd {folder} && {{ {assign} setsid "
                             f"{shlex.join([where.python, '-m', MODULE, where.folder])} "
-                            f">> {folder}/{LOG} 2>&1 < /dev/null &"), hide=True)
+                            f">> {folder}/{LOG} 2>&1 < /dev/null & }}"), hide=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             state = _node_status(c, host, where)
@@ -290,4 +293,5 @@ def logs(runs_dir: Path, run_id: str, cluster_file: str | None = None,
     else:
         script = f"cat {log}"
     with cluster, connect(host, cluster.ssh()) as c:
-        c.run(as_dask(host, script), warn=True)
+        # streamed as it comes (the SSH settings hide output by default)
+        c.run(as_dask(host, script), warn=True, hide=False, out_stream=sys.stdout)

@@ -69,13 +69,14 @@ def ahead_of(folder: Path) -> list[str]:
     mine = _read_json(folder / STATE) or {}
     key = (mine.get("queued_at", 0.0), folder.name)
     ahead = []
-    for other in sorted(folder.parent.iterdir()):
+    for other in folder.parent.iterdir():
         if other == folder or not other.is_dir() or finished(other):
             continue
         state = _read_json(other / STATE) or {}
-        if (state.get("queued_at", 0.0), other.name) < key and driver_alive(other):
-            ahead.append(other.name)
-    return ahead
+        mark = (state.get("queued_at", 0.0), other.name)
+        if mark < key and driver_alive(other):
+            ahead.append(mark)
+    return [name for _, name in sorted(ahead)]
 
 
 def describe(folder: Path) -> dict:
