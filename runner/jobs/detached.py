@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from runner.cluster.processes import DASK_CONFIG, ENV_LINK, PYCACHE_DIR, as_dask
 from runner.cluster.ssh import connect
 from runner.errors import BatchError, ClusterStartError
 from runner.jobs import runs
-from runner.jobs.driver import LOG, MODULE, REQUEST, RESULT, SECRETS, run_folder
+from runner.jobs.driver import CODE, LOG, MODULE, REQUEST, RESULT, SECRETS, run_folder
 
 FINAL = ("succeeded", "failed", "cancelled", "lost")
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -50,8 +51,10 @@ class Where:
         return f"{ENV_LINK.format(cluster=self.cluster)}/bin/python"
 
     def node(self, flag: str) -> str:
-        """Shell: the node side's `--status`, `--cancel` or `--pid` of this run."""
-        return shlex.join([self.python, "-m", MODULE, flag, self.folder])
+        """Shell: the node side's `--status`, `--cancel` or `--pid` of this run, in the code the
+        run was submitted with."""
+        return shlex.join(["env", f"PYTHONPATH={self.folder}/{CODE}", self.python, "-m", MODULE,
+                           flag, self.folder])
 
 
 # -- submit ----------------------------------------------------------------------------------
@@ -61,7 +64,6 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
     from runner.batch import load_job, prepare_dataset
     from runner.jobs.ship import remote_dir
     from runner.jobs.submit import datasets_cache, new_run_id, ship_over_ssh
-    from runner.provision.lock import project_digest
 
     job = load_job(job_path)
     run_id = new_run_id(job.name)
@@ -69,14 +71,7 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
     where = Where(str(Path(cluster.spec.source).resolve()), cluster.spec.name, host.name,
                   run_folder(cluster.spec.name, run_id))
     ssh = cluster.ssh()
-    with connect(host, ssh) as c:
-        lock = c.run(privileged(host, f"cat {ENV_LINK.format(cluster=where.cluster)}"
-                                      "/daskfleet-lock.txt"), warn=True, hide=True).stdout
-    if project_digest() not in lock:
-        raise ClusterStartError(
-            f"cluster {cluster.spec.name}: {host.name} runs other daskfleet code than this "
-            f"checkout (a detached run's driver runs the cluster's own); run `daskfleet up -c "
-            f"{cluster.spec.source}` to install this one, then submit again")
+    cluster.check_versions()  # the workers run the tasks this checkout's driver submits
     shard_paths: list[str] = []
     context = {"run_id": run_id, "job": str(job_path), "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),
@@ -98,10 +93,12 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
                "scheduler_host": host.name, "cluster_source": str(cluster.spec.source),
                "max_running": cluster.spec.max_running_jobs, "shard_paths": shard_paths,
                "context": context}
-    files = {REQUEST: json.dumps(request, indent=2), "job.yaml": Path(job_path).read_text()}
+    files = {REQUEST: json.dumps(request, indent=2).encode(),
+             "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}
     secrets = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
     if secrets and job.data.path_url is not None:
-        files[SECRETS] = json.dumps(secrets)  # 0600, read and removed by the driver at its start
+        # 0600, read and removed by the driver at its start
+        files[SECRETS] = json.dumps(secrets).encode()
     _start(host, ssh, where, files)
     local = Path(runs_dir).resolve() / run_id
     local.mkdir(parents=True)
@@ -112,6 +109,18 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
     return run_id
 
 
+def code_archive() -> bytes:
+    """This checkout's runner package as a zip: the driver runs it (on its PYTHONPATH, ahead
+    of the environment's copy), so a detached run runs the code it was submitted with, as an
+    attached one does, and editing the driver's code reinstalls nothing on the nodes."""
+    root = Path(__file__).resolve().parents[1]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(root.rglob("*.py")):
+            z.write(path, str(Path("runner") / path.relative_to(root)))
+    return buf.getvalue()
+
+
 def _scheduler(cluster):
     try:
         return next(h for h in cluster.hosts() if h.role == "scheduler")
@@ -120,17 +129,17 @@ def _scheduler(cluster):
                                 f"`daskfleet up -c {cluster.spec.source}` first") from None
 
 
-def _start(host, ssh, where: Where, files: dict[str, str]) -> None:
+def _start(host, ssh, where: Where, files: dict[str, bytes]) -> None:
     """Put the files in the run's folder (the dask user's, 0600) and start the driver in its
     own session; wait until it has recorded itself."""
     folder = shlex.quote(where.folder)
     env = {"DASK_CONFIG": DASK_CONFIG.format(cluster=where.cluster),
-           "PYTHONPYCACHEPREFIX": PYCACHE_DIR}
+           "PYTHONPYCACHEPREFIX": PYCACHE_DIR, "PYTHONPATH": f"{where.folder}/{CODE}"}
     with connect(host, ssh) as c:
         staging = c.run("mktemp -d /tmp/daskfleet-run-XXXXXX", hide=True).stdout.strip()
         try:
-            for name, text in files.items():
-                c.put(io.BytesIO(text.encode()), f"{staging}/{name}")
+            for name, data in files.items():
+                c.put(io.BytesIO(data), f"{staging}/{name}")
             installs = " && ".join(
                 f"install -o dask -g dask -m 0600 {shlex.quote(staging + '/' + n)} {folder}/{n}"
                 for n in files)

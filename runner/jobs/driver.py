@@ -1,6 +1,7 @@
 """A detached run's driver, on the scheduler's host (`daskfleet submit --detach`).
 
-It runs as the cluster's `dask` user, in the cluster's environment, in its own session (setsid),
+It runs as the cluster's `dask` user, in the cluster's environment, with the submitting
+checkout's own runner package (``runner.zip``, first on its path), in its own session (setsid),
 so it outlives the SSH session that started it and any control machine. Its folder,
 ``RUNS_ROOT/<cluster>/<run id>/``, holds what the control machine sent (``request.json``,
 ``job.yaml``) and what it makes: ``state.json`` (queued or running, its pid), ``driver.log``
@@ -25,6 +26,7 @@ from pathlib import Path
 RUNS_ROOT = "/var/lib/daskfleet/runs"
 REQUEST, STATE, RESULT, LOG, SECRETS = ("request.json", "state.json", "result", "driver.log",
                                         "secrets.json")
+CODE = "runner.zip"  # the submitting checkout's runner package, on the driver's PYTHONPATH
 MODULE = "runner.jobs.driver"
 QUEUE_POLL_S = 1.0
 

@@ -23,7 +23,8 @@ from runner.errors import ProvisionError
 WORKER_ROOTS = (
     "dask[dataframe]", "distributed", "scikit-learn", "dask-ml", "pandas", "pyarrow", "numpy",
     "scipy", "joblib", "bokeh", "snowballstemmer",
-    # a detached run's driver (runner.jobs.driver) reads the job file on the scheduler's host
+    # a detached run's driver (runner.jobs.driver) reads the job file on the scheduler's host;
+    # its own code comes with the run (runner.jobs.detached), so editing it restarts nothing
     "pydantic", "pyyaml",
 )
 PROJECT = "daskfleet"
@@ -89,7 +90,7 @@ def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict
 NODE_ENTRY_MODULES = (
     "runner.batch.parts", "runner.batch.train", "runner.batch.evaluate",
     "runner.batch.naive_bayes", "runner.batch.features", "runner.batch.model",
-    "runner.batch.store", "runner.jobs.driver",
+    "runner.batch.store",
     "runner.cluster.nanny_wait",
 )
 
