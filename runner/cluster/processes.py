@@ -1,4 +1,5 @@
-"""Dask processes on remote hosts: started detached over SSH, tracked by pid files.
+"""Dask processes on remote hosts: started detached over SSH, tracked by pid files, kept
+running by the node's supervisor (crashes, reboots) until they are stopped on purpose.
 
 A scheduler and a worker differ only in the command they build. Each process runs in its own
 session (setsid), so stopping it stops its whole process group (a worker's nanny and its child).
@@ -8,6 +9,7 @@ login user is: root switches with runuser, any other login through `sudo -n`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -31,6 +33,10 @@ WORK_DIR = "/var/lib/daskfleet/work"
 PYCACHE_DIR = "/var/lib/daskfleet/pycache"
 STOP_GRACE_S = 10.0
 DASK_USER = "dask"
+# What the node's supervisor keeps running (playbooks/roles/dask_node/files/daskfleet-supervise):
+# one script per process, written by `start`, removed by `stop` before it stops the process.
+SUPERVISE_DIR = "/var/lib/daskfleet/supervise"
+LOCK_WAIT_S = 60
 
 State = Literal["running", "dead", "unreachable"]
 # Shell: the start time of $pid in clock ticks since boot (field 22 of /proc/<pid>/stat, read
@@ -99,6 +105,15 @@ class RemoteProcess:
     def pid_file(self) -> str:
         # Prefixed with the cluster, so two clusters sharing a host never mix up their processes.
         return f"{RUN_DIR}/{self.settings.cluster}-{self.name}.pid"
+
+    @property
+    def supervise_file(self) -> str:
+        return f"{SUPERVISE_DIR}/{self.settings.cluster}-{self.name}.sh"
+
+    @property
+    def lock_file(self) -> str:
+        # start and stop, by `up` or by the supervisor, one at a time per process
+        return f"{RUN_DIR}/{self.settings.cluster}-{self.name}.lock"
 
     @property
     def log_file(self) -> str:
@@ -201,12 +216,32 @@ class RemoteProcess:
                 f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
                 f"files_now={self._files_digest()}")
 
+    def _ensure_script(self) -> str:
+        """Bash, as the dask user: start the process unless it runs; print `running PID` or
+        `started PID`. The supervisor runs it every few seconds; `start` runs it once."""
+        return (self._ours() + " && { echo \"running $pid\"; exit 0; }; "
+                + self._start_script()
+                + f" && echo \"started $(cut -d' ' -f1 {self.pid_file})\"\n")
+
+    def _locked(self, script: str) -> str:
+        """Shell (as root): `script` run by bash as the dask user, holding the process's lock."""
+        return (f"install -d -o {DASK_USER} -g {DASK_USER} -m 0755 {RUN_DIR} && "
+                # -o: the process started under the lock must not inherit (and hold) it
+                f"flock -o -w {LOCK_WAIT_S} {self.lock_file} "
+                + shlex.join(["runuser", "-u", DASK_USER, "--", "bash", "-c", script]))
+
     def start(self, ssh: SSHSettings) -> int:
-        """Start detached and return the pid at once; whether it stays up is the caller's
+        """Hand the process to the node's supervisor (its script in SUPERVISE_DIR) and start it
+        unless it already runs; return the pid at once. Whether it stays up is the caller's
         readiness poll to find out (it checks liveness too, and reports the log if it died)."""
+        script = base64.b64encode(self._ensure_script().encode()).decode()
+        sup = self.supervise_file
         with connect(self.host, ssh) as c:
-            r = c.run(as_dask(self.host, self._start_script() + f" && cat {self.pid_file}"))
-        pid = r.stdout.split()[0] if r.stdout.split() else ""
+            r = c.run(privileged(self.host, (
+                f"mkdir -p {SUPERVISE_DIR} && echo {script} | base64 -d > {sup}.tmp && "
+                f"mv {sup}.tmp {sup} && " + self._locked(f"bash {sup}"))))
+        words = r.stdout.split()
+        pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
             raise ClusterStartError(
                 f"{self.host.name}: could not start {self.name}: {(r.stderr or r.stdout).strip()}")
@@ -236,7 +271,9 @@ class RemoteProcess:
         A pid file whose process has exited (or whose pid now belongs to another process) is
         removed and the process reported gone: a stale file never fails a stop."""
         with connect(self.host, ssh) as c:
-            r = c.run(as_dask(self.host, self._stop_script()))
+            # unsupervised first, so the supervisor never starts it again behind our back
+            r = c.run(privileged(self.host, f"rm -f {self.supervise_file} && "
+                                 + self._locked(self._stop_script())))
         if r.failed:
             raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
                                     f"{(r.stderr or r.stdout).strip() or f'exit status {r.exited}'}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from runner import state
 from runner.cluster import changes, readiness
 from runner.cluster.hosts import Host
-from runner.cluster.processes import RUN_DIR, ProcStatus, RemoteProcess
+from runner.cluster.processes import RUN_DIR, SUPERVISE_DIR, ProcStatus, RemoteProcess
 from runner.cluster.ssh import connect, fan_out, fan_out_items
 from runner.errors import ClusterStartError, DaskfleetError, HostError
 
@@ -37,14 +37,19 @@ def process_states(cluster: Cluster) -> dict[RemoteProcess, ProcStatus]:
 
 def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
     """What runs for this cluster on each reachable host, by its pid files (named after the
-    cluster): host -> process names. Unreachable hosts are left out."""
-    prefix = f"{cluster.spec.name}-"
-    cmd = f"cd {RUN_DIR} 2>/dev/null && ls -1 -- {shlex.quote(prefix)}*.pid 2>/dev/null; true"
+    cluster), and what the host's supervisor keeps running (its scripts: a process it is about
+    to start again after a reboot has no pid file yet): host -> process names. Unreachable
+    hosts are left out."""
+    prefix = shlex.quote(f"{cluster.spec.name}-")
+    cmd = (f"{{ cd {RUN_DIR} 2>/dev/null && ls -1 -- {prefix}*.pid; "
+           f"cd {SUPERVISE_DIR} 2>/dev/null && ls -1 -- {prefix}*.sh; }} 2>/dev/null; true")
 
     def names(h: Host) -> list[str]:
         with connect(h, cluster.ssh()) as c:
             out = c.run(cmd).stdout.split()
-        return [n.removeprefix(prefix).removesuffix(".pid") for n in out]
+        found = [n.removeprefix(f"{cluster.spec.name}-").removesuffix(".pid").removesuffix(".sh")
+                 for n in out]
+        return sorted(set(found), key=found.index)
 
     try:
         return fan_out(hosts, names, "listing the cluster's processes")

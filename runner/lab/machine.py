@@ -44,6 +44,9 @@ LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
 FIRST_UID = 1500
 # Written on the host's disk once user_data has run: a reboot does not run it again.
 FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
+# A lab host's init starts what is here at every boot (a real machine's systemd starts its
+# enabled units): playbooks/roles/dask_node puts the supervisor here on machines without systemd.
+BOOT_DIR = "/etc/daskfleet/boot.d"
 # `lab cut`: an nftables table of its own inside the host's namespace. Never the emulated EC2's
 # security-group table (runner.lab.instances.SG_TABLE): healing must not open what a group closes.
 CUT_TABLE = "daskfleet_cut"
@@ -334,6 +337,12 @@ def _init_script(spec: BootSpec, config: Path) -> str:
             f"  date -u +%FT%TZ > {FIRST_BOOT_MARKER}",
             "fi",
         ]
+    # The services enabled on this machine, as systemd starts enabled units at boot and starts
+    # them again when they die (Restart=always): what the playbooks put in BOOT_DIR.
+    lines.append(f"for s in {BOOT_DIR}/*; do [ -x \"$s\" ] || continue; "
+                 "setsid sh -c 'while :; do \"$0\"; sleep 2; done' \"$s\" >/dev/null 2>&1 "
+                 "< /dev/null & "
+                 "done")
     lines.append(f"exec {SSHD} -D -e -f {q(str(config))}")
     return "\n".join(lines)
 

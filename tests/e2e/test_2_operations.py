@@ -101,7 +101,25 @@ def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, cli
     assert "Registered to" not in out, out
 
 
-def test_a_killed_worker_is_reported_then_healed_by_up(lab_cluster, cli):
+def _until(cli, ok, what: str, timeout: float = 90) -> dict:
+    """Poll `status` until ``ok(status)``; fail naming ``what`` and the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rc, st = _status(cli)
+        if ok(rc, st):
+            return st
+        assert time.monotonic() < deadline, (what, rc, st)
+        time.sleep(1)
+
+
+def _supervisor_log(host_name: str) -> str:
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == host_name)
+        with connect(host, cluster.ssh()) as c:
+            return c.run("cat /var/log/daskfleet/supervisor.log", warn=True).stdout
+
+
+def test_a_killed_worker_is_started_again_by_its_hosts_supervisor(lab_cluster, cli):
     rc, before = _status(cli)
     assert rc == 0
     victim = next(w for w in before["workers"] if w["host"] == "lab3")
@@ -109,21 +127,15 @@ def test_a_killed_worker_is_reported_then_healed_by_up(lab_cluster, cli):
         host = next(h for h in cluster.hosts() if h.name == "lab3")
         with connect(host, cluster.ssh()) as c:
             c.run(f"kill -KILL -- -{victim['pid']}", warn=False)
-    deadline = time.monotonic() + 30
-    while True:  # the scheduler notices the lost worker within its timeouts
-        rc, st = _status(cli)
-        if rc != 0 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert rc == 1 and st["healthy"] is False
-    assert next(w for w in st["workers"] if w["host"] == "lab3")["state"] == "dead"
-    out = cli("up", "-c", str(LAB_CLUSTER)).stdout
-    assert f"started: {victim['name']}@lab3" in out, out
-    rc, after = _status(cli)
-    assert rc == 0, after
-    # the healthy worker was left alone
+    # no `up`: the host's supervisor starts it again, and it joins
+    st = _until(cli, lambda rc, st: rc == 0 and next(
+        w for w in st["workers"] if w["host"] == "lab3")["pid"] not in (None, victim["pid"]),
+        "the killed worker started again and joined")
+    assert f"lab-{victim['name']}: was not running; started" in _supervisor_log("lab3")
+    # the healthy worker was left alone, and `up` finds nothing to start
     keep = next(w for w in before["workers"] if w["host"] == "lab2")
-    assert next(w for w in after["workers"] if w["host"] == "lab2")["pid"] == keep["pid"]
+    assert next(w for w in st["workers"] if w["host"] == "lab2")["pid"] == keep["pid"]
+    assert "started: nothing (all running)" in cli("up", "-c", str(LAB_CLUSTER)).stdout
 
 
 def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
@@ -154,7 +166,7 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
     assert rc == 0 and sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
 
 
-def test_a_crashed_then_rebooted_host_is_healed_by_up(lab_cluster, cli):
+def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster, cli):
     cli("lab", "kill", "lab3")  # every process of lab3 dies at once
     rc, st = _status(cli)
     assert rc == 1
@@ -166,13 +178,11 @@ def test_a_crashed_then_rebooted_host_is_healed_by_up(lab_cluster, cli):
         joined = cluster.client().scheduler_info(n_workers=-1)["workers"].values()
         assert sorted(w["name"] for w in joined) == ["lab2-w0", "lab2-w1"]
     cli("lab", "restart", "lab3")  # back, with its disks, without its processes
-    rc, st = _status(cli)
-    assert rc == 1 and next(w for w in st["workers"] if w["host"] == "lab3")["state"] == "dead"
+    # its supervisor, started at boot, starts its worker again: no `up`
+    st = _until(cli, lambda rc, st: rc == 0, "lab3's worker back after the reboot")
+    assert sorted(w["name"] for w in st["workers"]) == ["lab2-w0", "lab2-w1", "lab3-w0"]
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
-    assert "started: lab3-w0@lab3" in out, out
-    assert "changed=0" in out  # its environment survived the reboot on its disk
-    rc, st = _status(cli)
-    assert rc == 0, st
+    assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))
     rc, st = _status(cli)
     assert rc == 0 and sorted(w["name"] for w in st["workers"]) == ["lab2-w0", "lab3-w0"], st

@@ -5,8 +5,13 @@ makes it fail."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +128,43 @@ def test_status_reports_the_digests_the_process_started_with_and_the_files_now(f
     # the node files' digest as of now (none here: the digest of nothing), 16 hex digits
     assert len(fields["files_now"]) == 16 and fields["files_now"] != "0123abcd"
     assert fields["mem"] == "auto"
+
+
+def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(tmp_path,
+                                                                                monkeypatch):
+    """What the node's supervisor runs every few seconds (and `start` once): `started PID` when
+    the process was not running, `running PID` (and nothing started) when it is."""
+    for name in ("RUN_DIR", "WORK_DIR", "LOG_DIR"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(processes, name, str(tmp_path / name))
+    env = tmp_path / "clusters" / "{cluster}" / "current"
+    monkeypatch.setattr(processes, "ENV_LINK", str(env))
+    dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
+    dask.parent.mkdir(parents=True)
+    # a `dask` whose command line stays the worker's: the identity check reads it
+    dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
+                    "\"$0\" \"$@\"\n")
+    dask.chmod(0o755)
+    worker = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
+                           DaskSettings(cluster="lab"))
+
+    def ensure() -> tuple[str, int]:
+        out = subprocess.run(["bash", "-c", worker._ensure_script()], capture_output=True,
+                             text=True, timeout=30)
+        word, pid = out.stdout.split()[-2:]
+        return word, int(pid)
+
+    try:
+        first = ensure()
+        assert first[0] == "started"
+        assert ensure() == ("running", first[1])  # alive: left alone, nothing started
+        os.killpg(first[1], signal.SIGKILL)  # a crash
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{first[1]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        again = ensure()
+        assert again[0] == "started" and again[1] != first[1]
+    finally:
+        for line in (tmp_path / "RUN_DIR").glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)
