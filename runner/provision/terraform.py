@@ -29,7 +29,8 @@ def _binary() -> str:
     tf = shutil.which("terraform")
     if not tf:
         raise ProvisionError(
-            "terraform: not found on PATH. Install Terraform >= 1.5 "
+            "terraform: not found on PATH. Install Terraform >= 1.9 (>= 1.5 for the lab and "
+            "provider: hosts) "
             "(https://developer.hashicorp.com/terraform/install) and run the command again.")
     return tf
 
@@ -99,9 +100,43 @@ def _declared_addresses(workdir: Path) -> dict[str, str]:
         return {}
 
 
+def required_version(module: str) -> tuple[int, int]:
+    """The lowest Terraform the module declares (``required_version = ">= X.Y"``)."""
+    text = (MODULES / module / "versions.tf").read_text()
+    m = re.search(r'required_version\s*=\s*">=\s*(\d+)\.(\d+)', text)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def installed_version() -> str:
+    """The version of the `terraform` on the PATH (e.g. "1.11.2")."""
+    proc = subprocess.run([_binary(), "version", "-json"], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    try:
+        return json.loads(proc.stdout)["terraform_version"]
+    except (ValueError, KeyError, TypeError):
+        raise ProvisionError(f"terraform: `{_binary()} version -json` gave no version "
+                             f"({(proc.stderr or proc.stdout).strip()[:200]})") from None
+
+
+def check_version(module: str) -> None:
+    """Refuse a Terraform older than the module needs, before anything is planned or made
+    (Terraform itself would fail with a message about the module's source)."""
+    need = required_version(module)
+    have = installed_version()
+    parts = tuple(int(x) for x in re.findall(r"\d+", have)[:2])
+    if parts < need:
+        raise ProvisionError(
+            f"terraform {have} is too old for the {module} module, which needs Terraform >= "
+            f"{need[0]}.{need[1]} ({MODULES / module / 'versions.tf'}); install a newer one "
+            "(https://developer.hashicorp.com/terraform/install) and run the command again. "
+            "Nothing was created.")
+
+
 def write_root(workdir: Path, module: str, variables: dict, outputs: tuple[str, ...] = ()) -> None:
     """The root configuration: the provider's module with the cluster's variables, re-exporting
-    its `hosts` output and the provider's extra outputs (e.g. the image the VMs booted)."""
+    its `hosts` output and the provider's extra outputs (e.g. the image the VMs booted). Refuses a
+    Terraform older than the module needs."""
+    check_version(module)
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)  # the state holds generated host keys
     root = {

@@ -33,7 +33,7 @@ REQUIRED_VARS = {
 }
 # The locals each module's test root exposes as outputs.
 EXPOSED = {
-    "aws": ["architecture", "debian_image_name", "user_data"],
+    "aws": ["architecture", "debian_image_name", "user_data", "ebs_optimized"],
     "gcp": ["startup_script"],
     "azure": ["custom_data", "dask_ports"],
 }
@@ -258,3 +258,15 @@ def test_bad_contract_inputs_are_refused_by_name(module: str, tmp_path: Path):
     # And the defaults (no host keys, Dask's usual ports) pass.
     ok = evaluate(root, module, host_keys={"scheduler": key, "worker-1": key}, dask_ports=GOOD_PORTS)
     assert ok
+
+
+@pytest.mark.parametrize(("instance_type", "flag"), [
+    ("t2.micro", None),  # EC2 refuses ebs_optimized = true for t2
+    ("m3.medium", None),
+    ("t3.medium", True),
+    ("m6i.large", True),
+])
+def test_aws_asks_for_ebs_optimization_only_where_the_type_takes_it(aws_root: Path, instance_type,
+                                                                     flag):
+    values = evaluate(aws_root, "aws", instance_type=instance_type)
+    assert values.get("ebs_optimized") == flag

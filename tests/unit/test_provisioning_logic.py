@@ -158,9 +158,9 @@ def test_terraform_missing_is_one_message_with_what_to_do(monkeypatch, tmp_path)
     from runner.provision import terraform
 
     monkeypatch.setattr(terraform.shutil, "which", lambda name: None)
-    terraform.write_root(tmp_path, "hosts", {"cluster_name": "x"})
+    # the first thing needing it (writing the root checks its version) says what to do
     with pytest.raises(ProvisionError, match="terraform: not found on PATH. Install Terraform"):
-        terraform.apply(tmp_path)
+        terraform.write_root(tmp_path, "hosts", {"cluster_name": "x"})
 
 
 def test_plan_lists_the_tasks_that_would_change_per_host():

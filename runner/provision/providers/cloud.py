@@ -16,7 +16,8 @@ from runner.provision import hostkeys
 from runner.provision.providers.base import Provider
 
 # Set by daskfleet from ssh: and dask:, never by the cluster file's terraform: section.
-RESERVED = ("cluster_name", "ssh_user", "ssh_public_key", "host_keys", "dask_ports")
+RESERVED = ("cluster_name", "ssh_user", "ssh_public_key", "host_keys", "dask_ports",
+            "key_pair_suffix")
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -117,10 +118,52 @@ class Cloud(Provider):
         wait_for_ssh(hosts, ssh, self.spec.ssh.boot_timeout)
 
 
+# The key types EC2's ImportKeyPair takes (ecdsa and security-key types are refused, and only
+# after Terraform has made the VPC): checked before anything is created.
+AWS_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
+
+
 class AWS(Cloud):
     name = module = "aws"
     default_user = "admin"  # Debian's AMIs
     image_var = "ami_id"
+
+    def public_key(self) -> str:
+        line = super().public_key()
+        kind = line.split()[0] if line.split() else "(empty)"
+        if kind not in AWS_KEY_TYPES:
+            key, _ = self.ssh_paths()
+            raise ConfigError(
+                f"{self.spec.source}: ssh.private_key: {key}.pub is a {kind} key, which EC2 does "
+                f"not import (it takes {' and '.join(AWS_KEY_TYPES)}); make one with `ssh-keygen "
+                "-t ed25519 -f KEY` and point ssh.private_key at it. Nothing was created.")
+        return line
+
+    def terraform_variables(self, recorded: dict) -> dict:
+        return {**super().terraform_variables(recorded), "key_pair_suffix": self.key_pair_suffix()}
+
+    def key_pair_suffix(self) -> str:
+        """A token that makes this state's EC2 key pair name its own (two users of one account
+        naming their clusters alike would otherwise replace each other's key pair); chosen once
+        and kept. A cluster made before the token keeps its key pair's name (a new name would
+        replace its VMs)."""
+        import json
+        import secrets
+
+        path = self.state_dir / "key_pair_suffix"
+        if path.exists():
+            return path.read_text().strip()
+        suffix = "-" + secrets.token_hex(4)
+        tfstate = self.state_dir / "terraform" / "terraform.tfstate"
+        try:
+            resources = json.loads(tfstate.read_text()).get("resources") or []
+            if any(r.get("type") == "aws_key_pair" for r in resources):
+                suffix = ""
+        except (OSError, ValueError):
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(suffix + "\n")
+        return suffix
 
     def before_apply(self, progress) -> None:
         super().before_apply(progress)

@@ -11,6 +11,11 @@ locals {
   # t4g, r8gd, x2gd, im4gn, hpc7g. a1 is the first Graviton. Everything else is x86_64.
   graviton     = can(regex("^([a-z]+[0-9]+g[a-z]*|a1)\\.", var.instance_type))
   architecture = var.architecture != null ? var.architecture : (local.graviton ? "arm64" : "x86_64")
+  # t2 and older families refuse ebs_optimized = true (or take it at some sizes only: AWS picks
+  # there, null); current families are EBS-optimized whatever the flag says.
+  no_ebs_optimization = ["t1", "t2", "m1", "m2", "m3", "c1", "c3", "r3", "i2", "g2", "hi1", "hs1",
+  "cc2", "cg1", "cr1"]
+  ebs_optimized = contains(local.no_ebs_optimization, split(".", var.instance_type)[0]) ? null : true
   # Debian names its images by Debian architecture: amd64 / arm64.
   debian_image_name = "debian-12-${local.architecture == "arm64" ? "arm64" : "amd64"}-*"
 

@@ -161,13 +161,14 @@ resource "aws_vpc_security_group_egress_rule" "web" {
 # --- hosts --------------------------------------------------------------------------------
 
 resource "aws_key_pair" "this" {
-  key_name   = "${var.cluster_name}-daskfleet"
+  key_name   = "${var.cluster_name}-daskfleet${var.key_pair_suffix}"
   public_key = var.ssh_public_key
   tags       = local.tags
 }
 
 resource "aws_instance" "this" {
   #checkov:skip=CKV2_AWS_41:The nodes call no AWS API, so they get no IAM role (least privilege).
+  #checkov:skip=CKV_AWS_135:ebs_optimized is true for every instance family that supports it; t2 and older families refuse the flag (local.ebs_optimized), and current ones are EBS-optimized whatever it says.
   #checkov:skip=CKV_AWS_126:Detailed (1-minute) monitoring is billed per instance; it is opt-in through var.monitoring, and basic 5-minute metrics stay on.
   for_each = local.nodes
 
@@ -178,7 +179,7 @@ resource "aws_instance" "this" {
   key_name                    = aws_key_pair.this.key_name
   associate_public_ip_address = var.use_public_ip
   monitoring                  = var.monitoring
-  ebs_optimized               = true
+  ebs_optimized               = local.ebs_optimized
 
   # The node's SSH host key, installed by cloud-init at first boot only: a node whose key
   # changes is replaced, since the old machine would keep its old key.

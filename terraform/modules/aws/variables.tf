@@ -121,8 +121,8 @@ variable "ssh_public_key" {
   type        = string
 
   validation {
-    condition     = can(regex("^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\\.com) AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(var.ssh_public_key)))
-    error_message = "The ssh_public_key must be one OpenSSH public key line such as \"ssh-ed25519 AAAA... me@host\"."
+    condition     = can(regex("^ssh-(ed25519|rsa) AAAA[A-Za-z0-9+/]+={0,2}( [^\\n]*)?$", trimspace(var.ssh_public_key)))
+    error_message = "The ssh_public_key must be one OpenSSH ed25519 or RSA public key line such as \"ssh-ed25519 AAAA... me@host\" (EC2 imports no other type)."
   }
 }
 
@@ -202,4 +202,15 @@ variable "use_public_ip" {
   description = "Give the hosts public IPs, returned as public_address in the hosts output. When false, the hosts get private IPs only, reached over VPN or a bastion."
   type        = bool
   default     = false
+}
+
+variable "key_pair_suffix" {
+  description = "Appended to the EC2 key pair's name (<cluster_name>-daskfleet<suffix>), so that two states in one account never share a key pair. daskfleet sets a token it keeps per cluster state."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(-[0-9a-f]{1,16})?$", var.key_pair_suffix))
+    error_message = "The key_pair_suffix must be empty or a dash and up to 16 hex digits."
+  }
 }

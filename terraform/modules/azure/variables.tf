@@ -170,9 +170,9 @@ variable "disk_size_gb" {
 }
 
 variable "encryption_at_host" {
-  description = "Encrypt temp disks and caches on the VM host too (needs the EncryptionAtHost feature registered in the subscription). OS disks are always encrypted at rest."
+  description = "Encrypt temp disks and caches on the VM host too. Off by default: it needs the EncryptionAtHost feature registered in the subscription (`az feature register --namespace Microsoft.Compute --name EncryptionAtHost`), which most subscriptions have not done, and VM creation fails without it. OS disks are always encrypted at rest."
   type        = bool
-  default     = true
+  default     = false
 }
 
 

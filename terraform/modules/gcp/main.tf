@@ -112,7 +112,10 @@ resource "google_compute_instance" "this" {
   metadata = {
     ssh-keys               = "${var.ssh_user}:${trimspace(var.ssh_public_key)}"
     block-project-ssh-keys = "true"
-    serial-port-enable     = "false"
+    # OS Login (on by default in many organisations) would ignore ssh-keys: daskfleet's key
+    # and login user are the ones in this metadata
+    enable-oslogin     = "FALSE"
+    serial-port-enable = "false"
   }
 
   # The node's SSH host key, installed by a startup script (GCP's Debian images run no
