@@ -14,27 +14,54 @@ import paramiko
 from runner.cluster.hosts import Host
 from runner.cluster.ssh import SSHSettings, _new_connection, connect
 
+# SSH keepalives every KEEPALIVE_S, and a connection whose packets go unacknowledged for
+# DEAD_AFTER_S is given up (TCP_USER_TIMEOUT): a NAT or firewall never drops an idle tunnel, a
+# blip shorter than that is ridden out, and a dead link is noticed in a minute, not TCP's 15.
+KEEPALIVE_S = 15
+DEAD_AFTER_S = 45
+
 
 class Forward:
     """127.0.0.1:<free port> -> (remote_host, remote_port) as seen from `via`, over one SSH
-    connection of its own; every accepted connection becomes a direct-tcpip channel."""
+    connection of its own; every accepted connection becomes a direct-tcpip channel. A lost SSH
+    connection is made again for the next connection (the Dask client reconnects through it)."""
 
     def __init__(self, via: Host, remote_host: str, remote_port: int, ssh: SSHSettings,
                  local_port: int = 0):
         self.remote = (remote_host, remote_port)
+        self._via, self._ssh = via, ssh
         # A refused forward (the scheduler not listening yet while we poll for it) is an answer
         # we handle, not an error to print: paramiko would log each one to stderr.
         logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
-        self._conn = _new_connection(via, ssh)
-        self._conn.open()
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        self.reconnects = 0
         self._listener = socket.create_server(("127.0.0.1", local_port))
         self.local_port = self._listener.getsockname()[1]
         self._closed = threading.Event()
         threading.Thread(target=self._accept, daemon=True, name="daskfleet-forward").start()
 
+    def _connect(self):
+        conn = _new_connection(self._via, self._ssh)
+        conn.open()
+        conn.transport.set_keepalive(KEEPALIVE_S)
+        sock = conn.transport.sock
+        if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_S * 1000)
+        return conn
+
     @property
     def transport(self) -> paramiko.Transport:
-        return self._conn.transport
+        """The SSH transport, made again if the last one died (a link down for longer than
+        DEAD_AFTER_S, the host rebooted)."""
+        with self._lock:
+            if not self._closed.is_set() and not self._conn.transport.is_active():
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = self._connect()
+                    self.reconnects += 1
+            return self._conn.transport
 
     def probe(self, timeout: float = 5.0) -> bool:
         """Whether the remote port accepts a connection (seen from the SSH host)."""

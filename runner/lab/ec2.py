@@ -216,16 +216,38 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+# EC2 refuses RunInstances with more user data than this, counted before base64 encoding.
+USER_DATA_LIMIT = 16384
+
+
 def _as_ec2_does() -> None:
-    """Two places where moto answers otherwise than EC2, each of which would make every later
-    `terraform apply` change what it created (a warm `up` must change nothing):
+    """Where moto answers otherwise than EC2 in ways that change what a user sees:
     - an empty `Association` on a network interface without a public IP (EC2 reports none):
       the AWS provider reads it as associate_public_ip_address = true and replaces the instance;
     - the description of a rule that references a security group is dropped: the provider then
-      modifies the rule, which moto refuses for protocol -1."""
+      modifies the rule, which moto refuses for protocol -1;
+    (each of those would make every later `terraform apply` change what it created: a warm `up`
+    must change nothing)
+    - user data over 16,384 bytes is accepted: EC2 refuses the launch (InvalidParameterValue),
+      so a run whose user data grew past it must fail here as it would on AWS."""
+    import base64
+
+    from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+    from moto.ec2.models.instances import InstanceBackend
     from moto.ec2.models.security_groups import SecurityGroupRule
 
+    launch = InstanceBackend.run_instances
+
+    def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        if user_data is not None:
+            size = len(base64.b64decode(user_data.as_bytes("ascii")))
+            if size > USER_DATA_LIMIT:
+                raise EC2ClientError("InvalidParameterValue",
+                                     f"User data is limited to {USER_DATA_LIMIT} bytes")
+        return launch(self, image_id, count, user_data, security_group_names, **kwargs)
+
+    InstanceBackend.run_instances = run_instances
     full = NetworkInterface.association.fget
     NetworkInterface.association = property(lambda self: full(self) or None)
     SecurityGroupRule.description = property(

@@ -197,6 +197,30 @@ def test_b_a_worker_link_cut_for_20s_mid_training_the_job_completes(
               accuracy=status["accuracy"], accuracy_no_fault=baseline["accuracy"])
 
 
+def test_b2_the_scheduler_host_cut_for_10s_mid_training_the_attached_job_completes(
+        baseline, cli, fault_job, runs_dir):
+    """A blip of the scheduler's own link (the client's, and every worker's, connection to it):
+    the attached submit rides it out."""
+    rc, st = _cluster_status(cli)
+    scheduler_pid = next(h["pid"] for h in st["hosts"] if h["process"] == "scheduler")
+    before = {p.name for p in runs_dir.iterdir()}
+    with _faulted(cli, fault_job, runs_dir) as s:
+        s.wait_for(MID_TRAINING)
+        cli("lab", "cut", "lab1")
+        time.sleep(10)
+        cli("lab", "heal", "lab1")
+        t_heal = time.monotonic()
+        rc = s.finish(baseline["duration"] + 10 + 60)
+        assert rc == 0, s.out + s.err
+        status = _status(_run_dir(runs_dir, before))
+        assert abs(status["accuracy"] - baseline["accuracy"]) <= ACCURACY_TOLERANCE
+        assert s.ended > t_heal and status["cluster_events"]["lost_workers"] == []
+    rc, st = _cluster_status(cli)
+    assert next(h["pid"] for h in st["hosts"] if h["process"] == "scheduler") == scheduler_pid
+    _note("scheduler link cut 10 s", finish_after_heal_s=round(s.ended - t_heal, 1),
+          accuracy=status["accuracy"], accuracy_no_fault=baseline["accuracy"])
+
+
 def test_c_the_scheduler_host_killed_mid_job_fails_submit_then_its_reboot_heals(
         baseline, cli, fault_job, runs_dir):
     before = {p.name for p in runs_dir.iterdir()}

@@ -1,0 +1,56 @@
+"""The client's SSH tunnel (cloud providers): keepalives on, a dead link given up within
+DEAD_AFTER_S rather than TCP's quarter of an hour, and a lost SSH connection made again for the
+next connection through the tunnel."""
+
+from __future__ import annotations
+
+import socket
+
+from runner.cluster import tunnel
+from runner.cluster.hosts import Host
+
+
+class FakeTransport:
+    def __init__(self):
+        self.active, self.keepalive = True, None
+        self.sock = socket.socket()
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def set_keepalive(self, seconds: int) -> None:
+        self.keepalive = seconds
+
+
+class FakeConnection:
+    made: list[FakeConnection] = []
+
+    def __init__(self):
+        self.transport = FakeTransport()
+        self.closed = False
+        FakeConnection.made.append(self)
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.transport.sock.close()
+
+
+def test_a_dead_ssh_connection_is_made_again_for_the_next_tunnelled_connection(monkeypatch):
+    FakeConnection.made = []
+    monkeypatch.setattr(tunnel, "_new_connection", lambda host, ssh: FakeConnection())
+    fwd = tunnel.Forward(Host("lab1", "198.18.0.11", "scheduler"), "198.18.0.11", 8786, ssh=None)
+    try:
+        first = FakeConnection.made[0]
+        assert first.transport.keepalive == tunnel.KEEPALIVE_S
+        opt = first.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+        assert opt == tunnel.DEAD_AFTER_S * 1000
+        assert fwd.transport is first.transport and fwd.reconnects == 0  # alive: kept
+        first.transport.active = False  # the link was down longer than DEAD_AFTER_S
+        again = fwd.transport
+        assert first.closed and again is FakeConnection.made[1].transport
+        assert fwd.reconnects == 1 and again.keepalive == tunnel.KEEPALIVE_S
+    finally:
+        fwd.close()
