@@ -79,6 +79,7 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
     if isinstance(weights, dict):  # by label in the job, by code inside training
         sgd_params = {**sgd_params, "class_weight": {code_of[c]: w for c, w in weights.items()}}
     clf = make_classifier(state, codes, sgd_params)
+    t_start = clf.t_ if state is not None else 1.0  # scikit-learn starts a fresh model at 1
     n = 0
     for X, y in batches(parts, rng.permutation(len(parts)), "X_train", "y_train"):
         # partial_fit shuffles the rows itself (shuffle=True) with a seed drawn from
@@ -91,7 +92,8 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
     if n == 0:
         # what this task was given, for the error at the root if no worker had rows
         return {"n_rows": 0, "n_parts": len(parts), "epoch": epoch, "group": index}
-    return {"coef": clf.coef_, "intercept": clf.intercept_, "t": clf.t_, "n_rows": n}
+    return {"coef": clf.coef_, "intercept": clf.intercept_, "t0": t_start,
+            "t_steps": clf.t_ - t_start, "n_rows": n}
 
 
 def mix_sum(*results: dict) -> dict:
@@ -110,14 +112,20 @@ def mix_sum(*results: dict) -> dict:
         np.multiply(r["coef"], w, out=scaled, dtype=np.float32, casting="same_kind")
         coef += scaled
         intercept += w * r["intercept"]
-    return {"coef": coef, "intercept": intercept, "t": max(r["t"] for r in done),
+    return {"coef": coef, "intercept": intercept,
+            # the step count the epoch started from (the same on every worker) and the steps
+            # all workers took since: together, what one process would have counted
+            "t0": min(r["t0"] for r in done),
+            "t_steps": sum(r["t_steps"] for r in done),
             "n_rows": sum(r["n_rows"] for r in done), "summed": True}
 
 
 def mix_finish(epoch: int, *results: dict) -> dict:
     """The mixed state after ``epoch`` (0-based): the row-weighted mean of ``results`` (workers'
     weights or sums of a ``mix_sum`` level below; the root of the mixing tree, so an epoch ends
-    in one task). The learning-rate schedule goes on from the furthest worker."""
+    in one task). The learning-rate schedule goes on as one process's would: from the steps of
+    every worker together, so the step size at an epoch does not grow with the worker count (it
+    went on from the furthest worker before, about 1/W of one process's count at W workers)."""
     acc = mix_sum(*results)
     if acc["n_rows"] == 0:
         seen = [{k: r[k] for k in ("group", "n_parts") if k in r} for r in results]
@@ -125,5 +133,5 @@ def mix_finish(epoch: int, *results: dict) -> dict:
                          f"groups of partitions: {seen})")
     total = float(acc["n_rows"])
     acc["coef"] /= np.float32(total)
-    return {"coef": acc["coef"], "intercept": acc["intercept"] / total, "t": acc["t"],
-            "epochs": epoch + 1, "n_rows": acc["n_rows"]}
+    return {"coef": acc["coef"], "intercept": acc["intercept"] / total,
+            "t": acc["t0"] + acc["t_steps"], "epochs": epoch + 1, "n_rows": acc["n_rows"]}

@@ -150,6 +150,7 @@ class Lab:
     def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
            cloud: str | None = None, region: str = "us-east-1") -> list[LabHost]:
         check_prerequisites()
+        self._region = region
         explicit = n_hosts is not None
         n_hosts = 3 if n_hosts is None else n_hosts
         low = 0 if cloud else 1
@@ -198,6 +199,12 @@ class Lab:
         from runner.lab import objectstore
 
         data = self._data()
+        spawned = getattr(self, "_spawned_store", None)
+        if spawned is not None:  # this `up` made the lab, and started the store with it
+            self._spawned_store = None
+            data["object_store"] = objectstore.ready(spawned, progress)
+            self._write(data)
+            return
         record = data.get("object_store")
         if objectstore.alive(record):
             progress(f"lab: reusing the running object store at {record['endpoint']}")
@@ -262,6 +269,11 @@ class Lab:
         run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
+        # the object store's server imports for seconds: started first, waited for in `up`
+        from runner.lab import objectstore
+
+        self._spawned_store = objectstore.spawn(self.state_dir / "objectstore",
+                                             getattr(self, "_region", "us-east-1"))
         known = []
         for host in hosts:
             progress(f"lab: creating {host.name} ({host.address})")

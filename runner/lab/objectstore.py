@@ -42,15 +42,20 @@ def credentials_path(state: Path) -> Path:
 
 
 def start(state: Path, region: str, progress) -> dict:
-    """Boot the store's host (a namespace on the lab bridge) and its server; return its record
-    ({endpoint, region, credentials, pid}) once it answers."""
-    from runner.lab.machine import BRIDGE, BRIDGE_ADDRESS, port_open, run, stop_host
+    """Boot the store's host and its server (`spawn`), and return its record once it answers
+    (`ready`)."""
+    return ready(spawn(state, region), progress)
+
+
+def spawn(state: Path, region: str) -> dict:
+    """Boot the store's host (a namespace on the lab bridge) and start its server, without
+    waiting for it (moto takes seconds to import: the lab creates its hosts meanwhile)."""
+    from runner.lab.machine import BRIDGE, BRIDGE_ADDRESS, run, stop_host
 
     state = Path(state)
     state.mkdir(parents=True, exist_ok=True)
     os.chmod(state, 0o700)
     credentials_path(state).unlink(missing_ok=True)
-    t0 = time.monotonic()
     try:
         run(["ip", "netns", "add", NETNS])
         run(["ip", "link", "add", LINK, "type", "veth", "peer", "name", "eth0", "netns", NETNS])
@@ -68,20 +73,30 @@ def start(state: Path, region: str, progress) -> dict:
             cwd=str(Path(__file__).resolve().parents[2]),
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (credentials_path(state).exists() and port_open(ADDRESS, PORT, timeout=0.5)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (state / "server.log").read_text(errors="replace")[-1500:]
-                raise LabError(f"lab: the object store did not start on {ADDRESS}:{PORT}; see "
-                               f"{state / 'server.log'}:\n{tail}")
-            time.sleep(0.2)
     except BaseException:
         stop_host(NETNS, LINK)
         raise
-    record = {"endpoint": f"http://{ADDRESS}:{PORT}", "region": region,
-              "credentials": str(credentials_path(state)), "pid": proc.pid}
+    return {"endpoint": f"http://{ADDRESS}:{PORT}", "region": region,
+            "credentials": str(credentials_path(state)), "pid": proc.pid,
+            "started": time.monotonic()}
+
+
+def ready(record: dict, progress) -> dict:
+    """Wait until the spawned store answers; its record (for lab.json)."""
+    from runner.lab.machine import port_open, stop_host
+
+    state = Path(record["credentials"]).parent
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not (credentials_path(state).exists() and port_open(ADDRESS, PORT, timeout=0.5)):
+        if not Path(f"/proc/{record['pid']}").exists() or time.monotonic() > deadline:
+            stop_host(NETNS, LINK)
+            tail = (state / "server.log").read_text(errors="replace")[-1500:]
+            raise LabError(f"lab: the object store did not start on {ADDRESS}:{PORT}; see "
+                           f"{state / 'server.log'}:\n{tail}")
+        time.sleep(0.2)
+    took = time.monotonic() - record.pop("started", time.monotonic())
     progress(f"lab: object store (S3 API) at {record['endpoint']} on a host of its own "
-             f"({time.monotonic() - t0:.1f}s); credentials in {record['credentials']}")
+             f"({took:.1f}s); credentials in {record['credentials']}")
     return record
 
 

@@ -97,7 +97,8 @@ def test_mixing_in_a_tree_is_the_row_weighted_mean_whatever_its_shape():
 
     rng = np.random.default_rng(0)
     results = [{"coef": rng.normal(size=(3, 50)).astype(np.float32), "intercept": rng.normal(size=3),
-                "t": float(10 + i), "n_rows": n} for i, n in enumerate([7, 0, 13, 5])]
+                "t0": 100.0, "t_steps": float(n), "n_rows": n}
+               for n in [7, 0, 13, 5]]
     weights = np.array([r["n_rows"] for r in results], dtype=np.float64)
     coefs = np.stack([r["coef"] for r in results]).astype(np.float64)
     expected = np.tensordot(weights / weights.sum(), coefs, axes=1)
@@ -107,7 +108,8 @@ def test_mixing_in_a_tree_is_the_row_weighted_mean_whatever_its_shape():
     for got in (flat, nested):
         assert got["coef"].dtype == np.float32 and got["epochs"] == 3 and got["n_rows"] == 25
         np.testing.assert_allclose(got["coef"], expected, rtol=1e-5, atol=1e-6)
-        assert got["t"] == 13.0  # the furthest worker's schedule goes on
+        # the schedule goes on as one process's: from the epoch's start, every worker's steps
+        assert got["t"] == 100.0 + 7 + 13 + 5
     one = train.mix_finish(0, results[2])  # a single worker: its own weights
     np.testing.assert_allclose(one["coef"], results[2]["coef"], rtol=1e-6)
     assert train.mix_sum(results[1])["n_rows"] == 0

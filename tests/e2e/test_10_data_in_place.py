@@ -57,12 +57,14 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     env = {**cli.env, "AWS_ACCESS_KEY_ID": creds["key"], "AWS_SECRET_ACCESS_KEY": creds["secret"],
            "AWS_ENDPOINT_URL": st["endpoint"], "AWS_REGION": st["region"]}
     sent_before = int(BRIDGE_TX.read_text())
-    proc = type(cli)(cli.workdir, env)("submit", str(job), "-c", str(LAB_CLUSTER), timeout=600)
+    runs = workdir / "in-place-runs"  # the session's runs/ is the walking skeleton's
+    proc = type(cli)(cli.workdir, env)("submit", str(job), "-c", str(LAB_CLUSTER),
+                                       "--runs-dir", str(runs), timeout=600)
     sent = int(BRIDGE_TX.read_text()) - sent_before
     out = proc.stdout + proc.stderr
     assert "read by the workers" in out and "shipped" not in out, out
     run_id = re.search(r"run (\S+)", out)
-    run_dir = max((workdir / "runs").glob("*-in-place-*"), key=lambda p: p.stat().st_mtime)
+    run_dir = max(runs.glob("*-in-place-*"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["rows"] == 60_000 and metrics["data_objects"] == 6
     assert metrics["n_workers"] == 2 and metrics["accuracy"] > 0.8, (run_id, metrics["accuracy"])

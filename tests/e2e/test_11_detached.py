@@ -15,17 +15,28 @@ from jobfiles import MID_TRAINING, small_job, training_job
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
-CUT_S = 30
+CUT_S = 20
 
 pytestmark = pytest.mark.e2e
 
 
 def _runs(cli) -> dict[str, dict]:
-    return {r["id"]: r for r in json.loads(cli("runs", "--json").stdout)}
+    return {r["id"]: r for r in json.loads(cli("runs", "--runs-dir", str(_dir(cli)),
+                                               "--json").stdout)}
+
+
+def _dir(cli) -> Path:
+    """This module's runs folder (the session's runs/ is the walking skeleton's)."""
+    return cli.workdir / "detached-runs"
+
+
+def _in(cli, *args: str, **kw):
+    """A `runs` sub-command on this module's runs folder."""
+    return cli("runs", *args, "--runs-dir", str(_dir(cli)), **kw)
 
 
 def _log(cli, run_id: str) -> str:
-    return cli("runs", "logs", run_id).stdout
+    return _in(cli, "logs", run_id).stdout
 
 
 def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, workdir):
@@ -43,7 +54,7 @@ def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, w
 
 def _scenario(cli, workdir: Path) -> None:
     long_job = workdir / "detached-long.yaml"
-    long_job.write_text(training_job("detached-long", epochs=600))
+    long_job.write_text(training_job("detached-long", epochs=350))
     failing = workdir / "detached-fails.yaml"
     failing.write_text("name: detached-fails\ndata:\n  source: files\n"
                        "  path: s3://no-such-bucket/corpus/\nmodel: {kind: sgd}\n")
@@ -51,8 +62,8 @@ def _scenario(cli, workdir: Path) -> None:
     small.write_text(small_job("detached-small", seed=5))
 
     def detach(job: Path) -> str:
-        return cli("submit", "--detach", str(job), "-c", str(LAB_CLUSTER),
-                   timeout=300).stdout.strip().splitlines()[-1]
+        return cli("submit", "--detach", str(job), "-c", str(LAB_CLUSTER), "--runs-dir",
+                   str(_dir(cli)), timeout=300).stdout.strip().splitlines()[-1]
 
     a = detach(long_job)
     # submit returned while the run had not ended: it is on the cluster, queued or running
@@ -67,7 +78,8 @@ def _scenario(cli, workdir: Path) -> None:
         assert time.monotonic() < deadline, _log(cli, a)
         time.sleep(2)
     # a `runs wait` on the control machine, SIGKILLed; then the control machine's link cut
-    waiter = subprocess.Popen([sys.executable, "-m", "runner.cli", "runs", "wait", a],
+    waiter = subprocess.Popen([sys.executable, "-m", "runner.cli", "runs", "wait", a,
+                               "--runs-dir", str(_dir(cli))],
                               cwd=cli.workdir, env=cli.env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     time.sleep(3)
@@ -78,30 +90,31 @@ def _scenario(cli, workdir: Path) -> None:
     cli("lab", "heal", "control")
     assert _runs(cli)[a]["status"] == "running"  # it ran on through all of that
 
-    done = cli("runs", "wait", a, timeout=600)
+    done = _in(cli, "wait", a, timeout=600)
     assert f"run {a}: succeeded" in done.stdout, done.stdout
-    metrics = json.loads((workdir / "runs" / a / "metrics.json").read_text())
-    assert metrics["epochs"] == 600 and metrics["accuracy"] > 0.5
-    assert (workdir / "runs" / a / "model.joblib").is_file()
-    assert (workdir / "runs" / a / "logs" / "driver.log").is_file()
+    metrics = json.loads((_dir(cli) / a / "metrics.json").read_text())
+    assert metrics["epochs"] == 350 and metrics["accuracy"] > 0.5
+    assert (_dir(cli) / a / "model.joblib").is_file()
+    assert (_dir(cli) / a / "logs" / "driver.log").is_file()
 
-    failed = cli("runs", "wait", b, check=False, timeout=600)
+    failed = _in(cli, "wait", b, check=False, timeout=600)
     assert failed.returncode == 1 and f"run {b}: failed" in failed.stdout, failed.stdout
     assert "bucket 'no-such-bucket' does not exist" in failed.stdout
-    trace = (workdir / "runs" / b / "logs" / "traceback.txt").read_text()
+    trace = (_dir(cli) / b / "logs" / "traceback.txt").read_text()
     assert "Traceback" in trace and "BatchError" in trace
 
-    small_done = cli("runs", "wait", c, timeout=600)
+    small_done = _in(cli, "wait", c, timeout=600)
     assert f"run {c}: succeeded" in small_done.stdout
     # it waited its turn: behind the long run, then behind the failing one
-    c_log = (workdir / "runs" / c / "logs" / "driver.log").read_text()
+    c_log = (_dir(cli) / c / "logs" / "driver.log").read_text()
     assert f"queued behind {a}, {b}" in c_log and f"queued behind {b}" in c_log, c_log
     table = _runs(cli)
     assert [table[i]["status"] for i in ids] == ["succeeded", "failed", "succeeded"]
 
     # the same job attached gives the same model: the same accuracy
-    attached = cli("submit", str(small), "-c", str(LAB_CLUSTER), timeout=600)
-    detached_accuracy = json.loads((workdir / "runs" / c / "metrics.json").read_text())["accuracy"]
+    attached = cli("submit", str(small), "-c", str(LAB_CLUSTER), "--runs-dir", str(_dir(cli)),
+                   timeout=600)
+    detached_accuracy = json.loads((_dir(cli) / c / "metrics.json").read_text())["accuracy"]
     assert f"accuracy={detached_accuracy:.4f}" in attached.stdout, (detached_accuracy,
                                                                     attached.stdout)
 
@@ -109,12 +122,13 @@ def _scenario(cli, workdir: Path) -> None:
 def test_a_detached_run_is_cancelled_on_request(lab_cluster, cli, workdir):
     job = workdir / "detached-cancel.yaml"
     job.write_text(training_job("detached-cancel", epochs=400))
-    run_id = cli("submit", "--detach", str(job), "-c", str(LAB_CLUSTER)).stdout.split()[-1]
+    run_id = cli("submit", "--detach", str(job), "-c", str(LAB_CLUSTER), "--runs-dir",
+                 str(_dir(cli))).stdout.split()[-1]
     deadline = time.monotonic() + 300
     while MID_TRAINING not in _log(cli, run_id):
         assert time.monotonic() < deadline, _log(cli, run_id)
         time.sleep(2)
-    out = cli("runs", "cancel", run_id, check=False)
+    out = _in(cli, "cancel", run_id, check=False)
     assert out.returncode == 130 and f"run {run_id}: cancelled" in out.stdout, out.stdout
     assert _runs(cli)[run_id]["status"] == "cancelled"
     # the scheduler holds nothing of it: the next run gets the whole cluster
