@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -182,8 +183,14 @@ def _node_status(c, host, where: Where) -> dict:
 
 
 # -- follow ----------------------------------------------------------------------------------
+RUN_ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{4}$")
+
+
 def locate(runs_dir: Path, run_id: str, cluster_file: str | None = None) -> Where:
     """Where the run lives: from its local record, or (``-c``) from the cluster file."""
+    if not RUN_ID.match(run_id):
+        raise BatchError(f"{run_id!r} is not a run id (YYYYMMDD-HHMMSS-<job>-xxxx, as `submit "
+                         "--detach` printed it and `daskfleet runs` lists it)")
     status = read_status(Path(runs_dir) / run_id) or {}
     if status.get("detached") and not cluster_file:
         return Where(**status["detached"])
@@ -229,15 +236,16 @@ def _fetch(c, host, where: Where, runs_dir: Path, run_id: str, state: dict) -> d
     """The run's folder (result/ and the driver's log) into runs_dir/<run id>/, replacing the
     placeholder atomically; a run whose driver was lost gets a failed record naming that."""
     folder = shlex.quote(where.folder)
-    remote_tar = f"/tmp/daskfleet-fetch-{run_id}.tar"
-    login = host.user or "root"
-    c.run(privileged(host, f"tar -C {folder} -cf {remote_tar} --ignore-failed-read "
-                           f"$(cd {folder} && ls -d {RESULT} {LOG} 2>/dev/null) && "
-                           f"chown {shlex.quote(login)} {remote_tar}"), hide=True)
+    # a file of the login user's own, made by mktemp (never a predictable name in /tmp that
+    # root would write through), filled by root (the run's folder is the dask user's)
+    remote_tar = c.run("mktemp /tmp/daskfleet-fetch-XXXXXX", hide=True).stdout.strip()
+    c.run(privileged(host, f"cd {folder} && tar -cf - --ignore-failed-read "
+                           f"$(ls -d {RESULT} {LOG} 2>/dev/null) > {shlex.quote(remote_tar)}"),
+          hide=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.fetch-", dir=runs_dir))
     try:
         c.get(remote_tar, str(tmp / "run.tar"))
-        c.run(f"rm -f {remote_tar}", warn=True, hide=True)
+        c.run(f"rm -f {shlex.quote(remote_tar)}", warn=True, hide=True)
         with tarfile.open(tmp / "run.tar") as tar:
             tar.extractall(tmp / "x", filter="data")
         new = tmp / "x" / RESULT

@@ -23,12 +23,22 @@ def sleepers():
         p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
                               driver.MODULE, str(folder)])
         procs.append(p)
+        _exec_done(p.pid)
         return p.pid
 
     yield start
     for p in procs:
         p.kill()
         p.wait()
+
+
+def _exec_done(pid: int) -> None:
+    """Until the child's command line is its own (a real driver writes its state itself, from
+    within: by then it is; here the test writes it, right after starting the child)."""
+    deadline = time.monotonic() + 10
+    while driver.MODULE.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 def _run(root: Path, name: str, queued_at: float, pid: int | None, status="queued",
@@ -88,6 +98,7 @@ def test_cancel_stops_the_driver_of_this_run_only(tmp_path):
     folder.mkdir()
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
                              driver.MODULE, str(folder)], start_new_session=True)
+    _exec_done(proc.pid)
     try:
         (folder / driver.STATE).write_text(json.dumps({"status": "running", "pid": proc.pid,
                                                        "queued_at": time.time()}))
@@ -96,3 +107,15 @@ def test_cancel_stops_the_driver_of_this_run_only(tmp_path):
         assert driver.cancel(folder) == "not running"
     finally:
         proc.kill()
+
+
+def test_a_run_id_given_by_hand_is_checked_before_any_path_or_command_is_made_of_it(tmp_path):
+    from runner.errors import BatchError
+    from runner.jobs.detached import locate
+    from runner.jobs.submit import new_run_id
+
+    for bad in ("..", "x;rm -rf /", "20261202-040538-long-9f35/../../etc"):
+        with pytest.raises(BatchError, match="is not a run id"):
+            locate(tmp_path, bad, "clusters/lab.yaml")
+    with pytest.raises(BatchError, match="no such run"):  # a well-formed id goes on
+        locate(tmp_path, new_run_id("job"))
