@@ -68,6 +68,7 @@ class ProcStatus:
     spec: str | None = None  # the spec digest it was started with (command line, environment)
     files: str | None = None  # the digest of its node files (config, certificates) at its start
     files_now: str | None = None  # the same digest of the files on the node now
+    supervised: bool | None = None  # whether the node's supervisor has its script
 
 
 @dataclass(frozen=True)
@@ -213,8 +214,9 @@ class RemoteProcess:
                 "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
                 "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
                 "| tail -n +2 | head -n1); "
+                f"sup=$([ -e {self.supervise_file} ] && echo 1 || echo 0); "
                 f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
-                f"files_now={self._files_digest()}")
+                f"files_now={self._files_digest()} sup=$sup")
 
     def _ensure_script(self) -> str:
         """Bash, as the dask user: start the process unless it runs; print `running PID` or
@@ -230,16 +232,29 @@ class RemoteProcess:
                 f"flock -o -w {LOCK_WAIT_S} {self.lock_file} "
                 + shlex.join(["runuser", "-u", DASK_USER, "--", "bash", "-c", script]))
 
+    def _write_supervised(self) -> str:
+        """Shell (as root): this process's script into the supervisor's folder."""
+        script = base64.b64encode(self._ensure_script().encode()).decode()
+        sup = self.supervise_file
+        return (f"mkdir -p {SUPERVISE_DIR} && echo {script} | base64 -d > {sup}.tmp && "
+                f"mv {sup}.tmp {sup}")
+
+    def supervise(self, ssh: SSHSettings) -> None:
+        """Hand a process that runs already (started before its node had a supervisor) to the
+        supervisor, without restarting it."""
+        with connect(self.host, ssh) as c:
+            r = c.run(privileged(self.host, self._write_supervised()))
+        if r.failed:
+            raise ClusterStartError(f"{self.host.name}: could not hand {self.name} to the "
+                                    f"supervisor: {(r.stderr or r.stdout).strip()}")
+
     def start(self, ssh: SSHSettings) -> int:
         """Hand the process to the node's supervisor (its script in SUPERVISE_DIR) and start it
         unless it already runs; return the pid at once. Whether it stays up is the caller's
         readiness poll to find out (it checks liveness too, and reports the log if it died)."""
-        script = base64.b64encode(self._ensure_script().encode()).decode()
-        sup = self.supervise_file
         with connect(self.host, ssh) as c:
-            r = c.run(privileged(self.host, (
-                f"mkdir -p {SUPERVISE_DIR} && echo {script} | base64 -d > {sup}.tmp && "
-                f"mv {sup}.tmp {sup} && " + self._locked(f"bash {sup}"))))
+            r = c.run(privileged(self.host, self._write_supervised() + " && "
+                                 + self._locked(f"bash {self.supervise_file}")))
         words = r.stdout.split()
         pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
@@ -263,7 +278,8 @@ class RemoteProcess:
             info = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
             return ProcStatus("running", int(fields[0]), info.get("env") or None,
                               info.get("mem") or None, info.get("spec") or None,
-                              info.get("files") or None, info.get("files_now") or None)
+                              info.get("files") or None, info.get("files_now") or None,
+                              {"1": True, "0": False}.get(info.get("sup", "")))
         return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings) -> bool:

@@ -170,6 +170,15 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     procs = _drop_unreachable(cluster, cluster.wanted(), current, degraded_ok, progress)
     sched = procs[0]
     todo = changes.plan(procs, current, env_hashes or {})
+    # running since before their node had a supervisor (a cluster made by an older daskfleet):
+    # handed to it as they are, not restarted
+    touched = {c.proc for c in todo}
+    unsupervised = [p for p in procs if p not in touched and current[p].state == "running"
+                    and current[p].supervised is False]
+    if unsupervised:
+        progress("handing to the nodes' supervisors: "
+                 + ", ".join(f"{p.name}@{p.host.name}" for p in unsupervised))
+        per_process(unsupervised, lambda p: p.supervise(ssh), "handing to the supervisor")
     restarts = [c for c in todo if c.action == "restart"]
     sched_change = next((c for c in todo if c.proc is sched), None)
     if restarts:

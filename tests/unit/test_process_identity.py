@@ -130,6 +130,24 @@ def test_status_reports_the_digests_the_process_started_with_and_the_files_now(f
     assert fields["mem"] == "auto"
 
 
+def test_status_says_whether_the_nodes_supervisor_has_the_process(fake_worker, tmp_path,
+                                                                  monkeypatch):
+    """A process started before its node had a supervisor is reported unsupervised, so `up`
+    hands it over without restarting it."""
+    monkeypatch.setattr(processes, "SUPERVISE_DIR", str(tmp_path / "supervise"))
+    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+
+    def supervised() -> str:
+        out = subprocess.run(["sh", "-c", WORKER._status_script()], capture_output=True,
+                             text=True, timeout=30)
+        return dict(f.split("=", 1) for f in out.stdout.split()[1:])["sup"]
+
+    assert supervised() == "0"
+    subprocess.run(["sh", "-c", WORKER._write_supervised()], check=True, timeout=30)
+    assert supervised() == "1"
+    assert "started" in (tmp_path / "supervise" / "lab-lab2-w0.sh").read_text()
+
+
 def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(tmp_path,
                                                                                 monkeypatch):
     """What the node's supervisor runs every few seconds (and `start` once): `started PID` when
