@@ -49,11 +49,33 @@ def harden_run_instances(root_device: str):
     return handler
 
 
+# The only dask settings the instances get from this machine (in their user data): the TLS
+# that EC2Cluster sets. A user's own ~/.config/dask stays here; it would otherwise be serialised
+# into every instance's user data and could push it past EC2's 16,384-byte limit.
+NODE_CONFIG_PREFIX = ("distributed", "comm")
+
+
+def node_config() -> str:
+    """What dask-cloudprovider passes the instances as DASK_INTERNAL_INHERIT_CONFIG: the
+    non-default settings under distributed.comm only (its TLS), serialised as it does."""
+    import dask.config
+    from dask_cloudprovider.utils.config_helper import prune_defaults
+
+    pruned = prune_defaults(dask.config.global_config,
+                            dask.config.merge(*dask.config.defaults))
+    comm = pruned.get(NODE_CONFIG_PREFIX[0], {}).get(NODE_CONFIG_PREFIX[1])
+    return dask.config.serialize({NODE_CONFIG_PREFIX[0]: {NODE_CONFIG_PREFIX[1]: comm}}
+                                 if comm else {})
+
+
 def ec2_cluster_class():
     try:
         from dask_cloudprovider.aws import EC2Cluster
+        from dask_cloudprovider.generic import vmcluster
     except ImportError:
         raise ProvisionError(aws.INSTALL_HINT) from None
+
+    vmcluster.serialize_custom_config = node_config
 
     class HardenedEC2Cluster(EC2Cluster):
         """EC2Cluster whose instances get an encrypted root volume and IMDSv2 (see above). It
