@@ -24,7 +24,8 @@ def cmd_lab(args) -> int:
 
     lab = Lab()
     if args.lab_cmd == "up":
-        lab.up(args.hosts, progress=_say, user=args.user, cloud=args.cloud, region=args.region)
+        lab.up(args.hosts, progress=_say, user=args.user, cloud=args.cloud, region=args.region,
+               object_store=args.object_store)
         return 0
     if args.lab_cmd == "down":
         lab.down(progress=_say)
@@ -283,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cloud", choices=["aws"], default=None,
                     help="also run an emulated EC2 (API on 127.0.0.1:4566 + instance controller)")
     up.add_argument("--region", default="us-east-1", help="the emulated cloud's region")
+    up.add_argument("--object-store", action="store_true",
+                    help="also run an S3 API (moto, credentials enforced) on a lab host of its "
+                         "own, 198.18.0.5:9000")
     labsub.add_parser("down", help="remove every namespace, link, mount and process of the lab")
     st = labsub.add_parser("status", help="the lab's hosts")
     st.add_argument("--json", action="store_true")

@@ -148,9 +148,11 @@ class Lab:
 
     # -- bring-up ---------------------------------------------------------------------------
     def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
-           cloud: str | None = None, region: str = "us-east-1") -> list[LabHost]:
+           cloud: str | None = None, region: str = "us-east-1",
+           object_store: bool = False) -> list[LabHost]:
         check_prerequisites()
         self._region = region
+        self._want_store = object_store
         explicit = n_hosts is not None
         n_hosts = 3 if n_hosts is None else n_hosts
         low = 0 if cloud else 1
@@ -194,11 +196,14 @@ class Lab:
         return hosts
 
     def _object_store(self, region: str, progress) -> None:
-        """The lab's object store (runner.lab.objectstore): started with the lab, started again
-        when a reused lab's store is down (its objects are gone then: they live in memory)."""
+        """The lab's object store (runner.lab.objectstore), when asked for (`--object-store`):
+        started with the lab, or added to a running lab; started again when a reused lab's store
+        is down (its objects are gone then: they live in memory)."""
         from runner.lab import objectstore
 
         data = self._data()
+        if not getattr(self, "_want_store", False) and not data.get("object_store"):
+            return  # not asked for (`lab up --object-store`), and none to keep running
         spawned = getattr(self, "_spawned_store", None)
         if spawned is not None:  # this `up` made the lab, and started the store with it
             self._spawned_store = None
@@ -270,10 +275,11 @@ class Lab:
         run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         # the object store's server imports for seconds: started first, waited for in `up`
-        from runner.lab import objectstore
+        if getattr(self, "_want_store", False):
+            from runner.lab import objectstore
 
-        self._spawned_store = objectstore.spawn(self.state_dir / "objectstore",
-                                             getattr(self, "_region", "us-east-1"))
+            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore",
+                                                 getattr(self, "_region", "us-east-1"))
         known = []
         for host in hosts:
             progress(f"lab: creating {host.name} ({host.address})")

@@ -36,6 +36,7 @@ def _data_dirs() -> dict[str, str]:
 def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli, workdir):
     import boto3
 
+    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab
     st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
     assert st["endpoint"] == "http://198.18.0.5:9000" and st["up"] is True
     creds = json.loads(Path(st["credentials"]).read_text())

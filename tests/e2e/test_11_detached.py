@@ -40,6 +40,7 @@ def _log(cli, run_id: str) -> str:
 
 
 def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, workdir):
+    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab
     st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
     creds = json.loads(Path(st["credentials"]).read_text())
     cli.env.update(AWS_ACCESS_KEY_ID=creds["key"], AWS_SECRET_ACCESS_KEY=creds["secret"],
