@@ -47,6 +47,8 @@ def cmd_runs(args) -> int:
     if args.runs_cmd in ("wait", "cancel", "logs"):
         return _detached(args, runs_dir)
     rows = runs.list_runs(runs_dir)
+    from runner.jobs.detached import FINAL
+
     for i, r in enumerate(rows):  # detached runs not ended yet: ask their cluster
         if r["status"] not in FINAL:
             from runner.jobs import detached
@@ -67,9 +69,6 @@ def cmd_runs(args) -> int:
               f"{_fmt(r['macro_f1'], '.4f'):>8} {_fmt(r['duration_s'], '.1f') + 's':>9} "
               f"{_fmt(r['n_workers']):>7} {r['started_at'] or '-'}")
     return 0
-
-
-FINAL = ("succeeded", "failed", "cancelled", "lost")
 
 
 def _queued(status: dict) -> str:

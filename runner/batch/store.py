@@ -20,6 +20,7 @@ import urllib.parse
 import numpy as np
 import pandas as pd
 
+from runner.batch.split import _hash_key
 from runner.errors import BatchError
 
 SCHEMES = ("s3", "file")
@@ -255,7 +256,7 @@ def with_row_hash(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The rows with ``_h``, a stable hash of the text: the key the rows are dealt by across the
     partitions (a corpus stored label by label becomes partitions that each hold every label)."""
     h = pd.util.hash_pandas_object(pd.Series(df["text"].to_numpy(dtype=object), dtype=object),
-                                   index=False, hash_key=f"{int(seed) % 10**16:016d}")
+                                   index=False, hash_key=_hash_key(seed))
     return df.assign(_h=h.to_numpy(dtype=np.uint64).view(np.int64))
 
 

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.batch.artifacts import read_status, write_json_atomic
+from runner.batch.store_load import ENV_OPTIONS
 from runner.cluster.processes import DASK_CONFIG, ENV_LINK, PYCACHE_DIR, as_dask, privileged
 from runner.cluster.ssh import connect
 from runner.errors import BatchError, ClusterStartError
@@ -32,8 +33,8 @@ from runner.jobs import runs
 from runner.jobs.driver import CODE, LOG, MODULE, REQUEST, RESULT, SECRETS, run_folder
 
 FINAL = ("succeeded", "failed", "cancelled", "lost")
-AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+# the submitting shell's standard AWS variables, as an attached run hands them to its tasks
+AWS_VARIABLES = tuple(dict.fromkeys(var for _, var in ENV_OPTIONS))
 START_TIMEOUT_S = 30.0
 POLL_S = 2.0
 

@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from runner.batch.artifacts import write_json_atomic
+
 RUNS_ROOT = "/var/lib/daskfleet/runs"
 REQUEST, STATE, RESULT, LOG, SECRETS = ("request.json", "state.json", "result", "driver.log",
                                         "secrets.json")
@@ -33,12 +35,6 @@ QUEUE_POLL_S = 1.0
 
 def run_folder(cluster: str, run_id: str) -> str:
     return f"{RUNS_ROOT}/{cluster}/{run_id}"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     (folder / SECRETS).unlink(missing_ok=True)
     os.environ.update(secrets)
     state = {"status": "queued", "pid": os.getpid(), "queued_at": time.time()}
-    _write_json(folder / STATE, state)
+    write_json_atomic(folder / STATE, state)
 
     from runner.signals import sigterm_raises
 
@@ -169,7 +165,7 @@ def _drive(folder: Path, request: dict, state: dict) -> int:
                 say(f"queued behind {', '.join(ahead)}")
                 reported = ahead
             time.sleep(QUEUE_POLL_S)
-        _write_json(folder / STATE, {**state, "status": "running", "running_at": time.time()})
+        write_json_atomic(folder / STATE, {**state, "status": "running", "running_at": time.time()})
         say(f"run {run_id}: driver on {os.uname().nodename} (pid {os.getpid()})")
 
         from distributed import Client
