@@ -20,16 +20,23 @@ from sklearn.linear_model import SGDClassifier
 
 from runner.batch import load_job
 from runner.batch.evaluate import metrics_from_confusion
+from runner.batch.features import resolve_analyzer
 from runner.batch.naive_bayes import VARIANTS
-from runner.batch.parts import clean_part, read_shard, vectorize_part
+from runner.batch.parts import clean_part, part_stats, read_shard, vectorize_part
 
 
 def single_process_features(job, paths) -> dict:
     """Read, clean and hash every shard in this process; stacked train and test matrices."""
     t0 = time.perf_counter()
-    parts = [vectorize_part(clean_part(read_shard(str(p)), job.clean_params(), job.split_params()),
-                            job.vectorizer_params())
-             for p in paths]
+    cleaned = [clean_part(read_shard(str(p)), job.clean_params(), job.split_params())
+               for p in paths]
+    # features.analyzer auto, resolved from the texts as the cluster's run does
+    stats = [part_stats(c) for c in cleaned]
+    params, _, _ = resolve_analyzer(job.vectorizer_params(),
+                                    sum(s["unspaced_texts"] for s in stats),
+                                    sum(s["sampled_texts"] for s in stats))
+    parts = [vectorize_part(c, params) for c in cleaned]
+    del cleaned
     out = {
         "X_train": sp.vstack([p["X_train"] for p in parts]).tocsr(),
         "y_train": np.concatenate([p["y_train"] for p in parts]),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 APT_LISTS_DIR = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
-FORMAT_VERSION = "daskfleet-shards-2"  # bump when the shard layout, the parsing or the sampling changes
+FORMAT_VERSION = "daskfleet-shards-3"  # bump when the shard layout, the parsing or the sampling changes
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 CSV_CHUNK_ROWS = 50_000
 MAX_SHARD_ROWS = 20_000  # rows per shard when the job sets partition_mb and not shard_rows
@@ -358,34 +359,60 @@ def _digest(parts: list) -> str:
 
 
 class _ShardWriter:
-    """Deals rows round-robin to parquet shards, flushing small row groups, so each shard mixes
-    rows from all over its stretch of the input (an input sorted by label still gives shards of
-    every class). At most ``max_open`` shards are open at once: the rows are dealt over a window
-    of that many shards until they are full, then the next window opens (a corpus of any size
-    stays far below the open-file limit)."""
+    """Deals rows to parquet shards in a seeded random order, flushing small row groups, so
+    each shard mixes rows from all over its stretch of the input: an input sorted by label, or
+    with labels repeating in a period (a round-robin deal of rows labelled ``i % 4`` over 12
+    shards gave each shard one label), still gives shards of every class.
+
+    At most ``max_open`` shards are open at once: the rows are dealt over a window of that
+    many shards until they are full, then the next window opens (a corpus of any size stays far
+    below the open-file limit). Within a window, rows go out in blocks: each block gives every
+    shard the same number of rows, in a random order of the block's slots, so the shards of a
+    window fill evenly and their sizes are as a round-robin deal would give."""
 
     max_open = 128
+    block_rows = 64  # rows per shard in one block of the deal
 
-    def __init__(self, folder: Path, n_shards: int, shard_rows: int):
+    def __init__(self, folder: Path, n_shards: int, shard_rows: int, n_docs: int,
+                 seed: int = 0):
         self.folder = folder
         self.names = [f"part-{i:05d}.parquet" for i in range(n_shards)]
-        self.shard_rows = shard_rows
+        self.shard_rows, self.n_docs = shard_rows, n_docs
         self.flush_rows = max(256, shard_rows // min(n_shards, self.max_open))
         self.buffers: list[list[tuple]] = [[] for _ in range(n_shards)]
         self.writers: list[pq.ParquetWriter | None] = [None] * n_shards
         self.rows = [0] * n_shards
         self.i = 0
-        self.base, self.j = 0, 0  # the window's first shard; rows dealt in this window
+        self.rng = np.random.default_rng([seed, 20261202])
+        self.base, self.width = 0, 0  # the window's shards; none open yet
+        self.left: np.ndarray = np.zeros(0, dtype=np.int64)  # rows each window shard still takes
+        self.slots: list[int] = []  # the current block's shards, in dealing order (popped)
+
+    def _next_window(self) -> None:
+        for k in range(self.base, self.base + self.width):  # the window is full: close it
+            self._close(k)
+        self.base += self.width
+        self.width = min(self.max_open, len(self.names) - self.base)
+        # the window's rows, split evenly over its shards (the last window holds the remainder)
+        rows = min(self.width * self.shard_rows, max(0, self.n_docs - self.i))
+        q, r = divmod(rows, self.width)
+        self.left = np.full(self.width, q, dtype=np.int64)
+        self.left[:r] += 1
+
+    def _next_block(self) -> None:
+        if not self.left.any():
+            self._next_window()
+        if not self.left.any():
+            raise BatchError(f"the input changed while it was read (more than {self.n_docs} rows)")
+        take = np.minimum(self.left, self.block_rows)
+        self.left -= take
+        slots = np.repeat(np.arange(self.base, self.base + self.width), take)
+        self.slots = self.rng.permutation(slots)[::-1].tolist()  # popped from the end
 
     def add(self, text: str | None, label: str | None) -> None:
-        width = min(self.max_open, len(self.names) - self.base)
-        if self.j == width * self.shard_rows and self.base + width < len(self.names):
-            for k in range(self.base, self.base + width):  # the window is full: close it
-                self._close(k)
-            self.base, self.j = self.base + width, 0
-            width = min(self.max_open, len(self.names) - self.base)
-        k = self.base + self.j % width
-        self.j += 1
+        if not self.slots:
+            self._next_block()
+        k = self.slots.pop()
         self.i += 1
         self.buffers[k].append((text, label))
         self.rows[k] += 1
@@ -419,7 +446,8 @@ class _ShardWriter:
 
 def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: dict) -> Dataset:
     n_shards = max(1, -(-n_docs // shard_rows))
-    writer = _ShardWriter(folder, n_shards, shard_rows)
+    # the deal's seed comes from the input's digest: the same input gives the same shards
+    writer = _ShardWriter(folder, n_shards, shard_rows, n_docs, int(meta["digest"][:8], 16))
     try:
         for text, label in documents:
             writer.add(text, label)

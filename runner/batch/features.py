@@ -7,25 +7,61 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
 
-DEFAULT_PARAMS = {"n_features": 2**18, "ngram_range": [1, 2], "alternate_sign": False,
-                  "norm": "l2", "tfidf": False}
+# a saved model of an earlier version has no analyzer: it hashed word n-grams
+DEFAULT_PARAMS = {"n_features": 2**18, "analyzer": "word", "ngram_range": [1, 2],
+                  "alternate_sign": False, "norm": "l2", "tfidf": False}
+DEFAULT_NGRAMS = {"word": [1, 2], "char": [1, 3], "char_wb": [1, 3]}
+# with analyzer auto, char_wb when at least this share of the texts is written without spaces
+AUTO_CHAR_SHARE = 0.3
+
+
+def resolve_analyzer(params: dict, unspaced: int, texts: int) -> tuple[dict, str | None, bool]:
+    """``params`` with ``analyzer`` and ``ngram_range`` made concrete; a note for the run log
+    when the choice was made for the user or deserves a look, and whether it is a warning
+    (``unspaced`` of ``texts`` cleaned texts are mostly in a script written without spaces,
+    ``text.unspaced``)."""
+    analyzer, share = params.get("analyzer", "word"), unspaced / texts if texts else 0.0
+    note = None
+    if analyzer == "auto":
+        analyzer = "char_wb" if share >= AUTO_CHAR_SHARE else "word"
+        if analyzer == "char_wb":
+            note = (f"features.analyzer auto: {share:.0%} of the texts are written without spaces "
+                    "(Chinese, Japanese, Thai...), so words cannot be split on whitespace: "
+                    "character n-grams (char_wb) are used; set features.analyzer to choose")
+        elif unspaced:
+            note = (f"features.analyzer auto: {share:.0%} of the texts are written without spaces "
+                    "(Chinese, Japanese, Thai...) and are hashed as whole-sentence words; set "
+                    "features.analyzer: char_wb if they matter")
+    elif analyzer == "word" and share >= AUTO_CHAR_SHARE:
+        note = (f"features.analyzer word: {share:.0%} of the texts are written without spaces "
+                "(Chinese, Japanese, Thai...): each sentence is one word, and the model cannot "
+                "generalise; use features.analyzer: char_wb (or auto)")
+    ngrams = params.get("ngram_range") or DEFAULT_NGRAMS[analyzer]
+    resolved = {**params, "analyzer": analyzer, "ngram_range": list(ngrams)}
+    return resolved, note, note is not None and analyzer == "word"
 
 
 def make_vectorizer(params: dict) -> HashingVectorizer:
     """The vectorizer for already-cleaned text (tokens separated by whitespace).
 
     Cleaning (lowercase, stop words, token length) is done by runner.batch.text, so the
-    vectorizer only splits on whitespace; it is stateless, so every worker builds its own.
+    word analyzer only splits on whitespace, and the character analyzers take the cleaned text
+    as it is; it is stateless, so every worker builds its own.
     """
     p = {**DEFAULT_PARAMS, **params}
+    analyzer = p["analyzer"]
+    if analyzer not in DEFAULT_NGRAMS:  # "auto" is resolved by the client, before any task
+        raise ValueError(f"features.analyzer {analyzer!r} was not resolved before vectorizing")
+    words = analyzer == "word"
     return HashingVectorizer(
         n_features=int(p["n_features"]),
-        ngram_range=tuple(p["ngram_range"]),
+        analyzer=analyzer,
+        ngram_range=tuple(p["ngram_range"] or DEFAULT_NGRAMS[analyzer]),
         alternate_sign=bool(p["alternate_sign"]),
         # with TF-IDF the counts stay raw; the norm is applied after the idf weights
         norm=None if p["tfidf"] else p["norm"],
         lowercase=False,
-        tokenizer=str.split,
+        tokenizer=str.split if words else None,
         token_pattern=None,
         preprocessor=None,
         # float32 end to end: half the memory of the features and the weights, and

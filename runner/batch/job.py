@@ -205,9 +205,17 @@ class CleanSpec(_Model):
         return value
 
 
+ANALYZERS = ("auto", "word", "char", "char_wb")
+
+
 class FeatureSpec(_Model):
     n_features: int = 2**18
-    ngram_range: list[int] = [1, 2]
+    # scikit-learn's analyzers: word n-grams of the cleaned tokens, or character n-grams (char_wb:
+    # inside each token). auto: word, unless most texts are in a script written without spaces
+    # (Chinese, Japanese, Thai...), where a whole sentence would be one word: then char_wb
+    analyzer: Literal["auto", "word", "char", "char_wb"] = "auto"
+    # [min_n, max_n]; by default [1, 2] for words and [1, 3] for characters
+    ngram_range: list[int] | None = None
     alternate_sign: bool = False
     norm: Literal["l1", "l2"] | None = "l2"
     # TF-IDF weights, document frequencies counted over all partitions' training rows
@@ -229,7 +237,9 @@ class FeatureSpec(_Model):
 
     @field_validator("ngram_range")
     @classmethod
-    def _ngrams(cls, value: list[int]) -> list[int]:
+    def _ngrams(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
         if len(value) != 2 or not 1 <= value[0] <= value[1]:
             raise ValueError("must be [min_n, max_n] with 1 <= min_n <= max_n, e.g. [1, 2]")
         return value

@@ -69,9 +69,18 @@ def vectorize_part(part: dict, vectorizer_params: dict) -> dict:
     }
 
 
+# texts per partition looked at for the script (``features.analyzer: auto``): partitions are
+# mixed, so a sample tells the corpus's script, and a huge partition costs no more
+SCRIPT_SAMPLE = 2000
+
+
 def part_stats(part: dict) -> dict:
-    """Row counts and label counts of a cleaned partition (a cheap pass for the client)."""
+    """Row counts and label counts of a cleaned partition (a cheap pass for the client), and
+    how many of a sample of its texts are written without spaces."""
+    from runner.batch.text import unspaced
+
     label, is_test = part["label"], part["is_test"]
+    sample = part["text"][:SCRIPT_SAMPLE]
     train = pd.Series(label[~is_test], dtype=object).value_counts()
     test = pd.Series(label[is_test], dtype=object).value_counts()
     return {
@@ -79,6 +88,8 @@ def part_stats(part: dict) -> dict:
         "dropped": part["dropped"],
         "train_labels": {str(k): int(v) for k, v in train.items()},
         "test_labels": {str(k): int(v) for k, v in test.items()},
+        "sampled_texts": len(sample),
+        "unspaced_texts": sum(1 for t in sample if unspaced(t)),
     }
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, memory, naive_bayes, parts, store_load, train
+from runner.batch import evaluate, features, memory, naive_bayes, parts, store_load, train
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -313,6 +313,13 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             f"({sum(test_labels[c] for c in test_only)} rows): the model cannot predict them and "
             "their recall is 0; add training rows for them, or change split.seed or "
             "split.test_fraction")
+    vectorizer_params, note, warn = features.resolve_analyzer(
+        vectorizer_params, sum(s["unspaced_texts"] for s in stats),
+        sum(s["sampled_texts"] for s in stats))
+    if warn:
+        warnings.append(note)
+    elif note:
+        say(f"note: {note}")
     for warning in warnings:
         say(f"warning: {warning}")
     model_params["class_weight"] = _class_weights(job, train_labels)
@@ -341,7 +348,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             source = _Parts(client, paths=shards, load_params=load_params, idf=idf)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
-        f"ngrams {tuple(vectorizer_params['ngram_range'])}"
+        f"{vectorizer_params['analyzer']} ngrams {tuple(vectorizer_params['ngram_range'])}"
         f"{'' if cache else ', rebuilt in every pass (features.cache: false)'} "
         f"({timings['vectorize']:.1f}s)")
 
@@ -482,8 +489,6 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
            apply: bool = True):
     """Document frequencies reduced over all partitions, idf weights, applied everywhere (with
     ``apply``; otherwise only the idf weights, and the partitions are left as they are)."""
-    from runner.batch import features
-
     freqs = source.map(parts.train_frequencies)
     _check(freqs, "vectorize (document frequencies)", paths)
     total, level = _tree_reduce(client, freqs, features.add_frequencies)

@@ -21,8 +21,28 @@ TAG_RE = re.compile(r"<!--.*?-->|<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNOR
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # a number standing alone: 42, 3.14, 1,000, -7 (not the digits inside a word such as mp3)
 NUMBER_RE = re.compile(r"(?<!\w)[-+]?\d+(?:[.,]\d+)*(?!\w)")
-# anything that is not a letter, digit or underscore (unicode-aware), and underscores too
-PUNCT_RE = re.compile(r"[^\w\s]|_")
+
+
+def _mark_ranges(limit: int = 0x20000) -> str:
+    """A regex class body of the combining marks (Unicode categories Mn, Mc, Me) below
+    ``limit``: vowel signs and viramas of Indic scripts, Thai tone marks, accents written apart.
+    They are part of their words, yet Python's ``\\w`` does not match them."""
+    ranges, start, prev = [], None, None
+    for cp in range(limit):
+        if unicodedata.category(chr(cp))[0] == "M":
+            if start is None:
+                start = cp
+            prev = cp
+        elif start is not None:
+            # the marks themselves (never a character special inside a regex class)
+            ranges.append(f"{chr(start)}-{chr(prev)}" if prev > start else chr(start))
+            start = None
+    return "".join(ranges)
+
+
+# anything that is not a letter, digit, combining mark or whitespace (unicode-aware), and
+# underscores: without the marks, Hindi or Thai words fall apart into their consonants
+PUNCT_RE = re.compile(f"[^\\w\\s{_mark_ranges()}]|_")
 
 DEFAULT_PARAMS = {
     "unicode_nfkc": True,
@@ -36,6 +56,22 @@ DEFAULT_PARAMS = {
     "min_token_len": 2,
     "stem": None,
 }
+
+
+# scripts written without spaces between words: Han, Hiragana, Katakana (and their
+# extensions), Thai, Lao, Tibetan, Myanmar, Khmer. Hangul is not one: Korean puts spaces.
+UNSPACED_RE = re.compile(
+    "[\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f]")
+# a text is written without spaces when at least this share of its non-space characters is
+UNSPACED_SHARE = 0.5
+
+
+def unspaced(text: str) -> bool:
+    """Whether ``text`` is mostly in a script written without spaces between words (Chinese,
+    Japanese, Thai...): split on whitespace, a whole sentence would be one token."""
+    letters = len(text) - text.count(" ")
+    return letters > 0 and len(UNSPACED_RE.findall(text)) >= UNSPACED_SHARE * letters
 
 
 def make_stemmer(language: str):

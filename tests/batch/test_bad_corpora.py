@@ -245,7 +245,7 @@ def trained(project) -> Path:
     """A model.joblib of this daskfleet, as a run writes it (fitted here: no cluster needed)."""
     from sklearn.naive_bayes import MultinomialNB
 
-    from runner.batch.features import vectorize
+    from runner.batch.features import resolve_analyzer, vectorize
     from runner.batch.model import model_stamp, save_model
     from runner.batch.text import make_cleaner
 
@@ -253,8 +253,10 @@ def trained(project) -> Path:
     job = load_job(project / "j.yaml")
     clean = make_cleaner(job.clean_params())
     texts, labels = zip(*((r["text"], r["label"]) for r in rows()), strict=True)
-    X = vectorize([clean(t) for t in texts], job.vectorizer_params())
-    model = {**model_stamp(), "vectorizer": job.vectorizer_params(), "clean": job.clean_params(),
+    # analyzer auto, resolved as a run does (these texts are spaced: words)
+    params, _, _ = resolve_analyzer(job.vectorizer_params(), unspaced=0, texts=len(texts))
+    X = vectorize([clean(t) for t in texts], params)
+    model = {**model_stamp(), "vectorizer": params, "clean": job.clean_params(),
              "classifier": MultinomialNB().fit(X, labels), "labels": sorted(WORDS), "idf": None}
     save_model(project / "model.joblib", model)
     return project / "model.joblib"

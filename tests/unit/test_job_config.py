@@ -38,7 +38,8 @@ def test_defaults_written_once(tmp_path):
     assert job.data.text_column == "text" and job.data.label_column == "label"
     assert job.data.shard_rows is None and job.data.partition_mb == 64 and job.data.limit is None
     assert job.data.on_error == "fail" and job.data.format is None
-    assert job.features.n_features == 2**18 and job.features.ngram_range == [1, 2]
+    assert job.features.n_features == 2**18 and job.features.ngram_range is None
+    assert job.features.analyzer == "auto"  # word [1, 2] or char_wb [1, 3], by the texts
     assert job.clean.stop_words == "english" and job.clean.min_token_len == 2
     assert job.split.test_fraction == 0.2 and job.model.kind == "sgd" and job.model.epochs == 5
     # the worker-side functions get plain dicts
