@@ -120,7 +120,10 @@ def make_cleaner(params: dict):
         if punct:
             text = PUNCT_RE.sub(" ", text)
         # stop words are lowercase; compare lowercase even when the text keeps its case
-        tokens = [t for t in text.split() if len(t) >= min_len and t.lower() not in stops]
+        # a token of a script written without spaces is a phrase, whose length says nothing
+        # (a one-character Chinese phrase such as 好 "good" stays)
+        tokens = [t for t in text.split()
+                  if (len(t) >= min_len or UNSPACED_RE.match(t)) and t.lower() not in stops]
         return " ".join(stem(tokens) if stem is not None else tokens)
 
     return clean
