@@ -23,6 +23,7 @@ from runner.batch.evaluate import metrics_from_confusion
 from runner.batch.features import resolve_analyzer
 from runner.batch.naive_bayes import VARIANTS
 from runner.batch.parts import clean_part, part_stats, read_shard, vectorize_part
+from runner.dask_workers import joined_workers
 
 
 def single_process_features(job, paths) -> dict:
@@ -115,7 +116,7 @@ def peak_worker_memory(client, interval: float = 0.2):
     def sample():
         while not stop.is_set():
             try:
-                workers = client.scheduler_info(n_workers=-1)["workers"].values()
+                workers = joined_workers(client).values()
                 result["peak"] = max([result["peak"],
                                       *(w["metrics"]["memory"] for w in workers)])
             except (OSError, KeyError, RuntimeError):

@@ -39,6 +39,7 @@ from runner.batch.artifacts import (
 )
 from runner.batch.model import model_stamp, save_model
 from runner.batch.report import render_report
+from runner.dask_workers import joined_workers
 from runner.errors import BatchError, DaskfleetError, ModelTooLarge
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     vectorizer_params = job.vectorizer_params()
     model_params = job.model_params()
     timings: dict[str, float] = {}
-    workers_info = client.scheduler_info(n_workers=-1)["workers"]
+    workers_info = joined_workers(client)
     n_workers = len(workers_info)
     if n_workers == 0:
         raise BatchError("the cluster has no workers; check `daskfleet status`")
@@ -447,6 +448,9 @@ class _Parts:
         its shard when it loaded it (with the cache), or where it is rebuilt (without). The same
         groups either way, so both give the same model, bit for bit."""
         workers = _workers(self.client)
+        if not workers:
+            raise BatchError("the cluster has no workers any more; check `daskfleet status` and "
+                             "the worker logs")
         groups = [(w, list(range(j, len(self), len(workers)))) for j, w in enumerate(workers)]
         return [(w, idx) for w, idx in groups if idx]
 
@@ -465,7 +469,7 @@ class _Parts:
 
 
 def _workers(client: Client) -> list[str]:
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return sorted(joined_workers(client))
 
 
 def _tree_reduce(client: Client, futures: Sequence[Future], func: Callable,

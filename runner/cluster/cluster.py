@@ -19,6 +19,7 @@ from runner.cluster.hosts import Host
 from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
 from runner.config import ClusterSpec, load_cluster
+from runner.dask_workers import joined_workers
 from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError, StateError
 from runner.provision import machines, providers, terraform
 from runner.provision.tls import CertificateAuthority
@@ -146,7 +147,7 @@ class Cluster:
     def live_worker_hosts(self, progress=None) -> list[Host]:
         """The worker hosts with a worker joined to the scheduler right now: a degraded cluster
         works with these (data is shipped only there), and the missing ones are said."""
-        joined = {w["host"] for w in self.client().scheduler_info(n_workers=-1)["workers"].values()}
+        joined = {w["host"] for w in joined_workers(self.client()).values()}
         hosts = self.worker_hosts()
         live = [h for h in hosts if h.dask_address in joined]
         missing = [h.name for h in hosts if h not in live]
@@ -365,8 +366,8 @@ class Cluster:
         joined: dict[str, dict] = {}
         if any(p.kind == "scheduler" and s.state == "running" for p, s in procs_state.items()):
             try:
-                info = self.client().scheduler_info(n_workers=-1)
-                joined = {w.get("name"): {"address": a, **w} for a, w in info["workers"].items()}
+                joined = {w.get("name"): {"address": a, **w}
+                          for a, w in joined_workers(self.client()).items()}
             except Exception:  # noqa: BLE001 - a scheduler that does not answer is degraded
                 joined = {}
         hosts = []

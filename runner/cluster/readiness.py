@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runner.cluster.processes import RemoteProcess
+from runner.dask_workers import joined_workers
 from runner.errors import ClusterStartError
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def wait_ready(cluster: Cluster, wanted: set[str], timeout: float | None = None)
 
     def ready() -> bool:
         nonlocal joined
-        info = client.scheduler_info(n_workers=-1)["workers"].values()
+        info = joined_workers(client).values()
         joined = {w.get("name") for w in info} & wanted
         return joined == wanted
 

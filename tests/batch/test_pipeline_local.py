@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runner.batch import load_job, load_model, predict_texts, prepare_dataset, run_job
+from runner.dask_workers import joined_workers
 from runner.errors import BatchError
 
 distributed = pytest.importorskip("distributed")
@@ -200,7 +201,7 @@ def test_a_model_larger_than_the_workers_memory_is_refused_before_any_training(c
           synthetic: {n_docs: 2000, n_classes: 100, vocab_size: 500, doc_len: 10, seed: 1}
         features: {n_features: 16777216}
         """))
-    limit = min(w["memory_limit"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    limit = min(w["memory_limit"] for w in joined_workers(client).values())
     need = training_memory(100, 2**24)  # 6 float32 copies of 100 x 2**24 weights: 37.5 GiB
     assert need > MEMORY_BUDGET * limit, "this machine's workers would hold it: use more classes"
     fits = largest_fitting_features(100, limit)
@@ -285,7 +286,7 @@ def test_a_naive_bayes_model_beyond_the_workers_memory_is_refused_as_float64_cou
         features: {{n_features: 16777216}}
         model: {model}
         """))
-    limit = min(w["memory_limit"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    limit = min(w["memory_limit"] for w in joined_workers(client).values())
     mem = model_memory("naive_bayes", 100)
     dataset = prepare_dataset(job, tmp_path / "cache")
     lines: list[str] = []

@@ -16,6 +16,7 @@ import pytest
 from runner.cluster import Cluster
 from runner.cluster.nodeinfo import describe
 from runner.cluster.ssh import connect
+from runner.dask_workers import joined_workers
 from runner.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def test_each_worker_runs_from_opt_daskfleet_on_its_own_host(lab_cluster):
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         client = cluster.client()
         info = client.run(describe)
-        names = {addr: w["name"] for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        names = {addr: w["name"] for addr, w in joined_workers(client).items()}
         lock_hash = cluster.status_record()["lock_hash"]
     assert len(info) == 2
     for addr, node in info.items():

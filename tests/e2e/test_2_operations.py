@@ -17,6 +17,7 @@ import pytest
 
 from runner import Cluster
 from runner.cluster.ssh import connect
+from runner.dask_workers import joined_workers
 from runner.errors import ProvisionError
 from runner.provision.tls import CertificateAuthority
 
@@ -96,7 +97,7 @@ def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, cli
             out, _ = proc.communicate()
     assert refusals and "UNKNOWN_CA" in refusals[-1], (refusals, out[-2000:])
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
+        names = {w["name"] for w in joined_workers(cluster.client()).values()}
     assert "intruder" not in names
     assert "Registered to" not in out, out
 
@@ -144,7 +145,7 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         client = cluster.client()
         out = cli("scale", "4", "-c", str(LAB_CLUSTER)).stdout
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        workers = joined_workers(client).values()
         assert len(workers) == 4
         # two workers per host now: the two that ran alone restarted with half the share, so a
         # host never commits more memory than it has
@@ -159,7 +160,7 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
         assert len(holders) > 1
         out = cli("scale", "1", "-c", str(LAB_CLUSTER)).stdout
         assert "retired:" in out and "none" not in out.split("retired:")[1].split(";")[0]
-        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
+        assert len(joined_workers(client)) == 1
         assert client.gather(futures) == [x * x for x in range(200)]
         cli("scale", "2", "-c", str(LAB_CLUSTER))
     rc, st = _status(cli)
@@ -175,7 +176,7 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
     out = cli("scale", "3", "-c", str(LAB_CLUSTER)).stdout
     assert "starting degraded without lab3 (unreachable)" in out, out
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        joined = cluster.client().scheduler_info(n_workers=-1)["workers"].values()
+        joined = joined_workers(cluster.client()).values()
         assert sorted(w["name"] for w in joined) == ["lab2-w0", "lab2-w1"]
     cli("lab", "restart", "lab3")  # back, with its disks, without its processes
     # its supervisor, started at boot, starts its worker again: no `up`
@@ -312,7 +313,7 @@ def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, cli, workdir: 
     assert "stopping what this run started: scheduler@lab1" in out.stdout, out.stdout
     # the running cluster was not disturbed
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        assert len(cluster.client().scheduler_info(n_workers=-1)["workers"]) == 2
+        assert len(joined_workers(cluster.client())) == 2
 
 
 def test_up_keeps_the_current_and_previous_environment_and_prunes_older(lab_cluster, cli):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from runner.cluster import Cluster
+from runner.dask_workers import joined_workers
 from runner.lab import Lab
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
@@ -139,6 +140,6 @@ def test_up_closes_a_worker_the_file_no_longer_wants(lab_cluster, cli, workdir):
     # waiting for "3 of 2" workers, and status is healthy with exactly the wanted ones.
     assert "closing what is no longer wanted: lab1-w0@lab1" in back.stdout, back.stdout
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        names = {w["name"] for w in cluster.client().scheduler_info(n_workers=-1)["workers"].values()}
+        names = {w["name"] for w in joined_workers(cluster.client()).values()}
     assert names == {"lab2-w0", "lab3-w0"}
     assert _pids(cli, LAB_CLUSTER)
