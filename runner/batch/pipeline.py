@@ -337,7 +337,9 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
                          pure=False)
         _check(vec, "vectorize", paths, bar=True)
         _release(cleaned)
-        if vectorizer_params.get("tfidf"):
+        # with a search, the idf weights are computed after it: the search's own come from its
+        # fitting rows only, never from the validation rows it scores on
+        if vectorizer_params.get("tfidf") and job.search is None:
             vec, idf = _tfidf(client, _Parts(client, vec=vec), vectorizer_params["norm"], paths)
         source = _Parts(client, vec=vec)
     else:
@@ -358,8 +360,12 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     part_rows = [sum(s["train_labels"].values()) for s in stats]
     search = None
     if job.search is not None:
-        search = _search(client, job, model_params, source, classes, paths, say)
+        tfidf_norm = vectorizer_params["norm"] if vectorizer_params.get("tfidf") else None
+        search = _search(client, job, model_params, source, classes, paths, say, tfidf_norm)
         model_params = {**model_params, **search["best"]}
+        if vectorizer_params.get("tfidf"):  # now from all the training rows, for the final fit
+            vec, idf = _tfidf(client, source, vectorizer_params["norm"], paths)
+            source = _Parts(client, vec=vec)
     fitted = _train(client, job.model.kind, model_params, source, part_rows, classes, paths, say,
                     vectorizer_params["n_features"])
     timings["train"] = time.perf_counter() - t0
@@ -671,9 +677,11 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
 
 
 def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: list[str],
-            paths: list[str], say: Progress) -> dict:
+            paths: list[str], say: Progress, tfidf_norm: str | None = None) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
-    text hash), in parallel; score each on the validation rows; best by macro-F1."""
+    text hash), in parallel; score each on the validation rows; best by macro-F1. With
+    ``tfidf_norm`` (tf-idf on; ``source`` holds raw counts), the search's idf weights come from
+    its fitting rows only, as the final model's come from the training rows only."""
     spec = job.search
     t0 = time.perf_counter()
     candidates = spec.candidates()
@@ -682,6 +690,9 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
     fit_parts = client.map(parts.carve_validation, source.vec, fraction=spec.validation_fraction,
                            seed=job.split.seed, pure=False)
     _check(fit_parts, "search (validation split)", paths)
+    if tfidf_norm is not None:
+        fit_parts, idf = _tfidf(client, _Parts(client, vec=fit_parts), tfidf_norm, paths)
+        _release([idf])
     fit_source = _Parts(client, vec=fit_parts)
     if job.model.kind == "naive_bayes":
         fitted = _naive_bayes(client, fit_source, classes, base["variant"],

@@ -211,6 +211,41 @@ def test_tfidf_job_and_its_model_agree(client, corpus, tmp_path):
     assert predict_texts(model, ["<b>garlic</b> butter 42 sauce"]) == ["cooking"]
 
 
+COUNTED: list[int] = []  # n_docs of each document-frequency task (module level: pickled by name)
+
+
+def counting_train_frequencies(part):
+    from runner.batch.features import document_frequencies
+
+    freq = document_frequencies(part["X_train"])
+    COUNTED.append(freq["n_docs"])
+    return freq
+
+
+def test_the_search_idf_comes_from_its_fitting_rows_only(corpus, tmp_path, monkeypatch):
+    # an in-process cluster, so the document-frequency tasks can be watched from here
+    from distributed import Client, LocalCluster
+
+    from runner.batch import parts
+
+    COUNTED.clear()
+    counted = COUNTED
+    monkeypatch.setattr(parts, "train_frequencies", counting_train_frequencies)
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as local:
+        metrics, _ = run(local, corpus, tmp_path, "tfidf-search", """\
+            features: {n_features: 4096, tfidf: true}
+            model: {epochs: 2}
+            search: {grid: {alpha: [1.0e-5, 1.0e-3]}, validation_fraction: 0.25}
+            """)
+    n_parts = metrics["n_partitions"]
+    assert len(counted) == 2 * n_parts  # the search's idf, then the final one
+    search_docs, final_docs = sum(counted[:n_parts]), sum(counted[n_parts:])
+    assert final_docs == metrics["n_train"]
+    # the validation rows (a quarter of the training rows, by text hash) are not counted
+    assert 0.65 * metrics["n_train"] < search_docs < 0.85 * metrics["n_train"]
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
