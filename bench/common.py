@@ -18,11 +18,18 @@ import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 
-from runner.batch import load_job
+from runner.batch import load_job, split
 from runner.batch.evaluate import metrics_from_confusion
 from runner.batch.features import resolve_analyzer
 from runner.batch.naive_bayes import VARIANTS
-from runner.batch.parts import clean_part, part_stats, read_shard, vectorize_part
+from runner.batch.parts import (
+    clean_part,
+    label_hashes,
+    part_stats,
+    read_shard,
+    vectorize_part,
+    with_thresholds,
+)
 from runner.dask_workers import joined_workers
 
 
@@ -31,8 +38,14 @@ def single_process_features(job, paths) -> dict:
     t0 = time.perf_counter()
     cleaned = [clean_part(read_shard(str(p)), job.clean_params(), job.split_params())
                for p in paths]
-    # features.analyzer auto, resolved from the texts as the cluster's run does
     stats = [part_stats(c) for c in cleaned]
+    # the stratified split and features.analyzer auto, as the cluster's run does them
+    split_params = job.split_params()
+    if split_params["stratify"]:
+        small = split.small_labels(stats)
+        split_params["thresholds"] = split.stratified_thresholds(
+            [label_hashes(c, small) for c in cleaned], split_params["test_fraction"])
+        cleaned = [with_thresholds(c, split_params) for c in cleaned]
     params, _, _ = resolve_analyzer(job.vectorizer_params(),
                                     sum(s["unspaced_texts"] for s in stats),
                                     sum(s["sampled_texts"] for s in stats))

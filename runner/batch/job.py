@@ -249,6 +249,10 @@ class SplitSpec(_Model):
     test_fraction: Annotated[float, Field(gt=0, lt=1, description=(
         "the share of rows held out for testing: above 0 and below 1, e.g. 0.2"))] = 0.2
     seed: int = 0
+    # every label of at most 1000 rows gets test_fraction of its rows as test rows (at least
+    # one; a one-row label trains); false: the plain hash split, where a rare label may land
+    # wholly on one side
+    stratify: bool = True
 
 
 MODEL_KINDS = ("sgd", "naive_bayes", "incremental")

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from runner.batch.features import vectorize
-from runner.batch.split import test_mask, unit_hash
+from runner.batch.split import held_out, unit_hash
 from runner.batch.text import make_cleaner
 
 COLUMNS = ["text", "label"]
@@ -44,16 +44,43 @@ def clean_part(df: pd.DataFrame, clean_params: dict, split_params: dict) -> dict
     cleaned = [clean(t) for t in text]
     # the split hashes the cleaned text: texts that differ only in case, punctuation or stop
     # words are the same document to the model, so they must fall on the same side
-    is_test = test_mask(cleaned, split_params["test_fraction"], split_params["seed"])
+    split_hash = unit_hash(cleaned, split_params["seed"])
+    is_test = held_out(split_hash, label, split_params["test_fraction"],
+                        split_params.get("thresholds"))
     return {
         "rows": int(len(df)),
         "dropped": int((~keep).sum()),
         "text": cleaned,
         "label": label,
         "is_test": is_test,
+        "split_hash": split_hash,
         # a second, independent hash: the validation split of the training rows (grid search)
         "val_hash": unit_hash(cleaned, int(split_params["seed"]) + 1),
     }
+
+
+def label_hashes(part: dict, labels: list[str]) -> dict:
+    """The split hashes of the rows of each of ``labels`` (the small ones, for a stratified
+    split: ``split.stratified_thresholds``)."""
+    wanted = set(labels)
+    out: dict[str, list[float]] = {}
+    for lab, h in zip(part["label"], part["split_hash"], strict=True):
+        if lab in wanted:
+            out.setdefault(lab, []).append(h)
+    return {lab: np.asarray(h, dtype=np.float64) for lab, h in out.items()}
+
+
+def with_thresholds(part: dict, split_params: dict) -> dict:
+    """The cleaned partition with its test rows chosen again by ``split_params`` (its
+    ``thresholds`` per label)."""
+    return {**part, "is_test": held_out(part["split_hash"], part["label"],
+                                         split_params["test_fraction"],
+                                         split_params.get("thresholds"))}
+
+
+def shard_label_hashes(path: str, clean_params: dict, split_params: dict, labels: list[str]):
+    """``label_hashes`` of a shard read and cleaned inside the task (nothing kept)."""
+    return label_hashes(clean_part(read_shard(path), clean_params, split_params), labels)
 
 
 def vectorize_part(part: dict, vectorizer_params: dict) -> dict:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, features, memory, naive_bayes, parts, store_load, train
+from runner.batch import evaluate, features, memory, naive_bayes, parts, split, store_load, train
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -275,6 +275,11 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         timings["clean"] = time.perf_counter() - t0
         say(f"load: {len(paths)} shards on {n_workers} workers, read and cleaned in one pass "
             "(features.cache: false, nothing kept)")
+    if split_params.get("stratify"):
+        split_params, resplit = _stratify(client, stats, split_params, clean_params,
+                                          cleaned if cache else None, shards)
+        if cache:
+            cleaned = resplit
     rows = sum(s["rows"] for s in stats)
     dropped = sum(s["dropped"] for s in stats)
     train_labels: Counter = Counter()
@@ -313,7 +318,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
             f"label(s) {', '.join(map(repr, test_only))} occur only in the test split "
             f"({sum(test_labels[c] for c in test_only)} rows): the model cannot predict them and "
             "their recall is 0; add training rows for them, or change split.seed or "
-            "split.test_fraction")
+            "split.test_fraction, or set split.stratify: true")
     vectorizer_params, note, warn = features.resolve_analyzer(
         vectorizer_params, sum(s["unspaced_texts"] for s in stats),
         sum(s["sampled_texts"] for s in stats))
@@ -415,7 +420,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         "per_class": scores["per_class"],
         "confusion_matrix": cm.tolist(),
         "params": {"clean": clean_params, "features": vectorizer_params,
-                   "split": split_params, "model": _json_safe(model_params)},
+                   "split": {k: v for k, v in split_params.items() if k != "thresholds"},
+                   "model": _json_safe(model_params)},
     }
     metrics.update(extra)
     if search is not None:
@@ -605,6 +611,43 @@ def _sgd_params(model_params: dict) -> dict:
             "learning_rate": model_params.get("learning_rate", "optimal"),
             "eta0": model_params.get("eta0", 0.01), "power_t": model_params.get("power_t", 0.5),
             "class_weight": model_params.get("class_weight")}
+
+
+def _stratify(client: Client, stats: list[dict], split_params: dict, clean_params: dict,
+              cleaned: list[Future] | None, shards: Sequence) -> tuple[dict, list | None]:
+    """A stratified split: every label of at most ``split.STRATIFY_MAX_ROWS`` rows gets its own
+    hash threshold, so its share of test rows is ``test_fraction`` (a label of 2-4 rows gets one
+    test row, one of a single row trains). Only those labels' hashes reach the client. ``stats``
+    are updated in place to the new split. Returns the split parameters with the thresholds,
+    and the cleaned partitions split again (when ``cleaned`` is given; without the cache, every
+    rebuild applies the thresholds itself)."""
+    small = split.small_labels(stats)
+    if not small:
+        return split_params, cleaned
+    if cleaned is not None:
+        hashes_f = client.map(parts.label_hashes, cleaned, labels=small, pure=False)
+    else:
+        hashes_f = client.map(parts.shard_label_hashes, shards, clean_params=clean_params,
+                              split_params=split_params, labels=small, pure=False)
+    _check(hashes_f, "split (stratified)")
+    hashes = client.gather(hashes_f)
+    _release(hashes_f)
+    thresholds = split.stratified_thresholds(hashes, split_params["test_fraction"])
+    for s, part in zip(stats, hashes, strict=True):
+        for lab, h in part.items():
+            test = int((h < thresholds[lab]).sum())
+            for key, n in (("test_labels", test), ("train_labels", len(h) - test)):
+                if n:
+                    s[key][lab] = n
+                else:
+                    s[key].pop(lab, None)
+    out = {**split_params, "thresholds": thresholds}
+    if cleaned is None:
+        return out, None
+    resplit = client.map(parts.with_thresholds, cleaned, split_params=out, pure=False)
+    _check(resplit, "split (stratified)")
+    _release(cleaned)
+    return out, resplit
 
 
 def _class_weights(job: JobSpec, train_labels: Counter) -> dict[str, float] | None:

@@ -167,12 +167,12 @@ def project(client, tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def submit_job(project: Path, case: Case, capsys, model: str = "naive_bayes"):
+def submit_job(project: Path, case: Case, capsys, model: str = "naive_bayes", extra: str = ""):
     case.make(project / case.file)
     job = project / "job.yaml"
     job.write_text(f"name: {case.id.replace(' ', '-').replace('.', '')}\n"
                    f"data: {{source: files, path: {case.file}{case.data}}}\n"
-                   f"model: {{kind: {model}}}\n")
+                   f"model: {{kind: {model}}}\n{extra}")
     return run_cli(["submit", str(job), "-c", str(project / "cluster.yaml"),
                     "--runs-dir", str(project / "runs")], capsys)
 
@@ -196,9 +196,19 @@ def test_a_bad_corpus_fails_naming_the_file_and_leaves_nothing_half_written(case
     assert leftovers(project) == []
 
 
+def test_a_rare_class_the_hash_puts_in_the_test_split_also_trains_when_stratified(project,
+                                                                                capsys):
+    outcome = submit_job(project, Case("kiwi", "c.csv", class_only_in_test, (), ""), capsys)
+    assert outcome.code == 0, outcome.err
+    metrics = json.loads((the_run(project) / "metrics.json").read_text())
+    # its 3 rows: round(0.2 x 3) = 1 test row, 2 training rows; a class of the model
+    assert metrics["per_class"]["kiwi"]["support"] == 1 and "kiwi" in metrics["model_classes"]
+    assert not metrics.get("warnings")
+
+
 def test_a_class_only_in_the_test_split_is_kept_and_warned_about(project, capsys):
     case = Case("kiwi", "c.csv", class_only_in_test, (), "")
-    outcome = submit_job(project, case, capsys)
+    outcome = submit_job(project, case, capsys, extra="split: {stratify: false}\n")
     assert outcome.code == 0, outcome.err
     warning = ("label(s) 'kiwi' occur only in the test split (3 rows): the model cannot predict "
                "them and their recall is 0; add training rows for them, or change split.seed")

@@ -174,8 +174,12 @@ def test_one_class_corpus_is_an_error(client, tmp_path):
     # the control machine refuses it before any shard is written
     with pytest.raises(BatchError, match=r"one\.csv \(data\.path\): one class only \('only'"):
         prepare_dataset(job, tmp_path / "cache")
-    # a second class whose rows all fall in the test split: the workers find one class to train
+    # a second class whose rows all fall in the test split (the plain hash split; stratified,
+    # one of its two rows would train): the workers find one class to train
     from runner.batch.split import test_mask
+
+    job = load_job(write_job(tmp_path, "name: one\ndata: {source: files, path: one.csv}\n"
+                                       "split: {stratify: false}\n"))
 
     # (the split hashes the cleaned text; these texts are already clean)
     kiwis = [t for t in (f"kiwi k{i}" for i in range(100)) if test_mask([t], 0.2, 0)[0]][:2]

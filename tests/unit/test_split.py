@@ -87,3 +87,29 @@ def test_texts_the_cleaning_makes_equal_fall_on_the_same_side():
     assert (part["val_hash"][:300] == part["val_hash"][300:]).all()
     # the raw texts alone would have split many of these twins
     assert (test_mask(raw, 0.3, 0) != test_mask(twins, 0.3, 0)).sum() > 50
+
+
+def test_a_stratified_split_gives_each_small_label_its_share_of_test_rows():
+    rng = np.random.default_rng(0)
+    sizes = {"rare": 3, "few": 10, "some": 40, "one": 1, "two": 2}
+    per_part = [{lab: rng.random(n // 2) for lab, n in sizes.items()},
+                {lab: rng.random(n - n // 2) for lab, n in sizes.items()}]
+    thresholds = split.stratified_thresholds(per_part, 0.2)
+    for lab, n in sizes.items():
+        test = sum(int((p[lab] < thresholds[lab]).sum()) for p in per_part)
+        expected = 0 if n == 1 else min(n - 1, max(1, round(0.2 * n)))
+        assert test == expected, (lab, test, expected)
+    # rows of one text share a hash: never on both sides
+    for hashes in ([0.1, 0.1, 0.5, 0.9], [0.1, 0.5, 0.5, 0.9]):
+        h = np.array(hashes)
+        side = h < split.stratified_thresholds([{"dup": h}], 0.5)["dup"]
+        assert len(set(side[h == 0.1])) == 1 and len(set(side[h == 0.5])) == 1
+    held = split.held_out(np.array([0.05, 0.15, 0.5]), np.array(["dup", "big", "big"], dtype=object),
+                          0.2, {"dup": 0.01})
+    assert held.tolist() == [False, True, False]  # dup by its own threshold, big by the fraction
+
+
+def test_small_labels_are_counted_over_every_partition():
+    stats = [{"train_labels": {"a": 600, "b": 3}, "test_labels": {"a": 150}},
+             {"train_labels": {"a": 300, "c": 1}, "test_labels": {"b": 1}}]
+    assert split.small_labels(stats) == ["b", "c"]  # a: 1050 rows, over the limit of 1000
