@@ -10,6 +10,9 @@
    64 and 256 partitions, Debian sections and a synthetic corpus (bench/partitions.py).
 4. throughput (LocalCluster): training documents per second per worker core against one
    process on the same sparse matrices and epochs, 100k and 400k documents (bench/throughput.py).
+5. workers (LocalCluster): accuracy and macro-F1 against single-process scikit-learn at 2, 4, 8,
+   16 and 32 one-thread workers, three seeds, Debian sections, a synthetic corpus without label
+   noise and one with rare classes (bench/workers.py).
 
 Writes bench/results/<date>.json and <date>.md, and the table into README.md between its
 bench markers. `--quick` divides the corpus sizes by 16 and runs fewer rounds: a check that the
@@ -31,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SECTIONS = ("bringup", "scale", "partitions", "throughput")
+SECTIONS = ("bringup", "scale", "partitions", "throughput", "workers")
 
 
 def log(line: str) -> None:
@@ -106,6 +109,15 @@ def goals(results: dict) -> list[tuple[str, str, str, bool]]:
                     f"{row['accuracy']:.4f} vs {row['single_accuracy']:.4f} "
                     f"({row['accuracy_points']:+.2f} pts); macro-F1 {row['macro_f1_points']:+.2f}",
                     ">= -1 pt both", min(row["accuracy_points"], row["macro_f1_points"]) >= -1))
+    for row in results.get("workers", []):
+        a, f = row["accuracy_points"], row["macro_f1_points"]
+        out.append((f"accuracy, {row['corpus']}, {row['workers']} workers "
+                    f"({row['mixed_models']} models mixed, {row['n_train']:,} training rows), "
+                    f"vs one process, {len(row['seeds'])} seeds",
+                    f"{a['mean']:+.2f} pts [{a['min']:+.2f}, {a['max']:+.2f}]; macro-F1 "
+                    f"{f['mean']:+.2f} [{f['min']:+.2f}, {f['max']:+.2f}]",
+                    ">= -1 pt accuracy, >= -2 pts macro-F1 (mean)",
+                    a["mean"] >= -1 and f["mean"] >= -2))
     for row in results.get("throughput", []):
         c = row[True]
         out.append((f"training per worker core / one process, {row['docs']:,} docs",
@@ -185,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         log("throughput: training per worker core")
         sizes = [6_250, 25_000] if args.quick else [100_000, 400_000]
         results["throughput"] = throughput.measure(sizes, workers=2, modes=(True,), log=log)
+    if "workers" in only:
+        import workers
+
+        log("workers: accuracy as the workers grow")
+        results["workers"] = (
+            workers.measure((2, 4), seeds=(0,), corpora=("synthetic",), docs=20_000, log=log)
+            if args.quick else workers.measure(log=log))
     save()
     table = markdown(results)
     write_atomic(out.with_suffix(".md"), table)

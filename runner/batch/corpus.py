@@ -446,8 +446,8 @@ class _ShardWriter:
 
 def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: dict) -> Dataset:
     n_shards = max(1, -(-n_docs // shard_rows))
-    # the deal's seed comes from the input's digest: the same input gives the same shards
-    writer = _ShardWriter(folder, n_shards, shard_rows, n_docs, int(meta["digest"][:8], 16))
+    writer = _ShardWriter(folder, n_shards, shard_rows, n_docs,
+                          meta.get("deal_seed", int(meta["digest"][:8], 16)))
     try:
         for text, label in documents:
             writer.add(text, label)
@@ -608,6 +608,10 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
 
     digest = _digest(meta)
     meta["digest"] = digest
+    # the deal of rows over shards is seeded by the content only (not where the files are), so
+    # the same corpus gives the same shards, and the same model, from any folder
+    meta["deal_seed"] = int(_digest({**meta, "digest": None, "inputs": [
+        sha for _, sha in meta.get("inputs", [])]})[:8], 16)
     folder = cache_dir / digest
     found = _existing(folder)
     if found is not None:

@@ -366,7 +366,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     search = None
     if job.search is not None:
         tfidf_norm = vectorizer_params["norm"] if vectorizer_params.get("tfidf") else None
-        search = _search(client, job, model_params, source, classes, paths, say, tfidf_norm)
+        search = _search(client, job, model_params, source, classes, paths, say, tfidf_norm,
+                         sum(part_rows))
         model_params = {**model_params, **search["best"]}
         if vectorizer_params.get("tfidf"):  # now from all the training rows, for the final fit
             vec, idf = _tfidf(client, source, vectorizer_params["norm"], paths)
@@ -411,6 +412,10 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         "n_classes": len(classes),
         "model_classes": list(classes),
         "n_workers": n_workers,
+        # parameter mixing: how many models were mixed each epoch (fewer than the workers when
+        # the training rows are few: at least train.MIN_MODEL_ROWS a model)
+        "mixed_models": (len(source.mixing_groups(n_train)) if job.model.kind == "sgd"
+                         else None),
         "n_partitions": len(paths),
         "rows": rows,
         "dropped_rows": dropped,
@@ -455,7 +460,7 @@ class _Parts:
     def map(self, func: Callable, *args: Any) -> list[Future]:
         return [self.submit(func, i, *args) for i in range(len(self))]
 
-    def by_worker(self) -> list[tuple[str, list[int]]]:
+    def by_worker(self, max_groups: int | None = None) -> list[tuple[str, list[int]]]:
         """Partition i belongs to worker i mod W (workers sorted by address): where `_run` placed
         its shard when it loaded it (with the cache), or where it is rebuilt (without). The same
         groups either way, so both give the same model, bit for bit."""
@@ -463,8 +468,15 @@ class _Parts:
         if not workers:
             raise BatchError("the cluster has no workers any more; check `daskfleet status` and "
                              "the worker logs")
+        # with ``max_groups``, that many groups on the first workers (partitions then move)
+        workers = workers[:max_groups] if max_groups else workers
         groups = [(w, list(range(j, len(self), len(workers)))) for j, w in enumerate(workers)]
         return [(w, idx) for w, idx in groups if idx]
+
+    def mixing_groups(self, n_rows: int) -> list[tuple[str, list[int]]]:
+        """The groups parameter mixing trains one model on each: one per worker, but no more
+        than leave every model ``train.MIN_MODEL_ROWS`` of the ``n_rows`` training rows."""
+        return self.by_worker(max_groups=max(1, n_rows // train.MIN_MODEL_ROWS))
 
     def submit_group(self, func: Callable, worker: str, indices: list[int], *args: Any) -> Future:
         """``func(those partitions, *args)`` as one task on ``worker``, where they are (another
@@ -680,8 +692,18 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
     Every epoch's tasks are submitted up front: an epoch starts on a worker as soon as the mixed
     state it needs exists, not after a round trip through the client. The client keeps only
     each epoch's states, to report progress and to hold the last ones; the scheduler keeps an
-    intermediate result until the tasks that need it have run."""
-    groups = source.by_worker()
+    intermediate result until the tasks that need it have run.
+
+    Each mixed model trains on at least ``train.MIN_MODEL_ROWS`` rows an epoch: with fewer, the
+    mix falls behind one process (on a corpus with rare classes, macro-F1 -1.3 points at 6,500
+    rows a model and -2.3 at 3,200, bench/workers.py), so a small corpus trains fewer models
+    than there are workers, and says so."""
+    groups = source.mixing_groups(n_train)
+    n_workers = len(source.by_worker())
+    if len(groups) < n_workers:
+        say(f"train: {len(groups)} model(s) mixed on {len(groups)} of {n_workers} workers: "
+            f"{n_train:,} training rows make at most {len(groups)} model(s) of "
+            f"{train.MIN_MODEL_ROWS:,} rows or more (fewer rows a model cost accuracy)")
     states: list[Future | None] = [None] * len(candidates)
     per_epoch: list[list[Future]] = []
     for epoch in range(epochs):
@@ -720,7 +742,8 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
 
 
 def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: list[str],
-            paths: list[str], say: Progress, tfidf_norm: str | None = None) -> dict:
+            paths: list[str], say: Progress, tfidf_norm: str | None = None,
+            n_train: int = 0) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
     text hash), in parallel; score each on the validation rows; best by macro-F1. With
     ``tfidf_norm`` (tf-idf on; ``source`` holds raw counts), the search's idf weights come from
@@ -742,8 +765,9 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
                               [c.get("alpha", base["alpha"]) for c in candidates], paths)
     else:
         params = [_sgd_params({**base, **c}) for c in candidates]
+        fit_rows = round(n_train * (1 - spec.validation_fraction))
         states = _parameter_mixing(client, fit_source, classes, params, job.model.epochs, paths,
-                                   lambda line: None, 0)
+                                   lambda line: None, fit_rows)
         fitted = [client.submit(train.make_classifier, s, classes, p, pure=False)
                   for s, p in zip(states, params, strict=True)]
         _check(fitted, "search (final weights)")
