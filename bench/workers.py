@@ -138,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--corpora", nargs="+", default=["debian", "synthetic", "rare"])
     ap.add_argument("--docs", type=int, default=60_000)
+    ap.add_argument("--min-model-rows", type=int, default=None,
+                    help="train.MIN_MODEL_ROWS for this run (1: one model per worker, always)")
     args = ap.parse_args(argv)
+    if args.min_model_rows is not None:  # read by the client side, in this process
+        from runner.batch import train
+
+        train.MIN_MODEL_ROWS = args.min_model_rows
     rows = measure(args.workers, args.seeds, args.corpora, args.docs,
                    log=lambda line: print(line, file=sys.stderr, flush=True))
     for r in rows:

@@ -695,9 +695,8 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
     intermediate result until the tasks that need it have run.
 
     Each mixed model trains on at least ``train.MIN_MODEL_ROWS`` rows an epoch: with fewer, the
-    mix falls behind one process (on a corpus with rare classes, macro-F1 -1.3 points at 6,500
-    rows a model and -2.3 at 3,200, bench/workers.py), so a small corpus trains fewer models
-    than there are workers, and says so."""
+    mix falls behind one process (``bench/workers.py --min-model-rows 1``), so a small corpus
+    trains fewer models than there are workers, and says so."""
     groups = source.mixing_groups(n_train)
     n_workers = len(source.by_worker())
     if len(groups) < n_workers:

@@ -32,8 +32,9 @@ def make_classifier(state: dict | None, classes, sgd_params: dict) -> SGDClassif
     return clf
 
 
-# the fewest training rows one mixed model sees in an epoch (pipeline._parameter_mixing): at
-# about 10,000 rows a model the mix stayed within 0.1 point of one process, below it fell behind
+# the fewest training rows one mixed model sees in an epoch (pipeline._parameter_mixing): with
+# fewer, averaging many models of little data each falls behind one process (bench/workers.py,
+# its --min-model-rows 1 lifts this floor to show it)
 MIN_MODEL_ROWS = 10_000
 
 # float32 copies of the k x n_features weights a worker may hold at once while training: the
@@ -117,19 +118,22 @@ def mix_sum(*results: dict) -> dict:
         coef += scaled
         intercept += w * r["intercept"]
     return {"coef": coef, "intercept": intercept,
-            # the step count the epoch started from (the same on every worker) and the steps
-            # all workers took since: together, what one process would have counted
+            # the step count the epoch started from (the same on every worker) and the most
+            # steps one worker took since (mix_finish says why not all of them)
             "t0": min(r["t0"] for r in done),
-            "t_steps": sum(r["t_steps"] for r in done),
+            "t_steps": max(r["t_steps"] for r in done),
             "n_rows": sum(r["n_rows"] for r in done), "summed": True}
 
 
 def mix_finish(epoch: int, *results: dict) -> dict:
     """The mixed state after ``epoch`` (0-based): the row-weighted mean of ``results`` (workers'
     weights or sums of a ``mix_sum`` level below; the root of the mixing tree, so an epoch ends
-    in one task). The learning-rate schedule goes on as one process's would: from the steps of
-    every worker together, so the step size at an epoch does not grow with the worker count (it
-    went on from the furthest worker before, about 1/W of one process's count at W workers)."""
+    in one task). The learning-rate schedule goes on from the steps of the furthest worker, as
+    if each worker were one process on its share of the rows: averaging W models divides each
+    one's progress by W, so their step sizes must be those of a 1/W-size corpus. Counting every
+    worker's steps instead (one process's count; tried) shrank the steps W-fold, and with 32
+    models the mix fell 3-4 points of macro-F1 behind one process where this stays within one
+    (``bench/workers.py --min-model-rows 1 --docs 400000 --workers 32 --corpora rare``)."""
     acc = mix_sum(*results)
     if acc["n_rows"] == 0:
         seen = [{k: r[k] for k in ("group", "n_parts") if k in r} for r in results]
