@@ -6,13 +6,10 @@ from __future__ import annotations
 import textwrap
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import SGDClassifier
 
 from runner.batch import load_job
 from runner.batch.reference import single_process_features, single_process_fit
@@ -22,39 +19,48 @@ from runner.dask_workers import joined_workers
 __all__ = ["single_process_features", "single_process_fit"]
 
 
-_SLICES: list = []  # the rows each forked fitter trains on (set before the fork, read after)
+_GROUPS: list = []  # the partitions each forked process trains on (set before the fork)
 
 
-def _fit_slice(args) -> float:
-    i, params, epochs = args
-    X, y = _SLICES[i]
-    clf = SGDClassifier(max_iter=epochs, tol=None, shuffle=True, **params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        t0 = time.perf_counter()
-        clf.fit(X, y)
+def _train_group(args) -> float:
+    """The workers' own epochs (``train.train_partitions``: the same batches of at least
+    ``parts.BATCH_ROWS`` rows, the same partial_fit calls) over one group of partitions, each
+    epoch going on from this process's own state: a worker's work with nothing to mix."""
+    from runner.batch import train
+
+    i, classes, params, epochs = args
+    state = None
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        state = train.mix_finish(epoch, train.train_partitions(_GROUPS[i], state, classes,
+                                                               params, epoch, i))
     return time.perf_counter() - t0
 
 
 def concurrent_single_fits(job, data: dict, n: int) -> dict:
-    """The machine's own ceiling for training on ``n`` cores: ``n`` independent processes fit
-    scikit-learn at the same time, each on a contiguous ``1/n`` of the training rows (about what
-    each of ``n`` workers holds), no coordination at all. Returns the training rows per second
-    they reach together (rows over the slowest one's fit time) and each one's seconds. On a
-    machine whose cores are shared or starved of memory bandwidth this is well below ``n`` times
-    one process, and no cluster can beat it."""
+    """The machine's own ceiling for training on ``n`` cores: ``n`` independent processes run
+    the cluster's training work at the same time, no coordination at all. The partitions are
+    the run's (``data["train_part_rows"]``), grouped as the cluster groups them (partition i to
+    group i mod n), and each process runs the workers' epochs over its group: the same batches
+    and calls as the cluster, so the cluster can at best match it (the cluster adds mixing and
+    scheduling). Returns the training rows per second they reach together (rows over the
+    slowest one's time) and each one's seconds."""
     import multiprocessing
 
     X, y = data["X_train"], data["y_train"]
-    bounds = np.linspace(0, X.shape[0], n + 1).astype(int)
-    _SLICES[:] = [(X[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    ends = np.cumsum(data["train_part_rows"])
+    parts = [{"X_train": X[a:b], "y_train": y[a:b]}
+             for a, b in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)]
+    _GROUPS[:] = [parts[j::n] for j in range(n)]
+    classes = sorted(set(y))
+    params = job.sgd_params()
     try:
         with multiprocessing.get_context("fork").Pool(n) as pool:
-            pool.map(_fit_slice, [(0, job.sgd_params(), 1)] * n)  # warm: imports, page faults
-            seconds = pool.map(_fit_slice, [(i, job.sgd_params(), job.model.epochs)
-                                            for i in range(n)])
+            pool.map(_train_group, [(i, classes, params, 1) for i in range(n)])  # warm
+            seconds = pool.map(_train_group, [(i, classes, params, job.model.epochs)
+                                              for i in range(n)])
     finally:
-        _SLICES.clear()
+        _GROUPS.clear()
     return {"rows_per_s": X.shape[0] / max(seconds), "seconds": seconds}
 
 

@@ -47,7 +47,8 @@ def measure(sizes, workers: int = 2, partition_mb: float = 4.0, modes=(True, Fal
     (features, training, whole run), accuracy and peak worker memory; one process's figures on
     the same features; ``train_per_core``, the cluster's training rate per worker over one
     process's (the cluster's training time covers mixing and its scheduling);
-    ``ceiling_per_core``, the same ratio for ``workers`` independent processes fitting at once
+    ``ceiling_per_core``, the same ratio for ``workers`` independent processes running the
+    workers' training batches at once
     (``common.concurrent_single_fits``), and ``train_vs_ceiling``, the cluster's rate over
     theirs."""
     from distributed import Client, LocalCluster
@@ -95,7 +96,7 @@ def measure(sizes, workers: int = 2, partition_mb: float = 4.0, modes=(True, Fal
     for row in rows:
         for cache in modes:
             row[cache]["train_per_core"] = row[cache]["train_dps"] / (workers * row["single_train_dps"])
-            # what the machine itself allows: independent processes fitting at once
+            # what the machine itself allows: independent processes doing the same work at once
             row[cache]["train_vs_ceiling"] = row[cache]["train_dps"] / row["concurrent_train_dps"]
         row["ceiling_per_core"] = row["concurrent_train_dps"] / (workers * row["single_train_dps"])
     return rows
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['single_features_dps']:>16,.0f} {r['single_train_dps']:>8,.0f} | "
                   f"{c['acc']:.3f}/{r['single_acc']:.3f} | {c['peak_mb']:>14,.0f}")
     for r in rows:
-        print(f"{r['docs']:>9,}: {args.workers} single processes fitting at once reach "
+        print(f"{r['docs']:>9,}: {args.workers} independent processes training at once reach "
               f"{r['concurrent_train_dps']:,.0f} docs/s, {r['ceiling_per_core']:.2f} per core of one "
               f"alone (this machine's ceiling)")
     first, last = rows[0], rows[-1]

@@ -50,6 +50,8 @@ def single_process_features(job, paths) -> dict:
         "y_train": np.concatenate([p["y_train"] for p in parts]),
         "X_test": sp.vstack([p["X_test"] for p in parts]).tocsr(),
         "y_test": np.concatenate([p["y_test"] for p in parts]),
+        # where each partition's training rows are in X_train (the cluster's own partitions)
+        "train_part_rows": [p["X_train"].shape[0] for p in parts],
     }
     out["seconds"] = time.perf_counter() - t0
     return out
