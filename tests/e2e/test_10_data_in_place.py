@@ -45,8 +45,8 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
                       aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
     s3.create_bucket(Bucket="team-corpora")
-    # 100,000 documents: 80,000 training rows, enough for 8 mixed models of 10,000 rows
-    docs = pd.DataFrame(list(generate(100_000, 6, 4000, 20, 0.05, 11)), columns=["text", "label"])
+    # 110,000 documents: 88,000 training rows, enough for 8 mixed models of 10,000 rows
+    docs = pd.DataFrame(list(generate(110_000, 6, 4000, 20, 0.05, 11)), columns=["text", "label"])
     corpus_bytes = 0
     for label, group in docs.groupby("label"):  # stored label by label, as a team's export is
         body = group.to_parquet(index=False)
@@ -74,7 +74,7 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     run_id = re.search(r"run (\S+)", out)
     run_dir = max(runs.glob("*-in-place-*"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["rows"] == 100_000 and metrics["data_objects"] == 6
+    assert metrics["rows"] == 110_000 and metrics["data_objects"] == 6
     assert metrics["n_workers"] == 8 and metrics["mixed_models"] == 8, metrics["mixed_models"]
     # 8 models mixed hold the accuracy of one scikit-learn process on the same rows, split and
     # features (computed here, from the same documents)
