@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 APT_LISTS_DIR = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
-FORMAT_VERSION = "daskfleet-shards-3"  # bump when the shard layout, the parsing or the sampling changes
+FORMAT_VERSION = "daskfleet-shards-4"  # bump when the shard layout, the parsing or the sampling changes
 SCHEMA = pa.schema([("text", pa.string()), ("label", pa.string())])
 CSV_CHUNK_ROWS = 50_000
 MAX_SHARD_ROWS = 20_000  # rows per shard when the job sets partition_mb and not shard_rows
@@ -358,17 +358,22 @@ def _digest(parts: list) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _ShardWriter:
-    """Deals rows to parquet shards in a seeded random order, flushing small row groups, so
-    each shard mixes rows from all over its stretch of the input: an input sorted by label, or
-    with labels repeating in a period (a round-robin deal of rows labelled ``i % 4`` over 12
-    shards gave each shard one label), still gives shards of every class.
+BUCKET_SCHEMA = pa.schema([("shard", pa.int32()), ("text", pa.string()), ("label", pa.string())])
 
-    At most ``max_open`` shards are open at once: the rows are dealt over a window of that
-    many shards until they are full, then the next window opens (a corpus of any size stays far
-    below the open-file limit). Within a window, rows go out in blocks: each block gives every
-    shard the same number of rows, in a random order of the block's slots, so the shards of a
-    window fill evenly and their sizes are as a round-robin deal would give."""
+
+class _ShardWriter:
+    """Deals rows to parquet shards in a seeded random order over the whole input, so every
+    shard mixes rows from all of it: an input sorted by label, or with labels repeating in a
+    period (a round-robin deal of rows labelled ``i % 4`` over 12 shards gave each shard one
+    label), still gives shards of every class, in their shares of the whole.
+
+    Rows go out in blocks: each block gives every shard the same number of rows
+    (``block_rows``), in a random order of the block's slots, so every shard takes rows from
+    every stretch of the input and the shards fill evenly (sizes as a round-robin deal gives).
+    At most ``max_open`` files are written at once: with more shards than that, rows first go to
+    ``max_open`` bucket files of several shards each (tagged with their shard), and each bucket
+    is then split into its shards, one bucket in memory at a time (the corpus is written twice;
+    a corpus of any size stays far below the open-file limit)."""
 
     max_open = 128
     block_rows = 64  # rows per shard in one block of the deal
@@ -377,71 +382,77 @@ class _ShardWriter:
                  seed: int = 0):
         self.folder = folder
         self.names = [f"part-{i:05d}.parquet" for i in range(n_shards)]
-        self.shard_rows, self.n_docs = shard_rows, n_docs
-        self.flush_rows = max(256, shard_rows // min(n_shards, self.max_open))
-        self.buffers: list[list[tuple]] = [[] for _ in range(n_shards)]
-        self.writers: list[pq.ParquetWriter | None] = [None] * n_shards
         self.rows = [0] * n_shards
         self.i = 0
         self.rng = np.random.default_rng([seed, 20261202])
-        self.base, self.width = 0, 0  # the window's shards; none open yet
-        self.left: np.ndarray = np.zeros(0, dtype=np.int64)  # rows each window shard still takes
-        self.slots: list[int] = []  # the current block's shards, in dealing order (popped)
-
-    def _next_window(self) -> None:
-        for k in range(self.base, self.base + self.width):  # the window is full: close it
-            self._close(k)
-        self.base += self.width
-        self.width = min(self.max_open, len(self.names) - self.base)
-        # the window's rows, split evenly over its shards (the last window holds the remainder)
-        rows = min(self.width * self.shard_rows, max(0, self.n_docs - self.i))
-        q, r = divmod(rows, self.width)
-        self.left = np.full(self.width, q, dtype=np.int64)
+        q, r = divmod(n_docs, n_shards)  # every shard's rows: an even split
+        self.left = np.full(n_shards, q, dtype=np.int64)
         self.left[:r] += 1
+        self.slots: list[int] = []  # the current block's shards, in dealing order (popped)
+        self.per_file = -(-n_shards // self.max_open)  # shards per file written at once
+        n_files = -(-n_shards // self.per_file)
+        self.files = [folder / (self.names[k] if self.per_file == 1 else f".bucket-{k:05d}.parquet")
+                      for k in range(n_files)]
+        self.flush_rows = max(256, shard_rows // min(n_shards, self.max_open))
+        self.buffers: list[list[tuple]] = [[] for _ in range(n_files)]
+        self.writers: list[pq.ParquetWriter | None] = [None] * n_files
 
     def _next_block(self) -> None:
         if not self.left.any():
-            self._next_window()
-        if not self.left.any():
-            raise BatchError(f"the input changed while it was read (more than {self.n_docs} rows)")
+            raise BatchError(f"the input changed while it was read (more than {sum(self.rows)} "
+                             "rows)")
         take = np.minimum(self.left, self.block_rows)
         self.left -= take
-        slots = np.repeat(np.arange(self.base, self.base + self.width), take)
-        self.slots = self.rng.permutation(slots)[::-1].tolist()  # popped from the end
+        slots = np.repeat(np.arange(len(self.names)), take)
+        self.slots = self.rng.permutation(slots)[::-1].tolist()
 
     def add(self, text: str | None, label: str | None) -> None:
         if not self.slots:
             self._next_block()
         k = self.slots.pop()
         self.i += 1
-        self.buffers[k].append((text, label))
         self.rows[k] += 1
-        if len(self.buffers[k]) >= self.flush_rows:
-            self._flush(k)
+        f = k // self.per_file
+        self.buffers[f].append((k, text, label))
+        if len(self.buffers[f]) >= self.flush_rows:
+            self._flush(f)
 
     def open_files(self) -> int:
         return sum(w is not None for w in self.writers)
 
-    def _flush(self, k: int) -> None:
-        rows = self.buffers[k]
-        if self.writers[k] is None:
-            self.writers[k] = pq.ParquetWriter(self.folder / self.names[k], SCHEMA)
-        table = pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]},
-                         schema=SCHEMA)
-        self.writers[k].write_table(table)
-        self.buffers[k] = []
-
-    def _close(self, k: int) -> None:
-        # the last rows; or, for a shard that got none, its (empty) file: every shard exists
-        if self.buffers[k] or not (self.folder / self.names[k]).exists():
-            self._flush(k)
-        if self.writers[k] is not None:
-            self.writers[k].close()
-            self.writers[k] = None
+    def _flush(self, f: int) -> None:
+        rows = self.buffers[f]
+        bucket = self.per_file > 1
+        if self.writers[f] is None:
+            self.writers[f] = pq.ParquetWriter(self.files[f], BUCKET_SCHEMA if bucket else SCHEMA)
+        columns = {"text": [r[1] for r in rows], "label": [r[2] for r in rows]}
+        if bucket:
+            columns = {"shard": [r[0] for r in rows], **columns}
+        self.writers[f].write_table(pa.table(columns, schema=BUCKET_SCHEMA if bucket else SCHEMA))
+        self.buffers[f] = []
 
     def close(self) -> None:
-        for k in range(len(self.names)):
-            self._close(k)
+        for f in range(len(self.files)):
+            # the last rows; or, for a shard that got none, its (empty) file: every shard exists
+            if self.buffers[f] or (self.writers[f] is None and self.per_file == 1):
+                self._flush(f)
+            if self.writers[f] is not None:
+                self.writers[f].close()
+                self.writers[f] = None
+        if self.per_file > 1:
+            for f, path in enumerate(self.files):
+                self._split_bucket(f, path)
+
+    def _split_bucket(self, f: int, path: Path) -> None:
+        """The bucket's rows written to its shards (one bucket in memory), then removed."""
+        import pyarrow.compute as pc
+
+        table = pq.read_table(path) if path.exists() else BUCKET_SCHEMA.empty_table()
+        first = f * self.per_file
+        for k in range(first, min(first + self.per_file, len(self.names))):
+            rows = table.filter(pc.equal(table["shard"], k)).select(["text", "label"])
+            pq.write_table(rows.cast(SCHEMA), self.folder / self.names[k])
+        path.unlink(missing_ok=True)
 
 
 def _write_shards(documents, n_docs: int, shard_rows: int, folder: Path, meta: dict) -> Dataset:

@@ -629,36 +629,43 @@ def _stratify(client: Client, stats: list[dict], split_params: dict, clean_param
               cleaned: list[Future] | None, shards: Sequence) -> tuple[dict, list | None]:
     """A stratified split: every label of at most ``split.STRATIFY_MAX_ROWS`` rows gets its own
     hash threshold, so its share of test rows is ``test_fraction`` (a label of 2-4 rows gets one
-    test row, one of a single row trains). Only those labels' hashes reach the client. ``stats``
-    are updated in place to the new split. Returns the split parameters with the thresholds,
-    and the cleaned partitions split again (when ``cleaned`` is given; without the cache, every
-    rebuild applies the thresholds itself)."""
+    test row, one of a single row trains). Only the partitions holding such a label are asked,
+    and only those labels' hashes reach the client (without the cache, those partitions are
+    read once more). ``stats`` are updated in place to the new split. Returns the split
+    parameters with the thresholds, and the cleaned partitions, those with a small label split
+    again (when ``cleaned`` is given; without the cache, every rebuild applies the thresholds)."""
     small = split.small_labels(stats)
-    if not small:
+    wanted = set(small)
+    where = [i for i, s in enumerate(stats)
+             if wanted.intersection(s["train_labels"]) or wanted.intersection(s["test_labels"])]
+    if not where:
         return split_params, cleaned
     if cleaned is not None:
-        hashes_f = client.map(parts.label_hashes, cleaned, labels=small, pure=False)
+        hashes_f = [client.submit(parts.label_hashes, cleaned[i], small, pure=False)
+                    for i in where]
     else:
-        hashes_f = client.map(parts.shard_label_hashes, shards, clean_params=clean_params,
-                              split_params=split_params, labels=small, pure=False)
+        hashes_f = [client.submit(parts.shard_label_hashes, shards[i], clean_params,
+                                  split_params, small, pure=False) for i in where]
     _check(hashes_f, "split (stratified)")
     hashes = client.gather(hashes_f)
     _release(hashes_f)
     thresholds = split.stratified_thresholds(hashes, split_params["test_fraction"])
-    for s, part in zip(stats, hashes, strict=True):
+    for i, part in zip(where, hashes, strict=True):
         for lab, h in part.items():
             test = int((h < thresholds[lab]).sum())
             for key, n in (("test_labels", test), ("train_labels", len(h) - test)):
                 if n:
-                    s[key][lab] = n
+                    stats[i][key][lab] = n
                 else:
-                    s[key].pop(lab, None)
+                    stats[i][key].pop(lab, None)
     out = {**split_params, "thresholds": thresholds}
     if cleaned is None:
         return out, None
-    resplit = client.map(parts.with_thresholds, cleaned, split_params=out, pure=False)
-    _check(resplit, "split (stratified)")
-    _release(cleaned)
+    resplit = list(cleaned)
+    for i in where:
+        resplit[i] = client.submit(parts.with_thresholds, cleaned[i], out, pure=False)
+    _check([resplit[i] for i in where], "split (stratified)")
+    _release([cleaned[i] for i in where])
     return out, resplit
 
 

@@ -25,8 +25,9 @@ def test_many_shards_are_written_with_a_bounded_number_of_open_files(tmp_path, m
     assert sorted(t for tab in tables for t in tab.column("text").to_pylist()) == sorted(
         d[0] for d in docs)  # every row once
     assert [t.num_rows for t in tables] == [100] * 10
-    # rows are still dealt over the whole window: each shard mixes the classes
+    # rows are dealt over all the shards, through the buckets: each shard mixes the classes
     assert all(len(set(t.column("label").to_pylist())) == 3 for t in tables)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*ds.files, "manifest.json"])
 
 
 def test_few_shards_take_all_rows_in_round_robin_sizes(tmp_path):
@@ -60,6 +61,18 @@ def test_a_label_sorted_input_gives_every_shard_every_label(tmp_path):
     docs = [(f"text {i}", f"c{i // 1000}") for i in range(5000)]
     shares = label_shares(tmp_path, docs, 250)
     assert all(len(s) == 5 and min(s.values()) > 0.1 for s in shares), shares
+
+
+def test_a_label_sorted_input_beyond_the_open_file_limit_is_shuffled_over_every_shard(
+        tmp_path, monkeypatch):
+    # 40 shards, at most 4 files open: the rows go through 4 buckets of 10 shards; a deal by
+    # windows of 4 consecutive shards gave the first shards the first labels only
+    monkeypatch.setattr(corpus._ShardWriter, "max_open", 4)
+    docs = [(f"text {i}", f"c{i // 2000}") for i in range(8000)]
+    shares = label_shares(tmp_path, docs, 200)
+    assert len(shares) == 40
+    assert all(len(s) == 4 and 0.1 < min(s.values()) and max(s.values()) < 0.4
+               for s in shares), shares
 
 
 def test_the_deal_is_the_same_for_the_same_input_and_differs_with_the_digest(tmp_path):
