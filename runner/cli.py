@@ -99,8 +99,10 @@ def cmd_up(args) -> int:
             from runner import state
 
             state.update(cluster.state_dir, image=None)
-            _say("up: the image is looked up again; VMs on another image will be replaced")
-        summary = cluster.up(progress=_say, force=args.force, restart=args.restart)
+            _say("up: the image is looked up again; VMs on another image will be replaced "
+                 "(which `up` applies only with --yes)")
+        summary = cluster.up(progress=_say, force=args.force, restart=args.restart,
+                             yes=args.yes)
         status = cluster.status()
     _say(summary.line())
     _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
@@ -313,6 +315,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--restart", action="store_true",
                    help="restart the scheduler when a change needs it even while a job runs "
                         "(the job fails); without it `up` refuses")
+    u.add_argument("--yes", action="store_true",
+                   help="cloud: apply a plan that destroys or replaces machines (shown first); "
+                        "without it `up` refuses and changes nothing")
     u.set_defaults(func=cmd_up)
     r = with_cluster(sub.add_parser("rotate", help="new TLS certificates for every host and the "
                                     "client (same CA), rolled out: workers one at a time, the "

@@ -180,8 +180,8 @@ class Cluster:
         ]
 
     # -- the work, elsewhere ------------------------------------------------------------------
-    def provision(self, progress=_say) -> list[Host]:
-        hosts, self.boot_s = machines.provision(self, progress)
+    def provision(self, progress=_say, yes: bool = False, before_apply=None) -> list[Host]:
+        hosts, self.boot_s = machines.provision(self, progress, yes, before_apply)
         return hosts
 
     def install(self, hosts: list[Host], progress=_say, force: bool = False):
@@ -239,13 +239,16 @@ class Cluster:
         return check_versions(self.client())
 
     # -- up / down / status -----------------------------------------------------------------
-    def up(self, progress=_say, force: bool = False, restart: bool = False) -> UpSummary:
+    def up(self, progress=_say, force: bool = False, restart: bool = False,
+           yes: bool = False) -> UpSummary:
         """Provision, install and start (a reconcile), holding the cluster's lock. ``restart``:
-        restart the scheduler when it must, even under a running job."""
+        restart the scheduler when it must, even under a running job. ``yes``: apply a plan
+        that destroys or replaces machines."""
         with state.locked(self.state_dir, "daskfleet up", progress=progress):
-            return self._up(progress, force, restart)
+            return self._up(progress, force, restart, yes)
 
-    def _up(self, progress, force: bool = False, restart: bool = False) -> UpSummary:
+    def _up(self, progress, force: bool = False, restart: bool = False,
+            yes: bool = False) -> UpSummary:
         summary = UpSummary()
         t = time.monotonic()
         progress("terraform: apply")
@@ -254,9 +257,10 @@ class Cluster:
         before = [Host.from_dict(h) for h in state.read(self.state_dir).get("hosts") or []]
         planned = self.provider.planned_names()
         going = [h for h in before if planned is not None and h.name not in planned]
-        if going:  # their workers' data moves before Terraform removes the machines
-            reconcile.close_hosts(self, going, progress)
-        hosts = self.provision(progress)
+        # their workers' data moves before Terraform removes the machines: once the plan is
+        # accepted (a refused plan leaves every process running)
+        hosts = self.provision(progress, yes, before_apply=(
+            lambda: reconcile.close_hosts(self, going, progress)) if going else None)
         summary.timings["terraform"] = time.monotonic() - t - self.boot_s
         if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key
             summary.timings["boot"] = self.boot_s

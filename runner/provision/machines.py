@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from runner import state
 from runner.cluster.hosts import Host
+from runner.errors import ProvisionError
 from runner.provision import ansible, inventory, terraform
 
 if TYPE_CHECKING:
@@ -24,12 +25,29 @@ def write_terraform_root(cluster: Cluster) -> Path:
     return workdir
 
 
-def provision(cluster: Cluster, progress=print) -> tuple[list[Host], float]:
-    """Terraform apply, record the hosts, wait until they boot, write the inventory. Returns the
+def provision(cluster: Cluster, progress=print, yes: bool = False,
+              before_apply=None) -> tuple[list[Host], float]:
+    """Terraform apply (of the plan it made, saved), record the hosts, wait until they boot,
+    write the inventory. A plan that destroys or replaces a machine is refused unless ``yes``;
+    ``before_apply()`` runs once the plan is accepted, before anything changes. Returns the
     hosts and the seconds spent waiting for them to boot."""
     provider = cluster.provider
     provider.before_apply(progress)
-    outputs = terraform.apply(write_terraform_root(cluster), provider.terraform_env())
+
+    def confirm(actions: dict[str, list[str]]) -> None:
+        lost = terraform.machines_lost(actions)
+        if lost:
+            progress(f"terraform: the plan destroys or replaces {len(lost)} machine(s): "
+                     f"{', '.join(lost)}")
+            if not yes:
+                raise ProvisionError(
+                    f"{cluster.spec.source}: `up` would destroy or replace {', '.join(lost)} "
+                    "(what runs there, and its disks, would be lost). Run `daskfleet plan` to "
+                    "see why; to go ahead, run `daskfleet up --yes`. Nothing was changed.")
+        if before_apply is not None:
+            before_apply()
+
+    outputs = terraform.apply(write_terraform_root(cluster), provider.terraform_env(), confirm)
     hosts = provider.hosts_from_output(outputs)
     image = {"image": outputs[provider.outputs[0]]} if provider.outputs else {}
     state.update(cluster.state_dir, name=cluster.spec.name, provider=cluster.spec.provider,

@@ -153,10 +153,29 @@ def _init(workdir: Path, env: dict | None) -> None:
         _tf(workdir, "init", "-no-color", "-input=false", what="init", env=env)
 
 
-def apply(workdir: Path, env: dict | None = None) -> dict:
-    """Apply and return the root outputs (name -> value)."""
-    _init(workdir, env)
-    _tf(workdir, "apply", "-no-color", "-input=false", "-auto-approve", what="apply", env=env)
+PLAN_FILE = "daskfleet.tfplan"
+# resource types that are machines: destroying or replacing one loses what runs on it
+MACHINE_TYPES = ("aws_instance", "aws_spot_instance_request", "google_compute_instance",
+                 "azurerm_linux_virtual_machine", "azurerm_virtual_machine")
+
+
+def machines_lost(actions: dict[str, list[str]]) -> list[str]:
+    """The machines a plan (``plan``'s actions) would destroy or replace, by address."""
+    return [a for a in actions["delete"] + actions["replace"]
+            if any(f"{t}." in a.split("module.cluster.")[-1] for t in MACHINE_TYPES)]
+
+
+def apply(workdir: Path, env: dict | None = None, confirm=None) -> dict:
+    """Plan into a saved plan file, then apply exactly that plan (never a fresh one made at
+    apply time), and return the root outputs (name -> value). ``confirm(actions)`` sees the
+    plan's actions first; raising there applies nothing."""
+    actions = plan(workdir, env, keep=True)
+    try:
+        if confirm is not None:
+            confirm(actions)
+        _tf(workdir, "apply", "-no-color", "-input=false", PLAN_FILE, what="apply", env=env)
+    finally:
+        (workdir / PLAN_FILE).unlink(missing_ok=True)
     return outputs(workdir, env)
 
 
@@ -173,16 +192,18 @@ def destroy(workdir: Path, env: dict | None = None) -> None:
             env=env)
 
 
-def plan(workdir: Path, env: dict | None = None) -> dict[str, list[str]]:
-    """Resource addresses by action (create, update, delete, replace), from a saved plan."""
+def plan(workdir: Path, env: dict | None = None, keep: bool = False) -> dict[str, list[str]]:
+    """Resource addresses by action (create, update, delete, replace), from a saved plan (kept
+    as ``PLAN_FILE`` with ``keep``, for ``apply`` to apply as it is)."""
     _init(workdir, env)
-    _tf(workdir, "plan", "-no-color", "-input=false", "-lock=false", "-out=daskfleet.tfplan",
+    _tf(workdir, "plan", "-no-color", "-input=false", "-lock=false", f"-out={PLAN_FILE}",
         what="plan", env=env)
     try:
-        shown = json.loads(_tf(workdir, "show", "-no-color", "-json", "daskfleet.tfplan",
+        shown = json.loads(_tf(workdir, "show", "-no-color", "-json", PLAN_FILE,
                                what="show", env=env))
     finally:
-        (workdir / "daskfleet.tfplan").unlink(missing_ok=True)
+        if not keep:
+            (workdir / PLAN_FILE).unlink(missing_ok=True)
     actions: dict[str, list[str]] = {"create": [], "update": [], "delete": [], "replace": []}
     for rc in shown.get("resource_changes", []):
         acts = rc["change"]["actions"]

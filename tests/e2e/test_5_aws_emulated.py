@@ -162,6 +162,29 @@ def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, 
     assert running["aws-lab-worker-1"] != victim["InstanceId"]  # a new VM, same host key
 
 
+def test_fewer_workers_is_refused_until_yes_then_retires_them_before_their_vm_goes(
+        aws_cluster, cli, workdir):
+    one = workdir / "aws-lab-1-worker.yaml"  # the same cluster (name, state), one worker VM
+    one.write_text(AWS_LAB.read_text().replace("worker_count: 2", "worker_count: 1"))
+    before = {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))}
+    refused = cli("up", "-c", str(one), check=False, timeout=600)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 1, out
+    # the plan it would apply is shown, the machine named, and nothing changed
+    assert "the plan destroys or replaces 1 machine(s)" in out and 'this["worker-2"]' in out, out
+    assert "daskfleet up --yes" in out and "Nothing was changed" in out, out
+    assert {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))} == before
+    done = cli("up", "-c", str(one), "--yes", timeout=900)
+    out = done.stdout + done.stderr
+    # once accepted, its workers were retired through the scheduler, then Terraform applied
+    assert out.index("the plan destroys") < out.index("retiring the workers of the machines "
+                                                      "that go (worker-2)"), out
+    running = {name_of(i) for i in cluster_instances(("running",))}
+    assert running == {"aws-lab-scheduler", "aws-lab-worker-1"}, running
+    st = json.loads(cli("status", "-c", str(one), "--json").stdout)
+    assert st["healthy"] is True and len(st["workers"]) == 1
+
+
 def test_down_destroy_leaves_no_instance_key_vpc_or_group(aws_cluster, cli):
     out = cli("down", "-c", str(AWS_LAB), "--destroy", timeout=600)
     assert "kept the cluster's CA" in out.stdout, out.stdout  # what it keeps, it says

@@ -13,6 +13,7 @@ from runner.cluster.hosts import Host, known_host_key
 from runner.cluster.ssh import SSHSettings
 from runner.cluster.versions import compare_versions
 from runner.errors import EnvironmentMismatchError, ProvisionError
+from runner.provision import terraform
 from runner.provision.ansible import parse_recap
 from runner.provision.inventory import render
 from runner.provision.lock import Lock, closure, derive_lock
@@ -225,3 +226,16 @@ def test_the_nodes_wheels_are_pinned_to_the_hashes_of_requirements_lock(tmp_path
         hashed_requirements(other, lock_file)
     with pytest.raises(ProvisionError, match="cannot read"):
         hashed_requirements(lock, tmp_path / "missing.lock")
+
+
+def test_only_machines_destroyed_or_replaced_need_a_yes():
+    actions = {"create": ['module.cluster.aws_instance.this["worker-3"]'],
+               "update": ['module.cluster.aws_instance.this["scheduler"]'],
+               "delete": ['module.cluster.aws_instance.this["worker-2"]',
+                          "module.cluster.aws_key_pair.this"],
+               "replace": ['module.cluster.aws_instance.this["worker-1"]',
+                           "module.cluster.aws_security_group.nodes"]}
+    assert terraform.machines_lost(actions) == ['module.cluster.aws_instance.this["worker-2"]',
+                                                'module.cluster.aws_instance.this["worker-1"]']
+    assert terraform.machines_lost({"create": ["x"], "update": [], "delete": [],
+                                    "replace": []}) == []
