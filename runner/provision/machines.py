@@ -47,7 +47,12 @@ def provision(cluster: Cluster, progress=print, yes: bool = False,
         if before_apply is not None:
             before_apply()
 
-    outputs = terraform.apply(write_terraform_root(cluster), provider.terraform_env(), confirm)
+    # existing hosts: Terraform only checks them, and no plan can lose a machine
+    makes_machines = provider.module != "hosts"
+    if not makes_machines and before_apply is not None:
+        before_apply()
+    outputs = terraform.apply(write_terraform_root(cluster), provider.terraform_env(),
+                              confirm if makes_machines else None)
     hosts = provider.hosts_from_output(outputs)
     image = {"image": outputs[provider.outputs[0]]} if provider.outputs else {}
     state.update(cluster.state_dir, name=cluster.spec.name, provider=cluster.spec.provider,

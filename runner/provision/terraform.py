@@ -166,13 +166,18 @@ def machines_lost(actions: dict[str, list[str]]) -> list[str]:
 
 
 def apply(workdir: Path, env: dict | None = None, confirm=None) -> dict:
-    """Plan into a saved plan file, then apply exactly that plan (never a fresh one made at
-    apply time), and return the root outputs (name -> value). ``confirm(actions)`` sees the
-    plan's actions first; raising there applies nothing."""
+    """Apply and return the root outputs (name -> value). With ``confirm``: plan into a saved
+    plan file, show its actions to ``confirm(actions)`` (raising there applies nothing), then
+    apply exactly that plan, never a fresh one made at apply time. Without (a module that makes
+    no machines: existing hosts), one ``apply -auto-approve``."""
+    if confirm is None:
+        _init(workdir, env)
+        _tf(workdir, "apply", "-no-color", "-input=false", "-auto-approve", what="apply",
+            env=env)
+        return outputs(workdir, env)
     actions = plan(workdir, env, keep=True)
     try:
-        if confirm is not None:
-            confirm(actions)
+        confirm(actions)
         _tf(workdir, "apply", "-no-color", "-input=false", PLAN_FILE, what="apply", env=env)
     finally:
         (workdir / PLAN_FILE).unlink(missing_ok=True)
