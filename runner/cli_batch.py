@@ -41,6 +41,8 @@ def cmd_runs(args) -> int:
                   f"{m.get('dropped_rows', 0)} dropped rows")
             print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in m["timings"].items()))
         print(f"folder: {details['run_dir']}")
+        if details.get("results_url"):
+            print(f"results: {details['results_url']}/ (a copy of the folder)")
         for f in details["files"]:
             print(f"  {f}")
         return 0

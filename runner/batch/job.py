@@ -348,6 +348,31 @@ class SearchSpec(_Model):
         return out
 
 
+class ResultsSpec(_Model):
+    """Where a copy of each run folder goes: ``<path>/<run-id>/`` in an object store (``s3://``)
+    or on a filesystem every node mounts (``file://``); ``storage_options`` as data's (the
+    submitting shell's AWS variables fill in what it does not name)."""
+
+    path: Annotated[str, Field(description="s3://bucket/prefix or file:///shared/folder")]
+    storage_options: dict[str, Any] | None = None
+
+    @property
+    def path_url(self) -> str:
+        return self.path.rstrip("/")
+
+    @model_validator(mode="after")
+    def _a_store_url(self) -> ResultsSpec:
+        parts = urlsplit(self.path)
+        if not is_store_url(self.path) or (parts.scheme == "s3" and not parts.netloc):
+            raise _KeyError("path", f"{self.path!r} is not an object-store or shared-filesystem "
+                            "URL; use s3://bucket/prefix or file:///shared/folder")
+        try:
+            check_options(self.storage_options)
+        except BatchError as e:
+            raise _KeyError("storage_options", str(e).split(": ", 1)[1]) from None
+        return self
+
+
 class JobSpec(_Model):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80,
                                description="letters, digits, '.', '_' and '-', e.g. name: my-job")]
@@ -358,6 +383,7 @@ class JobSpec(_Model):
     split: SplitSpec = SplitSpec()
     model: ModelSpec = ModelSpec()
     search: SearchSpec | None = None
+    results: ResultsSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:

@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 from distributed import Future, performance_report, wait
 from distributed.client import FuturesCancelledError
 
-from runner.batch import evaluate, features, memory, naive_bayes, parts, split, store_load, train
+from runner.batch import (
+    evaluate,
+    features,
+    memory,
+    naive_bayes,
+    parts,
+    results,
+    split,
+    store_load,
+    train,
+)
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -142,6 +152,8 @@ def run_job(
             raise BatchError(f"job {job.name!r}: no shards to process (empty corpus)")
         if context.get("job_path"):
             copy_atomic(Path(context["job_path"]), tmp / "job.yaml")
+        if job.results is not None:  # before any training: a typo costs seconds, not a run
+            results.check(job.results, status["run_id"])
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
             metrics, model = _run(client, job, paths, say)
         # input files the control machine left out (data.on_error: skip), from the context
@@ -161,7 +173,6 @@ def run_job(
                       macro_f1=metrics["macro_f1"], error=None)
         write_json_atomic(tmp / STATUS_FILE, status)
         tmp.rename(run_dir)
-        return metrics
     except BaseException as e:
         # project errors as they are; the expected failures of I/O and data become a
         # BatchError; anything else (a bug, Ctrl-C) is recorded and propagates unchanged
@@ -170,12 +181,20 @@ def run_job(
             error = watch.explain(e) or error
             status["cluster_events"] = _json_safe(watch.summary())
         _record_failure(tmp, run_dir, status, error or e, say, time.perf_counter() - t0)
+        if job.results is not None and run_dir.is_dir() and \
+                not str(error or e).startswith("results.path"):
+            # the failed run's folder (its logs, its error) goes where the team looks too
+            with contextlib.suppress(BatchError):
+                results.publish(run_dir, status, job.results, progress or print_progress)
         if error is None or error is e:
             raise
         raise error from e
     finally:
         # the futures of a failed run go out of scope here, and the scheduler forgets them
         shutil.rmtree(tmp, ignore_errors=True)
+    if job.results is not None:
+        results.publish(run_dir, status, job.results, progress or print_progress)
+    return metrics
 
 
 def _as_batch_error(job: JobSpec, e: BaseException) -> BatchError | None:

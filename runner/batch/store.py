@@ -77,25 +77,27 @@ def filesystem(url: str, options: dict | None):
     return pafs.S3FileSystem(**kwargs), (parts.netloc + parts.path)
 
 
-def _explain(url: str, options: dict | None, e: BaseException) -> BatchError:
-    """An object-store error as what to check: the endpoint, the bucket, the credentials."""
+def _explain(url: str, options: dict | None, e: BaseException, key: str = "data",
+             where: str = "this worker", verb: str = "read") -> BatchError:
+    """An object-store error as what to check: the endpoint, the bucket, the credentials
+    (``key``: the job file's section, data or results)."""
     text = str(e)
     endpoint = (options or {}).get("endpoint_url") or "the default AWS endpoint"
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
-        what = (f"cannot reach the object store at {endpoint} from this worker; check "
-                "data.storage_options.endpoint_url and that the workers' network reaches it")
+        what = (f"cannot reach the object store at {endpoint} from {where}; check "
+                f"{key}.storage_options.endpoint_url and that {where} reaches it")
     elif "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         bucket = urllib.parse.urlsplit(url).netloc
-        what = f"bucket {bucket!r} does not exist (at {endpoint}); check data.path"
+        what = f"bucket {bucket!r} does not exist (at {endpoint}); check {key}.path"
     elif any(s in text for s in ("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
                                  "ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
                                  "EXPIRED_TOKEN", "403")):
-        what = ("the object store refused the credentials; check data.storage_options key and "
-                "secret (or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the job was submitted "
-                "with) and that they may read the bucket")
+        what = (f"the object store refused the credentials; check {key}.storage_options key "
+                "and secret (or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the job was "
+                f"submitted with) and that they may {verb} the bucket")
     else:
-        what = f"cannot read it: {text.strip()[:300]}"
-    return BatchError(f"data.path {url}: {what}")
+        what = f"cannot {verb} it: {text.strip()[:300]}"
+    return BatchError(f"{key}.path {url}: {what}")
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:

@@ -98,7 +98,7 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
     files = {REQUEST: json.dumps(request, indent=2).encode(),
              "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}
     secrets = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
-    if secrets and job.data.path_url is not None:
+    if secrets and (job.data.path_url is not None or job.results is not None):
         # 0600, read and removed by the driver at its start
         files[SECRETS] = json.dumps(secrets).encode()
     _start(host, ssh, where, files)

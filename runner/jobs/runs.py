@@ -17,10 +17,13 @@ from runner.errors import BatchError
 
 INDEX_NAME = "index.sqlite"
 COLUMNS = ("id", "job", "status", "accuracy", "macro_f1", "duration_s", "n_workers", "started_at",
-           "run_dir", "error")
+           "run_dir", "error", "results_url")
 SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, status TEXT NOT NULL, accuracy REAL, macro_f1 REAL,
-    duration_s REAL, n_workers INTEGER, started_at TEXT, run_dir TEXT NOT NULL, error TEXT)"""
+    duration_s REAL, n_workers INTEGER, started_at TEXT, run_dir TEXT NOT NULL, error TEXT,
+    results_url TEXT)"""
+# columns added after the first release: an older index gets them on first use
+ADDED_COLUMNS = {"results_url": "TEXT"}
 
 
 def index_path(runs_dir: Path) -> Path:
@@ -41,6 +44,10 @@ def _connect(runs_dir: Path, create: bool) -> Iterator[sqlite3.Connection]:
     try:
         with conn:  # one transaction
             conn.execute(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
             yield conn
     except sqlite3.Error as e:
         raise BatchError(f"{path}: run index error: {e}") from e

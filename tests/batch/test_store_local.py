@@ -180,3 +180,44 @@ def test_an_unreadable_object_is_skipped_or_fails_naming_it(client, tmp_path):
     with pytest.raises(BatchError, match=r"hold no rows \(1 unreadable, skipped\)"):
         run_job(client, load_job(_job(tmp_path, glob, None, on_error="skip")), None,
                 tmp_path / "r2", progress=lambda _: None)
+
+
+def _with_results(job: Path, path: str, options: dict) -> Path:
+    spec = yaml.safe_load(job.read_text())
+    spec["results"] = {"path": path, "storage_options": options}
+    job.write_text(yaml.safe_dump(spec))
+    return job
+
+
+def test_a_run_folder_is_copied_to_the_results_store_and_indexed(client, store, tmp_path):
+    from runner.jobs import runs
+
+    store["s3"].create_bucket(Bucket="results")
+    job = load_job(_with_results(_job(tmp_path, "s3://corpus/sorted/*.csv", _options(store),
+                                      limit=2000), "s3://results/team/", _options(store)))
+    run_dir = tmp_path / "runs" / "20261202-080000-in-place-abcd"
+    lines: list[str] = []
+    run_job(client, job, None, run_dir, context={"run_id": run_dir.name}, progress=lines.append)
+    url = f"s3://results/team/{run_dir.name}"
+    assert f"results: run folder copied to {url}/" in lines
+    local = {p.relative_to(run_dir).as_posix(): p.read_bytes()
+             for p in run_dir.rglob("*") if p.is_file()}
+    listed = store["s3"].list_objects_v2(Bucket="results", Prefix=f"team/{run_dir.name}/")
+    stored = {o["Key"].split(f"{run_dir.name}/", 1)[1]: store["s3"].get_object(
+        Bucket="results", Key=o["Key"])["Body"].read() for o in listed["Contents"]}
+    assert stored == local and {"model.joblib", "metrics.json", "status.json"} <= set(stored)
+    assert json.loads(stored["status.json"])["results_url"] == url
+    row = runs.record_run_dir(tmp_path / "runs", run_dir)
+    assert runs.get_run(tmp_path / "runs", run_dir.name)["results_url"] == url == row["results_url"]
+
+
+def test_a_results_store_that_cannot_be_written_is_refused_before_training(client, store,
+                                                                            tmp_path):
+    lines: list[str] = []
+    job = load_job(_with_results(_job(tmp_path, "s3://corpus/sorted/*.csv", _options(store)),
+                                 "s3://no-results-bucket/x", _options(store)))
+    with pytest.raises(BatchError, match=r"results\.path s3://no-results-bucket/x: bucket "
+                                         r"'no-results-bucket' does not exist"):
+        run_job(client, job, None, tmp_path / "run", progress=lines.append)
+    assert not any(line.startswith(("clean:", "train")) for line in lines)
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"

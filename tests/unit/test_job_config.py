@@ -55,7 +55,7 @@ def test_unknown_key_lists_allowed(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     msg = error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\nmodle: {}\n"))
-    assert "modle: unknown key (allowed: name, data, clean, features, split, model, search)" in msg
+    assert "modle: unknown key (allowed: name, data, clean, features, split, model, search, results)" in msg
 
 
 def test_missing_required(tmp_path):
@@ -72,6 +72,13 @@ def test_missing_required(tmp_path):
         ("model: {kind: forest}", "model.kind", "'sgd', 'naive_bayes' or 'incremental'"),
         ("clean: {lowercase: 'yes'}", "clean.lowercase", "valid boolean"),
         ("features: {ngram_range: [2, 1]}", "features.ngram_range", "min_n <= max_n"),
+        ("features: {analyzer: chars}", "features.analyzer", "'auto', 'word', 'char' or "
+         "'char_wb'"),
+        ("results: {path: /local/folder}", "results.path", "use s3://bucket/prefix or "
+         "file:///shared/folder"),
+        ("results: {path: 's3://'}", "results.path", "use s3://bucket/prefix"),
+        ("results: {path: s3://b/p, storage_options: {secrte: x}}",
+         "results.storage_options", "unknown key(s) secrte"),
         ("features: {n_features: 3.5}", "features.n_features", "valid integer"),
         ("split: {test_fraction: 1.5}", "split.test_fraction", "less than 1"),
         ("data: {source: debian-packages, limit: -3}", "data.limit", "greater than 0"),
