@@ -4,6 +4,7 @@ number of shards (the open-file limit, often 1024, would stop a large corpus).""
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 
 from runner.batch import corpus
 
@@ -47,31 +48,24 @@ def label_shares(tmp_path, docs, shard_rows, digest="d"):
     return shares
 
 
-def test_labels_repeating_in_a_period_still_give_mixed_shards(tmp_path):
+@pytest.mark.parametrize(("labels", "n_labels", "docs", "shard_rows", "max_open", "low", "high"), [
     # labels i % 4 over 12 shards: a round-robin deal gave shard s only label s % 4, and a
-    # worker holding shards s, s+4, s+8 trained on one class (macro-F1 0.54 instead of 0.91)
-    docs = [(f"text {i}", f"c{i % 4}") for i in range(6000)]
-    shares = label_shares(tmp_path, docs, 500)
-    assert len(shares) == 12
-    assert all(len(s) == 4 and 0.15 < min(s.values()) and max(s.values()) < 0.35
-               for s in shares), shares
-
-
-def test_a_label_sorted_input_gives_every_shard_every_label(tmp_path):
-    docs = [(f"text {i}", f"c{i // 1000}") for i in range(5000)]
-    shares = label_shares(tmp_path, docs, 250)
-    assert all(len(s) == 5 and min(s.values()) > 0.1 for s in shares), shares
-
-
-def test_a_label_sorted_input_beyond_the_open_file_limit_is_shuffled_over_every_shard(
-        tmp_path, monkeypatch):
+    # worker holding shards s, s+4, s+8 trained on one class (the mix fell far behind)
+    ("period", 4, 6000, 500, 128, 0.15, 0.35),
+    ("sorted", 5, 5000, 250, 128, 0.1, 0.3),
     # 40 shards, at most 4 files open: the rows go through 4 buckets of 10 shards; a deal by
     # windows of 4 consecutive shards gave the first shards the first labels only
-    monkeypatch.setattr(corpus._ShardWriter, "max_open", 4)
-    docs = [(f"text {i}", f"c{i // 2000}") for i in range(8000)]
-    shares = label_shares(tmp_path, docs, 200)
-    assert len(shares) == 40
-    assert all(len(s) == 4 and 0.1 < min(s.values()) and max(s.values()) < 0.4
+    ("sorted", 4, 8000, 200, 4, 0.1, 0.4),
+], ids=["labels in a period", "sorted by label", "sorted, beyond the open-file limit"])
+def test_every_shard_holds_every_label_in_about_its_share(tmp_path, monkeypatch, labels,
+                                                          n_labels, docs, shard_rows, max_open,
+                                                          low, high):
+    monkeypatch.setattr(corpus._ShardWriter, "max_open", max_open)
+    label_of = (lambda i: f"c{i % n_labels}") if labels == "period" else \
+        (lambda i: f"c{i * n_labels // docs}")
+    shares = label_shares(tmp_path, [(f"text {i}", label_of(i)) for i in range(docs)], shard_rows)
+    assert len(shares) == docs // shard_rows
+    assert all(len(s) == n_labels and low < min(s.values()) and max(s.values()) < high
                for s in shares), shares
 
 
