@@ -153,7 +153,7 @@ def run_job(
         if context.get("job_path"):
             copy_atomic(Path(context["job_path"]), tmp / "job.yaml")
         if job.results is not None:  # before any training: a typo costs seconds, not a run
-            results.check(job.results, status["run_id"])
+            results.check(job.results, status)
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
             metrics, model = _run(client, job, paths, say)
         # input files the control machine left out (data.on_error: skip), from the context

@@ -3,9 +3,9 @@ object store (``s3://``) or a filesystem every node mounts (``file://``), under
 ``<results.path>/<run-id>/``. Done by the job's driver (the control machine, or the scheduler's
 host for a detached run), with pyarrow's filesystems, as the workers read data in place.
 
-The location is tried before any training (an object written and removed), so a typo in a
-bucket name costs seconds, not a training run. ``status.json`` goes last: its presence in the
-store says the copy is whole."""
+The location is tried before any training (the run's status.json written there as "running"),
+so a typo in a bucket name costs seconds, not a training run. The final ``status.json`` goes
+last: its status other than "running" says the copy is whole."""
 
 from __future__ import annotations
 
@@ -36,17 +36,20 @@ def _fs(spec):
     return fs, root.rstrip("/"), options
 
 
-def check(spec, run_id: str) -> None:
-    """Write and remove a probe object where this run's copy will go; a clear error naming
-    results.path (the endpoint, the bucket, the credentials) when that fails."""
+def check(spec, status: dict) -> None:
+    """Write this run's ``status.json`` ({"status": "running"}) where its copy will go: the
+    location is tried before any training (a clear error naming results.path, the endpoint, the
+    bucket, the credentials, when it fails), and the store shows the run while it runs (the
+    final status.json replaces it; nothing is deleted, so no directory marker is left)."""
+    import json
+
     fs, root, options = _fs(spec)
-    probe = f"{root}/{run_id}/.daskfleet-probe"
+    run_id = status["run_id"]
     try:
         if spec.path_url.startswith("file://"):
             fs.create_dir(f"{root}/{run_id}", recursive=True)
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        fs.delete_file(probe)
+        with fs.open_output_stream(f"{root}/{run_id}/{STATUS_FILE}") as f:
+            f.write(json.dumps({**status, "status": "running"}, indent=2).encode())
     except OSError as e:
         raise store._explain(spec.path_url, options, e, key="results", where=WHERE,
                              verb="write") from e
