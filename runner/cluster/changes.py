@@ -42,23 +42,29 @@ def _share(limit: str | None) -> float | None:
         return None
 
 
-def memory_reason(p: RemoteProcess, now: ProcStatus) -> str | None:
-    """A running worker whose memory limit is larger than its share now that more workers share
-    its host (together they would commit more than the host has), or another limit than the
-    cluster file now sets. A smaller share than due is left alone: restarting it would cost its
-    data for no safety (a host's last worker has nowhere to hand it)."""
+def memory_reason(p: RemoteProcess, now: ProcStatus, alone: bool = False) -> str | None:
+    """A running worker whose memory limit is not its share of its host now: larger (more
+    workers share the host: together they would commit more than it has), smaller (fewer do:
+    after `scale 8` then `scale 2` the two left would use a quarter of their hosts each, and a
+    later `scale 4` would start workers with twice their limit), or another limit than the
+    cluster file now sets. A smaller share is restored only when another worker can take its
+    data (``alone``: the cluster's only worker would lose it: it keeps its smaller share)."""
     if p.kind != "worker" or now.memory_limit is None:
         return None
     running, wanted = _share(now.memory_limit), _share(p.memory_limit)
     if running is None or wanted is None:
         changed = now.memory_limit != p.memory_limit
+    elif running > wanted + 1e-4:
+        changed = True
     else:
-        changed = running > wanted + 1e-4
+        changed = running < wanted - 1e-4 and not alone
     return f"memory limit {now.memory_limit} -> {p.memory_limit}" if changed else None
 
 
-def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None) -> list[str]:
-    """Why a running process no longer is what is wanted (empty: leave it alone)."""
+def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None,
+                    alone: bool = False) -> list[str]:
+    """Why a running process no longer is what is wanted (empty: leave it alone); ``alone``:
+    it is the cluster's only worker (``memory_reason``)."""
     reasons = []
     if env_hash and now.env != env_hash:
         reasons.append(f"environment {now.env} -> {env_hash}")
@@ -69,7 +75,7 @@ def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None) -> 
                        f"{now.spec} -> {p.spec_digest})")
     if now.files and now.files_now and now.files != now.files_now:
         reasons.append(FILES_CHANGED)
-    memory = memory_reason(p, now)
+    memory = memory_reason(p, now, alone)
     if memory:
         reasons.append(memory)
     return reasons
@@ -81,12 +87,13 @@ def plan(procs: list[RemoteProcess], observed: dict[RemoteProcess, ProcStatus],
     Unreachable processes are neither (the caller decides whether the cluster may run without
     them)."""
     changes = []
+    alone = sum(p.kind == "worker" for p in procs) == 1
     for p in procs:
         now = observed.get(p, ProcStatus("dead"))
         if now.state == "dead":
             changes.append(Change(p, "start", ("not running",)))
         elif now.state == "running":
-            reasons = restart_reasons(p, now, env_hashes.get(p.host.name))
+            reasons = restart_reasons(p, now, env_hashes.get(p.host.name), alone)
             if reasons:
                 changes.append(Change(p, "restart", tuple(reasons)))
     return changes

@@ -35,6 +35,13 @@ def _data_dirs() -> dict[str, str]:
     return seen
 
 
+def _memory_limits() -> dict[str, int]:
+    from runner.dask_workers import joined_workers
+
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        return {w["name"]: w["memory_limit"] for w in joined_workers(cluster.client()).values()}
+
+
 def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli, workdir):
     import boto3
 
@@ -45,6 +52,7 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
                       aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
     s3.create_bucket(Bucket="team-corpora")
+    # 110,000 documents: 88,000 training rows, enough for 8 mixed models of 10,000 rows
     docs = pd.DataFrame(list(generate(110_000, 6, 4000, 20, 0.05, 11)), columns=["text", "label"])
     corpus_bytes = 0
     for label, group in docs.groupby("label"):  # stored label by label, as a team's export is
@@ -60,24 +68,34 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     env = {**cli.env, "AWS_ACCESS_KEY_ID": creds["key"], "AWS_SECRET_ACCESS_KEY": creds["secret"],
            "AWS_ENDPOINT_URL": st["endpoint"], "AWS_REGION": st["region"]}
     runs = workdir / "in-place-runs"  # the session's runs/ is the walking skeleton's
-    sent_before = int(BRIDGE_TX.read_text())
-    proc = type(cli)(cli.workdir, env)("submit", str(job), "-c", str(LAB_CLUSTER),
-                                       "--runs-dir", str(runs), timeout=600)
-    sent = int(BRIDGE_TX.read_text()) - sent_before
+    at_2 = _memory_limits()
+    cli("scale", "8", "-c", str(LAB_CLUSTER), timeout=300)  # four workers on each worker host
+    at_8 = _memory_limits()
+    try:
+        sent_before = int(BRIDGE_TX.read_text())
+        proc = type(cli)(cli.workdir, env)("submit", str(job), "-c", str(LAB_CLUSTER),
+                                           "--runs-dir", str(runs), timeout=600)
+        sent = int(BRIDGE_TX.read_text()) - sent_before
+    finally:
+        cli("scale", "2", "-c", str(LAB_CLUSTER), timeout=300)
+    # the two workers left have the memory limit they had before (their host alone), not the
+    # quarter share they ran with at 8: replaced one at a time by `scale 2`
+    assert len(at_8) == 8 and max(at_8.values()) < min(at_2.values()) / 2, (at_2, at_8)
+    assert _memory_limits() == at_2, (at_2, at_8)
     out = proc.stdout + proc.stderr
     assert "read by the workers" in out and "shipped" not in out, out
     run_id = re.search(r"run (\S+)", out)
     run_dir = max(runs.glob("*-in-place-*"), key=lambda p: p.stat().st_mtime)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["rows"] == 110_000 and metrics["data_objects"] == 6
-    assert metrics["n_workers"] == 2 and metrics["mixed_models"] == 2, metrics["mixed_models"]
-    # the mixed models hold the accuracy of one scikit-learn process on the same rows, split and
+    assert metrics["n_workers"] == 8 and metrics["mixed_models"] == 8, metrics["mixed_models"]
+    # 8 models mixed hold the accuracy of one scikit-learn process on the same rows, split and
     # features (computed here, from the same documents)
     local = workdir / "in-place-local.parquet"
     docs.to_parquet(local, index=False)
     single = single_process_fit(load_job(job), single_process_features(load_job(job), [local]),
                                 "sgd")
-    print(f"accuracy: 2 workers {metrics['accuracy']:.4f}, one process {single['accuracy']:.4f}")
+    print(f"accuracy: 8 workers {metrics['accuracy']:.4f}, one process {single['accuracy']:.4f}")
     assert metrics["accuracy"] >= single["accuracy"] - 0.01, (run_id, metrics, single)
     assert metrics["accuracy"] > 0.8
     # the corpus went from the store to the workers: the control machine sent only the task

@@ -68,16 +68,22 @@ def test_new_node_files_or_environment_are_reasons_to_restart():
     assert "started without a recorded spec" in todo["lab3-w0@lab3"][0]
 
 
-def test_memory_shares_restart_a_worker_only_when_it_holds_too_much():
+def test_memory_shares_restart_a_worker_whose_share_of_its_host_changed():
     two_per_host = procs(per_host=2)
     # one worker per host ran with the whole host ("auto"); now two share it: too much
     observed = {p: running(p, memory_limit="auto") for p in two_per_host}
     todo = changes.plan(two_per_host, observed, ENV)
     assert [c.where for c in todo] == ["lab2-w0@lab2", "lab3-w0@lab3"]
     assert todo[0].reasons == ("memory limit auto -> 0.4750",)
-    # back to one per host: the smaller share is kept (a restart would cost data for nothing)
+    # back to one per host: each gets its host again (rolled: its data moves to the other)
     one = procs()
-    assert changes.plan(one, {p: running(p, memory_limit="0.4750") for p in one}, ENV) == []
+    todo = changes.plan(one, {p: running(p, memory_limit="0.4750") for p in one}, ENV)
+    assert [(c.where, c.reasons) for c in todo] == [
+        ("lab2-w0@lab2", ("memory limit 0.4750 -> auto",)),
+        ("lab3-w0@lab3", ("memory limit 0.4750 -> auto",))]
+    # but the cluster's only worker keeps its smaller share: nowhere to move its data
+    single = [p for p in one if p.name != "lab3-w0"]
+    assert changes.plan(single, {p: running(p, memory_limit="0.4750") for p in single}, ENV) == []
     # a limit in bytes the file changed
     fixed = procs(replace(SETTINGS, memory_limit="2GiB"))
     assert [c.reasons for c in changes.plan(fixed, {p: running(p, memory_limit="1GiB")
