@@ -1,7 +1,7 @@
 """Accuracy as the workers grow, next to single-process scikit-learn, over several seeds.
 
     PYTHONPATH=. .venv/bin/python bench/workers.py [--workers 2 4 8 16 32] [--seeds 0 1 2]
-        [--corpora debian synthetic rare] [--docs 60000]
+        [--corpora debian synthetic rare] [--docs 60000] [--average]
 
 Parameter mixing mixes one model per worker, so it is the worker count that could move accuracy
 away from one process. For each worker count W a ``LocalCluster(n_workers=W,
@@ -69,9 +69,9 @@ def rare_corpus(folder: Path, docs: int) -> Path:
     return folder / "rare.yaml"
 
 
-def seeded(job, seed: int):
+def seeded(job, seed: int, average: bool = False):
     return job.model_copy(update={
-        "model": job.model.model_copy(update={"seed": seed}),
+        "model": job.model.model_copy(update={"seed": seed, "average": average}),
         "split": job.split.model_copy(update={"seed": seed})})
 
 
@@ -81,7 +81,8 @@ def spread(values: list[float]) -> dict:
 
 def measure(worker_counts=(2, 4, 8, 16, 32), seeds=(0, 1, 2),
             corpora=("debian", "synthetic", "rare"), docs: int = 60_000,
-            cache: Path = Path(".daskfleet/cache/datasets"), log=print) -> list[dict]:
+            cache: Path = Path(".daskfleet/cache/datasets"), log=print,
+            average: bool = False) -> list[dict]:
     """One row per corpus and worker count (see the module's docstring)."""
     from distributed import Client, LocalCluster
 
@@ -101,8 +102,8 @@ def measure(worker_counts=(2, 4, 8, 16, 32), seeds=(0, 1, 2),
         for name, job in jobs.items():
             paths[name] = [str(p) for p in prepare_dataset(job, cache).paths]
             for seed in seeds:
-                data = single_process_features(seeded(job, seed), paths[name])
-                single[name, seed] = single_process_fit(seeded(job, seed), data, "sgd")
+                data = single_process_features(seeded(job, seed, average), paths[name])
+                single[name, seed] = single_process_fit(seeded(job, seed, average), data, "sgd")
         runs: dict = {}
         for n in worker_counts:
             t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def measure(worker_counts=(2, 4, 8, 16, 32), seeds=(0, 1, 2),
                 for name, job in jobs.items():
                     for seed in seeds:
                         runs[name, n, seed] = run_job(
-                            client, seeded(job, seed), paths[name],
+                            client, seeded(job, seed, average), paths[name],
                             folder / "runs" / f"{name}-{n}-{seed}", context={"bench": "workers"},
                             progress=lambda line: None)
             log(f"workers: {n} done ({time.perf_counter() - t0:.0f}s)")
@@ -140,13 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=60_000)
     ap.add_argument("--min-model-rows", type=int, default=None,
                     help="train.MIN_MODEL_ROWS for this run (1: one model per worker, always)")
+    ap.add_argument("--average", action="store_true",
+                    help="model.average: true on both sides (scikit-learn's own ASGD in the "
+                         "single process)")
     args = ap.parse_args(argv)
     if args.min_model_rows is not None:  # read by the client side, in this process
         from runner.batch import train
 
         train.MIN_MODEL_ROWS = args.min_model_rows
     rows = measure(args.workers, args.seeds, args.corpora, args.docs,
-                   log=lambda line: print(line, file=sys.stderr, flush=True))
+                   log=lambda line: print(line, file=sys.stderr, flush=True),
+                   average=args.average)
     for r in rows:
         a, f = r["accuracy_points"], r["macro_f1_points"]
         print(f"{r['corpus']:>10} {r['workers']:>3} workers ({r['mixed_models']} models mixed): "

@@ -284,6 +284,20 @@ class ModelSpec(_Model):
     # "balanced": n_rows / (n_classes x rows of the class), from the training split's counts; or
     # label -> weight (labels not named weigh 1)
     class_weight: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    # averaged SGD (ASGD), scikit-learn's name: true averages the weights from the first row,
+    # N from the N-th row seen; the average is taken after every batch of partial_fit (at least
+    # parts.BATCH_ROWS rows), not every row
+    average: bool | Annotated[int, Field(ge=1)] = False
+
+    @model_validator(mode="after")
+    def _average_only_for_sgd(self) -> ModelSpec:
+        if self.average is not False and self.kind != "sgd":
+            why = ("naive Bayes has no weights to average" if self.kind == "naive_bayes" else
+                   "incremental trains with scikit-learn's own partial_fit, whose average mixes "
+                   "up the plain and averaged intercepts of more than two classes (scikit-learn "
+                   "1.9); use kind: sgd")
+            raise _KeyError("average", f"only allowed when kind is 'sgd' ({why})")
+        return self
 
     @model_validator(mode="after")
     def _variant_only_for_bayes(self) -> ModelSpec:
@@ -423,8 +437,12 @@ class JobSpec(_Model):
         return self.split.model_dump(mode="python")
 
     def sgd_params(self) -> dict[str, Any]:
-        return {"loss": self.model.loss, "alpha": self.model.alpha_value,
-                "random_state": self.model.seed}
+        """scikit-learn's SGDClassifier parameters of the model section (``class_weight`` aside:
+        ``balanced`` is computed from the training split's counts by the pipeline)."""
+        m = self.model
+        return {"loss": m.loss, "alpha": m.alpha_value, "random_state": m.seed,
+                "learning_rate": m.learning_rate, "eta0": m.eta0, "power_t": m.power_t,
+                "average": m.average}
 
     def model_params(self) -> dict[str, Any]:
         """The model section with the defaults resolved (plain dict for the worker side)."""

@@ -2,8 +2,9 @@
 pure): the check that refuses a job before any feature or training task is built on it.
 
 - sgd, incremental: float32 weights (k x n_features; one row for two classes),
-  ``train.TRAINING_COPIES`` copies while training, plus one more state per further search
-  candidate (their states live side by side).
+  ``train.TRAINING_COPIES`` copies while training (``train.AVERAGE_COPIES`` more with
+  ``average``), plus one more state per further search candidate (their states live side by
+  side; two copies each with ``average``).
 - naive_bayes: scikit-learn builds dense float64 counts (k x n_features) from the summed sparse
   counts: a fit peaks at ``NB_PEAK_COPIES`` copies (counts, smoothed counts, log probabilities
   and a temporary; measured with tracemalloc for both variants, 4.03 and 4.05) and keeps
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runner.batch.train import MEMORY_BUDGET, TRAINING_COPIES, WEIGHT_BYTES
+from runner.batch.train import AVERAGE_COPIES, MEMORY_BUDGET, TRAINING_COPIES, WEIGHT_BYTES
 
 NB_PEAK_COPIES = 4
 NB_KEPT_COPIES = 2
@@ -36,7 +37,8 @@ class ModelMemory:
         return self.copies * self.copy_bytes(n_features)
 
 
-def model_memory(kind: str, n_classes: int, candidates: int = 1, threads: int = 1) -> ModelMemory:
+def model_memory(kind: str, n_classes: int, candidates: int = 1, threads: int = 1,
+                 average: bool = False) -> ModelMemory:
     if kind == "naive_bayes":
         at_once = max(1, min(candidates, threads))
         copies = NB_PEAK_COPIES * at_once + NB_KEPT_COPIES * (candidates - at_once)
@@ -45,10 +47,12 @@ def model_memory(kind: str, n_classes: int, candidates: int = 1, threads: int = 
                            f"peak" + (f" ({candidates} candidates, {at_once} fitted at once)"
                                       if candidates > 1 else ""))
     rows = 1 if n_classes == 2 else n_classes
-    copies = TRAINING_COPIES + candidates - 1
+    per_state = 2 if average else 1  # the plain weights and their running average
+    copies = TRAINING_COPIES + (AVERAGE_COPIES if average else 0) + (candidates - 1) * per_state
     return ModelMemory(rows, WEIGHT_BYTES, copies,
                        f"{copies} float32 copies of the weights while training"
-                       + (f" ({candidates} search candidates)" if candidates > 1 else ""))
+                       + (f" ({candidates} search candidates)" if candidates > 1 else "")
+                       + (" (averaged: average)" if average else ""))
 
 
 def largest_fitting(memory: ModelMemory, limit: int) -> int | None:

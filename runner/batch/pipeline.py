@@ -391,8 +391,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         if vectorizer_params.get("tfidf"):  # now from all the training rows, for the final fit
             vec, idf = _tfidf(client, source, vectorizer_params["norm"], paths)
             source = _Parts(client, vec=vec)
-    fitted = _train(client, job.model.kind, model_params, source, part_rows, classes, paths, say,
-                    vectorizer_params["n_features"])
+    fitted, averaged_rows = _train(client, job.model.kind, model_params, source, part_rows,
+                                   classes, paths, say, vectorizer_params["n_features"])
     timings["train"] = time.perf_counter() - t0
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
@@ -435,6 +435,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         # the training rows are few: at least train.MIN_MODEL_ROWS a model)
         "mixed_models": (len(source.mixing_groups(n_train)) if job.model.kind == "sgd"
                          else None),
+        # average (ASGD): the rows whose batches' weights the model averages (None: not averaged)
+        "averaged_rows": averaged_rows,
         "n_partitions": len(paths),
         "rows": rows,
         "dropped_rows": dropped,
@@ -563,8 +565,9 @@ def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str]
 
 def _train(client: Client, kind: str, model_params: dict, source: _Parts,
            part_rows: list[int], classes: list[str], paths: list[str], say: Progress,
-           n_features: int) -> Future:
-    """A future of the fitted scikit-learn classifier (it stays on a worker)."""
+           n_features: int) -> tuple[Future, int | None]:
+    """A future of the fitted scikit-learn classifier (it stays on a worker), and with
+    ``average`` the rows its averaged weights cover."""
     n_train = sum(part_rows)
     if kind == "naive_bayes":
         te = time.perf_counter()
@@ -572,7 +575,7 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
                                 [model_params["alpha"]], paths)
         say(f"train: naive Bayes ({model_params['variant']}) counts of {n_train:,} rows summed "
             f"over {len(source)} partitions ({time.perf_counter() - te:.1f}s)")
-        return fitted
+        return fitted, None
     sgd_params = _sgd_params(model_params)
     epochs = int(model_params["epochs"])
     if kind == "incremental":
@@ -593,13 +596,21 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             clf = fit_incremental(vec, part_rows, n_features, classes, sgd_params, epochs, on_epoch)
         except (ValueError, TypeError, RuntimeError) as e:
             raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
-        return client.scatter(clf)
+        return client.scatter(clf), None
     [state] = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths, say,
                                 n_train)
     fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
     _check([fitted], "train (final weights)")
+    averaged = None
+    if train.average_start(sgd_params["average"]) is not None:
+        averaged, counted = client.submit(train.averaged_rows, state, pure=False).result()
+        say(f"train: averaged SGD: the model is the mean of the weights after each batch over "
+            f"{averaged:,} rows" if averaged else
+            f"train: WARNING: average: {sgd_params['average']} starts after more rows than the "
+            f"schedule counted ({counted:,}: the furthest worker's rows over every epoch): "
+            "nothing was averaged, the model has the plain weights")
     _release([state])
-    return fitted
+    return fitted, averaged
 
 
 def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int],
@@ -612,7 +623,8 @@ def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int],
     limit = min(limits)
     n_features = job.features.n_features
     candidates = len(job.search.candidates()) if job.search is not None else 1
-    mem = memory.model_memory(job.model.kind, n_classes, candidates, threads)
+    mem = memory.model_memory(job.model.kind, n_classes, candidates, threads,
+                              average=job.model.average is not False)
     need = mem.need(n_features)
     if need <= train.MEMORY_BUDGET * limit:
         return
@@ -641,7 +653,8 @@ def _sgd_params(model_params: dict) -> dict:
             "random_state": model_params["seed"],
             "learning_rate": model_params.get("learning_rate", "optimal"),
             "eta0": model_params.get("eta0", 0.01), "power_t": model_params.get("power_t", 0.5),
-            "class_weight": model_params.get("class_weight")}
+            "class_weight": model_params.get("class_weight"),
+            "average": model_params.get("average", False)}
 
 
 def _stratify(client: Client, stats: list[dict], split_params: dict, clean_params: dict,

@@ -14,22 +14,80 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 
 
-def make_classifier(state: dict | None, classes, sgd_params: dict) -> SGDClassifier:
+def make_classifier(state: dict | None, classes, sgd_params: dict,
+                    averaged: bool = True) -> SGDClassifier:
     """An SGDClassifier that continues from ``state`` (coef, intercept, t) or starts fresh;
-    ``classes``: the labels, sorted (or their codes while training)."""
-    clf = SGDClassifier(**sgd_params)
+    ``classes``: the labels, sorted (or their codes while training). With ``averaged`` and a
+    state that holds an average (``average``), the classifier has the averaged weights: the
+    model a job keeps; training goes on from the plain ones."""
+    # ``average`` is ours (``accumulate_average``): scikit-learn's partial_fit with average
+    # mixes up the plain and averaged intercepts of more than two classes (1.9.1), so the
+    # classifier itself never averages
+    clf = SGDClassifier(**{k: v for k, v in sgd_params.items() if k != "average"})
     if state is not None:
+        use_avg = averaged and state.get("avg_rows", 0) > 0
         # label strings stay objects (as scikit-learn keeps them); codes stay integers
         clf.classes_ = (classes if isinstance(classes, np.ndarray)
                         else np.asarray(classes, dtype=object))
         # a copy: partial_fit updates the weights in place, and the state may be shared by
         # other tasks on this worker
-        clf.coef_ = np.array(state["coef"], dtype=np.float32, order="C", copy=True)
-        clf.intercept_ = np.array(state["intercept"], dtype=np.float32, copy=True)
+        clf.coef_ = np.array(state["avg_coef" if use_avg else "coef"], dtype=np.float32,
+                             order="C", copy=True)
+        clf.intercept_ = np.array(state["avg_intercept" if use_avg else "intercept"],
+                                  dtype=np.float32, copy=True)
         clf.t_ = float(state["t"])
         clf.n_features_in_ = clf.coef_.shape[1]
         clf.n_iter_ = int(state.get("epochs", 0))
     return clf
+
+
+def average_start(average: bool | int) -> int | None:
+    """The row count (scikit-learn's ``t_ - 1``) from which weights are averaged; None: not
+    averaged. ``average``: the job's (true: from the first row; N: from the N-th, as in
+    scikit-learn)."""
+    if average is False or average is None:
+        return None
+    return 0 if average is True else int(average)
+
+
+def averaged_rows(state: dict) -> tuple[int, int]:
+    """The rows whose batches' weights ``state``'s average covers (0: none), and the rows its
+    schedule counted (scikit-learn's ``t_ - 1``: the furthest worker's, epoch after epoch)."""
+    return int(state.get("avg_rows", 0)), int(state["t"] - 1)
+
+
+class _Average:
+    """A row-weighted running sum of the weights after each batch (ASGD, Polyak-Ruppert
+    averaging, at the granularity of ``parts.BATCH_ROWS``-row batches rather than scikit-learn's
+    every row). Sums, not means, so the workers' sums add up in the mixing tree; the epoch's
+    first group carries the sum so far (``state``'s mean times its rows), so it is counted
+    once."""
+
+    def __init__(self, state: dict | None, carry: bool):
+        self.coef = self.intercept = self.buf = None
+        self.rows = 0
+        if carry and state is not None and state.get("avg_rows", 0) > 0:
+            self.rows = int(state["avg_rows"])
+            self.coef = np.array(state["avg_coef"], dtype=np.float32, copy=True)
+            self.coef *= np.float32(self.rows)
+            self.intercept = np.asarray(state["avg_intercept"], dtype=np.float64) * self.rows
+
+    def add(self, clf: SGDClassifier, rows: int) -> None:
+        if self.coef is None:
+            self.coef = np.zeros(clf.coef_.shape, dtype=np.float32)
+            self.intercept = np.zeros(clf.intercept_.shape, dtype=np.float64)
+        if self.buf is None:
+            self.buf = np.empty_like(self.coef)
+        np.multiply(clf.coef_, np.float32(rows), out=self.buf, dtype=np.float32,
+                    casting="same_kind")
+        self.coef += self.buf
+        self.intercept += rows * np.asarray(clf.intercept_, dtype=np.float64)
+        self.rows += rows
+
+    def fields(self) -> dict:
+        if not self.rows:
+            return {}
+        return {"avg_coef": self.coef, "avg_intercept": self.intercept, "avg_rows": self.rows}
 
 
 # the fewest training rows one mixed model sees in an epoch (pipeline._parameter_mixing): with
@@ -41,6 +99,9 @@ MIN_MODEL_ROWS = 10_000
 # state it starts from, its classifier's, and where the mixing tree's root runs, the other
 # workers' results, the sum and its scaling buffer
 TRAINING_COPIES = 6
+# with ``average``: the mean it starts from, its running sum and scaling buffer, and at the
+# root the other workers' sums and the sum of sums
+AVERAGE_COPIES = 6
 WEIGHT_BYTES = 4  # float32
 # distributed pauses a worker at 80 % of its limit and the interpreter needs its own share
 MEMORY_BUDGET = 0.8
@@ -83,8 +144,10 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
     weights = sgd_params.get("class_weight")
     if isinstance(weights, dict):  # by label in the job, by code inside training
         sgd_params = {**sgd_params, "class_weight": {code_of[c]: w for c, w in weights.items()}}
-    clf = make_classifier(state, codes, sgd_params)
+    clf = make_classifier(state, codes, sgd_params, averaged=False)
     t_start = clf.t_ if state is not None else 1.0  # scikit-learn starts a fresh model at 1
+    start = average_start(sgd_params.get("average", False))
+    avg = _Average(state, carry=index == 0) if start is not None else None
     n = 0
     for X, y in batches(parts, rng.permutation(len(parts)), "X_train", "y_train"):
         # partial_fit shuffles the rows itself (shuffle=True) with a seed drawn from
@@ -94,11 +157,28 @@ def train_partitions(parts, state: dict | None, classes: list[str], sgd_params: 
         clf.partial_fit(X, np.fromiter((code_of[v] for v in y), dtype=np.int64, count=len(y)),
                         classes=codes)
         n += X.shape[0]
+        if avg is not None and clf.t_ - 1 >= start:
+            avg.add(clf, X.shape[0])
+    averaged = avg.fields() if avg is not None else {}
     if n == 0:
         # what this task was given, for the error at the root if no worker had rows
-        return {"n_rows": 0, "n_parts": len(parts), "epoch": epoch, "group": index}
+        return {"n_rows": 0, "n_parts": len(parts), "epoch": epoch, "group": index, **averaged}
     return {"coef": clf.coef_, "intercept": clf.intercept_, "t0": t_start,
-            "t_steps": clf.t_ - t_start, "n_rows": n}
+            "t_steps": clf.t_ - t_start, "n_rows": n, **averaged}
+
+
+def _sum_averages(results: tuple[dict, ...]) -> dict:
+    """The running sums of averaged weights (``_Average``) of ``results``, added up."""
+    held = [r for r in results if r.get("avg_rows", 0) > 0]
+    if not held:
+        return {}
+    coef = np.array(held[0]["avg_coef"], dtype=np.float32, copy=True)
+    intercept = np.array(held[0]["avg_intercept"], dtype=np.float64, copy=True)
+    for r in held[1:]:
+        coef += r["avg_coef"]
+        intercept += r["avg_intercept"]
+    return {"avg_coef": coef, "avg_intercept": intercept,
+            "avg_rows": sum(r["avg_rows"] for r in held)}
 
 
 def mix_sum(*results: dict) -> dict:
@@ -106,8 +186,9 @@ def mix_sum(*results: dict) -> dict:
     results of ``train_partitions`` or of other ``mix_sum`` nodes), in float32 with one scaling
     buffer: the node holds its inputs, the sum and the buffer, never a float64 copy."""
     done = [r for r in results if r["n_rows"] > 0]
+    averaged = _sum_averages(results)
     if not done:
-        return {"n_rows": 0}
+        return {"n_rows": 0, **averaged}
     coef = np.zeros(done[0]["coef"].shape, dtype=np.float32)
     intercept = np.zeros(done[0]["intercept"].shape, dtype=np.float64)
     scaled = np.empty_like(coef)
@@ -122,7 +203,7 @@ def mix_sum(*results: dict) -> dict:
             # steps one worker took since (mix_finish says why not all of them)
             "t0": min(r["t0"] for r in done),
             "t_steps": max(r["t_steps"] for r in done),
-            "n_rows": sum(r["n_rows"] for r in done), "summed": True}
+            "n_rows": sum(r["n_rows"] for r in done), "summed": True, **averaged}
 
 
 def mix_finish(epoch: int, *results: dict) -> dict:
@@ -141,5 +222,12 @@ def mix_finish(epoch: int, *results: dict) -> dict:
                          f"groups of partitions: {seen})")
     total = float(acc["n_rows"])
     acc["coef"] /= np.float32(total)
+    averaged = {}
+    if acc.get("avg_rows", 0) > 0:  # the running mean of every batch's weights so far
+        acc["avg_coef"] /= np.float32(acc["avg_rows"])
+        averaged = {"avg_coef": acc["avg_coef"],
+                    "avg_intercept": acc["avg_intercept"] / acc["avg_rows"],
+                    "avg_rows": acc["avg_rows"]}
     return {"coef": acc["coef"], "intercept": acc["intercept"] / total,
-            "t": acc["t0"] + acc["t_steps"], "epochs": epoch + 1, "n_rows": acc["n_rows"]}
+            "t": acc["t0"] + acc["t_steps"], "epochs": epoch + 1, "n_rows": acc["n_rows"],
+            **averaged}

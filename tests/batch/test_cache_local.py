@@ -114,3 +114,56 @@ def test_mixing_in_a_tree_is_the_row_weighted_mean_whatever_its_shape():
     one = train.mix_finish(0, results[2])  # a single worker: its own weights
     np.testing.assert_allclose(one["coef"], results[2]["coef"], rtol=1e-6)
     assert train.mix_sum(results[1])["n_rows"] == 0
+
+
+def test_averaged_weights_are_the_row_weighted_mean_of_every_batch_over_epochs(monkeypatch):
+    """average (ASGD): the model is the mean of the weights after every batch of every worker
+    and epoch, weighted by the batch's rows; the epoch's first group carries the mean so far,
+    so it counts once however the mixing tree is shaped."""
+    import scipy.sparse as sp
+
+    from runner.batch import parts as parts_mod
+    from runner.batch import train
+
+    monkeypatch.setattr(parts_mod, "BATCH_ROWS", 50)  # one batch per partition below
+    rng = np.random.default_rng(1)
+
+    def part(n):
+        y = rng.integers(0, 3, n)
+        X = sp.random(n, 40, density=0.2, format="csr", random_state=int(rng.integers(99)),
+                      dtype=np.float32) + sp.csr_matrix((np.ones(n, np.float32), (np.arange(n), y)),
+                                                        shape=(n, 40))
+        return {"X_train": X.tocsr(), "y_train": np.array(["abc"[i] for i in y], dtype=object)}
+
+    groups = [[part(60), part(70)], [part(80)], [part(55)]]
+    classes = ["a", "b", "c"]
+    params = {"loss": "hinge", "alpha": 1e-4, "random_state": 0, "average": True}
+    seen = []  # the weights after every batch, and its rows
+
+    original = train._Average.add
+
+    def record(self, clf, rows):
+        seen.append((clf.coef_.astype(np.float64).copy(), rows))
+        original(self, clf, rows)
+
+    monkeypatch.setattr(train._Average, "add", record)
+    state = None
+    for epoch in range(3):
+        results = [train.train_partitions(g, state, classes, params, epoch, i)
+                   for i, g in enumerate(groups)]
+        flat = train.mix_finish(epoch, *results)
+        nested = train.mix_finish(epoch, train.mix_sum(*results[:2]), results[2])
+        np.testing.assert_allclose(nested["avg_coef"], flat["avg_coef"], rtol=1e-5)
+        state = flat
+    expected = sum(w * r for w, r in seen) / sum(r for _, r in seen)
+    assert state["avg_rows"] == 3 * (60 + 70 + 80 + 55) == sum(r for _, r in seen)
+    np.testing.assert_allclose(state["avg_coef"], expected, rtol=1e-4, atol=1e-6)
+    # the model kept is the average; training went on from the plain weights
+    assert not np.allclose(state["avg_coef"], state["coef"])
+    model = train.make_classifier(state, classes, params)
+    np.testing.assert_allclose(model.coef_, state["avg_coef"], rtol=1e-6)
+    assert train.averaged_rows(state)[0] == state["avg_rows"]
+    # average: N starts once the schedule has counted N rows (scikit-learn's t_ - 1)
+    later = {**params, "average": 10**9}
+    result = train.train_partitions(groups[0], None, classes, later, 0, 0)
+    assert "avg_rows" not in train.mix_finish(0, result)

@@ -238,3 +238,25 @@ def test_the_memory_each_model_kind_needs_at_its_peak():
     fits = largest_fitting(nb, 8 * 2**30)
     assert nb.need(fits) <= 0.8 * 8 * 2**30 < nb.need(2 * fits)
     assert largest_fitting(model_memory("naive_bayes", 10**6), 2**20) is None
+
+
+def test_average_is_for_parallel_sgd_only_and_costs_memory(tmp_path):
+    from runner.batch.memory import model_memory
+
+    def load(model: str):
+        return load_job(write(tmp_path, f"name: j\ndata: {{source: debian-packages}}\n{model}"))
+
+    assert load("model: {average: true}\n").sgd_params()["average"] is True
+    assert load("model: {average: 50000}\n").model.average == 50000
+    assert load("model: {}\n").model.average is False
+    assert "model.average" in error_of(write(tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                                                 "model: {average: 0}\n"))
+    assert "average: only allowed when kind is 'sgd' (incremental" in error_of(write(
+        tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                  "model: {kind: incremental, average: true}\n"))
+    assert "average: only allowed when kind is 'sgd' (naive" in error_of(write(
+        tmp_path, "name: j\ndata: {source: debian-packages}\n"
+                  "model: {kind: naive_bayes, average: true}\n"))
+    # the running average and its sums double the weights held while training
+    assert model_memory("sgd", 10, average=True).copies == 12
+    assert model_memory("sgd", 10, candidates=3, average=True).copies == 12 + 2 * 2
