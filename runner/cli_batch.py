@@ -108,10 +108,11 @@ def cmd_predict(args) -> int:
         print(f"[daskfleet] {line}", flush=True)
 
     with Cluster.from_file(args.cluster) as cluster:
-        summary = predict_on_cluster(cluster, Path(args.model), Path(args.data), Path(args.out),
+        summary = predict_on_cluster(cluster, Path(args.model), args.data, args.out,
                                      progress=say, text_column=args.text_column,
                                      label_column=args.label_column, top_k=args.top_k,
-                                     proba=args.proba)
+                                     proba=args.proba,
+                                     storage_options=_storage_options(args.storage_option))
     extra = f", accuracy against the label column {summary['accuracy']:.4f}" \
         if "accuracy" in summary else ""
     if "scores" in summary:
@@ -120,6 +121,26 @@ def cmd_predict(args) -> int:
                   "with model.loss log_loss or modified_huber for them)")
     say(f"{summary['rows']} predictions written to {summary['out']}{extra}")
     return 0
+
+
+def _storage_options(pairs: list[str] | None) -> dict:
+    """``--storage-option KEY=VALUE`` pairs (fsspec's names, as a job's storage_options)."""
+    from runner.batch.store import check_options
+    from runner.errors import BatchError, ConfigError
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"predict: --storage-option {pair!r}: give KEY=VALUE, e.g. "
+                              "endpoint_url=https://s3.example.com")
+        options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    try:
+        check_options(options)
+    except BatchError as e:
+        raise ConfigError(f"predict: --storage-option: {e}".replace(
+            "data.storage_options: ", "")) from e
+    return options
 
 
 def add_commands(sub) -> None:
@@ -148,8 +169,14 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("predict", help="batch inference with a saved model on the cluster")
     p.add_argument("model", help="model.joblib (or the run folder that holds it)")
-    p.add_argument("data", help="parquet, csv or jsonl file with a text column")
-    p.add_argument("-o", "--out", required=True, help="output parquet file")
+    p.add_argument("data", help="parquet, csv or jsonl file with a text column; or an s3:// or "
+                                "file:// URL (an object, a prefix, a glob), read by the workers")
+    p.add_argument("-o", "--out", required=True,
+                   help="output parquet file; or an s3:// or file:// prefix, written by the "
+                        "workers (part-NNNNN.parquet, then _daskfleet_predict.json)")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="for URLs: fsspec's names (key, secret, token, endpoint_url, region, "
+                        "anon, ...); the AWS_* variables of this shell fill in the rest")
     p.add_argument("-c", "--cluster", default=DEFAULT_CLUSTER, help="cluster file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label",

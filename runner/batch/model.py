@@ -119,9 +119,18 @@ def score_texts(model: dict, texts: list[str]):
 
 
 def predict_shard(path: str, model: dict, top_k: int = 0, proba: bool = False):
-    """Worker side: predictions for one prediction-input shard (columns row, text, label).
+    """Worker side: predictions for one prediction-input shard (columns row, text, label);
+    ``predict_frame`` says what comes back."""
+    import pyarrow.parquet as pq
 
-    Returns a DataFrame with the shard's row numbers, its label (None when the input had none)
+    table = pq.read_table(path, columns=["row", "text", "label"])
+    return predict_frame(table.to_pandas(), model, top_k, proba)
+
+
+def predict_frame(frame, model: dict, top_k: int = 0, proba: bool = False):
+    """Predictions for the rows of ``frame`` (columns row, text, label).
+
+    Returns a DataFrame with the rows' numbers, their label (None when the input had none)
     and the prediction: one per input row, rows without text predicted from the empty text.
     With ``top_k``, columns top_1..top_k and score_1..score_k (the best classes, best first);
     with ``proba``, one score column per class (``score:<label>``). Scores are probabilities or
@@ -129,15 +138,25 @@ def predict_shard(path: str, model: dict, top_k: int = 0, proba: bool = False):
     """
     import numpy as np
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["row", "text", "label"])
-    texts = table.column("text").to_pylist()
-    out = {"row": table.column("row").to_numpy(),
-           "label": pd.Series(table.column("label").to_pylist(), dtype=object)}
+    texts = [t if isinstance(t, str) else None for t in frame["text"].tolist()]
+    out = {"row": frame["row"].to_numpy(dtype=np.int64),
+           "label": pd.Series([v if isinstance(v, str) else None for v in frame["label"]],
+                              dtype=object)}
     if not (top_k or proba):
         out["prediction"] = pd.Series(predict_texts(model, texts), dtype=object)
         return pd.DataFrame(out)
+    labels, predictions, scores = score_texts(model, texts)
+    out["prediction"] = pd.Series(predictions, dtype=object)
+    if top_k:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        for k in range(best.shape[1]):
+            out[f"top_{k + 1}"] = pd.Series([labels[j] for j in best[:, k]], dtype=object)
+            out[f"score_{k + 1}"] = scores[np.arange(len(texts)), best[:, k]]
+    if proba:
+        for j, label in enumerate(labels):
+            out[f"score:{label}"] = scores[:, j]
+    return pd.DataFrame(out)
     labels, predictions, scores = score_texts(model, texts)
     out["prediction"] = pd.Series(predictions, dtype=object)
     if top_k:

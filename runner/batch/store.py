@@ -78,26 +78,30 @@ def filesystem(url: str, options: dict | None):
 
 
 def _explain(url: str, options: dict | None, e: BaseException, key: str = "data",
-             where: str = "this worker", verb: str = "read") -> BatchError:
+             where: str = "this worker", verb: str = "read",
+             names: tuple[str, str] | None = None) -> BatchError:
     """An object-store error as what to check: the endpoint, the bucket, the credentials
-    (``key``: the job file's section, data or results)."""
+    (``key``: the job file's section, data or results; ``names``: what the path and the options
+    are called where they are not a job file's, e.g. predict's arguments)."""
+    # ``opts`` is followed by an option's name: "data.storage_options." + "endpoint_url"
+    path_name, opts = names or (f"{key}.path", f"{key}.storage_options.")
     text = str(e)
     endpoint = (options or {}).get("endpoint_url") or "the default AWS endpoint"
     if "NETWORK_CONNECTION" in text or "curlCode" in text or "Could not connect" in text:
         what = (f"cannot reach the object store at {endpoint} from {where}; check "
-                f"{key}.storage_options.endpoint_url and that {where} reaches it")
+                f"{opts}endpoint_url and that {where} reaches it")
     elif "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         bucket = urllib.parse.urlsplit(url).netloc
-        what = f"bucket {bucket!r} does not exist (at {endpoint}); check {key}.path"
+        what = f"bucket {bucket!r} does not exist (at {endpoint}); check {path_name}"
     elif any(s in text for s in ("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
                                  "ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId",
                                  "EXPIRED_TOKEN", "403")):
-        what = (f"the object store refused the credentials; check {key}.storage_options key "
+        what = (f"the object store refused the credentials; check {opts}key "
                 "and secret (or the AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY the job was "
                 f"submitted with) and that they may {verb} the bucket")
     else:
         what = f"cannot {verb} it: {text.strip()[:300]}"
-    return BatchError(f"{key}.path {url}: {what}")
+    return BatchError(f"{path_name} {url}: {what}")
 
 
 def _pattern_regex(pattern: str) -> re.Pattern:
@@ -123,10 +127,12 @@ def _visible(path: str, root: str) -> bool:
     return not any(p.startswith((".", "_")) for p in rel.split("/") if p)
 
 
-def list_inputs(url: str, fmt: str | None, options: dict | None) -> list[dict]:
+def list_inputs(url: str, fmt: str | None, options: dict | None,
+                names: tuple[str, str] | None = None) -> list[dict]:
     """The objects (files) ``url`` names: one, every one under a prefix (folder), or those a
     glob matches. [{"path", "size", "format"}], sorted. Runs on a worker: the control machine
-    may not even reach the store."""
+    may not even reach the store. ``names``: as ``_explain``'s (data.path by default)."""
+    what = names[0] if names else "data.path"
     import pyarrow.fs as pafs
 
     fs, path = filesystem(url, options)
@@ -135,8 +141,8 @@ def list_inputs(url: str, fmt: str | None, options: dict | None) -> list[dict]:
             bucket = path.split("/", 1)[0]
             if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                 endpoint = (options or {}).get("endpoint_url") or "the default AWS endpoint"
-                raise BatchError(f"data.path {url}: bucket {bucket!r} does not exist (at "
-                                 f"{endpoint}); check data.path")
+                raise BatchError(f"{what} {url}: bucket {bucket!r} does not exist (at "
+                                 f"{endpoint}); check {what}")
         if GLOB_CHARS & set(path):
             static = re.split(r"[*?\[]", path, maxsplit=1)[0]
             base = static if static.endswith("/") else posixpath.dirname(static)
@@ -158,22 +164,22 @@ def list_inputs(url: str, fmt: str | None, options: dict | None) -> list[dict]:
                          and (fmt is not None or posixpath.splitext(i.path)[1].lower()
                               in SUFFIX_FORMATS)]
     except OSError as e:
-        raise _explain(url, options, e) from e
+        raise _explain(url, options, e, names=names) from e
     if not infos:
-        raise BatchError(f"data.path {url}: matches no object (an empty or missing prefix, or a "
+        raise BatchError(f"{what} {url}: matches no object (an empty or missing prefix, or a "
                          "pattern that matches nothing); check the bucket and prefix, e.g. with "
                          "`aws s3 ls`")
     items = []
     for i in sorted(infos, key=lambda i: i.path):
         found = fmt or SUFFIX_FORMATS.get(posixpath.splitext(i.path)[1].lower())
         if found is None:
-            raise BatchError(f"data.path {url}: {i.path} has no known suffix "
+            raise BatchError(f"{what} {url}: {i.path} has no known suffix "
                              f"({', '.join(SUFFIX_FORMATS)}); set data.format or narrow the path")
         items.append({"path": i.path, "size": int(i.size or 0), "format": found})
     formats = sorted({i["format"] for i in items})
     if len(formats) > 1:
         examples = ", ".join(next(i["path"] for i in items if i["format"] == f) for f in formats)
-        raise BatchError(f"data.path {url}: matches files of several formats "
+        raise BatchError(f"{what} {url}: matches files of several formats "
                          f"({', '.join(formats)}: e.g. {examples}); narrow the pattern to one "
                          "format (e.g. *.parquet) or set data.format")
     return items
@@ -191,10 +197,11 @@ def _strings(values) -> np.ndarray:
 
 
 def read_input(url: str, item: dict, text_col: str, label_col: str, options: dict | None,
-               on_error: str = "fail") -> tuple[pd.DataFrame, dict]:
+               on_error: str = "fail", label_optional: bool = False) -> tuple[pd.DataFrame, dict]:
     """One object as a DataFrame with object columns ``text`` and ``label``, and a summary
     (rows, chars, skipped). With ``on_error: skip`` an unreadable object gives no rows and its
-    reason in the summary."""
+    reason in the summary. ``label_optional`` (predict): an object without the label column
+    gives labels of None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -205,10 +212,12 @@ def read_input(url: str, item: dict, text_col: str, label_col: str, options: dic
         if fmt == "parquet":
             with fs.open_input_file(path) as f:
                 pf = pq.ParquetFile(f)
-                _check_columns(where, pf.schema_arrow.names, text_col, label_col)
-                table = pf.read(columns=[text_col, label_col])
-            df = pd.DataFrame({"text": _strings(table.column(text_col).to_pylist()),
-                               "label": _strings(table.column(label_col).to_pylist())})
+                names = pf.schema_arrow.names
+                has_label = _check_columns(where, names, text_col, label_col, label_optional)
+                table = pf.read(columns=[text_col, label_col] if has_label else [text_col])
+            texts = _strings(table.column(text_col).to_pylist())
+            labels = (_strings(table.column(label_col).to_pylist()) if has_label else
+                      np.full(len(texts), None, dtype=object))
         else:
             with fs.open_input_stream(path) as f:
                 if fmt == "csv":
@@ -217,8 +226,11 @@ def read_input(url: str, item: dict, text_col: str, label_col: str, options: dic
                 else:
                     raw = pd.read_json(f, lines=True, dtype=False, encoding="utf-8",
                                        encoding_errors="replace")
-            _check_columns(where, raw.columns, text_col, label_col)
-            df = pd.DataFrame({"text": _strings(raw[text_col]), "label": _strings(raw[label_col])})
+            has_label = _check_columns(where, raw.columns, text_col, label_col, label_optional)
+            texts = _strings(raw[text_col])
+            labels = (_strings(raw[label_col]) if has_label else
+                      np.full(len(texts), None, dtype=object))
+        df = pd.DataFrame({"text": texts, "label": labels})
     except BatchError as e:
         if on_error == "skip":
             return _empty(), {"rows": 0, "chars": 0, "skipped": str(e)}
@@ -241,13 +253,18 @@ def _unreadable(where: str, fmt: str, e: BaseException, on_error: str):
     raise BatchError(message)
 
 
-def _check_columns(where: str, names, text_col: str, label_col: str) -> None:
+def _check_columns(where: str, names, text_col: str, label_col: str,
+                   label_optional: bool = False) -> bool:
+    """Refuse a file without the columns; returns whether it has the label column."""
     names = [str(n) for n in names]
-    missing = [c for c in (text_col, label_col) if c not in names]
+    needed = (text_col,) if label_optional else (text_col, label_col)
+    missing = [c for c in needed if c not in names]
     if missing:
+        fix = ("Give predict's --text-column" if label_optional else
+               "Set data.text_column and data.label_column in the job file")
         raise BatchError(f"{where}: column(s) {', '.join(map(repr, missing))} not found; the file "
-                         f"has columns: {', '.join(names[:20]) or '(none)'}. Set "
-                         "data.text_column and data.label_column in the job file.")
+                         f"has columns: {', '.join(names[:20]) or '(none)'}. {fix}.")
+    return label_col in names
 
 
 def _empty() -> pd.DataFrame:

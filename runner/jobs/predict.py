@@ -1,10 +1,14 @@
 """`daskfleet predict`: batch inference with a saved model on the cluster.
 
-The control machine cuts the input file into shards (label column optional), ships them to the
-worker hosts like `submit` does, and the workers predict one shard each; the predictions come
-back one shard at a time, in input order, and are appended to one parquet file (a row group per
-shard) through a temporary file renamed at the end: the client holds one shard's predictions at
-a time, whatever the size of the input.
+A local input file is cut into shards by the control machine (label column optional) and
+shipped to the worker hosts like `submit` does; an input URL (``s3://``, or ``file://`` of a
+filesystem the nodes share) is listed and read by the workers themselves, one task per object.
+The workers predict one shard or object each. A local output is one parquet file: the
+predictions come back one shard at a time, in input order, appended (a row group per shard)
+through a temporary file renamed at the end, so the client holds one shard's predictions at a
+time whatever the size of the input. An output URL is written by the workers
+(``runner.batch.predict_store``): with both sides URLs, nothing of the data passes through the
+control machine.
 """
 
 from __future__ import annotations
@@ -25,19 +29,39 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 
 
-def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_path: Path,
+def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out: str | Path,
                        progress: Progress = print, *, text_column: str = "text",
-                       label_column: str = "label", top_k: int = 0, proba: bool = False) -> dict:
-    """Predict every row of ``data_path`` on ``cluster``; write ``out_path`` (parquet)."""
-    from runner.batch.corpus import prepare_prediction_input
+                       label_column: str = "label", top_k: int = 0, proba: bool = False,
+                       storage_options: dict | None = None) -> dict:
+    """Predict every row of ``data`` on ``cluster``; write ``out``. ``data`` and ``out`` are
+    local paths or URLs (``s3://``, ``file://`` of a filesystem the nodes share): the workers
+    read a URL input and write to a URL output themselves (``runner.batch.predict_store``)."""
     from runner.batch.model import load_model
-    from runner.jobs.ship import remote_dir, ship
-    from runner.jobs.submit import datasets_cache
+    from runner.batch.store import is_store_url
 
     model = load_model(model_path)  # a bad model file fails before the cluster is touched
     check_top_k(model, top_k)  # so does a top-k the model cannot give
     client = cluster.client()
     cluster.check_versions()
+    options = dict(top_k=top_k, proba=proba)
+    if is_store_url(str(data)) or is_store_url(str(out)):
+        return predict_in_place(client, model, str(data), str(out), progress,
+                                 text_column, label_column, storage_options, cluster, **options)
+    if storage_options:
+        raise ConfigError("predict: --storage-option is for an s3:// or file:// input or --out; "
+                          "both are local paths here")
+    paths = _ship_input(cluster, Path(data), progress, text_column, label_column)
+    return predict_shards(client, model, paths, Path(out), progress, **options)
+
+
+def _ship_input(cluster: Cluster, data_path: Path, progress: Progress, text_column: str,
+                label_column: str) -> list[str]:
+    """A local input cut into shards and shipped to the worker hosts; the shards' paths as the
+    workers see them."""
+    from runner.batch.corpus import prepare_prediction_input
+    from runner.jobs.ship import remote_dir, ship
+    from runner.jobs.submit import datasets_cache
+
     t = time.monotonic()
     dataset = prepare_prediction_input(data_path, datasets_cache(), text_column=text_column,
                                        label_column=label_column)
@@ -47,8 +71,106 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data_path: Path, out_
     sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh())
     progress(f"input shipped to {sum(sent.values())} host(s), already on "
              f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
-    paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
-    return predict_shards(client, model, paths, out_path, progress, top_k=top_k, proba=proba)
+    return [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+
+
+def store_options(url: str, given: dict | None, environ=os.environ) -> dict:
+    """``--storage-option`` values for ``url``, completed from the shell's AWS variables as a
+    job's ``data.storage_options`` are (they reach the workers as task arguments, in memory)."""
+    from types import SimpleNamespace
+
+    from runner.batch.store_load import options_for
+
+    return options_for(SimpleNamespace(path_url=url, storage_options=given or {}), environ)
+
+
+def predict_in_place(client: Client, model: dict, data: str, out: str, progress: Progress,
+                     text_column: str = "text", label_column: str = "label",
+                     storage_options: dict | None = None, cluster: Cluster | None = None, *,
+                     top_k: int = 0, proba: bool = False) -> dict:
+    """Predict a URL input on the workers, or write to a URL output from the workers, or both;
+    a local side is shipped (input: needs ``cluster``) or streamed back (output) as for local
+    files."""
+    from runner.batch import predict_store, store
+    from runner.dask_workers import joined_workers
+
+    t = time.monotonic()
+    workers = sorted(joined_workers(client))
+    if not workers:
+        raise BatchError("predict: the cluster has no worker; run `daskfleet up`")
+    out_url = out if store.is_store_url(out) else None
+    out_opts = store_options(out, storage_options) if out_url else None
+    if out_url:  # refused before any prediction: a prefix that holds objects already
+        client.submit(predict_store.check_output, out_url, out_opts, pure=False,
+                      workers=workers[:1], allow_other_workers=True).result()
+    [model_f] = client.scatter([model], broadcast=True, hash=False)
+    try:
+        if store.is_store_url(data):
+            in_opts = store_options(data, storage_options)
+            items = client.submit(store.list_inputs, data, None, in_opts, predict_store.INPUT,
+                                  pure=False, workers=workers[:1],
+                                  allow_other_workers=True).result()
+            progress(f"input: {len(items)} object(s), "
+                     f"{sum(i['size'] for i in items) / 2**20:,.1f} MiB at {data}, read by the "
+                     "workers")
+            futures = [client.submit(predict_store.predict_object, data, item, model_f,
+                                     text_column, label_column, in_opts, top_k, proba, out_url,
+                                     out_opts, i, pure=False, workers=[workers[i % len(workers)]],
+                                     allow_other_workers=True)
+                       for i, item in enumerate(items)]
+            sources = [f"{data} ({item['path']})" for item in items]
+        else:
+            shards = _ship_input(cluster, Path(data), progress, text_column, label_column)
+            futures = [client.submit(_predict_shard_to, path, model_f, top_k, proba, out_url,
+                                     out_opts, i, pure=False) for i, path in enumerate(shards)]
+            sources = shards
+        if out_url is None:
+            rows, labelled, correct = _collect_into(futures, sources, Path(out),
+                                                    output_schema(model, top_k, proba),
+                                                    renumber=store.is_store_url(data))
+        else:
+            from distributed import wait
+
+            wait(futures)
+            _raise_failed(futures, sources)
+            counts = client.gather(futures)
+            rows = sum(c["rows"] for c in counts)
+            labelled = sum(c["labelled"] for c in counts)
+            correct = sum(c["correct"] for c in counts)
+    finally:
+        client.cancel([model_f])
+    summary = {"rows": rows, "out": out_url or str(out), "seconds": round(time.monotonic() - t, 3)}
+    if labelled:
+        summary["accuracy"] = correct / labelled
+    if top_k or proba:
+        from runner.batch.model import score_kind
+
+        summary["scores"] = score_kind(model)
+    if out_url:
+        manifest = {**summary, "parts": len(futures), "input": str(data),
+                    "model": {k: model.get(k) for k in ("job", "daskfleet", "scikit-learn")}}
+        client.submit(predict_store.write_manifest, out_url, out_opts, manifest, pure=False,
+                      workers=workers[:1], allow_other_workers=True).result()
+    progress(f"predict: {rows:,} rows from {len(futures)} "
+             f"{'objects' if store.is_store_url(data) else 'shards'} -> {summary['out']} "
+             f"({summary['seconds']:.1f}s)")
+    return summary
+
+
+def _predict_shard_to(path: str, model: dict, top_k: int, proba: bool, out_url: str | None,
+                      out_opts: dict | None, index: int):
+    """Worker side: a shipped shard predicted, written to ``out_url`` as part ``index``."""
+    from runner.batch import predict_store
+    from runner.batch.model import predict_shard
+
+    df = predict_shard(path, model, top_k, proba)
+    if out_url is None:
+        return df
+    known = df["label"].notna()
+    predict_store._write_part(df.assign(source=path)[["source", *df.columns]], out_url,
+                              out_opts, index)
+    return {"rows": int(len(df)), "labelled": int(known.sum()),
+            "correct": int((df.loc[known, "label"] == df.loc[known, "prediction"]).sum())}
 
 
 def output_schema(model: dict, top_k: int = 0, proba: bool = False):
@@ -106,18 +228,33 @@ def _predict_into(client: Client, model_f, shard_paths: Sequence[str], out_path:
                   schema, options: dict) -> tuple[int, int, int]:
     """Predict every shard with the scattered model; append the predictions, in input order, to
     ``out_path`` through a temporary file. Returns (rows, labelled rows, correct)."""
+    from runner.batch.model import predict_shard
+
+    futures = client.map(predict_shard, list(shard_paths), model=model_f, pure=False, **options)
+    return _collect_into(futures, shard_paths, out_path, schema)
+
+
+def _raise_failed(futures, sources: Sequence[str]) -> None:
+    for source, f in zip(sources, futures, strict=True):
+        if f.status != "finished":
+            exc = f.exception() if f.status == "error" else f.status
+            if isinstance(exc, BatchError):
+                raise BatchError(f"predict failed on {source}: {exc}")
+            raise BatchError(f"predict failed on {source}: {type(exc).__name__}: {exc}")
+
+
+def _collect_into(futures, sources: Sequence[str], out_path: Path, schema,
+                  renumber: bool = False) -> tuple[int, int, int]:
+    """The futures' predictions appended, in their order, to ``out_path`` through a temporary
+    file. ``row`` numbers the input's rows: a shard's are already; with ``renumber`` (input
+    objects, each numbered from 0) they go on from the objects before. Returns (rows, labelled
+    rows, correct)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from distributed import wait
 
-    from runner.batch.model import predict_shard
-
-    futures = client.map(predict_shard, list(shard_paths), model=model_f, pure=False, **options)
     wait(futures)
-    for path, f in zip(shard_paths, futures, strict=True):
-        if f.status != "finished":
-            exc = f.exception() if f.status == "error" else f.status
-            raise BatchError(f"predict failed on shard {path}: {type(exc).__name__}: {exc}")
+    _raise_failed(futures, sources)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     rows = labelled = correct = 0
@@ -126,6 +263,8 @@ def _predict_into(client: Client, model_f, shard_paths: Sequence[str], out_path:
             for f in futures:
                 df = f.result().sort_values("row", kind="stable")
                 f.release()  # the worker drops it; the client keeps one shard at a time
+                if renumber:
+                    df["row"] = df["row"] + rows
                 known = df["label"].notna()
                 rows += len(df)
                 labelled += int(known.sum())

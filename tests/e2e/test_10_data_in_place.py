@@ -107,3 +107,25 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     assert creds["secret"] not in "".join(p.read_text(errors="replace")
                                           for p in run_dir.rglob("*") if p.is_file()
                                           and p.suffix in (".json", ".log", ".yaml", ".html"))
+    # predict from the store into the store: the workers list and read the objects, and write
+    # the parts; the control machine only sends the model and reads the counts
+    for i in range(2):
+        part = docs.iloc[i * 1500:(i + 1) * 1500]
+        s3.put_object(Bucket="team-corpora", Key=f"to-score/batch-{i}.parquet",
+                      Body=part.to_parquet(index=False))
+    s3.create_bucket(Bucket="team-predictions")
+    out = type(cli)(cli.workdir, env)("predict", str(run_dir), "s3://team-corpora/to-score/",
+                                      "-o", "s3://team-predictions/week-1/", "-c",
+                                      str(LAB_CLUSTER), timeout=300).stdout
+    assert "2 object(s)" in out and "read by the workers" in out, out
+    assert "3000 predictions written to s3://team-predictions/week-1/" in out, out
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(
+        Bucket="team-predictions", Prefix="week-1/")["Contents"])
+    assert keys == ["week-1/_daskfleet_predict.json", "week-1/part-00000.parquet",
+                    "week-1/part-00001.parquet"], keys
+    import io
+
+    part = pd.read_parquet(io.BytesIO(s3.get_object(
+        Bucket="team-predictions", Key="week-1/part-00001.parquet")["Body"].read()))
+    assert len(part) == 1500 and set(part["source"]) == {"s3://team-corpora/to-score/batch-1.parquet"}
+    assert (part["label"] == part["prediction"]).mean() > 0.8
