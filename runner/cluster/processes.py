@@ -3,8 +3,12 @@ running by the node's supervisor (crashes, reboots) until they are stopped on pu
 
 A scheduler and a worker differ only in the command they build. Each process runs in its own
 session (setsid), so stopping it stops its whole process group (a worker's nanny and its child).
-Dask runs as the unprivileged user `dask` (created by playbooks/roles/dask_node), whatever the
-login user is: root switches with runuser, any other login through `sudo -n`.
+Each cluster's processes run as a system user of their own, `dask-<cluster>` (``cluster_user``,
+created by playbooks/roles/dask_node), whatever the login user is: root switches with runuser,
+any other login through `sudo -n`. Its TLS files, working folder, bytecode cache and pid files
+are that user's alone, so clusters sharing a host cannot read each other's keys or signal each
+other's processes. Processes started by a daskfleet before per-cluster users (as `dask`, pid
+files in /run/daskfleet/<cluster>-<name>.pid) are still found and stopped.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ ENV_LINK = "/opt/daskfleet/clusters/{cluster}/current"
 DASK_CONFIG = "/etc/daskfleet/{cluster}/dask"
 LOG_DIR = "/var/log/daskfleet"
 RUN_DIR = "/run/daskfleet"  # a tmpfs: a reboot clears the pid files with the processes
-WORK_DIR = "/var/lib/daskfleet/work"
-# Compiled bytecode of the environments, written by the dask user (who cannot write into them):
-# without it every process start compiles numpy, pandas and distributed again (about 2 s of a
-# scheduler's start on the lab). Mirrors each module's path: /opt/daskfleet/envs/<hash>/...
-PYCACHE_DIR = "/var/lib/daskfleet/pycache"
+# A cluster's own folder (its user's, 0700): its processes' working folder and the compiled
+# bytecode of the environments, written by its user (who cannot write into them): without it
+# every process start compiles numpy, pandas and distributed again (about 2 s of a scheduler's
+# start on the lab). The cache mirrors each module's path: /opt/daskfleet/envs/<hash>/...
+CLUSTER_DIR = "/var/lib/daskfleet/clusters/{cluster}"
+WORK_DIR = CLUSTER_DIR + "/work"
+PYCACHE_DIR = CLUSTER_DIR + "/pycache"
 STOP_GRACE_S = 10.0
-DASK_USER = "dask"
+# Whom processes of a daskfleet before per-cluster users ran as: still recognised as ours
+LEGACY_USER = "dask"
+# The first line of a supervisor script that runs as root and switches to the cluster's user
+# itself (an older script has none: the supervisor runs it as LEGACY_USER)
+SUPERVISE_HEADER = "# daskfleet-supervise: 2"
 # What the node's supervisor keeps running (playbooks/roles/dask_node/files/daskfleet-supervise):
 # one script per process, written by `start`, removed by `stop` before it stops the process.
 SUPERVISE_DIR = "/var/lib/daskfleet/supervise"
@@ -44,19 +54,26 @@ State = Literal["running", "dead", "unreachable"]
 START_TIME = "sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20"
 
 
+def cluster_user(cluster: str) -> str:
+    """The system user of a cluster's processes: ``dask-<cluster>``; Linux user names are at
+    most 32 characters, so a longer one is cut and told apart by a hash of the whole name."""
+    name = f"dask-{cluster}"
+    if len(name) <= 32:
+        return name
+    return f"dask-{cluster[:17]}-{hashlib.sha256(cluster.encode()).hexdigest()[:8]}"
+
+
 def privileged(host: Host, script: str) -> str:
     """A shell command that runs `script` as root on `host`: as is for a root login, else
     through sudo (never prompting: a login without passwordless sudo fails at once)."""
     return shlex.join(["sudo", "-n", "--", "sh", "-c", script]) if host.become else script
 
 
-def as_dask(host: Host, script: str) -> str:
-    """A shell command that runs `script` as the `dask` user, creating its pid folder first
-    (it lives on a tmpfs, so it is gone after every reboot)."""
+def as_user(host: Host, user: str, script: str) -> str:
+    """A shell command that runs `script` (bash) as ``user``, a cluster's user."""
     # bash, not sh: Debian's sh (dash) takes `kill -TERM -- -PGID` as a bad pid and kills
     # nothing, so a process group would never be stopped.
-    return privileged(host, f"install -d -o {DASK_USER} -g {DASK_USER} -m 0755 {RUN_DIR} && "
-                      + shlex.join(["runuser", "-u", DASK_USER, "--", "bash", "-c", script]))
+    return privileged(host, shlex.join(["runuser", "-u", user, "--", "bash", "-c", script]))
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,19 @@ class DaskSettings:
     def protocol(self) -> str:
         return "tls" if self.tls else "tcp"
 
+    @property
+    def user(self) -> str:
+        return cluster_user(self.cluster)
+
+    @property
+    def run_dir(self) -> str:
+        """The cluster's pid files: its user's folder on the tmpfs, made again after a reboot."""
+        return f"{RUN_DIR}/{self.cluster}"
+
+    @property
+    def work_dir(self) -> str:
+        return WORK_DIR.format(cluster=self.cluster)
+
 
 @dataclass(frozen=True)
 class RemoteProcess:
@@ -104,7 +134,12 @@ class RemoteProcess:
 
     @property
     def pid_file(self) -> str:
-        # Prefixed with the cluster, so two clusters sharing a host never mix up their processes.
+        # In the cluster's folder, so two clusters sharing a host never mix up their processes.
+        return f"{self.settings.run_dir}/{self.name}.pid"
+
+    @property
+    def legacy_pid_file(self) -> str:
+        """Where a daskfleet before per-cluster users kept it (still read, to stop it)."""
         return f"{RUN_DIR}/{self.settings.cluster}-{self.name}.pid"
 
     @property
@@ -136,7 +171,7 @@ class RemoteProcess:
                 "--host", self.host.dask_address, "--nthreads", str(s.threads_per_worker),
                 "--nworkers", "1", "--memory-limit", self.memory_limit,
                 "--worker-port", s.worker_port_range, "--nanny-port", s.nanny_port_range,
-                "--local-directory", WORK_DIR, "--no-dashboard",
+                "--local-directory", s.work_dir, "--no-dashboard",
                 # registers as soon as the scheduler listens (it may still be importing)
                 "--preload-nanny", "runner.cluster.nanny_wait"]
 
@@ -157,7 +192,7 @@ class RemoteProcess:
 
     def environment(self) -> dict[str, str]:
         return {"DASK_CONFIG": DASK_CONFIG.format(cluster=self.settings.cluster),
-                "PYTHONPYCACHEPREFIX": PYCACHE_DIR}
+                "PYTHONPYCACHEPREFIX": PYCACHE_DIR.format(cluster=self.settings.cluster)}
 
     @property
     def spec_digest(self) -> str:
@@ -178,22 +213,26 @@ class RemoteProcess:
 
     def _ours(self) -> str:
         """Shell: define and call `ours`, which sets $pid, $spec and $files from the pid file
-        and returns 0 if that pid is this very process (same start time as recorded: a reused
-        pid after a reboot differs; our identity in its command line), 3 without a pid file, 4
-        otherwise. A function and `return`, never `exit` inside `{ }`, which would end the whole
-        script."""
+        (or the one an older daskfleet wrote) and returns 0 if that pid is this very process
+        (same start time as recorded: a reused pid after a reboot differs; run by the cluster's
+        user, or the older daskfleet's; our identity in its command line), 3 without a pid file,
+        4 otherwise. A function and `return`, never `exit` inside `{ }`, which would end the
+        whole script."""
         checks = "".join(f"case \"$cmd\" in *{shlex.quote(part)}*) ;; *) return 4;; esac; "
                          for part in self.identity)
+        users = "|".join(shlex.quote(u) for u in (self.settings.user, LEGACY_USER))
         return ("ours() { "
-                f"read pid st spec files < {self.pid_file} 2>/dev/null || return 3; "
+                f"{{ read pid st spec files < {self.pid_file} || "
+                f"read pid st spec files < {self.legacy_pid_file}; }} 2>/dev/null || return 3; "
                 f"[ -n \"$pid\" ] && [ -r /proc/$pid/stat ] || return 4; "
                 f"[ -z \"$st\" ] || [ \"$({START_TIME})\" = \"$st\" ] || return 4; "
+                f"case \"$(stat -c %U /proc/$pid)\" in {users}) ;; *) return 4;; esac; "
                 "cmd=\"$(tr '\\0' ' ' < /proc/$pid/cmdline) \"; " + checks + "}; ours")
 
     def _start_script(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environment().items())
         return (
-            f"cd {WORK_DIR} && "
+            f"cd {self.settings.work_dir} && "
             f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
             # Only the dask command goes to the background, with every fd redirected, so the
             # SSH channel closes at once; setsid makes its pid the process group to stop later.
@@ -219,22 +258,34 @@ class RemoteProcess:
                 f"files_now={self._files_digest()} sup=$sup")
 
     def _ensure_script(self) -> str:
-        """Bash, as the dask user: start the process unless it runs; print `running PID` or
-        `started PID`. The supervisor runs it every few seconds; `start` runs it once."""
+        """Bash, as the cluster's user: start the process unless it runs; print `running PID`
+        or `started PID`."""
         return (self._ours() + " && { echo \"running $pid\"; exit 0; }; "
                 + self._start_script()
                 + f" && echo \"started $(cut -d' ' -f1 {self.pid_file})\"\n")
 
+    def _supervised_script(self) -> str:
+        """Bash, as root: what the supervisor runs every few seconds and `start` runs once. It
+        makes the cluster's pid folder (the tmpfs loses it at every reboot) and the process's
+        log, then runs ``_ensure_script`` as the cluster's user."""
+        u, log = self.settings.user, self.log_file
+        return (f"{SUPERVISE_HEADER}\n"
+                f"install -d -m 0755 {RUN_DIR} && "
+                f"install -d -o {u} -g {u} -m 0755 {self.settings.run_dir} && "
+                f"{{ [ -e {log} ] || install -o {u} -g {u} -m 0644 /dev/null {log}; }} && "
+                + shlex.join(["runuser", "-u", u, "--", "bash", "-c", self._ensure_script()])
+                + "\n")
+
     def _locked(self, script: str) -> str:
-        """Shell (as root): `script` run by bash as the dask user, holding the process's lock."""
-        return (f"install -d -o {DASK_USER} -g {DASK_USER} -m 0755 {RUN_DIR} && "
+        """Shell (as root): `script` run by bash as root, holding the process's lock."""
+        return (f"install -d -m 0755 {RUN_DIR} && "
                 # -o: the process started under the lock must not inherit (and hold) it
                 f"flock -o -w {LOCK_WAIT_S} {self.lock_file} "
-                + shlex.join(["runuser", "-u", DASK_USER, "--", "bash", "-c", script]))
+                + shlex.join(["bash", "-c", script]))
 
     def _write_supervised(self) -> str:
         """Shell (as root): this process's script into the supervisor's folder."""
-        script = base64.b64encode(self._ensure_script().encode()).decode()
+        script = base64.b64encode(self._supervised_script().encode()).decode()
         sup = self.supervise_file
         return (f"mkdir -p {SUPERVISE_DIR} && echo {script} | base64 -d > {sup}.tmp && "
                 f"mv {sup}.tmp {sup}")
@@ -254,7 +305,7 @@ class RemoteProcess:
         readiness poll to find out (it checks liveness too, and reports the log if it died)."""
         with connect(self.host, ssh) as c:
             r = c.run(privileged(self.host, self._write_supervised() + " && "
-                                 + self._locked(f"bash {self.supervise_file}")))
+                                 + self._locked(f"bash {shlex.quote(self.supervise_file)}")))
         words = r.stdout.split()
         pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
@@ -297,7 +348,7 @@ class RemoteProcess:
 
     def _stop_script(self) -> str:
         return (
-            f"{self._ours()}; rc=$?; rm -f {self.pid_file}; "
+            f"{self._ours()}; rc=$?; rm -f {self.pid_file} {self.legacy_pid_file}; "
             f"if [ $rc != 0 ]; then echo gone; exit 0; fi; "
             f"kill -TERM -- -$pid 2>/dev/null; "
             f"for i in $(seq 1 {int(STOP_GRACE_S * 10)}); do "

@@ -41,14 +41,20 @@ def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
     to start again after a reboot has no pid file yet): host -> process names. Unreachable
     hosts are left out."""
     prefix = shlex.quote(f"{cluster.spec.name}-")
-    cmd = (f"{{ cd {RUN_DIR} 2>/dev/null && ls -1 -- {prefix}*.pid; "
+    own = shlex.quote(f"{RUN_DIR}/{cluster.spec.name}")
+    # the cluster's pid folder, the pid files of a daskfleet before per-cluster users, and
+    # the supervisor's scripts
+    # (the names in the cluster's own folder carry no prefix: they are marked "own:")
+    cmd = (f"{{ cd {own} 2>/dev/null && ls -1 -- *.pid | sed 's/^/own:/'; "
+           f"cd {RUN_DIR} 2>/dev/null && ls -1 -- {prefix}*.pid; "
            f"cd {SUPERVISE_DIR} 2>/dev/null && ls -1 -- {prefix}*.sh; }} 2>/dev/null; true")
 
     def names(h: Host) -> list[str]:
         with connect(h, cluster.ssh()) as c:
             out = c.run(cmd).stdout.split()
-        found = [n.removeprefix(f"{cluster.spec.name}-").removesuffix(".pid").removesuffix(".sh")
-                 for n in out]
+        found = [(n.removeprefix("own:") if n.startswith("own:")
+                  else n.removeprefix(f"{cluster.spec.name}-")).removesuffix(".pid")
+                 .removesuffix(".sh") for n in out]
         return sorted(set(found), key=found.index)
 
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from runner.batch.artifacts import read_status, write_json_atomic
 from runner.batch.store_load import ENV_OPTIONS
-from runner.cluster.processes import DASK_CONFIG, ENV_LINK, PYCACHE_DIR, as_dask, privileged
+from runner.cluster.processes import DASK_CONFIG, ENV_LINK, PYCACHE_DIR, as_user, cluster_user, privileged
 from runner.cluster.ssh import connect
 from runner.errors import BatchError, ClusterStartError
 from runner.jobs import runs
@@ -47,6 +47,11 @@ class Where:
     cluster: str
     host: str  # the scheduler's host name
     folder: str  # its folder there
+
+    @property
+    def user(self) -> str:
+        """The cluster's user, whom the driver runs as (its run folders are that user's)."""
+        return cluster_user(self.cluster)
 
     @property
     def python(self) -> str:
@@ -136,17 +141,21 @@ def _start(host, ssh, where: Where, files: dict[str, bytes]) -> None:
     own session; wait until it has recorded itself."""
     folder = shlex.quote(where.folder)
     env = {"DASK_CONFIG": DASK_CONFIG.format(cluster=where.cluster),
-           "PYTHONPYCACHEPREFIX": PYCACHE_DIR, "PYTHONPATH": f"{where.folder}/{CODE}"}
+           "PYTHONPYCACHEPREFIX": PYCACHE_DIR.format(cluster=where.cluster),
+           "PYTHONPATH": f"{where.folder}/{CODE}"}
+    u = where.user
     with connect(host, ssh) as c:
         staging = c.run("mktemp -d /tmp/daskfleet-run-XXXXXX", hide=True).stdout.strip()
         try:
             for name, data in files.items():
                 c.put(io.BytesIO(data), f"{staging}/{name}")
             installs = " && ".join(
-                f"install -o dask -g dask -m 0600 {shlex.quote(staging + '/' + n)} {folder}/{n}"
+                f"install -o {u} -g {u} -m 0600 {shlex.quote(staging + '/' + n)} {folder}/{n}"
                 for n in files)
-            c.run(privileged(host, f"install -d -o dask -g dask -m 0700 "
-                                   f"{shlex.quote(str(Path(where.folder).parent.parent))} "
+            # the runs root is root's; a cluster's runs are its user's alone
+            c.run(privileged(host, f"install -d -m 0755 "
+                                   f"{shlex.quote(str(Path(where.folder).parent.parent))} && "
+                                   f"install -d -o {u} -g {u} -m 0700 "
                                    f"{shlex.quote(str(Path(where.folder).parent))} {folder} && "
                                    + installs), hide=True)
         finally:
@@ -154,7 +163,7 @@ def _start(host, ssh, where: Where, files: dict[str, bytes]) -> None:
         assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         # only the driver goes to the background (braces: `a && b &` would background the
         # whole list, whose shell keeps the SSH channel open until the run ends)
-        c.run(as_dask(host, f"cd {folder} && {{ {assign} setsid "
+        c.run(as_user(host, u, f"cd {folder} && {{ {assign} setsid "
                             f"{shlex.join([where.python, '-m', MODULE, where.folder])} "
                             f">> {folder}/{LOG} 2>&1 < /dev/null & }}"), hide=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -174,7 +183,7 @@ def _start(host, ssh, where: Where, files: dict[str, bytes]) -> None:
 
 
 def _node_status(c, host, where: Where) -> dict:
-    r = c.run(as_dask(host, where.node("--status")), warn=True, hide=True)
+    r = c.run(as_user(host, where.user, where.node("--status")), warn=True, hide=True)
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -295,7 +304,7 @@ def cancel(runs_dir: Path, run_id: str, cluster_file: str | None = None) -> dict
     where = locate(runs_dir, run_id, cluster_file)
     cluster, host = _cluster_and_host(where)
     with cluster, connect(host, cluster.ssh()) as c:
-        c.run(as_dask(host, where.node("--cancel")), warn=True, hide=True)
+        c.run(as_user(host, where.user, where.node("--cancel")), warn=True, hide=True)
     return refresh(runs_dir, run_id, cluster_file)
 
 
@@ -312,4 +321,4 @@ def logs(runs_dir: Path, run_id: str, cluster_file: str | None = None,
         script = f"cat {log}"
     with cluster, connect(host, cluster.ssh()) as c:
         # streamed as it comes (the SSH settings hide output by default)
-        c.run(as_dask(host, script), warn=True, hide=False, out_stream=sys.stdout)
+        c.run(as_user(host, where.user, script), warn=True, hide=False, out_stream=sys.stdout)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from runner import state
 from runner.cluster.hosts import Host
+from runner.cluster.processes import cluster_user
 from runner.errors import ProvisionError
 from runner.provision import ansible, inventory, terraform
 
@@ -73,6 +74,7 @@ def playbook_vars(cluster: Cluster, wheelhouses: dict) -> dict:
                                for m, w in wheelhouses.items()},
         "python_env_python_minor": any_wh.lock.python,
         "python_env_cluster": cluster.spec.name, "dask_node_cluster": cluster.spec.name,
+        "dask_node_user": cluster_user(cluster.spec.name),
         "dask_node_tls": cluster.spec.tls, "dask_node_tls_src": str(cluster.ca.dir),
     }
 

@@ -81,6 +81,13 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
         assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
         with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
             assert c.submit(sum, [1, 2]).result() == 3
+            # a task of `plain` runs as plain's own user: it cannot read lab's key or folders,
+            # signal lab's worker on the same host, or get past lab's scheduler without a
+            # certificate; lab's own task (below) can read lab's files: the probe can tell
+            got = c.submit(_probe_task(), "lab", before["lab2-w0"], lab1.address,
+                           pure=False).result()
+            assert got == {"user": "dask-plain", "key": "denied", "work": "denied",
+                           "cache": "denied", "signal": "denied", "connect": "refused"}, got
         # `logs -f` follows all 12 workers of lab2 at once (one tail per host, not one SSH
         # channel per log: sshd would hold the 7th and later back for as long as -f runs)
         seen = _follow_logs(cli, plain, "lab2", want=12)
@@ -106,6 +113,54 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         cluster.check_versions()
         assert cluster.client().submit(sum, [2, 3]).result() == 5
+        own = cluster.client().submit(_probe_task(), "lab", None, None, pure=False).result()
+        assert own == {"user": "dask-lab", "key": "read", "work": "read", "cache": "read"}, own
+
+
+def _probe_task():
+    """The probe, as a function that tasks pickle by value (the workers cannot import this
+    test module)."""
+
+    def probe(cluster: str, pid: int | None, scheduler: str | None) -> dict:
+        """Who the task runs as, and what it can do to ``cluster``'s files, its process
+        ``pid`` and its scheduler (a TLS handshake without a certificate)."""
+        import os
+        import pwd
+        import socket
+        import ssl
+
+        out = {"user": pwd.getpwuid(os.geteuid()).pw_name}
+        for what, path in (("key", f"/etc/daskfleet/{cluster}/tls/node.key"),
+                           ("work", f"/var/lib/daskfleet/clusters/{cluster}/work"),
+                           ("cache", f"/var/lib/daskfleet/clusters/{cluster}/pycache")):
+            try:
+                if what == "key":
+                    open(path, "rb").close()
+                else:
+                    os.listdir(path)
+                out[what] = "read"
+            except PermissionError:
+                out[what] = "denied"
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+                out["signal"] = "sent"
+            except PermissionError:
+                out["signal"] = "denied"
+        if scheduler is not None:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            try:
+                with socket.create_connection((scheduler, 8786), timeout=5) as raw, \
+                        ctx.wrap_socket(raw) as tls:
+                    tls.sendall(b"\0" * 8)
+                    out["connect"] = "refused" if tls.recv(1) == b"" else "accepted"
+            except (ssl.SSLError, OSError):
+                out["connect"] = "refused"
+        return out
+
+    return probe
 
 
 def test_a_host_presenting_another_key_is_an_error_even_with_min_workers(lab_cluster, cli,

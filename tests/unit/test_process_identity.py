@@ -1,11 +1,13 @@
 """A pid file names one process only: the recorded pid, with the start time recorded with it,
-running our own command line (kind, the cluster's scheduler address, the worker's name). The stop
-script, run for real by bash (as on a node), stops that process only, and a stale pid file never
-makes it fail."""
+run by the cluster's user, running our own command line (kind, the cluster's scheduler address,
+the worker's name). The stop script, run for real by bash (as on a node), stops that process
+only, and a stale pid file never makes it fail. Here the cluster's user is this test's user
+(``as_me``); the tests of another user need root, as the lab does."""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import signal
 import subprocess
@@ -22,6 +24,22 @@ from runner.cluster.processes import START_TIME, DaskSettings, RemoteProcess
 SCHED = Host("lab1", "198.18.0.11", "scheduler")
 WORKER = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
                        DaskSettings(cluster="lab"))
+
+
+ME = getpass.getuser()
+
+
+@pytest.fixture(autouse=True)
+def as_me(monkeypatch):
+    """Every cluster's user is this test's user (a node's would be dask-<cluster>)."""
+    monkeypatch.setattr(processes, "cluster_user", lambda cluster: ME)
+
+
+def pid_file(tmp_path: Path, proc: RemoteProcess) -> Path:
+    """Where ``proc``'s pid file is, with RUN_DIR at ``tmp_path``: its cluster's folder."""
+    path = tmp_path / proc.settings.cluster / f"{proc.name}.pid"
+    path.parent.mkdir(exist_ok=True)
+    return path
 
 
 def check(proc: RemoteProcess) -> int:
@@ -45,21 +63,44 @@ def start_time(pid: int) -> str:
 
 
 def test_the_recorded_process_is_ours(fake_worker, tmp_path):
+    pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    assert check(WORKER) == 0
+
+
+def test_a_pid_file_of_a_daskfleet_before_per_cluster_users_is_still_read(fake_worker, tmp_path):
     (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     assert check(WORKER) == 0
 
 
+def test_the_same_command_line_run_by_another_user_is_not_ours(tmp_path, monkeypatch):
+    """Another cluster's user on the same host could run a process with this cluster's command
+    line: its pid in this cluster's pid file does not make it this cluster's."""
+    assert os.geteuid() == 0, "this test runs a process as another user: run it as root"
+    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    # sh, not this venv's python, which nobody may not run; its command line holds the worker's
+    p = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", *WORKER.command()],
+                         start_new_session=True, user="nobody")
+    try:
+        pid_file(tmp_path, WORKER).write_text(f"{p.pid} {start_time(p.pid)}\n")
+        assert check(WORKER) == 4
+        out = stop(WORKER)
+        assert out.stdout.strip() == "gone" and p.poll() is None, out  # not signalled
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_a_reused_pid_with_another_start_time_is_not_ours(fake_worker, tmp_path):
-    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} 1\n")
+    pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} 1\n")
     assert check(WORKER) == 4
 
 
 def test_another_clusters_worker_of_the_same_name_is_not_ours(fake_worker, tmp_path):
     other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="plain"))
-    (tmp_path / "plain-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    pid_file(tmp_path, other).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     assert other.name == WORKER.name and check(other) == 4
     w10 = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab"), index=10)
-    (tmp_path / "lab-lab2-w10.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    pid_file(tmp_path, w10).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     assert check(w10) == 4  # lab2-w10 never matches lab2-w0's process, nor w1 w10's
 
 
@@ -68,7 +109,7 @@ def test_the_same_process_with_other_settings_is_still_ours(fake_worker, tmp_pat
     (the old scheduler left running on its old port, untracked)."""
     moved = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
                                                                      scheduler_port=8796))
-    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    pid_file(tmp_path, moved).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     assert check(moved) == 0
     assert moved.spec_digest != WORKER.spec_digest
 
@@ -84,8 +125,8 @@ def stop(proc: RemoteProcess) -> subprocess.CompletedProcess:
 
 
 def test_stop_stops_the_recorded_process_and_removes_its_pid_file(fake_worker, tmp_path):
-    pid_file = tmp_path / "lab-lab2-w0.pid"
-    pid_file.write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    path = pid_file(tmp_path, WORKER)
+    path.write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     # reaped as soon as it exits, as init reaps a node's detached dask process (a zombie would
     # still count as alive to `kill -0` until the grace period ends)
     import threading
@@ -93,24 +134,24 @@ def test_stop_stops_the_recorded_process_and_removes_its_pid_file(fake_worker, t
     threading.Thread(target=fake_worker.wait, daemon=True).start()
     out = stop(WORKER)
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
-    assert fake_worker.wait(timeout=10) is not None and not pid_file.exists()
+    assert fake_worker.wait(timeout=10) is not None and not path.exists()
 
 
 def test_a_process_that_already_exited_is_cleaned_up_not_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
     gone = subprocess.Popen([sys.executable, "-c", "pass", *WORKER.command()[1:]])
     gone.wait()
-    pid_file = tmp_path / "lab-lab2-w0.pid"
-    pid_file.write_text(f"{gone.pid} 12345\n")  # a worker that exited by itself
+    path = pid_file(tmp_path, WORKER)
+    path.write_text(f"{gone.pid} 12345\n")  # a worker that exited by itself
     for _ in range(2):  # and again: nothing is left to jam the next stop
         out = stop(WORKER)
         assert out.returncode == 0 and out.stdout.strip() == "gone", out
-        assert not pid_file.exists()
+        assert not path.exists()
 
 
 def test_a_pid_now_held_by_another_process_is_not_signalled(fake_worker, tmp_path):
     other = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="plain"))
-    (tmp_path / "plain-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    pid_file(tmp_path, other).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     out = stop(other)
     assert out.returncode == 0 and out.stdout.strip() == "gone", out
     assert fake_worker.poll() is None  # still running: not ours to stop
@@ -118,7 +159,7 @@ def test_a_pid_now_held_by_another_process_is_not_signalled(fake_worker, tmp_pat
 
 def test_status_reports_the_digests_the_process_started_with_and_the_files_now(fake_worker,
                                                                               tmp_path):
-    (tmp_path / "lab-lab2-w0.pid").write_text(
+    pid_file(tmp_path, WORKER).write_text(
         f"{fake_worker.pid} {start_time(fake_worker.pid)} {WORKER.spec_digest} 0123abcd\n")
     out = subprocess.run(["sh", "-c", WORKER._status_script()], capture_output=True, text=True,
                          timeout=30)
@@ -135,7 +176,7 @@ def test_status_says_whether_the_nodes_supervisor_has_the_process(fake_worker, t
     """A process started before its node had a supervisor is reported unsupervised, so `up`
     hands it over without restarting it."""
     monkeypatch.setattr(processes, "SUPERVISE_DIR", str(tmp_path / "supervise"))
-    (tmp_path / "lab-lab2-w0.pid").write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
 
     def supervised() -> str:
         out = subprocess.run(["sh", "-c", WORKER._status_script()], capture_output=True,
@@ -155,6 +196,7 @@ def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(t
     for name in ("RUN_DIR", "WORK_DIR", "LOG_DIR"):
         (tmp_path / name).mkdir()
         monkeypatch.setattr(processes, name, str(tmp_path / name))
+    (tmp_path / "RUN_DIR" / "lab").mkdir()  # the cluster's pid folder (the supervisor makes it)
     env = tmp_path / "clusters" / "{cluster}" / "current"
     monkeypatch.setattr(processes, "ENV_LINK", str(env))
     dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
@@ -183,6 +225,6 @@ def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(t
         again = ensure()
         assert again[0] == "started" and again[1] != first[1]
     finally:
-        for line in (tmp_path / "RUN_DIR").glob("*.pid"):
+        for line in (tmp_path / "RUN_DIR").glob("*/*.pid"):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from runner.cluster.hosts import Host
-from runner.cluster.processes import DaskSettings, RemoteProcess, as_dask
+from runner.cluster.processes import DaskSettings, RemoteProcess, as_user
 from runner.config import load_cluster
 from runner.errors import ConfigError, ProvisionError
 from runner.provision import hostkeys
@@ -89,9 +89,9 @@ def test_cloud_hosts_ssh_to_private_addresses_unless_public_is_asked(tmp_path, k
 def test_non_root_logins_run_dask_through_sudo_and_root_through_runuser():
     admin = Host("n", "10.0.0.1", "worker", user="admin")
     root = Host("n", "10.0.0.1", "worker")
-    assert as_dask(admin, "echo hi").startswith("sudo -n -- sh -c ")
-    assert "runuser -u dask -- bash -c 'echo hi'" in as_dask(root, "echo hi")
-    assert not as_dask(root, "echo hi").startswith("sudo")
+    assert as_user(admin, "dask-c", "echo hi").startswith("sudo -n -- sh -c ")
+    assert "runuser -u dask-c -- bash -c 'echo hi'" in as_user(root, "dask-c", "echo hi")
+    assert not as_user(root, "dask-c", "echo hi").startswith("sudo")
 
 
 @pytest.mark.parametrize("terraform, message", [
