@@ -21,7 +21,7 @@ from pathlib import Path
 import dask
 
 from runner import Cluster
-from runner.cluster.processes import ENV_LINK
+from runner.cluster.processes import ENV_LINK, WORK_DIR
 from runner.lab import Lab
 
 LAB_CLUSTER = Path(__file__).resolve().parents[1] / "clusters" / "lab.yaml"
@@ -65,7 +65,8 @@ def time_sshcluster(cluster: Cluster) -> float:
                              "username": hosts[0].user},
             # the lab hosts have no default route: name their interface, as daskfleet names the
             # address (the lab hosts' only interface is eth0)
-            worker_options={"nthreads": 1, "local_directory": "/var/lib/daskfleet/work",
+            worker_options={"nthreads": 1,
+                            "local_directory": WORK_DIR.format(cluster=cluster.spec.name),
                             "interface": "eth0"},
             scheduler_options={"port": cluster.spec.dask.scheduler_port, "dashboard_address": ":0",
                                "protocol": "tls", "interface": "eth0"},

@@ -1,11 +1,13 @@
 """The benchmark suite (`make bench`): every figure a ratio measured in this one run.
 
-    .venv/bin/python bench/suite.py [--quick] [--only bringup scale partitions throughput]
+    .venv/bin/python bench/suite.py [--quick] [--only bringup scale day2 partitions throughput]
 
 1. bringup (lab): `daskfleet up` cold on fresh hosts, then warm on the unchanged cluster; start
    to all workers ready, daskfleet against Dask's SSHCluster on the same hosts (bench/bringup.py).
 2. scale (lab): end to end, peak worker memory above idle and the client's peak memory at 100k,
    400k and 1.6M synthetic documents; predict against one process (bench/scale.py).
+   day2 (lab): a worker host's reboot until the cluster is healthy again (no operator), and a
+   rolling replacement of 4 workers against a cold start of the same 4 (bench/day2.py).
 3. partitions (LocalCluster): accuracy and macro-F1 against single-process scikit-learn at 4, 16,
    64 and 256 partitions, Debian sections and a synthetic corpus (bench/partitions.py).
 4. throughput (LocalCluster): the cluster's training rate against this machine's ceiling, the
@@ -28,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SECTIONS = ("bringup", "scale", "partitions", "throughput", "workers")
+SECTIONS = ("bringup", "scale", "day2", "partitions", "throughput", "workers")
 
 
 def log(line: str) -> None:
@@ -45,6 +48,7 @@ def log(line: str) -> None:
 
 def run_lab_sections(results: dict, quick: bool, only: set[str], save) -> None:
     import bringup
+    import day2
     import scale
 
     from runner import Cluster
@@ -65,6 +69,9 @@ def run_lab_sections(results: dict, quick: bool, only: set[str], save) -> None:
         if "scale" in only:
             sizes = [n // 16 for n in scale.SIZES] if quick else list(scale.SIZES)
             results["scale"] = scale.measure(sizes, log=log)
+            save()
+        if "day2" in only:
+            results["day2"] = day2.measure(rounds=1 if quick else 2, log=log)
             save()
     finally:
         log("lab: down")
@@ -106,6 +113,13 @@ def goals(results: dict) -> list[tuple[str, str, str, bool]]:
             out.append((f"predict throughput, {p['rows']:,} rows, cluster / one process",
                         f"{p['docs_per_s']:,.0f} / {p['single_docs_per_s']:,.0f} docs/s = "
                         f"{p['ratio']:.2f}", "(reported)", True))
+    if d := results.get("day2"):
+        out.append(("worker host reboot until healthy, no operator (median)",
+                    f"{d['reboot_median_s']:.1f}s", "<= 90 s", d["reboot_median_s"] <= 90))
+        out.append((f"rolling replacement of {d['workers']} workers / cold start of "
+                    f"{d['workers']} (median)",
+                    f"{statistics.median(d['roll_s']):.1f}s / {statistics.median(d['cold_s']):.1f}s"
+                    f" = {d['roll_over_cold']:.2f}", "(reported)", True))
     for row in results.get("partitions", []):
         out.append((f"accuracy, {row['corpus']}, {row['partitions']} partitions, vs one process",
                     f"{row['accuracy']:.4f} vs {row['single_accuracy']:.4f} "
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         results["meta"]["minutes"] = (time.monotonic() - t0) / 60
         write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2, default=str))
 
-    if only & {"bringup", "scale"}:
+    if only & {"bringup", "scale", "day2"}:
         run_lab_sections(results, args.quick, only, save)
     if "partitions" in only:
         log("partitions: accuracy against one process")
