@@ -34,25 +34,33 @@ def _quiet(*_) -> None:
     pass
 
 
-def _healthy(cluster: Cluster, n_workers: int) -> bool:
+def _started_at(cluster: Cluster) -> dict[str, float]:
+    """Each answering worker's process start time (wall clock): name -> seconds since epoch.
+    (Names and ids stay the same across a restart, and a rebooted host's pids start again.)"""
     try:
-        return len(joined_workers(cluster.client())) == n_workers
-    except (OSError, TimeoutError):
-        return False
+        client = cluster.client()
+        workers = joined_workers(client)
+        times = client.run(lambda: __import__("psutil").Process().create_time(),
+                           workers=list(workers), on_error="return")
+        return {workers[a]["name"]: t for a, t in times.items() if isinstance(t, float)}
     except Exception:  # noqa: BLE001 - a client mid-reconnect raises many kinds: not yet
-        return False
+        return {}
 
 
 def time_reboot(cluster: Cluster, host: str, n_workers: int) -> float:
-    """`lab restart` of a worker host, then until every worker has joined again."""
-    t = time.perf_counter()
+    """`lab restart` of a worker host, then until its workers answer again as new processes
+    (started after the reboot began) along with every other worker."""
+    mine = [n for n in _started_at(cluster) if n.startswith(f"{host}-")]
+    assert mine, f"no worker on {host}"
+    wall, t = time.time(), time.perf_counter()
     Lab().restart(host, progress=_quiet)
-    time.sleep(1.0)  # the scheduler notices the lost workers first
-    while not _healthy(cluster, n_workers):
+    while True:
+        now = _started_at(cluster)
+        if len(now) == n_workers and all(now.get(n, 0.0) >= wall for n in mine):
+            return time.perf_counter() - t
         if time.perf_counter() - t > HEAL_TIMEOUT_S:
             raise SystemExit(f"bench: {host}'s workers not back within {HEAL_TIMEOUT_S:.0f}s")
-        time.sleep(0.2)
-    return time.perf_counter() - t
+        time.sleep(0.25)
 
 
 def time_roll(path: Path, threads: int) -> float:

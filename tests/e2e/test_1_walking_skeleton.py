@@ -67,8 +67,9 @@ def test_a_hosts_processes_start_in_its_own_root_not_the_control_machines_folder
 
 
 def test_dask_processes_keep_their_bytecode_outside_the_root_owned_environment(lab_cluster):
-    """The dask user cannot write into the environment: without a cache of its own every start
-    compiled numpy, pandas and distributed again. The environment itself stays untouched."""
+    """The cluster's user cannot write into the environment: without a cache of its own every
+    start compiled numpy, pandas and distributed again. The environment itself stays untouched;
+    the cache is the cluster's (its user's, in its own folder)."""
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         lock_hash = cluster.status_record()["lock_hash"]
         env = f"/opt/daskfleet/envs/{lock_hash}"
@@ -76,11 +77,13 @@ def test_dask_processes_keep_their_bytecode_outside_the_root_owned_environment(l
         for host in cluster.hosts():
             with connect(host, cluster.ssh()) as c:
                 seen[host.name] = c.run(
-                    f"find /var/lib/daskfleet/pycache{env} -name 'core*.pyc' -path '*distributed*'"
-                    f" -user dask | head -n 1; find {env} -name '*.pyc' | wc -l; "
+                    f"find /var/lib/daskfleet/clusters/lab/pycache{env} -name 'core*.pyc' "
+                    f"-path '*distributed*' -user dask-lab | head -n 1; "
+                    f"find {env} -name '*.pyc' | wc -l; "
                     f"stat -c %U {env}", warn=True).stdout.split()
     for out in seen.values():  # [a cached module of distributed, .pyc in the env, env owner]
-        assert len(out) == 3 and out[0].startswith("/var/lib/daskfleet/pycache/opt/"), seen
+        assert len(out) == 3 and out[0].startswith(
+            "/var/lib/daskfleet/clusters/lab/pycache/opt/"), seen
         assert out[1:] == ["0", "root"], seen
 
 

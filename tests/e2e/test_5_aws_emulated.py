@@ -84,7 +84,7 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
         client = cluster.client()  # through the SSH tunnel
         assert client.scheduler.address.startswith("tls://127.0.0.1:")
         users = client.run(lambda: __import__("getpass").getuser())
-        assert set(users.values()) == {"dask"} and len(users) == 2
+        assert set(users.values()) == {"dask-aws-lab"} and len(users) == 2
         sched = next(h for h in cluster.hosts() if h.role == "scheduler")
         known = cluster.ssh().known_hosts
         # known_hosts was written by daskfleet from the keys it generated, before any connection

@@ -47,7 +47,7 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(no_lab, cli, wor
         assert st["healthy"] and {h["user"] for h in st["hosts"]} == {"deploy"}
         with Cluster.from_file(cfile) as cluster:
             users = cluster.client().run(lambda: __import__("getpass").getuser())
-            assert list(users.values()) == ["dask"]
+            assert list(users.values()) == ["dask-sudohosts"]
             root = Host("sched", hosts[0].address, "scheduler", "root")
             with pytest.raises(paramiko.AuthenticationException), connect(root, cluster.ssh()):
                 pass
