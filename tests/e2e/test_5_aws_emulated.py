@@ -91,7 +91,7 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
         assert known.parent == cluster.state_dir and sched.address in known.read_text()
         out = cluster.run_on_hosts(["sudo", "-n", "stat", "-c", "%U %a",
                                     "/etc/daskfleet/aws-lab/tls/node.key"])
-        assert set(out.values()) == {"dask 600\n"}, out
+        assert set(out.values()) == {"dask-aws-lab 600\n"}, out
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):
         socket.create_connection((sched.dask_address, 8786), timeout=3).close()
