@@ -157,14 +157,3 @@ def predict_frame(frame, model: dict, top_k: int = 0, proba: bool = False):
         for j, label in enumerate(labels):
             out[f"score:{label}"] = scores[:, j]
     return pd.DataFrame(out)
-    labels, predictions, scores = score_texts(model, texts)
-    out["prediction"] = pd.Series(predictions, dtype=object)
-    if top_k:
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        for k in range(best.shape[1]):
-            out[f"top_{k + 1}"] = pd.Series([labels[j] for j in best[:, k]], dtype=object)
-            out[f"score_{k + 1}"] = scores[np.arange(len(texts)), best[:, k]]
-    if proba:
-        for j, label in enumerate(labels):
-            out[f"score:{label}"] = scores[:, j]
-    return pd.DataFrame(out)

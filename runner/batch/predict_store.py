@@ -73,11 +73,18 @@ def predict_object(url: str, item: dict, model: dict, text_col: str, label_col: 
     out = predict_frame(frame, model, top_k, proba)
     if out_url is None:
         return out
-    known = out["label"].notna()
-    _write_part(out.assign(source=f"{urllib.parse.urlsplit(url).scheme}://{item['path']}")
-                [["source", *out.columns]], out_url, out_options, index)
-    return {"rows": int(len(out)), "labelled": int(known.sum()),
-            "correct": int((out.loc[known, "label"] == out.loc[known, "prediction"]).sum())}
+    source = f"{urllib.parse.urlsplit(url).scheme}://{item['path']}"
+    return write_part(out, source, out_url, out_options, index)
+
+
+def write_part(df: pd.DataFrame, source: str, out_url: str, options: dict | None,
+               index: int) -> dict:
+    """Predictions of one input (``source``) written as part ``index``; returns their
+    {"rows", "labelled", "correct"}, all the client gets back."""
+    known = df["label"].notna()
+    _write_part(df.assign(source=source)[["source", *df.columns]], out_url, options, index)
+    return {"rows": int(len(df)), "labelled": int(known.sum()),
+            "correct": int((df.loc[known, "label"] == df.loc[known, "prediction"]).sum())}
 
 
 def _write_part(df: pd.DataFrame, out_url: str, options: dict | None, index: int) -> None:

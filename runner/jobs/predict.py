@@ -101,15 +101,14 @@ def predict_in_place(client: Client, model: dict, data: str, out: str, progress:
     out_url = out if store.is_store_url(out) else None
     out_opts = store_options(out, storage_options) if out_url else None
     if out_url:  # refused before any prediction: a prefix that holds objects already
-        client.submit(predict_store.check_output, out_url, out_opts, pure=False,
-                      workers=workers[:1], allow_other_workers=True).result()
+        _on_one(client, workers, predict_store.check_output, out_url, out_opts)
     [model_f] = client.scatter([model], broadcast=True, hash=False)
+    futures: list = []
     try:
         if store.is_store_url(data):
             in_opts = store_options(data, storage_options)
-            items = client.submit(store.list_inputs, data, None, in_opts, predict_store.INPUT,
-                                  pure=False, workers=workers[:1],
-                                  allow_other_workers=True).result()
+            items = _on_one(client, workers, store.list_inputs, data, None, in_opts,
+                            predict_store.INPUT)
             progress(f"input: {len(items)} object(s), "
                      f"{sum(i['size'] for i in items) / 2**20:,.1f} MiB at {data}, read by the "
                      "workers")
@@ -138,7 +137,8 @@ def predict_in_place(client: Client, model: dict, data: str, out: str, progress:
             labelled = sum(c["labelled"] for c in counts)
             correct = sum(c["correct"] for c in counts)
     finally:
-        client.cancel([model_f])
+        # a failed or refused run leaves nothing held on the workers either
+        client.cancel([model_f, *futures])
     summary = {"rows": rows, "out": out_url or str(out), "seconds": round(time.monotonic() - t, 3)}
     if labelled:
         summary["accuracy"] = correct / labelled
@@ -149,12 +149,21 @@ def predict_in_place(client: Client, model: dict, data: str, out: str, progress:
     if out_url:
         manifest = {**summary, "parts": len(futures), "input": str(data),
                     "model": {k: model.get(k) for k in ("job", "daskfleet", "scikit-learn")}}
-        client.submit(predict_store.write_manifest, out_url, out_opts, manifest, pure=False,
-                      workers=workers[:1], allow_other_workers=True).result()
+        _on_one(client, workers, predict_store.write_manifest, out_url, out_opts, manifest)
     progress(f"predict: {rows:,} rows from {len(futures)} "
              f"{'objects' if store.is_store_url(data) else 'shards'} -> {summary['out']} "
              f"({summary['seconds']:.1f}s)")
     return summary
+
+
+def _on_one(client: Client, workers: list[str], fn, *args):
+    """``fn(*args)`` as a task on one worker (the first, or any other), its result; the task's
+    result is released at once, whatever happens (a traceback would keep the future alive)."""
+    f = client.submit(fn, *args, pure=False, workers=workers[:1], allow_other_workers=True)
+    try:
+        return f.result()
+    finally:
+        f.release()
 
 
 def _predict_shard_to(path: str, model: dict, top_k: int, proba: bool, out_url: str | None,
@@ -166,11 +175,7 @@ def _predict_shard_to(path: str, model: dict, top_k: int, proba: bool, out_url: 
     df = predict_shard(path, model, top_k, proba)
     if out_url is None:
         return df
-    known = df["label"].notna()
-    predict_store._write_part(df.assign(source=path)[["source", *df.columns]], out_url,
-                              out_opts, index)
-    return {"rows": int(len(df)), "labelled": int(known.sum()),
-            "correct": int((df.loc[known, "label"] == df.loc[known, "prediction"]).sum())}
+    return predict_store.write_part(df, path, out_url, out_opts, index)
 
 
 def output_schema(model: dict, top_k: int = 0, proba: bool = False):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import textwrap
+import time
 
 import pandas as pd
 import pytest
@@ -76,6 +77,17 @@ def test_workers_read_the_input_objects_and_write_the_parts(client, model_dir, t
     # a second run into the same prefix is refused before any prediction: nothing overwritten
     with pytest.raises(BatchError, match=r"--out .*holds 4 object\(s\) already"):
         predict_in_place(client, model, f"file://{inputs}/*.csv", out, lines.append)
+    # and neither run left anything of predict's held on the workers (a listing, a check, a
+    # part's counts); the session's cluster may hold other tests' keys
+    tasks = ("check_output", "list_inputs", "predict_object", "write_manifest")
+
+    def held() -> list[str]:
+        return [k for k in client.who_has() if str(k).startswith(tasks)]
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not held(), held()
 
 
 def test_a_url_input_with_a_local_output_numbers_rows_in_listing_order(client, model_dir,
