@@ -95,14 +95,8 @@ def _cluster(args):
 
 def cmd_up(args) -> int:
     with _cluster(args) as cluster:
-        if args.new_image:
-            from runner import state
-
-            state.update(cluster.state_dir, image=None)
-            _say("up: the image is looked up again; VMs on another image will be replaced "
-                 "(which `up` applies only with --yes)")
         summary = cluster.up(progress=_say, force=args.force, restart=args.restart,
-                             yes=args.yes)
+                             yes=args.yes, new_image=args.new_image)
         status = cluster.status()
     _say(summary.line())
     _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
@@ -158,6 +152,25 @@ def cmd_status(args) -> int:
 def cmd_down(args) -> int:
     with _cluster(args) as cluster:
         cluster.down(destroy=args.destroy, progress=_say, purge=args.purge)
+    return 0
+
+
+def cmd_unlock(args) -> int:
+    from runner.config import load_cluster
+    from runner.errors import ConfigError
+    from runner.shared_state import SharedState
+
+    spec = load_cluster(args.cluster)
+    shared = SharedState.for_spec(spec)
+    if shared is None:
+        raise ConfigError(f"{args.cluster}: no `state:` in the file: the cluster's lock is this "
+                          f"machine's ({spec.state_dir / 'lock'}), released when its command "
+                          "ends.")
+    held = shared.unlock()
+    _say(f"removed the lock of {shared.where} held by " + (
+        f"{held.get('user', '?')}@{held.get('host', '?')} (pid {held.get('pid', '?')}, "
+        f"`{held.get('command', '?')}`, since {held.get('since', '?')})" if held else
+        "nobody (it was free)"))
     return 0
 
 
@@ -333,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--purge", action="store_true",
                    help="with --destroy: also remove the cluster's CA and generated host keys")
     d.set_defaults(func=cmd_down)
+    ul = with_cluster(sub.add_parser(
+        "unlock", help="shared state: remove the cluster's lock left by a command whose machine "
+        "crashed (the lock names who holds it)"))
+    ul.set_defaults(func=cmd_unlock)
     sm = with_cluster(sub.add_parser("submit", help="run a batch job on the cluster"))
     sm.add_argument("job", help="job file (jobs/*.yaml)")
     sm.add_argument("--runs-dir", default="runs")

@@ -191,6 +191,42 @@ class EphemeralSpec(_Strict):
         return value
 
 
+class StateSpec(_Strict):
+    """`state:` a store the team shares the cluster's state in (runner/shared_state.py)."""
+
+    # s3://bucket/prefix: the cluster's state goes under <prefix>/<cluster name>/
+    url: str
+    # fsspec's names, as data.storage_options (endpoint_url, key, secret, token, region); without
+    # key, the standard AWS chain of this machine (environment, profile)
+    storage_options: dict[str, Any] = {}
+    # the variable holding the passphrase the CA and host keys are encrypted with in the store
+    passphrase_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = \
+        "DASKFLEET_STATE_PASSPHRASE"
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        import urllib.parse
+
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"{value!r} is not an s3://bucket/prefix URL (the shared state "
+                             "lives in an S3 bucket, or an S3-compatible store with "
+                             "storage_options.endpoint_url)")
+        return value.rstrip("/")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _options(cls, value: dict) -> dict:
+        known = ("key", "secret", "token", "endpoint_url", "region", "connect_timeout",
+                 "request_timeout")
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; the keys are "
+                             f"{', '.join(known)} (fsspec's names)")
+        return value
+
+
 class ClusterSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
     provider: Literal["lab", "hosts", "aws", "gcp", "azure"]
@@ -208,6 +244,8 @@ class ClusterSpec(_Strict):
     environment: dict[str, str] = {}
     # detached runs (`submit --detach`) at once; the others wait in the scheduler host's queue
     max_running_jobs: Annotated[int, Field(ge=1, le=64)] = 1
+    # Shared state (Terraform's, the record, the CA, the lock) in an object store, for a team
+    state: StateSpec | None = None
     min_workers: Annotated[int | None, Field(ge=1, description=(
         "the fewest workers a degraded start may have; leave it out to need them all"))] = None
     # Where the file came from: relative paths in it are resolved against its folder.
@@ -265,7 +303,7 @@ class ClusterSpec(_Strict):
         if self.ephemeral is None:
             raise ValueError("mode: ephemeral needs an `ephemeral:` block (region, admin_cidr, "
                              "network, image, ...); see clusters/aws-ephemeral.example.yaml")
-        extra = [k for k in ("hosts", "terraform") if getattr(self, k)]
+        extra = [k for k in ("hosts", "terraform", "state") if getattr(self, k)]
         if extra:
             raise ValueError(f"{extra[0]}: is not used by mode: ephemeral (dask-cloudprovider makes "
                              "the instances, not Terraform); remove it")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from runner.dask_workers import joined_workers
 from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError, StateError
 from runner.provision import machines, providers, terraform
 from runner.provision.tls import CertificateAuthority
+from runner.shared_state import SharedState
 
 
 def _say(msg: str) -> None:
@@ -50,6 +53,10 @@ class Cluster:
         self._ssh: SSHSettings | None = None
         self._pool = ConnectionPool()
         self._forward = None  # the SSH tunnel to the scheduler, on providers that need one
+        # `state:` in the file: this machine's copy is refreshed from the team's store first
+        self.shared = SharedState.for_spec(spec)
+        if self.shared is not None:
+            self.shared.pull(self.state_dir, _say)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Cluster:
@@ -77,6 +84,27 @@ class Cluster:
     @property
     def state_dir(self) -> Path:
         return self.spec.state_dir
+
+    @contextmanager
+    def locked(self, what: str, progress=_say) -> Iterator[None]:
+        """Hold the cluster's lock for a command that changes it: this machine's, and with
+        shared state the store's, under which the copy here is refreshed first and written back
+        last (also when the command fails: what it made is recorded)."""
+        with state.locked(self.state_dir, what, progress=progress):
+            if self.shared is None:
+                yield
+                return
+            with self.shared.locked(what, progress=progress):
+                self.shared.pull(self.state_dir, progress)
+                try:
+                    yield
+                except BaseException:
+                    try:
+                        self.shared.push(self.state_dir)
+                    except Exception as e:  # noqa: BLE001 - the command's own error comes first
+                        progress(f"WARNING: the shared state was not written back: {e}")
+                    raise
+                self.shared.push(self.state_dir)
 
     @property
     def ca(self) -> CertificateAuthority:
@@ -240,11 +268,15 @@ class Cluster:
 
     # -- up / down / status -----------------------------------------------------------------
     def up(self, progress=_say, force: bool = False, restart: bool = False,
-           yes: bool = False) -> UpSummary:
+           yes: bool = False, new_image: bool = False) -> UpSummary:
         """Provision, install and start (a reconcile), holding the cluster's lock. ``restart``:
         restart the scheduler when it must, even under a running job. ``yes``: apply a plan
-        that destroys or replaces machines."""
-        with state.locked(self.state_dir, "daskfleet up", progress=progress):
+        that destroys or replaces machines. ``new_image``: look the image up again."""
+        with self.locked("daskfleet up", progress=progress):
+            if new_image:
+                state.update(self.state_dir, image=None)
+                progress("up: the image is looked up again; VMs on another image will be "
+                         "replaced (which `up` applies only with --yes)")
             return self._up(progress, force, restart, yes)
 
     def _up(self, progress, force: bool = False, restart: bool = False,
@@ -282,7 +314,7 @@ class Cluster:
         first (their data moves to the workers that stay), then their processes stop."""
         if n < 1:
             raise ConfigError(f"scale: N must be at least 1, not {n}.")
-        with state.locked(self.state_dir, "daskfleet scale", progress=progress):
+        with self.locked("daskfleet scale", progress=progress):
             return self._scale(n, progress)
 
     def _scale(self, n: int, progress) -> dict:
@@ -339,15 +371,16 @@ class Cluster:
         if purge and not destroy:
             raise ConfigError("down: --purge removes the CA of a destroyed cluster; use it with "
                               "--destroy.")
-        with state.locked(self.state_dir, "daskfleet down", progress=progress):
+        with self.locked("daskfleet down", progress=progress):
             self._down(destroy, progress)
-        if purge:
-            import shutil
+            if purge:  # under the lock: with shared state, the store's copy goes too
+                import shutil
 
-            for folder in (self.ca.dir, self.state_dir / "host_keys"):
-                shutil.rmtree(folder, ignore_errors=True)
-            progress(f"purged the cluster's CA and host keys ({self.state_dir})")
-        elif destroy and self.ca.ca_cert.exists():
+                for folder in (self.ca.dir, self.state_dir / "host_keys"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                progress(f"purged the cluster's CA and host keys ({self.state_dir}"
+                         + (f", {self.shared.where}" if self.shared else "") + ")")
+        if destroy and not purge and self.ca.ca_cert.exists():
             progress(f"kept the cluster's CA ({self.ca.dir}): a cluster made again from this file "
                      "trusts the same CA; `down --destroy --purge` removes it")
 
@@ -358,6 +391,9 @@ class Cluster:
         finally:
             if destroy:
                 progress("terraform: destroy")
+                if self.shared and not (self.state_dir / "terraform" / "main.tf.json").exists():
+                    # a teammate's cluster: this machine never ran its Terraform
+                    machines.write_terraform_root(self)
                 terraform.destroy(self.state_dir / "terraform", self.provider.terraform_env())
                 self.inventory_path.unlink(missing_ok=True)
                 # A cluster made again later resolves its image anew.
@@ -424,7 +460,7 @@ class Cluster:
         """New certificates (new keys, same CA) for every host and the client, installed by the
         playbook and rolled out by the reconcile: workers one at a time, the scheduler when no
         job runs (its files stay valid meanwhile)."""
-        with state.locked(self.state_dir, "daskfleet rotate", progress=progress):
+        with self.locked("daskfleet rotate", progress=progress):
             if not self.spec.tls:
                 raise ConfigError(f"{self.spec.source}: tls: false: there is no certificate to "
                                   "rotate.")

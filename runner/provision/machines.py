@@ -22,7 +22,20 @@ if TYPE_CHECKING:
 def write_terraform_root(cluster: Cluster) -> Path:
     workdir = cluster.state_dir / "terraform"
     variables = cluster.provider.terraform_variables(state.read(cluster.state_dir))
-    terraform.write_root(workdir, cluster.provider.module, variables, cluster.provider.outputs)
+    shared = cluster.shared
+    backend = shared.terraform_backend() if shared else None
+    if shared and terraform.backend_changes(workdir, backend) and \
+            terraform.local_resources(workdir) and shared.has_terraform_state():
+        # moving this machine's state to the store would overwrite the one already there
+        raise ProvisionError(
+            f"{cluster.spec.source}: state.url {shared.where} already holds a Terraform state for "
+            f"cluster {cluster.spec.name}, and this machine has its own ({workdir}, "
+            f"{terraform.local_resources(workdir)} resources): they are two clusters of one "
+            "name. Rename this cluster (`name:`), or remove the one you do not want "
+            "(`daskfleet down --destroy` without `state:` in the file), then run `up` again. "
+            "Nothing was changed.")
+    terraform.write_root(workdir, cluster.provider.module, variables, cluster.provider.outputs,
+                         backend)
     return workdir
 
 

@@ -118,39 +118,88 @@ def installed_version() -> str:
                              f"({(proc.stderr or proc.stdout).strip()[:200]})") from None
 
 
-def check_version(module: str) -> None:
-    """Refuse a Terraform older than the module needs, before anything is planned or made
-    (Terraform itself would fail with a message about the module's source)."""
-    need = required_version(module)
+# The S3 backend's own lock file (use_lockfile) came with Terraform 1.10.
+SHARED_STATE_NEEDS = (1, 10)
+
+
+def check_version(module: str, shared: bool = False) -> None:
+    """Refuse a Terraform older than the module needs (or than shared state's S3 lock file
+    needs), before anything is planned or made (Terraform itself would fail with a message about
+    the module's source)."""
+    need = max(required_version(module), SHARED_STATE_NEEDS if shared else (0, 0))
     have = installed_version()
     parts = tuple(int(x) for x in re.findall(r"\d+", have)[:2])
     if parts < need:
+        why = "state: (shared state's S3 lock file)" if need == SHARED_STATE_NEEDS and shared \
+            else f"the {module} module"
         raise ProvisionError(
-            f"terraform {have} is too old for the {module} module, which needs Terraform >= "
+            f"terraform {have} is too old for {why}, which needs Terraform >= "
             f"{need[0]}.{need[1]} ({MODULES / module / 'versions.tf'}); install a newer one "
             "(https://developer.hashicorp.com/terraform/install) and run the command again. "
             "Nothing was created.")
 
 
-def write_root(workdir: Path, module: str, variables: dict, outputs: tuple[str, ...] = ()) -> None:
+def write_root(workdir: Path, module: str, variables: dict, outputs: tuple[str, ...] = (),
+               backend: dict | None = None) -> None:
     """The root configuration: the provider's module with the cluster's variables, re-exporting
-    its `hosts` output and the provider's extra outputs (e.g. the image the VMs booted). Refuses a
-    Terraform older than the module needs."""
-    check_version(module)
+    its `hosts` output and the provider's extra outputs (e.g. the image the VMs booted), and
+    with ``backend`` the S3 backend's settings (shared state). Refuses a Terraform older than
+    the module needs."""
+    check_version(module, shared=bool(backend))
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)  # the state holds generated host keys
     root = {
         "module": {"cluster": {"source": str(MODULES / module), **variables}},
         "output": {name: {"value": f"${{module.cluster.{name}}}"} for name in ("hosts", *outputs)},
     }
+    if backend:
+        root["terraform"] = {"backend": {"s3": backend}}
     tmp = workdir / "main.tf.json.tmp"
     tmp.write_text(json.dumps(root, indent=2) + "\n")
     tmp.replace(workdir / "main.tf.json")
 
 
-def _init(workdir: Path, env: dict | None) -> None:
+def _backend(workdir: Path) -> dict:
+    """The backend the root configuration names ({} : Terraform's local file)."""
+    try:
+        return json.loads((workdir / "main.tf.json").read_text()).get("terraform", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _backend_marker(workdir: Path) -> Path:
+    return workdir / ".terraform" / "daskfleet-backend.json"
+
+
+def backend_changes(workdir: Path, backend: dict | None) -> bool:
+    """Whether the working folder was initialised with another backend than ``backend``."""
     if not (workdir / ".terraform" / "modules" / "modules.json").exists():
-        _tf(workdir, "init", "-no-color", "-input=false", what="init", env=env)
+        return False
+    marker = _backend_marker(workdir)
+    had = json.loads(marker.read_text()) if marker.exists() else {}
+    return had != ({"backend": {"s3": backend}} if backend else {})
+
+
+def local_resources(workdir: Path) -> int:
+    """How many resources the working folder's own state file holds."""
+    try:
+        return len(json.loads((workdir / "terraform.tfstate").read_text()).get("resources", []))
+    except (OSError, ValueError):
+        return 0
+
+
+def _init(workdir: Path, env: dict | None) -> None:
+    wanted = _backend(workdir)
+    initialised = (workdir / ".terraform" / "modules" / "modules.json").exists()
+    marker = _backend_marker(workdir)
+    had = json.loads(marker.read_text()) if marker.exists() else {}
+    if initialised and had == wanted:
+        return
+    # another backend than the last init's (state: added to or removed from the file): the
+    # state moves with it, as `terraform init -migrate-state` moves it
+    migrate = ("-migrate-state", "-force-copy") if initialised else ()
+    _tf(workdir, "init", "-no-color", "-input=false", *migrate, what="init", env=env)
+    marker.write_text(json.dumps(wanted) + "\n")
 
 
 PLAN_FILE = "daskfleet.tfplan"
@@ -191,8 +240,7 @@ def outputs(workdir: Path, env: dict | None = None) -> dict:
 
 def destroy(workdir: Path, env: dict | None = None) -> None:
     if (workdir / "main.tf.json").exists():
-        if not (workdir / ".terraform").exists():
-            _tf(workdir, "init", "-no-color", "-input=false", what="init", env=env)
+        _init(workdir, env)
         _tf(workdir, "destroy", "-no-color", "-input=false", "-auto-approve", what="destroy",
             env=env)
 
