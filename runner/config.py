@@ -94,7 +94,19 @@ class DaskSpec(_Strict):
     nanny_port_range: Annotated[str, Field(pattern=r"^\d+:\d+$")] = "40100:40199"
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     memory_limit: str = "auto"
+    # With memory_limit auto: the fraction of each worker host's memory this cluster's workers
+    # share (default: all of it). Clusters sharing hosts each need one; together at most 1.
+    memory_share: Annotated[float, Field(gt=0, le=1)] | None = None
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+
+    @model_validator(mode="after")
+    def _share_with_auto(self) -> DaskSpec:
+        if self.memory_share is not None and self.memory_limit != "auto":
+            raise ValueError(f"dask.memory_share is the share of each host that memory_limit: "
+                             f"auto splits between the workers; with memory_limit: "
+                             f"{self.memory_limit} the workers' limits are set: remove one of "
+                             "the two keys")
+        return self
 
     @model_validator(mode="after")
     def _ports_apart(self) -> DaskSpec:

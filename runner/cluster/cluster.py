@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import state
-from runner.cluster import changes, readiness, reconcile
+from runner.cluster import changes, memory_claims, readiness, reconcile
 from runner.cluster.hosts import Host
 from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
@@ -121,7 +121,7 @@ class Cluster:
                             worker_port_range=d.worker_port_range,
                             nanny_port_range=d.nanny_port_range,
                             threads_per_worker=d.threads_per_worker, memory_limit=d.memory_limit,
-                            tls=self.spec.tls)
+                            tls=self.spec.tls, memory_share=d.memory_share)
 
     # -- hosts ------------------------------------------------------------------------------
     def ssh(self) -> SSHSettings:
@@ -334,6 +334,13 @@ class Cluster:
             except HostError as e:  # a worker on a host that is down is gone anyway
                 progress(f"WARNING: {e}")
         state.update(self.state_dir, n_workers=n)
+        left = {p.host for p in going} - {p.host for p in after}
+        if left:  # hosts this cluster no longer runs workers on
+            try:
+                memory_claims.release(self.spec.name, sorted(left, key=lambda h: h.name),
+                                      self.ssh())
+            except HostError as e:
+                progress(f"WARNING: {e}")
         started = self.start(state.read(self.state_dir).get("env_hashes"), progress,
                              degraded_ok=True)
         return {"workers": n, "retired": [p.name for p in going], "started": started}
@@ -358,6 +365,11 @@ class Cluster:
                 except Exception as e:  # noqa: BLE001 - report and keep stopping the rest
                     errors[p.host] = e
         state.update(self.state_dir, pids={})
+        reachable = [h for h in self.worker_hosts(self.hosts()) if h not in errors]
+        try:  # no worker of this cluster runs there any more: its memory is the others' again
+            memory_claims.release(self.spec.name, reachable, ssh)
+        except HostError as e:
+            progress(f"WARNING: {e}")
         if errors:
             raise HostError("down: could not stop processes on:\n" + "\n".join(
                 f"  {describe_ssh_error(h, e)}" for h, e in errors.items()) +

@@ -98,6 +98,7 @@ class DaskSettings:
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     tls: bool = True
+    memory_share: float | None = None  # of each host, for all of the cluster's workers there
 
     @property
     def protocol(self) -> str:
@@ -177,9 +178,11 @@ class RemoteProcess:
 
     @property
     def memory_limit(self) -> str:
-        if self.settings.memory_limit == "auto" and self.per_host > 1:
-            return f"{0.95 / self.per_host:.4f}"  # a fraction of the host's memory
-        return self.settings.memory_limit
+        s = self.settings
+        if s.memory_limit == "auto" and (self.per_host > 1 or s.memory_share is not None):
+            # a fraction of the host's memory: the cluster's share of it, split
+            return f"{0.95 * (s.memory_share or 1.0) / self.per_host:.4f}"
+        return s.memory_limit
 
     @property
     def identity(self) -> list[str]:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from runner import state
-from runner.cluster import changes, readiness
+from runner.cluster import changes, memory_claims, readiness
 from runner.cluster.hosts import Host
 from runner.cluster.processes import RUN_DIR, SUPERVISE_DIR, ProcStatus, RemoteProcess
 from runner.cluster.ssh import connect, fan_out, fan_out_items
@@ -176,6 +176,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     procs = _drop_unreachable(cluster, cluster.wanted(), current, degraded_ok, progress)
     sched = procs[0]
     todo = changes.plan(procs, current, env_hashes or {})
+    _claim_memory(cluster, procs, todo, progress)  # before anything stops or starts
     # running since before their node had a supervisor (a cluster made by an older daskfleet):
     # handed to it as they are, not restarted
     touched = {c.proc for c in todo}
@@ -274,6 +275,18 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         raise ClusterStartError(f"{e}\nAll logs copied to {cluster.state_dir / 'logs'}.") from e
     started += _roll(cluster, procs, rolling, pids, progress)
     return started
+
+
+def _claim_memory(cluster: Cluster, procs: list[RemoteProcess], todo: list[changes.Change],
+                  progress) -> None:
+    """Record the cluster's memory claim on each host it runs workers on; refused where workers
+    would start on a host whose clusters would then commit more than its memory."""
+    d = cluster.spec.dask
+    per_host = {p.host: p.per_host for p in procs if p.kind == "worker"}
+    claims = {h: memory_claims.claim(d.memory_limit, d.memory_share, n)
+              for h, n in per_host.items()}
+    strict = {c.proc.host for c in todo if c.proc.kind == "worker"}
+    memory_claims.commit(cluster.spec.name, claims, strict, cluster.ssh(), progress)
 
 
 def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool,

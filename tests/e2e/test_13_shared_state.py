@@ -59,7 +59,7 @@ def test_two_clones_share_one_cluster_through_the_object_store(lab_cluster, cli,
         "hosts": [{"name": "lab1", "address": lab1.address, "role": "scheduler"},
                   {"name": "lab2", "address": lab2.address, "role": "worker"},
                   {"name": "lab3", "address": lab3.address, "role": "worker"}],
-        "dask": {"scheduler_port": 8806, "dashboard_port": 8807,
+        "dask": {"scheduler_port": 8806, "dashboard_port": 8807, "memory_share": 0.25,
                  "worker_port_range": "42000:42099", "nanny_port_range": "42100:42199"},
         # the endpoint and region in the file; the credentials from each teammate's environment
         "state": {"url": "s3://team-state/clusters",

@@ -147,13 +147,13 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
         out = cli("scale", "4", "-c", str(LAB_CLUSTER)).stdout
         workers = joined_workers(client).values()
         assert len(workers) == 4
-        # two workers per host now: the two that ran alone restarted with half the share, so a
-        # host never commits more memory than it has
-        assert "memory limit auto -> 0.4750" in out and "replacing lab2-w0@lab2" in out, out
+        # two workers per host now: the two that ran alone restarted with half the cluster's
+        # share of the host (memory_share 0.5), so a host never commits more than it has
+        assert "memory limit 0.4750 -> 0.2375" in out and "replacing lab2-w0@lab2" in out, out
         limits = {w["name"]: w["memory_limit"] for w in workers}
         host_memory = set(client.run(lambda: MEMORY_LIMIT).values())
         assert len(set(limits.values())) == 1, limits
-        assert all(2 * v <= min(host_memory) for v in limits.values()), (limits, host_memory)
+        assert all(4 * v <= min(host_memory) for v in limits.values()), (limits, host_memory)
         futures = client.map(lambda x: x * x, range(200), pure=False)
         client.gather(futures)  # computed and held, spread over the 4 workers
         holders = {a for f in futures for a in client.who_has([f])[f.key]}

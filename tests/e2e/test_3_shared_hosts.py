@@ -61,16 +61,28 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     lab = Lab()
     lab1, lab2 = lab.hosts()[:2]
     plain = workdir / "plain.yaml"
-    plain.write_text(yaml.safe_dump({
+    spec = {
         "name": "plain", "provider": "hosts", "tls": False,
         "ssh": {"user": "root", "private_key": str(lab.key), "known_hosts": str(lab.known_hosts)},
         "hosts": [{"name": "lab1", "address": lab1.address, "role": "scheduler"},
                   {"name": "lab2", "address": lab2.address, "role": "worker"}],
         "dask": {"scheduler_port": 8796, "dashboard_port": 8797,
                  "worker_port_range": "41000:41099", "nanny_port_range": "41100:41199",
-                 "start_timeout": 240}}))
+                 "start_timeout": 240}}
+    plain.write_text(yaml.safe_dump(spec))
     before = _pids(cli, LAB_CLUSTER)
+    claims = Path(lab.host_dir("lab2")) / "fs/var/lib/daskfleet/memory"
     try:
+        # memory_limit auto without a share claims all of lab2's memory, of which `lab` holds
+        # half: refused before anything starts, naming the host, `lab`'s claim and the key
+        refused = cli("up", "-c", str(plain), check=False, timeout=900)
+        assert refused.returncode != 0, refused.stdout
+        assert "lab2: this cluster would commit 100% of its memory" in refused.stderr, \
+            refused.stderr
+        assert "lab 50%" in refused.stderr and "dask.memory_share" in refused.stderr
+        assert sorted(p.name for p in claims.iterdir() if not p.name.startswith(".")) == ["lab"]
+        spec["dask"]["memory_share"] = 0.25
+        plain.write_text(yaml.safe_dump(spec))
         up = cli("up", "-c", str(plain), timeout=900)
         assert "tls: false" in up.stdout  # the loud warning
         scaled = cli("scale", "12", "-c", str(plain), timeout=900)
@@ -79,6 +91,13 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
         # 12 workers on lab2: every one seen over SSH (none reported "unreachable") and joined
         assert st["healthy"], st
         assert sum(w["host"] == "lab2" and w["joined"] for w in st["workers"]) == 12
+        assert (claims / "plain").read_text() == "fraction 0.250000\n"
+        # its 12 workers split its quarter of lab2; `lab`'s worker there keeps its half
+        limits = {w["name"]: w["memory_limit"] for w in st["workers"]}
+        lab_limit = {w["name"]: w["memory_limit"] for w in json.loads(cli(
+            "status", "-c", str(LAB_CLUSTER), "--json").stdout)["workers"]}["lab2-w0"]
+        assert all(abs(v * 12 / 0.25 - lab_limit / 0.5) < lab_limit * 0.01
+                   for v in limits.values()), (limits, lab_limit)
         with Client(f"tcp://{lab1.address}:8796", timeout="10s") as c:  # plain, as asked
             assert c.submit(sum, [1, 2]).result() == 3
             # a task of `plain` runs as plain's own user: it cannot read lab's key or folders,
@@ -95,6 +114,7 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     finally:
         down = cli("down", "-c", str(plain), check=False, timeout=300)
     assert down.returncode == 0, down.stderr
+    assert not (claims / "plain").exists()  # released: lab2's memory is `lab`'s and free again
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         ps = {h.name: out for h, out in cluster.run_on_hosts(["ps", "-eo", "args"]).items()}
     left = [line for out in ps.values() for line in out.splitlines() if "--port 8796" in line

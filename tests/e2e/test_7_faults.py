@@ -301,7 +301,8 @@ def test_e_a_model_beyond_the_workers_memory_is_refused_naming_the_limit_and_the
     """Refused before any feature or training task: no worker is driven into its memory limit
     (the nanny's restart loop a model this size caused before the check)."""
     small = workdir / "lab-small-memory.yaml"  # the same cluster, workers limited to 700 MiB
-    small.write_text(LAB_CLUSTER.read_text().rstrip("\n") + "\n  memory_limit: 700MiB\n")
+    small.write_text(LAB_CLUSTER.read_text().replace("  memory_share: 0.5\n", "").rstrip("\n")
+                     + "\n  memory_limit: 700MiB\n")
     job = workdir / "too-big-model.yaml"
     # 20 classes x 2**23 hashed features: 0.62 GiB of float32 weights per copy, 6 copies
     job.write_text("name: too-big-model\ndata:\n  source: synthetic\n  synthetic: {n_docs: 3000, "
