@@ -90,7 +90,8 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
         progress(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
                  f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
         ship_over_ssh(cluster, dataset, progress)
-        shard_paths = [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+        shard_paths = [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}"
+                       for f in dataset.files]
         context.update(dataset=dataset.digest, dataset_rows=dataset.rows,
                        skipped_files=list(dataset.skipped))
     else:

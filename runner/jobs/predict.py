@@ -68,10 +68,11 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress, text_colu
     progress(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
              f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh())
+    sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh(),
+                cluster.spec.name)
     progress(f"input shipped to {sum(sent.values())} host(s), already on "
              f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
-    return [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+    return [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files]
 
 
 def store_options(url: str, given: dict | None, environ=os.environ) -> dict:

@@ -40,7 +40,7 @@ def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
     """The dataset to the live workers' hosts over SSH (a long-lived cluster)."""
     workers = cluster.live_worker_hosts(say)
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh())
+    sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh(), cluster.spec.name)
     say(f"dataset shipped to {sum(sent.values())} host(s), already on "
         f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
 
@@ -120,7 +120,8 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
         runs.record_run_dir(runs_dir, run_dir)
         raise
     shard_paths = [] if dataset is None else \
-        [f"{remote_dir(dataset.digest)}/{f}" for f in dataset.files]
+        [f"{remote_dir(dataset.digest, None if ship_dataset else cluster.spec.name)}/{f}"
+         for f in dataset.files]
     context = {"run_id": run_id, "job": str(job_path), "job_path": str(Path(job_path).resolve()),
                "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),

@@ -161,7 +161,7 @@ def project(client, tmp_path, monkeypatch) -> Path:
     # the workers read the shards where the control machine wrote them
     for module in (submit, ship_module):
         monkeypatch.setattr(module, "remote_dir",
-                            lambda digest: str(cache / "daskfleet/datasets" / digest))
+                            lambda digest, cluster=None: str(cache / "daskfleet/datasets" / digest))
     (tmp_path / "runs").mkdir()
     (tmp_path / "cluster.yaml").write_text("name: local\nprovider: lab\n")
     return tmp_path

@@ -48,7 +48,7 @@ def no_shipping(monkeypatch, tmp_path):
     monkeypatch.setattr(submit, "ship", lambda *a, **k: {})
     monkeypatch.setattr(submit, "datasets_cache", lambda: cache)
     # the workers read the shards where the control machine wrote them
-    monkeypatch.setattr(submit, "remote_dir", lambda digest: str(cache / digest))
+    monkeypatch.setattr(submit, "remote_dir", lambda digest, cluster=None: str(cache / digest))
 
 
 def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsys):
@@ -98,7 +98,7 @@ def test_predict_on_cluster_through_the_cli_path(client, tmp_path, no_shipping, 
     from runner.jobs.predict import predict_on_cluster
 
     monkeypatch.setattr(ship_module, "ship", lambda *a, **k: {})
-    monkeypatch.setattr(ship_module, "remote_dir", lambda digest: str(submit.datasets_cache() /
+    monkeypatch.setattr(ship_module, "remote_dir", lambda digest, cluster=None: str(submit.datasets_cache() /
                                                                       digest))
     rows = [{"text": f"{w} {w}s and more {i}", "label": w}
             for i in range(100) for w in ("apple", "pear", "plum")]

@@ -30,7 +30,7 @@ def _data_dirs() -> dict[str, str]:
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         for host in cluster.hosts():
             with connect(host, cluster.ssh()) as c:
-                seen[host.name] = c.run(f"ls -1 {DATA_DIR} 2>/dev/null || true",
+                seen[host.name] = c.run(f"ls -1 {DATA_DIR}/lab 2>/dev/null || true",
                                         warn=True).stdout
     return seen
 

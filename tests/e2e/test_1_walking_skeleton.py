@@ -142,8 +142,8 @@ def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path)
     # the corpus reached the workers' own disks (not a shared filesystem)
     data = Lab().state_dir / "hosts"
     for host in ("lab2", "lab3"):
-        assert list((data / host / "fs/var/lib/daskfleet/data").glob("*/part-*.parquet"))
-    assert not list((data / "lab1" / "fs/var/lib/daskfleet/data").glob("*"))
+        assert list((data / host / "fs/var/lib/daskfleet/data/lab").glob("*/part-*.parquet"))
+    assert not list((data / "lab1" / "fs/var/lib/daskfleet/data/lab").glob("*"))
 
 
 def test_runs_history_and_predict_on_the_cluster(lab_cluster, cli, workdir: Path):

@@ -106,7 +106,8 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
             got = c.submit(_probe_task(), "lab", before["lab2-w0"], lab1.address,
                            pure=False).result()
             assert got == {"user": "dask-plain", "key": "denied", "work": "denied",
-                           "cache": "denied", "signal": "denied", "connect": "refused"}, got
+                           "cache": "denied", "data": "denied", "signal": "denied",
+                           "connect": "refused"}, got
         # `logs -f` follows all 12 workers of lab2 at once (one tail per host, not one SSH
         # channel per log: sshd would hold the 7th and later back for as long as -f runs)
         seen = _follow_logs(cli, plain, "lab2", want=12)
@@ -134,7 +135,8 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
         cluster.check_versions()
         assert cluster.client().submit(sum, [2, 3]).result() == 5
         own = cluster.client().submit(_probe_task(), "lab", None, None, pure=False).result()
-        assert own == {"user": "dask-lab", "key": "read", "work": "read", "cache": "read"}, own
+        assert own == {"user": "dask-lab", "key": "read", "work": "read", "cache": "read",
+                       "data": "read"}, own
 
 
 def _probe_task():
@@ -152,7 +154,8 @@ def _probe_task():
         out = {"user": pwd.getpwuid(os.geteuid()).pw_name}
         for what, path in (("key", f"/etc/daskfleet/{cluster}/tls/node.key"),
                            ("work", f"/var/lib/daskfleet/clusters/{cluster}/work"),
-                           ("cache", f"/var/lib/daskfleet/clusters/{cluster}/pycache")):
+                           ("cache", f"/var/lib/daskfleet/clusters/{cluster}/pycache"),
+                           ("data", f"/var/lib/daskfleet/data/{cluster}")):
             try:
                 if what == "key":
                     open(path, "rb").close()
