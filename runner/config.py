@@ -163,6 +163,9 @@ class NetworkSpec(_Strict):
         return self
 
 
+MIN_LIFETIME_S = 120.0
+
+
 class EphemeralSpec(_Strict):
     """`mode: ephemeral` (provider aws): one EC2 cluster per `submit`, made with
     dask_cloudprovider's EC2Cluster and always closed after the job."""
@@ -176,15 +179,25 @@ class EphemeralSpec(_Strict):
     worker_instance_type: str = "m6i.large"
     workers: Annotated[int, Field(ge=1, le=200)] = 2
     spot_workers: bool = False
+    # When EC2 refuses spot workers (no capacity, spot quota, price): `fail` stops the run before
+    # the job; `on_demand` launches those workers on-demand (at the on-demand price) and says so.
+    spot_fallback: Literal["fail", "on_demand"] = "fail"
     filesystem_size: Annotated[int, Field(ge=8, le=16384)] = 20  # GiB, encrypted root volume
     # The container every instance runs; default ghcr.io/dask/dask:<this machine's dask>-py<X.Y>
     docker_image: str | None = None
     # Install Docker at boot (dask-cloudprovider's bootstrap, Ubuntu images); false: the image has it
     bootstrap: bool = True
-    # Tagged daskfleet:expires = creation + this; `daskfleet gc` removes what outlived it.
+    # Tagged daskfleet:expires = creation + this; every instance powers itself off (and so
+    # terminates) then, control machine or not; `daskfleet gc` removes what outlived it.
     max_lifetime: str = "2h"
     # The scheduler closes itself when idle this long (then its instance shuts down and terminates)
     idle_timeout: str = "30m"
+    # Tasks that wait this long with no worker able to run them fail (every spot worker
+    # reclaimed): the scheduler is then idle, and idle_timeout closes it.
+    no_workers_timeout: str = "10m"
+    # A worker that cannot reach its scheduler this long at start exits (and its instance ends);
+    # one whose scheduler connection breaks later exits at once.
+    worker_death_timeout: str = "5m"
     ready_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
 
     @field_validator("admin_cidr")
@@ -196,10 +209,20 @@ class EphemeralSpec(_Strict):
                              "machine's range (e.g. 203.0.113.7/32 or your VPC's CIDR)")
         return value
 
-    @field_validator("max_lifetime", "idle_timeout")
+    @field_validator("max_lifetime", "idle_timeout", "no_workers_timeout", "worker_death_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("max_lifetime")
+    @classmethod
+    def _lifetime(cls, value: str) -> str:
+        # The instances' own hard stop (`shutdown -P +MINUTES`) counts in whole minutes.
+        if parse_duration(value) < MIN_LIFETIME_S:
+            raise ValueError(f"{value} is too short: the instances power themselves off at "
+                             f"max_lifetime, counted in whole minutes; give at least "
+                             f"{MIN_LIFETIME_S // 60:.0f}m (longer than the job needs)")
         return value
 
 

@@ -15,6 +15,11 @@ from runner.ephemeral import tags as T
 from runner.errors import ProvisionError
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+# Errors that say "try again": EC2's throttling and its own transient failures.
+TRANSIENT = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError",
+                       "InternalFailure", "ServiceUnavailable", "Unavailable"})
+# How long teardown keeps trying before it reports what is left (then `gc` is the safety net).
+TEARDOWN_TIMEOUT_S = 600.0
 INSTALL_HINT = ("dask-cloudprovider is not installed; it is the `cloud` extra: run `make venv` (the "
                 "lock has it) or `pip install 'daskfleet[cloud]'`")
 
@@ -41,6 +46,43 @@ def ec2_client(region: str):
     except ImportError:
         raise ProvisionError(INSTALL_HINT) from None
     return boto3.client("ec2", region_name=region)
+
+
+def error_code(e: BaseException | None) -> str:
+    """A botocore ClientError's code ("" for anything else)."""
+    response = getattr(e, "response", None)
+    return response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+
+
+def not_found(code: str) -> bool:
+    return code.endswith("NotFound")
+
+
+def delays(first: float = 0.5, cap: float = 15.0) -> Iterator[float]:
+    """Capped exponential backoff: first, 2*first, ... up to cap, for ever."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+def call_with_retry(call, what: str, timeout: float, retry_on=lambda code: False,
+                    done_on=lambda code: False):
+    """call() until it succeeds, retrying with backoff on TRANSIENT errors and those retry_on(code)
+    accepts, until `timeout` s have passed. An error that done_on(code) accepts ends it with None
+    (a delete of what is already gone); any other raises ProvisionError naming `what`."""
+    deadline = time.monotonic() + timeout
+    for delay in delays():
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 - botocore's errors, told apart by their code
+            code = error_code(e)
+            if done_on(code):
+                return None
+            if not (code in TRANSIENT or retry_on(code)) or time.monotonic() + delay > deadline:
+                raise ProvisionError(f"ephemeral: {what} failed: {type(e).__name__}: {e}") from e
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # delays() never ends
 
 
 def _api_error(e: Exception, what: str) -> ProvisionError:
@@ -74,12 +116,23 @@ class Made:
     created: list[str] = field(default_factory=list)
 
 
+# EC2 is eventually consistent: a resource just created may be unknown (*.NotFound) to the next
+# call that names it for a few seconds. Such calls are retried this long.
+CONSISTENCY_TIMEOUT_S = 60.0
+
+
+def _after_create(call, what: str):
+    return call_with_retry(call, what, CONSISTENCY_TIMEOUT_S, retry_on=not_found)
+
+
 def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made) -> None:
     spec = lambda kind: [{"ResourceType": kind, "Tags": T.as_aws(tags)}]  # noqa: E731
     made.vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, TagSpecifications=spec("vpc"))["Vpc"]["VpcId"]
     made.created.append(f"vpc {made.vpc_id} ({vpc_cidr})")
-    made.subnet_id = ec2.create_subnet(VpcId=made.vpc_id, CidrBlock=subnet_cidr,
-                                       TagSpecifications=spec("subnet"))["Subnet"]["SubnetId"]
+    made.subnet_id = _after_create(
+        lambda: ec2.create_subnet(VpcId=made.vpc_id, CidrBlock=subnet_cidr,
+                                  TagSpecifications=spec("subnet"))["Subnet"]["SubnetId"],
+        f"creating a subnet in the new VPC {made.vpc_id}")
     made.created.append(f"subnet {made.subnet_id} ({subnet_cidr})")
 
 
@@ -100,17 +153,18 @@ def make_group(ec2, vpc_id: str, name: str, admin_cidr: str, ports: tuple[int, i
                made: Made) -> str:
     """A group of the run's own: the Dask ports from admin_cidr, everything between its members,
     nothing else (no SSH: no key pair is made)."""
-    gid = ec2.create_security_group(
+    gid = _after_create(lambda: ec2.create_security_group(
         GroupName=name, Description="daskfleet ephemeral cluster: Dask ports only", VpcId=vpc_id,
-        TagSpecifications=[{"ResourceType": "security-group", "Tags": T.as_aws(tags)}])["GroupId"]
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": T.as_aws(tags)}])["GroupId"],
+        f"creating a security group in {vpc_id}")
     made.group_id = gid
     made.created.append(f"security group {gid} ({name})")
-    ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
+    _after_create(lambda: ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": ports[0], "ToPort": ports[1],
          "IpRanges": [{"CidrIp": admin_cidr, "Description": "Dask scheduler and dashboard"}]},
         {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535,
          "UserIdGroupPairs": [{"GroupId": gid, "Description": "the cluster's own nodes"}]},
-    ])
+    ]), f"opening the Dask ports in the new security group {gid}")
     return gid
 
 
@@ -128,41 +182,99 @@ def tagged_instances(ec2, tag_filters: dict[str, str] | None = None,
 
 
 def terminate_and_wait(ec2, ids: list[str], timeout: float, progress) -> None:
+    """Terminate `ids` and wait, with backoff, until EC2 reports each terminated. An id EC2 does
+    not know yet (just launched: eventual consistency) is retried, not taken as gone."""
     if not ids:
         return
-    ec2.terminate_instances(InstanceIds=ids)
     deadline = time.monotonic() + timeout
-    while True:
-        out = ec2.describe_instances(InstanceIds=ids)
+    call_with_retry(lambda: ec2.terminate_instances(InstanceIds=ids),
+                    f"terminating {', '.join(ids)}", timeout, retry_on=not_found)
+    live = list(ids)
+    for delay in delays(first=1.0, cap=10.0):
+        out = call_with_retry(lambda: ec2.describe_instances(InstanceIds=ids),
+                              f"describing {', '.join(ids)}", max(1.0, deadline - time.monotonic()),
+                              retry_on=not_found)
         live = [i["InstanceId"] for r in out["Reservations"] for i in r["Instances"]
                 if i["State"]["Name"] != "terminated"]
         if not live:
             return
-        if time.monotonic() > deadline:
-            raise ProvisionError(f"ephemeral: instances {', '.join(live)} were not terminated within "
-                                 f"{timeout:.0f}s; run `daskfleet gc` later (they are tagged).")
-        time.sleep(1)
+        if time.monotonic() + delay > deadline:
+            break
+        time.sleep(delay)
+    raise ProvisionError(f"ephemeral: instances {', '.join(live)} were not terminated within "
+                         f"{timeout:.0f}s")
 
 
-def _retry(call, what: str, timeout: float = 120.0):
-    """Deleting a group or subnet fails while a terminating instance still holds it: retry."""
+def _delete(call, what: str, timeout: float):
+    """A delete: retried while a terminating instance still holds the resource
+    (DependencyViolation); already gone (*.NotFound) is done."""
+    return call_with_retry(call, what, timeout, retry_on=lambda c: c == "DependencyViolation",
+                           done_on=not_found)
+
+
+def remove_run(ec2, run_id: str, progress, timeout: float = TEARDOWN_TIMEOUT_S,
+               known_instances: tuple[str, ...] = (), settle: float = 0.0) -> list[str]:
+    """Remove everything tagged with `run_id` (instances terminated and waited for, security
+    groups, key pairs, subnets, VPCs), looking again with backoff until a look finds nothing or
+    `timeout` passes; then ProvisionError names what is left. Returns what was removed, in words.
+
+    `known_instances`: ids RunInstances returned, looked up by id as well (a tag search can miss
+    an instance for a while after launch). `settle` > 0 (a start was interrupted, so a launch may
+    still be in flight): nothing found must be found again `settle` s later."""
     deadline = time.monotonic() + timeout
-    while True:
+    removed: list[str] = []
+    error: Exception | None = None
+    quiet_looks = 0
+    for delay in delays(first=1.0, cap=15.0):
         try:
-            return call()
-        except Exception as e:  # noqa: BLE001 - botocore ClientError (DependencyViolation, ...)
-            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-            if code.endswith("NotFound"):
-                return None
-            if code != "DependencyViolation" or time.monotonic() > deadline:
-                raise ProvisionError(f"ephemeral: {what} failed: {e}") from e
-            time.sleep(2)
+            found = find_tagged(ec2, {T.RUN: run_id})
+            found.instances += _live_by_id(ec2, [i for i in known_instances if i not in
+                                                 {x["InstanceId"] for x in found.instances}])
+            if found.empty():
+                quiet_looks += 1
+                if settle <= 0 or quiet_looks >= 2:
+                    return removed
+                delay = settle
+            else:
+                quiet_looks = 0
+                removed += remove_found(ec2, found, progress,
+                                        timeout=max(1.0, deadline - time.monotonic()))
+                continue  # look again at once: what remains, or confirm that nothing does
+        except ProvisionError as e:
+            error = e
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(delay, remaining))  # the last look is at the deadline
+    left = "unknown (the EC2 API did not answer)"
+    try:
+        f = find_tagged(ec2, {T.RUN: run_id})
+        left = ", ".join(describe_found(f)) or "nothing"
+    except Exception:  # noqa: BLE001 - reporting only
+        pass
+    raise ProvisionError(f"ephemeral: run {run_id} is not fully removed after {timeout:.0f}s"
+                         f"{f' (last error: {error})' if error else ''}; still there: {left}")
 
 
-def remove_run(ec2, run_id: str, progress, timeout: float = 300.0) -> list[str]:
-    """Remove everything tagged with `run_id`: instances (terminated, waited for), security
-    groups, key pairs, subnets, VPCs. Returns what was removed, in words."""
-    return remove_tagged(ec2, {T.RUN: run_id}, progress, timeout)
+def _live_by_id(ec2, ids: list[str]) -> list[dict]:
+    if not ids:
+        return []
+    try:
+        out = ec2.describe_instances(InstanceIds=ids)
+    except Exception as e:  # noqa: BLE001 - not visible yet: the next look asks again
+        if not_found(error_code(e)):
+            return []
+        raise ProvisionError(f"ephemeral: describing instances {', '.join(ids)} failed: {e}") from e
+    return [i for r in out["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in LIVE_STATES]
+
+
+def describe_found(f: Found) -> list[str]:
+    return ([f"instance {i['InstanceId']}" for i in f.instances]
+            + [f"security group {g['GroupId']}" for g in f.groups]
+            + [f"key pair {k['KeyName']}" for k in f.key_pairs]
+            + [f"subnet {s['SubnetId']}" for s in f.subnets]
+            + [f"vpc {v['VpcId']}" for v in f.vpcs])
 
 
 @dataclass
@@ -194,30 +306,35 @@ def find_tagged(ec2, tag_filters: dict[str, str] | None = None, keep=lambda tags
     return f
 
 
-def remove_found(ec2, f: Found, progress, timeout: float = 300.0) -> list[str]:
+def remove_found(ec2, f: Found, progress, timeout: float = TEARDOWN_TIMEOUT_S) -> list[str]:
+    deadline = time.monotonic() + timeout
+    left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
     removed = []
     ids = [i["InstanceId"] for i in f.instances]
     if ids:
         progress(f"terminating {len(ids)} instance(s): {', '.join(ids)}")
-        terminate_and_wait(ec2, ids, timeout, progress)
+        terminate_and_wait(ec2, ids, left(), progress)
         removed += [f"instance {i}" for i in ids]
     for g in f.groups:
-        _retry(lambda g=g: ec2.delete_security_group(GroupId=g["GroupId"]),
-               f"deleting security group {g['GroupId']}")
+        _delete(lambda g=g: ec2.delete_security_group(GroupId=g["GroupId"]),
+                f"deleting security group {g['GroupId']}", left())
         removed.append(f"security group {g['GroupId']} ({g.get('GroupName')})")
     for k in f.key_pairs:
-        ec2.delete_key_pair(KeyPairId=k["KeyPairId"])
+        _delete(lambda k=k: ec2.delete_key_pair(KeyPairId=k["KeyPairId"]),
+                f"deleting key pair {k['KeyName']}", left())
         removed.append(f"key pair {k['KeyName']}")
     for s in f.subnets:
-        _retry(lambda s=s: ec2.delete_subnet(SubnetId=s["SubnetId"]), f"deleting subnet {s['SubnetId']}")
+        _delete(lambda s=s: ec2.delete_subnet(SubnetId=s["SubnetId"]),
+                f"deleting subnet {s['SubnetId']}", left())
         removed.append(f"subnet {s['SubnetId']}")
     for v in f.vpcs:
-        _retry(lambda v=v: ec2.delete_vpc(VpcId=v["VpcId"]), f"deleting VPC {v['VpcId']}")
+        _delete(lambda v=v: ec2.delete_vpc(VpcId=v["VpcId"]), f"deleting VPC {v['VpcId']}", left())
         removed.append(f"vpc {v['VpcId']}")
     return removed
 
 
-def remove_tagged(ec2, tag_filters: dict[str, str], progress, timeout: float = 300.0) -> list[str]:
+def remove_tagged(ec2, tag_filters: dict[str, str], progress,
+                  timeout: float = TEARDOWN_TIMEOUT_S) -> list[str]:
     return remove_found(ec2, find_tagged(ec2, tag_filters), progress, timeout)
 
 

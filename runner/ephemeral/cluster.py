@@ -7,14 +7,22 @@
 
 What EC2Cluster is given: security=True (TLS with its temporary credentials), use_private_ip,
 the run's own security group and subnet, no key pair, spot workers when asked, tags naming the
-cluster, the run and its expiry on instances and volumes, and the scheduler's idle timeout (an
-orphaned cluster closes itself; with the instances' shutdown behaviour `terminate`, that removes
-the instances). Encrypted root volumes and IMDSv2 are not options of EC2Cluster: a hook on its
-RunInstances calls adds them (see `harden_run_instances`).
+cluster, the run and its expiry on instances and volumes. Encrypted root volumes and IMDSv2 are
+not options of EC2Cluster: a hook on its RunInstances calls adds them (see `harden_run_instances`).
+
+Watchdogs, so that a run never bills for ever (the instances' shutdown behaviour is `terminate`, so
+an instance that powers off is gone):
+- the scheduler closes when idle (idle_timeout), and tasks that no worker can run fail after
+  no_workers_timeout (every spot worker reclaimed), which makes it idle;
+- a worker that cannot reach its scheduler at start exits after worker_death_timeout (one whose
+  connection breaks later exits at once); the container's end powers the instance off;
+- each instance's first boot command schedules its own power-off at the run's expiry
+  (max_lifetime), with nothing needed from the control machine (see `hard_stop_command`).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 import threading
@@ -27,7 +35,9 @@ from pathlib import Path
 from runner.config import ClusterSpec, parse_duration
 from runner.ephemeral import aws
 from runner.ephemeral import tags as T
-from runner.errors import ClusterStartError, ProvisionError
+from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
+
+SETTLE_S = 10.0
 
 
 def harden_run_instances(root_device: str):
@@ -68,23 +78,132 @@ def node_config() -> str:
                                  if comm else {})
 
 
+def hard_stop_command(expires_epoch: int) -> str:
+    """The shell command each instance runs first at boot: power off at `expires_epoch` (the run's
+    daskfleet:expires), rounded down to the minute, as `shutdown -P +MINUTES` counts, so never
+    after the tag says. Computed on the instance from its own clock: a late boot stops on time."""
+    return (f"m=$(( ({int(expires_epoch)} - $(date +%s)) / 60 )); [ $m -gt 0 ] || m=0; "
+            "shutdown -P +$m")
+
+
+def with_first_command(cloud_init: str, command: str) -> str:
+    """dask-cloudprovider's #cloud-config with `command` as the first runcmd entry: before its
+    Docker install, which can take minutes or hang, and the container, which blocks."""
+    head, sep, rest = cloud_init.partition("\nruncmd:\n")
+    if not sep:
+        raise ProvisionError("ephemeral: dask-cloudprovider's user data has no runcmd: section; "
+                             "the instances' hard stop cannot be added (a new dask-cloudprovider?)")
+    # A JSON string is a YAML double-quoted scalar: no quoting of the shell command by hand.
+    return f"{head}{sep}  - {json.dumps(command)}\n{rest}"
+
+
+# What EC2 answers RunInstances when it will not give spot capacity: no capacity for the type in
+# the zone, the account's spot quota, or a maximum price under the spot price.
+SPOT_REFUSED = frozenset({"InsufficientInstanceCapacity", "UnfulfillableCapacity",
+                          "InsufficientCapacity", "MaxSpotInstanceCountExceeded",
+                          "SpotMaxPriceTooLow"})
+
+
+def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, docker_image: str,
+                   env: dict[str, str]) -> dict:
+    """EC2Cluster's arguments for one run (plain data: the watchdogs are checked in unit tests)."""
+    e = spec.ephemeral
+    memory = spec.dask.memory_limit
+    secs = lambda text: f"{parse_duration(text):.0f}s"  # noqa: E731
+    return dict(
+        region=e.region, ami=ami, bootstrap=e.bootstrap, auto_shutdown=True,
+        scheduler_instance_type=e.scheduler_instance_type,
+        worker_instance_type=e.worker_instance_type, vpc=made.vpc_id,
+        subnet_id=made.subnet_id, security_groups=[made.group_id],
+        filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
+        instance_tags=dict(tags), volume_tags=dict(tags), use_private_ip=True,
+        enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
+        security=True,
+        # no-workers-timeout is read from the config only (not a Scheduler argument); the
+        # container's environment reaches the scheduler's dask config.
+        env_vars={**env, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT":
+                  secs(e.no_workers_timeout)},
+        scheduler_options={"port": spec.dask.scheduler_port,
+                           "dashboard_address": f":{spec.dask.dashboard_port}",
+                           "idle_timeout": secs(e.idle_timeout)},
+        worker_options={"nthreads": spec.dask.threads_per_worker,
+                        "death_timeout": secs(e.worker_death_timeout),
+                        **({} if memory == "auto" else {"memory_limit": memory})},
+        silence_logs=True,
+    )
+
+
 def ec2_cluster_class():
     try:
         from dask_cloudprovider.aws import EC2Cluster
+        from dask_cloudprovider.aws.ec2 import EC2Worker
         from dask_cloudprovider.generic import vmcluster
     except ImportError:
         raise ProvisionError(aws.INSTALL_HINT) from None
 
     vmcluster.serialize_custom_config = node_config
 
-    class HardenedEC2Cluster(EC2Cluster):
-        """EC2Cluster whose instances get an encrypted root volume and IMDSv2 (see above). It
-        records itself before starting, so an interrupted start can still be closed."""
+    class FallbackEC2Worker(EC2Worker):
+        """A worker that, when EC2 refuses it spot capacity, launches on-demand if the file's
+        spot_fallback allows it, and otherwise fails naming that key."""
 
-        def __init__(self, *args, root_device: str, started: list, **kwargs):
+        async def create_vm(self):
+            try:
+                return await super().create_vm()
+            except Exception as err:  # noqa: BLE001 - botocore ClientError, told by its code
+                code = aws.error_code(err)
+                if not self.spot or code not in SPOT_REFUSED:
+                    raise
+                cluster = self.cluster
+                cluster.spot_refusals.append(f"{code}: {err}")
+                if cluster.spot_fallback != "on_demand":
+                    raise ProvisionError(
+                        f"ephemeral: EC2 refused spot capacity for a worker ({code}: {err}). "
+                        f"{cluster.spec_source}: ephemeral.spot_fallback is `fail`, so the run "
+                        "stops before the job; set `spot_fallback: on_demand` to launch such "
+                        "workers on-demand (at the on-demand price), or set `spot_workers: false`, "
+                        "or try again later or with another worker_instance_type.") from err
+                cluster.on_demand_fallbacks.append(self.name)
+                cluster._log(f"spot refused ({code}); launching {self.name} on-demand")
+                self.spot = False
+                return await super().create_vm()
+
+        async def destroy_vm(self):
+            # A worker EC2 refused has no instance: closing the failed start must not fail on it
+            # (EC2Worker's would, and its TypeError would hide the refusal).
+            if getattr(self, "instance", None) is not None:
+                await super().destroy_vm()
+
+    class HardenedEC2Cluster(EC2Cluster):
+        """EC2Cluster whose instances get an encrypted root volume and IMDSv2 and, first at
+        boot, their hard stop at the run's expiry (see above); whose workers fall back to
+        on-demand when allowed. It records itself before starting, so an interrupted start can
+        still be closed."""
+
+        def __init__(self, *args, root_device: str, started: list, hard_stop: str,
+                     spot_fallback: str, spec_source: str, **kwargs):
             self._harden = harden_run_instances(root_device)
+            self._hard_stop = hard_stop
+            self.spot_fallback = spot_fallback
+            self.spec_source = spec_source
+            self.spot_refusals: list[str] = []
+            self.on_demand_fallbacks: list[str] = []
             started.append(self)
             super().__init__(*args, **kwargs)
+
+        async def _start(self):
+            self.worker_class = FallbackEC2Worker  # EC2Cluster.__init__ sets EC2Worker
+            await super()._start()
+
+        def render_process_cloud_init(self, process):
+            return with_first_command(super().render_process_cloud_init(process), self._hard_stop)
+
+        def instance_ids(self) -> tuple[str, ...]:
+            """What RunInstances returned so far (scheduler and workers)."""
+            vms = [getattr(self, "scheduler", None), *getattr(self, "workers", {}).values()]
+            return tuple(vm.instance["InstanceId"] for vm in vms
+                         if isinstance(getattr(vm, "instance", None), dict)
+                         and "InstanceId" in vm.instance)
 
         # EC2Cluster.__init__ makes its aiobotocore session itself: hook whichever it sets.
         @property
@@ -140,6 +259,7 @@ class EphemeralCluster:
         self.timings: dict[str, float] = {}
         self.lock = None
         self.upload: Path | None = None
+        self.teardown_error: str | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="daskfleet-ephemeral-")
 
     # -- what submit uses ------------------------------------------------------------------
@@ -222,29 +342,24 @@ class EphemeralCluster:
             f"worker(s) ({e.worker_instance_type}{', spot' if e.spot_workers else ''}) from "
             f"{image['ImageId']} ({image.get('Name')}), container {docker_image}")
         Cls = ec2_cluster_class()
-        memory = self.spec.dask.memory_limit
-        kwargs = dict(
-            region=e.region, ami=image["ImageId"], bootstrap=e.bootstrap, auto_shutdown=True,
-            scheduler_instance_type=e.scheduler_instance_type,
-            worker_instance_type=e.worker_instance_type, vpc=self.made.vpc_id,
-            subnet_id=self.made.subnet_id, security_groups=[self.made.group_id],
-            filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
-            instance_tags=dict(self.tags), volume_tags=dict(self.tags), use_private_ip=True,
-            enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
-            security=True, env_vars=env_vars(self.lock),
-            scheduler_options={"port": self.spec.dask.scheduler_port,
-                               "dashboard_address": f":{self.spec.dask.dashboard_port}",
-                               "idle_timeout": f"{parse_duration(e.idle_timeout):.0f}s"},
-            worker_options={"nthreads": self.spec.dask.threads_per_worker,
-                            **({} if memory == "auto" else {"memory_limit": memory})},
-            silence_logs=True,
-        )
+        kwargs = cluster_kwargs(self.spec, self.tags, self.made, image["ImageId"], docker_image,
+                                env_vars(self.lock))
+        expires = T.parse(self.tags[T.EXPIRES])
         with deadline(e.ready_timeout, "creating the cluster (scheduler instance and its port)"), \
                 warnings.catch_warnings():
             # "Creating your cluster is taking a surprisingly long time": booting VMs takes long
             warnings.filterwarnings("ignore", message="Creating your cluster")
-            self.cluster = Cls(root_device=image.get("RootDeviceName") or "/dev/xvda",
-                               started=self._started, **kwargs)
+            try:
+                self.cluster = Cls(root_device=image.get("RootDeviceName") or "/dev/xvda",
+                                   started=self._started,
+                                   hard_stop=hard_stop_command(int(expires.timestamp())),
+                                   spot_fallback=e.spot_fallback,
+                                   spec_source=str(self.spec.source or self.spec.name), **kwargs)
+            except Exception as err:  # noqa: BLE001 - SpecCluster may wrap or chain our error
+                cause = _own_error(err)
+                if cause is None or cause is err:
+                    raise
+                raise cause from err
         self.timings["create"] = time.monotonic() - t0
         addr = self.cluster.scheduler_address
         say(f"ephemeral: scheduler {addr} answering ({self.timings['create']:.1f}s); waiting for "
@@ -256,11 +371,26 @@ class EphemeralCluster:
         client.upload_file(str(self.upload))
         self.timings["ready"] = time.monotonic() - t
         say(f"ephemeral: {e.workers} worker(s) joined, project code uploaded "
-            f"({self.timings['ready']:.1f}s)")
+            f"({self.timings['ready']:.1f}s); every instance powers itself off at "
+            f"{self.tags[T.EXPIRES]} (max_lifetime {e.max_lifetime})")
+        if self.cluster.on_demand_fallbacks:
+            say(f"ephemeral: EC2 refused spot capacity ({self.cluster.spot_refusals[0]}): "
+                f"{len(self.cluster.on_demand_fallbacks)} of {e.workers} worker(s) run on-demand "
+                "(spot_fallback: on_demand)")
+
+    def workers_market(self) -> dict:
+        """How the workers were bought, for the run record."""
+        c = self._started[0] if self._started else None
+        fallbacks = len(c.on_demand_fallbacks) if c is not None else 0
+        spot = self.e.workers - fallbacks if self.e.spot_workers else 0
+        return {"spot": spot, "on_demand": self.e.workers - spot,
+                "spot_refused": c.spot_refusals[0] if c is not None and c.spot_refusals else None}
 
     def close(self) -> None:
-        """Close the client and EC2Cluster, then remove everything tagged with the run. Ctrl-C and
-        SIGTERM are held off meanwhile (a second one would only leave things behind)."""
+        """Close the client and EC2Cluster, then remove everything tagged with the run, looking
+        again with backoff until nothing is left or TEARDOWN_TIMEOUT_S passes. Never raises: a
+        failure is kept in `teardown_error` for the caller to report beside the job's outcome.
+        Ctrl-C and SIGTERM are held off meanwhile (a second one would only leave things behind)."""
         say = self.progress
         t = time.monotonic()
         held = _hold_signals(say)
@@ -271,22 +401,51 @@ class EphemeralCluster:
                     self._client.close(timeout=10)
                 except Exception as err:  # noqa: BLE001 - closing anyway
                     say(f"ephemeral: closing the client: {err}")
+            known: tuple[str, ...] = ()
             for c in self._started[:1]:
+                known = c.instance_ids()
                 try:
                     c.close(timeout=60)
                 except Exception as err:  # noqa: BLE001 - the sweep below removes what is left
                     say(f"ephemeral: EC2Cluster.close: {type(err).__name__}: {err}")
             if self.ec2 is not None:
-                removed = aws.remove_tagged(self.ec2, {T.RUN: self.run_id}, say)
-                # A start interrupted mid-call may still launch an instance: sweep once more.
-                time.sleep(1)
-                removed += aws.remove_tagged(self.ec2, {T.RUN: self.run_id}, say)
-                say(f"ephemeral: removed {', '.join(removed) or 'nothing'}")
+                # A start cut short may have a launch still in flight: nothing found must be
+                # found twice, SETTLE_S apart. After a full start every launch has returned.
+                settle = 0.0 if self.cluster is not None else SETTLE_S
+                try:
+                    removed = aws.remove_run(self.ec2, self.run_id, say,
+                                             timeout=aws.TEARDOWN_TIMEOUT_S,
+                                             known_instances=known, settle=settle)
+                except Exception as err:  # noqa: BLE001 - reported beside the job's outcome
+                    self.teardown_error = str(err) if isinstance(err, ProvisionError) else \
+                        f"ephemeral: teardown failed: {type(err).__name__}: {err}"
+                    say(self.teardown_error)
+                else:
+                    say(f"ephemeral: removed {', '.join(removed) or 'nothing'}")
             self.timings["teardown"] = time.monotonic() - t
-            say(f"ephemeral: nothing of run {self.run_id} is left ({self.timings['teardown']:.1f}s)")
+            if self.teardown_error is None:
+                say(f"ephemeral: nothing of run {self.run_id} is left "
+                    f"({self.timings['teardown']:.1f}s)")
         finally:
             _restore_signals(held)
             self._tmp.cleanup()
+
+    def teardown_record(self) -> dict:
+        """What the run record says about the teardown."""
+        return {"status": "failed" if self.teardown_error else "done",
+                "error": self.teardown_error,
+                "seconds": round(self.timings.get("teardown", 0.0), 1)}
+
+
+def _own_error(err: BaseException) -> DaskfleetError | None:
+    """The project error somewhere in err's chain of causes (EC2Cluster wraps them)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, DaskfleetError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _hold_signals(say) -> dict:

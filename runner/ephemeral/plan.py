@@ -28,10 +28,16 @@ def plan_text(spec: ClusterSpec, lock=None) -> str:
     lines.append("+ security group daskfleet-<run id>: " + "; ".join(group_rules(e.admin_cidr,
                                                                                (ports[0], ports[-1]))))
     lines.append(f"+ 1 scheduler instance {e.scheduler_instance_type} (on-demand)")
+    fallback = {"fail": "if EC2 refuses spot the run stops (spot_fallback: fail)",
+                "on_demand": "on-demand where EC2 refuses spot (spot_fallback: on_demand)"}
     lines.append(f"+ {e.workers} worker instance(s) {e.worker_instance_type} "
-                 f"({'spot' if e.spot_workers else 'on-demand'})")
+                 f"({f'spot; {fallback[e.spot_fallback]}' if e.spot_workers else 'on-demand'})")
     lines.append(f"  each: {e.filesystem_size} GiB gp3 root volume, encrypted; IMDSv2 required; "
-                 f"private address only; no key pair, no SSH; shuts down (terminates) when Dask exits")
+                 f"private address only; no key pair, no SSH; shuts down (terminates) when Dask "
+                 f"exits, and by itself at the run's expiry (max_lifetime {e.max_lifetime})")
+    lines.append(f"  watchdogs: scheduler idle {e.idle_timeout}, tasks with no worker fail after "
+                 f"{e.no_workers_timeout}, a worker without its scheduler exits after "
+                 f"{e.worker_death_timeout}")
     if lock is not None:
         lines.append(f"  container {e.docker_image or default_image(lock)} with "
                      f"{len(pinned_packages(lock).split())} pinned packages (EXTRA_PIP_PACKAGES); "

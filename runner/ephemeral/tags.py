@@ -30,7 +30,7 @@ def as_aws(tags: dict[str, str]) -> list[dict]:
     return [{"Key": k, "Value": v} for k, v in tags.items()]
 
 
-def _parse(value: str | None) -> datetime | None:
+def parse(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
@@ -45,10 +45,10 @@ def expired(tags: dict[str, str], now: datetime, older_than_s: float | None = No
     without our tags is never eligible; one with an unreadable expiry only by age."""
     if RUN not in tags:
         return None
-    expires = _parse(tags.get(EXPIRES))
+    expires = parse(tags.get(EXPIRES))
     if expires is not None and expires <= now:
         return f"expired {iso(expires)}"
-    created = _parse(tags.get(CREATED))
+    created = parse(tags.get(CREATED))
     if older_than_s is not None and created is not None \
             and now - created >= timedelta(seconds=older_than_s):
         return f"created {iso(created)}, older than {older_than_s:.0f}s"

@@ -218,9 +218,40 @@ def _zombie(pid: int) -> bool:
 
 # EC2 refuses RunInstances with more user data than this, counted before base64 encoding.
 USER_DATA_LIMIT = 16384
+# While this file exists in the lab's cloud/ folder, the emulated EC2 refuses spot launches as EC2
+# does when it has no spot capacity; the file may name another of EC2's spot refusals
+# (MaxSpotInstanceCountExceeded, SpotMaxPriceTooLow). Written by `refuse_spot(lab, ...)`.
+REFUSE_SPOT_FILE = "refuse-spot"
+SPOT_REFUSALS = {
+    "InsufficientInstanceCapacity": "There is no Spot capacity available that matches your request.",
+    "MaxSpotInstanceCountExceeded": "Max spot instance count exceeded",
+    "SpotMaxPriceTooLow": "Your Spot request price is lower than the minimum required Spot "
+                          "request fulfillment price.",
+}
 
 
-def _as_ec2_does() -> None:
+def refuse_spot(lab, code: str | None = "InsufficientInstanceCapacity") -> None:
+    """From now on the emulated EC2 refuses spot launches with `code` (None: accepts them)."""
+    path = lab.cloud_dir / REFUSE_SPOT_FILE
+    if code is None:
+        path.unlink(missing_ok=True)
+    elif code not in SPOT_REFUSALS:
+        raise LabError(f"lab: {code} is not one of EC2's spot refusals ({', '.join(SPOT_REFUSALS)})")
+    else:
+        path.write_text(code + "\n")
+
+
+def _spot_refusal(lab_dir: Path | None) -> str | None:
+    if lab_dir is None:
+        return None
+    try:
+        return (lab_dir / "cloud" / REFUSE_SPOT_FILE).read_text().strip() or \
+            "InsufficientInstanceCapacity"
+    except FileNotFoundError:
+        return None
+
+
+def _as_ec2_does(lab_dir: Path | None = None) -> None:
     """Where moto answers otherwise than EC2 in ways that change what a user sees:
     - an empty `Association` on a network interface without a public IP (EC2 reports none):
       the AWS provider reads it as associate_public_ip_address = true and replaces the instance;
@@ -229,7 +260,9 @@ def _as_ec2_does() -> None:
     (each of those would make every later `terraform apply` change what it created: a warm `up`
     must change nothing)
     - user data over 16,384 bytes is accepted: EC2 refuses the launch (InvalidParameterValue),
-      so a run whose user data grew past it must fail here as it would on AWS."""
+      so a run whose user data grew past it must fail here as it would on AWS;
+    - spot capacity never runs out: with the lab's REFUSE_SPOT_FILE, a spot launch is refused
+      with the error EC2 gives (InsufficientInstanceCapacity, ...), on-demand ones still start."""
     import base64
 
     from moto.ec2.exceptions import EC2ClientError
@@ -240,6 +273,9 @@ def _as_ec2_does() -> None:
     launch = InstanceBackend.run_instances
 
     def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
+        refusal = _spot_refusal(lab_dir)
+        if refusal and kwargs.get("instance_market_options") == "spot":
+            raise EC2ClientError(refusal, SPOT_REFUSALS.get(refusal, refusal))
         if user_data is not None:
             size = len(base64.b64decode(user_data.as_bytes("ascii")))
             if size > USER_DATA_LIMIT:
@@ -264,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from moto.server import main as moto_main
 
-    _as_ec2_does()
+    _as_ec2_does(Path(args.lab_dir))
     # Not one log line per request (the controller polls twice a second); errors still show.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 

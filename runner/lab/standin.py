@@ -13,8 +13,9 @@ installed offline and are reported as such (the client's version check then refu
 
 So the emulator proves orchestration (user data, addresses, security groups, TLS, teardown), not
 the image. `shutdown` asks the controller to stop or terminate the instance, as the instance's
-InstanceInitiatedShutdownBehavior says; the real /sbin/shutdown must never run inside a lab host
-(it would reach the control machine's init).
+InstanceInitiatedShutdownBehavior says, now or, as systemd's does, at a time it schedules
+(`shutdown -P +MINUTES`: an ephemeral run's hard stop); the real /sbin/shutdown must never run
+inside a lab host (it would reach the control machine's init).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from runner.errors import LabError
 # Inside an instance host (private per host: runner.lab.instances adds them to the boot spec).
 BIN_DIRS = ("usr/local/bin", "usr/local/sbin")
 SHUTDOWN_MARKER = "/var/lib/cloud/instance/shutdown-requested"
+SHUTDOWN_PENDING = "/var/lib/cloud/instance/shutdown-scheduled.pid"  # a `shutdown +MINUTES`
 
 DOCKER = r'''#!/usr/bin/python3
 """docker stand-in of the daskfleet lab (see runner/lab/standin.py): `docker run` runs the
@@ -110,8 +112,45 @@ sys.exit(main(sys.argv[1:]))
 SHUTDOWN = f'''#!/bin/sh
 # shutdown/poweroff/halt/reboot stand-in of the daskfleet lab (see runner/lab/standin.py): the
 # controller stops or terminates this instance as its InstanceInitiatedShutdownBehavior says.
-echo "$(basename "$0") (lab stand-in): asking the instance controller to power off"
-mkdir -p {os.path.dirname(SHUTDOWN_MARKER)} && date -u +%FT%TZ > {SHUTDOWN_MARKER}
+# As systemd's: `shutdown [-P|-h|-r] [now|+MINUTES|MINUTES]` schedules it and returns at once;
+# `shutdown -c` cancels what is scheduled; poweroff, halt and reboot act now.
+set -u
+marker={SHUTDOWN_MARKER}
+pending={SHUTDOWN_PENDING}
+name=$(basename "$0")
+when=now
+if [ "$name" = shutdown ]; then
+  for a in "$@"; do
+    case "$a" in
+      -c) [ -f "$pending" ] && kill "$(cat "$pending")" 2>/dev/null; rm -f "$pending"
+          echo "shutdown (lab stand-in): scheduled shutdown cancelled"; exit 0 ;;
+      -*) ;;
+      *) when=$a; break ;;
+    esac
+  done
+fi
+case "$when" in
+  now) minutes=0 ;;
+  +*) minutes=${{when#+}} ;;
+  *) minutes=$when ;;
+esac
+case "$minutes" in
+  ''|*[!0-9]*) echo "shutdown (lab stand-in): time $when is not emulated (use now or +MINUTES)" >&2
+               exit 1 ;;
+esac
+mkdir -p "$(dirname "$marker")"
+if [ "$minutes" -eq 0 ]; then
+  echo "$name (lab stand-in): asking the instance controller to power off"
+  date -u +%FT%TZ > "$marker"
+  exit 0
+fi
+[ -f "$pending" ] && kill "$(cat "$pending")" 2>/dev/null
+# Detached from the caller (cloud-init's runcmd), as systemd-logind's timer is.
+setsid sh -c 'sleep "$1" && date -u +%FT%TZ > "$2"' sh "$((minutes * 60))" "$marker" \\
+  </dev/null >/dev/null 2>&1 &
+echo $! > "$pending"
+echo "shutdown (lab stand-in): power-off scheduled in $minutes minute(s), at" \\
+  "$(date -u -d "@$(( $(date +%s) + minutes * 60 ))" +%FT%TZ)"
 '''
 
 

@@ -3,7 +3,9 @@ clusters/aws-ephemeral-lab.yaml` makes a network, a security group and instances
 dask-cloudprovider's EC2Cluster (user data run by the instance controller, `docker run` by the lab's
 stand-in), runs the job over TLS on private addresses, and removes everything: after a success,
 after a job that fails on purpose, and, when the control process is killed mid-job, through
-`daskfleet gc`.
+`daskfleet gc`. With spot refused (as EC2 refuses it), the run goes on-demand when the file allows
+it and fails naming the key when it does not; with the submit killed and no `gc`, every instance
+powers itself off by the run's expiry.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from ec2api import ec2
 from jobfiles import small_job
 
 from runner.errors import LabError
 from runner.lab import Lab
+from runner.lab.ec2 import refuse_spot
 from runner.lab.machine import check_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,25 +128,31 @@ def test_a_job_failing_on_purpose_still_removes_the_cluster(emulated_ec2, cli, w
     nothing_left(run_id)
 
 
-def test_a_killed_control_process_leaves_what_gc_then_removes(emulated_ec2, cli, workdir):
-    job = workdir / "eph-killed.yaml"
-    job.write_text(small_job("eph-killed", seed=22, epochs=20, n_docs=6000))
+def submit_then_kill(cli, workdir: Path, job: Path, cluster: Path, until: str) -> str:
+    """`daskfleet submit`, SIGKILLed once a line of its output holds `until` (or after 300 s);
+    returns its output so far."""
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(job), "-c",
-                             str(EPHEMERAL_LAB), "--runs-dir", str(workdir / "runs")],
+                             str(cluster), "--runs-dir", str(workdir / "runs")],
                             cwd=workdir, env=cli.env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
         deadline = time.monotonic() + 300
-        for line in proc.stdout:  # until the job is running on the cluster
+        for line in proc.stdout:
             lines.append(line)
-            if "dataset shipped" in line or time.monotonic() > deadline:
+            if until in line or time.monotonic() > deadline:
                 break
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
-    text = "".join(lines)
+    return "".join(lines)
+
+
+def test_a_killed_control_process_leaves_what_gc_then_removes(emulated_ec2, cli, workdir):
+    job = workdir / "eph-killed.yaml"
+    job.write_text(small_job("eph-killed", seed=22, epochs=20, n_docs=6000))
+    text = submit_then_kill(cli, workdir, job, EPHEMERAL_LAB, "dataset shipped")
     print(text)
     assert "dataset shipped" in text, text
     run_id = run_id_of(text)
@@ -157,4 +167,108 @@ def test_a_killed_control_process_leaves_what_gc_then_removes(emulated_ec2, cli,
     print(out.stdout, f"\ngc took {time.monotonic() - t:.1f}s")
     for what in (*left["instances"], *left["groups"], *left["subnets"], *left["vpcs"]):
         assert "gc: removed" in out.stdout and what in out.stdout, (what, out.stdout)
+    nothing_left(run_id)
+
+
+# -- watchdogs: spot refused, and the instances' own hard stop ---------------------------------
+def variant(workdir: Path, name: str, **ephemeral) -> Path:
+    """The lab's ephemeral cluster file with some `ephemeral:` keys changed."""
+    data = yaml.safe_load(EPHEMERAL_LAB.read_text())
+    data["ephemeral"].update(ephemeral)
+    path = workdir / "clusters" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def instances_of(run_id: str) -> list[dict]:
+    f = [{"Name": "tag:daskfleet:run", "Values": [run_id]}]
+    return [i for r in ec2().describe_instances(Filters=f)["Reservations"] for i in r["Instances"]]
+
+
+@pytest.fixture
+def spot_refused(emulated_ec2):
+    """The emulated EC2 refuses spot launches as EC2 does without spot capacity."""
+    lab = Lab()
+    refuse_spot(lab, "InsufficientInstanceCapacity")
+    yield
+    refuse_spot(lab, None)
+
+
+def test_spot_refused_runs_on_on_demand_workers_when_the_file_allows_it(spot_refused, cli,
+                                                                       workdir):
+    cluster = variant(workdir, "eph-fallback", spot_fallback="on_demand")
+    job = workdir / "eph-fallback.yaml"
+    job.write_text(small_job("eph-fallback", seed=23))
+    out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
+              timeout=600)
+    text = out.stdout + out.stderr
+    print(text)
+    run_id = run_id_of(text)
+    assert ("EC2 refused spot capacity (InsufficientInstanceCapacity: " in text
+            and "2 of 2 worker(s) run on-demand (spot_fallback: on_demand)" in text), text
+    status = json.loads((workdir / "runs" / run_id / "status.json").read_text())
+    assert status["status"] == "succeeded" and status["teardown"]["status"] == "done"
+    assert status["workers_market"]["on_demand"] == 2 and status["workers_market"]["spot"] == 0
+    assert status["workers_market"]["spot_refused"].startswith("InsufficientInstanceCapacity")
+    # every instance of the run is on-demand (moto reports InstanceLifecycle spot otherwise)
+    insts = instances_of(run_id)
+    assert len(insts) == 3 and all(i.get("InstanceLifecycle") is None for i in insts), insts
+    nothing_left(run_id)
+
+
+def test_spot_refused_fails_naming_the_key_when_the_file_does_not_allow_it(spot_refused, cli,
+                                                                          workdir):
+    job = workdir / "eph-nospot.yaml"
+    job.write_text(small_job("eph-nospot", seed=24))
+    out = cli("submit", str(job), "-c", str(EPHEMERAL_LAB), "--runs-dir", str(workdir / "runs"),
+              check=False, timeout=600)
+    text = out.stdout + out.stderr
+    print(text)
+    assert out.returncode != 0, text
+    assert "EC2 refused spot capacity for a worker (InsufficientInstanceCapacity" in out.stderr
+    assert f"{EPHEMERAL_LAB}: ephemeral.spot_fallback is `fail`" in out.stderr
+    assert "set `spot_fallback: on_demand`" in out.stderr
+    run_id = run_id_of(text)
+    status = json.loads((workdir / "runs" / run_id / "status.json").read_text())
+    assert status["status"] == "failed" and "spot_fallback" in status["error"]
+    # the job never ran, and nothing of the run (the on-demand scheduler included) is left
+    assert not (workdir / "runs" / run_id / "metrics.json").exists()
+    nothing_left(run_id)
+
+
+def test_a_killed_submit_leaves_instances_that_power_themselves_off_at_max_lifetime(
+        emulated_ec2, cli, workdir):
+    """No control machine, no `gc`: each instance's own `shutdown -P +MINUTES` (the first thing
+    its user data runs) ends it, terminated through EC2's shutdown behaviour, by the run's
+    expiry. The scheduler's idle timeout is set far beyond it, so that it is not what ends it."""
+    cluster = variant(workdir, "eph-hardstop", max_lifetime="3m", idle_timeout="30m")
+    job = workdir / "eph-hardstop.yaml"
+    job.write_text(small_job("eph-hardstop", seed=25, epochs=20, n_docs=6000))
+    text = submit_then_kill(cli, workdir, job, cluster, "worker(s) joined")
+    print(text)
+    assert "worker(s) joined" in text and "powers itself off at" in text, text
+    run_id = run_id_of(text)
+    insts = instances_of(run_id)
+    assert len(insts) == 3 and all(i["State"]["Name"] == "running" for i in insts), insts
+    tags = {t["Key"]: t["Value"] for t in insts[0]["Tags"]}
+    expires = datetime.strptime(tags["daskfleet:expires"], "%Y-%m-%dT%H:%M:%SZ") \
+        .replace(tzinfo=UTC)
+    give_up = expires + timedelta(minutes=1)  # max_lifetime + 1 min
+    states = {}
+    while datetime.now(UTC) < give_up:
+        states = {i["InstanceId"]: i["State"]["Name"] for i in instances_of(run_id)}
+        if all(s == "terminated" for s in states.values()):
+            break
+        time.sleep(5)
+    ended = datetime.now(UTC)
+    print(f"states {states} at {ended:%H:%M:%S}; expiry {expires:%H:%M:%S}")
+    assert all(s == "terminated" for s in states.values()), (states, f"expiry {expires}")
+    # ... and each ended itself (its `shutdown`, acted on as EC2 would), not through the API
+    controller_log = (Lab().cloud_dir / "controller.log").read_text()
+    for iid in states:
+        assert f"{iid}: shut down from inside: terminate" in controller_log, iid
+    # what costs nothing (group, subnet, VPC) waits for gc, as documented
+    out = cli("gc", "--older-than", "0s", "-c", str(cluster), timeout=300)
+    assert run_id in out.stdout or "removed" in out.stdout, out.stdout
     nothing_left(run_id)

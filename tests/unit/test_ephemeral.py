@@ -50,6 +50,8 @@ def test_expiry_decides_what_gc_may_remove():
 @pytest.fixture
 def restore_dask_config():
     import dask
+    import dask_cloudprovider.aws  # noqa: F401 - their defaults join the config at import: keep them
+    import distributed  # noqa: F401
 
     saved = copy.deepcopy(dask.config.config)
     yield
@@ -72,7 +74,8 @@ def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_das
     Cls = ec2_cluster_class()
 
     async def render():  # an unstarted cluster (no VM is made): its scheduler's user data
-        cluster = Cls(root_device="/dev/xvda", started=[], asynchronous=True, region="us-east-1",
+        cluster = Cls(root_device="/dev/xvda", started=[], hard_stop="shutdown -P +60",
+                      spot_fallback="fail", spec_source="c.yaml", asynchronous=True, region="us-east-1",
                       ami="ami-1", instance_type="m6i.large", vpc="vpc-1", subnet_id="subnet-1",
                       security_groups=["sg-1"], docker_image=default_image(lock), security=True,
                       env_vars=env_vars(lock), use_private_ip=True, bootstrap=False, n_workers=1)
@@ -187,7 +190,9 @@ def test_plan_lists_what_a_run_makes_and_an_hourly_estimate():
 
     text = plan_text(load_cluster(LAB_FILE), derive_lock())
     assert "+ security group" in text and "198.19.0.1/32" in text and "encrypted" in text
-    assert "IMDSv2 required" in text and "2 worker instance(s) m6i.large (spot)" in text
+    assert "IMDSv2 required" in text and "2 worker instance(s) m6i.large (spot; " in text
+    assert "if EC2 refuses spot the run stops (spot_fallback: fail)" in text
+    assert "by itself at the run's expiry (max_lifetime 1h)" in text
     assert f"ESTIMATE (prices as of {prices.AS_OF}" in text
     sched, work = prices.hourly("us-east-1", "m6i.large"), prices.hourly("us-east-1", "m6i.large", True)
     total = sched + 2 * work + 3 * prices.storage_hourly("us-east-1", 20)
@@ -212,6 +217,9 @@ def _variant(tmp_path: Path, edit) -> Path:
     (lambda d: d.update(terraform={"admin_cidr": "1.2.3.4/32"}), "terraform: is not used"),
     (lambda d: d["ephemeral"]["network"].update(subnet_id="subnet-1"), "either subnet_id"),
     (lambda d: d["ephemeral"].update(max_lifetime="2 hours"), "ephemeral.max_lifetime"),
+    (lambda d: d["ephemeral"].update(max_lifetime="90s"), "give at least 2m"),
+    (lambda d: d["ephemeral"].update(no_workers_timeout="soon"), "ephemeral.no_workers_timeout"),
+    (lambda d: d["ephemeral"].update(spot_fallback="ondemand"), "ephemeral.spot_fallback"),
     (lambda d: d["ephemeral"].update(image={"owner": "1"}), "ephemeral.image"),
     (lambda d: d["ephemeral"].update(workerz=3), "ephemeral.workerz: unknown key"),
 ])

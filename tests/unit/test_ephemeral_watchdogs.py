@@ -1,0 +1,159 @@
+"""The watchdogs an ephemeral run's instances carry, so that a run never bills for ever: each
+instance's own power-off at the run's expiry (run here with a local `sh`, as cloud-init would),
+the lab's `shutdown` stand-in that schedules it as systemd's does, the scheduler's no-workers
+timeout and the workers' death timeout as the instances receive them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import test_ephemeral
+import yaml
+
+from runner.config import load_cluster
+from runner.ephemeral import aws
+from runner.ephemeral import tags as T
+
+pytest.importorskip("dask_cloudprovider")
+
+REPO = Path(__file__).resolve().parents[2]
+LAB_FILE = REPO / "clusters" / "aws-ephemeral-lab.yaml"
+restore_dask_config = test_ephemeral.restore_dask_config  # a fixture
+
+
+def fake_shutdown(tmp_path: Path) -> dict:
+    """A PATH whose `shutdown` records its arguments (the command under test runs for real)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "shutdown").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/shutdown.args\n')
+    (bin_dir / "shutdown").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def run_first_command(command: str, env: dict, tmp_path: Path) -> str:
+    subprocess.run(["sh", "-c", command], env=env, check=True, timeout=10)
+    return (tmp_path / "shutdown.args").read_text().strip()
+
+
+def test_the_hard_stop_powers_off_at_the_expiry_rounded_down_never_after(tmp_path):
+    from runner.ephemeral.cluster import hard_stop_command
+
+    env = fake_shutdown(tmp_path)
+    now = int(time.time())
+    assert run_first_command(hard_stop_command(now + 605), env, tmp_path) == "-P +10"
+    assert run_first_command(hard_stop_command(now + 119), env, tmp_path) == "-P +1"
+    # booted after the expiry (a slow start): off at once, not never
+    assert run_first_command(hard_stop_command(now - 300), env, tmp_path) == "-P +0"
+
+
+def render_user_data(spec, hard_stop: str) -> tuple[str, str]:
+    """The user data of a scheduler and of a worker, as EphemeralCluster would launch them."""
+    from runner.ephemeral.cluster import cluster_kwargs, ec2_cluster_class
+    from runner.ephemeral.environment import env_vars
+    from runner.provision.lock import derive_lock
+
+    made = aws.Made(vpc_id="vpc-1", subnet_id="subnet-1", group_id="sg-1")
+    tags = T.run_tags(spec.name, "r1", T.parse("2026-01-02T03:04:05Z"), 3600)
+    kwargs = cluster_kwargs(spec, tags, made, "ami-1", "img:1", env_vars(derive_lock()))
+    Cls = ec2_cluster_class()
+
+    async def render():  # unstarted (no VM is made)
+        c = Cls(root_device="/dev/xvda", started=[], hard_stop=hard_stop, spot_fallback="fail",
+                spec_source=str(LAB_FILE), asynchronous=True, **kwargs)
+        sched = c.scheduler_class(**c.scheduler_options)
+        worker = c.worker_class(scheduler="tls://198.19.0.9:8786", **c.worker_options)
+        return c.render_process_cloud_init(sched), c.render_process_cloud_init(worker)
+
+    return asyncio.run(render())
+
+
+def test_every_instance_schedules_its_hard_stop_before_anything_else(restore_dask_config, tmp_path):
+    from runner.ephemeral.cluster import hard_stop_command
+
+    spec = load_cluster(LAB_FILE)
+    stop = hard_stop_command(int(time.time()) + 3600)
+    for user_data in render_user_data(spec, stop):
+        assert len(user_data.encode()) < 16384
+        runcmd = yaml.safe_load(user_data)["runcmd"]
+        # first: before a Docker install that may hang and the container, which blocks
+        assert runcmd[0] == stop, runcmd[:2]
+        docker = next(i for i, c in enumerate(runcmd) if c.startswith("docker run"))
+        assert runcmd[docker + 1:] == ["shutdown -h now"]
+        assert run_first_command(runcmd[0], fake_shutdown(tmp_path), tmp_path) in ("-P +59",
+                                                                                  "-P +60")
+        (tmp_path / "bin" / "shutdown").unlink()
+        (tmp_path / "bin").rmdir()
+
+
+def test_the_scheduler_gets_a_no_workers_timeout_and_workers_a_death_timeout(restore_dask_config):
+    import dask
+
+    spec = load_cluster(LAB_FILE)
+    sched, worker = render_user_data(spec, "true")
+    sched_run = next(c for c in yaml.safe_load(sched)["runcmd"] if c.startswith("docker run"))
+    worker_run = next(c for c in yaml.safe_load(worker)["runcmd"] if c.startswith("docker run"))
+    env = '-e DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT="600s"'
+    assert env in sched_run
+    # the variable's name is the config key distributed's Scheduler reads (it has no argument)
+    cfg = dask.config.collect(paths=[], env={"DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT": "600s"})
+    assert dask.config.get("distributed.scheduler.no-workers-timeout", config=cfg) == "600s"
+    assert sched_run.endswith("--idle-timeout 600s")  # idle_timeout 10m of the lab file
+    spec_json = json.loads(worker_run.split("--spec '", 1)[1].rsplit("'", 1)[0])
+    assert spec_json["opts"]["death_timeout"] == "300s"  # the default worker_death_timeout
+    from distributed import Nanny
+
+    assert "death_timeout" in Nanny.__init__.__code__.co_varnames
+
+
+def stand_in(tmp_path: Path) -> Path:
+    """The lab's shutdown stand-in, writing its marker and pid file under tmp_path."""
+    from runner.lab import standin
+
+    text = standin.SHUTDOWN.replace(standin.SHUTDOWN_MARKER, str(tmp_path / "marker")) \
+        .replace(standin.SHUTDOWN_PENDING, str(tmp_path / "pending.pid"))
+    path = tmp_path / "shutdown"
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    return state != "Z"
+
+
+def test_the_lab_stand_in_schedules_a_power_off_as_systemd_does(tmp_path):
+    shutdown = stand_in(tmp_path)
+    t = time.monotonic()
+    out = subprocess.run([str(shutdown), "-P", "+3"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and time.monotonic() - t < 5  # returns at once
+    assert "power-off scheduled in 3 minute(s)" in out.stdout
+    assert not (tmp_path / "marker").exists()  # not now: in three minutes
+    pid = int((tmp_path / "pending.pid").read_text())
+    try:
+        assert _alive(pid)
+        out = subprocess.run([str(shutdown), "-c"], capture_output=True, text=True, timeout=10)
+        assert "cancelled" in out.stdout
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
+    # a time it does not emulate is refused, not taken as now
+    out = subprocess.run([str(shutdown), "-P", "18:00"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1 and "not emulated" in out.stderr
+    assert not (tmp_path / "marker").exists()
+    out = subprocess.run([str(shutdown), "-h", "now"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and (tmp_path / "marker").exists()
