@@ -25,7 +25,7 @@ def cmd_lab(args) -> int:
     lab = Lab()
     if args.lab_cmd == "up":
         lab.up(args.hosts, progress=_say, user=args.user, cloud=args.cloud, region=args.region,
-               object_store=args.object_store)
+               object_store=args.object_store, uplink=args.uplink)
         return 0
     if args.lab_cmd == "down":
         lab.down(progress=_say)
@@ -50,7 +50,7 @@ def cmd_lab(args) -> int:
     st = lab.status()
     if args.json:
         print(json.dumps({"hosts": st["hosts"], "cloud": st["cloud"],
-                          "object_store": st["object_store"]}, indent=2))
+                          "object_store": st["object_store"], "uplink": st["uplink"]}, indent=2))
     elif not st["hosts"] and not st["cloud"]:
         print("lab: no lab (run `daskfleet lab up`)")
     else:
@@ -69,6 +69,9 @@ def cmd_lab(args) -> int:
             o = st["object_store"]
             print(f"object store (S3): endpoint {o['endpoint']} region {o['region']}"
                   f"{'' if o['up'] else ': NOT RUNNING'}; credentials {o['credentials']}")
+        if st["uplink"]:
+            print(f"uplink shaped to {st['uplink']['rate_bits_per_s'] / 1e6:g} Mbit/s "
+                  "(this machine -> the lab)")
     cloud_ok = st["cloud"] is None or st["cloud"]["alive"]
     store_ok = st["object_store"] is None or st["object_store"]["up"]
     return 0 if all(h["up"] for h in st["hosts"]) and cloud_ok and store_ok else 1
@@ -302,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--object-store", action="store_true",
                     help="also run an S3 API (moto, credentials enforced) on a lab host of its "
                          "own, 198.18.0.5:9000")
+    up.add_argument("--uplink", default=None, metavar="RATE",
+                    help="shape what this machine sends into the lab, as a laptop's uplink "
+                         "(tc's words: 50mbit, 800kbit; `off` removes it)")
     labsub.add_parser("down", help="remove every namespace, link, mount and process of the lab")
     st = labsub.add_parser("status", help="the lab's hosts")
     st.add_argument("--json", action="store_true")

@@ -31,6 +31,7 @@ from runner.lab.machine import (
     MAX_HOSTS,
     READY_TIMEOUT_S,
     SUBNET_PREFIX,
+    UPLINK_OFF,
     BootSpec,
     LabHost,
     boot_host,
@@ -45,9 +46,12 @@ from runner.lab.machine import (
     load_boot_spec,
     netns_with_prefix,
     nft_apply,
+    parse_uplink,
     port_open,
     read_instance_hosts,
+    read_uplink,
     run,
+    shape_uplink,
     stop_host,
 )
 
@@ -135,6 +139,7 @@ class Lab:
                      + [row(h) for h in (self.instance_hosts() if cloud else [])],
             "cloud": cloud,
             "object_store": self._store_status(),
+            "uplink": read_uplink(),
         }
 
     def _store_status(self) -> dict | None:
@@ -149,8 +154,12 @@ class Lab:
     # -- bring-up ---------------------------------------------------------------------------
     def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
            cloud: str | None = None, region: str = "us-east-1",
-           object_store: bool = False) -> list[LabHost]:
+           object_store: bool = False, uplink: str | None = None) -> list[LabHost]:
+        """Make the lab (or reuse the running one). ``uplink`` (tc's words: 50mbit) shapes what
+        this machine sends into the lab, as a laptop's uplink; ``off`` removes the shaping."""
         check_prerequisites()
+        if uplink is not None and uplink.strip().lower() != UPLINK_OFF:
+            parse_uplink(uplink)  # refused before anything is made
         self._region = region
         self._want_store = object_store
         explicit = n_hosts is not None
@@ -167,6 +176,11 @@ class Lab:
             hosts = self._reuse(data, n_hosts if (explicit or not cloud) else None, user, progress)
         else:
             hosts = self._fresh(n_hosts, user or "root", progress)
+        if uplink is not None:
+            shaped = shape_uplink(uplink)
+            progress(f"lab: this machine's uplink to the lab shaped to "
+                     f"{shaped['rate_bits_per_s'] / 1e6:g} Mbit/s" if shaped
+                     else "lab: this machine's uplink to the lab is not shaped")
         self._object_store(region, progress)
         if cloud:
             from runner.lab.ec2 import start_cloud

@@ -87,6 +87,9 @@ def playbook_vars(cluster: Cluster, wheelhouses: dict) -> dict:
                                for m, w in wheelhouses.items()},
         "python_env_python_minor": any_wh.lock.python,
         "python_env_cluster": cluster.spec.name, "dask_node_cluster": cluster.spec.name,
+        # the wheelhouse is served between nodes on a free port of the range the cluster's
+        # firewall opens between them (the workers')
+        "python_env_fanout_ports": cluster.spec.dask.worker_port_range,
         "dask_node_user": cluster_user(cluster.spec.name),
         "dask_node_tls": cluster.spec.tls, "dask_node_tls_src": str(cluster.ca.dir),
     }

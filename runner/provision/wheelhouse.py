@@ -2,7 +2,9 @@
 
 Layout of the cache (~/.cache/daskfleet/wheelhouse/<hash>/): wheels/ (every pinned wheel and the
 project's own), lock.txt (pins with sha256 of each file, installed with --require-hashes), uv (the
-installer binary), and <hash>.tar next to the folder: the one file Ansible ships.
+installer binary), and <hash>.tar next to the folder: the one file Ansible ships, with
+<hash>.tar.sha256 beside it: the digest every node checks the archive against when it fetches it
+from another node instead of from this machine (playbooks/roles/python_env).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class Wheelhouse:
     def hash(self) -> str:
         return self.lock.hash
 
+    @property
+    def sha256(self) -> str:
+        return archive_sha256(self.archive)
+
 
 def cache_root() -> Path:
     base = os.environ.get("DASKFLEET_CACHE") or os.environ.get("XDG_CACHE_HOME")
@@ -48,6 +54,26 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".sha256")
+
+
+def archive_sha256(archive: Path) -> str:
+    """The archive's sha256, from its .sha256 file (written when it was built; an archive cached
+    before those files existed gets one now)."""
+    side = sha256_file(archive)
+    try:
+        digest = side.read_text().strip()
+    except FileNotFoundError:
+        digest = ""
+    if len(digest) != 64:
+        digest = _sha256(archive)
+        tmp = side.with_name(f"{side.name}.tmp-{os.getpid()}")
+        tmp.write_text(digest + "\n")
+        tmp.replace(side)
+    return digest
 
 
 def _run(args: list[str], what: str, cwd: Path | None = None) -> None:
@@ -180,6 +206,7 @@ def _prune(root: Path, keep: int = 4) -> None:
     archives = sorted(root.glob("*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in archives[keep:]:
         old.unlink(missing_ok=True)
+        sha256_file(old).unlink(missing_ok=True)
         shutil.rmtree(old.with_suffix(""), ignore_errors=True)
 
 
@@ -189,6 +216,7 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     final = root / lock.hash
     archive = root / f"{lock.hash}.tar"
     if (final / "lock.txt").exists() and archive.exists():
+        archive_sha256(archive)
         progress(f"wheelhouse: cached {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
         return Wheelhouse(lock, final, archive)
     t0 = time.monotonic()
@@ -226,6 +254,8 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     tar_tmp = root / f"{lock.hash}.tar.tmp-{os.getpid()}"
     with tarfile.open(tar_tmp, "w") as tar:  # uncompressed: wheels are zip files already
         tar.add(tmp, arcname=lock.hash)
+    # Before the archive is in place: an archive in the cache always has its digest.
+    sha256_file(archive).write_text(_sha256(tar_tmp) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     tar_tmp.rename(archive)
