@@ -59,11 +59,14 @@ def test_a_second_command_waits_for_the_lock_and_says_who_holds_it(s3):
 
         t = threading.Thread(target=take)
         t.start()
-        time.sleep(0.5)
-        assert not got.is_set()  # still held by the first
+        deadline = time.monotonic() + 30
+        while not said and time.monotonic() < deadline:  # until the second has tried and waits
+            time.sleep(0.05)
+        assert any("holds the cluster's lock" in s and "daskfleet up" in s for s in said), said
+        time.sleep(0.3)  # a few more of its tries, all refused while the first holds it
+        assert not got.is_set()
     t.join(10)
     assert got.is_set()  # released at the first's end, then taken
-    assert any("holds the cluster's lock" in s and "daskfleet up" in s for s in said), said
     # and released again: nothing left in the store
     assert "Contents" not in s3.list_objects_v2(Bucket="team-state", Prefix="daskfleet/team/lock")
 
