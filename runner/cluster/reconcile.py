@@ -269,6 +269,14 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
                         p.stop(ssh)
                     except Exception:  # noqa: BLE001 - best effort, the original error wins
                         pass
+        # hosts where no worker of this cluster runs now: its memory claim there goes too
+        idle = sorted({p.host for p in procs if p.kind == "worker"}
+                      - {p.host for p in procs if p.kind == "worker" and p not in needed
+                         and current[p].state == "running"}, key=lambda h: h.name)
+        try:
+            memory_claims.release(cluster.spec.name, idle, ssh)
+        except Exception:  # noqa: BLE001 - best effort, the original error wins
+            pass
         if not isinstance(e, DaskfleetError):
             raise
         collect_logs(cluster, procs)

@@ -311,6 +311,10 @@ def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, cli, workdir: 
     cluster_b = Cluster.from_file(b_file)
     assert (cluster_b.state_dir / "logs").is_dir()
     assert "stopping what this run started: scheduler@lab1" in out.stdout, out.stdout
+    # nothing of lab-b runs: its memory claim on the worker hosts went with its failed start
+    for host in ("lab2", "lab3"):
+        claims = Path(f"/var/lib/daskfleet-lab/hosts/{host}/fs/var/lib/daskfleet/memory")
+        assert sorted(p.name for p in claims.iterdir() if not p.name.startswith(".")) == ["lab"]
     # the running cluster was not disturbed
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         assert len(joined_workers(cluster.client())) == 2
