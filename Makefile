@@ -1,4 +1,4 @@
-# The README's commands. `make demo` and `make test` work on a fresh Debian/Ubuntu machine as root.
+# The README's commands. `make demo` and `make test` work on a fresh Debian 12 machine as root.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv

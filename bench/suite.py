@@ -18,8 +18,8 @@
    16 and 32 one-thread workers, three seeds, Debian sections, a synthetic corpus without label
    noise and one with rare classes (bench/workers.py).
 
-Writes bench/results/<date>.json and <date>.md, and the table into README.md between its
-bench markers. `--quick` divides the corpus sizes by 16 and runs fewer rounds: a check that the
+Writes bench/results/<date>.json and <date>.md, and the table into docs/performance.md between
+its bench markers. `--quick` divides the corpus sizes by 16 and runs fewer rounds: a check that the
 suite works, not figures to quote. Needs root and no lab up (the first `up` must meet fresh
 hosts). Nothing here is asserted: the goals' column says whether each holds.
 """
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+PERFORMANCE_DOC = HERE.parent / "docs" / "performance.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 SECTIONS = ("bringup", "scale", "day2", "partitions", "throughput", "workers")
 
@@ -167,13 +167,13 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def update_readme(table: str) -> bool:
-    text = README.read_text()
+def update_doc(table: str) -> bool:
+    text = PERFORMANCE_DOC.read_text()
     if START not in text or END not in text:
         return False
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    write_atomic(README, f"{head}{START}\n{table}{END}{tail}")
+    write_atomic(PERFORMANCE_DOC, f"{head}{START}\n{table}{END}{tail}")
     return True
 
 
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     write_atomic(out.with_suffix(".md"), table)
     print(table)
-    if not args.quick and only == set(SECTIONS) and update_readme(table):
-        log("README.md: table updated")
+    if not args.quick and only == set(SECTIONS) and update_doc(table):
+        log("docs/performance.md: table updated")
     log(f"written: {out}.json, {out}.md")
     return 0
 

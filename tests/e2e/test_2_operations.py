@@ -230,7 +230,7 @@ def test_plan_on_an_up_to_date_cluster_changes_nothing(lab_cluster, cli, workdir
 
 
 def test_the_playbook_run_by_hand_on_the_generated_inventory_changes_nothing(lab_cluster, workdir):
-    """`ansible-playbook -i inventory/<cluster>/hosts.yml playbooks/site.yml`, as the README shows:
+    """`ansible-playbook -i inventory/<cluster>/hosts.yml playbooks/site.yml`, as docs/concepts.md shows:
     the inventory folder carries the cluster's and the shared variables, so it is `up`'s run."""
     from runner.provision.ansible import _binary, parse_recap
 
