@@ -136,7 +136,8 @@ DESCRIPTIONS = {
         "data.path_url": "set by daskfleet from a URL `path`; not for job files",
         "data.storage_options": "with a URL `path`: fsspec's names (`key`, `secret`, `token`, "
                                 "`endpoint_url`, `region`, `anon`)",
-        "clean": "cleaning steps, applied in the order of this table",
+        "clean": "cleaning steps, in this order: Unicode NFKC, HTML, lowercase, URLs, e-mail "
+                 "addresses, stand-alone numbers, punctuation, stop words, short tokens",
         "clean.unicode_nfkc": "Unicode NFKC: folds full-width letters and digits",
         "clean.strip_html": "HTML tags and entities",
         "clean.lowercase": "lowercase",
