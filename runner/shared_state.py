@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from runner.errors import ConfigError, DaskfleetError, StateError
 
@@ -76,7 +77,7 @@ class SharedState:
         return str(self.options.get("region") or os.environ.get("AWS_REGION")
                    or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
-    def _client(self):
+    def _client(self) -> Any:  # a boto3 S3 client (boto3 is untyped)
         if self._s3 is None:
             try:
                 import boto3

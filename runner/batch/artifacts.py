@@ -17,7 +17,7 @@ STATUS_FILE = "status.json"
 SUCCESS_FILES = ("model.joblib", "metrics.json", "report.html")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` for a temporary sibling of ``path``, then rename it to ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

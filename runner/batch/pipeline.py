@@ -298,6 +298,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         split_params, resplit = _stratify(client, stats, split_params, clean_params,
                                           cleaned if cache else None, shards)
         if cache:
+            assert resplit is not None, "_stratify returns the partitions it is given"
             cleaned = resplit
     rows = sum(s["rows"] for s in stats)
     dropped = sum(s["dropped"] for s in stats)
@@ -341,7 +342,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     vectorizer_params, note, warn = features.resolve_analyzer(
         vectorizer_params, sum(s["unspaced_texts"] for s in stats),
         sum(s["sampled_texts"] for s in stats))
-    if warn:
+    if note is not None and warn:
         warnings.append(note)
     elif note:
         say(f"note: {note}")
@@ -465,7 +466,8 @@ class _Parts:
     def __init__(self, client: Client, vec: Sequence[Future] | None = None,
                  paths: Sequence[str] | None = None, load_params: dict | None = None,
                  idf: Future | None = None):
-        self.client, self.vec, self.paths = client, vec, paths
+        self.client, self.vec = client, vec
+        self.paths: Sequence[str] = paths if paths is not None else ()
         self.load_params, self.idf = load_params, idf
 
     def __len__(self) -> int:
@@ -544,6 +546,7 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
     idf = client.submit(features.idf_weights, total, pure=False)
     weighted = None
     if apply:
+        assert source.vec is not None, "tf-idf is applied to cached partitions only"
         weighted = client.map(parts.tfidf_part, source.vec, idf=idf, norm=norm, pure=False)
         _check(weighted, "vectorize (tf-idf)", paths)
         _release(source.futures())
@@ -585,12 +588,13 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             raise BatchError("model.kind incremental needs features.cache: true")
         vec = source.vec
 
-        te = [time.perf_counter()]
+        epoch_t0 = [time.perf_counter()]
 
         def on_epoch(epoch: int) -> None:
             say(f"train: epoch {epoch + 1}/{epochs} {n_train:,} rows, sequential over "
-                f"{len(vec)} partitions (dask-ml Incremental) ({time.perf_counter() - te[0]:.1f}s)")
-            te[0] = time.perf_counter()
+                f"{len(vec)} partitions (dask-ml Incremental) "
+                f"({time.perf_counter() - epoch_t0[0]:.1f}s)")
+            epoch_t0[0] = time.perf_counter()
 
         try:
             clf = fit_incremental(vec, part_rows, n_features, classes, sgd_params, epochs, on_epoch)
@@ -742,7 +746,7 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
         say(f"train: {len(groups)} model(s) mixed on {len(groups)} of {n_workers} workers: "
             f"{n_train:,} training rows make at most {len(groups)} model(s) of "
             f"{train.MIN_MODEL_ROWS:,} rows or more (fewer rows a model cost accuracy)")
-    states: list[Future | None] = [None] * len(candidates)
+    states: Sequence[Future | None] = [None] * len(candidates)
     per_epoch: list[list[Future]] = []
     for epoch in range(epochs):
         new_states = []
@@ -787,6 +791,7 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
     ``tfidf_norm`` (tf-idf on; ``source`` holds raw counts), the search's idf weights come from
     its fitting rows only, as the final model's come from the training rows only."""
     spec = job.search
+    assert spec is not None, "called for a job with search: only"
     t0 = time.perf_counter()
     candidates = spec.candidates()
     if source.vec is None:  # the job validation refuses a search without the cache

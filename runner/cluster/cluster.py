@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -219,7 +219,7 @@ class Cluster:
         return reconcile.process_states(self)
 
     def start(self, env_hashes: dict[str, str] | None = None, progress=_say,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+              extra_hosts: Sequence[Host] = (), degraded_ok: bool = False,
               restart_scheduler: bool = False) -> list[str]:
         """Reconcile what runs with what is wanted (cluster/reconcile.py)."""
         return reconcile.reconcile(self, env_hashes, progress, extra_hosts, degraded_ok,
@@ -415,7 +415,7 @@ class Cluster:
     def status(self) -> dict:
         record = state.read(self.state_dir)
         procs_state = self.process_states()
-        joined: dict[str, dict] = {}
+        joined: dict[str | None, dict] = {}
         if any(p.kind == "scheduler" and s.state == "running" for p, s in procs_state.items()):
             try:
                 joined = {w.get("name"): {"address": a, **w}

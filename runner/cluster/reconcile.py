@@ -8,8 +8,9 @@ limit its host's worker count gives it; otherwise it is restarted.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from runner import state
 from runner.cluster import changes, memory_claims, readiness
@@ -22,7 +23,11 @@ if TYPE_CHECKING:
     from runner.cluster.cluster import Cluster
 
 
-def per_process(procs: list[RemoteProcess], fn, what: str) -> dict[RemoteProcess, object]:
+T = TypeVar("T")
+
+
+def per_process(procs: list[RemoteProcess], fn: Callable[[RemoteProcess], T], what: str
+                ) -> dict[RemoteProcess, T]:
     """fan_out over processes (several may share a host): a result per process, or one HostError
     naming every host that failed."""
     return fan_out_items(procs, fn, what, host_of=lambda p: p.host)
@@ -79,7 +84,7 @@ def recorded(cluster: Cluster, hosts: list[Host]) -> list[RemoteProcess]:
     return found
 
 
-def close_unwanted(cluster: Cluster, extra_hosts: list[Host] = (), progress=print) -> list[str]:
+def close_unwanted(cluster: Cluster, extra_hosts: Sequence[Host] = (), progress=print) -> list[str]:
     """Close what runs for this cluster but is no longer wanted (a worker host removed from the
     file, worker_on_scheduler turned off, ...): retired through the scheduler first (its data
     moves to the workers that stay), then stopped. Returns `name@host` of each."""
@@ -159,7 +164,7 @@ def _drop_unreachable(cluster: Cluster, procs: list[RemoteProcess],
 
 
 def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progress=print,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+              extra_hosts: Sequence[Host] = (), degraded_ok: bool = False,
               restart_scheduler: bool = False) -> list[str]:
     """Close what runs and is not wanted, start what is wanted and not running, replace what
     runs but differs (``changes.plan``: environment, settings, node files, memory share), leave

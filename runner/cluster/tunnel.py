@@ -89,7 +89,8 @@ class Forward:
             return
         try:
             while not self._closed.is_set():
-                ready, _, _ = select.select([sock, chan], [], [], 0.5)
+                watched: list[socket.socket | paramiko.Channel] = [sock, chan]
+                ready, _, _ = select.select(watched, [], [], 0.5)
                 if sock in ready:
                     data = sock.recv(65536)
                     if not data:

@@ -31,11 +31,15 @@ import warnings
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.config import ClusterSpec, parse_duration
 from runner.ephemeral import aws
 from runner.ephemeral import tags as T
 from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
+
+if TYPE_CHECKING:
+    from runner.provision.lock import Lock
 
 SETTLE_S = 10.0
 
@@ -107,7 +111,7 @@ SPOT_REFUSED = frozenset({"InsufficientInstanceCapacity", "UnfulfillableCapacity
 def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, docker_image: str,
                    env: dict[str, str]) -> dict:
     """EC2Cluster's arguments for one run (plain data: the watchdogs are checked in unit tests)."""
-    e = spec.ephemeral
+    e = spec.ephemeral_spec
     memory = spec.dask.memory_limit
     secs = lambda text: f"{parse_duration(text):.0f}s"  # noqa: E731
     return dict(
@@ -252,12 +256,12 @@ class EphemeralCluster:
         self.now = datetime.now(UTC)
         self.tags = T.run_tags(spec.name, run_id, self.now, parse_duration(self.e.max_lifetime))
         self.made = aws.Made()
-        self.ec2 = None
-        self.cluster = None
+        self.ec2: Any = None  # a boto3 EC2 client (untyped)
+        self.cluster: Any = None  # the EC2Cluster (dask-cloudprovider is untyped)
         self._started: list = []
         self._client = None
         self.timings: dict[str, float] = {}
-        self.lock = None
+        self.lock: Lock | None = None
         self.upload: Path | None = None
         self.teardown_error: str | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="daskfleet-ephemeral-")
@@ -277,6 +281,7 @@ class EphemeralCluster:
     def check_versions(self) -> dict:
         from runner.ephemeral.environment import check_environment
 
+        assert self.upload is not None, "create() made the upload (the context manager's enter)"
         return check_environment(self.client(), self.upload.name)
 
     def status_record(self) -> dict:
@@ -325,8 +330,11 @@ class EphemeralCluster:
                 self.made.subnet_id = e.network.subnet_id
                 self.made.vpc_id = aws.subnet_vpc(self.ec2, e.network.subnet_id)
             else:
-                aws.make_network(self.ec2, e.network.vpc_cidr, e.network.subnet_cidr, self.tags,
-                                 self.made)
+                vpc_cidr, subnet_cidr = e.network.vpc_cidr, e.network.subnet_cidr
+                assert vpc_cidr is not None and subnet_cidr is not None, \
+                    "NetworkSpec's validator: a subnet_id, or both ranges"
+                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made)
+            assert self.made.vpc_id is not None, "set by subnet_vpc or make_network"
             ports = (self.spec.dask.scheduler_port, self.spec.dask.dashboard_port)
             aws.make_group(self.ec2, self.made.vpc_id, f"daskfleet-{self.run_id}", e.admin_cidr,
                            (min(ports), max(ports)), self.tags, self.made)
@@ -345,6 +353,7 @@ class EphemeralCluster:
         kwargs = cluster_kwargs(self.spec, self.tags, self.made, image["ImageId"], docker_image,
                                 env_vars(self.lock))
         expires = T.parse(self.tags[T.EXPIRES])
+        assert expires is not None, "run_tags writes the expiry"
         with deadline(e.ready_timeout, "creating the cluster (scheduler instance and its port)"), \
                 warnings.catch_warnings():
             # "Creating your cluster is taking a surprisingly long time": booting VMs takes long
@@ -440,11 +449,12 @@ class EphemeralCluster:
 def _own_error(err: BaseException) -> DaskfleetError | None:
     """The project error somewhere in err's chain of causes (EC2Cluster wraps them)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, DaskfleetError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DaskfleetError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 

@@ -105,7 +105,10 @@ def cancel(folder: Path, grace_s: float = 30.0) -> str:
         return "finished"
     if not driver_alive(folder):
         return "not running"
-    pid = int(_read_json(folder / STATE)["pid"])
+    state = _read_json(folder / STATE)
+    if state is None:  # its folder went away since: nothing left to stop
+        return "not running"
+    pid = int(state["pid"])
     os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:

@@ -43,15 +43,15 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out
     check_top_k(model, top_k)  # so does a top-k the model cannot give
     client = cluster.client()
     cluster.check_versions()
-    options = dict(top_k=top_k, proba=proba)
     if is_store_url(str(data)) or is_store_url(str(out)):
         return predict_in_place(client, model, str(data), str(out), progress,
-                                 text_column, label_column, storage_options, cluster, **options)
+                                 text_column, label_column, storage_options, cluster,
+                                 top_k=top_k, proba=proba)
     if storage_options:
         raise ConfigError("predict: --storage-option is for an s3:// or file:// input or --out; "
                           "both are local paths here")
     paths = _ship_input(cluster, Path(data), progress, text_column, label_column)
-    return predict_shards(client, model, paths, Path(out), progress, **options)
+    return predict_shards(client, model, paths, Path(out), progress, top_k=top_k, proba=proba)
 
 
 def _ship_input(cluster: Cluster, data_path: Path, progress: Progress, text_column: str,

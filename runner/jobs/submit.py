@@ -47,6 +47,8 @@ def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
 
 def _scheduler_host(cluster) -> str:
     hosts = getattr(cluster, "hosts", None)
+    if hosts is None:  # an ephemeral cluster
+        return "the scheduler's host"
     try:
         return next(h.name for h in hosts() if h.role == "scheduler")
     except Exception:  # noqa: BLE001 - an ephemeral cluster, or no record: say it generally

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from runner.errors import LabError
 
@@ -142,8 +143,9 @@ def start_cloud(lab, region: str, progress) -> None:
     (cdir / "amis.json").write_text(json.dumps(debian_amis(), indent=2))
     mirror = find_tf_mirror()
     lab.cloud_terraform_rc.write_text(terraform_rc(mirror) if mirror else "")
-    cloud = {"provider": "aws", "endpoint": ENDPOINT, "region": region, "api_pid": None,
-             "controller_pid": None, "terraform_rc": str(lab.cloud_terraform_rc), "port": PORT}
+    cloud: dict[str, Any] = {"provider": "aws", "endpoint": ENDPOINT, "region": region,
+                             "api_pid": None, "controller_pid": None,
+                             "terraform_rc": str(lab.cloud_terraform_rc), "port": PORT}
     data = lab._data()
     data["cloud"] = cloud
     lab._write(data)  # record first: `lab down` must find whatever starts next
@@ -190,7 +192,7 @@ def stop_cloud(lab) -> bool:
     from runner.lab.machine import BRIDGE, run
 
     cloud = (lab._data() or {}).get("cloud") or {}
-    pids = []
+    pids: list[int] = []
     for module, key in (("runner.lab.instances", "controller_pid"), ("runner.lab.ec2", "api_pid")):
         mine = set(_our_pids(module, lab.state_dir))
         if _pid_is(cloud.get(key), module):
@@ -283,10 +285,13 @@ def _as_ec2_does(lab_dir: Path | None = None) -> None:
                                      f"User data is limited to {USER_DATA_LIMIT} bytes")
         return launch(self, image_id, count, user_data, security_group_names, **kwargs)
 
-    InstanceBackend.run_instances = run_instances
-    full = NetworkInterface.association.fget
-    NetworkInterface.association = property(lambda self: full(self) or None)
-    SecurityGroupRule.description = property(
+    # moto's classes patched in place; mypy refuses assigning to a method or a property, which
+    # is what patching them is
+    InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
+    full = vars(NetworkInterface)["association"].fget
+    NetworkInterface.association = property(  # type: ignore[method-assign,assignment]
+        lambda self: full(self) or None)
+    SecurityGroupRule.description = property(  # type: ignore[method-assign,assignment]
         lambda self: self.ip_range.get("Description") or self.source_group.get("Description"))
 
 

@@ -63,6 +63,10 @@ class Lab:
 
     def __init__(self, state_dir: Path | str | None = None):
         self.state_dir = Path(state_dir or os.environ.get("DASKFLEET_LAB_DIR") or DEFAULT_STATE_DIR)
+        # what `up` was asked for, read while it makes the lab
+        self._region = "us-east-1"
+        self._want_store = False
+        self._spawned_store: dict | None = None  # a store `up` started with new hosts
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -185,15 +189,16 @@ class Lab:
         if cloud:
             from runner.lab.ec2 import start_cloud
 
-            if self.cloud():
+            running = self.cloud()
+            if running:
                 from runner.lab.ec2 import cloud_alive
 
-                if not cloud_alive(self.cloud()):
+                if not cloud_alive(running):
                     raise LabError(
                         f"lab: the emulated cloud recorded in {self.record} is not running (its "
                         "API server or instance controller died); run `daskfleet lab down` and "
                         "`daskfleet lab up --cloud aws` again.")
-                progress(f"lab: reusing the running emulated cloud at {self.cloud()['endpoint']}")
+                progress(f"lab: reusing the running emulated cloud at {running['endpoint']}")
             else:
                 try:
                     start_cloud(self, region, progress)
@@ -205,7 +210,7 @@ class Lab:
                         from runner.lab.ec2 import stop_cloud
 
                         stop_cloud(self)
-                        self._write({**self._data(), "cloud": None})
+                        self._write({**(self._data() or data), "cloud": None})
                     raise
         return hosts
 
@@ -216,9 +221,10 @@ class Lab:
         from runner.lab import objectstore
 
         data = self._data()
-        if not getattr(self, "_want_store", False) and not data.get("object_store"):
+        assert data is not None, "called once the lab's hosts are recorded"
+        if not self._want_store and not data.get("object_store"):
             return  # not asked for (`lab up --object-store`), and none to keep running
-        spawned = getattr(self, "_spawned_store", None)
+        spawned = self._spawned_store
         if spawned is not None:  # this `up` made the lab, and started the store with it
             self._spawned_store = None
             data["object_store"] = objectstore.ready(spawned, progress)
@@ -289,11 +295,10 @@ class Lab:
         run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         # the object store's server imports for seconds: started first, waited for in `up`
-        if getattr(self, "_want_store", False):
+        if self._want_store:
             from runner.lab import objectstore
 
-            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore",
-                                                 getattr(self, "_region", "us-east-1"))
+            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore", self._region)
         known = []
         for host in hosts:
             progress(f"lab: creating {host.name} ({host.address})")

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 from runner.errors import LabError
 
@@ -100,7 +101,7 @@ def ready(record: dict, progress) -> dict:
     return record
 
 
-def alive(record: dict | None) -> bool:
+def alive(record: dict | None) -> TypeGuard[dict]:
     from runner.lab.machine import port_open
 
     if not record:
@@ -125,7 +126,7 @@ def _create_user(region: str) -> tuple[str, str]:
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
     iam.create_user(region_name=region, user_name=USER)
     policy = iam.create_policy(description="the lab object store's user", path="/",
-                               policy_document=S3_ONLY, policy_name="daskfleet-lab-s3", tags={})
+                               policy_document=S3_ONLY, policy_name="daskfleet-lab-s3", tags=[])
     iam.attach_user_policy(policy.arn, USER)
     key = iam.create_access_key(USER)
     return key.access_key_id, key.secret_access_key

@@ -52,6 +52,7 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
     # Streamed, so a long install shows which task it is on (the full output goes to the log).
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=PLAYBOOKS)
+    assert proc.stdout is not None, "stdout=PIPE"
     lines = []
     for line in proc.stdout:
         lines.append(line)

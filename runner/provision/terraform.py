@@ -55,21 +55,20 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None, say=_say)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as Terminated
         _, _, finished = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S, say)
         raise ProvisionError(_interrupted(workdir, what, finished, env)) from interrupt
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
-        out = proc.stderr + proc.stdout
+        out = stderr + stdout
         # Terraform writes its errors to stderr, from the first "Error:" on (warnings before it,
         # such as a missing ~/.terraformrc, are noise); stdout holds the long plan.
-        err = proc.stderr.strip()
+        err = stderr.strip()
         err = err[err.find("Error:"):] if "Error:" in err else err
-        tail = "\n".join((err or proc.stdout.strip()).splitlines()[-30:])
+        tail = "\n".join((err or stdout.strip()).splitlines()[-30:])
         hosts = sorted(set(re.findall(r'terraform_data\.this\["([^"]+)"\]', out)))
         addresses = _declared_addresses(workdir)
         which = (" for host(s) " + ", ".join(f"{h} ({addresses[h]})" if h in addresses else h
                                               for h in hosts)) if hosts else ""
         raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"
                              "\nFix the cause and run the command again; finished steps are kept.")
-    return proc.stdout
+    return stdout
 
 
 def _interrupted(workdir: Path, what: str, finished: bool, env: dict | None) -> str:

@@ -85,8 +85,10 @@ def _run(args: list[str], what: str, cwd: Path | None = None) -> None:
 
 def _uv_binary() -> Path:
     uv = Path(sys.executable).parent / "uv"
-    found = uv if uv.exists() else (shutil.which("uv") and Path(shutil.which("uv")))
-    if not found:
+    if uv.exists():
+        return uv
+    found = shutil.which("uv")
+    if found is None:
         raise ProvisionError("wheelhouse: the `uv` binary is missing; run `make venv`.")
     return Path(found)
 

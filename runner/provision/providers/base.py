@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runner.cluster.hosts import Host
 from runner.config import ClusterSpec, resolve_path
+from runner.errors import ConfigError
 
 
 class Provider:
@@ -17,10 +18,14 @@ class Provider:
     # True: the client reaches the scheduler through an SSH local forward to the scheduler host
     # (Dask's ports are open only inside the cluster); False: it dials the scheduler directly.
     tunnel = False
-    outputs: tuple[str, ...] = ()  # module outputs recorded besides `hosts`
 
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Module outputs recorded besides `hosts`."""
+        return ()
 
     @property
     def user(self) -> str:
@@ -29,6 +34,9 @@ class Provider:
     def ssh_paths(self) -> tuple[Path, Path]:
         """(private key, known_hosts) for SSH, Ansible and Terraform's connections."""
         s = self.spec.ssh
+        if s.private_key is None or s.known_hosts is None:  # the file's validator requires both
+            raise ConfigError(f"{self.spec.source}: provider {self.spec.provider!r} needs "
+                              "ssh.private_key and ssh.known_hosts")
         return resolve_path(self.spec, s.private_key), resolve_path(self.spec, s.known_hosts)
 
     def declared_hosts(self) -> list[Host]:

@@ -43,6 +43,7 @@ class Cloud(Provider):
     def ssh_paths(self) -> tuple[Path, Path]:
         from runner.config import resolve_path
 
+        assert self.spec.ssh.private_key is not None, "the file's validator requires it on clouds"
         key = resolve_path(self.spec, self.spec.ssh.private_key)
         known = (resolve_path(self.spec, self.spec.ssh.known_hosts) if self.spec.ssh.known_hosts
                  else self.state_dir / "known_hosts")
