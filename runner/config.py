@@ -6,6 +6,7 @@ Defaults are written once, here. Every error names the file and the dotted key.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from runner.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 PROVIDERS = ("lab", "hosts", "aws", "gcp", "azure")
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
@@ -479,6 +482,8 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     if spec.provider == "hosts" and not spec.ssh.insecure_skip_host_key_check:
         assert spec.ssh.known_hosts is not None, "provider hosts: the validator requires it"
         _check_known_hosts(path, spec, _resolve(spec, spec.ssh.known_hosts))
+    logger.debug(f"{path}: cluster {spec.name}, provider {spec.provider}, mode {spec.mode}; state "
+                 f"in {spec.state_dir}")
     return spec
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -51,17 +52,14 @@ from runner.batch.model import model_stamp, save_model
 from runner.batch.report import render_report
 from runner.dask_workers import joined_workers
 from runner.errors import BatchError, DaskfleetError, ModelTooLarge
+from runner.log import Progress, Say
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from runner.batch.job import JobSpec
 
-Progress = Callable[[str], None]
-
-
-def print_progress(line: str) -> None:
-    print(f"[daskfleet] {line}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def progress_bar_wanted() -> bool:
@@ -141,7 +139,8 @@ def run_job(
     tmp = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    say = RunLog(tmp / "logs" / "run.log", progress or print_progress, log_lines)
+    said = Say(progress, logger)  # the caller's progress, else this module's log
+    say = RunLog(tmp / "logs" / "run.log", said, log_lines)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     status = {"run_id": context.get("run_id", run_dir.name), "job": job.name,
@@ -185,7 +184,7 @@ def run_job(
                 not str(error or e).startswith("results.path"):
             # the failed run's folder (its logs, its error) goes where the team looks too
             with contextlib.suppress(BatchError):
-                results.publish(run_dir, status, job.results, progress or print_progress)
+                results.publish(run_dir, status, job.results, said)
         if error is None or error is e:
             raise
         raise error from e
@@ -193,7 +192,7 @@ def run_job(
         # the futures of a failed run go out of scope here, and the scheduler forgets them
         shutil.rmtree(tmp, ignore_errors=True)
     if job.results is not None:
-        results.publish(run_dir, status, job.results, progress or print_progress)
+        results.publish(run_dir, status, job.results, said)
     return metrics
 
 
@@ -228,7 +227,7 @@ def _release(futures: Sequence[Future]) -> None:
         f.release()
 
 
-def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple[dict, dict]:
+def _run(client: Client, job: JobSpec, paths: list[str], say: Say) -> tuple[dict, dict]:
     clean_params = job.clean_params()
     split_params = job.split_params()
     vectorizer_params = job.vectorizer_params()
@@ -347,7 +346,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     elif note:
         say(f"note: {note}")
     for warning in warnings:
-        say(f"warning: {warning}")
+        say.warning(f"warning: {warning}")
     model_params["class_weight"] = _class_weights(job, train_labels)
     _check_model_fits(job, len(classes), [w.get("memory_limit") or 0
                                           for w in workers_info.values()],
@@ -567,7 +566,7 @@ def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str]
 
 
 def _train(client: Client, kind: str, model_params: dict, source: _Parts,
-           part_rows: list[int], classes: list[str], paths: list[str], say: Progress,
+           part_rows: list[int], classes: list[str], paths: list[str], say: Say,
            n_features: int) -> tuple[Future, int | None]:
     """A future of the fitted scikit-learn classifier (it stays on a worker), and with
     ``average`` the rows its averaged weights cover."""
@@ -608,11 +607,14 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
     averaged = None
     if train.average_start(sgd_params["average"]) is not None:
         averaged, counted = client.submit(train.averaged_rows, state, pure=False).result()
-        say(f"train: averaged SGD: the model is the mean of the weights after each batch over "
-            f"{averaged:,} rows" if averaged else
-            f"train: WARNING: average: {sgd_params['average']} starts after more rows than the "
-            f"schedule counted ({counted:,}: the furthest worker's rows over every epoch): "
-            "nothing was averaged, the model has the plain weights")
+        if averaged:
+            say(f"train: averaged SGD: the model is the mean of the weights after each batch "
+                f"over {averaged:,} rows")
+        else:
+            say.warning(f"train: WARNING: average: {sgd_params['average']} starts after more "
+                        f"rows than the schedule counted ({counted:,}: the furthest worker's "
+                        "rows over every epoch): nothing was averaged, the model has the plain "
+                        "weights")
     _release([state])
     return fitted, averaged
 
@@ -784,7 +786,7 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
 
 
 def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: list[str],
-            paths: list[str], say: Progress, tfidf_norm: str | None = None,
+            paths: list[str], say: Say, tfidf_norm: str | None = None,
             n_train: int = 0) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
     text hash), in parallel; score each on the validation rows; best by macro-F1. With
@@ -829,4 +831,4 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
             "best": best["params"], "best_macro_f1": best["macro_f1"]}
 
 
-__all__ = ["run_job", "print_progress"]
+__all__ = ["run_job"]

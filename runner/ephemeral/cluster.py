@@ -23,6 +23,7 @@ an instance that powers off is gone):
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import tempfile
 import threading
@@ -37,9 +38,12 @@ from runner.config import ClusterSpec, parse_duration
 from runner.ephemeral import aws
 from runner.ephemeral import tags as T
 from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
+from runner.log import Progress, Say
 
 if TYPE_CHECKING:
     from runner.provision.lock import Lock
+
+logger = logging.getLogger(__name__)
 
 SETTLE_S = 10.0
 
@@ -246,13 +250,13 @@ def deadline(seconds: float, what: str):
 class EphemeralCluster:
     """The cluster of one run; a context manager that always removes what the run made."""
 
-    def __init__(self, spec: ClusterSpec, run_id: str, progress=print):
+    def __init__(self, spec: ClusterSpec, run_id: str, progress: Progress | None = None):
         if spec.ephemeral is None:
             raise ProvisionError(f"{spec.source}: not an ephemeral cluster file (mode: ephemeral)")
         self.spec = spec
         self.e = spec.ephemeral
         self.run_id = run_id
-        self.progress = progress
+        self.say = Say(progress, logger)
         self.now = datetime.now(UTC)
         self.tags = T.run_tags(spec.name, run_id, self.now, parse_duration(self.e.max_lifetime))
         self.made = aws.Made()
@@ -288,7 +292,7 @@ class EphemeralCluster:
         return {"lock_hash": self.lock.hash if self.lock else None, "run": self.run_id,
                 "instances": [i["InstanceId"] for i in self.instances()]}
 
-    def ship_dataset(self, dataset, say) -> None:
+    def ship_dataset(self, dataset, say: Progress) -> None:
         from runner.ephemeral.data import ship_through_dask
 
         t = time.monotonic()
@@ -319,7 +323,7 @@ class EphemeralCluster:
         from runner.ephemeral.environment import default_image, env_vars, project_upload
         from runner.provision.lock import derive_lock
 
-        e, say = self.e, self.progress
+        e, say = self.e, self.say
         t0 = time.monotonic()
         self.lock = derive_lock()
         self.upload = project_upload(Path(self._tmp.name), self.lock, say)
@@ -400,7 +404,7 @@ class EphemeralCluster:
         again with backoff until nothing is left or TEARDOWN_TIMEOUT_S passes. Never raises: a
         failure is kept in `teardown_error` for the caller to report beside the job's outcome.
         Ctrl-C and SIGTERM are held off meanwhile (a second one would only leave things behind)."""
-        say = self.progress
+        say = self.say
         t = time.monotonic()
         held = _hold_signals(say)
         try:
@@ -428,7 +432,7 @@ class EphemeralCluster:
                 except Exception as err:  # noqa: BLE001 - reported beside the job's outcome
                     self.teardown_error = str(err) if isinstance(err, ProvisionError) else \
                         f"ephemeral: teardown failed: {type(err).__name__}: {err}"
-                    say(self.teardown_error)
+                    say.warning(self.teardown_error)
                 else:
                     say(f"ephemeral: removed {', '.join(removed) or 'nothing'}")
             self.timings["teardown"] = time.monotonic() - t
@@ -458,7 +462,7 @@ def _own_error(err: BaseException) -> DaskfleetError | None:
     return None
 
 
-def _hold_signals(say) -> dict:
+def _hold_signals(say: Progress) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
 

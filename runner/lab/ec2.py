@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import LabError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 PORT = 4566
 ENDPOINT = f"http://127.0.0.1:{PORT}"
@@ -128,8 +132,9 @@ def _spawn(module: str, lab, log_name: str, extra: list[str]) -> int:
     return proc.pid
 
 
-def start_cloud(lab, region: str, progress) -> None:
+def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     """Start the API server and the instance controller; record them in lab.json."""
+    say = Say(progress, logger)
     from runner.lab.machine import BRIDGE, port_open, run
 
     if port_open("127.0.0.1", PORT, timeout=0.5):
@@ -175,15 +180,15 @@ def start_cloud(lab, region: str, progress) -> None:
     if not _pid_is(cloud["controller_pid"], "runner.lab.instances"):
         raise LabError(f"lab: the instance controller exited at start; see "
                        f"{cdir / 'controller.log'}:\n{(cdir / 'controller.log').read_text()[-1500:]}")
-    progress(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
-             f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER}; images "
-             + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
+    say(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
+        f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER}; images "
+        + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
     if mirror:
-        progress(f"lab: Terraform CLI config {lab.cloud_terraform_rc} (hashicorp/aws from {mirror})")
+        say(f"lab: Terraform CLI config {lab.cloud_terraform_rc} (hashicorp/aws from {mirror})")
     else:
-        progress(f"lab: no local mirror of {TF_PROVIDER} found (DASKFLEET_TF_MIRROR, "
-                 f"{', '.join(TF_MIRROR_CANDIDATES)}): `terraform init` will need network access; "
-                 f"{lab.cloud_terraform_rc} is empty")
+        say(f"lab: no local mirror of {TF_PROVIDER} found (DASKFLEET_TF_MIRROR, "
+            f"{', '.join(TF_MIRROR_CANDIDATES)}): `terraform init` will need network access; "
+            f"{lab.cloud_terraform_rc} is empty")
 
 
 def stop_cloud(lab) -> bool:
@@ -301,8 +306,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     # Read by moto.ec2.models.amis at import: the only images are the lab's (Debian's).
     os.environ["MOTO_AMIS_PATH"] = str(Path(args.lab_dir) / "cloud" / "amis.json")
-    import logging
-
     from moto.server import main as moto_main
 
     _as_ec2_does(Path(args.lab_dir))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,9 @@ from pathlib import Path
 from typing import TypeGuard
 
 from runner.errors import LabError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
 LINK = "dfv-s3"
@@ -42,7 +46,7 @@ def credentials_path(state: Path) -> Path:
     return Path(state) / "credentials.json"
 
 
-def start(state: Path, region: str, progress) -> dict:
+def start(state: Path, region: str, progress: Progress | None = None) -> dict:
     """Boot the store's host and its server (`spawn`), and return its record once it answers
     (`ready`)."""
     return ready(spawn(state, region), progress)
@@ -82,8 +86,9 @@ def spawn(state: Path, region: str) -> dict:
             "started": time.monotonic()}
 
 
-def ready(record: dict, progress) -> dict:
+def ready(record: dict, progress: Progress | None = None) -> dict:
     """Wait until the spawned store answers; its record (for lab.json)."""
+    say = Say(progress, logger)
     from runner.lab.machine import port_open, stop_host
 
     state = Path(record["credentials"]).parent
@@ -96,8 +101,8 @@ def ready(record: dict, progress) -> dict:
                            f"{state / 'server.log'}:\n{tail}")
         time.sleep(0.2)
     took = time.monotonic() - record.pop("started", time.monotonic())
-    progress(f"lab: object store (S3 API) at {record['endpoint']} on a host of its own "
-             f"({took:.1f}s); credentials in {record['credentials']}")
+    say(f"lab: object store (S3 API) at {record['endpoint']} on a host of its own "
+        f"({took:.1f}s); credentials in {record['credentials']}")
     return record
 
 

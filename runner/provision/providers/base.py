@@ -9,6 +9,7 @@ from pathlib import Path
 from runner.cluster.hosts import Host
 from runner.config import ClusterSpec, resolve_path
 from runner.errors import ConfigError
+from runner.log import Progress
 
 
 class Provider:
@@ -57,11 +58,11 @@ class Provider:
     def terraform_env(self) -> dict[str, str]:
         return dict(self.spec.environment)
 
-    def before_apply(self, progress) -> None:
+    def before_apply(self, progress: Progress | None) -> None:
         """Checks that can refuse before anything billable exists."""
 
     def hosts_from_output(self, outputs: dict) -> list[Host]:
         return [Host.from_output(row, use_public=False) for row in outputs["hosts"]]
 
-    def after_apply(self, hosts: list[Host], ssh, progress) -> None:
+    def after_apply(self, hosts: list[Host], ssh, progress: Progress | None) -> None:
         """Make the hosts' keys trusted and wait until they answer over SSH."""
