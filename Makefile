@@ -58,6 +58,7 @@ $(LINT_VENV)/.installed: requirements-lint.lock
 
 lint: venv $(LINT_VENV)/.installed
 	$(BIN)/ruff check runner tests bench
+	$(BIN)/mypy  # [tool.mypy] in pyproject.toml: runner/, against this venv's packages
 	CHECKPOINT_DISABLE=1 terraform fmt -check -recursive terraform
 	$(BIN)/python tests/static/terraform_validate.py
 	cd playbooks && ANSIBLE_CONFIG=ansible.cfg ../$(LINT_VENV)/bin/ansible-lint --profile production site.yml

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from runner.errors import DaskfleetError
+from runner.log import PREFIX, cli_output
 from runner.signals import sigterm_raises
 
 DEFAULT_CLUSTER = "clusters/lab.yaml"
 
+# Output (runner/log.py says more): the progress of the work is logged, to this module's logger
+# and to each module's own, and printed by the one handler that main() sets up (-v, -q); what a
+# command answers is data, printed to stdout here with print() whatever the level.
+logger = logging.getLogger(__name__)
 
-def _say(msg: str) -> None:
-    print(f"[daskfleet] {msg}", flush=True)
+
+def _answer(msg: str) -> None:
+    """Data with the log lines' prefix: a run's metrics and folder, as `submit` always printed
+    them (shown with -q too)."""
+    print(f"{PREFIX}{msg}", flush=True)
 
 
 def cmd_lab(args) -> int:
@@ -24,28 +33,28 @@ def cmd_lab(args) -> int:
 
     lab = Lab()
     if args.lab_cmd == "up":
-        lab.up(args.hosts, progress=_say, user=args.user, cloud=args.cloud, region=args.region,
+        lab.up(args.hosts, user=args.user, cloud=args.cloud, region=args.region,
                object_store=args.object_store, uplink=args.uplink)
         return 0
     if args.lab_cmd == "down":
-        lab.down(progress=_say)
+        lab.down()
         return 0
     if args.lab_cmd == "restart":
-        lab.restart(args.host, progress=_say)
+        lab.restart(args.host)
         return 0
     if args.lab_cmd == "kill":
         lab.kill(args.host)
-        _say(f"lab: {args.host} crashed (every process on it killed)")
+        logger.info(f"lab: {args.host} crashed (every process on it killed)")
         return 0
     if args.lab_cmd == "cut":
         lab.cut(args.host)
-        _say(f"lab: {args.host}'s link is cut (every packet in or out dropped; its processes "
-             f"keep running); `daskfleet lab heal {args.host}` restores it")
+        logger.info(f"lab: {args.host}'s link is cut (every packet in or out dropped; its "
+                    f"processes keep running); `daskfleet lab heal {args.host}` restores it")
         return 0
     if args.lab_cmd == "heal":
         was_cut = lab.heal(args.host)
-        _say(f"lab: {args.host}'s link is up again" if was_cut
-             else f"lab: {args.host}'s link was not cut; nothing to heal")
+        logger.info(f"lab: {args.host}'s link is up again" if was_cut
+                    else f"lab: {args.host}'s link was not cut; nothing to heal")
         return 0
     st = lab.status()
     if args.json:
@@ -98,19 +107,19 @@ def _cluster(args):
 
 def cmd_up(args) -> int:
     with _cluster(args) as cluster:
-        summary = cluster.up(progress=_say, force=args.force, restart=args.restart,
+        summary = cluster.up(force=args.force, restart=args.restart,
                              yes=args.yes, new_image=args.new_image)
         status = cluster.status()
-    _say(summary.line())
-    _say(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers ready; "
-         f"environment {summary.lock_hash}")
+    logger.info(summary.line())
+    logger.info(f"scheduler {status['scheduler']['address']}; {len(status['workers'])} workers "
+                f"ready; environment {summary.lock_hash}")
     return 0
 
 
 def cmd_rotate(args) -> int:
     with _cluster(args) as cluster:
-        summary = cluster.rotate(progress=_say, restart=args.restart)
-    _say(summary.line())
+        summary = cluster.rotate(restart=args.restart)
+    logger.info(summary.line())
     return 0
 
 
@@ -154,7 +163,7 @@ def cmd_status(args) -> int:
 
 def cmd_down(args) -> int:
     with _cluster(args) as cluster:
-        cluster.down(destroy=args.destroy, progress=_say, purge=args.purge)
+        cluster.down(destroy=args.destroy, purge=args.purge)
     return 0
 
 
@@ -170,7 +179,7 @@ def cmd_unlock(args) -> int:
                           f"machine's ({spec.state_dir / 'lock'}), released when its command "
                           "ends.")
     held = shared.unlock()
-    _say(f"removed the lock of {shared.where} held by " + (
+    logger.info(f"removed the lock of {shared.where} held by " + (
         f"{held.get('user', '?')}@{held.get('host', '?')} (pid {held.get('pid', '?')}, "
         f"`{held.get('command', '?')}`, since {held.get('since', '?')})" if held else
         "nobody (it was free)"))
@@ -190,31 +199,33 @@ def cmd_submit(args) -> int:
         from runner.jobs.detached import submit_detached
 
         with _cluster(args) as cluster:
-            run_id = submit_detached(cluster, Path(args.job), Path(args.runs_dir), progress=_say)
-        _say(f"run {run_id} queued on the cluster; `daskfleet runs` lists it, `daskfleet runs "
-             f"logs {run_id} -f` follows it, `daskfleet runs wait {run_id}` waits for it")
+            run_id = submit_detached(cluster, Path(args.job), Path(args.runs_dir))
+        logger.info(f"run {run_id} queued on the cluster; `daskfleet runs` lists it, `daskfleet "
+                    f"runs logs {run_id} -f` follows it, `daskfleet runs wait {run_id}` waits for "
+                    "it")
         print(run_id)
         return 0
     if spec is not None:
         from runner.ephemeral.run import submit_ephemeral
 
-        result = submit_ephemeral(spec, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
+        result = submit_ephemeral(spec, Path(args.job), runs_dir=Path(args.runs_dir))
     else:
         with _cluster(args) as cluster:
-            result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir), progress=_say)
+            result = submit(cluster, Path(args.job), runs_dir=Path(args.runs_dir))
     m = result.metrics
-    _say(f"run {result.run_id}: accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
-         f"n_train={m['n_train']} n_test={m['n_test']} n_classes={m['n_classes']} "
-         f"workers={m['n_workers']} (majority class rate {m.get('majority_rate', 0):.4f})")
-    _say(f"artifacts in {result.run_dir}")
+    _answer(f"run {result.run_id}: accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
+            f"n_train={m['n_train']} n_test={m['n_test']} n_classes={m['n_classes']} "
+            f"workers={m['n_workers']} (majority class rate {m.get('majority_rate', 0):.4f})")
+    _answer(f"artifacts in {result.run_dir}")
     return 0
 
 
 def cmd_scale(args) -> int:
     with _cluster(args) as cluster:
-        result = cluster.scale(args.n, progress=_say)
-    _say(f"scale: {result['workers']} worker(s); retired: {', '.join(result['retired']) or 'none'}; "
-         f"started: {', '.join(result['started']) or 'none'}")
+        result = cluster.scale(args.n)
+    logger.info(f"scale: {result['workers']} worker(s); retired: "
+                f"{', '.join(result['retired']) or 'none'}; "
+                f"started: {', '.join(result['started']) or 'none'}")
     return 0
 
 
@@ -232,8 +243,7 @@ def cmd_dashboard(args) -> int:
 
     with _cluster(args) as cluster:
         sched = cluster.wanted()[0].host
-        open_dashboard(sched, cluster.spec.dask.dashboard_port, cluster.ssh(), args.port,
-                       progress=_say)
+        open_dashboard(sched, cluster.spec.dask.dashboard_port, cluster.ssh(), args.port)
     return 0
 
 
@@ -248,7 +258,7 @@ def cmd_plan(args) -> int:
         print(plan_text(spec, derive_lock()))
         return 0
     with _cluster(args) as cluster:
-        report = plan(cluster, progress=_say)
+        report = plan(cluster)
     print(report.text())
     return 0
 
@@ -269,12 +279,12 @@ def cmd_gc(args) -> int:
     except ValueError as e:
         raise ConfigError(f"--older-than: {e}") from None
     with aws.file_environment(spec.environment):
-        removed, kept = aws.gc(aws.ec2_client(spec.ephemeral.region), datetime.now(UTC), older,
-                               _say)
+        removed, kept = aws.gc(aws.ec2_client(spec.ephemeral_spec.region), datetime.now(UTC),
+                               older)
     for what in removed:
-        _say(f"gc: removed {what}")
-    _say(f"gc: {len(removed)} resource(s) removed in {spec.ephemeral.region}"
-         + (f"; kept runs not yet expired: {', '.join(kept)}" if kept else ""))
+        logger.info(f"gc: removed {what}")
+    logger.info(f"gc: {len(removed)} resource(s) removed in {spec.ephemeral_spec.region}"
+                + (f"; kept runs not yet expired: {', '.join(kept)}" if kept else ""))
     return 0
 
 
@@ -282,14 +292,32 @@ def cmd_demo(args) -> int:
     from runner.demo import demo
 
     t0 = time.monotonic()
-    demo(hosts=args.hosts, job=Path(args.job), cluster_file=Path(args.cluster), progress=_say)
-    _say(f"demo finished in {time.monotonic() - t0:.0f}s")
+    demo(hosts=args.hosts, job=Path(args.job), cluster_file=Path(args.cluster))
+    logger.info(f"demo finished in {time.monotonic() - t0:.0f}s")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """The command's parser and, through add_subparsers, every sub-command's: each takes the
+    global options (-v, -q, --debug), so they work before or after the sub-command's name. The
+    sub-commands' copies have no default: one given before the name is kept."""
+
+    def __init__(self, *args, top: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        unset = argparse.SUPPRESS
+        levels = self.add_mutually_exclusive_group()
+        levels.add_argument("-v", "--verbose", dest="log_level", action="store_const",
+                            const=logging.DEBUG, default=logging.INFO if top else unset,
+                            help="also show the detail of the work (debug lines)")
+        levels.add_argument("-q", "--quiet", dest="log_level", action="store_const",
+                            const=logging.WARNING, default=unset,
+                            help="show only warnings and errors besides the command's answer")
+        self.add_argument("--debug", action="store_true", default=False if top else unset,
+                          help="show tracebacks")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="daskfleet", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = _Parser(prog="daskfleet", description=__doc__, top=True)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     lab = sub.add_parser("lab", help="the local multi-host lab (network namespaces + sshd)")
@@ -393,7 +421,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with sigterm_raises():  # SIGTERM ends a command as Ctrl-C does: clean-up runs
+        # SIGTERM ends a command as Ctrl-C does: clean-up runs
+        with cli_output(args.log_level), sigterm_raises():
             return args.func(args)
     except DaskfleetError as e:
         if args.debug:

@@ -1,7 +1,8 @@
 """CLI commands of the batch side: `daskfleet runs`, `runs show|wait|cancel|logs ID`, `predict`.
 
 runner.cli calls ``add_commands(sub)``; the handlers raise project exceptions and runner.cli's
-main() turns them into exit codes.
+main() turns them into exit codes. Output as in runner.cli: tables, a run's status and a
+prediction's summary are data (print); the work's progress is logged.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _detached(args, runs_dir: Path) -> int:
     if args.runs_cmd == "cancel":
         status = detached.cancel(runs_dir, args.id, args.cluster)
     else:
+        # data: the run's status each time it changes, plain lines as the last one below
         status = detached.wait(runs_dir, args.id, args.cluster, progress=print,
                                timeout=args.timeout)
     line = f"run {args.id}: {status['status']}"
@@ -103,13 +105,11 @@ def _detached(args, runs_dir: Path) -> int:
 def cmd_predict(args) -> int:
     from runner.cluster import Cluster
     from runner.jobs.predict import predict_on_cluster
-
-    def say(line: str) -> None:
-        print(f"[daskfleet] {line}", flush=True)
+    from runner.log import PREFIX
 
     with Cluster.from_file(args.cluster) as cluster:
         summary = predict_on_cluster(cluster, Path(args.model), args.data, args.out,
-                                     progress=say, text_column=args.text_column,
+                                     text_column=args.text_column,
                                      label_column=args.label_column, top_k=args.top_k,
                                      proba=args.proba,
                                      storage_options=_storage_options(args.storage_option))
@@ -119,7 +119,8 @@ def cmd_predict(args) -> int:
         extra += (", scores are class probabilities" if summary["scores"] == "probability" else
                   ", scores are decision scores (the model's loss gives no probabilities: train "
                   "with model.loss log_loss or modified_huber for them)")
-    say(f"{summary['rows']} predictions written to {summary['out']}{extra}")
+    # data: where the predictions are (and their accuracy), as `submit` prints a run's metrics
+    print(f"{PREFIX}{summary['rows']} predictions written to {summary['out']}{extra}", flush=True)
     return 0
 
 

@@ -6,6 +6,7 @@ Defaults are written once, here. Every error names the file and the dotted key.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from runner.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 PROVIDERS = ("lab", "hosts", "aws", "gcp", "azure")
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
@@ -348,6 +352,15 @@ class ClusterSpec(_Strict):
         return self
 
     @property
+    def ephemeral_spec(self) -> EphemeralSpec:
+        """The `ephemeral:` block, for code that runs only on a `mode: ephemeral` file (whose
+        validator makes the block required there)."""
+        if self.ephemeral is None:
+            raise ConfigError(f"{self.source}: mode: {self.mode}: not an ephemeral cluster file "
+                              "(no `ephemeral:` block)")
+        return self.ephemeral
+
+    @property
     def project_dir(self) -> Path:
         """Where the cluster's state and inventory live, whatever the current directory: the
         folder above `clusters/` when the file sits in one (this repository's layout), else the
@@ -369,7 +382,7 @@ class ClusterSpec(_Strict):
             / "hosts.yml"
 
 
-def _loc(err: dict) -> str:
+def _loc(err: ErrorDetails) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(top level)"
 
 
@@ -467,7 +480,10 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     if spec.ssh.private_key is not None:
         _check_private_key(path, _resolve(spec, spec.ssh.private_key))
     if spec.provider == "hosts" and not spec.ssh.insecure_skip_host_key_check:
+        assert spec.ssh.known_hosts is not None, "provider hosts: the validator requires it"
         _check_known_hosts(path, spec, _resolve(spec, spec.ssh.known_hosts))
+    logger.debug(f"{path}: cluster {spec.name}, provider {spec.provider}, mode {spec.mode}; state "
+                 f"in {spec.state_dir}")
     return spec
 
 

@@ -6,12 +6,17 @@ state.json, logs) and its inventory. The run folder (runs/<id>/) is what it leav
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from runner.errors import DaskfleetError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 
-def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Path = Path("runs")):
+def demo(hosts: int, job: Path, cluster_file: Path, progress: Progress | None = None,
+         runs_dir: Path = Path("runs")):
     import shutil
 
     from runner import state
@@ -36,20 +41,21 @@ def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Pa
     made_inventory = not spec.inventory_path.parent.exists()
     step = "lab up"
     cluster = None
+    say = Say(progress, logger)
     try:
-        progress(f"demo 1/5: lab up --hosts {hosts}")
+        say(f"demo 1/5: lab up --hosts {hosts}")
         lab.up(hosts, progress=progress)
         step = "up"
-        progress(f"demo 2/5: up -c {cluster_file}")
+        say(f"demo 2/5: up -c {cluster_file}")
         cluster = Cluster.from_file(cluster_file)
         summary = cluster.up(progress=progress)
-        progress(summary.line())
+        say(summary.line())
         step = "submit"
-        progress(f"demo 3/5: submit {job}")
+        say(f"demo 3/5: submit {job}")
         result = submit(cluster, job, runs_dir=runs_dir, progress=progress)
         m = result.metrics
         step = "down"
-        progress("demo 4/5: down --destroy")
+        say("demo 4/5: down --destroy")
         cluster.down(destroy=True, progress=progress)
         cluster = None
     except DaskfleetError as e:
@@ -59,15 +65,15 @@ def demo(hosts: int, job: Path, cluster_file: Path, progress=print, runs_dir: Pa
             try:
                 cluster.down(destroy=True, progress=progress)
             except DaskfleetError as e:
-                progress(f"demo: cleanup `down` failed too: {e}")
-        progress("demo 5/5: lab down")
+                say(f"demo: cleanup `down` failed too: {e}")
+        say("demo 5/5: lab down")
         lab.down(progress=progress)
         if made_state:
             shutil.rmtree(spec.state_dir, ignore_errors=True)
         if made_inventory:
             shutil.rmtree(spec.inventory_path.parent, ignore_errors=True)
-    progress(f"accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
+    say(f"accuracy={m['accuracy']:.4f} macro_f1={m['macro_f1']:.4f} "
              f"(majority class {m.get('majority_rate', 0):.4f}) n_train={m['n_train']} "
              f"n_test={m['n_test']} classes={m['n_classes']} workers={m['n_workers']}")
-    progress(f"run folder: {result.run_dir}")
+    say(f"run folder: {result.run_dir}")
     return result

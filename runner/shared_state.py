@@ -22,6 +22,7 @@ import base64
 import getpass
 import io
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -35,8 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from runner.errors import ConfigError, DaskfleetError, StateError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 # What is shared besides state.json, relative to the state folder; all of it encrypted.
 SECRET_PATHS = ("tls", "host_keys", "known_hosts", "key_pair_suffix")
@@ -76,7 +81,7 @@ class SharedState:
         return str(self.options.get("region") or os.environ.get("AWS_REGION")
                    or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
 
-    def _client(self):
+    def _client(self) -> Any:  # a boto3 S3 client (boto3 is untyped)
         if self._s3 is None:
             try:
                 import boto3
@@ -161,9 +166,11 @@ class SharedState:
 
     # -- the lock -----------------------------------------------------------------------------
     @contextmanager
-    def locked(self, what: str, wait: float = 600.0, progress=None) -> Iterator[None]:
+    def locked(self, what: str, wait: float = 600.0,
+               progress: Progress | None = None) -> Iterator[None]:
         """Hold the cluster's lock in the store. A second command, from any machine, waits,
         saying who holds it, and gives up after ``wait`` seconds, naming the holder."""
+        say = Say(progress, logger)
         self._client()
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser(),
                   "command": f"{what} ({shlex.join(sys.argv[1:]) or '-'})",
@@ -182,9 +189,8 @@ class SharedState:
             if current is None:
                 continue  # let go meanwhile
             if self._dead_here(current):
-                if progress is not None:
-                    progress(f"removing the cluster's lock left by {_who(current)}: that "
-                             "process is gone")
+                say(f"removing the cluster's lock left by {_who(current)}: that process is "
+                    "gone")
                 self._delete("lock")
                 continue
             if time.monotonic() > deadline:
@@ -193,8 +199,8 @@ class SharedState:
                     f"{wait:.0f}s; wait for it to finish and run `{what}` again. If that "
                     "command is gone (its machine crashed), remove the lock with `daskfleet "
                     f"unlock -c {self.source}`.")
-            if not told and progress is not None:
-                progress(f"waiting: {_who(current)} holds the cluster's lock ({self.where}lock)")
+            if not told:
+                say(f"waiting: {_who(current)} holds the cluster's lock ({self.where}lock)")
                 told = True
             time.sleep(POLL_S)
         try:
@@ -203,9 +209,8 @@ class SharedState:
             try:
                 self._delete("lock")
             except Exception as e:  # noqa: BLE001 - say it; the command's outcome stands
-                if progress is not None:
-                    progress(f"WARNING: could not remove the cluster's lock {self.where}lock "
-                             f"({e}); run `daskfleet unlock -c {self.source}`")
+                say.warning(f"WARNING: could not remove the cluster's lock {self.where}lock "
+                            f"({e}); run `daskfleet unlock -c {self.source}`")
 
     def _holder(self) -> dict | None:
         body = self._get("lock")
@@ -271,7 +276,7 @@ class SharedState:
                 f"{self.where}secrets.enc: ${self.passphrase_env} is not the passphrase it was "
                 "encrypted with; set the team's passphrase and run the command again.") from None
 
-    def pull(self, state_dir: Path, progress=None) -> bool:
+    def pull(self, state_dir: Path, progress: Progress | None = None) -> bool:
         """Refresh this machine's copy from the store (nothing there yet: the copy is kept, and
         the next command that changes the cluster writes it). Returns whether the store had it."""
         record = self._get("state.json")
@@ -287,7 +292,8 @@ class SharedState:
             (state_dir / MARKER).write_text(self.where + "\n")
         return record is not None
 
-    def _unpack(self, data: bytes, state_dir: Path, first: bool, progress) -> None:
+    def _unpack(self, data: bytes, state_dir: Path, first: bool,
+                progress: Progress | None) -> None:
         with tempfile.TemporaryDirectory(dir=state_dir, prefix=".pull.") as tmp:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
                 tar.extractall(tmp, filter="data")
@@ -298,9 +304,8 @@ class SharedState:
                     shutil.rmtree(aside, ignore_errors=True) if aside.is_dir() else \
                         aside.unlink(missing_ok=True)
                     os.replace(old, aside)
-                    if progress is not None:
-                        progress(f"this machine's own {name} differs from the shared one: kept "
-                                 f"as {aside}, the shared one is used")
+                    Say(progress, logger)(f"this machine's own {name} differs from the shared "
+                                          f"one: kept as {aside}, the shared one is used")
                 if not new.exists():
                     continue
                 if old.is_dir():

@@ -3,6 +3,7 @@ runs, as for Ctrl-C), and a child process stopped the way it asks to be stopped.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -37,7 +38,9 @@ def interrupt_gracefully(proc: subprocess.Popen, grace_s: float, say) -> tuple[s
     stops at once), and past the grace period the process is killed. Returns (stdout, stderr,
     whether it ended by itself)."""
     proc.send_signal(signal.SIGINT)
-    say(f"interrupted: letting {proc.args[0]} finish what it is doing and save its state "
+    program = os.fsdecode(proc.args if isinstance(proc.args, str | bytes | os.PathLike)
+                          else proc.args[0])
+    say(f"interrupted: letting {program} finish what it is doing and save its state "
         f"(up to {grace_s:.0f}s; Ctrl-C again stops it at once)")
     try:
         out, err = proc.communicate(timeout=grace_s)

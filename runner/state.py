@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shlex
 import sys
@@ -17,6 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.errors import DaskfleetError, StateError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 # Within one process, state.json's read-modify-write is serialized here; across processes by
 # the cluster lock below, which every command that changes the cluster holds.
@@ -81,7 +85,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def locked(state_dir: Path, what: str, wait: float = 600.0, progress=None) -> Iterator[None]:
+def locked(state_dir: Path, what: str, wait: float = 600.0,
+           progress: Progress | None = None) -> Iterator[None]:
     """Hold the cluster's lock (.daskfleet/<cluster>/lock) for a command that changes it. A
     second such command waits, saying who holds the lock, and gives up after `wait` seconds."""
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -101,8 +106,8 @@ def locked(state_dir: Path, what: str, wait: float = 600.0, progress=None) -> It
                         f"{state_dir.name}: {holder} still holds the cluster's lock ({path}) after "
                         f"{wait:.0f}s; wait for it to finish, or stop it, and run `{what}` again."
                     ) from None
-                if not told and progress is not None:
-                    progress(f"waiting: {holder} holds the cluster's lock ({path})")
+                if not told:
+                    Say(progress, logger)(f"waiting: {holder} holds the cluster's lock ({path})")
                     told = True
                 time.sleep(0.5)
         f.seek(0)
@@ -110,6 +115,7 @@ def locked(state_dir: Path, what: str, wait: float = 600.0, progress=None) -> It
         f.write(f"pid {os.getpid()} (`{what}`, {shlex.join(sys.argv[1:]) or '-'}) since "
                 f"{datetime.now(UTC).isoformat(timespec='seconds')}\n")
         f.flush()
+        logger.debug(f"holding the cluster's lock {path} for `{what}`")
         try:
             yield
         finally:

@@ -7,17 +7,22 @@ state, or the whole new file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
+
 STATUS_FILE = "status.json"
 SUCCESS_FILES = ("model.joblib", "metrics.json", "report.html")
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` for a temporary sibling of ``path``, then rename it to ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -48,22 +53,22 @@ def read_status(run_dir: Path) -> dict | None:
         return None
 
 
-class RunLog:
-    """Progress lines: passed on to ``say`` and appended to ``logs/run.log`` of the run."""
+class RunLog(Say):
+    """Progress lines of a run: appended to ``logs/run.log`` of the run, and passed on to
+    ``say`` (warnings as warnings, when it tells them apart)."""
 
-    def __init__(self, path: Path, say: Callable[[str], None], earlier: Iterable[str] = ()):
+    def __init__(self, path: Path, say: Progress, earlier: Iterable[str] = ()):
+        super().__init__(say, logger, record=self._append)
         self.path = Path(path)
-        self.say = say
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lines: list[str] = list(earlier)
         with open(self.path, "a", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in self.lines)
 
-    def __call__(self, line: str) -> None:
+    def _append(self, line: str) -> None:
         self.lines.append(line)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
-        self.say(line)
 
 
 def interruption(error: BaseException) -> str | None:

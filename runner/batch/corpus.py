@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -98,6 +98,7 @@ def _open_text(path: Path) -> Iterator[Iterator[str]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        assert proc.stdout is not None and proc.stderr is not None, "both are PIPEs"
         stream = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace")
         try:
             yield stream
@@ -354,7 +355,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _digest(parts: list) -> str:
+def _digest(parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -423,12 +424,14 @@ class _ShardWriter:
     def _flush(self, f: int) -> None:
         rows = self.buffers[f]
         bucket = self.per_file > 1
-        if self.writers[f] is None:
-            self.writers[f] = pq.ParquetWriter(self.files[f], BUCKET_SCHEMA if bucket else SCHEMA)
+        writer = self.writers[f]
+        if writer is None:
+            writer = self.writers[f] = pq.ParquetWriter(self.files[f],
+                                                        BUCKET_SCHEMA if bucket else SCHEMA)
         columns = {"text": [r[1] for r in rows], "label": [r[2] for r in rows]}
         if bucket:
             columns = {"shard": [r[0] for r in rows], **columns}
-        self.writers[f].write_table(pa.table(columns, schema=BUCKET_SCHEMA if bucket else SCHEMA))
+        writer.write_table(pa.table(columns, schema=BUCKET_SCHEMA if bucket else SCHEMA))
         self.buffers[f] = []
 
     def close(self) -> None:
@@ -436,8 +439,9 @@ class _ShardWriter:
             # the last rows; or, for a shard that got none, its (empty) file: every shard exists
             if self.buffers[f] or (self.writers[f] is None and self.per_file == 1):
                 self._flush(f)
-            if self.writers[f] is not None:
-                self.writers[f].close()
+            writer = self.writers[f]
+            if writer is not None:
+                writer.close()
                 self.writers[f] = None
         if self.per_file > 1:
             for f, path in enumerate(self.files):
@@ -507,7 +511,7 @@ def _existing(folder: Path) -> Dataset | None:
 class _Count:
     """What the counting pass learns about a corpus without keeping its rows."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.docs = self.chars = self.labelled = self.replaced = 0
         self.labels: list[str] = []  # the first two distinct labels of rows with a text
 
@@ -550,7 +554,7 @@ class _Count:
         return notes
 
 
-def _present(value) -> bool:
+def _present(value: object) -> TypeGuard[str]:
     """A text or label the workers keep (runner.batch.parts drops the others)."""
     return isinstance(value, str) and value.strip() != ""
 
@@ -573,6 +577,7 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     cache_dir = Path(cache_dir).resolve()
     shape = {"version": FORMAT_VERSION, "limit": data.limit, "shard_rows": data.shard_rows,
              "partition_mb": None if data.shard_rows else data.partition_mb}
+    meta: dict[str, Any]
     skip: frozenset[Path] = frozenset()
     if data.source == "debian-packages":
         lists_dir = Path(apt_lists or apt_lists_dir())
@@ -591,6 +596,7 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
     elif data.source == "synthetic":
         from runner.batch.synthetic import GENERATOR_VERSION, generate
 
+        assert data.synthetic is not None, "source synthetic: the job's validator requires it"
         params = data.synthetic.model_dump(mode="python")
         meta = {"source": "synthetic", "generator": GENERATOR_VERSION, "params": params, **shape}
 
@@ -607,6 +613,8 @@ def prepare_dataset(job: JobSpec, cache_dir: str | Path, *,
             fmt, files = resolve_files(local, data.format)
             root = local.parent
         else:
+            # a URL path (path_url) is read by the workers where it lives, never prepared here
+            assert data.path is not None, "source files without url: the validator requires path"
             fmt, files = resolve_files(data.path, data.format)
             root = data.path if data.path.is_dir() else data.path.parent
         inputs = [[data.url or str(f), _sha256_file(f)] for f in files]
@@ -683,7 +691,10 @@ def prepare_prediction_input(path: str | Path, cache_dir: str | Path, *, text_co
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        names, counts, buffer, row = [], [], [], 0
+        names: list[str] = []
+        counts: list[int] = []
+        buffer: list[tuple[int, str | None, str | None]] = []
+        row = 0
 
         def flush():
             name = f"part-{len(names):05d}.parquet"

@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from runner.batch.remote import is_url
 from runner.batch.sources import FILE_FORMATS, is_glob
@@ -472,7 +473,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     loc = tuple(str(p) for p in error["loc"])
     kind = error["type"]
     model = _model_at(loc)

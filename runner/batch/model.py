@@ -82,13 +82,14 @@ def load_model(path: str | Path) -> dict:
     return model
 
 
-def predict_texts(model: dict, texts: Iterable[str]) -> list[str]:
-    """Labels for raw texts: the same cleaning and hashing as training, then the classifier."""
-    texts = ["" if t is None else str(t) for t in texts]
-    if not texts:
+def predict_texts(model: dict, texts: Iterable[str | None]) -> list[str]:
+    """Labels for raw texts (a missing one is read as empty): the same cleaning and hashing as
+    training, then the classifier."""
+    strings = ["" if t is None else str(t) for t in texts]
+    if not strings:
         return []
     clean = make_cleaner(model["clean"])
-    X = vectorize([clean(t) for t in texts], model["vectorizer"], model.get("idf"))
+    X = vectorize([clean(t) for t in strings], model["vectorizer"], model.get("idf"))
     return [str(p) for p in model["classifier"].predict(X)]
 
 
@@ -99,7 +100,7 @@ def score_kind(model: dict) -> str:
     return "probability" if hasattr(model["classifier"], "predict_proba") else "decision"
 
 
-def score_texts(model: dict, texts: list[str]):
+def score_texts(model: dict, texts: list[str | None]):
     """(class labels, predictions, n_texts x n_classes scores) from one cleaning and hashing of
     ``texts``: scores are probabilities or decision scores (``score_kind``)."""
     import numpy as np

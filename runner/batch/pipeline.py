@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import sys
 import time
@@ -51,17 +52,14 @@ from runner.batch.model import model_stamp, save_model
 from runner.batch.report import render_report
 from runner.dask_workers import joined_workers
 from runner.errors import BatchError, DaskfleetError, ModelTooLarge
+from runner.log import Progress, Say
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from runner.batch.job import JobSpec
 
-Progress = Callable[[str], None]
-
-
-def print_progress(line: str) -> None:
-    print(f"[daskfleet] {line}", file=sys.stderr, flush=True)
+logger = logging.getLogger(__name__)
 
 
 def progress_bar_wanted() -> bool:
@@ -141,7 +139,8 @@ def run_job(
     tmp = run_dir.with_name(run_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    say = RunLog(tmp / "logs" / "run.log", progress or print_progress, log_lines)
+    said = Say(progress, logger)  # the caller's progress, else this module's log
+    say = RunLog(tmp / "logs" / "run.log", said, log_lines)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     status = {"run_id": context.get("run_id", run_dir.name), "job": job.name,
@@ -185,7 +184,7 @@ def run_job(
                 not str(error or e).startswith("results.path"):
             # the failed run's folder (its logs, its error) goes where the team looks too
             with contextlib.suppress(BatchError):
-                results.publish(run_dir, status, job.results, progress or print_progress)
+                results.publish(run_dir, status, job.results, said)
         if error is None or error is e:
             raise
         raise error from e
@@ -193,7 +192,7 @@ def run_job(
         # the futures of a failed run go out of scope here, and the scheduler forgets them
         shutil.rmtree(tmp, ignore_errors=True)
     if job.results is not None:
-        results.publish(run_dir, status, job.results, progress or print_progress)
+        results.publish(run_dir, status, job.results, said)
     return metrics
 
 
@@ -228,7 +227,7 @@ def _release(futures: Sequence[Future]) -> None:
         f.release()
 
 
-def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple[dict, dict]:
+def _run(client: Client, job: JobSpec, paths: list[str], say: Say) -> tuple[dict, dict]:
     clean_params = job.clean_params()
     split_params = job.split_params()
     vectorizer_params = job.vectorizer_params()
@@ -298,6 +297,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
         split_params, resplit = _stratify(client, stats, split_params, clean_params,
                                           cleaned if cache else None, shards)
         if cache:
+            assert resplit is not None, "_stratify returns the partitions it is given"
             cleaned = resplit
     rows = sum(s["rows"] for s in stats)
     dropped = sum(s["dropped"] for s in stats)
@@ -341,12 +341,12 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Progress) -> tuple
     vectorizer_params, note, warn = features.resolve_analyzer(
         vectorizer_params, sum(s["unspaced_texts"] for s in stats),
         sum(s["sampled_texts"] for s in stats))
-    if warn:
+    if note is not None and warn:
         warnings.append(note)
     elif note:
         say(f"note: {note}")
     for warning in warnings:
-        say(f"warning: {warning}")
+        say.warning(f"warning: {warning}")
     model_params["class_weight"] = _class_weights(job, train_labels)
     _check_model_fits(job, len(classes), [w.get("memory_limit") or 0
                                           for w in workers_info.values()],
@@ -465,7 +465,8 @@ class _Parts:
     def __init__(self, client: Client, vec: Sequence[Future] | None = None,
                  paths: Sequence[str] | None = None, load_params: dict | None = None,
                  idf: Future | None = None):
-        self.client, self.vec, self.paths = client, vec, paths
+        self.client, self.vec = client, vec
+        self.paths: Sequence[str] = paths if paths is not None else ()
         self.load_params, self.idf = load_params, idf
 
     def __len__(self) -> int:
@@ -544,6 +545,7 @@ def _tfidf(client: Client, source: _Parts, norm: str | None, paths: list[str],
     idf = client.submit(features.idf_weights, total, pure=False)
     weighted = None
     if apply:
+        assert source.vec is not None, "tf-idf is applied to cached partitions only"
         weighted = client.map(parts.tfidf_part, source.vec, idf=idf, norm=norm, pure=False)
         _check(weighted, "vectorize (tf-idf)", paths)
         _release(source.futures())
@@ -564,7 +566,7 @@ def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str]
 
 
 def _train(client: Client, kind: str, model_params: dict, source: _Parts,
-           part_rows: list[int], classes: list[str], paths: list[str], say: Progress,
+           part_rows: list[int], classes: list[str], paths: list[str], say: Say,
            n_features: int) -> tuple[Future, int | None]:
     """A future of the fitted scikit-learn classifier (it stays on a worker), and with
     ``average`` the rows its averaged weights cover."""
@@ -585,12 +587,13 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             raise BatchError("model.kind incremental needs features.cache: true")
         vec = source.vec
 
-        te = [time.perf_counter()]
+        epoch_t0 = [time.perf_counter()]
 
         def on_epoch(epoch: int) -> None:
             say(f"train: epoch {epoch + 1}/{epochs} {n_train:,} rows, sequential over "
-                f"{len(vec)} partitions (dask-ml Incremental) ({time.perf_counter() - te[0]:.1f}s)")
-            te[0] = time.perf_counter()
+                f"{len(vec)} partitions (dask-ml Incremental) "
+                f"({time.perf_counter() - epoch_t0[0]:.1f}s)")
+            epoch_t0[0] = time.perf_counter()
 
         try:
             clf = fit_incremental(vec, part_rows, n_features, classes, sgd_params, epochs, on_epoch)
@@ -604,11 +607,14 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
     averaged = None
     if train.average_start(sgd_params["average"]) is not None:
         averaged, counted = client.submit(train.averaged_rows, state, pure=False).result()
-        say(f"train: averaged SGD: the model is the mean of the weights after each batch over "
-            f"{averaged:,} rows" if averaged else
-            f"train: WARNING: average: {sgd_params['average']} starts after more rows than the "
-            f"schedule counted ({counted:,}: the furthest worker's rows over every epoch): "
-            "nothing was averaged, the model has the plain weights")
+        if averaged:
+            say(f"train: averaged SGD: the model is the mean of the weights after each batch "
+                f"over {averaged:,} rows")
+        else:
+            say.warning(f"train: WARNING: average: {sgd_params['average']} starts after more "
+                        f"rows than the schedule counted ({counted:,}: the furthest worker's "
+                        "rows over every epoch): nothing was averaged, the model has the plain "
+                        "weights")
     _release([state])
     return fitted, averaged
 
@@ -742,7 +748,7 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
         say(f"train: {len(groups)} model(s) mixed on {len(groups)} of {n_workers} workers: "
             f"{n_train:,} training rows make at most {len(groups)} model(s) of "
             f"{train.MIN_MODEL_ROWS:,} rows or more (fewer rows a model cost accuracy)")
-    states: list[Future | None] = [None] * len(candidates)
+    states: Sequence[Future | None] = [None] * len(candidates)
     per_epoch: list[list[Future]] = []
     for epoch in range(epochs):
         new_states = []
@@ -780,13 +786,14 @@ def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: st
 
 
 def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: list[str],
-            paths: list[str], say: Progress, tfidf_norm: str | None = None,
+            paths: list[str], say: Say, tfidf_norm: str | None = None,
             n_train: int = 0) -> dict:
     """Fit every grid candidate on the training rows minus a validation split (carved by the
     text hash), in parallel; score each on the validation rows; best by macro-F1. With
     ``tfidf_norm`` (tf-idf on; ``source`` holds raw counts), the search's idf weights come from
     its fitting rows only, as the final model's come from the training rows only."""
     spec = job.search
+    assert spec is not None, "called for a job with search: only"
     t0 = time.perf_counter()
     candidates = spec.candidates()
     if source.vec is None:  # the job validation refuses a search without the cache
@@ -824,4 +831,4 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
             "best": best["params"], "best_macro_f1": best["macro_f1"]}
 
 
-__all__ = ["run_job", "print_progress"]
+__all__ = ["run_job"]

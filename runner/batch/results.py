@@ -15,6 +15,7 @@ from pathlib import Path
 from runner.batch import store
 from runner.batch.artifacts import STATUS_FILE
 from runner.errors import BatchError
+from runner.log import Progress
 
 WHERE = "the machine running the job's driver"
 
@@ -75,7 +76,7 @@ def upload(run_dir: Path, spec, run_id: str) -> str:
     return run_url(spec, run_id)
 
 
-def publish(run_dir: Path, status: dict, spec, say) -> None:
+def publish(run_dir: Path, status: dict, spec, say: Progress) -> None:
     """After the run folder is final: its copy in the store, and ``results_url`` in its
     status.json (then copied again, last). A failure is said and raised (the run folder stays
     as it is, recorded)."""

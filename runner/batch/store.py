@@ -16,6 +16,7 @@ from __future__ import annotations
 import posixpath
 import re
 import urllib.parse
+from typing import TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ REQUEST_TIMEOUT_S = 60.0
 GLOB_CHARS = set("*?[")
 
 
-def is_store_url(value) -> bool:
+def is_store_url(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and urllib.parse.urlsplit(value).scheme in SCHEMES
 
 
@@ -187,7 +188,7 @@ def list_inputs(url: str, fmt: str | None, options: dict | None,
 
 def _strings(values) -> np.ndarray:
     """Object array of str or None (numbers become their text; NaN and empty stay missing)."""
-    out = []
+    out: list[str | None] = []
     for v in values:
         if v is None or (isinstance(v, float) and v != v):
             out.append(None)

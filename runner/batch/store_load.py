@@ -17,6 +17,7 @@ from distributed import Client, Future
 from runner.batch import store
 from runner.batch.corpus import _shard_rows
 from runner.errors import BatchError
+from runner.log import Say
 
 # The standard AWS variables of the submitting shell, handed to the tasks in memory (never
 # written to the run folder) when the job file gives no key of its own.
@@ -52,7 +53,7 @@ def options_for(data, environ=os.environ) -> dict:
     return options
 
 
-def load(client: Client, data, workers: list[str], seed: int, say) -> Loaded:
+def load(client: Client, data, workers: list[str], seed: int, say: Say) -> Loaded:
     """The corpus of ``data`` (a DataSpec with ``path_url``) as shuffled partitions on the
     workers; raises BatchError naming data.path (unreachable, missing, empty, refused, mixed)."""
     url = data.path_url
@@ -72,7 +73,7 @@ def load(client: Client, data, workers: list[str], seed: int, say) -> Loaded:
     chars = sum(s["chars"] for s in summaries)
     skipped = [s["skipped"] for s in summaries if s["skipped"]]
     for reason in skipped:
-        say(f"warning: skipped (data.on_error: skip): {reason}")
+        say.warning(f"warning: skipped (data.on_error: skip): {reason}")
     if rows == 0:
         raise BatchError(f"data.path {url}: the {len(items)} object(s) hold no rows"
                          + (f" ({len(skipped)} unreadable, skipped)" if skipped else "")

@@ -27,7 +27,9 @@ def _mark_ranges(limit: int = 0x20000) -> str:
     """A regex class body of the combining marks (Unicode categories Mn, Mc, Me) below
     ``limit``: vowel signs and viramas of Indic scripts, Thai tone marks, accents written apart.
     They are part of their words, yet Python's ``\\w`` does not match them."""
-    ranges, start, prev = [], None, None
+    ranges: list[str] = []
+    start: int | None = None  # the first mark of the current run of marks
+    prev = 0  # the last mark seen
     for cp in range(limit):
         if unicodedata.category(chr(cp))[0] == "M":
             if start is None:

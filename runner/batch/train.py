@@ -64,7 +64,9 @@ class _Average:
     once."""
 
     def __init__(self, state: dict | None, carry: bool):
-        self.coef = self.intercept = self.buf = None
+        self.coef: np.ndarray | None = None
+        self.intercept: np.ndarray | None = None
+        self.buf: np.ndarray | None = None
         self.rows = 0
         if carry and state is not None and state.get("avg_rows", 0) > 0:
             self.rows = int(state["avg_rows"])
@@ -73,7 +75,7 @@ class _Average:
             self.intercept = np.asarray(state["avg_intercept"], dtype=np.float64) * self.rows
 
     def add(self, clf: SGDClassifier, rows: int) -> None:
-        if self.coef is None:
+        if self.coef is None or self.intercept is None:
             self.coef = np.zeros(clf.coef_.shape, dtype=np.float32)
             self.intercept = np.zeros(clf.intercept_.shape, dtype=np.float64)
         if self.buf is None:

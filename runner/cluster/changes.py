@@ -36,6 +36,8 @@ def _share(limit: str | None) -> float | None:
     None for a limit in bytes, set in the cluster file."""
     if limit == "auto":
         return 1.0
+    if limit is None:
+        return None
     try:
         return float(limit)
     except (TypeError, ValueError):

@@ -7,9 +7,10 @@ against what is wanted) and cluster/readiness.py (waiting until it is ready).
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,13 +24,12 @@ from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ss
 from runner.config import ClusterSpec, load_cluster
 from runner.dask_workers import joined_workers
 from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError, StateError
+from runner.log import Progress, Say
 from runner.provision import machines, providers, terraform
 from runner.provision.tls import CertificateAuthority
 from runner.shared_state import SharedState
 
-
-def _say(msg: str) -> None:
-    print(f"[daskfleet] {msg}", flush=True)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Cluster:
         # `state:` in the file: this machine's copy is refreshed from the team's store first
         self.shared = SharedState.for_spec(spec)
         if self.shared is not None:
-            self.shared.pull(self.state_dir, _say)
+            self.shared.pull(self.state_dir)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Cluster:
@@ -86,10 +86,11 @@ class Cluster:
         return self.spec.state_dir
 
     @contextmanager
-    def locked(self, what: str, progress=_say) -> Iterator[None]:
+    def locked(self, what: str, progress: Progress | None = None) -> Iterator[None]:
         """Hold the cluster's lock for a command that changes it: this machine's, and with
         shared state the store's, under which the copy here is refreshed first and written back
         last (also when the command fails: what it made is recorded)."""
+        say = Say(progress, logger)
         with state.locked(self.state_dir, what, progress=progress):
             if self.shared is None:
                 yield
@@ -102,7 +103,7 @@ class Cluster:
                     try:
                         self.shared.push(self.state_dir)
                     except Exception as e:  # noqa: BLE001 - the command's own error comes first
-                        progress(f"WARNING: the shared state was not written back: {e}")
+                        say.warning(f"WARNING: the shared state was not written back: {e}")
                     raise
                 self.shared.push(self.state_dir)
 
@@ -162,7 +163,8 @@ class Cluster:
                 hosts = self.provider.hosts_from_output(outputs)
             except DaskfleetError:
                 raise damaged from None
-            _say(f"warning: {damaged.path} is damaged; the hosts come from Terraform's state")
+            logger.warning(f"warning: {damaged.path} is damaged; the hosts come from Terraform's "
+                           "state")
             return [h.to_dict() for h in hosts]
 
     def worker_hosts(self, hosts: list[Host] | None = None) -> list[Host]:
@@ -172,7 +174,7 @@ class Cluster:
             workers.insert(0, next(h for h in hosts if h.role == "scheduler"))
         return workers
 
-    def live_worker_hosts(self, progress=None) -> list[Host]:
+    def live_worker_hosts(self, progress: Progress | None = None) -> list[Host]:
         """The worker hosts with a worker joined to the scheduler right now: a degraded cluster
         works with these (data is shipped only there), and the missing ones are said."""
         joined = {w["host"] for w in joined_workers(self.client()).values()}
@@ -183,9 +185,10 @@ class Cluster:
             raise ClusterStartError(f"cluster {self.spec.name}: no worker has joined the scheduler; "
                                     f"see `daskfleet status -c {self.spec.source}`, then run "
                                     "`daskfleet up` to heal it.")
-        if missing and progress is not None:
-            progress(f"WARNING: degraded: no live worker on {', '.join(missing)}; working with "
-                     f"{', '.join(h.name for h in live)}")
+        if missing:
+            Say(progress, logger).warning(
+                f"WARNING: degraded: no live worker on {', '.join(missing)}; working with "
+                f"{', '.join(h.name for h in live)}")
         return live
 
     def n_workers(self) -> int:
@@ -208,18 +211,19 @@ class Cluster:
         ]
 
     # -- the work, elsewhere ------------------------------------------------------------------
-    def provision(self, progress=_say, yes: bool = False, before_apply=None) -> list[Host]:
+    def provision(self, progress: Progress | None = None, yes: bool = False,
+                  before_apply=None) -> list[Host]:
         hosts, self.boot_s = machines.provision(self, progress, yes, before_apply)
         return hosts
 
-    def install(self, hosts: list[Host], progress=_say, force: bool = False):
+    def install(self, hosts: list[Host], progress: Progress | None = None, force: bool = False):
         return machines.install(self, hosts, progress, force)
 
     def process_states(self) -> dict[RemoteProcess, ProcStatus]:
         return reconcile.process_states(self)
 
-    def start(self, env_hashes: dict[str, str] | None = None, progress=_say,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+    def start(self, env_hashes: dict[str, str] | None = None, progress: Progress | None = None,
+              extra_hosts: Sequence[Host] = (), degraded_ok: bool = False,
               restart_scheduler: bool = False) -> list[str]:
         """Reconcile what runs with what is wanted (cluster/reconcile.py)."""
         return reconcile.reconcile(self, env_hashes, progress, extra_hosts, degraded_ok,
@@ -267,23 +271,25 @@ class Cluster:
         return check_versions(self.client())
 
     # -- up / down / status -----------------------------------------------------------------
-    def up(self, progress=_say, force: bool = False, restart: bool = False,
+    def up(self, progress: Progress | None = None, force: bool = False, restart: bool = False,
            yes: bool = False, new_image: bool = False) -> UpSummary:
         """Provision, install and start (a reconcile), holding the cluster's lock. ``restart``:
         restart the scheduler when it must, even under a running job. ``yes``: apply a plan
         that destroys or replaces machines. ``new_image``: look the image up again."""
+        say = Say(progress, logger)
         with self.locked("daskfleet up", progress=progress):
             if new_image:
                 state.update(self.state_dir, image=None)
-                progress("up: the image is looked up again; VMs on another image will be "
-                         "replaced (which `up` applies only with --yes)")
+                say("up: the image is looked up again; VMs on another image will be "
+                    "replaced (which `up` applies only with --yes)")
             return self._up(progress, force, restart, yes)
 
-    def _up(self, progress, force: bool = False, restart: bool = False,
+    def _up(self, progress: Progress | None, force: bool = False, restart: bool = False,
             yes: bool = False) -> UpSummary:
+        say = Say(progress, logger)
         summary = UpSummary()
         t = time.monotonic()
-        progress("terraform: apply")
+        say("terraform: apply")
         self.boot_s = 0.0
         # Hosts the last `up` provisioned: any that the file no longer names get closed.
         before = [Host.from_dict(h) for h in state.read(self.state_dir).get("hosts") or []]
@@ -297,7 +303,7 @@ class Cluster:
         if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key
             summary.timings["boot"] = self.boot_s
         t = time.monotonic()
-        progress(f"ansible: installing the environment on {len(hosts)} hosts")
+        say(f"ansible: installing the environment on {len(hosts)} hosts")
         result, env_hashes = self.install(hosts, progress, force)
         summary.lock_hash = ", ".join(sorted(set(env_hashes.values())))
         summary.changed = result.changed
@@ -309,7 +315,7 @@ class Cluster:
         self.check_versions()
         return summary
 
-    def scale(self, n: int, progress=_say) -> dict:
+    def scale(self, n: int, progress: Progress | None = None) -> dict:
         """N workers over the worker hosts. Workers that go are retired through the scheduler
         first (their data moves to the workers that stay), then their processes stop."""
         if n < 1:
@@ -317,22 +323,23 @@ class Cluster:
         with self.locked("daskfleet scale", progress=progress):
             return self._scale(n, progress)
 
-    def _scale(self, n: int, progress) -> dict:
+    def _scale(self, n: int, progress: Progress | None) -> dict:
         """Retire the workers that go, then reconcile: new workers start, and workers whose host
         now has another number of workers restart with their new share of its memory. Worker
         hosts that cannot be reached are skipped, and named, while one worker can run."""
+        say = Say(progress, logger)
         before = self.wanted()
         after = self.wanted(n_workers=n)
         going = [p for p in before if p not in after]
         if going:
             names = [p.name for p in going]
-            progress(f"retiring {len(going)} worker(s) through the scheduler: {', '.join(names)}")
+            say(f"retiring {len(going)} worker(s) through the scheduler: {', '.join(names)}")
             reconcile.retire(self, names, progress)
             try:
                 reconcile.per_process(going, lambda p: p.stop(self.ssh()),
                                       "stopping retired workers")
             except HostError as e:  # a worker on a host that is down is gone anyway
-                progress(f"WARNING: {e}")
+                say.warning(f"WARNING: {e}")
         state.update(self.state_dir, n_workers=n)
         left = {p.host for p in going} - {p.host for p in after}
         if left:  # hosts this cluster no longer runs workers on
@@ -340,13 +347,14 @@ class Cluster:
                 memory_claims.release(self.spec.name, sorted(left, key=lambda h: h.name),
                                       self.ssh())
             except HostError as e:
-                progress(f"WARNING: {e}")
+                say.warning(f"WARNING: {e}")
         started = self.start(state.read(self.state_dir).get("env_hashes"), progress,
                              degraded_ok=True)
         return {"workers": n, "retired": [p.name for p in going], "started": started}
 
-    def stop(self, progress=_say) -> list[str]:
+    def stop(self, progress: Progress | None = None) -> list[str]:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
+        say = Say(progress, logger)
         ssh = self.ssh()
         # what the file wants, and whatever else the hosts' pid files record for this cluster
         procs = self.wanted()
@@ -369,17 +377,19 @@ class Cluster:
         try:  # no worker of this cluster runs there any more: its memory is the others' again
             memory_claims.release(self.spec.name, reachable, ssh)
         except HostError as e:
-            progress(f"WARNING: {e}")
+            say.warning(f"WARNING: {e}")
         if errors:
             raise HostError("down: could not stop processes on:\n" + "\n".join(
                 f"  {describe_ssh_error(h, e)}" for h, e in errors.items()) +
                 "\nThe others were stopped.", failures=errors)
-        progress(f"stopped {len(stopped)} process(es)")
+        say(f"stopped {len(stopped)} process(es)")
         return stopped
 
-    def down(self, destroy: bool = False, progress=_say, purge: bool = False) -> None:
+    def down(self, destroy: bool = False, progress: Progress | None = None,
+             purge: bool = False) -> None:
         """Stop Dask; with destroy, remove the infrastructure too. The cluster's CA (and, on
         clouds, the host keys daskfleet generated) are kept, and said so, unless purge."""
+        say = Say(progress, logger)
         if purge and not destroy:
             raise ConfigError("down: --purge removes the CA of a destroyed cluster; use it with "
                               "--destroy.")
@@ -390,19 +400,20 @@ class Cluster:
 
                 for folder in (self.ca.dir, self.state_dir / "host_keys"):
                     shutil.rmtree(folder, ignore_errors=True)
-                progress(f"purged the cluster's CA and host keys ({self.state_dir}"
-                         + (f", {self.shared.where}" if self.shared else "") + ")")
+                say(f"purged the cluster's CA and host keys ({self.state_dir}"
+                    + (f", {self.shared.where}" if self.shared else "") + ")")
         if destroy and not purge and self.ca.ca_cert.exists():
-            progress(f"kept the cluster's CA ({self.ca.dir}): a cluster made again from this file "
-                     "trusts the same CA; `down --destroy --purge` removes it")
+            say(f"kept the cluster's CA ({self.ca.dir}): a cluster made again from this file "
+                "trusts the same CA; `down --destroy --purge` removes it")
 
-    def _down(self, destroy: bool, progress) -> None:
+    def _down(self, destroy: bool, progress: Progress | None) -> None:
+        say = Say(progress, logger)
         try:
             if self._recorded_hosts():
                 self.stop(progress)
         finally:
             if destroy:
-                progress("terraform: destroy")
+                say("terraform: destroy")
                 if self.shared and not (self.state_dir / "terraform" / "main.tf.json").exists():
                     # a teammate's cluster: this machine never ran its Terraform
                     machines.write_terraform_root(self)
@@ -415,7 +426,7 @@ class Cluster:
     def status(self) -> dict:
         record = state.read(self.state_dir)
         procs_state = self.process_states()
-        joined: dict[str, dict] = {}
+        joined: dict[str | None, dict] = {}
         if any(p.kind == "scheduler" and s.state == "running" for p, s in procs_state.items()):
             try:
                 joined = {w.get("name"): {"address": a, **w}
@@ -468,10 +479,11 @@ class Cluster:
             for name, end in ends.items() if end - now < timedelta(days=30)]
         return {name: end.isoformat(timespec="seconds") for name, end in ends.items()}, warnings
 
-    def rotate(self, progress=_say, restart: bool = False) -> UpSummary:
+    def rotate(self, progress: Progress | None = None, restart: bool = False) -> UpSummary:
         """New certificates (new keys, same CA) for every host and the client, installed by the
         playbook and rolled out by the reconcile: workers one at a time, the scheduler when no
         job runs (its files stay valid meanwhile)."""
+        say = Say(progress, logger)
         with self.locked("daskfleet rotate", progress=progress):
             if not self.spec.tls:
                 raise ConfigError(f"{self.spec.source}: tls: false: there is no certificate to "
@@ -479,8 +491,8 @@ class Cluster:
             hosts = self.hosts()
             issued = self.ca.rotate({h.name: h.dask_address for h in hosts})
             end = self.ca.expiries([])["ca"]
-            progress(f"rotate: new certificates for {', '.join(issued)} from the cluster's CA "
-                     f"(valid until {end:%Y-%m-%d} at most: the CA's own end)")
+            say(f"rotate: new certificates for {', '.join(issued)} from the cluster's CA "
+                f"(valid until {end:%Y-%m-%d} at most: the CA's own end)")
             self._close_client()  # the next client presents the new client certificate
             return self._up(progress, False, restart)
 

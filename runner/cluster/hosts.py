@@ -41,13 +41,15 @@ class Host:
     def from_output(cls, row: dict, use_public: bool) -> Host:
         """A row of a module's `hosts` output: SSH goes to the public address only when the
         control machine is outside the network (use_public) and the host has one."""
-        public = row.get("public_address")
-        if use_public and not public:
-            from runner.errors import ProvisionError
+        address: str = row["private_address"]
+        if use_public:
+            address = row.get("public_address") or ""
+            if not address:
+                from runner.errors import ProvisionError
 
-            raise ProvisionError(f"host {row['name']} has no public address, but the cluster "
-                                 "file asks for public addresses (terraform.use_public_ip).")
-        return cls(name=row["name"], address=public if use_public else row["private_address"],
+                raise ProvisionError(f"host {row['name']} has no public address, but the cluster "
+                                     "file asks for public addresses (terraform.use_public_ip).")
+        return cls(name=row["name"], address=address,
                    role=row["role"], user=row.get("user") or "root", port=int(row.get("port") or 22),
                    private_address=row["private_address"])
 

@@ -14,6 +14,7 @@ when its last worker there stops (`down`, or a `scale` that leaves the host).
 
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from runner.cluster.hosts import Host
 from runner.cluster.processes import privileged
 from runner.cluster.ssh import SSHSettings, connect, fan_out
 from runner.errors import ClusterStartError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 MEMORY_DIR = "/var/lib/daskfleet/memory"
 
@@ -96,10 +100,12 @@ def _script(body: str, *args: str) -> str:
 
 
 def commit(cluster: str, claims: dict[Host, Claim], strict: set[Host], ssh: SSHSettings,
-           progress=print, key: str = "dask.memory_share") -> None:
+           progress: Progress | None = None, key: str = "dask.memory_share") -> None:
     """Record this cluster's claim on each host; refuse (ClusterStartError naming the host and
     the clusters there) where a host in ``strict`` (workers about to start) would be committed
     over its memory; elsewhere (workers already running) only warn."""
+    say = Say(progress, logger)
+
     def one(h: Host) -> tuple[int, str]:
         c = claims[h]
         kind, value = c.text().split()
@@ -122,9 +128,9 @@ def commit(cluster: str, claims: dict[Host, Claim], strict: set[Host], ssh: SSHS
             raise ClusterStartError(f"{h.name}: could not record the cluster's memory claim in "
                                     f"{MEMORY_DIR} (exit {code}): {out.strip()[-300:]}")
         elif "over" in out.split():
-            progress(f"WARNING: {h.name}: the clusters there commit more than its memory "
-                     f"(this one {float(mine):.0%}; others: {held}); give each a "
-                     f"{key} that adds up to 1 at most")
+            say.warning(f"WARNING: {h.name}: the clusters there commit more than its memory "
+                        f"(this one {float(mine):.0%}; others: {held}); give each a "
+                        f"{key} that adds up to 1 at most")
     if refused:
         raise ClusterStartError(
             "memory: starting these workers would commit more memory than the host has:\n"

@@ -98,7 +98,7 @@ def wait_ready(cluster: Cluster, wanted: set[str], timeout: float | None = None)
     def ready() -> bool:
         nonlocal joined
         info = joined_workers(client).values()
-        joined = {w.get("name") for w in info} & wanted
+        joined = wanted.intersection(w.get("name") for w in info)
         return joined == wanted
 
     def missing() -> list[RemoteProcess]:

@@ -7,9 +7,11 @@ limit its host's worker count gives it; otherwise it is restarted.
 
 from __future__ import annotations
 
+import logging
 import shlex
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from runner import state
 from runner.cluster import changes, memory_claims, readiness
@@ -17,12 +19,19 @@ from runner.cluster.hosts import Host
 from runner.cluster.processes import RUN_DIR, SUPERVISE_DIR, ProcStatus, RemoteProcess
 from runner.cluster.ssh import connect, fan_out, fan_out_items
 from runner.errors import ClusterStartError, DaskfleetError, HostError
+from runner.log import Progress, Say
 
 if TYPE_CHECKING:
     from runner.cluster.cluster import Cluster
 
+logger = logging.getLogger(__name__)
 
-def per_process(procs: list[RemoteProcess], fn, what: str) -> dict[RemoteProcess, object]:
+
+T = TypeVar("T")
+
+
+def per_process(procs: list[RemoteProcess], fn: Callable[[RemoteProcess], T], what: str
+                ) -> dict[RemoteProcess, T]:
     """fan_out over processes (several may share a host): a result per process, or one HostError
     naming every host that failed."""
     return fan_out_items(procs, fn, what, host_of=lambda p: p.host)
@@ -79,34 +88,38 @@ def recorded(cluster: Cluster, hosts: list[Host]) -> list[RemoteProcess]:
     return found
 
 
-def close_unwanted(cluster: Cluster, extra_hosts: list[Host] = (), progress=print) -> list[str]:
+def close_unwanted(cluster: Cluster, extra_hosts: Sequence[Host] = (),
+                   progress: Progress | None = None) -> list[str]:
     """Close what runs for this cluster but is no longer wanted (a worker host removed from the
     file, worker_on_scheduler turned off, ...): retired through the scheduler first (its data
     moves to the workers that stay), then stopped. Returns `name@host` of each."""
+    say = Say(progress, logger)
     wanted = {(p.host.name, p.name) for p in cluster.wanted()}
     hosts = {h.name: h for h in [*cluster.hosts(), *extra_hosts]}
     going = [p for p in recorded(cluster, list(hosts.values()))
              if (p.host.name, p.name) not in wanted]
     if not going:
         return []
-    progress("closing what is no longer wanted: "
-             + ", ".join(f"{p.name}@{p.host.name}" for p in going))
+    say("closing what is no longer wanted: "
+        + ", ".join(f"{p.name}@{p.host.name}" for p in going))
     return _retire_and_stop(cluster, going, progress, "stopping unwanted processes")
 
 
-def close_hosts(cluster: Cluster, going: list[Host], progress=print) -> list[str]:
+def close_hosts(cluster: Cluster, going: list[Host],
+                progress: Progress | None = None) -> list[str]:
     """Before Terraform removes ``going`` (a lower worker_count, hosts dropped from the file):
     retire their workers through the scheduler, so their data moves to the workers that stay,
     then stop them. Returns `name@host` of each."""
+    say = Say(progress, logger)
     procs = [p for p in recorded(cluster, going) if p.kind == "worker"]
     if not procs:
         return []
-    progress(f"retiring the workers of the machines that go ({', '.join(h.name for h in going)})"
-             f" before they are removed: {', '.join(f'{p.name}@{p.host.name}' for p in procs)}")
+    say(f"retiring the workers of the machines that go ({', '.join(h.name for h in going)})"
+        f" before they are removed: {', '.join(f'{p.name}@{p.host.name}' for p in procs)}")
     return _retire_and_stop(cluster, procs, progress, "stopping the workers of machines that go")
 
 
-def _retire_and_stop(cluster: Cluster, procs: list[RemoteProcess], progress,
+def _retire_and_stop(cluster: Cluster, procs: list[RemoteProcess], progress: Progress | None,
                      what: str) -> list[str]:
     """Retire the workers among ``procs`` (their data moves to the others), then stop all of
     them. Returns `name@host` of each."""
@@ -115,10 +128,11 @@ def _retire_and_stop(cluster: Cluster, procs: list[RemoteProcess], progress,
     return [f"{p.name}@{p.host.name}" for p in procs]
 
 
-def retire(cluster: Cluster, names: list[str], progress=print,
+def retire(cluster: Cluster, names: list[str], progress: Progress | None = None,
            scheduler_running: bool | None = None) -> None:
     """Retire workers through the scheduler (their data moves to the others) when it runs
     (``scheduler_running``: known already; otherwise asked over SSH)."""
+    say = Say(progress, logger)
     if not names:
         return
     if scheduler_running is None:
@@ -130,14 +144,15 @@ def retire(cluster: Cluster, names: list[str], progress=print,
     try:
         cluster.client().retire_workers(names=names, close_workers=True, remove=True)
     except Exception as e:  # noqa: BLE001 - retiring moves data; stopping must go on
-        progress(f"WARNING: could not retire {', '.join(names)} first ({e}); stopping them")
+        say.warning(f"WARNING: could not retire {', '.join(names)} first ({e}); stopping them")
 
 
 def _drop_unreachable(cluster: Cluster, procs: list[RemoteProcess],
                       current: dict[RemoteProcess, ProcStatus], degraded_ok: bool,
-                      progress) -> list[RemoteProcess]:
+                      progress: Progress | None) -> list[RemoteProcess]:
     """Refuse an unreachable scheduler host; skip unreachable worker hosts when min_workers (or,
     for scale, any live worker) allows a degraded cluster, naming them."""
+    say = Say(progress, logger)
     sched = procs[0]
     if current[sched].state == "unreachable":
         raise ClusterStartError(f"start: cannot reach the scheduler host {sched.host.name} "
@@ -153,13 +168,14 @@ def _drop_unreachable(cluster: Cluster, procs: list[RemoteProcess],
         allowed = "" if floor is None else f" ({can_run} workers could start, at least {floor} needed)"
         raise ClusterStartError(f"start: cannot reach {names} over SSH{allowed}; check the "
                                 "hosts are up and run `daskfleet up` again.")
-    progress(f"WARNING: starting degraded without {names} (unreachable): its workers are "
-             f"missing; running {can_run} workers (at least {floor} needed)")
+    say.warning(f"WARNING: starting degraded without {names} (unreachable): its workers are "
+                f"missing; running {can_run} workers (at least {floor} needed)")
     return [p for p in procs if p not in lost]
 
 
-def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progress=print,
-              extra_hosts: list[Host] = (), degraded_ok: bool = False,
+def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
+              progress: Progress | None = None,
+              extra_hosts: Sequence[Host] = (), degraded_ok: bool = False,
               restart_scheduler: bool = False) -> list[str]:
     """Close what runs and is not wanted, start what is wanted and not running, replace what
     runs but differs (``changes.plan``: environment, settings, node files, memory share), leave
@@ -170,6 +186,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     runs on it unless ``restart_scheduler``. Worker hosts that cannot be reached are skipped
     when `min_workers` (or degraded_ok) still allows it, reported; otherwise this fails naming
     them."""
+    say = Say(progress, logger)
     ssh = cluster.ssh()
     close_unwanted(cluster, list(extra_hosts), progress)
     current = process_states(cluster)
@@ -183,13 +200,13 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     unsupervised = [p for p in procs if p not in touched and current[p].state == "running"
                     and current[p].supervised is False]
     if unsupervised:
-        progress("handing to the nodes' supervisors: "
-                 + ", ".join(f"{p.name}@{p.host.name}" for p in unsupervised))
+        say("handing to the nodes' supervisors: "
+            + ", ".join(f"{p.name}@{p.host.name}" for p in unsupervised))
         per_process(unsupervised, lambda p: p.supervise(ssh), "handing to the supervisor")
     restarts = [c for c in todo if c.action == "restart"]
     sched_change = next((c for c in todo if c.proc is sched), None)
     if restarts:
-        progress("to replace, and why:\n" + changes.table(restarts))
+        say("to replace, and why:\n" + changes.table(restarts))
     if sched_change is not None and sched_change.action == "restart":
         if not _may_restart_scheduler(cluster, sched_change, restart_scheduler, progress):
             todo.remove(sched_change)  # it keeps valid files until a later `up` without a job
@@ -200,13 +217,13 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         hosts = sorted({p.host for p in procs}, key=lambda h: h.name)
         workers = sorted({p.host for p in procs[1:]}, key=lambda h: h.name)
         checks = preflight.run(hosts, workers, sched.host, cluster.spec.dask.scheduler_port, ssh)
-        progress(f"pre-flight: SSH to {len(hosts)} host(s) ok; scheduler port reachable from "
-                 f"{len(checks) - len(hosts)} worker host(s)")
+        say(f"pre-flight: SSH to {len(hosts)} host(s) ok; scheduler port reachable from "
+            f"{len(checks) - len(hosts)} worker host(s)")
     if sched_change is not None and sched_change.action == "restart":
         # A new scheduler ends every worker's connection and data: they all restart with it.
         going = [p for p in procs[1:] if current[p].state == "running"] + [sched]
-        progress("stopping the scheduler and its workers to restart them: "
-                 + ", ".join(f"{p.name}@{p.host.name}" for p in going))
+        say("stopping the scheduler and its workers to restart them: "
+            + ", ".join(f"{p.name}@{p.host.name}" for p in going))
         cluster._close_client()  # before its scheduler goes: no reconnect attempts to report
         for group in (going[:-1], going[-1:]):
             per_process(group, lambda p: p.stop(ssh), "stopping")
@@ -217,8 +234,8 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         # through it, and may not even reach it (another port): they restart with it
         stale = [c.proc for c in restarts if c.proc.kind == "worker"]
         if stale:
-            progress("stopping workers to restart them with the new scheduler: "
-                     + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
+            say("stopping workers to restart them with the new scheduler: "
+                + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
             per_process(stale, lambda p: p.stop(ssh), "stopping")
         needed = [c.proc for c in todo if c.action == "start"] + stale
         rolling = []
@@ -231,8 +248,8 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
         missing = [p for p in needed if p.kind == "worker"]
 
         def start_workers() -> None:
-            progress(f"starting {len(missing)} worker(s): "
-                     + ", ".join(f"{p.name}@{p.host.name}" for p in missing))
+            say(f"starting {len(missing)} worker(s): "
+                + ", ".join(f"{p.name}@{p.host.name}" for p in missing))
             by_proc = per_process(missing, lambda p: p.start(ssh), "starting workers")
             for p in missing:
                 pids[p.name] = by_proc[p]
@@ -242,7 +259,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
             # a client (or tunnel) of an earlier scheduler, maybe on another port, is of no use
             cluster._close_client()
             state.update(cluster.state_dir, scheduler=sched.scheduler_address)
-            progress(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
+            say(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
             pids[sched.name] = sched.start(ssh)
             started.append(f"{sched.name}@{sched.host.name}")
             # The workers start while the scheduler imports, so the two startups overlap; each
@@ -262,7 +279,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
     except BaseException as e:
         # Whatever went wrong (Ctrl-C included), what this run started is stopped again.
         if started:
-            progress(f"start failed; stopping what this run started: {', '.join(started)}")
+            say(f"start failed; stopping what this run started: {', '.join(started)}")
             for p in procs:
                 if f"{p.name}@{p.host.name}" in started:
                     try:
@@ -286,7 +303,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None, progre
 
 
 def _claim_memory(cluster: Cluster, procs: list[RemoteProcess], todo: list[changes.Change],
-                  progress) -> None:
+                  progress: Progress | None) -> None:
     """Record the cluster's memory claim on each host it runs workers on; refused where workers
     would start on a host whose clusters would then commit more than its memory."""
     d = cluster.spec.dask
@@ -298,16 +315,17 @@ def _claim_memory(cluster: Cluster, procs: list[RemoteProcess], todo: list[chang
 
 
 def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool,
-                           progress) -> bool:
+                           progress: Progress | None) -> bool:
     """Whether the scheduler may restart now: yes with no job running (or with --restart);
     a change of its node files alone (new certificates of the same CA) waits for a later `up`;
     anything else is refused while a job runs."""
+    say = Say(progress, logger)
     from runner.cluster import activity
 
     try:
         busy = activity.running(cluster.client())
     except (OSError, TimeoutError) as e:  # a scheduler that does not answer runs no job
-        progress(f"the scheduler does not answer ({e}): no job can be running on it")
+        say(f"the scheduler does not answer ({e}): no job can be running on it")
         busy = []
     except Exception as e:  # noqa: BLE001 - never restart it under a job we could not see
         if force:
@@ -321,13 +339,13 @@ def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool
     if not busy:
         return True
     if force:
-        progress(f"WARNING: restarting the scheduler under {', '.join(busy)} (--restart): "
-                 "it will fail")
+        say.warning(f"WARNING: restarting the scheduler under {', '.join(busy)} (--restart): "
+                    "it will fail")
         return True
     if change.files_only:
-        progress(f"the scheduler keeps its running files while {', '.join(busy)} runs: they "
-                 "stay valid; `daskfleet up` restarts it once no job runs (`status` shows it "
-                 "pending)")
+        say(f"the scheduler keeps its running files while {', '.join(busy)} runs: they "
+            "stay valid; `daskfleet up` restarts it once no job runs (`status` shows it "
+            "pending)")
         return False
     raise ClusterStartError(
         f"the scheduler on {change.proc.host.name} must restart ({'; '.join(change.reasons)}), "
@@ -339,16 +357,17 @@ def _may_restart_scheduler(cluster: Cluster, change: changes.Change, force: bool
 
 
 def _roll(cluster: Cluster, procs: list[RemoteProcess], rolling: list[changes.Change],
-          pids: dict[str, int | None], progress) -> list[str]:
+          pids: dict[str, int | None], progress: Progress | None) -> list[str]:
     """Replace workers one at a time: retire (its data moves to the others), stop, start, wait
     until it and every other wanted worker have joined. A failure stops the roll there, with
     the workers not yet reached still running as they were."""
+    say = Say(progress, logger)
     ssh = cluster.ssh()
     names = {p.name for p in procs[1:]}
     replaced: list[str] = []
     for i, c in enumerate(rolling, 1):
         p = c.proc
-        progress(f"replacing {c.where} ({i}/{len(rolling)}): {'; '.join(c.reasons)}")
+        say(f"replacing {c.where} ({i}/{len(rolling)}): {'; '.join(c.reasons)}")
         try:
             # the scheduler was just proven ready: no SSH status sweep of every process per step
             retire(cluster, [p.name], progress, scheduler_running=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,8 @@ from fabric import Config, Connection
 
 from runner.cluster.hosts import Host
 from runner.errors import DaskfleetError, HostError
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -40,6 +43,10 @@ class _Connection(Connection):
                 if attempt == SESSION_RETRIES - 1:
                     raise
                 time.sleep(min(0.1 * 2 ** attempt, 1.0))
+
+    def run(self, command, **kwargs):
+        logger.debug(f"{self.user}@{self.host}: {command[:300]}")  # -v: what runs where
+        return super().run(command, **kwargs)
 
 
 class ConnectionPool:

@@ -13,6 +13,9 @@ import paramiko
 
 from runner.cluster.hosts import Host
 from runner.cluster.ssh import SSHSettings, _new_connection, connect
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 # SSH keepalives every KEEPALIVE_S, and a connection whose packets go unacknowledged for
 # DEAD_AFTER_S is given up (TCP_USER_TIMEOUT): a NAT or firewall never drops an idle tunnel, a
@@ -89,7 +92,8 @@ class Forward:
             return
         try:
             while not self._closed.is_set():
-                ready, _, _ = select.select([sock, chan], [], [], 0.5)
+                watched: list[socket.socket | paramiko.Channel] = [sock, chan]
+                ready, _, _ = select.select(watched, [], [], 0.5)
                 if sock in ready:
                     data = sock.recv(65536)
                     if not data:
@@ -113,15 +117,17 @@ class Forward:
 
 
 def open_dashboard(scheduler: Host, remote_port: int, ssh: SSHSettings, local_port: int,
-                   progress=print, stop: threading.Event | None = None) -> None:
+                   progress: Progress | None = None,
+                   stop: threading.Event | None = None) -> None:
     """Forward 127.0.0.1:local_port to the dashboard until Ctrl-C (or `stop` is set)."""
+    say = Say(progress, logger)
     stop = stop or threading.Event()
     with connect(scheduler, ssh):  # fail here, with the usual SSH message, if the host is down
         pass
     fwd = Forward(scheduler, scheduler.dask_address, remote_port, ssh, local_port=local_port)
     try:
-        progress(f"dashboard: http://127.0.0.1:{fwd.local_port}/status (tunnel to "
-                 f"{scheduler.name} {scheduler.dask_address}:{remote_port}); Ctrl-C closes it")
+        say(f"dashboard: http://127.0.0.1:{fwd.local_port}/status (tunnel to "
+            f"{scheduler.name} {scheduler.dask_address}:{remote_port}); Ctrl-C closes it")
         try:
             while not stop.wait(0.5):
                 pass
@@ -129,4 +135,4 @@ def open_dashboard(scheduler: Host, remote_port: int, ssh: SSHSettings, local_po
             pass
     finally:
         fwd.close()
-    progress("dashboard: tunnel closed")
+    say("dashboard: tunnel closed")

@@ -4,6 +4,7 @@ the run; plus `gc`'s sweep over every daskfleet-tagged resource of a region."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from datetime import datetime
 
 from runner.ephemeral import tags as T
 from runner.errors import ProvisionError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 # Errors that say "try again": EC2's throttling and its own transient failures.
@@ -181,7 +185,8 @@ def tagged_instances(ec2, tag_filters: dict[str, str] | None = None,
     return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
-def terminate_and_wait(ec2, ids: list[str], timeout: float, progress) -> None:
+def terminate_and_wait(ec2, ids: list[str], timeout: float,
+                       progress: Progress | None = None) -> None:
     """Terminate `ids` and wait, with backoff, until EC2 reports each terminated. An id EC2 does
     not know yet (just launched: eventual consistency) is retried, not taken as gone."""
     if not ids:
@@ -212,7 +217,8 @@ def _delete(call, what: str, timeout: float):
                            done_on=not_found)
 
 
-def remove_run(ec2, run_id: str, progress, timeout: float = TEARDOWN_TIMEOUT_S,
+def remove_run(ec2, run_id: str, progress: Progress | None = None,
+               timeout: float = TEARDOWN_TIMEOUT_S,
                known_instances: tuple[str, ...] = (), settle: float = 0.0) -> list[str]:
     """Remove everything tagged with `run_id` (instances terminated and waited for, security
     groups, key pairs, subnets, VPCs), looking again with backoff until a look finds nothing or
@@ -306,13 +312,15 @@ def find_tagged(ec2, tag_filters: dict[str, str] | None = None, keep=lambda tags
     return f
 
 
-def remove_found(ec2, f: Found, progress, timeout: float = TEARDOWN_TIMEOUT_S) -> list[str]:
+def remove_found(ec2, f: Found, progress: Progress | None = None,
+                 timeout: float = TEARDOWN_TIMEOUT_S) -> list[str]:
+    say = Say(progress, logger)
     deadline = time.monotonic() + timeout
     left = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
     removed = []
     ids = [i["InstanceId"] for i in f.instances]
     if ids:
-        progress(f"terminating {len(ids)} instance(s): {', '.join(ids)}")
+        say(f"terminating {len(ids)} instance(s): {', '.join(ids)}")
         terminate_and_wait(ec2, ids, left(), progress)
         removed += [f"instance {i}" for i in ids]
     for g in f.groups:
@@ -333,12 +341,13 @@ def remove_found(ec2, f: Found, progress, timeout: float = TEARDOWN_TIMEOUT_S) -
     return removed
 
 
-def remove_tagged(ec2, tag_filters: dict[str, str], progress,
+def remove_tagged(ec2, tag_filters: dict[str, str], progress: Progress | None = None,
                   timeout: float = TEARDOWN_TIMEOUT_S) -> list[str]:
     return remove_found(ec2, find_tagged(ec2, tag_filters), progress, timeout)
 
 
-def gc(ec2, now: datetime, older_than_s: float | None, progress) -> tuple[list[str], list[str]]:
+def gc(ec2, now: datetime, older_than_s: float | None,
+       progress: Progress | None = None) -> tuple[list[str], list[str]]:
     """Remove every daskfleet-tagged resource whose expiry passed (or older than `older_than_s`).
     Returns (removed, kept) in words."""
     why: dict[str, str] = {}
@@ -355,5 +364,5 @@ def gc(ec2, now: datetime, older_than_s: float | None, progress) -> tuple[list[s
                    every.instances + every.groups + every.key_pairs + every.subnets + every.vpcs}
                   - set(why))
     for run, reason in sorted(why.items()):
-        progress(f"gc: run {run}: {reason}")
+        Say(progress, logger)(f"gc: run {run}: {reason}")
     return remove_found(ec2, found, progress), kept

@@ -23,6 +23,7 @@ an instance that powers off is gone):
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import tempfile
 import threading
@@ -31,11 +32,18 @@ import warnings
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.config import ClusterSpec, parse_duration
 from runner.ephemeral import aws
 from runner.ephemeral import tags as T
 from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
+from runner.log import Progress, Say
+
+if TYPE_CHECKING:
+    from runner.provision.lock import Lock
+
+logger = logging.getLogger(__name__)
 
 SETTLE_S = 10.0
 
@@ -107,7 +115,7 @@ SPOT_REFUSED = frozenset({"InsufficientInstanceCapacity", "UnfulfillableCapacity
 def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, docker_image: str,
                    env: dict[str, str]) -> dict:
     """EC2Cluster's arguments for one run (plain data: the watchdogs are checked in unit tests)."""
-    e = spec.ephemeral
+    e = spec.ephemeral_spec
     memory = spec.dask.memory_limit
     secs = lambda text: f"{parse_duration(text):.0f}s"  # noqa: E731
     return dict(
@@ -242,22 +250,22 @@ def deadline(seconds: float, what: str):
 class EphemeralCluster:
     """The cluster of one run; a context manager that always removes what the run made."""
 
-    def __init__(self, spec: ClusterSpec, run_id: str, progress=print):
+    def __init__(self, spec: ClusterSpec, run_id: str, progress: Progress | None = None):
         if spec.ephemeral is None:
             raise ProvisionError(f"{spec.source}: not an ephemeral cluster file (mode: ephemeral)")
         self.spec = spec
         self.e = spec.ephemeral
         self.run_id = run_id
-        self.progress = progress
+        self.say = Say(progress, logger)
         self.now = datetime.now(UTC)
         self.tags = T.run_tags(spec.name, run_id, self.now, parse_duration(self.e.max_lifetime))
         self.made = aws.Made()
-        self.ec2 = None
-        self.cluster = None
+        self.ec2: Any = None  # a boto3 EC2 client (untyped)
+        self.cluster: Any = None  # the EC2Cluster (dask-cloudprovider is untyped)
         self._started: list = []
         self._client = None
         self.timings: dict[str, float] = {}
-        self.lock = None
+        self.lock: Lock | None = None
         self.upload: Path | None = None
         self.teardown_error: str | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="daskfleet-ephemeral-")
@@ -277,13 +285,14 @@ class EphemeralCluster:
     def check_versions(self) -> dict:
         from runner.ephemeral.environment import check_environment
 
+        assert self.upload is not None, "create() made the upload (the context manager's enter)"
         return check_environment(self.client(), self.upload.name)
 
     def status_record(self) -> dict:
         return {"lock_hash": self.lock.hash if self.lock else None, "run": self.run_id,
                 "instances": [i["InstanceId"] for i in self.instances()]}
 
-    def ship_dataset(self, dataset, say) -> None:
+    def ship_dataset(self, dataset, say: Progress) -> None:
         from runner.ephemeral.data import ship_through_dask
 
         t = time.monotonic()
@@ -314,7 +323,7 @@ class EphemeralCluster:
         from runner.ephemeral.environment import default_image, env_vars, project_upload
         from runner.provision.lock import derive_lock
 
-        e, say = self.e, self.progress
+        e, say = self.e, self.say
         t0 = time.monotonic()
         self.lock = derive_lock()
         self.upload = project_upload(Path(self._tmp.name), self.lock, say)
@@ -325,8 +334,11 @@ class EphemeralCluster:
                 self.made.subnet_id = e.network.subnet_id
                 self.made.vpc_id = aws.subnet_vpc(self.ec2, e.network.subnet_id)
             else:
-                aws.make_network(self.ec2, e.network.vpc_cidr, e.network.subnet_cidr, self.tags,
-                                 self.made)
+                vpc_cidr, subnet_cidr = e.network.vpc_cidr, e.network.subnet_cidr
+                assert vpc_cidr is not None and subnet_cidr is not None, \
+                    "NetworkSpec's validator: a subnet_id, or both ranges"
+                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made)
+            assert self.made.vpc_id is not None, "set by subnet_vpc or make_network"
             ports = (self.spec.dask.scheduler_port, self.spec.dask.dashboard_port)
             aws.make_group(self.ec2, self.made.vpc_id, f"daskfleet-{self.run_id}", e.admin_cidr,
                            (min(ports), max(ports)), self.tags, self.made)
@@ -345,6 +357,7 @@ class EphemeralCluster:
         kwargs = cluster_kwargs(self.spec, self.tags, self.made, image["ImageId"], docker_image,
                                 env_vars(self.lock))
         expires = T.parse(self.tags[T.EXPIRES])
+        assert expires is not None, "run_tags writes the expiry"
         with deadline(e.ready_timeout, "creating the cluster (scheduler instance and its port)"), \
                 warnings.catch_warnings():
             # "Creating your cluster is taking a surprisingly long time": booting VMs takes long
@@ -391,7 +404,7 @@ class EphemeralCluster:
         again with backoff until nothing is left or TEARDOWN_TIMEOUT_S passes. Never raises: a
         failure is kept in `teardown_error` for the caller to report beside the job's outcome.
         Ctrl-C and SIGTERM are held off meanwhile (a second one would only leave things behind)."""
-        say = self.progress
+        say = self.say
         t = time.monotonic()
         held = _hold_signals(say)
         try:
@@ -419,7 +432,7 @@ class EphemeralCluster:
                 except Exception as err:  # noqa: BLE001 - reported beside the job's outcome
                     self.teardown_error = str(err) if isinstance(err, ProvisionError) else \
                         f"ephemeral: teardown failed: {type(err).__name__}: {err}"
-                    say(self.teardown_error)
+                    say.warning(self.teardown_error)
                 else:
                     say(f"ephemeral: removed {', '.join(removed) or 'nothing'}")
             self.timings["teardown"] = time.monotonic() - t
@@ -440,15 +453,16 @@ class EphemeralCluster:
 def _own_error(err: BaseException) -> DaskfleetError | None:
     """The project error somewhere in err's chain of causes (EC2Cluster wraps them)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, DaskfleetError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DaskfleetError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 
-def _hold_signals(say) -> dict:
+def _hold_signals(say: Progress) -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
 

@@ -11,11 +11,15 @@ node must import `runner` from that upload; any difference refuses the run.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from runner.errors import EnvironmentMismatchError, ProvisionError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 IMAGE_REPO = "ghcr.io/dask/dask"
 
@@ -37,7 +41,7 @@ def env_vars(lock) -> dict[str, str]:
             "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def project_upload(dest_dir: Path, lock, progress) -> Path:
+def project_upload(dest_dir: Path, lock, progress: Progress | None = None) -> Path:
     """The project's wheel (runner/ and its dist-info) as daskfleet-<digest>.zip: importable from
     sys.path once uploaded, and its metadata gives the `daskfleet` version the check compares."""
     from runner.provision.wheelhouse import PROJECT_ROOT
@@ -56,7 +60,8 @@ def project_upload(dest_dir: Path, lock, progress) -> Path:
         raise ProvisionError(f"ephemeral: building the project's wheel failed: "
                              f"{(proc.stderr or proc.stdout).strip()[-800:]}")
     wheels[0].rename(target)
-    progress(f"project code packed for upload: {name} ({target.stat().st_size / 1e3:.0f} kB)")
+    Say(progress, logger)(f"project code packed for upload: {name} "
+                          f"({target.stat().st_size / 1e3:.0f} kB)")
     return target
 
 

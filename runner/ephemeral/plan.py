@@ -16,7 +16,7 @@ def _usd(x: float | None) -> str:
 def plan_text(spec: ClusterSpec, lock=None) -> str:
     from runner.ephemeral.environment import default_image, pinned_packages
 
-    e = spec.ephemeral
+    e = spec.ephemeral_spec
     image = e.image.id or f"newest of owner {e.image.owner} named {e.image.name}"
     ports = sorted({spec.dask.scheduler_port, spec.dask.dashboard_port})
     lines = [f"ephemeral cluster {spec.name} (mode: ephemeral): made by `daskfleet submit`, removed "
@@ -48,7 +48,7 @@ def plan_text(spec: ClusterSpec, lock=None) -> str:
     work = prices.hourly(e.region, e.worker_instance_type, spot=e.spot_workers)
     disk = prices.storage_hourly(e.region, e.filesystem_size)
     total = None
-    if None not in (sched, work, disk):
+    if sched is not None and work is not None and disk is not None:
         total = sched + e.workers * work + (1 + e.workers) * disk
     lines.append(f"cost ESTIMATE (prices as of {prices.AS_OF}, {e.region}, USD/hour): scheduler "
                  f"{_usd(sched)}, workers {e.workers} x {_usd(work)}"

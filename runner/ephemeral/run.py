@@ -15,6 +15,7 @@ an instance, and it stops itself at the expiry; the rest (group, subnet, VPC) co
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +23,14 @@ from pathlib import Path
 from runner.config import ClusterSpec
 from runner.ephemeral import tags as T
 from runner.errors import DaskfleetError
+from runner.log import Progress, Say
 from runner.signals import sigterm_raises
 
+logger = logging.getLogger(__name__)
 
-def submit_ephemeral(spec: ClusterSpec, job_path: Path, runs_dir: Path, progress=print):
+
+def submit_ephemeral(spec: ClusterSpec, job_path: Path, runs_dir: Path,
+                     progress: Progress | None = None):
     from runner.batch import load_job
     from runner.batch.artifacts import write_failed_run
     from runner.ephemeral.aws import file_environment
@@ -37,11 +42,8 @@ def submit_ephemeral(spec: ClusterSpec, job_path: Path, runs_dir: Path, progress
     run_id = new_run_id(job.name)
     runs_dir = Path(runs_dir).resolve()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        lines.append(line)
-        progress(line)
+    lines: list[str] = []  # what the run said before its job: the head of its run.log
+    say = Say(progress, logger, record=lines.append)
 
     t0 = time.monotonic()
     with sigterm_raises(), file_environment(spec.environment):
@@ -66,11 +68,11 @@ def submit_ephemeral(spec: ClusterSpec, job_path: Path, runs_dir: Path, progress
     _record_teardown(result.run_dir, cluster, spec, say)
     tm = cluster.timings
     say("ephemeral: timings " + " ".join(f"{k}={tm[k]:.1f}s" for k in
-                                         ("create", "ready", "job", "teardown") if k in tm))
+        ("create", "ready", "job", "teardown") if k in tm))
     return result
 
 
-def _record_teardown(run_dir: Path, cluster, spec: ClusterSpec, say) -> None:
+def _record_teardown(run_dir: Path, cluster, spec: ClusterSpec, say: Say) -> None:
     """Add the teardown's outcome (and how the workers were bought) to the run's status.json,
     beside the job's status, which it never changes; print a failure with what to run."""
     from runner.batch.artifacts import STATUS_FILE, write_json_atomic
@@ -84,8 +86,8 @@ def _record_teardown(run_dir: Path, cluster, spec: ClusterSpec, say) -> None:
         write_json_atomic(status_path, status)
     if cluster.teardown_error:
         source = spec.source or f"<the file of cluster {spec.name}>"
-        say(f"ephemeral: TEARDOWN FAILED for run {cluster.run_id} (the job's outcome above "
-            f"stands): {cluster.teardown_error}. Its instances power themselves off at "
-            f"{cluster.tags[T.EXPIRES]}; after that, `daskfleet gc -c {source}` removes "
-            "what is left (or remove the resources tagged daskfleet:run="
-            f"{cluster.run_id} yourself now).")
+        say.warning(f"ephemeral: TEARDOWN FAILED for run {cluster.run_id} (the job's outcome above "
+                    f"stands): {cluster.teardown_error}. Its instances power themselves off at "
+                    f"{cluster.tags[T.EXPIRES]}; after that, `daskfleet gc -c {source}` removes "
+                    "what is left (or remove the resources tagged daskfleet:run="
+                    f"{cluster.run_id} yourself now).")

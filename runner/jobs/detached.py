@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -31,6 +32,9 @@ from runner.cluster.ssh import connect
 from runner.errors import BatchError, ClusterStartError
 from runner.jobs import runs
 from runner.jobs.driver import CODE, LOG, MODULE, REQUEST, RESULT, SECRETS, run_folder
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "failed", "cancelled", "lost")
 # the submitting shell's standard AWS variables, as an attached run hands them to its tasks
@@ -65,9 +69,11 @@ class Where:
 
 
 # -- submit ----------------------------------------------------------------------------------
-def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> str:
+def submit_detached(cluster, job_path: Path, runs_dir: Path,
+                    progress: Progress | None = None) -> str:
     """Prepare and ship the data as an attached submit does, send the job to the scheduler's
     host, start its driver there, record the run here as queued; returns the run id."""
+    say = Say(progress, logger)
     from runner.batch import load_job, prepare_dataset
     from runner.jobs.ship import remote_dir
     from runner.jobs.submit import datasets_cache, new_run_id, ship_over_ssh
@@ -87,9 +93,9 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path, progress=print) -> 
     if job.data.path_url is None:
         t = time.monotonic()
         dataset = prepare_dataset(job, datasets_cache())
-        progress(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
-                 f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
-        ship_over_ssh(cluster, dataset, progress)
+        say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
+            f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
+        ship_over_ssh(cluster, dataset, say)
         shard_paths = [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}"
                        for f in dataset.files]
         context.update(dataset=dataset.digest, dataset_rows=dataset.rows,
@@ -282,9 +288,11 @@ def _fetch(c, host, where: Where, runs_dir: Path, run_id: str, state: dict) -> d
     return status
 
 
-def wait(runs_dir: Path, run_id: str, cluster_file: str | None = None, progress=print,
-         timeout: float | None = None) -> dict:
-    """Poll until the run ends; return its (fetched) status."""
+def wait(runs_dir: Path, run_id: str, cluster_file: str | None = None,
+         progress: Progress | None = None, timeout: float | None = None) -> dict:
+    """Poll until the run ends; return its (fetched) status. Each change of its status (queued,
+    running) goes to ``progress``, else to the log."""
+    say = Say(progress, logger)
     deadline = None if timeout is None else time.monotonic() + timeout
     said = None
     while True:
@@ -294,7 +302,7 @@ def wait(runs_dir: Path, run_id: str, cluster_file: str | None = None, progress=
         now = (status["status"], tuple(status.get("ahead") or ()))
         if now != said:
             ahead = f" (behind {', '.join(now[1])})" if now[1] else ""
-            progress(f"run {run_id}: {now[0]}{ahead}")
+            say(f"run {run_id}: {now[0]}{ahead}")
             said = now
         if deadline is not None and time.monotonic() > deadline:
             raise BatchError(f"run {run_id}: still {status['status']} after {timeout:.0f}s")

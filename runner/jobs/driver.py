@@ -17,6 +17,7 @@ Runs of one cluster queue: a driver starts its run once fewer than the cluster's
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,8 @@ import traceback
 from pathlib import Path
 
 from runner.batch.artifacts import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 RUNS_ROOT = "/var/lib/daskfleet/runs"
 REQUEST, STATE, RESULT, LOG, SECRETS = ("request.json", "state.json", "result", "driver.log",
@@ -105,7 +108,10 @@ def cancel(folder: Path, grace_s: float = 30.0) -> str:
         return "finished"
     if not driver_alive(folder):
         return "not running"
-    pid = int(_read_json(folder / STATE)["pid"])
+    state = _read_json(folder / STATE)
+    if state is None:  # its folder went away since: nothing left to stop
+        return "not running"
+    pid = int(state["pid"])
     os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + grace_s
     while time.time() < deadline:
@@ -137,21 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     state = {"status": "queued", "pid": os.getpid(), "queued_at": time.time()}
     write_json_atomic(folder / STATE, state)
 
+    from runner.log import cli_output
     from runner.signals import sigterm_raises
 
-    with sigterm_raises():
+    # its stdout is the run's driver.log (`daskfleet runs logs`): the progress lines as they are
+    with cli_output(logging.INFO, prefix=""), sigterm_raises():
         return _drive(folder, request, state)
 
 
 def _drive(folder: Path, request: dict, state: dict) -> int:
     from runner.batch.artifacts import write_failed_run
+    from runner.log import Say
 
     run_id = request["run_id"]
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        lines.append(line)
-        print(line, flush=True)
+    lines: list[str] = []  # the head of the run's run.log
+    say = Say(None, logger, record=lines.append)
 
     client = None
     started = time.time()

@@ -13,24 +13,25 @@ control machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import BatchError, ConfigError
+from runner.log import Progress, Say
 
 if TYPE_CHECKING:
     from distributed import Client
 
     from runner.cluster import Cluster
-
-Progress = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out: str | Path,
-                       progress: Progress = print, *, text_column: str = "text",
+                       progress: Progress | None = None, *, text_column: str = "text",
                        label_column: str = "label", top_k: int = 0, proba: bool = False,
                        storage_options: dict | None = None) -> dict:
     """Predict every row of ``data`` on ``cluster``; write ``out``. ``data`` and ``out`` are
@@ -43,21 +44,22 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out
     check_top_k(model, top_k)  # so does a top-k the model cannot give
     client = cluster.client()
     cluster.check_versions()
-    options = dict(top_k=top_k, proba=proba)
     if is_store_url(str(data)) or is_store_url(str(out)):
         return predict_in_place(client, model, str(data), str(out), progress,
-                                 text_column, label_column, storage_options, cluster, **options)
+                                 text_column, label_column, storage_options, cluster,
+                                 top_k=top_k, proba=proba)
     if storage_options:
         raise ConfigError("predict: --storage-option is for an s3:// or file:// input or --out; "
                           "both are local paths here")
     paths = _ship_input(cluster, Path(data), progress, text_column, label_column)
-    return predict_shards(client, model, paths, Path(out), progress, **options)
+    return predict_shards(client, model, paths, Path(out), progress, top_k=top_k, proba=proba)
 
 
-def _ship_input(cluster: Cluster, data_path: Path, progress: Progress, text_column: str,
+def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, text_column: str,
                 label_column: str) -> list[str]:
     """A local input cut into shards and shipped to the worker hosts; the shards' paths as the
     workers see them."""
+    say = Say(progress, logger)
     from runner.batch.corpus import prepare_prediction_input
     from runner.jobs.ship import remote_dir, ship
     from runner.jobs.submit import datasets_cache
@@ -65,13 +67,13 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress, text_colu
     t = time.monotonic()
     dataset = prepare_prediction_input(data_path, datasets_cache(), text_column=text_column,
                                        label_column=label_column)
-    progress(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
-             f"({time.monotonic() - t:.1f}s)")
+    say(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
+        f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
     sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh(),
                 cluster.spec.name)
-    progress(f"input shipped to {sum(sent.values())} host(s), already on "
-             f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+    say(f"input shipped to {sum(sent.values())} host(s), already on "
+        f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
     return [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files]
 
 
@@ -85,13 +87,15 @@ def store_options(url: str, given: dict | None, environ=os.environ) -> dict:
     return options_for(SimpleNamespace(path_url=url, storage_options=given or {}), environ)
 
 
-def predict_in_place(client: Client, model: dict, data: str, out: str, progress: Progress,
+def predict_in_place(client: Client, model: dict, data: str, out: str,
+                     progress: Progress | None,
                      text_column: str = "text", label_column: str = "label",
                      storage_options: dict | None = None, cluster: Cluster | None = None, *,
                      top_k: int = 0, proba: bool = False) -> dict:
     """Predict a URL input on the workers, or write to a URL output from the workers, or both;
     a local side is shipped (input: needs ``cluster``) or streamed back (output) as for local
     files."""
+    say = Say(progress, logger)
     from runner.batch import predict_store, store
     from runner.dask_workers import joined_workers
 
@@ -110,9 +114,9 @@ def predict_in_place(client: Client, model: dict, data: str, out: str, progress:
             in_opts = store_options(data, storage_options)
             items = _on_one(client, workers, store.list_inputs, data, None, in_opts,
                             predict_store.INPUT)
-            progress(f"input: {len(items)} object(s), "
-                     f"{sum(i['size'] for i in items) / 2**20:,.1f} MiB at {data}, read by the "
-                     "workers")
+            say(f"input: {len(items)} object(s), "
+                f"{sum(i['size'] for i in items) / 2**20:,.1f} MiB at {data}, read by the "
+                "workers")
             futures = [client.submit(predict_store.predict_object, data, item, model_f,
                                      text_column, label_column, in_opts, top_k, proba, out_url,
                                      out_opts, i, pure=False, workers=[workers[i % len(workers)]],
@@ -151,9 +155,9 @@ def predict_in_place(client: Client, model: dict, data: str, out: str, progress:
         manifest = {**summary, "parts": len(futures), "input": str(data),
                     "model": {k: model.get(k) for k in ("job", "daskfleet", "scikit-learn")}}
         _on_one(client, workers, predict_store.write_manifest, out_url, out_opts, manifest)
-    progress(f"predict: {rows:,} rows from {len(futures)} "
-             f"{'objects' if store.is_store_url(data) else 'shards'} -> {summary['out']} "
-             f"({summary['seconds']:.1f}s)")
+    say(f"predict: {rows:,} rows from {len(futures)} "
+        f"{'objects' if store.is_store_url(data) else 'shards'} -> {summary['out']} "
+        f"({summary['seconds']:.1f}s)")
     return summary
 
 
@@ -199,11 +203,12 @@ def check_top_k(model: dict, top_k: int) -> None:
 
 
 def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_path: Path,
-                   progress: Progress = print, *, top_k: int = 0, proba: bool = False) -> dict:
+                   progress: Progress | None = None, *, top_k: int = 0, proba: bool = False) -> dict:
     """The core: map ``predict_shard`` over shards (paths as the workers see them, in input
     order) and stream the predictions, shard by shard, into ``out_path``; with ``top_k`` and
     ``proba``, the best classes and every class's score too (probabilities when the model has
     them, else decision scores: ``summary["scores"]`` says which)."""
+    say = Say(progress, logger)
     from runner.batch.model import score_kind
 
     check_top_k(model, top_k)
@@ -225,8 +230,8 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
         summary["accuracy"] = correct / labelled
     if top_k or proba:
         summary["scores"] = score_kind(model)
-    progress(f"predict: {rows:,} rows from {len(shard_paths)} shards -> {out_path} "
-             f"({summary['seconds']:.1f}s)")
+    say(f"predict: {rows:,} rows from {len(shard_paths)} shards -> {out_path} "
+        f"({summary['seconds']:.1f}s)")
     return summary
 
 

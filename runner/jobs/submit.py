@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -16,7 +17,10 @@ from runner.errors import ClusterStartError, DaskfleetError
 from runner.jobs import runs
 from runner.jobs.ship import remote_dir, ship
 from runner.jobs.watch import RunWatch
+from runner.log import Progress, Say
 from runner.signals import sigterm_raises
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
-def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
+def ship_over_ssh(cluster: Cluster, dataset, say: Progress) -> None:
     """The dataset to the live workers' hosts over SSH (a long-lived cluster)."""
     workers = cluster.live_worker_hosts(say)
     t = time.monotonic()
@@ -47,6 +51,8 @@ def ship_over_ssh(cluster: Cluster, dataset, say) -> None:
 
 def _scheduler_host(cluster) -> str:
     hosts = getattr(cluster, "hosts", None)
+    if hosts is None:  # an ephemeral cluster
+        return "the scheduler's host"
     try:
         return next(h.name for h in hosts() if h.role == "scheduler")
     except Exception:  # noqa: BLE001 - an ephemeral cluster, or no record: say it generally
@@ -65,7 +71,7 @@ def _client(cluster):
             f"down and `daskfleet up -c {source}` starts it again.") from e
 
 
-def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
+def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress | None = None,
            run_id: str | None = None) -> SubmitResult:
     """Run the job and keep the run (see `_submit`). SIGTERM is raised as a KeyboardInterrupt
     (`Terminated`) while it runs, so an interrupted run is recorded as cancelled, as Ctrl-C's."""
@@ -73,7 +79,7 @@ def submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
         return _submit(cluster, job_path, runs_dir, progress, run_id)
 
 
-def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
+def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress | None = None,
             run_id: str | None = None) -> SubmitResult:
     """Run the job and keep the run: ``runs_dir/<run-id>/`` and a row in ``runs_dir/index.sqlite``,
     for a failed run as for a successful one (the error is re-raised after it is recorded).
@@ -88,12 +94,8 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
     runs_dir = runs_dir.resolve()
     run_dir = runs_dir / run_id
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        lines.append(line)
-        progress(line)
-
+    lines: list[str] = []  # what this run said before run_job: the head of its run.log
+    say = Say(progress, logger, record=lines.append)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
     try:
@@ -107,7 +109,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
             say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
                 f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
             for note in dataset.notes:
-                say(f"warning: {note}")
+                say.warning(f"warning: {note}")
             ship_dataset = getattr(cluster, "ship_dataset", None)
             if ship_dataset is not None:
                 ship_dataset(dataset, say)
@@ -140,7 +142,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
                           log_lines=lines, watch=watch)
     except KeyboardInterrupt:
-        progress(f"run {run_id} cancelled; recorded in {run_dir}")
+        Say(progress, logger)(f"run {run_id} cancelled; recorded in {run_dir}")
         raise
     finally:
         if run_dir.is_dir():
@@ -149,6 +151,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress=print,
             activity.register(client, None)
     lost = metrics.get("cluster_events", {}).get("lost_workers")
     if lost:
-        progress(f"workers lost during the run: {', '.join(lost)}; "
-                 f"{metrics['cluster_events'].get('recomputed_tasks', 0)} task(s) recomputed")
+        Say(progress, logger)(f"workers lost during the run: {', '.join(lost)}; "
+                              f"{metrics['cluster_events'].get('recomputed_tasks', 0)} task(s) "
+                              "recomputed")
     return SubmitResult(run_id, run_dir, metrics)

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from runner.errors import LabError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 PORT = 4566
 ENDPOINT = f"http://127.0.0.1:{PORT}"
@@ -127,8 +132,9 @@ def _spawn(module: str, lab, log_name: str, extra: list[str]) -> int:
     return proc.pid
 
 
-def start_cloud(lab, region: str, progress) -> None:
+def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     """Start the API server and the instance controller; record them in lab.json."""
+    say = Say(progress, logger)
     from runner.lab.machine import BRIDGE, port_open, run
 
     if port_open("127.0.0.1", PORT, timeout=0.5):
@@ -142,8 +148,9 @@ def start_cloud(lab, region: str, progress) -> None:
     (cdir / "amis.json").write_text(json.dumps(debian_amis(), indent=2))
     mirror = find_tf_mirror()
     lab.cloud_terraform_rc.write_text(terraform_rc(mirror) if mirror else "")
-    cloud = {"provider": "aws", "endpoint": ENDPOINT, "region": region, "api_pid": None,
-             "controller_pid": None, "terraform_rc": str(lab.cloud_terraform_rc), "port": PORT}
+    cloud: dict[str, Any] = {"provider": "aws", "endpoint": ENDPOINT, "region": region,
+                             "api_pid": None, "controller_pid": None,
+                             "terraform_rc": str(lab.cloud_terraform_rc), "port": PORT}
     data = lab._data()
     data["cloud"] = cloud
     lab._write(data)  # record first: `lab down` must find whatever starts next
@@ -173,15 +180,15 @@ def start_cloud(lab, region: str, progress) -> None:
     if not _pid_is(cloud["controller_pid"], "runner.lab.instances"):
         raise LabError(f"lab: the instance controller exited at start; see "
                        f"{cdir / 'controller.log'}:\n{(cdir / 'controller.log').read_text()[-1500:]}")
-    progress(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
-             f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER}; images "
-             + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
+    say(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
+        f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER}; images "
+        + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
     if mirror:
-        progress(f"lab: Terraform CLI config {lab.cloud_terraform_rc} (hashicorp/aws from {mirror})")
+        say(f"lab: Terraform CLI config {lab.cloud_terraform_rc} (hashicorp/aws from {mirror})")
     else:
-        progress(f"lab: no local mirror of {TF_PROVIDER} found (DASKFLEET_TF_MIRROR, "
-                 f"{', '.join(TF_MIRROR_CANDIDATES)}): `terraform init` will need network access; "
-                 f"{lab.cloud_terraform_rc} is empty")
+        say(f"lab: no local mirror of {TF_PROVIDER} found (DASKFLEET_TF_MIRROR, "
+            f"{', '.join(TF_MIRROR_CANDIDATES)}): `terraform init` will need network access; "
+            f"{lab.cloud_terraform_rc} is empty")
 
 
 def stop_cloud(lab) -> bool:
@@ -190,7 +197,7 @@ def stop_cloud(lab) -> bool:
     from runner.lab.machine import BRIDGE, run
 
     cloud = (lab._data() or {}).get("cloud") or {}
-    pids = []
+    pids: list[int] = []
     for module, key in (("runner.lab.instances", "controller_pid"), ("runner.lab.ec2", "api_pid")):
         mine = set(_our_pids(module, lab.state_dir))
         if _pid_is(cloud.get(key), module):
@@ -283,10 +290,13 @@ def _as_ec2_does(lab_dir: Path | None = None) -> None:
                                      f"User data is limited to {USER_DATA_LIMIT} bytes")
         return launch(self, image_id, count, user_data, security_group_names, **kwargs)
 
-    InstanceBackend.run_instances = run_instances
-    full = NetworkInterface.association.fget
-    NetworkInterface.association = property(lambda self: full(self) or None)
-    SecurityGroupRule.description = property(
+    # moto's classes patched in place; mypy refuses assigning to a method or a property, which
+    # is what patching them is
+    InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
+    full = vars(NetworkInterface)["association"].fget
+    NetworkInterface.association = property(  # type: ignore[method-assign,assignment]
+        lambda self: full(self) or None)
+    SecurityGroupRule.description = property(  # type: ignore[method-assign,assignment]
         lambda self: self.ip_range.get("Description") or self.source_group.get("Description"))
 
 
@@ -296,8 +306,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     # Read by moto.ec2.models.amis at import: the only images are the lab's (Debian's).
     os.environ["MOTO_AMIS_PATH"] = str(Path(args.lab_dir) / "cloud" / "amis.json")
-    import logging
-
     from moto.server import main as moto_main
 
     _as_ec2_does(Path(args.lab_dir))

@@ -16,6 +16,7 @@ import argparse
 import base64
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,8 @@ from runner.lab import cloudinit, standin
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import Lab
 from runner.lab.machine import BootSpec, LabHost, boot_host, nft_apply, read_instance_hosts, stop_host
+
+logger = logging.getLogger(__name__)
 
 POLL_S = 0.5
 IMAGE_USER = "admin"  # Debian's cloud images' default user
@@ -46,10 +49,6 @@ def _keep_logs(hdir, dest, iid: str) -> None:
                 shutil.copyfile(src, dest / f"{iid}-{src.name}")
         except OSError:
             pass  # best effort: the host is going either way
-
-
-def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
 def host_for(instance_id: str, address: str) -> LabHost:
@@ -175,11 +174,11 @@ class Controller:
             if (p := self.procs.pop(iid, None)) is not None:
                 p.wait()
             if state in ("stopped", "stopping"):
-                log(f"{iid}: {state}: host {host.address} powered off (disk kept)")
+                logger.info(f"{iid}: {state}: host {host.address} powered off (disk kept)")
             else:
                 _keep_logs(self.lab.host_dir(iid), self.lab.cloud_dir / "terminated", iid)
                 shutil.rmtree(self.lab.host_dir(iid), ignore_errors=True)
-                log(f"{iid}: {state}: host {host.address} destroyed (disk deleted)")
+                logger.info(f"{iid}: {state}: host {host.address} destroyed (disk deleted)")
             self.write()
         self.refused &= set(running)
         members: dict[str, list[str]] = {}
@@ -202,14 +201,14 @@ class Controller:
                     nft_apply(self.hosts[iid].netns, ruleset)
                     self.rulesets[iid] = ruleset
                     (self.lab.host_dir(iid) / "sg.nft").write_text(ruleset)  # for `lab restart`
-                    log(f"{iid}: security group rules re-applied")
+                    logger.info(f"{iid}: security group rules re-applied")
             elif iid not in self.refused:
                 try:
                     self.boot(inst, ruleset)
                     self.boot_errors.discard(iid)
                 except Exception as e:  # noqa: BLE001 - one bad instance must not stop the rest
                     if iid not in self.boot_errors:
-                        log(f"{iid}: boot failed ({type(e).__name__}: {e}); retrying")
+                        logger.info(f"{iid}: boot failed ({type(e).__name__}: {e}); retrying")
                     self.boot_errors.add(iid)
         for p in list(self.procs.values()):
             p.poll()  # reap the init of a host that was killed (`lab kill`)
@@ -226,16 +225,17 @@ class Controller:
             else:
                 self.ec2.stop_instances(InstanceIds=[iid])
         except Exception as e:  # noqa: BLE001 - e.g. terminated through the API meanwhile
-            log(f"{iid}: shut down from inside, but {behaviour} failed ({e}); the API decides")
+            logger.info(f"{iid}: shut down from inside, but {behaviour} failed ({e}); the API "
+                        "decides")
             return
-        log(f"{iid}: shut down from inside: {behaviour}")
+        logger.info(f"{iid}: shut down from inside: {behaviour}")
 
     def boot(self, inst: dict, ruleset: str) -> None:
         iid = inst["InstanceId"]
         reason = refuse_reason(inst, self.image_arch(inst["ImageId"]))
         if reason:
             self.refused.add(iid)
-            log(f"{iid}: BOOT FAILED: {reason}")
+            logger.warning(f"{iid}: BOOT FAILED: {reason}")
             return
         t0 = time.monotonic()
         host = host_for(iid, inst["PrivateIpAddress"])
@@ -252,13 +252,14 @@ class Controller:
             try:
                 plan = cloudinit.plan_user_data(raw, IMAGE_USER, keys)
             except cloudinit.UserDataError as e:
-                log(f"{iid}: user_data not understood ({e}); booting with the default user only")
+                logger.info(f"{iid}: user_data not understood ({e}); booting with the default "
+                            "user only")
                 plan = cloudinit.plan_user_data(b"", IMAGE_USER, keys)
             for what in plan.ignored:
-                log(f"{iid}: user_data: ignored {what}")
+                logger.info(f"{iid}: user_data: ignored {what}")
             images = self.lab.cloud_dir / "images"
             if b"docker" in cloudinit.decode_user_data(raw):  # only a container needs the image
-                standin.build_image_env(images, log)
+                standin.build_image_env(images)
             standin.install(hdir, standin.image_env_path(images))
             script = hdir / "first-boot.sh"
             script.write_text(cloudinit.render_plan(plan))
@@ -278,8 +279,8 @@ class Controller:
         self.rulesets[iid] = ruleset
         (hdir / "sg.nft").write_text(ruleset)
         self.write()
-        log(f"{iid}: booted {host.address} ({'first boot' if first else 'boot'}) in "
-            f"{time.monotonic() - t0:.2f}s; log {hdir / 'init.log'}")
+        logger.info(f"{iid}: booted {host.address} ({'first boot' if first else 'boot'}) in "
+                    f"{time.monotonic() - t0:.2f}s; log {hdir / 'init.log'}")
 
     def write(self) -> None:
         path = self.lab.cloud_dir / "instances.json"
@@ -290,19 +291,19 @@ class Controller:
         tmp.replace(path)
 
     def run(self) -> None:
-        log(f"instance controller up: {self.lab.state_dir}, region {self.region}")
+        logger.info(f"instance controller up: {self.lab.state_dir}, region {self.region}")
         self.write()
         failing = False
         while True:
             try:
                 self.reconcile()
                 if failing:
-                    log("EC2 API answering again")
+                    logger.info("EC2 API answering again")
                 failing = False
             except Exception as e:  # noqa: BLE001 - log and retry: the controller must not die
                 if not failing:
-                    log(f"reconcile failed ({type(e).__name__}: {e}); retrying\n"
-                        + traceback.format_exc())
+                    logger.info(f"reconcile failed ({type(e).__name__}: {e}); retrying\n"
+                                + traceback.format_exc())
                 failing = True
             time.sleep(POLL_S)
 
@@ -312,8 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lab-dir", required=True)
     args = p.parse_args(argv)
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    # its stdout is the lab's controller.log: a line per event, with the time
+    output = logging.StreamHandler(sys.stdout)
+    output.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    runner_logger = logging.getLogger("runner")
+    runner_logger.addHandler(output)
+    runner_logger.setLevel(logging.INFO)
     Controller(Lab(args.lab_dir)).run()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,6 +15,7 @@ too) live in runner.lab.machine, which imports nothing else of the lab.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -54,6 +55,9 @@ from runner.lab.machine import (
     shape_uplink,
     stop_host,
 )
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 CONTROL = "control"  # `lab cut control`: the control machine's own link
 
@@ -63,6 +67,10 @@ class Lab:
 
     def __init__(self, state_dir: Path | str | None = None):
         self.state_dir = Path(state_dir or os.environ.get("DASKFLEET_LAB_DIR") or DEFAULT_STATE_DIR)
+        # what `up` was asked for, read while it makes the lab
+        self._region = "us-east-1"
+        self._want_store = False
+        self._spawned_store: dict | None = None  # a store `up` started with new hosts
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -152,11 +160,13 @@ class Lab:
                 "credentials": record["credentials"], "up": objectstore.alive(record)}
 
     # -- bring-up ---------------------------------------------------------------------------
-    def up(self, n_hosts: int | None = 3, progress=print, user: str | None = None,
+    def up(self, n_hosts: int | None = 3, progress: Progress | None = None,
+           user: str | None = None,
            cloud: str | None = None, region: str = "us-east-1",
            object_store: bool = False, uplink: str | None = None) -> list[LabHost]:
         """Make the lab (or reuse the running one). ``uplink`` (tc's words: 50mbit) shapes what
         this machine sends into the lab, as a laptop's uplink; ``off`` removes the shaping."""
+        say = Say(progress, logger)
         check_prerequisites()
         if uplink is not None and uplink.strip().lower() != UPLINK_OFF:
             parse_uplink(uplink)  # refused before anything is made
@@ -178,47 +188,50 @@ class Lab:
             hosts = self._fresh(n_hosts, user or "root", progress)
         if uplink is not None:
             shaped = shape_uplink(uplink)
-            progress(f"lab: this machine's uplink to the lab shaped to "
-                     f"{shaped['rate_bits_per_s'] / 1e6:g} Mbit/s" if shaped
-                     else "lab: this machine's uplink to the lab is not shaped")
+            say(f"lab: this machine's uplink to the lab shaped to "
+                f"{shaped['rate_bits_per_s'] / 1e6:g} Mbit/s" if shaped
+                else "lab: this machine's uplink to the lab is not shaped")
         self._object_store(region, progress)
         if cloud:
             from runner.lab.ec2 import start_cloud
 
-            if self.cloud():
+            running = self.cloud()
+            if running:
                 from runner.lab.ec2 import cloud_alive
 
-                if not cloud_alive(self.cloud()):
+                if not cloud_alive(running):
                     raise LabError(
                         f"lab: the emulated cloud recorded in {self.record} is not running (its "
                         "API server or instance controller died); run `daskfleet lab down` and "
                         "`daskfleet lab up --cloud aws` again.")
-                progress(f"lab: reusing the running emulated cloud at {self.cloud()['endpoint']}")
+                say(f"lab: reusing the running emulated cloud at {running['endpoint']}")
             else:
                 try:
                     start_cloud(self, region, progress)
                 except BaseException:
                     if data is None:  # we made the lab: remove it all
-                        progress("lab: bring-up failed; removing what was created")
+                        say("lab: bring-up failed; removing what was created")
                         self.down(progress=lambda *_: None)
                     else:  # keep the running lab, drop the half-started cloud
                         from runner.lab.ec2 import stop_cloud
 
                         stop_cloud(self)
-                        self._write({**self._data(), "cloud": None})
+                        self._write({**(self._data() or data), "cloud": None})
                     raise
         return hosts
 
-    def _object_store(self, region: str, progress) -> None:
+    def _object_store(self, region: str, progress: Progress | None) -> None:
         """The lab's object store (runner.lab.objectstore), when asked for (`--object-store`):
         started with the lab, or added to a running lab; started again when a reused lab's store
         is down (its objects are gone then: they live in memory)."""
+        say = Say(progress, logger)
         from runner.lab import objectstore
 
         data = self._data()
-        if not getattr(self, "_want_store", False) and not data.get("object_store"):
+        assert data is not None, "called once the lab's hosts are recorded"
+        if not self._want_store and not data.get("object_store"):
             return  # not asked for (`lab up --object-store`), and none to keep running
-        spawned = getattr(self, "_spawned_store", None)
+        spawned = self._spawned_store
         if spawned is not None:  # this `up` made the lab, and started the store with it
             self._spawned_store = None
             data["object_store"] = objectstore.ready(spawned, progress)
@@ -226,10 +239,10 @@ class Lab:
             return
         record = data.get("object_store")
         if objectstore.alive(record):
-            progress(f"lab: reusing the running object store at {record['endpoint']}")
+            say(f"lab: reusing the running object store at {record['endpoint']}")
             return
         if record:
-            progress("lab: the object store was down; starting it again (empty)")
+            say("lab: the object store was down; starting it again (empty)")
             stop_host(objectstore.NETNS, objectstore.LINK)
         data["object_store"] = objectstore.start(self.state_dir / "objectstore", region, progress)
         self._write(data)
@@ -238,7 +251,9 @@ class Lab:
         data = self._data()
         return data.get("object_store") if data else None
 
-    def _reuse(self, data: dict, n_hosts: int | None, user: str | None, progress) -> list[LabHost]:
+    def _reuse(self, data: dict, n_hosts: int | None, user: str | None,
+               progress: Progress | None) -> list[LabHost]:
+        say = Say(progress, logger)
         existing = [LabHost(**h) for h in data["hosts"]]
         dead = [h.name for h in existing if not self.host_alive(h)]
         if dead:
@@ -255,10 +270,11 @@ class Lab:
         if existing and user is not None and have != user:
             raise LabError(f"lab: the running lab logs in as {have!r}, not {user!r}; use "
                            f"`--user {have}` or run `daskfleet lab down` first.")
-        progress(f"lab: reusing the running lab ({len(existing)} hosts) in {self.state_dir}")
+        say(f"lab: reusing the running lab ({len(existing)} hosts) in {self.state_dir}")
         return existing
 
-    def _fresh(self, n_hosts: int, user: str, progress) -> list[LabHost]:
+    def _fresh(self, n_hosts: int, user: str, progress: Progress | None) -> list[LabHost]:
+        say = Say(progress, logger)
         if link_exists(BRIDGE):
             raise LabError(
                 f"lab: bridge {BRIDGE} exists but no lab is recorded in {self.state_dir} "
@@ -272,12 +288,13 @@ class Lab:
         try:
             self._create(hosts, user, progress)
         except BaseException:
-            progress("lab: bring-up failed; removing what was created")
+            say("lab: bring-up failed; removing what was created")
             self.down(progress=lambda *_: None)
             raise
         return hosts
 
-    def _create(self, hosts: list[LabHost], user: str, progress) -> None:
+    def _create(self, hosts: list[LabHost], user: str, progress: Progress | None) -> None:
+        say = Say(progress, logger)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         # Record first, so `lab down` can always clean up a half-made lab.
@@ -289,14 +306,13 @@ class Lab:
         run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         # the object store's server imports for seconds: started first, waited for in `up`
-        if getattr(self, "_want_store", False):
+        if self._want_store:
             from runner.lab import objectstore
 
-            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore",
-                                                 getattr(self, "_region", "us-east-1"))
+            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore", self._region)
         known = []
         for host in hosts:
-            progress(f"lab: creating {host.name} ({host.address})")
+            say(f"lab: creating {host.name} ({host.address})")
             known.append(self._create_host(host))
         self.known_hosts.write_text("".join(known))
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -310,7 +326,7 @@ class Lab:
                     )
                 time.sleep(0.1)
         who = "" if user == "root" else f", user {user}"
-        progress(f"lab: {len(hosts)} hosts up{who}; key {self.key}, known_hosts {self.known_hosts}")
+        say(f"lab: {len(hosts)} hosts up{who}; key {self.key}, known_hosts {self.known_hosts}")
 
     def _create_host(self, host: LabHost) -> str:
         """Boot a plain lab host; returns its known_hosts line."""
@@ -337,10 +353,11 @@ class Lab:
         host = self._get(name)
         kill_netns_processes(host.netns)
 
-    def restart(self, name: str, progress=print) -> None:
+    def restart(self, name: str, progress: Progress | None = None) -> None:
         """Boot a host again (after `kill`, or to reboot it): same address, host key and disks;
         no process survives, as after a real reboot. Instance hosts reboot with their boot spec
         (their user_data does not run again)."""
+        say = Say(progress, logger)
         check_prerequisites()
         host = self._get(name)
         stop_host(host.netns, host.veth)
@@ -358,7 +375,7 @@ class Lab:
                 raise LabError(f"lab: {name} did not come back within {READY_TIMEOUT_S:.0f}s; "
                                f"see {self.host_dir(name) / 'init.log'}.")
             time.sleep(0.1)
-        progress(f"lab: {name} restarted ({host.address})")
+        say(f"lab: {name} restarted ({host.address})")
 
     def cut(self, name: str) -> None:
         """Cut the host's link: every packet in or out of it is dropped (loopback excepted), its
@@ -401,7 +418,8 @@ class Lab:
                            "`apt-get install -y nftables`.")
 
     # -- teardown ---------------------------------------------------------------------------
-    def down(self, progress=print) -> None:
+    def down(self, progress: Progress | None = None) -> None:
+        say = Say(progress, logger)
         check_prerequisites()
         from runner.lab.ec2 import stop_cloud
 
@@ -425,7 +443,7 @@ class Lab:
             shutil.rmtree(self.state_dir)
         what = [f"{len(names)} hosts removed"] if names else []
         what += ["emulated cloud stopped"] if stopped_cloud else []
-        progress(f"lab: down ({', '.join(what)})" if what else "lab: nothing to remove")
+        say(f"lab: down ({', '.join(what)})" if what else "lab: nothing to remove")
 
     def _get(self, name: str) -> LabHost:
         every = self.hosts() + (self.instance_hosts() if self.cloud() else [])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,8 +25,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TypeGuard
 
 from runner.errors import LabError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
 LINK = "dfv-s3"
@@ -41,7 +46,7 @@ def credentials_path(state: Path) -> Path:
     return Path(state) / "credentials.json"
 
 
-def start(state: Path, region: str, progress) -> dict:
+def start(state: Path, region: str, progress: Progress | None = None) -> dict:
     """Boot the store's host and its server (`spawn`), and return its record once it answers
     (`ready`)."""
     return ready(spawn(state, region), progress)
@@ -81,8 +86,9 @@ def spawn(state: Path, region: str) -> dict:
             "started": time.monotonic()}
 
 
-def ready(record: dict, progress) -> dict:
+def ready(record: dict, progress: Progress | None = None) -> dict:
     """Wait until the spawned store answers; its record (for lab.json)."""
+    say = Say(progress, logger)
     from runner.lab.machine import port_open, stop_host
 
     state = Path(record["credentials"]).parent
@@ -95,12 +101,12 @@ def ready(record: dict, progress) -> dict:
                            f"{state / 'server.log'}:\n{tail}")
         time.sleep(0.2)
     took = time.monotonic() - record.pop("started", time.monotonic())
-    progress(f"lab: object store (S3 API) at {record['endpoint']} on a host of its own "
-             f"({took:.1f}s); credentials in {record['credentials']}")
+    say(f"lab: object store (S3 API) at {record['endpoint']} on a host of its own "
+        f"({took:.1f}s); credentials in {record['credentials']}")
     return record
 
 
-def alive(record: dict | None) -> bool:
+def alive(record: dict | None) -> TypeGuard[dict]:
     from runner.lab.machine import port_open
 
     if not record:
@@ -125,7 +131,7 @@ def _create_user(region: str) -> tuple[str, str]:
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
     iam.create_user(region_name=region, user_name=USER)
     policy = iam.create_policy(description="the lab object store's user", path="/",
-                               policy_document=S3_ONLY, policy_name="daskfleet-lab-s3", tags={})
+                               policy_document=S3_ONLY, policy_name="daskfleet-lab-s3", tags=[])
     iam.attach_user_policy(policy.arn, USER)
     key = iam.create_access_key(USER)
     return key.access_key_id, key.secret_access_key

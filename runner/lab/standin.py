@@ -21,6 +21,7 @@ inside a lab host (it would reach the control machine's init).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shlex
 import subprocess
@@ -28,6 +29,9 @@ import time
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 # Inside an instance host (private per host: runner.lab.instances adds them to the boot spec).
 BIN_DIRS = ("usr/local/bin", "usr/local/sbin")
@@ -182,7 +186,7 @@ def image_env_path(images_dir: Path) -> Path:
     return images_dir / key
 
 
-def build_image_env(images_dir: Path, progress) -> Path:
+def build_image_env(images_dir: Path, progress: Progress | None = None) -> Path:
     """The lock's third-party pins installed offline (hash-checked, from the project's wheelhouse)
     into a venv of the host's Python, once per set of pins. The project itself is left out."""
     from runner.provision import wheelhouse
@@ -211,5 +215,5 @@ def build_image_env(images_dir: Path, progress) -> Path:
             raise LabError(f"lab: building the docker stand-in's environment failed: "
                            f"`{shlex.join(args)}`:\n{(proc.stderr or proc.stdout)[-1500:]}")
     (dest / ".complete").write_text(house.lock.hash + "\n")
-    progress(f"docker stand-in environment {dest} built in {time.monotonic() - t0:.1f}s")
+    Say(progress, logger)(f"docker stand-in environment {dest} built in {time.monotonic() - t0:.1f}s")
     return dest

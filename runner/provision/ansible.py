@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -11,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import ProvisionError
+from runner.log import Progress
+
+logger = logging.getLogger(__name__)
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -36,9 +40,12 @@ def _binary() -> str:
 
 def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = False,
                  playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset(),
-                 progress=None, limit: list[str] | None = None) -> PlaybookResult:
+                 progress: Progress | None = None, limit: list[str] | None = None
+                 ) -> PlaybookResult:
     """Run the playbook; raise ProvisionError naming the hosts that failed. Hosts named in
-    tolerate_unreachable may be unreachable (a degraded cluster) without failing the run."""
+    tolerate_unreachable may be unreachable (a degraded cluster) without failing the run. Each
+    task's name goes to ``progress`` as it starts; without it, to the debug log only."""
+    said = progress if progress is not None else logger.debug
     log.parent.mkdir(parents=True, exist_ok=True)
     vars_file = log.with_suffix(".vars.json")
     vars_file.write_text(json.dumps(extra_vars))
@@ -47,17 +54,19 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
         args.append("--check")
     if limit is not None:
         args += ["--limit", ",".join(limit)]
+    logger.debug(f"running {' '.join(args)}")
     env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}
     # Streamed, so a long install shows which task it is on (the full output goes to the log).
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, cwd=PLAYBOOKS)
+    assert proc.stdout is not None, "stdout=PIPE"
     lines = []
     for line in proc.stdout:
         lines.append(line)
         task = re.match(r"^TASK \[(.+?)\]", line)
-        if task and progress is not None:
-            progress(f"ansible: {task[1]}")
+        if task:
+            said(f"ansible: {task[1]}")
     proc.wait()
     output = "".join(lines)
     log.write_text(output)

@@ -3,6 +3,7 @@ machine's environment, the TLS files and the Dask configuration on each of them.
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 import time
@@ -13,10 +14,13 @@ from runner import state
 from runner.cluster.hosts import Host
 from runner.cluster.processes import cluster_user
 from runner.errors import ProvisionError
+from runner.log import Progress, Say
 from runner.provision import ansible, inventory, terraform
 
 if TYPE_CHECKING:
     from runner.cluster.cluster import Cluster
+
+logger = logging.getLogger(__name__)
 
 
 def write_terraform_root(cluster: Cluster) -> Path:
@@ -39,20 +43,21 @@ def write_terraform_root(cluster: Cluster) -> Path:
     return workdir
 
 
-def provision(cluster: Cluster, progress=print, yes: bool = False,
+def provision(cluster: Cluster, progress: Progress | None = None, yes: bool = False,
               before_apply=None) -> tuple[list[Host], float]:
     """Terraform apply (of the plan it made, saved), record the hosts, wait until they boot,
     write the inventory. A plan that destroys or replaces a machine is refused unless ``yes``;
     ``before_apply()`` runs once the plan is accepted, before anything changes. Returns the
     hosts and the seconds spent waiting for them to boot."""
+    say = Say(progress, logger)
     provider = cluster.provider
     provider.before_apply(progress)
 
     def confirm(actions: dict[str, list[str]]) -> None:
         lost = terraform.machines_lost(actions)
         if lost:
-            progress(f"terraform: the plan destroys or replaces {len(lost)} machine(s): "
-                     f"{', '.join(lost)}")
+            say(f"terraform: the plan destroys or replaces {len(lost)} machine(s): "
+                f"{', '.join(lost)}")
             if not yes:
                 raise ProvisionError(
                     f"{cluster.spec.source}: `up` would destroy or replace {', '.join(lost)} "
@@ -103,7 +108,8 @@ def tolerated(cluster: Cluster, hosts: list[Host]) -> frozenset[str]:
     return frozenset(h.name for h in cluster.worker_hosts(hosts) if h.role == "worker")
 
 
-def wheelhouses(cluster: Cluster, hosts: list[Host], progress=print) -> tuple[dict, dict[str, str]]:
+def wheelhouses(cluster: Cluster, hosts: list[Host], progress: Progress | None = None
+                ) -> tuple[dict, dict[str, str]]:
     """Read each node's Python and architecture (refusing another Python minor version), then
     build or reuse one wheelhouse per architecture. Returns (machine -> Wheelhouse,
     host name -> environment hash)."""
@@ -117,41 +123,42 @@ def wheelhouses(cluster: Cluster, hosts: list[Host], progress=print) -> tuple[di
     return built, {h.name: built[m].hash for h, m in machines.items()}
 
 
-def install(cluster: Cluster, hosts: list[Host], progress=print, force: bool = False
+def install(cluster: Cluster, hosts: list[Host], progress: Progress | None = None, force: bool = False
             ) -> tuple[ansible.PlaybookResult, dict[str, str]]:
     """Ansible: the environment of this machine's lock on every node, TLS files, dask config,
     on the hosts whose record says they lack it (all of them with ``force``). Returns the
     playbook result and host name -> environment hash."""
     from runner.provision import fingerprint
 
+    say = Say(progress, logger)
     built, env_hashes = wheelhouses(cluster, hosts, progress)
     if cluster.spec.tls:
         cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     else:
-        progress("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
-                 "anyone who reaches the scheduler can run code on every worker.")
+        say.warning("WARNING: tls: false in the cluster file: Dask traffic is NOT encrypted and "
+                    "anyone who reaches the scheduler can run code on every worker.")
     variables = playbook_vars(cluster, built)
     inventory.write_vars(cluster.inventory_path, variables)  # a run by hand is the same run
     wanted = {h.name: fingerprint.expected(cluster, h, variables) for h in hosts}
     done = set() if force else fingerprint.up_to_date(cluster, hosts, wanted, env_hashes)
     todo = [h for h in hosts if h.name not in done]
     if not todo:
-        progress(f"ansible: nothing to do: all {len(hosts)} hosts have this environment, TLS files "
-                 "and configuration (as recorded on each); `daskfleet up --force` runs it anyway")
+        say(f"ansible: nothing to do: all {len(hosts)} hosts have this environment, TLS files "
+            "and configuration (as recorded on each); `daskfleet up --force` runs it anyway")
         result = ansible.PlaybookResult(changed=0, per_host={}, output="")
     else:
         if done:
-            progress(f"ansible: {', '.join(sorted(done))} up to date; running on "
-                     + ", ".join(h.name for h in todo))
+            say(f"ansible: {', '.join(sorted(done))} up to date; running on "
+                + ", ".join(h.name for h in todo))
         result = ansible.run_playbook(cluster.inventory_path, variables,
                                       log=cluster.state_dir / "logs" / "ansible.log",
                                       tolerate_unreachable=tolerated(cluster, hosts),
-                                      progress=progress,
+                                      progress=say,  # each task's name, as it starts
                                       limit=None if len(todo) == len(hosts) else
                                       [h.name for h in todo])
         if result.unreachable:
-            progress(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
-                     f"continuing because min_workers is {cluster.spec.min_workers}")
+            say.warning(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
+                        f"continuing because min_workers is {cluster.spec.min_workers}")
         fingerprint.record(cluster, [h for h in todo if h.name not in result.unreachable],
                            wanted)
     local = built.get(platform.machine()) or next(iter(built.values()))

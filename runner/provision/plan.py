@@ -3,6 +3,7 @@ changing nothing on the hosts."""
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -10,7 +11,10 @@ from pathlib import Path
 
 from runner.cluster import changes
 from runner.errors import DaskfleetError
+from runner.log import Progress, Say
 from runner.provision import ansible, inventory, machines, terraform
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,12 +57,13 @@ def would_change(output: str) -> dict[str, list[str]]:
     return tasks
 
 
-def plan(cluster, progress=print) -> PlanReport:
+def plan(cluster, progress: Progress | None = None) -> PlanReport:
+    say = Say(progress, logger)
     report = PlanReport()
     spec = cluster.spec
     cluster.provider.before_apply(progress)
     workdir = machines.write_terraform_root(cluster)
-    progress("terraform: plan")
+    say("terraform: plan")
     report.terraform = terraform.plan(workdir, cluster.provider.terraform_env())
     try:
         hosts = cluster.hosts()
@@ -72,7 +77,7 @@ def plan(cluster, progress=print) -> PlanReport:
         cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
         inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
-        progress(f"ansible: check mode on {len(hosts)} host(s)")
+        say(f"ansible: check mode on {len(hosts)} host(s)")
         result = ansible.run_playbook(inv, machines.playbook_vars(cluster, wheelhouses),
                                       log=cluster.state_dir / "logs" / "ansible-plan.log",
                                       check=True)

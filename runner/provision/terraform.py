@@ -6,6 +6,7 @@ The root configuration is generated as JSON (main.tf.json), so values need no HC
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from runner import signals
 from runner.errors import ProvisionError
+from runner.log import Progress, Say
+
+logger = logging.getLogger(__name__)
 
 MODULES = Path(__file__).resolve().parents[2] / "terraform" / "modules"
 
@@ -40,36 +44,35 @@ def _binary() -> str:
 INTERRUPT_GRACE_S = 300.0
 
 
-def _say(message: str) -> None:
-    print(f"[daskfleet] {message}", flush=True)
-
-
-def _tf(workdir: Path, *args: str, what: str, env: dict | None = None, say=_say) -> str:
+def _tf(workdir: Path, *args: str, what: str, env: dict | None = None,
+        say: Progress | None = None) -> str:
     # A session of its own: the terminal's Ctrl-C reaches only us, and Terraform gets exactly
     # one interrupt from us (a second one makes it stop at once, state unsaved).
+    logger.debug(f"terraform {' '.join(args)} (in {workdir})")
     proc = subprocess.Popen([_binary(), *args], cwd=workdir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env(env),
                             start_new_session=True)
     try:
         stdout, stderr = proc.communicate()
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as Terminated
-        _, _, finished = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S, say)
+        # a warning: -q shows it too (what a second Ctrl-C would do)
+        _, _, finished = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S,
+                                                      Say(say, logger).warning)
         raise ProvisionError(_interrupted(workdir, what, finished, env)) from interrupt
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
-        out = proc.stderr + proc.stdout
+        out = stderr + stdout
         # Terraform writes its errors to stderr, from the first "Error:" on (warnings before it,
         # such as a missing ~/.terraformrc, are noise); stdout holds the long plan.
-        err = proc.stderr.strip()
+        err = stderr.strip()
         err = err[err.find("Error:"):] if "Error:" in err else err
-        tail = "\n".join((err or proc.stdout.strip()).splitlines()[-30:])
+        tail = "\n".join((err or stdout.strip()).splitlines()[-30:])
         hosts = sorted(set(re.findall(r'terraform_data\.this\["([^"]+)"\]', out)))
         addresses = _declared_addresses(workdir)
         which = (" for host(s) " + ", ".join(f"{h} ({addresses[h]})" if h in addresses else h
                                               for h in hosts)) if hosts else ""
         raise ProvisionError(f"terraform {what} failed{which} (working folder {workdir}):\n{tail}"
                              "\nFix the cause and run the command again; finished steps are kept.")
-    return proc.stdout
+    return stdout
 
 
 def _interrupted(workdir: Path, what: str, finished: bool, env: dict | None) -> str:

@@ -131,8 +131,9 @@ class CertificateAuthority:
             self._create_ca()
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        wanted = [(name, address, True, self.cert(name), self.key(name))
-                  for name, address in hosts.items()]
+        wanted: list[tuple[str, str | None, bool, Path, Path]] = [
+            (name, address, True, self.cert(name), self.key(name))
+            for name, address in hosts.items()]
         wanted.append(("client", None, False, self.client_cert, self.client_key))
         for name, address, server, cert, key in wanted:
             if (not (cert.exists() and key.exists()) or not _pair_matches(cert, key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import platform
 import shutil
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import ProvisionError
+from runner.log import Progress, Say
 from runner.provision.lock import PROJECT, Lock
+
+logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,8 +89,10 @@ def _run(args: list[str], what: str, cwd: Path | None = None) -> None:
 
 def _uv_binary() -> Path:
     uv = Path(sys.executable).parent / "uv"
-    found = uv if uv.exists() else (shutil.which("uv") and Path(shutil.which("uv")))
-    if not found:
+    if uv.exists():
+        return uv
+    found = shutil.which("uv")
+    if found is None:
         raise ProvisionError("wheelhouse: the `uv` binary is missing; run `make venv`.")
     return Path(found)
 
@@ -106,16 +112,17 @@ def _platform_args(machine: str) -> list[str]:
     ]
 
 
-def _uv_for(machine: str, dest: Path, root: Path, progress) -> None:
+def _uv_for(machine: str, dest: Path, root: Path, progress: Progress | None) -> None:
     """The uv binary the nodes install with: ours on the same architecture, otherwise the
     same uv version's binary for theirs, taken from its PyPI wheel."""
+    say = Say(progress, logger)
     if machine == platform.machine():
         shutil.copy2(_uv_binary(), dest)
         return
     version = importlib.metadata.version("uv")
     cache = root / "uv" / f"{version}-{machine}"
     if not cache.exists():
-        progress(f"wheelhouse: downloading uv {version} for {machine}")
+        say(f"wheelhouse: downloading uv {version} for {machine}")
         tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -176,16 +183,17 @@ def hashed_requirements(lock: Lock, lock_file: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pinned_wheels(lock: Lock, root: Path, progress) -> Path:
+def _pinned_wheels(lock: Lock, root: Path, progress: Progress | None = None) -> Path:
     """The third-party wheels, cached by the pins alone so a code change does not refetch them;
     downloaded with --require-hashes against requirements.lock."""
+    say = Say(progress, logger)
     pins = [f"{n}=={v}" for n, v in lock.pins]
     key = hashlib.sha256(f"{lock.python} {lock.machine} {pins}".encode()).hexdigest()[:16]
     deps = root / "deps" / key
     if deps.exists():
         return deps
     requirements = hashed_requirements(lock)
-    progress(f"wheelhouse: downloading {len(pins)} pinned wheels (once per set of pins)")
+    say(f"wheelhouse: downloading {len(pins)} pinned wheels (once per set of pins)")
     tmp = deps.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -210,14 +218,15 @@ def _prune(root: Path, keep: int = 4) -> None:
         shutil.rmtree(old.with_suffix(""), ignore_errors=True)
 
 
-def build(lock: Lock, progress=print) -> Wheelhouse:
+def build(lock: Lock, progress: Progress | None = None) -> Wheelhouse:
     """Return the cached wheelhouse for `lock`, building it first when it is not cached."""
+    say = Say(progress, logger)
     root = cache_root()
     final = root / lock.hash
     archive = root / f"{lock.hash}.tar"
     if (final / "lock.txt").exists() and archive.exists():
         archive_sha256(archive)
-        progress(f"wheelhouse: cached {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
+        say(f"wheelhouse: cached {archive} ({archive.stat().st_size / 1e6:.0f} MB)")
         return Wheelhouse(lock, final, archive)
     t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
@@ -227,7 +236,7 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     wheels.mkdir(parents=True)
     for dep in _pinned_wheels(lock, root, progress).iterdir():
         os.link(dep, wheels / dep.name)  # hard links: the cache holds each wheel once
-    progress("wheelhouse: building the project's wheel")
+    say("wheelhouse: building the project's wheel")
     _run([str(_uv_binary()), "build", "--wheel", "--quiet", "--out-dir", str(wheels),
           str(PROJECT_ROOT)], f"building the {PROJECT} wheel")
     project_wheels = []
@@ -260,6 +269,6 @@ def build(lock: Lock, progress=print) -> Wheelhouse:
     tmp.rename(final)
     tar_tmp.rename(archive)
     _prune(root)
-    progress(f"wheelhouse: built {archive} ({archive.stat().st_size / 1e6:.0f} MB) "
-             f"in {time.monotonic() - t0:.1f}s")
+    say(f"wheelhouse: built {archive} ({archive.stat().st_size / 1e6:.0f} MB) "
+        f"in {time.monotonic() - t0:.1f}s")
     return Wheelhouse(lock, final, archive)

@@ -7,13 +7,17 @@ open only inside the cluster's own security group."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 from runner.cluster.hosts import Host
 from runner.errors import ConfigError, ProvisionError
+from runner.log import Progress, Say
 from runner.provision import hostkeys
 from runner.provision.providers.base import Provider
+
+logger = logging.getLogger(__name__)
 
 # Set by daskfleet from ssh: and dask:, never by the cluster file's terraform: section.
 RESERVED = ("cluster_name", "ssh_user", "ssh_public_key", "host_keys", "dask_ports",
@@ -43,6 +47,7 @@ class Cloud(Provider):
     def ssh_paths(self) -> tuple[Path, Path]:
         from runner.config import resolve_path
 
+        assert self.spec.ssh.private_key is not None, "the file's validator requires it on clouds"
         key = resolve_path(self.spec, self.spec.ssh.private_key)
         known = (resolve_path(self.spec, self.spec.ssh.known_hosts) if self.spec.ssh.known_hosts
                  else self.state_dir / "known_hosts")
@@ -88,7 +93,7 @@ class Cloud(Provider):
         """The Python minor version of the image, where it is known."""
         return None if self.image_var in self.spec.terraform else self.default_image_python
 
-    def before_apply(self, progress) -> None:
+    def before_apply(self, progress: Progress | None) -> None:
         self.public_key()
         minor = f"{sys.version_info.major}.{sys.version_info.minor}"
         image = self.image_python()
@@ -106,15 +111,16 @@ class Cloud(Provider):
     def hosts_from_output(self, outputs: dict) -> list[Host]:
         return [Host.from_output(row, use_public=self.use_public) for row in outputs["hosts"]]
 
-    def after_apply(self, hosts: list[Host], ssh, progress) -> None:
+    def after_apply(self, hosts: list[Host], ssh, progress: Progress | None) -> None:
         from runner.cluster.ssh import wait_for_ssh
 
         keys = hostkeys.ensure(self.state_dir / "host_keys", [h.name for h in hosts])
         _, known = self.ssh_paths()
         hostkeys.write_known_hosts(known, {hostkeys.entry_host(h.address, h.port):
                                            keys[h.name]["public_key"] for h in hosts})
-        progress(f"ssh: waiting for {len(hosts)} host(s) to answer with the host keys daskfleet "
-                 f"gave them (at most {self.spec.ssh.boot_timeout:.0f}s)")
+        Say(progress, logger)(f"ssh: waiting for {len(hosts)} host(s) to answer with the host "
+                              f"keys daskfleet gave them (at most "
+                              f"{self.spec.ssh.boot_timeout:.0f}s)")
         wait_for_ssh(hosts, ssh, self.spec.ssh.boot_timeout)
 
 
@@ -165,7 +171,7 @@ class AWS(Cloud):
         path.write_text(suffix + "\n")
         return suffix
 
-    def before_apply(self, progress) -> None:
+    def before_apply(self, progress: Progress | None) -> None:
         super().before_apply(progress)
         self._check_endpoint()
 
