@@ -162,7 +162,7 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     assert rc == 0 and any("a CA change is under way (phase 1 of 3)" in w
                            for w in st["warnings"]), st
     # no job now: the same command goes on: the scheduler takes phase 1, then phases 2 and 3
-    out = cli("rotate", "--new-ca", "-c", str(LAB_CLUSTER), timeout=900).stdout
+    out = cli("rotate", "--new-ca", "-c", str(LAB_CLUSTER), timeout=600).stdout
     for line in ("CA change: phase 1 of 3 goes on", "CA change: phase 2 of 3: the new CA signs",
                  "CA change: phase 3 of 3: the old CA is no longer trusted", "CA change: done"):
         assert line in out, (line, out)
