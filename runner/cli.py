@@ -118,7 +118,7 @@ def cmd_up(args) -> int:
 
 def cmd_rotate(args) -> int:
     with _cluster(args) as cluster:
-        summary = cluster.rotate(restart=args.restart)
+        summary = cluster.rotate(restart=args.restart, new_ca=args.new_ca)
     logger.info(summary.line())
     return 0
 
@@ -371,6 +371,10 @@ def parser() -> argparse.ArgumentParser:
                                     "scheduler once no job runs"))
     r.add_argument("--restart", action="store_true",
                    help="restart the scheduler now even while a job runs (the job fails)")
+    r.add_argument("--new-ca", action="store_true",
+                   help="a new CA too, in three phases rolled out one after another (trust "
+                        "both, issue from the new, drop the old); run it again to go on with a "
+                        "change that waited for a running job")
     r.set_defaults(func=cmd_rotate)
     s = with_cluster(sub.add_parser("status", help="hosts, processes and workers"))
     s.add_argument("--json", action="store_true")

@@ -32,6 +32,10 @@ from runner.shared_state import SharedState
 logger = logging.getLogger(__name__)
 
 
+# a CA change's phase (CertificateAuthority.ca_change_phase) as the user counts it
+CA_PHASES = {"trust": "1 of 3", "issue": "2 of 3", None: "3 of 3"}
+
+
 @dataclass
 class UpSummary:
     timings: dict[str, float] = field(default_factory=dict)
@@ -474,20 +478,32 @@ class Cluster:
         warnings = [
             f"the {'CA' if name == 'ca' else f'certificate of {name}'} expires on "
             f"{end:%Y-%m-%d} ({(end - now).days} days): "
-            + ("make a new CA (`daskfleet down --destroy --purge`, then `up`)" if name == "ca"
+            + (f"run `daskfleet rotate --new-ca -c {self.spec.source}`" if name == "ca"
                else f"run `daskfleet rotate -c {self.spec.source}`")
-            for name, end in ends.items() if end - now < timedelta(days=30)]
+            for name, end in ends.items()
+            if end - now < timedelta(days=30) and name not in ("ca-old", "ca-next")]
+        phase = self.ca.ca_change_phase()
+        if phase is not None:
+            warnings.append(
+                f"a CA change is under way (phase {CA_PHASES[phase]}): run `daskfleet rotate "
+                f"--new-ca -c {self.spec.source}` to go on with it")
         return {name: end.isoformat(timespec="seconds") for name, end in ends.items()}, warnings
 
-    def rotate(self, progress: Progress | None = None, restart: bool = False) -> UpSummary:
+    def rotate(self, progress: Progress | None = None, restart: bool = False,
+               new_ca: bool = False) -> UpSummary:
         """New certificates (new keys, same CA) for every host and the client, installed by the
         playbook and rolled out by the reconcile: workers one at a time, the scheduler when no
-        job runs (its files stay valid meanwhile)."""
+        job runs (its files stay valid meanwhile). ``new_ca``: a new CA instead, in the three
+        phases of ``CertificateAuthority`` (trust both, issue from the new, drop the old), each
+        rolled out to every process before the next; a phase that cannot reach the scheduler
+        (a job runs on it) stops there, and the same command goes on with it later."""
         say = Say(progress, logger)
         with self.locked("daskfleet rotate", progress=progress):
             if not self.spec.tls:
                 raise ConfigError(f"{self.spec.source}: tls: false: there is no certificate to "
                                   "rotate.")
+            if new_ca:
+                return self._change_ca(progress, restart)
             hosts = self.hosts()
             issued = self.ca.rotate({h.name: h.dask_address for h in hosts})
             end = self.ca.expiries([])["ca"]
@@ -495,6 +511,50 @@ class Cluster:
                 f"(valid until {end:%Y-%m-%d} at most: the CA's own end)")
             self._close_client()  # the next client presents the new client certificate
             return self._up(progress, False, restart)
+
+    def _change_ca(self, progress: Progress | None, restart: bool) -> UpSummary:
+        say = Say(progress, logger)
+        steps = {None: ("begin_ca_change", "a new CA, trusted by every process beside the old "
+                        "one (which still signs)"),
+                 "trust": ("sign_with_new_ca", "the new CA signs: every certificate is issued "
+                           "anew from it (both CAs still trusted)"),
+                 "issue": ("drop_old_ca", "the old CA is no longer trusted")}
+        phase = self.ca.ca_change_phase()
+        if phase is not None and self._behind():
+            # the phase under way first reaches every process (a scheduler it waited for)
+            say(f"CA change: phase {CA_PHASES[phase]} goes on")
+            summary = self._up(progress, False, restart)
+            if self._behind():
+                return self._ca_change_waits(phase, say, summary)
+        while True:
+            method, what = steps[phase]
+            getattr(self.ca, method)()
+            phase = self.ca.ca_change_phase()
+            say(f"CA change: phase {CA_PHASES[phase]}: {what}")
+            self._close_client()  # the next client loads the new files
+            summary = self._up(progress, False, restart)
+            if self._behind():
+                return self._ca_change_waits(phase, say, summary)
+            if phase is None:
+                end = self.ca.expiries([])["ca"]
+                say(f"CA change: done; every process runs with certificates of the new CA "
+                         f"(valid until {end:%Y-%m-%d})")
+                return summary
+
+    def _behind(self) -> list[str]:
+        """The processes that run with other files or settings than `up` would give them."""
+        procs = self.process_states()
+        env_hashes = state.read(self.state_dir).get("env_hashes") or {}
+        return [f"{c.proc.name}@{c.proc.host.name}"
+                for c in changes.plan(list(procs), procs, env_hashes)]
+
+    def _ca_change_waits(self, phase: str | None, say: Say, summary: UpSummary) -> UpSummary:
+        say.warning(f"CA change: phase {CA_PHASES[phase]} is not yet everywhere (still on the "
+                 f"files before it: {', '.join(self._behind())}); the next phase waits for it, "
+                 f"so nothing stops trusting anything. Run `daskfleet rotate --new-ca -c "
+                 f"{self.spec.source}` again once the job ends (`daskfleet runs`), or add "
+                 "--restart to restart the scheduler under it")
+        return summary
 
     def run_on_hosts(self, command: list[str]) -> dict[Host, str]:
         """Run a read-only command on every host (used by tests and `status`)."""

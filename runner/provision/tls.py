@@ -4,6 +4,16 @@ Files live in .daskfleet/<cluster>/tls/: ca.pem (+ ca.key, never leaves the cont
 client.pem/client.key for the control machine and hosts/<host>.pem/.key for every node (a folder
 of their own, so no host name can collide with `ca` or `client`).
 Keys are written 0600 and never logged.
+
+ca.pem is what every process trusts: one CA, or two while the CA changes. A change runs in three
+phases, each rolled out to every process before the next begins, so no process ever meets a
+certificate it does not trust (``begin_ca_change``, ``sign_with_new_ca``, ``drop_old_ca``):
+1. trust: a new CA (ca-next.pem/.key) joins ca.pem; certificates still come from the old one;
+2. issue: the new CA signs (ca.key is its key; the old certificate waits in ca-old.pem), so every
+   certificate is issued anew from it; ca.pem still trusts both;
+3. done: ca.pem trusts the new CA alone.
+The phase is read from the files (``ca_change_phase``), so a change interrupted at any step goes
+on from where it stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from runner.errors import StateError
 
 VALIDITY = dt.timedelta(days=825)
 RENEW_BEFORE = dt.timedelta(days=30)  # a certificate this close to expiry is issued anew
@@ -95,6 +107,26 @@ def _name(cn: str, cluster: str) -> x509.Name:
     ])
 
 
+def _certs(pem: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(pem) if pem.strip() else []
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _same_key(cert: x509.Certificate, key) -> bool:
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    return (cert.public_key().public_bytes(serialization.Encoding.DER, pub)
+            == key.public_key().public_bytes(serialization.Encoding.DER, pub))
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 class CertificateAuthority:
     def __init__(self, directory: Path, cluster: str):
         self.dir = Path(directory)
@@ -115,6 +147,18 @@ class CertificateAuthority:
         return self.dir / "ca.key"
 
     @property
+    def next_cert(self) -> Path:
+        return self.dir / "ca-next.pem"
+
+    @property
+    def next_key(self) -> Path:
+        return self.dir / "ca-next.key"
+
+    @property
+    def old_cert(self) -> Path:
+        return self.dir / "ca-old.pem"
+
+    @property
     def client_cert(self) -> Path:
         return self.dir / "client.pem"
 
@@ -129,8 +173,7 @@ class CertificateAuthority:
         os.chmod(self.dir, 0o700)
         if not (self.ca_cert.exists() and self.ca_key.exists()):
             self._create_ca()
-        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
-        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_key, ca_cert = self._signing()
         wanted: list[tuple[str, str | None, bool, Path, Path]] = [
             (name, address, True, self.cert(name), self.key(name))
             for name, address in hosts.items()]
@@ -148,26 +191,92 @@ class CertificateAuthority:
         """Issue every host's and the client's certificate anew (new keys), from the same CA;
         returns what was issued. Running processes keep theirs, still valid, until replaced."""
         self.ensure(hosts)
-        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
-        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_key, ca_cert = self._signing()
         for name, address in hosts.items():
             self._issue(name, address, True, ca_key, ca_cert, self.cert(name), self.key(name))
         self._issue("client", None, False, ca_key, ca_cert, self.client_cert, self.client_key)
         return [*hosts, "client"]
 
     def expiries(self, hosts: list[str]) -> dict[str, dt.datetime]:
-        """When the CA and each host's certificate (and the client's) stop being valid."""
+        """When the CA that signs and each host's certificate (and the client's) stop being
+        valid; during a CA change, also the CA that is leaving or arriving (``ca-old``,
+        ``ca-next``)."""
         out = {}
-        for name, path in [("ca", self.ca_cert), ("client", self.client_cert),
-                           *((h, self.cert(h)) for h in hosts)]:
+        if self.ca_cert.exists() and self.ca_key.exists():
+            out["ca"] = self._signing()[1].not_valid_after_utc
+        for name, path in [("ca-next", self.next_cert), ("ca-old", self.old_cert),
+                           ("client", self.client_cert), *((h, self.cert(h)) for h in hosts)]:
             if path.exists():
                 out[name] = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
         return out
 
-    def _create_ca(self) -> None:
+    def _signing(self):
+        """(key, certificate) of the CA that signs: the certificate of ca.pem whose public key is
+        ca.key's, wherever it stands in the bundle."""
+        key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        for cert in _certs(self.ca_cert.read_bytes()):
+            if _same_key(cert, key):
+                return key, cert
+        raise StateError(f"{self.ca_cert}: no certificate in it belongs to {self.ca_key}; the "
+                         "CA files were edited by hand: restore them from a copy (or, to start "
+                         "a new CA, `daskfleet down --destroy --purge` and `up`).",
+                         path=self.ca_cert)
+
+    # -- a CA change, in three phases (see the module's docstring) --------------------------
+
+    def ca_change_phase(self) -> str | None:
+        """``"trust"`` (a new CA trusted beside the old), ``"issue"`` (the new CA signs, both
+        trusted), or None (no change under way)."""
+        if self.next_key.exists():
+            return "trust"
+        if self.old_cert.exists():
+            old = x509.load_pem_x509_certificate(self.old_cert.read_bytes())
+            if old in _certs(self.ca_cert.read_bytes()):
+                return "issue"
+        return None
+
+    def begin_ca_change(self) -> None:
+        """Phase 1: a new CA, trusted beside the old one (which still signs). Called again in
+        this phase, it completes what an interruption left."""
+        phase = self.ca_change_phase()
+        if phase == "issue":
+            raise StateError(f"{self.dir}: the new CA signs already (phase 2 of a CA change)",
+                             path=self.dir)
+        if phase is None:
+            self.old_cert.unlink(missing_ok=True)  # left by an interrupted change's last step
+            self._create_ca(self.next_cert, self.next_key)
+        _, signing = self._signing()
+        _write_public(self.ca_cert, _pem(signing, *_certs(self.next_cert.read_bytes())))
+
+    def sign_with_new_ca(self) -> None:
+        """Phase 2: the new CA signs from now on (every certificate is then issued anew by
+        ``ensure``); both stay trusted. The old CA's key is deleted: nothing signs with it."""
+        if self.ca_change_phase() != "trust":
+            raise StateError(f"{self.dir}: no new CA is waiting to sign", path=self.dir)
+        _, old = self._signing()
+        new = x509.load_pem_x509_certificate(self.next_cert.read_bytes())
+        _write_public(self.ca_cert, _pem(old, new))  # both, whatever an interruption left
+        _write_public(self.old_cert, _pem(old))
+        self.next_key.replace(self.ca_key)  # the switch itself: one rename
+        self.next_cert.unlink(missing_ok=True)
+
+    def drop_old_ca(self) -> None:
+        """Phase 3: the old CA is no longer trusted."""
+        if self.ca_change_phase() != "issue":
+            raise StateError(f"{self.dir}: the new CA does not sign yet", path=self.dir)
+        _, new = self._signing()
+        _write_public(self.ca_cert, _pem(new))
+        self.old_cert.unlink()
+        self.next_cert.unlink(missing_ok=True)  # if phase 2 was interrupted after its switch
+
+    def _create_ca(self, cert_path: Path | None = None, key_path: Path | None = None) -> None:
+        cert_path, key_path = cert_path or self.ca_cert, key_path or self.ca_key
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        name = _name(f"daskfleet CA {self.cluster}", self.cluster)
+        # a new CA of a change has a name of its own: two CAs of one subject in one trust file
+        # would make the issuer of a certificate ambiguous
+        serial = "" if cert_path == self.ca_cert else f" {now:%Y%m%d%H%M%S}"
+        name = _name(f"daskfleet CA {self.cluster}{serial}", self.cluster)
         cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -179,8 +288,10 @@ class CertificateAuthority:
                                          encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256())
         )
-        _write_private(self.ca_key, _key_pem(key))
-        self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # the certificate first: a key on disk means its certificate is there (a new CA's
+        # phase is read from its key)
+        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(key_path, _key_pem(key))
 
     def _issue(self, name: str, address: str | None, server: bool, ca_key, ca_cert,
                cert_path: Path, key_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""One lab cluster for all e2e tests of a session: lab up 3 hosts, daskfleet up, torn down at the end."""
+"""One lab cluster for all e2e tests of a session: lab up 3 hosts (the uplink shaped), daskfleet
+up (measured: what it sent into the lab), torn down at the end."""
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,9 +15,13 @@ import pytest
 from aptlists import write_apt_lists
 
 from runner.lab import Lab
+from runner.lab.machine import bridge_tx_bytes
+from runner.provision.lock import derive_lock
+from runner.provision.wheelhouse import build
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
+UPLINK = "200mbit"  # the session lab's uplink (lab up --uplink): a laptop's, on a good day
 
 
 def lab_skip_reason() -> str | None:
@@ -35,8 +41,14 @@ class CLI:
     env: dict
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True):
-        proc = subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=self.workdir,
-                              env=self.env, capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "runner.cli", *args], cwd=self.workdir,
+                                  env=self.env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:  # say where the command was when it was stopped
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+            pytest.fail(f"`daskfleet {' '.join(args)}` still ran after {timeout:.0f} s\n"
+                        f"stdout:\n{out or ''}\nstderr:\n{err or ''}")
         if check and proc.returncode != 0:
             pytest.fail(f"`daskfleet {' '.join(args)}` exited {proc.returncode}\n"
                         f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -73,9 +85,17 @@ def session_lab(cli: CLI, workdir: Path):
     old = {k: os.environ.get(k) for k in ("DASKFLEET_STATE_DIR", "DASKFLEET_INVENTORY_DIR")}
     os.environ.update({k: cli.env[k] for k in old})
     try:
-        cli("lab", "up", "--hosts", "3", timeout=120)
+        # the uplink shaped as a laptop's, so the cold `up` below is also test_12's measure of
+        # what bring-up sends into the lab (one cold `up` for the session, not two)
+        cli("lab", "up", "--hosts", "3", "--uplink", UPLINK, timeout=120)
+        wheelhouse = build(derive_lock(platform.machine()), progress=lambda *_: None)
+        sent_before = bridge_tx_bytes()
         up = cli("up", "-c", str(LAB_CLUSTER), timeout=900)
-        yield {"up_output": up.stdout + up.stderr}
+        ansible_log = Path(cli.env["DASKFLEET_STATE_DIR"]) / "lab" / "logs" / "ansible.log"
+        yield {"up_output": up.stdout + up.stderr,
+               "cold_up": {"sent": bridge_tx_bytes() - sent_before,
+                           "wheelhouse": wheelhouse.archive.stat().st_size,
+                           "ansible_log": ansible_log.read_text()}}
     finally:
         cli("down", "-c", str(LAB_CLUSTER), check=False, timeout=120)
         cli("lab", "down", check=False, timeout=120)

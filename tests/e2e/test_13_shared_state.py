@@ -76,7 +76,7 @@ def test_two_clones_share_one_cluster_through_the_object_store(lab_cluster, cli,
                                 cwd=f.parents[1], env=e, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
                for f, e in ((file_a, env_a), (file_b, env_b))]
-        outs = [p.communicate(timeout=900)[0] for p in ups]
+        outs = [p.communicate(timeout=600)[0] for p in ups]
         assert [p.returncode for p in ups] == [0, 0], outs
         waited = [o for o in outs if "holds the cluster's lock" in o]
         assert len(waited) == 1, outs  # the second waited for the first, and said who held it

@@ -75,7 +75,7 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     try:
         # memory_limit auto without a share claims all of lab2's memory, of which `lab` holds
         # half: refused before anything starts, naming the host, `lab`'s claim and the key
-        refused = cli("up", "-c", str(plain), check=False, timeout=900)
+        refused = cli("up", "-c", str(plain), check=False, timeout=600)
         assert refused.returncode != 0, refused.stdout
         assert "lab2: this cluster would commit 100% of its memory" in refused.stderr, \
             refused.stderr
@@ -83,9 +83,9 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
         assert sorted(p.name for p in claims.iterdir() if not p.name.startswith(".")) == ["lab"]
         spec["dask"]["memory_share"] = 0.25
         plain.write_text(yaml.safe_dump(spec))
-        up = cli("up", "-c", str(plain), timeout=900)
+        up = cli("up", "-c", str(plain), timeout=600)
         assert "tls: false" in up.stdout  # the loud warning
-        scaled = cli("scale", "12", "-c", str(plain), timeout=900)
+        scaled = cli("scale", "12", "-c", str(plain), timeout=600)
         assert "scale: 12 worker(s)" in scaled.stdout, scaled.stdout
         st = json.loads(cli("status", "-c", str(plain), "--json", timeout=300).stdout)
         # 12 workers on lab2: every one seen over SSH (none reported "unreachable") and joined

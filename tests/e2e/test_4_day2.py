@@ -1,7 +1,8 @@
 """Day-2 operations on the session's lab cluster: a change that needs a new scheduler is refused
 under a running job, processes that died on their own never jam `down` or `up`, the change is
 then applied with no process of the old configuration left on any host; a certificate rotation
-rolls through a running job, one worker at a time. Each test leaves the cluster as
+rolls through a running job, one worker at a time, and so does the first phase of a CA change,
+whose other phases go on once the job ends. Each test leaves the cluster as
 clusters/lab.yaml wants it. (A thread-count change takes the same rolling path: its decision is
 unit-tested in tests/unit/test_changes.py.)"""
 
@@ -129,7 +130,7 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     before = _pids(st)
     tls_dir = Path(cli.env["DASKFLEET_STATE_DIR"]) / "lab" / "tls"
     old_cert = (tls_dir / "hosts" / "lab2.pem").read_bytes()
-    job = Submission(cli, _job(workdir, 150), runs_dir, LAB_CLUSTER)  # Ansible runs first
+    job = Submission(cli, _job(workdir, 300), runs_dir, LAB_CLUSTER)  # Ansible runs first
     job.wait_for(MID_TRAINING)
     rotated = cli("rotate", "-c", str(LAB_CLUSTER), timeout=600)
     rotate_ended = time.monotonic()
@@ -137,8 +138,6 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     assert "rotate: new certificates for lab1, lab2, lab3, client" in out, out
     assert "replacing lab2-w0@lab2 (1/2)" in out and "replacing lab3-w0@lab3 (2/2)" in out, out
     assert "the scheduler keeps its running files while run " in out, out
-    assert job.finish(600) == 0, job.out + job.err
-    assert job.ended > rotate_ended  # the job ran through the whole rotation
     assert (tls_dir / "hosts" / "lab2.pem").read_bytes() != old_cert
     rc, st = _status(cli)
     assert rc == 0, st
@@ -148,8 +147,40 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     assert after["scheduler"] == before["scheduler"]
     assert sched["up_would"] == {"action": "restart", "reasons": [
         "node config or certificates changed since it started"]}, sched
-    # no job now: `up` restarts the scheduler with its new certificate
-    cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+    # a new CA, under the same job: its first phase (trust both CAs) reaches the workers, one at
+    # a time; the next phase waits for the scheduler, which the job holds
+    old_ca = (tls_dir / "ca.pem").read_bytes()
+    out = cli("rotate", "--new-ca", "-c", str(LAB_CLUSTER), timeout=600).stdout
+    rotate_ended = time.monotonic()
+    assert "CA change: phase 1 of 3: a new CA, trusted by every process" in out, out
+    assert "CA change: phase 1 of 3 is not yet everywhere (still on the files before it: " \
+        "scheduler@lab1)" in out, out
+    assert "phase 2 of 3" not in out, out
+    assert job.finish(900) == 0, job.out + job.err
+    assert job.ended > rotate_ended  # the job ran through the leaf rotation and phase 1
+    rc, st = _status(cli)
+    assert rc == 0 and any("a CA change is under way (phase 1 of 3)" in w
+                           for w in st["warnings"]), st
+    # no job now: the same command goes on: the scheduler takes phase 1, then phases 2 and 3
+    out = cli("rotate", "--new-ca", "-c", str(LAB_CLUSTER), timeout=600).stdout
+    for line in ("CA change: phase 1 of 3 goes on", "CA change: phase 2 of 3: the new CA signs",
+                 "CA change: phase 3 of 3: the old CA is no longer trusted", "CA change: done"):
+        assert line in out, (line, out)
     rc, st = _status(cli)
     assert rc == 0 and _pids(st)["scheduler"] != before["scheduler"], st
-    assert all(h["up_would"] is None for h in st["hosts"]), st
+    assert all(h["up_would"] is None for h in st["hosts"]) and st["warnings"] == [], st
+    # every host trusts the new CA alone, and holds a certificate the new CA signed
+    from cryptography import x509
+
+    (new_ca,) = x509.load_pem_x509_certificates((tls_dir / "ca.pem").read_bytes())
+    assert new_ca not in x509.load_pem_x509_certificates(old_ca)
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        def node_files(h):
+            with connect(h, cluster.ssh()) as c:
+                return c.run("cat /etc/daskfleet/lab/tls/ca.pem /etc/daskfleet/lab/tls/node.pem",
+                             hide=True).stdout.encode()
+
+        for host, pem in fan_out(cluster.hosts(), node_files, "cat").items():
+            trust, leaf = x509.load_pem_x509_certificates(pem)
+            assert trust == new_ca, host.name
+            leaf.verify_directly_issued_by(new_ca)

@@ -153,7 +153,7 @@ def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, 
     ec2().terminate_instances(InstanceIds=[victim["InstanceId"]])
     poll(lambda: cli("status", "-c", str(AWS_LAB), check=False, timeout=120).returncode == 1,
          90, "status to report the terminated worker")
-    healed = cli("up", "-c", str(AWS_LAB), timeout=900)
+    healed = cli("up", "-c", str(AWS_LAB), timeout=600)
     assert "started: worker-1-w0@worker-1" in healed.stdout, healed.stdout
     st = json.loads(cli("status", "-c", str(AWS_LAB), "--json").stdout)
     assert st["healthy"] is True
@@ -174,7 +174,7 @@ def test_fewer_workers_is_refused_until_yes_then_retires_them_before_their_vm_go
     assert "the plan destroys or replaces 1 machine(s)" in out and 'this["worker-2"]' in out, out
     assert "daskfleet up --yes" in out and "Nothing was changed" in out, out
     assert {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))} == before
-    done = cli("up", "-c", str(one), "--yes", timeout=900)
+    done = cli("up", "-c", str(one), "--yes", timeout=600)
     out = done.stdout + done.stderr
     # once accepted, its workers were retired through the scheduler, then Terraform applied
     assert out.index("the plan destroys") < out.index("retiring the workers of the machines "

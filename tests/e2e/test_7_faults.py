@@ -256,7 +256,7 @@ def test_c_the_scheduler_host_killed_mid_job_fails_submit_then_its_reboot_heals(
         assert "started: nothing (all running)" in up.stdout, up.stdout
         before = {p.name for p in runs_dir.iterdir()}
         again = cli("submit", str(fault_job), "-c", str(LAB_CLUSTER), "--runs-dir",
-                    str(runs_dir), timeout=900)
+                    str(runs_dir), timeout=600)
         assert "accuracy=" in again.stdout
         status = _status(_run_dir(runs_dir, before))
         assert abs(status["accuracy"] - baseline["accuracy"]) <= ACCURACY_TOLERANCE

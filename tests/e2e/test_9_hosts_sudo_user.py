@@ -41,7 +41,7 @@ def test_a_hosts_cluster_comes_up_through_a_non_root_sudo_login(no_lab, cli, wor
                     "known_hosts": str(known_hosts)},
             "hosts": [{"name": "sched", "address": hosts[0].address, "role": "scheduler"},
                       {"name": "w1", "address": hosts[1].address, "role": "worker"}]}))
-        up = cli("up", "-c", str(cfile), timeout=900)
+        up = cli("up", "-c", str(cfile), timeout=600)
         assert "started: scheduler@sched, w1-w0@w1" in up.stdout, up.stdout
         st = json.loads(cli("status", "-c", str(cfile), "--json").stdout)
         assert st["healthy"] and {h["user"] for h in st["hosts"]} == {"deploy"}
@@ -74,7 +74,7 @@ def test_demo_refuses_a_lab_it_did_not_make_and_leaves_nothing_behind(no_lab, cl
     inventory = Path(cli.env["DASKFLEET_INVENTORY_DIR"]) / "lab"
     shutil.rmtree(state_dir, ignore_errors=True)  # the shared cluster's, destroyed earlier
     shutil.rmtree(inventory, ignore_errors=True)
-    out = cli("demo", "-c", lab_file, "--job", str(job), timeout=900)
+    out = cli("demo", "-c", lab_file, "--job", str(job), timeout=600)
     assert "accuracy=" in out.stdout and "run folder:" in out.stdout, out.stdout
     assert not state_dir.exists() and not inventory.exists()
     assert Lab().hosts() == [] and not Lab().state_dir.exists()

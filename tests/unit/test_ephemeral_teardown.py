@@ -137,9 +137,9 @@ def test_a_launch_still_in_flight_when_teardown_starts_is_found_and_removed(ec2,
     aws.make_network(ec2, "10.3.0.0/24", "10.3.0.0/24", {"x": "untagged"}, made_late)
     made_late.group_id = ec2.describe_security_groups(
         Filters=[{"Name": "vpc-id", "Values": [made_late.vpc_id]}])["SecurityGroups"][0]["GroupId"]
-    monkeypatch.setattr(aws, "find_tagged", find)
-    removed = aws.remove_run(ec2, run_id, lambda line: None, timeout=60, settle=10)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:  # only this patch: the fixtures' stay for the asserts
+        m.setattr(aws, "find_tagged", find)
+        removed = aws.remove_run(ec2, run_id, lambda line: None, timeout=60, settle=10)
     assert late and f"instance {late[0]}" in removed, (late, removed)
     assert 10 in sleeps  # the settle look
     assert left(ec2, run_id) == []
