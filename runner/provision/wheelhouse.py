@@ -179,7 +179,7 @@ def hashed_requirements(lock: Lock, lock_file: Path | None = None) -> str:
         raise ProvisionError(
             f"wheelhouse: {', '.join(missing)} installed here but not in {lock_file} with hashes "
             "(this environment differs from the lock); run `make venv` to install the locked "
-            "versions, or regenerate the lock (see the README's Development section).")
+            "versions, or regenerate the lock (docs/development.md, 'The lock').")
     return "\n".join(lines) + "\n"
 
 
