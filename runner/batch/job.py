@@ -64,7 +64,10 @@ class DataSpec(_Model):
     fails the job (``fail``) or is skipped and counted in the metrics' ``skipped_files``.
     Partitions hold ``shard_rows`` rows when it is set, otherwise at most ``partition_mb`` MB of
     text (the raw text; the hashed features in memory are a few times larger) and at most
-    20,000 rows each.
+    20,000 rows each. ``copies``: for a corpus prepared here (not read in place), how many worker
+    hosts get each shard (2 by default: a job outlives the loss of any one host; 1 sends the
+    corpus once in all; with ``features.cache: false`` every host gets every shard, since
+    partitions are rebuilt on any worker).
     """
 
     source: Literal["debian-packages", "files", "synthetic"]
@@ -78,6 +81,7 @@ class DataSpec(_Model):
     synthetic: SyntheticSpec | None = None
     shard_rows: Annotated[int | None, Field(gt=0)] = None
     partition_mb: Annotated[float, Field(gt=0, le=4096, strict=False)] = 64.0
+    copies: Annotated[int, Field(ge=1, le=64)] = 2
     # set from ``path`` (or an s3 ``url``) when it is a URL the workers read in place
     path_url: str | None = None
     storage_options: dict[str, Any] | None = None
@@ -144,6 +148,10 @@ class DataSpec(_Model):
                 raise _KeyError("storage_options", str(e).split(": ", 1)[1]) from None
         elif self.source == "files" and self.path is None:
             raise _KeyError("path", "required when source is 'files' (or give data.url)")
+        if "copies" in self.model_fields_set and self.path_url is not None:
+            raise _KeyError("copies", "only used for a corpus prepared on this machine and "
+                            "shipped to the workers; a corpus read in place is read once, by the "
+                            "workers: remove data.copies")
         if self.storage_options is not None and self.path_url is None:
             raise _KeyError("storage_options", "only used when data.path is an s3:// or file:// "
                             "URL")

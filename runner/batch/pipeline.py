@@ -97,8 +97,11 @@ def _check(futures: Sequence[Future], phase: str, paths: Sequence[str] | None = 
         if f.status == "error":
             exc = f.exception()
             where = f" on shard {paths[i]}" if paths is not None and i < len(paths) else ""
+            hint = ("; a shard is read only on the hosts it was shipped to (data.copies), and "
+                    "they had no worker: bring them back (`daskfleet up`) or raise data.copies"
+                    if type(exc).__name__ == "NoValidWorkerError" else "")
             raise BatchError(
-                f"{phase} failed{where}: {type(exc).__name__}: {exc}"
+                f"{phase} failed{where}: {type(exc).__name__}: {exc}{hint}"
             ) from exc
         if f.status != "finished":
             raise BatchError(f"{phase} failed: task {f.key} ended as {f.status!r}")
@@ -117,8 +120,11 @@ def run_job(
     progress: Progress | None = None,
     log_lines: Sequence[str] = (),
     watch: Any = None,
+    shard_hosts: Sequence[Sequence[str]] | None = None,
 ) -> dict:
     """Run ``job`` on the cluster behind ``client`` over the shards at ``shard_paths``.
+    ``shard_hosts``: per shard, the hosts (Dask addresses) that hold it, when not every worker's
+    host does (``data.copies``); its reads run there only.
 
     ``shard_paths`` are paths as seen on the worker hosts; the client never opens them. Everything
     is written into ``<run_dir>.tmp``, renamed to ``run_dir`` at the end. A successful run holds
@@ -154,7 +160,7 @@ def run_job(
         if job.results is not None:  # before any training: a typo costs seconds, not a run
             results.check(job.results, status)
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
-            metrics, model = _run(client, job, paths, say)
+            metrics, model = _run(client, job, paths, say, shard_hosts)
         # input files the control machine left out (data.on_error: skip), from the context
         metrics["skipped_files"] = len(context.get("skipped_files") or ()) \
             + len(metrics.get("skipped_objects") or ())
@@ -227,7 +233,8 @@ def _release(futures: Sequence[Future]) -> None:
         f.release()
 
 
-def _run(client: Client, job: JobSpec, paths: list[str], say: Say) -> tuple[dict, dict]:
+def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
+         shard_hosts: Sequence[Sequence[str]] | None = None) -> tuple[dict, dict]:
     clean_params = job.clean_params()
     split_params = job.split_params()
     vectorizer_params = job.vectorizer_params()
@@ -259,8 +266,14 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say) -> tuple[dict
         t0 = time.perf_counter()
         # shard i on worker i mod W: training later streams each worker's own shards in place
         if job.data.path_url is None:
-            raw = [client.submit(parts.read_shard, p, workers=[workers[i % len(workers)]],
-                                 allow_other_workers=True, pure=False) for i, p in enumerate(paths)]
+            # a shard on some hosts only (data.copies) is read there and nowhere else: a loose
+            # restriction would let an idle worker elsewhere steal the read, and fail it; with
+            # its hosts all gone, the scheduler's no-workers-timeout fails it
+            raw = [client.submit(parts.read_shard, p, pure=False,
+                                 **({"workers": list(shard_hosts[i])} if shard_hosts else
+                                    {"workers": [workers[i % len(workers)]],
+                                     "allow_other_workers": True}))
+                   for i, p in enumerate(paths)]
             _check(raw, "load", paths, bar=True)
         else:
             raw = shards

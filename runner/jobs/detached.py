@@ -86,6 +86,7 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
     ssh = cluster.ssh()
     cluster.check_versions()  # the workers run the tasks this checkout's driver submits
     shard_paths: list[str] = []
+    shard_hosts: list[list[str]] | None = None
     context = {"run_id": run_id, "job": str(job_path), "cluster": cluster.spec.name,
                "lock_hash": cluster.status_record().get("lock_hash"),
                "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -95,7 +96,7 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
         dataset = prepare_dataset(job, datasets_cache())
         say(f"dataset {dataset.digest[:12]}: {dataset.rows} documents in "
             f"{len(dataset.files)} shards ({time.monotonic() - t:.1f}s)")
-        ship_over_ssh(cluster, dataset, say)
+        shard_hosts = ship_over_ssh(cluster, dataset, say, job)
         shard_paths = [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}"
                        for f in dataset.files]
         context.update(dataset=dataset.digest, dataset_rows=dataset.rows,
@@ -106,6 +107,7 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
     request = {"run_id": run_id, "job": job.name, "scheduler": scheduler,
                "scheduler_host": host.name, "cluster_source": str(cluster.spec.source),
                "max_running": cluster.spec.max_running_jobs, "shard_paths": shard_paths,
+               "shard_hosts": shard_hosts,
                "context": context}
     files = {REQUEST: json.dumps(request, indent=2).encode(),
              "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}

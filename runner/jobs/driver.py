@@ -189,6 +189,7 @@ def _drive(folder: Path, request: dict, state: dict) -> int:
         watch.start()
         context = {**request["context"], "job_path": str(folder / "job.yaml"), "detached": True}
         run_job(client, job, request["shard_paths"], folder / RESULT, context=context,
+                shard_hosts=request.get("shard_hosts"),
                 progress=say, log_lines=lines, watch=watch)
         return 0
     except BaseException as e:  # noqa: BLE001 - every end is recorded, then reported

@@ -70,10 +70,10 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
     say(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
         f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, cluster.live_worker_hosts(progress), cluster.ssh(),
-                cluster.spec.name)
-    say(f"input shipped to {sum(sent.values())} host(s), already on "
-        f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+    # every host gets every shard: a prediction task may run on any worker
+    shipped = ship(dataset.dir, dataset.digest, dataset.files,
+                   cluster.live_worker_hosts(progress), cluster.ssh(), cluster.spec.name)
+    say(f"input shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")
     return [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files]
 
 

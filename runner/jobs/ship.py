@@ -1,9 +1,12 @@
-"""Ship a prepared dataset (a folder of parquet shards) to every worker host, once.
+"""Ship a prepared dataset (a folder of parquet shards) to the worker hosts: each shard to
+``copies`` of them, so the control machine sends about ``copies`` x the corpus in all, whatever
+the number of hosts, and each host stores about ``copies / hosts`` of it.
 
-On each host it lands in /var/lib/daskfleet/data/<cluster>/<digest>/ (a folder the playbook makes
-readable by the login user and the cluster's own user only: another cluster on the host cannot
-read it); a host that already holds that digest's manifest is skipped, so re-running a job sends
-nothing.
+On each host the shards land in /var/lib/daskfleet/data/<cluster>/<digest>/ (a folder the playbook
+makes readable by the login user and the cluster's own user only: another cluster on the host
+cannot read it). A shard a host holds already is not sent again, so re-running a job sends
+nothing, and a job after a scale sends the new hosts their share only. Each shard is renamed into
+place whole: a reader never sees half of one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import shlex
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.cluster.hosts import Host
@@ -27,33 +31,89 @@ def remote_dir(digest: str, cluster: str | None = None) -> str:
     return f"{DATA_DIR}/{cluster}/{digest}" if cluster else f"{DATA_DIR}/{digest}"
 
 
-def ship(local_dir: Path, digest: str, hosts: list[Host], ssh: SSHSettings,
-         cluster: str) -> dict[Host, bool]:
-    """Return host -> True when the data was sent, False when the host had it already."""
+def placement(sizes: dict[str, int], hosts: list[str], copies: int) -> dict[str, list[str]]:
+    """Shard name -> the ``min(copies, len(hosts))`` hosts that hold it: largest shards first,
+    each to the hosts holding the fewest bytes so far (ties: the order of ``hosts``), so every
+    host stores about ``copies / len(hosts)`` of the corpus. The same inputs give the same
+    placement, so a second run finds every shard where the first put it."""
+    if not hosts:
+        raise ValueError("no host to place the shards on")
+    n = min(copies, len(hosts))
+    load = dict.fromkeys(hosts, 0)
+    out: dict[str, list[str]] = {}
+    for name in sorted(sizes, key=lambda f: (-sizes[f], f)):
+        chosen = sorted(hosts, key=lambda h: (load[h], hosts.index(h)))[:n]
+        for h in chosen:
+            load[h] += sizes[name]
+        out[name] = chosen
+    return {name: out[name] for name in sizes}
+
+
+class ShipResult:
+    """Where each shard is (``holds``: host -> shard names) and what was sent (``sent``: host ->
+    the shard names sent now; empty for a host that had its share)."""
+
+    def __init__(self, holds: dict[Host, list[str]], sent: dict[Host, list[str]],
+                 sizes: dict[str, int]):
+        self.holds, self.sent, self.sizes = holds, sent, sizes
+
+    def hosts_of(self, shard: str) -> list[Host]:
+        return [h for h, names in self.holds.items() if shard in names]
+
+    def summary(self) -> str:
+        """What was sent where, for the progress line."""
+        total = sum(self.sizes.values())
+        sent = sum(self.sizes[f] for names in self.sent.values() for f in names)
+        copies = min((len(self.hosts_of(f)) for f in self.sizes), default=0)
+        share = ", ".join(f"{h.name} {len(names)}" for h, names in self.holds.items())
+        return (f"{len(self.sizes)} shards ({_mb(total)}), {copies} host(s) each (shards per "
+                f"host: {share}); sent {_mb(sent)} to "
+                f"{sum(1 for v in self.sent.values() if v)} host(s), the rest there already")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def ship(local_dir: Path, digest: str, files: Sequence[str], hosts: list[Host],
+         ssh: SSHSettings, cluster: str, copies: int | None = None) -> ShipResult:
+    """Send each shard (``files`` of ``local_dir``) to ``copies`` of ``hosts`` (every host when
+    None), but not to a host that holds it already."""
     dest = remote_dir(digest, cluster)
     base = f"{DATA_DIR}/{cluster}"
-    with tempfile.TemporaryDirectory(prefix="daskfleet-ship-") as tmp:
-        archive = Path(tmp) / f"{digest}.tar"
-        with tarfile.open(archive, "w") as tar:
-            tar.add(local_dir, arcname=digest)
+    sizes = {f: (local_dir / f).stat().st_size for f in files}
+    if not hosts:
+        return ShipResult({}, {}, sizes)
+    hosts = sorted(hosts, key=lambda h: h.name)
+    where = placement(sizes, [h.name for h in hosts], copies or len(hosts))
+    wanted = {h: [f for f in files if h.name in where[f]] for h in hosts}
 
-        def send(host: Host) -> bool:
-            with connect(host, ssh) as c:
-                if c.run(f"test -f {shlex.quote(dest)}/manifest.json").ok:
-                    return False
-                remote_tar = f"{base}/.{digest}.{os.getpid()}.tar"
-                staging = f"{base}/.{digest}.{os.getpid()}"
-                if not c.run(f"test -d {shlex.quote(base)} -a -w {shlex.quote(base)}").ok:
-                    raise HostError(
-                        f"{host.name}: {base} is missing or not writable by {host.user}; the "
-                        f"cluster's data folder is made by the playbook: run `daskfleet up` "
-                        "first.", failures={host: RuntimeError(base)})
-                c.run(f"mkdir -p {shlex.quote(staging)}", warn=False)
-                c.put(str(archive), remote_tar)
-                # Unpack beside the target and rename: a reader never sees half a dataset.
-                c.run(f"tar -xf {remote_tar} -C {staging} && rm -rf {shlex.quote(dest)} && "
-                      f"mv {staging}/{digest} {shlex.quote(dest)} && rm -rf {remote_tar} {staging}",
-                      warn=False)
-                return True
+    def send(host: Host) -> list[str]:
+        with connect(host, ssh) as c:
+            if not c.run(f"test -d {shlex.quote(base)} -a -w {shlex.quote(base)}",
+                         warn=True, hide=True).ok:
+                raise HostError(
+                    f"{host.name}: {base} is missing or not writable by {host.user}; the "
+                    f"cluster's data folder is made by the playbook: run `daskfleet up` "
+                    "first.", failures={host: RuntimeError(base)})
+            there = c.run(f"ls -1 {shlex.quote(dest)} 2>/dev/null || true", hide=True).stdout
+            missing = [f for f in wanted[host] if f not in set(there.split())]
+            if not missing:
+                return []
+            staging = f"{base}/.{digest}.{os.getpid()}"
+            with tempfile.TemporaryDirectory(prefix="daskfleet-ship-") as tmp:
+                archive = Path(tmp) / f"{digest}.tar"
+                with tarfile.open(archive, "w") as tar:  # this host's share only
+                    for f in missing:
+                        tar.add(local_dir / f, arcname=f)
+                c.run(f"rm -rf {shlex.quote(staging)} && mkdir -p {shlex.quote(staging)} "
+                      f"{shlex.quote(dest)}", hide=True)
+                c.put(str(archive), f"{staging}.tar")
+            # Unpacked beside the target, then each shard renamed into place whole.
+            c.run(f"tar -xf {shlex.quote(staging)}.tar -C {shlex.quote(staging)} && "
+                  f"mv -f {shlex.quote(staging)}/* {shlex.quote(dest)}/ && "
+                  f"rm -rf {shlex.quote(staging)} {shlex.quote(staging)}.tar", hide=True)
+            return missing
 
-        return fan_out(hosts, send, "shipping the dataset")
+    sent = fan_out(hosts, send, "shipping the dataset")
+    return ShipResult(wanted, sent, {f: sizes[f] for f in files})

@@ -40,13 +40,19 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
-def ship_over_ssh(cluster: Cluster, dataset, say: Progress) -> None:
-    """The dataset to the live workers' hosts over SSH (a long-lived cluster)."""
+def ship_over_ssh(cluster: Cluster, dataset, say: Progress, job) -> list[list[str]] | None:
+    """The dataset to the live workers' hosts over SSH (a long-lived cluster), each shard to
+    ``data.copies`` of them (to all without the features cache: a partition is then rebuilt on
+    any worker). Returns, per shard, the Dask addresses of the hosts that hold it, or None when
+    every one of them holds every shard."""
     workers = cluster.live_worker_hosts(say)
     t = time.monotonic()
-    sent = ship(dataset.dir, dataset.digest, workers, cluster.ssh(), cluster.spec.name)
-    say(f"dataset shipped to {sum(sent.values())} host(s), already on "
-        f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+    copies = job.data.copies if job.features.cache else None
+    shipped = ship(dataset.dir, dataset.digest, dataset.files, workers, cluster.ssh(),
+                   cluster.spec.name, copies)
+    say(f"dataset shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")
+    holders = [[h.dask_address for h in shipped.hosts_of(f)] for f in dataset.files]
+    return None if all(len(h) == len(workers) for h in holders) else holders
 
 
 def _scheduler_host(cluster) -> str:
@@ -103,6 +109,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
         cluster.check_versions()
         say("versions match on client, scheduler and workers")
         dataset = None
+        shard_hosts: list[list[str]] | None = None  # None: every worker's host has every shard
         if job.data.path_url is None:  # else the workers read it where it lives
             t = time.monotonic()
             dataset = prepare_dataset(job, datasets_cache())
@@ -114,7 +121,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
             if ship_dataset is not None:
                 ship_dataset(dataset, say)
             else:
-                ship_over_ssh(cluster, dataset, say)
+                shard_hosts = ship_over_ssh(cluster, dataset, say, job)
     except (DaskfleetError, KeyboardInterrupt) as e:
         write_failed_run(run_dir, {"run_id": run_id, "job": job.name, "started_at": started_at,
                                    "run_dir": str(run_dir),
@@ -140,7 +147,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
         activity.register(client, run_id)  # `up` will not restart the scheduler under it
         watch.start()
         metrics = run_job(client, job, shard_paths, run_dir, context=context, progress=progress,
-                          log_lines=lines, watch=watch)
+                          log_lines=lines, watch=watch, shard_hosts=shard_hosts)
     except KeyboardInterrupt:
         Say(progress, logger)(f"run {run_id} cancelled; recorded in {run_dir}")
         raise

@@ -24,6 +24,7 @@ from runner.batch.job import load_job
 from runner.cluster import Cluster
 from runner.jobs import ship as ship_module
 from runner.jobs import submit
+from runner.jobs.ship import ShipResult
 
 WORDS = {"apple": "apple apples orchard", "pear": "pear pears juicy", "plum": "plum plums purple"}
 
@@ -156,8 +157,8 @@ def project(client, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DASKFLEET_CACHE", str(cache))
     (cache / "daskfleet/datasets").mkdir(parents=True)
     monkeypatch.setattr(Cluster, "from_file", classmethod(lambda cls, path: StandIn(client)))
-    monkeypatch.setattr(submit, "ship", lambda *a, **k: {})
-    monkeypatch.setattr(ship_module, "ship", lambda *a, **k: {})
+    monkeypatch.setattr(submit, "ship", lambda *a, **k: ShipResult({}, {}, {}))
+    monkeypatch.setattr(ship_module, "ship", lambda *a, **k: ShipResult({}, {}, {}))
     # the workers read the shards where the control machine wrote them
     for module in (submit, ship_module):
         monkeypatch.setattr(module, "remote_dir",

@@ -13,6 +13,7 @@ import pytest
 from runner.cli import main
 from runner.errors import BatchError
 from runner.jobs import runs, submit
+from runner.jobs.ship import ShipResult
 
 
 class LocalStandIn:
@@ -45,7 +46,7 @@ class LocalStandIn:
 @pytest.fixture
 def no_shipping(monkeypatch, tmp_path):
     cache = tmp_path / "cache"
-    monkeypatch.setattr(submit, "ship", lambda *a, **k: {})
+    monkeypatch.setattr(submit, "ship", lambda *a, **k: ShipResult({}, {}, {}))
     monkeypatch.setattr(submit, "datasets_cache", lambda: cache)
     # the workers read the shards where the control machine wrote them
     monkeypatch.setattr(submit, "remote_dir", lambda digest, cluster=None: str(cache / digest))
@@ -97,7 +98,7 @@ def test_predict_on_cluster_through_the_cli_path(client, tmp_path, no_shipping, 
     from runner.jobs import ship as ship_module
     from runner.jobs.predict import predict_on_cluster
 
-    monkeypatch.setattr(ship_module, "ship", lambda *a, **k: {})
+    monkeypatch.setattr(ship_module, "ship", lambda *a, **k: ShipResult({}, {}, {}))
     monkeypatch.setattr(ship_module, "remote_dir", lambda digest, cluster=None: str(submit.datasets_cache() /
                                                                       digest))
     rows = [{"text": f"{w} {w}s and more {i}", "label": w}

@@ -1,7 +1,8 @@
 """Bring-up that does not scale with the control machine's uplink: on a fresh lab with the uplink
 shaped (`lab up --uplink`), a cold `up` of 3 hosts sends about one wheelhouse into the lab (the
 first node gets it, the others fetch it from there), and an `up` that finds every node up to
-date sends none. The cold `up` is the session's own (conftest's `session_lab`, measured)."""
+date sends none. The cold `up` is the session's own (conftest's `session_lab`, measured). A job's
+local corpus goes out once: each shard to `data.copies` hosts, not the whole corpus to each."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from runner.cluster import Cluster
+from runner.cluster.ssh import connect
+from runner.jobs.ship import DATA_DIR
 from runner.lab.machine import bridge_tx_bytes
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
@@ -39,3 +43,56 @@ def test_a_cold_up_of_three_hosts_sends_one_wheelhouse(lab_cluster, cli, workdir
     sent = bridge_tx_bytes() - before
     assert "changed=0" in again.stdout, again.stdout
     assert sent < 0.5 * size, f"an up-to-date cluster was sent {sent / 1e6:.0f} MB again"
+
+
+# about 100,000 documents in 10 shards (a corpus of a few tens of MB: it dominates what else a
+# submit sends into the lab)
+SPREAD_JOB = ("name: spread\ndata:\n  source: synthetic\n  synthetic: {n_docs: 100000, "
+              "n_classes: 5, vocab_size: 20000, doc_len: 60, noise: 0.05, seed: 11}\n"
+              "  shard_rows: 10000\n  copies: COPIES\nfeatures: {n_features: 65536}\n"
+              "model: {kind: sgd, epochs: 2}\n")
+
+
+def _shards_on_worker_hosts(digest: str) -> dict[str, dict[str, int]]:
+    """host -> {shard name: bytes} of the dataset's folder on each worker host."""
+    held = {}
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        for host in cluster.worker_hosts():
+            with connect(host, cluster.ssh()) as c:
+                out = c.run(f"cd {DATA_DIR}/lab/{digest}* 2>/dev/null && "
+                            "stat -c '%n %s' *.parquet || true", warn=True, hide=True).stdout
+            held[host.name] = {n: int(b) for n, b in (line.split() for line in out.splitlines())}
+    return held
+
+
+def test_a_local_corpus_goes_out_once_each_shard_to_its_hosts_only(lab_cluster, cli, workdir):
+    job = workdir / "spread.yaml"
+    runs = str(workdir / "runs-spread")
+
+    def submit(copies: int) -> tuple[str, int]:
+        job.write_text(SPREAD_JOB.replace("COPIES", str(copies)))
+        before = bridge_tx_bytes()
+        out = cli("submit", str(job), "-c", str(LAB_CLUSTER), "--runs-dir", runs,
+                  timeout=600).stdout
+        return out, bridge_tx_bytes() - before
+
+    one, sent_one = submit(1)
+    digest, n_shards = re.search(r"dataset ([0-9a-f]{12}): \d+ documents in (\d+) shards",
+                                 one).groups()
+    held = _shards_on_worker_hosts(digest)
+    shards = {n: b for per_host in held.values() for n, b in per_host.items()}
+    corpus = sum(shards.values())
+    assert len(shards) == int(n_shards) == 10, held
+    assert sum(len(v) for v in held.values()) == len(shards), held  # each shard on one host
+    for host, per_host in held.items():  # about corpus / hosts each, plus 20 % at most
+        assert sum(per_host.values()) <= 1.2 * corpus / len(held), (host, held)
+    # the control machine sent the corpus about once (the whole corpus to each: 2x)
+    assert sent_one <= 1.25 * corpus, (f"sent {sent_one / 1e6:.1f} MB for a corpus of "
+                                       f"{corpus / 1e6:.1f} MB on {len(held)} hosts", one)
+
+    two, sent_two = submit(2)  # each host is sent the shards it lacks, and nothing more
+    assert all(set(v) == set(shards) for v in _shards_on_worker_hosts(digest).values())
+    assert sent_two <= 1.25 * corpus, f"sent {sent_two / 1e6:.1f} MB"
+    # the same corpus, split and model, wherever its shards were read
+    accuracy = [re.search(r"accuracy=(\S+)", out)[1] for out in (one, two)]
+    assert accuracy[0] == accuracy[1], accuracy
