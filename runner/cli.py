@@ -18,7 +18,7 @@ DEFAULT_CLUSTER = "clusters/lab.yaml"
 # Output (runner/log.py says more): the progress of the work is logged, to this module's logger
 # and to each module's own, and printed by the one handler that main() sets up (-v, -q); what a
 # command answers is data, printed to stdout here with print() whatever the level.
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("runner.cli")  # not __main__ under python -m
 
 
 def _answer(msg: str) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from runner.batch.artifacts import write_json_atomic
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("runner.jobs.driver")  # not __main__ under python -m
 
 RUNS_ROOT = "/var/lib/daskfleet/runs"
 REQUEST, STATE, RESULT, LOG, SECRETS = ("request.json", "state.json", "result", "driver.log",

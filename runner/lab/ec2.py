@@ -23,7 +23,7 @@ from typing import Any
 from runner.errors import LabError
 from runner.log import Progress, Say
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("runner.lab.ec2")  # not __main__ under python -m
 
 PORT = 4566
 ENDPOINT = f"http://127.0.0.1:{PORT}"

@@ -30,7 +30,7 @@ from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import Lab
 from runner.lab.machine import BootSpec, LabHost, boot_host, nft_apply, read_instance_hosts, stop_host
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
 POLL_S = 0.5
 IMAGE_USER = "admin"  # Debian's cloud images' default user

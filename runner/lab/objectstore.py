@@ -30,7 +30,7 @@ from typing import TypeGuard
 from runner.errors import LabError
 from runner.log import Progress, Say
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("runner.lab.objectstore")  # not __main__ under python -m
 
 NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
 LINK = "dfv-s3"

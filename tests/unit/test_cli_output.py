@@ -155,3 +155,15 @@ def test_a_progress_callable_still_gets_every_line(caplog):
         logged.warning("WARNING: five")
     assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
         ("runner.test", logging.INFO, "four"), ("runner.test", logging.WARNING, "WARNING: five")]
+
+
+
+def test_a_module_run_with_python_dash_m_logs_under_runner():
+    """`python -m runner.cli` (the e2e tests', a checkout's way) runs the module as __main__: a
+    logger named after ``__name__`` would be "__main__", outside the ``runner`` loggers the
+    command's handler prints, and its lines (up's summary) would be lost."""
+    root = Path(__file__).resolve().parents[2] / "runner"
+    wrong = [str(p.relative_to(root.parent)) for p in root.rglob("*.py")
+             if 'if __name__ == "__main__"' in (text := p.read_text())
+             and "getLogger(__name__)" in text]
+    assert wrong == [], f"name the logger (logging.getLogger('runner.<module>')) in {wrong}"

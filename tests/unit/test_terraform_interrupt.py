@@ -52,9 +52,12 @@ def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
     work.mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     # in a group of its own, as a command in a terminal: the signal goes to the whole group
+    # SIGINT as a terminal's command has it: a run started in the background by a shell
+    # without job control (`make check &`) inherits it ignored, and nothing could trap it
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
