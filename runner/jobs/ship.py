@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
-import tarfile
-import tempfile
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,19 +99,17 @@ def ship(local_dir: Path, digest: str, files: Sequence[str], hosts: list[Host],
             missing = [f for f in wanted[host] if f not in set(there.split())]
             if not missing:
                 return []
-            staging = f"{base}/.{digest}.{os.getpid()}"
-            with tempfile.TemporaryDirectory(prefix="daskfleet-ship-") as tmp:
-                archive = Path(tmp) / f"{digest}.tar"
-                with tarfile.open(archive, "w") as tar:  # this host's share only
-                    for f in missing:
-                        tar.add(local_dir / f, arcname=f)
-                c.run(f"rm -rf {shlex.quote(staging)} && mkdir -p {shlex.quote(staging)} "
-                      f"{shlex.quote(dest)}", hide=True)
-                c.put(str(archive), f"{staging}.tar")
-            # Unpacked beside the target, then each shard renamed into place whole.
-            c.run(f"tar -xf {shlex.quote(staging)}.tar -C {shlex.quote(staging)} && "
-                  f"mv -f {shlex.quote(staging)}/* {shlex.quote(dest)}/ && "
-                  f"rm -rf {shlex.quote(staging)} {shlex.quote(staging)}.tar", hide=True)
+            # this command's own: another machine's or process's ship of the same shards
+            # never shares it (the renames make the last whole copy win)
+            stage = f"{base}/.{digest}.{socket.gethostname()}.{os.getpid()}"
+            staging = shlex.quote(stage)
+            c.run(f"rm -rf {staging} && mkdir -p {staging} {shlex.quote(dest)}", hide=True)
+            # file by file over SFTP (no archive of the host's share on this machine's disk),
+            # into a staging folder beside the target, then each shard renamed into place whole
+            for f in missing:
+                c.put(str(local_dir / f), f"{stage}/{f}")
+            c.run(f"find {staging} -maxdepth 1 -type f -exec mv -f -t {shlex.quote(dest)} {{}} + "
+                  f"&& rmdir {staging}", hide=True)
             return missing
 
     sent = fan_out(hosts, send, "shipping the dataset")

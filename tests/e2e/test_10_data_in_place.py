@@ -99,7 +99,8 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
     assert metrics["accuracy"] >= single["accuracy"] - 0.01, (run_id, metrics, single)
     assert metrics["accuracy"] > 0.8
     # the corpus went from the store to the workers: the control machine sent only the task
-    # graph and the cluster's chatter (it sends corpus x hosts when it ships a local corpus)
+    # graph and the cluster's chatter (it sends about data.copies x the corpus when it ships a
+    # local corpus)
     print(f"control machine sent {sent:,} bytes for a corpus of {corpus_bytes:,} bytes "
           f"({100 * sent / corpus_bytes:.2f} %)")
     assert sent < corpus_bytes / 10, (sent, corpus_bytes)
