@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="daskfleet-traffic-") as tmp:
         rows = [run_size(n, args.docs, Path(tmp), log) for n in args.hosts]
     stamp = time.strftime("%Y-%m-%d")
-    path = ROOT / "bench" / "results" / f"{stamp}-data-traffic.json"
+    path = ROOT / "bench" / "results" / f"{stamp}-data-traffic-{args.docs}.json"
     tmp_path = path.with_suffix(".json.tmp")
     tmp_path.write_text(json.dumps(rows, indent=2) + "\n")
     tmp_path.rename(path)
