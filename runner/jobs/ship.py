@@ -55,9 +55,13 @@ class ShipResult:
     def __init__(self, holds: dict[Host, list[str]], sent: dict[Host, list[str]],
                  sizes: dict[str, int]):
         self.holds, self.sent, self.sizes = holds, sent, sizes
+        self._by_shard: dict[str, list[Host]] = {}  # one pass: hosts_of is asked per shard
+        for host, names in holds.items():
+            for name in names:
+                self._by_shard.setdefault(name, []).append(host)
 
     def hosts_of(self, shard: str) -> list[Host]:
-        return [h for h, names in self.holds.items() if shard in names]
+        return list(self._by_shard.get(shard, []))
 
     def summary(self) -> str:
         """What was sent where, for the progress line."""
@@ -95,8 +99,9 @@ def ship(local_dir: Path, digest: str, files: Sequence[str], hosts: list[Host],
                     f"{host.name}: {base} is missing or not writable by {host.user}; the "
                     f"cluster's data folder is made by the playbook: run `daskfleet up` "
                     "first.", failures={host: RuntimeError(base)})
-            there = c.run(f"ls -1 {shlex.quote(dest)} 2>/dev/null || true", hide=True).stdout
-            missing = [f for f in wanted[host] if f not in set(there.split())]
+            there = set(c.run(f"ls -1 {shlex.quote(dest)} 2>/dev/null || true",
+                              hide=True).stdout.split())
+            missing = [f for f in wanted[host] if f not in there]
             if not missing:
                 return []
             # this command's own: another machine's or process's ship of the same shards

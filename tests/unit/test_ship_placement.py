@@ -59,3 +59,15 @@ def test_copies_is_checked_and_named():
         JobSpec.model_validate(job("{source: synthetic, synthetic: {n_docs: 100}, copies: 0}"))
     with pytest.raises(Exception, match=r"copies.*read in place"):
         JobSpec.model_validate(job("{source: files, path: 's3://b/p/*.parquet', copies: 1}"))
+
+
+def test_a_ship_result_says_where_each_shard_is_and_what_was_sent():
+    from runner.cluster.hosts import Host
+    from runner.jobs.ship import ShipResult
+
+    a, b = Host("lab2", "198.18.0.12", "worker"), Host("lab3", "198.18.0.13", "worker")
+    r = ShipResult({a: ["p0", "p1"], b: ["p1"]}, {a: ["p0"], b: []},
+                   {"p0": 1_000_000, "p1": 2_000_000})
+    assert r.hosts_of("p1") == [a, b] and r.hosts_of("p0") == [a] and r.hosts_of("x") == []
+    assert r.summary() == ("2 shards (3.0 MB), 1 host(s) each (shards per host: lab2 2, lab3 1); "
+                           "sent 1.0 MB to 1 host(s), the rest there already")
