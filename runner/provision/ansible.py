@@ -40,11 +40,12 @@ def _binary() -> str:
 
 def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = False,
                  playbook: str = "site.yml", tolerate_unreachable: frozenset[str] = frozenset(),
-                 progress: Progress | None = None, limit: list[str] | None = None
-                 ) -> PlaybookResult:
+                 progress: Progress | None = None, limit: list[str] | None = None,
+                 tags: list[str] | None = None) -> PlaybookResult:
     """Run the playbook; raise ProvisionError naming the hosts that failed. Hosts named in
     tolerate_unreachable may be unreachable (a degraded cluster) without failing the run. Each
-    task's name goes to ``progress`` as it starts; without it, to the debug log only."""
+    task's name goes to ``progress`` as it starts; without it, to the debug log only. ``tags``:
+    only the tasks tagged so (`tls`: a node's TLS files alone)."""
     said = progress if progress is not None else logger.debug
     log.parent.mkdir(parents=True, exist_ok=True)
     vars_file = log.with_suffix(".vars.json")
@@ -54,6 +55,8 @@ def run_playbook(inventory: Path, extra_vars: dict, log: Path, check: bool = Fal
         args.append("--check")
     if limit is not None:
         args += ["--limit", ",".join(limit)]
+    if tags:
+        args += ["--tags", ",".join(tags)]
     logger.debug(f"running {' '.join(args)}")
     env = {**os.environ, "ANSIBLE_CONFIG": str(PLAYBOOKS / "ansible.cfg"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}

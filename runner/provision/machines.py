@@ -140,22 +140,28 @@ def install(cluster: Cluster, hosts: list[Host], progress: Progress | None = Non
     variables = playbook_vars(cluster, built)
     inventory.write_vars(cluster.inventory_path, variables)  # a run by hand is the same run
     wanted = {h.name: fingerprint.expected(cluster, h, variables) for h in hosts}
-    done = set() if force else fingerprint.up_to_date(cluster, hosts, wanted, env_hashes)
-    todo = [h for h in hosts if h.name not in done]
+    found = {} if force else fingerprint.records(cluster, hosts, env_hashes)
+    lacks = {h.name: fingerprint.difference(found.get(h.name), wanted[h.name]) for h in hosts}
+    todo = [h for h in hosts if lacks[h.name]]
     if not todo:
         say(f"ansible: nothing to do: all {len(hosts)} hosts have this environment, TLS files "
             "and configuration (as recorded on each); `daskfleet up --force` runs it anyway")
         result = ansible.PlaybookResult(changed=0, per_host={}, output="")
     else:
-        if done:
-            say(f"ansible: {', '.join(sorted(done))} up to date; running on "
-                + ", ".join(h.name for h in todo))
+        names = ", ".join(h.name for h in todo)
+        tls_only = all(lacks[h.name] == "tls" for h in todo)
+        if tls_only:
+            say(f"ansible: only the TLS files changed on {names}: installing those alone")
+        elif len(todo) < len(hosts):
+            say(f"ansible: {', '.join(sorted(set(wanted) - {h.name for h in todo}))} up to "
+                f"date; running on {names}")
         result = ansible.run_playbook(cluster.inventory_path, variables,
                                       log=cluster.state_dir / "logs" / "ansible.log",
                                       tolerate_unreachable=tolerated(cluster, hosts),
                                       progress=say,  # each task's name, as it starts
                                       limit=None if len(todo) == len(hosts) else
-                                      [h.name for h in todo])
+                                      [h.name for h in todo],
+                                      tags=["tls"] if tls_only else None)
         if result.unreachable:
             say.warning(f"WARNING: ansible could not reach {', '.join(result.unreachable)}; "
                         f"continuing because min_workers is {cluster.spec.min_workers}")

@@ -136,6 +136,10 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     rotate_ended = time.monotonic()
     out = rotated.stdout
     assert "rotate: new certificates for lab1, lab2, lab3, client" in out, out
+    # only the certificates changed: Ansible installs those alone, not the whole environment
+    assert "ansible: only the TLS files changed on lab1, lab2, lab3" in out, out
+    assert "ansible: dask_node : Ensure the node's certificate and key are installed" in out, out
+    assert "Check whether this lock's environment is already complete" not in out, out
     assert "replacing lab2-w0@lab2 (1/2)" in out and "replacing lab3-w0@lab3 (2/2)" in out, out
     assert "the scheduler keeps its running files while run " in out, out
     assert (tls_dir / "hosts" / "lab2.pem").read_bytes() != old_cert

@@ -242,7 +242,8 @@ def test_a_killed_submit_leaves_instances_that_power_themselves_off_at_max_lifet
     """No control machine, no `gc`: each instance's own `shutdown -P +MINUTES` (the first thing
     its user data runs) ends it, terminated through EC2's shutdown behaviour, by the run's
     expiry. The scheduler's idle timeout is set far beyond it, so that it is not what ends it."""
-    cluster = variant(workdir, "eph-hardstop", max_lifetime="3m", idle_timeout="30m")
+    # 2m, the shortest allowed: each instance powers off a whole minute after its boot
+    cluster = variant(workdir, "eph-hardstop", max_lifetime="2m", idle_timeout="30m")
     job = workdir / "eph-hardstop.yaml"
     job.write_text(small_job("eph-hardstop", seed=25, epochs=20, n_docs=6000))
     text = submit_then_kill(cli, workdir, job, cluster, "worker(s) joined")

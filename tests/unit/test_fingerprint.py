@@ -82,3 +82,21 @@ def test_the_probe_asks_for_this_environment_and_cluster(tmp_path):
     _node(odd)
     quoted = _run_probe(odd)
     assert quoted.returncode == 0 and quoted.stdout == "fp-123\n", quoted
+
+
+def test_a_record_that_differs_only_in_its_tls_files_needs_only_those(tmp_path):
+    cluster = _cluster(tmp_path)
+    w1 = Host("w1", "10.0.0.3", "worker")
+    variables = {"python_env_targets": {"x86_64": {"hash": "aa11", "archive": "/a.tar"}},
+                 "dask_node_tls": True}
+    before = fingerprint.expected(cluster, w1, variables)
+    assert fingerprint.difference(before, before) is None
+    cluster.ca.rotate({"w1": "10.0.0.3", "w2": "10.0.0.4"})  # new leaf certificates
+    rotated = fingerprint.expected(cluster, w1, variables)
+    assert fingerprint.difference(before, rotated) == "tls"
+    other_env = {**variables, "python_env_targets": {"x86_64": {"hash": "bb22",
+                                                                "archive": "/b.tar"}}}
+    # anything else, with or without new certificates, needs the whole playbook
+    assert fingerprint.difference(before, fingerprint.expected(cluster, w1, other_env)) == "all"
+    for found in (None, "", before.split(":")[0], "garbage"):  # none, unreadable, old format
+        assert fingerprint.difference(found, rotated) == "all", found
