@@ -50,17 +50,12 @@ def synthetic(seed: int, copies: int) -> str:
 def stored_bytes(cluster_file: Path, env: dict, name: str) -> dict[str, int]:
     """Bytes of parquet shards each worker host holds for the cluster ``name``."""
     from runner.cluster import Cluster
-    from runner.cluster.ssh import connect
+    from runner.jobs.ship import held
 
     os.environ.update({k: env[k] for k in ("DASKFLEET_STATE_DIR", "DASKFLEET_INVENTORY_DIR")})
-    held = {}
     with Cluster.from_file(cluster_file) as cluster:
-        for host in cluster.worker_hosts():
-            with connect(host, cluster.ssh()) as c:
-                out = c.run(f"find {DATA_DIR}/{name} -name '*.parquet' -printf '%s\\n' "
-                            "2>/dev/null || true", warn=True, hide=True).stdout
-            held[host.name] = sum(int(x) for x in out.split())
-    return held
+        return {host: sum(shards.values()) for host, shards in
+                held(cluster.worker_hosts(), cluster.ssh(), name).items()}
 
 
 def run_size(n_hosts: int, docs: int, workdir: Path, log) -> dict:

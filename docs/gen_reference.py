@@ -89,6 +89,11 @@ DESCRIPTIONS = {
         "ephemeral.network.subnet_id": "an existing subnet (nothing made)",
         "ephemeral.network.vpc_cidr": "with `subnet_cidr`: a VPC made for the run",
         "ephemeral.network.subnet_cidr": "with `vpc_cidr`: a subnet made for the run",
+        "ephemeral.network.require_nat": "with `subnet_id`: refuse a subnet whose 0.0.0.0/0 "
+        "does not go through a NAT (false: it reaches your registry through VPC endpoints)",
+        "ephemeral.network.availability_zone": "the made subnet's zone; default: the first of the "
+        "region that offers both instance types (checked before anything is made, as the "
+        "vCPU quotas are)",
         "ephemeral.image": "the image: an `id`, or `owner` and `name`",
         "ephemeral.image.id": "an AMI id",
         "ephemeral.image.owner": "the image's owner (an account id), with `name`",

@@ -154,6 +154,13 @@ class NetworkSpec(_Strict):
     subnet_id: str | None = None
     vpc_cidr: str | None = None
     subnet_cidr: str | None = None
+    # The made subnet's zone; default: the first of the region that offers both instance types
+    # (checked before anything is made; with subnet_id, the subnet's own zone is checked)
+    availability_zone: str | None = None
+    # With subnet_id: refuse a subnet whose 0.0.0.0/0 does not go through a NAT (the instances,
+    # on private addresses, pull their image); false when it reaches your registry otherwise
+    # (VPC endpoints)
+    require_nat: bool = True
 
     @model_validator(mode="after")
     def _one_way(self) -> NetworkSpec:
@@ -161,6 +168,9 @@ class NetworkSpec(_Strict):
         if (self.subnet_id is None) == (not made) or (made and None in (self.vpc_cidr, self.subnet_cidr)):
             raise ValueError("give either subnet_id (an existing subnet) or both vpc_cidr and "
                              "subnet_cidr (a VPC and subnet made for the run)")
+        if self.subnet_id and self.availability_zone:
+            raise ValueError("availability_zone is the zone of the subnet made for the run; "
+                             "an existing subnet_id has its own: remove one of them")
         for key in ("vpc_cidr", "subnet_cidr"):
             if getattr(self, key) is not None:
                 ipaddress.ip_network(getattr(self, key))  # ValueError names the bad range

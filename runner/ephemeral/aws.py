@@ -129,15 +129,17 @@ def _after_create(call, what: str):
     return call_with_retry(call, what, CONSISTENCY_TIMEOUT_S, retry_on=not_found)
 
 
-def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made) -> None:
+def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made, zone: str) -> None:
+    """A VPC and a subnet in ``zone`` (one checked to offer the instance types: a subnet left to
+    AWS's pick may land in a zone that lacks them)."""
     spec = lambda kind: [{"ResourceType": kind, "Tags": T.as_aws(tags)}]  # noqa: E731
     made.vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, TagSpecifications=spec("vpc"))["Vpc"]["VpcId"]
     made.created.append(f"vpc {made.vpc_id} ({vpc_cidr})")
     made.subnet_id = _after_create(
-        lambda: ec2.create_subnet(VpcId=made.vpc_id, CidrBlock=subnet_cidr,
+        lambda: ec2.create_subnet(VpcId=made.vpc_id, CidrBlock=subnet_cidr, AvailabilityZone=zone,
                                   TagSpecifications=spec("subnet"))["Subnet"]["SubnetId"],
         f"creating a subnet in the new VPC {made.vpc_id}")
-    made.created.append(f"subnet {made.subnet_id} ({subnet_cidr})")
+    made.created.append(f"subnet {made.subnet_id} ({subnet_cidr}, {zone})")
 
 
 def subnet_vpc(ec2, subnet_id: str) -> str:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from runner.config import ClusterSpec, parse_duration
 from runner.ephemeral import aws
 from runner.ephemeral import tags as T
-from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
+from runner.errors import ClusterStartError, ConfigError, DaskfleetError, ProvisionError
 from runner.log import Progress, Say
 
 if TYPE_CHECKING:
@@ -319,6 +319,89 @@ class EphemeralCluster:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _check_network(self) -> None:
+        """The instances get private addresses only: this machine must route to the subnet
+        (not through its default route), and an existing subnet must reach out through a NAT
+        (the instances pull their image). Refused before anything is made."""
+        from runner import aws_network as net
+
+        e, key = self.e, "ephemeral.network."
+        try:
+            cidr = net.subnet_cidr(self.ec2, e.network.subnet_id) if e.network.subnet_id \
+                else str(e.network.subnet_cidr)
+            problem = net.private_route_problem(net.local_routes(), cidr)
+            if problem:
+                raise ConfigError(
+                    f"{self.spec.source}: {key}{'subnet_id' if e.network.subnet_id else 'subnet_cidr'}"
+                    f": the instances get private addresses only, and {problem}: the client "
+                    "could never reach the scheduler. Submit from inside the VPC (a bastion, a "
+                    f"CI runner there) or over a VPN or peering that routes {cidr}. Nothing was "
+                    "created.")
+            if e.network.subnet_id and e.network.require_nat:
+                way = net.egress(net.subnet_routes(self.ec2, e.network.subnet_id))
+                if way != "nat":
+                    how = ("through an internet gateway, which carries only instances with public "
+                           "addresses" if way == "igw" else "nowhere")
+                    raise ConfigError(
+                        f"{self.spec.source}: {key}subnet_id {e.network.subnet_id}: its route "
+                        f"table sends 0.0.0.0/0 {how}; the instances (private addresses only) "
+                        "could not install Docker or pull their image, and the run would wait "
+                        f"out ready_timeout ({e.ready_timeout:.0f}s). Route 0.0.0.0/0 through a "
+                        "NAT gateway, or set ephemeral.network.require_nat: false if the subnet "
+                        "reaches your registry through VPC endpoints. Nothing was created.")
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - botocore's errors: one message naming the step
+            raise ProvisionError(f"ephemeral: checking the network failed: {err}") from err
+
+    def _check_capacity(self) -> str:
+        """The zone (the file's, its subnet's, or the first that offers both instance types)
+        and room in the vCPU quotas, checked before anything is made. Returns the zone."""
+        import boto3
+
+        from runner import aws_capacity as cap
+
+        e, say = self.e, self.say
+        key = "ephemeral.network."
+        types = {e.scheduler_instance_type, e.worker_instance_type}
+        try:
+            offered = cap.offered_zones(self.ec2, types)
+            if e.network.subnet_id:
+                zone = cap.subnet_zone(self.ec2, e.network.subnet_id)
+                cap.choose_zone(offered, zone, f"{key}subnet_id ({e.network.subnet_id}, in {zone})",
+                                e.region)
+            else:
+                zone = cap.choose_zone(offered, e.network.availability_zone,
+                                       f"{key}availability_zone", e.region)
+            quotas = boto3.client("service-quotas", region_name=e.region)
+            on_demand = {e.scheduler_instance_type: 1}
+            workers_on_demand = not e.spot_workers
+            unchecked = []
+            if e.spot_workers:
+                try:
+                    unchecked += cap.check_quota(self.ec2, quotas,
+                                                 {"spot": {e.worker_instance_type: e.workers}},
+                                                 "ephemeral.workers (spot_workers: true)")
+                except ConfigError as short:
+                    if e.spot_fallback != "on_demand":
+                        raise
+                    say.warning(f"WARNING: {short}; spot_fallback: on_demand, so the workers "
+                                "are checked against the on-demand quota")
+                    workers_on_demand = True
+            if workers_on_demand:
+                on_demand[e.worker_instance_type] = on_demand.get(e.worker_instance_type, 0) \
+                    + e.workers
+            unchecked += cap.check_quota(self.ec2, quotas, {"on-demand": on_demand},
+                                         "ephemeral.workers/instance types")
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - botocore's errors: one message naming the step
+            raise ProvisionError(f"ephemeral: checking zones and quotas for "
+                                 f"{', '.join(sorted(types))} in {e.region} failed: {err}") from err
+        for what in unchecked:
+            say.warning(f"WARNING: not checked before creating anything: {what}")
+        return zone
+
     def create(self) -> None:
         from runner.ephemeral.environment import default_image, env_vars, project_upload
         from runner.provision.lock import derive_lock
@@ -329,6 +412,8 @@ class EphemeralCluster:
         self.upload = project_upload(Path(self._tmp.name), self.lock, say)
         self.ec2 = aws.ec2_client(e.region)
         image = aws.find_image(self.ec2, e.image.owner, e.image.name, e.image.id)
+        self._check_network()
+        zone = self._check_capacity()
         try:
             if e.network.subnet_id:
                 self.made.subnet_id = e.network.subnet_id
@@ -337,7 +422,7 @@ class EphemeralCluster:
                 vpc_cidr, subnet_cidr = e.network.vpc_cidr, e.network.subnet_cidr
                 assert vpc_cidr is not None and subnet_cidr is not None, \
                     "NetworkSpec's validator: a subnet_id, or both ranges"
-                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made)
+                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made, zone)
             assert self.made.vpc_id is not None, "set by subnet_vpc or make_network"
             ports = (self.spec.dask.scheduler_port, self.spec.dask.dashboard_port)
             aws.make_group(self.ec2, self.made.vpc_id, f"daskfleet-{self.run_id}", e.admin_cidr,

@@ -12,6 +12,7 @@ place whole: a reader never sees half of one.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import socket
 from collections.abc import Sequence
@@ -28,6 +29,26 @@ def remote_dir(digest: str, cluster: str | None = None) -> str:
     """Where a dataset lives on a node: the cluster's own folder (an ephemeral cluster's
     instances serve one cluster: no ``cluster``)."""
     return f"{DATA_DIR}/{cluster}/{digest}" if cluster else f"{DATA_DIR}/{digest}"
+
+
+def held(hosts: Sequence[Host], ssh: SSHSettings, cluster: str, digest_prefix: str = ""
+         ) -> dict[str, dict[str, int]]:
+    """Host name -> {"<dataset digest>/<shard>": bytes}: the shards each host holds in the
+    cluster's data folder (of the datasets whose digest starts so; every dataset by default)."""
+    if not re.fullmatch(r"[0-9a-f]*", digest_prefix):
+        raise ValueError(f"a dataset digest is hexadecimal: {digest_prefix!r}")
+    base = shlex.quote(f"{DATA_DIR}/{cluster}")
+
+    def listing(host: Host) -> dict[str, int]:
+        with connect(host, ssh) as c:
+            out = c.run(f"cd {base} 2>/dev/null && find {digest_prefix}* -maxdepth 1 -name "
+                        "'*.parquet' -printf '%p %s\\n' 2>/dev/null || true",
+                        warn=True, hide=True).stdout
+        return {name: int(size) for name, size in (line.rsplit(" ", 1)
+                                                   for line in out.splitlines() if line)}
+
+    return {h.name: found for h, found in fan_out(list(hosts), listing,
+                                                  "listing the shards the hosts hold").items()}
 
 
 def placement(sizes: dict[str, int], hosts: list[str], copies: int) -> dict[str, list[str]]:

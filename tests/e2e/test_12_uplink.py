@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.cluster import Cluster
-from runner.cluster.ssh import connect
-from runner.jobs.ship import DATA_DIR
+from runner.jobs.ship import held
 from runner.lab.machine import bridge_tx_bytes
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
@@ -54,15 +53,9 @@ SPREAD_JOB = ("name: spread\ndata:\n  source: synthetic\n  synthetic: {n_docs: 1
 
 
 def _shards_on_worker_hosts(digest: str) -> dict[str, dict[str, int]]:
-    """host -> {shard name: bytes} of the dataset's folder on each worker host."""
-    held = {}
+    """host -> {shard: bytes} of the dataset's folder on each worker host."""
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        for host in cluster.worker_hosts():
-            with connect(host, cluster.ssh()) as c:
-                out = c.run(f"cd {DATA_DIR}/lab/{digest}* 2>/dev/null && "
-                            "stat -c '%n %s' *.parquet || true", warn=True, hide=True).stdout
-            held[host.name] = {n: int(b) for n, b in (line.split() for line in out.splitlines())}
-    return held
+        return held(cluster.worker_hosts(), cluster.ssh(), "lab", digest)
 
 
 def test_a_local_corpus_goes_out_once_each_shard_to_its_hosts_only(lab_cluster, cli, workdir):

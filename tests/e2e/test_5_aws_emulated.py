@@ -20,6 +20,7 @@ from jobfiles import small_job
 
 from runner.cluster import Cluster
 from runner.lab import Lab
+from runner.lab.ec2 import set_vcpu_quota
 
 REPO = Path(__file__).resolve().parents[2]
 AWS_LAB = REPO / "clusters" / "aws-lab.yaml"
@@ -68,12 +69,45 @@ def test_ssh_open_to_the_world_is_refused_with_nothing_created(lab_cluster, cli,
     assert vpcs["Vpcs"] == [] and ec2().describe_key_pairs()["KeyPairs"] == []
 
 
+def test_a_zone_without_the_type_or_a_quota_too_small_is_refused_with_nothing_created(
+        lab_cluster, cli, workdir):
+    """EC2 refuses both only at RunInstances, once the VPC and subnet exist: `up` asks first."""
+    cli("lab", "up", "--cloud", "aws", "--hosts", "3", timeout=180)
+    base = AWS_LAB.read_text().replace("name: aws-lab", "name: aws-tight")
+    zone = workdir / "aws-zone.yaml"
+    zone.write_text(base.replace("  instance_type: m6i.large\n",
+                                 "  instance_type: m6i.large\n  availability_zone: us-east-1e\n"))
+    out = cli("up", "-c", str(zone), check=False, timeout=300)
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "terraform.availability_zone: us-east-1e does not offer m6i.large" in out.stderr
+    assert "zones of us-east-1 that offer m6i.large: us-east-1a, us-east-1b" in out.stderr
+    tight = workdir / "aws-tight.yaml"
+    tight.write_text(base)
+    set_vcpu_quota(Lab(), {"on-demand": 4})  # a new account's kind of quota
+    try:
+        out = cli("up", "-c", str(tight), check=False, timeout=300)
+    finally:
+        set_vcpu_quota(Lab(), None)
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert ("3 x m6i.large (2 vCPUs) need 6 vCPUs, and the account's on-demand standard vCPU "
+            "quota (L-1216C47A) is 4, 0 of them in use: 2 short") in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    vpcs = ec2().describe_vpcs(Filters=[{"Name": "tag:cluster", "Values": ["aws-tight"]}])
+    assert vpcs["Vpcs"] == [] and ec2().describe_key_pairs()["KeyPairs"] == []
+
+
 def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_cluster, cli):
     out = aws_cluster["up_output"]
     print(out)
     # Every phase timed apart: boot is the wait for the new VMs' SSH, with their host keys.
     assert re.search(r"up: terraform=\d+\.\ds boot=\d+\.\ds ansible=\d+\.\ds start=\d+\.\ds", out), out
     assert "open FAILED" not in out  # the tunnel's polling stays quiet
+    # the subnet's zone, chosen before anything was made (left to the emulator's pick, as to
+    # AWS's, it would be us-east-1e, which has no m6i.large)
+    assert "aws: availability zone us-east-1a (the first of us-east-1 that offers m6i.large" \
+        in out, out
+    subnets = ec2().describe_subnets(Filters=[{"Name": "tag:cluster", "Values": ["aws-lab"]}])
+    assert [s["AvailabilityZone"] for s in subnets["Subnets"]] == ["us-east-1a"], subnets
     status = cli("status", "-c", str(AWS_LAB), "--json")
     st = json.loads(status.stdout)
     assert st["healthy"] is True, st

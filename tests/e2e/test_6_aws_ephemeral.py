@@ -110,6 +110,10 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     # the two workers are spot instances, the scheduler is not (moto reports InstanceLifecycle
     # from the RunInstances market options, as EC2 does)
     assert sorted(str(i.get("InstanceLifecycle")) for i in insts) == ["None", "spot", "spot"]
+    # in the first zone that offers m6i.large, checked before anything was made: left to the
+    # emulator's pick (as to AWS's), the subnet would be in us-east-1e, which lacks it
+    assert {i["Placement"]["AvailabilityZone"] for i in insts} == {"us-east-1a"}, insts
+    assert "subnet subnet-" in text and "(198.19.0.0/24, us-east-1a)" in text, text
 
 
 def test_a_job_failing_on_purpose_still_removes_the_cluster(emulated_ec2, cli, workdir):

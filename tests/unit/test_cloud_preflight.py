@@ -98,3 +98,27 @@ def test_a_cluster_made_before_the_suffix_keeps_its_key_pair_name(tmp_path):
     (tf / "terraform.tfstate").write_text(json.dumps(
         {"resources": [{"type": "aws_key_pair", "name": "this"}]}))
     assert provider.key_pair_suffix() == ""
+
+
+def test_private_addresses_from_a_laptop_are_refused_before_anything_is_created(tmp_path,
+                                                                               monkeypatch):
+    from runner import aws_network
+
+    provider = _aws(tmp_path, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@host")
+    provider.spec.terraform = {"vpc_cidr": "10.42.0.0/16", "use_public_ip": False}
+    laptop = [{"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}]
+    monkeypatch.setattr(aws_network, "local_routes", lambda: laptop)
+    with pytest.raises(ConfigError) as info:
+        provider._check_route(None, "aws.yaml: terraform.")
+    message = str(info.value)
+    assert message.startswith("aws.yaml: terraform.use_public_ip is false, so SSH dials the VMs' "
+                              "private addresses in 10.42.0.0/24, and this machine reaches "
+                              "10.42.0.0/24 only through its default route"), message
+    assert "Set terraform.use_public_ip: true" in message and "Nothing was created" in message
+    # from inside the VPC (or over a VPN routing it), and with public addresses, it goes on
+    monkeypatch.setattr(aws_network, "local_routes",
+                        lambda: laptop + [{"dst": "10.42.0.0/16", "dev": "tun0"}])
+    provider._check_route(None, "aws.yaml: terraform.")
+    monkeypatch.setattr(aws_network, "local_routes", lambda: laptop)
+    provider.spec.terraform["use_public_ip"] = True
+    provider._check_route(None, "aws.yaml: terraform.")

@@ -31,7 +31,7 @@ def ec2(monkeypatch):
 def make_run(ec2, run_id: str, created: datetime, lifetime_s: float, cidr: str) -> dict:
     made = aws.Made()
     tags = T.run_tags("c1", run_id, created, lifetime_s)
-    aws.make_network(ec2, cidr, cidr, tags, made)
+    aws.make_network(ec2, cidr, cidr, tags, made, "us-east-1a")
     aws.make_group(ec2, made.vpc_id, f"df-{run_id}", "203.0.113.7/32", (8786, 8787), tags, made)
     image = ec2.describe_images()["Images"][0]["ImageId"]
     [inst] = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro",

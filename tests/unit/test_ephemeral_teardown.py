@@ -69,7 +69,7 @@ def sleeps(monkeypatch) -> list[float]:
 def make_run(ec2, run_id: str = "20260102-r1") -> dict:
     made = aws.Made()
     tags = T.run_tags("c1", run_id, datetime.now(UTC), 3600)
-    aws.make_network(ec2, "10.1.0.0/24", "10.1.0.0/24", tags, made)
+    aws.make_network(ec2, "10.1.0.0/24", "10.1.0.0/24", tags, made, "us-east-1a")
     aws.make_group(ec2, made.vpc_id, f"df-{run_id}", "203.0.113.7/32", (8786, 8787), tags, made)
     return {"made": made, "tags": tags, "instance": launch(ec2, made, tags)}
 
@@ -120,7 +120,7 @@ def test_a_launch_still_in_flight_when_teardown_starts_is_found_and_removed(ec2,
     run_id = "20260102-late"
     made = aws.Made()
     tags = T.run_tags("c1", run_id, datetime.now(UTC), 3600)
-    aws.make_network(ec2, "10.2.0.0/24", "10.2.0.0/24", tags, made)
+    aws.make_network(ec2, "10.2.0.0/24", "10.2.0.0/24", tags, made, "us-east-1a")
     aws.make_group(ec2, made.vpc_id, "df-late", "203.0.113.7/32", (8786, 8787), tags, made)
     late: list[str] = []
     real_find = aws.find_tagged
@@ -134,7 +134,8 @@ def test_a_launch_still_in_flight_when_teardown_starts_is_found_and_removed(ec2,
 
     # the late instance lands in a subnet of its own VPC (the run's first one is being removed)
     made_late = aws.Made()
-    aws.make_network(ec2, "10.3.0.0/24", "10.3.0.0/24", {"x": "untagged"}, made_late)
+    aws.make_network(ec2, "10.3.0.0/24", "10.3.0.0/24", {"x": "untagged"}, made_late,
+                     "us-east-1a")
     made_late.group_id = ec2.describe_security_groups(
         Filters=[{"Name": "vpc-id", "Values": [made_late.vpc_id]}])["SecurityGroups"][0]["GroupId"]
     with monkeypatch.context() as m:  # only this patch: the fixtures' stay for the asserts
@@ -150,7 +151,7 @@ def test_a_resource_just_created_and_not_yet_visible_is_retried(ec2, sleeps):
                   authorize_security_group_ingress=["InvalidGroup.NotFound"])
     made = aws.Made()
     tags = T.run_tags("c1", "r2", datetime.now(UTC), 3600)
-    aws.make_network(flaky, "10.4.0.0/24", "10.4.0.0/24", tags, made)
+    aws.make_network(flaky, "10.4.0.0/24", "10.4.0.0/24", tags, made, "us-east-1a")
     aws.make_group(flaky, made.vpc_id, "df-r2", "203.0.113.7/32", (8786, 8787), tags, made)
     assert made.subnet_id and made.group_id
     assert flaky.calls.count("create_subnet") == 3
@@ -159,7 +160,7 @@ def test_a_resource_just_created_and_not_yet_visible_is_retried(ec2, sleeps):
     # but an error that is no consistency lag is not retried
     with pytest.raises(ProvisionError, match="InvalidParameterValue"):
         aws.make_network(Flaky(ec2, create_subnet=["InvalidParameterValue"]), "10.5.0.0/24",
-                         "10.5.0.0/24", tags, aws.Made())
+                         "10.5.0.0/24", tags, aws.Made(), "us-east-1a")
 
 
 # -- the run's outcome and its teardown's -------------------------------------------------------

@@ -127,6 +127,8 @@ class Cloud(Provider):
 # The key types EC2's ImportKeyPair takes (ecdsa and security-key types are refused, and only
 # after Terraform has made the VPC): checked before anything is created.
 AWS_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
+DEFAULT_INSTANCE_TYPE = "m6i.large"  # terraform/modules/aws/variables.tf's defaults
+DEFAULT_VPC_CIDR = "10.42.0.0/16"
 
 
 class AWS(Cloud):
@@ -146,7 +148,13 @@ class AWS(Cloud):
         return line
 
     def terraform_variables(self, recorded: dict) -> dict:
-        return {**super().terraform_variables(recorded), "key_pair_suffix": self.key_pair_suffix()}
+        variables = {**super().terraform_variables(recorded),
+                     "key_pair_suffix": self.key_pair_suffix()}
+        # the zone chosen (or checked) before the first apply, kept: another would replace the
+        # subnet and every VM in it
+        if "subnet_id" not in self.spec.terraform and recorded.get("availability_zone"):
+            variables["availability_zone"] = recorded["availability_zone"]
+        return variables
 
     def key_pair_suffix(self) -> str:
         """A token that makes this state's EC2 key pair name its own (two users of one account
@@ -174,6 +182,92 @@ class AWS(Cloud):
     def before_apply(self, progress: Progress | None) -> None:
         super().before_apply(progress)
         self._check_endpoint()
+        self._check_before_creating(progress)
+
+    def _check_before_creating(self, progress: Progress | None) -> None:
+        """A route from here to the VMs' private addresses (when SSH uses them), an availability
+        zone that offers the instance type (chosen, or the file's checked), and room in the
+        account's vCPU quota for the VMs: refused here, before anything is created, rather than
+        by RunInstances once the VPC exists, or by SSH's boot timeout."""
+        from runner import aws_capacity as cap
+        from runner import state
+        from runner.ephemeral.aws import file_environment
+
+        tf = self.spec.terraform
+        say = Say(progress, logger)
+        itype = str(tf.get("instance_type", DEFAULT_INSTANCE_TYPE))
+        region = str(tf.get("region", ""))
+        where = f"{self.spec.source}: terraform."
+        recorded = state.read(self.state_dir)
+        try:
+            import boto3
+
+            with file_environment(self.spec.environment):
+                session = boto3.session.Session(region_name=region or None)
+                ec2, quotas = session.client("ec2"), session.client("service-quotas")
+                self._check_route(ec2, where)
+                if tf.get("subnet_id"):
+                    zone = cap.subnet_zone(ec2, str(tf["subnet_id"]))
+                    cap.choose_zone(cap.offered_zones(ec2, [itype]), zone,
+                                    f"{where}subnet_id ({tf['subnet_id']}, in {zone})", region)
+                else:
+                    wanted = tf.get("availability_zone") or recorded.get("availability_zone") \
+                        or self._zone_in_terraform_state()
+                    zone = cap.choose_zone(cap.offered_zones(ec2, [itype]), wanted,
+                                           f"{where}availability_zone", region)
+                    if zone != recorded.get("availability_zone"):
+                        say(f"aws: availability zone {zone}"
+                            + ("" if wanted else f" (the first of {region} that offers {itype}; "
+                               "set terraform.availability_zone to choose)"))
+                        state.update(self.state_dir, availability_zone=zone)
+                unchecked = cap.check_quota(
+                    ec2, quotas, {"on-demand": {itype: len(self.node_names())}},
+                    f"{where}instance_type/worker_count",
+                    exclude={"creator": "daskfleet", "cluster": self.spec.name})
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore's: name the call, as Terraform would fail
+            raise ProvisionError(f"{self.spec.source}: checking the zone and quota for {itype} in "
+                                 f"{region}: {type(e).__name__}: {e}. Nothing was created.") from e
+        for what in unchecked:
+            say.warning(f"WARNING: not checked before creating anything: {what}")
+
+    def _check_route(self, ec2, where: str) -> None:
+        """With use_public_ip false, SSH and Ansible dial the VMs' private addresses: this
+        machine must route to the subnet other than through its default route."""
+        import ipaddress
+
+        from runner import aws_network as net
+
+        tf = self.spec.terraform
+        if self.use_public:
+            return
+        if tf.get("subnet_id"):
+            cidr = net.subnet_cidr(ec2, str(tf["subnet_id"]))
+        else:  # the module's subnet: the first /24 of vpc_cidr
+            vpc = ipaddress.ip_network(str(tf.get("vpc_cidr", DEFAULT_VPC_CIDR)), strict=False)
+            cidr = str(next(vpc.subnets(new_prefix=24)) if vpc.prefixlen <= 24 else vpc)
+        problem = net.private_route_problem(net.local_routes(), cidr)
+        if problem:
+            raise ConfigError(
+                f"{where}use_public_ip is false, so SSH dials the VMs' private addresses in "
+                f"{cidr}, and {problem}. Set terraform.use_public_ip: true (SSH from admin_cidr "
+                "to public addresses), or run from inside the VPC (a bastion, a CI runner there) "
+                "or over a VPN or peering that routes it. Nothing was created.")
+
+    def _zone_in_terraform_state(self) -> str | None:
+        """The zone of a subnet the module already made (a cluster from before zones were
+        chosen keeps its own)."""
+        import json
+
+        tfstate = self.state_dir / "terraform" / "terraform.tfstate"
+        try:
+            for r in json.loads(tfstate.read_text()).get("resources") or []:
+                if r.get("type") == "aws_subnet" and r.get("mode") == "managed":
+                    return r["instances"][0]["attributes"]["availability_zone"]
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+        return None
 
     def _check_endpoint(self) -> None:
         """An endpoint override that does not answer fails here, at once, rather than after the

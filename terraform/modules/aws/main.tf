@@ -58,6 +58,7 @@ resource "aws_subnet" "this" {
   count                   = local.create_network ? 1 : 0
   vpc_id                  = aws_vpc.this[0].id
   cidr_block              = cidrsubnet(var.vpc_cidr, 24 - tonumber(split("/", var.vpc_cidr)[1]), 0)
+  availability_zone       = var.availability_zone
   map_public_ip_on_launch = false # public IPs only per instance, when use_public_ip is true
   tags                    = merge(local.tags, { Name = var.cluster_name })
 }

@@ -50,6 +50,17 @@ variable "subnet_id" {
   }
 }
 
+variable "availability_zone" {
+  description = "Availability zone of the subnet created when subnet_id is null, such as \"eu-west-1a\". When null, AWS picks one, which may not offer instance_type; daskfleet passes the zone it checked (or chose) before creating anything."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.availability_zone))
+    error_message = "The availability_zone must be null or a zone name such as \"eu-west-1a\"."
+  }
+}
+
 variable "vpc_cidr" {
   description = "IPv4 CIDR of the VPC created when subnet_id is null; the subnet takes its first /24."
   type        = string
