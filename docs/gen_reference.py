@@ -47,6 +47,8 @@ DESCRIPTIONS = {
                            "(default `.daskfleet/<name>/known_hosts`)",
         "ssh.connect_timeout": "the SSH connect timeout, in seconds",
         "ssh.boot_timeout": "clouds: how long new VMs may take to answer over SSH, in seconds",
+        "ssh.require_private_route": "aws with `use_public_ip: false`: refuse when this machine "
+        "reaches the subnet only through its default route (false: that gateway routes the VPC)",
         "ssh.insecure_skip_host_key_check": "`true` skips host key verification, loudly, and "
                                             "never writes the unverified keys into the trusted "
                                             "known_hosts file",
@@ -89,6 +91,8 @@ DESCRIPTIONS = {
         "ephemeral.network.subnet_id": "an existing subnet (nothing made)",
         "ephemeral.network.vpc_cidr": "with `subnet_cidr`: a VPC made for the run",
         "ephemeral.network.subnet_cidr": "with `vpc_cidr`: a subnet made for the run",
+        "ephemeral.network.require_route": "refuse when this machine reaches the subnet only "
+        "through its default route (false: that gateway routes the VPC, e.g. Direct Connect)",
         "ephemeral.network.require_nat": "with `subnet_id`: refuse a subnet whose 0.0.0.0/0 "
         "does not go through a NAT (false: it reaches your registry through VPC endpoints)",
         "ephemeral.network.availability_zone": "the made subnet's zone; default: the first of the "

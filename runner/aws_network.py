@@ -1,10 +1,12 @@
 """What a cluster on private addresses needs from the network, checked before anything is made:
 the control machine must have a route to the subnet that is not its default route (it sits in
-the VPC, or a VPN or peering routes the VPC to it), and an ephemeral run's instances must reach
+the VPC, or a VPN or peering routes the VPC to it; one whose default gateway knows the VPC, such
+as a network with Direct Connect, says so in the file), and an ephemeral run's instances must reach
 out through a NAT gateway (they pull their container image). On AWS either lack ends only after
 minutes: SSH or the scheduler never answers, and the run waits out its ready_timeout.
 
-``best_route`` and ``egress`` decide; ``local_routes`` and ``subnet_routes`` gather their input.
+``private_route_problem`` and ``egress`` decide; ``local_route`` and ``subnet_routes`` gather
+their input.
 """
 
 from __future__ import annotations
@@ -15,51 +17,53 @@ import shutil
 import subprocess
 
 
-def best_route(routes: list[dict], cidr: str) -> dict | None:
-    """The route of this machine (`ip -j route` rows) that carries traffic to ``cidr``: the most
-    specific one whose destination holds the range's first address; None when none does."""
-    net = ipaddress.ip_network(cidr, strict=False)
-    target = net.network_address + (1 if net.num_addresses > 1 else 0)
-    best, best_len = None, -1
-    for r in routes:
-        dst = r.get("dst", "")
-        try:
-            rnet = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)
-        except ValueError:
-            continue
-        if rnet.version == net.version and target in rnet and rnet.prefixlen > best_len:
-            best, best_len = r, rnet.prefixlen
-    return best
-
-
-def private_route_problem(routes: list[dict] | None, cidr: str) -> str | None:
-    """Why this machine cannot reach private addresses in ``cidr`` (None: it can, or it cannot
-    be told: ``routes`` None)."""
-    if routes is None:
-        return None
-    route = best_route(routes, cidr)
-    if route is None:
+def private_route_problem(chosen: dict | None, defaults: list[dict], cidr: str) -> str | None:
+    """Why this machine cannot reach private addresses in ``cidr``, from the route the kernel
+    chose for its first address (`ip route get`: rules and tables included, so a VPN's own table
+    counts) and the main table's default routes. None: a route of its own (the VPC's link, a VPN,
+    a peering) carries it."""
+    if chosen is None:
         return f"this machine has no route to {cidr}"
-    if route.get("dst") == "default":
-        via = f" (via {route['gateway']} on {route.get('dev', '?')})" if route.get("gateway") else ""
-        return (f"this machine reaches {cidr} only through its default route{via}, where a "
-                "VPC's private addresses are not routed")
+    via = (chosen.get("gateway"), chosen.get("dev"))
+    if chosen.get("gateway") and any((d.get("gateway"), d.get("dev")) == via for d in defaults):
+        return (f"this machine reaches {cidr} only through its default route (via {via[0]} on "
+                f"{via[1]}), where a VPC's private addresses are not routed")
     return None
 
 
-def local_routes() -> list[dict] | None:
-    """This machine's IPv4 routes (main table), or None where `ip` cannot tell (not Linux)."""
+def first_address(cidr: str) -> str:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return str(net.network_address + (1 if net.num_addresses > 1 else 0))
+
+
+def local_route(cidr: str) -> tuple[dict | None, list[dict]] | None:
+    """(the route the kernel takes to ``cidr``'s first address, or None when it has none; the
+    main table's default routes); None where `ip` cannot tell (not Linux)."""
     ip = shutil.which("ip")
     if not ip:
         return None
-    proc = subprocess.run([ip, "-j", "-4", "route", "show", "table", "main"],
-                          capture_output=True, text=True, timeout=10)
-    if proc.returncode != 0:
+
+    def rows(*args: str) -> list[dict] | None:
+        proc = subprocess.run([ip, "-j", *args], capture_output=True, text=True, timeout=10)
+        if proc.returncode != 0:
+            return None
+        try:
+            return json.loads(proc.stdout or "[]")
+        except ValueError:
+            return None
+
+    table = rows("-4", "route", "show", "table", "main")
+    if table is None:
         return None
-    try:
-        return json.loads(proc.stdout or "[]")
-    except ValueError:
-        return None
+    chosen = rows("-4", "route", "get", first_address(cidr))  # fails: no route at all
+    return (chosen[0] if chosen else None), [r for r in table if r.get("dst") == "default"]
+
+
+def check_private_route(cidr: str) -> str | None:
+    """Why this machine cannot reach private addresses in ``cidr`` (None: it can, or it cannot
+    be told)."""
+    found = local_route(cidr)
+    return None if found is None else private_route_problem(found[0], found[1], cidr)
 
 
 def egress(routes: list[dict]) -> str | None:

@@ -46,6 +46,10 @@ class SSHSpec(_Strict):
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     # New VMs: how long to wait for their sshd (with the host key daskfleet gave them).
     boot_timeout: Annotated[float, Field(gt=0, le=1800)] = 300.0
+    # Cloud VMs on private addresses (aws use_public_ip false): refuse when this machine reaches
+    # their subnet only through its default route; false when that gateway does route the VPC
+    # (Direct Connect, a corporate router)
+    require_private_route: bool = True
     # Skipping host key verification is possible, but only by name, never by default.
     insecure_skip_host_key_check: bool = False
 
@@ -161,6 +165,9 @@ class NetworkSpec(_Strict):
     # on private addresses, pull their image); false when it reaches your registry otherwise
     # (VPC endpoints)
     require_nat: bool = True
+    # Refuse when this machine reaches the subnet only through its default route (the instances
+    # have private addresses only); false when that gateway does route the VPC (Direct Connect)
+    require_route: bool = True
 
     @model_validator(mode="after")
     def _one_way(self) -> NetworkSpec:

@@ -329,14 +329,15 @@ class EphemeralCluster:
         try:
             cidr = net.subnet_cidr(self.ec2, e.network.subnet_id) if e.network.subnet_id \
                 else str(e.network.subnet_cidr)
-            problem = net.private_route_problem(net.local_routes(), cidr)
+            problem = net.check_private_route(cidr) if e.network.require_route else None
             if problem:
                 raise ConfigError(
                     f"{self.spec.source}: {key}{'subnet_id' if e.network.subnet_id else 'subnet_cidr'}"
                     f": the instances get private addresses only, and {problem}: the client "
                     "could never reach the scheduler. Submit from inside the VPC (a bastion, a "
-                    f"CI runner there) or over a VPN or peering that routes {cidr}. Nothing was "
-                    "created.")
+                    f"CI runner there) or over a VPN or peering that routes {cidr} (or set "
+                    f"{key}require_route: false if your default gateway routes the VPC). "
+                    "Nothing was created.")
             if e.network.subnet_id and e.network.require_nat:
                 way = net.egress(net.subnet_routes(self.ec2, e.network.subnet_id))
                 if way != "nat":

@@ -10,36 +10,36 @@ from moto import mock_aws
 
 from runner import aws_network as net
 
-LAPTOP = [{"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"},
-          {"dst": "192.168.1.0/24", "dev": "wlan0"}]
-IN_VPC = [{"dst": "default", "gateway": "10.42.0.1", "dev": "ens5"},
-          {"dst": "10.42.0.0/24", "dev": "ens5"}]
-VPN = LAPTOP + [{"dst": "10.42.0.0/16", "dev": "tun0"}]
+HOME = {"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}
+WIREGUARD = {"dst": "10.42.0.1", "dev": "wg0"}  # wg-quick: its own table, chosen by a rule
+IN_VPC = {"dst": "10.42.0.1", "dev": "ens5"}  # the VPC's own link
 
 
-@pytest.mark.parametrize("routes,reaches", [(LAPTOP, False), (IN_VPC, True), (VPN, True),
-                                            ([], False)])
-def test_only_a_route_other_than_the_default_one_reaches_private_addresses(routes, reaches):
-    problem = net.private_route_problem(routes, "10.42.0.0/24")
+@pytest.mark.parametrize("chosen,reaches", [
+    ({"dst": "10.42.0.1", "gateway": "192.168.1.1", "dev": "wlan0"}, False),  # a laptop
+    (IN_VPC, True), (WIREGUARD, True), (None, False),
+    ({"dst": "10.42.0.1", "gateway": "10.9.0.1", "dev": "tun0"}, True)])  # a VPN's gateway
+def test_only_a_route_other_than_the_default_one_reaches_private_addresses(chosen, reaches):
+    problem = net.private_route_problem(chosen, [HOME], "10.42.0.0/24")
     assert (problem is None) is reaches, problem
-    if routes is LAPTOP:
+    if chosen and chosen.get("dev") == "wlan0":
         assert problem == ("this machine reaches 10.42.0.0/24 only through its default route "
                            "(via 192.168.1.1 on wlan0), where a VPC's private addresses are not "
                            "routed")
+    if chosen is None:
+        assert problem == "this machine has no route to 10.42.0.0/24"
 
 
-def test_the_most_specific_route_wins_and_unknown_routes_say_nothing():
-    assert net.best_route(VPN, "10.42.7.0/24")["dev"] == "tun0"
-    assert net.best_route(IN_VPC, "10.42.0.0/24")["dev"] == "ens5"
-    assert net.private_route_problem(None, "10.42.0.0/24") is None  # no `ip`: cannot tell
-
-
-def test_local_routes_reads_this_machines_table():
+def test_this_machines_route_is_read_from_the_kernel():
     import shutil
 
     assert shutil.which("ip"), "iproute2 (the lab needs it too)"
-    routes = net.local_routes()
-    assert isinstance(routes, list) and all("dst" in r for r in routes), routes
+    found = net.local_route("127.0.0.0/8")
+    assert found is not None
+    chosen, defaults = found
+    assert chosen is not None and chosen["dev"] == "lo", chosen  # the kernel's choice
+    assert net.check_private_route("127.0.0.0/8") is None
+    assert all(d["dst"] == "default" for d in defaults)
 
 
 @pytest.mark.parametrize("route,way", [

@@ -106,8 +106,9 @@ def test_private_addresses_from_a_laptop_are_refused_before_anything_is_created(
 
     provider = _aws(tmp_path, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@host")
     provider.spec.terraform = {"vpc_cidr": "10.42.0.0/16", "use_public_ip": False}
-    laptop = [{"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}]
-    monkeypatch.setattr(aws_network, "local_routes", lambda: laptop)
+    home = {"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}
+    laptop = ({"dst": "10.42.0.1", "gateway": "192.168.1.1", "dev": "wlan0"}, [home])
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: laptop)
     with pytest.raises(ConfigError) as info:
         provider._check_route(None, "aws.yaml: terraform.")
     message = str(info.value)
@@ -116,9 +117,47 @@ def test_private_addresses_from_a_laptop_are_refused_before_anything_is_created(
                               "10.42.0.0/24 only through its default route"), message
     assert "Set terraform.use_public_ip: true" in message and "Nothing was created" in message
     # from inside the VPC (or over a VPN routing it), and with public addresses, it goes on
-    monkeypatch.setattr(aws_network, "local_routes",
-                        lambda: laptop + [{"dst": "10.42.0.0/16", "dev": "tun0"}])
+    monkeypatch.setattr(aws_network, "local_route",
+                        lambda cidr: ({"dst": "10.42.0.1", "dev": "tun0"}, [home]))
     provider._check_route(None, "aws.yaml: terraform.")
-    monkeypatch.setattr(aws_network, "local_routes", lambda: laptop)
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: laptop)
+    provider.spec.ssh = provider.spec.ssh.model_copy(update={"require_private_route": False})
+    provider._check_route(None, "aws.yaml: terraform.")  # the file says the gateway routes it
+    provider.spec.ssh = provider.spec.ssh.model_copy(update={"require_private_route": True})
     provider.spec.terraform["use_public_ip"] = True
     provider._check_route(None, "aws.yaml: terraform.")
+
+
+def test_a_role_that_may_not_describe_offerings_is_warned_not_stopped(tmp_path, monkeypatch):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from runner import aws_network
+
+    class Denied:
+        def get_paginator(self, name):
+            raise ClientError({"Error": {"Code": "UnauthorizedOperation",
+                                         "Message": "not allowed"}}, name)
+
+    class Session:
+        def __init__(self, region_name=None):
+            pass
+
+        def client(self, service):
+            return Denied()
+
+    monkeypatch.setattr(boto3.session, "Session", Session)
+    monkeypatch.setattr(aws_network, "local_route",
+                        lambda cidr: ({"dst": "10.42.0.1", "dev": "ens5"}, []))
+    provider = _aws(tmp_path, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 me@host")
+    provider.spec.terraform = {"region": "us-east-1"}
+    provider.spec.environment = {}
+    said = []
+    provider._check_before_creating(said.append)
+    assert any("WARNING: not checked before creating anything: the zone and vCPU quota for "
+               "m6i.large (UnauthorizedOperation" in line for line in said), said
+    # any other error stops `up` before anything is created
+    Denied.get_paginator = lambda self, name: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        ClientError({"Error": {"Code": "InvalidParameterValue", "Message": "bad"}}, name))
+    with pytest.raises(ProvisionError, match="Nothing was created"):
+        provider._check_before_creating(said.append)

@@ -16,8 +16,9 @@ from runner.ephemeral.cluster import EphemeralCluster
 from runner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-LAPTOP = [{"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}]
-IN_VPC = LAPTOP + [{"dst": "10.42.0.0/16", "dev": "ens5"}]
+HOME = {"dst": "default", "gateway": "192.168.1.1", "dev": "wlan0"}
+LAPTOP = ({"dst": "10.42.0.1", "gateway": "192.168.1.1", "dev": "wlan0"}, [HOME])
+IN_VPC = ({"dst": "10.42.0.1", "dev": "ens5"}, [HOME])
 
 
 def _run(tmp_path: Path, network: str) -> EphemeralCluster:
@@ -35,13 +36,17 @@ def _run(tmp_path: Path, network: str) -> EphemeralCluster:
 @mock_aws
 def test_a_laptop_and_a_subnet_without_a_nat_are_refused_before_anything_is_made(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(aws_network, "local_routes", lambda: LAPTOP)
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
     made = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
     with pytest.raises(ConfigError) as info:
         made._check_network()
     assert ("ephemeral.network.subnet_cidr: the instances get private addresses only, and this "
             "machine reaches 10.42.0.0/24 only through its default route") in str(info.value)
-    monkeypatch.setattr(aws_network, "local_routes", lambda: IN_VPC)
+    assert "require_route: false" in str(info.value)
+    relaxed = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24, "
+                             "require_route: false}")
+    relaxed._check_network()  # the file says the default gateway routes the VPC
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: IN_VPC)
     made._check_network()  # from inside the VPC: on
 
     ec2 = made.ec2

@@ -129,6 +129,8 @@ class Cloud(Provider):
 AWS_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
 DEFAULT_INSTANCE_TYPE = "m6i.large"  # terraform/modules/aws/variables.tf's defaults
 DEFAULT_VPC_CIDR = "10.42.0.0/16"
+# What AWS answers a principal that may not make a call: the checks before `up` say so and go on.
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
 
 
 class AWS(Cloud):
@@ -227,8 +229,14 @@ class AWS(Cloud):
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - botocore's: name the call, as Terraform would fail
-            raise ProvisionError(f"{self.spec.source}: checking the zone and quota for {itype} in "
-                                 f"{region}: {type(e).__name__}: {e}. Nothing was created.") from e
+            from runner.ephemeral.aws import error_code
+
+            if error_code(e) not in DENIED:
+                raise ProvisionError(f"{self.spec.source}: checking the zone and quota for "
+                                     f"{itype} in {region}: {type(e).__name__}: {e}. Nothing was "
+                                     "created.") from e
+            # a role that may not describe offerings or instances: Terraform may still work
+            unchecked = [f"the zone and vCPU quota for {itype} ({error_code(e)}: {e})"]
         for what in unchecked:
             say.warning(f"WARNING: not checked before creating anything: {what}")
 
@@ -240,20 +248,21 @@ class AWS(Cloud):
         from runner import aws_network as net
 
         tf = self.spec.terraform
-        if self.use_public:
+        if self.use_public or not self.spec.ssh.require_private_route:
             return
         if tf.get("subnet_id"):
             cidr = net.subnet_cidr(ec2, str(tf["subnet_id"]))
         else:  # the module's subnet: the first /24 of vpc_cidr
             vpc = ipaddress.ip_network(str(tf.get("vpc_cidr", DEFAULT_VPC_CIDR)), strict=False)
             cidr = str(next(vpc.subnets(new_prefix=24)) if vpc.prefixlen <= 24 else vpc)
-        problem = net.private_route_problem(net.local_routes(), cidr)
+        problem = net.check_private_route(cidr)
         if problem:
             raise ConfigError(
                 f"{where}use_public_ip is false, so SSH dials the VMs' private addresses in "
                 f"{cidr}, and {problem}. Set terraform.use_public_ip: true (SSH from admin_cidr "
                 "to public addresses), or run from inside the VPC (a bastion, a CI runner there) "
-                "or over a VPN or peering that routes it. Nothing was created.")
+                "or over a VPN or peering that routes it (or set ssh.require_private_route: "
+                "false if your default gateway routes the VPC). Nothing was created.")
 
     def _zone_in_terraform_state(self) -> str | None:
         """The zone of a subnet the module already made (a cluster from before zones were
