@@ -10,6 +10,7 @@ find it, even after a crash that lost the record.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +30,10 @@ PORT = 4566
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 VPC_ROUTER = "198.19.0.1"  # the control machine, "in the VPC", where AWS puts the VPC router
 VPC_SUBNET = "198.19.0.0/24"  # the aws module's subnet: the first /24 of vpc_cidr 198.19.0.0/16
+# The lab's internet: instances' public addresses come from here (never moto's made-up ones,
+# which this machine must never contact), and the control machine is INTERNET_ADDRESS on it.
+PUBLIC_RANGE = "198.18.128.0/24"
+INTERNET_ADDRESS = "198.18.128.1"
 DEBIAN_OWNER = "136693071363"
 TF_PROVIDER = "registry.terraform.io/hashicorp/aws"
 TF_MIRROR_CANDIDATES = ("/opt/tf-plugins", "~/.terraform.d/plugins", "/usr/local/share/terraform/plugins",
@@ -174,6 +179,7 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
         raise LabError(f"lab: the EC2 API server lists {len(images)} Debian images, not 2; "
                        f"see {cdir / 'amis.json'} and {cdir / 'api.log'}.")
     run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE])
+    run(["ip", "addr", "replace", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE])
     cloud["controller_pid"] = _spawn("runner.lab.instances", lab, "controller.log", [])
     lab._write(data)
     time.sleep(0.5)
@@ -213,6 +219,7 @@ def stop_cloud(lab) -> bool:
             and time.monotonic() < deadline:
         time.sleep(0.05)
     run(["ip", "addr", "del", f"{VPC_ROUTER}/24", "dev", BRIDGE], check=False)
+    run(["ip", "addr", "del", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE], check=False)
     return bool(pids)
 
 
@@ -330,10 +337,13 @@ def _as_ec2_does(lab_dir: Path | None = None) -> None:
       (Unsupported), by moto's own per-zone offerings data;
     - there is no vCPU quota: EC2 refuses launches past the account's standard on-demand or
       spot vCPU quota (VcpuLimitExceeded); the lab's are DEFAULT_VCPU_QUOTA or its
-      VCPU_QUOTA_FILE, and Service Quotas answers them (moto's knows only VPC quotas)."""
+      VCPU_QUOTA_FILE, and Service Quotas answers them (moto's knows only VPC quotas);
+    - public addresses are made up (routable addresses of others): the lab's are drawn from
+      PUBLIC_RANGE, its own internet, and never reused while the server runs."""
     import base64
 
     from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models import elastic_network_interfaces as interfaces
     from moto.ec2.models.elastic_network_interfaces import NetworkInterface
     from moto.ec2.models.instances import InstanceBackend
     from moto.ec2.models.security_groups import SecurityGroupRule
@@ -343,6 +353,17 @@ def _as_ec2_does(lab_dir: Path | None = None) -> None:
     from runner.aws_capacity import QUOTA_CODES
 
     launch = InstanceBackend.run_instances
+    issued: set[str] = set()
+
+    def public_ip() -> str:
+        """The next free address of the lab's internet (moto's would be made up, routable)."""
+        for host in ipaddress.ip_network(PUBLIC_RANGE).hosts():
+            address = str(host)
+            if int(host) - int(ipaddress.ip_network(PUBLIC_RANGE).network_address) >= 10 \
+                    and address not in issued:
+                issued.add(address)
+                return address
+        raise EC2ClientError("AddressLimitExceeded", f"the lab's {PUBLIC_RANGE} is used up")
     quota_of = ServiceQuotasBackend.get_service_quota
 
     def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
@@ -403,6 +424,7 @@ def _as_ec2_does(lab_dir: Path | None = None) -> None:
     # is what patching them is
     InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
     subnet_responses.random = WorstPick  # type: ignore[assignment]
+    interfaces.random_public_ip = public_ip
     ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]
     full = vars(NetworkInterface)["association"].fget
     NetworkInterface.association = property(  # type: ignore[method-assign,assignment]

@@ -28,7 +28,15 @@ from pathlib import Path
 from runner.lab import cloudinit, standin
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import Lab
-from runner.lab.machine import BootSpec, LabHost, boot_host, nft_apply, read_instance_hosts, stop_host
+from runner.lab.machine import (
+    BootSpec,
+    LabHost,
+    add_public_address,
+    boot_host,
+    nft_apply,
+    read_instance_hosts,
+    stop_host,
+)
 
 logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
@@ -148,6 +156,8 @@ class Controller:
         self.boot_errors: set[str] = set()
         self.powered_off: set[str] = set()  # instances whose `shutdown` was acted on
         self.arch: dict[str, str | None] = {}
+        self.public: dict[str, str] = {}  # instance id -> the public address its host answers at
+        self.waiting_route: set[str] = set()  # instances whose public address waits for a route
         # Adopt what a previous controller booted (it may have been restarted).
         for h in read_instance_hosts(lab.cloud_dir):
             if Path(f"/run/netns/{h.netns}").exists():
@@ -170,6 +180,8 @@ class Controller:
                 continue
             host = self.hosts.pop(iid)
             self.rulesets.pop(iid, None)
+            self.public.pop(iid, None)
+            self.waiting_route.discard(iid)
             stop_host(host.netns, host.veth)
             if (p := self.procs.pop(iid, None)) is not None:
                 p.wait()
@@ -197,6 +209,8 @@ class Controller:
             perms = [p for g in instance_groups(inst) for p in groups.get(g, [])]
             ruleset = render_sg_ruleset(perms, members)
             if iid in self.hosts:
+                if inst.get("PublicIpAddress") and iid not in self.public:
+                    self.attach_public_address(iid, inst)
                 if self.rulesets.get(iid) != ruleset:
                     nft_apply(self.hosts[iid].netns, ruleset)
                     self.rulesets[iid] = ruleset
@@ -265,22 +279,52 @@ class Controller:
             script.write_text(cloudinit.render_plan(plan))
             script.chmod(0o700)
             octets = [int(o) for o in host.address.split(".")]
+            public = self.public_address(inst)
             boot_host(BootSpec(
                 hostname="ip-" + host.address.replace(".", "-"), address=host.address,
                 netns=host.netns, veth=host.veth, mac="02:df:ec:{:02x}:{:02x}:{:02x}".format(*octets[1:]),
                 hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
                 prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
-                first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS))
+                first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS,
+                public_address=public, listen_any=True))
         except Exception:
             if first:  # never leave half a host: boot_host removed the netns, we remove its disk
                 shutil.rmtree(hdir, ignore_errors=True)
             raise
         self.hosts[iid] = host
+        if public:
+            self.public[iid] = public
         self.rulesets[iid] = ruleset
         (hdir / "sg.nft").write_text(ruleset)
         self.write()
         logger.info(f"{iid}: booted {host.address} ({'first boot' if first else 'boot'}) in "
                     f"{time.monotonic() - t0:.2f}s; log {hdir / 'init.log'}")
+
+    def public_address(self, inst: dict) -> str | None:
+        """The instance's public address, if the internet can reach it: as on AWS, only when its
+        subnet routes 0.0.0.0/0 to an internet gateway (else the address answers nothing)."""
+        from runner.aws_network import egress, subnet_routes
+
+        address = inst.get("PublicIpAddress")
+        if not address or not inst.get("SubnetId"):
+            return None
+        if egress(subnet_routes(self.ec2, inst["SubnetId"])) != "igw":
+            if inst["InstanceId"] not in self.waiting_route:
+                logger.info(f"{inst['InstanceId']}: public address {address} unreachable until "
+                            f"subnet {inst['SubnetId']} routes 0.0.0.0/0 to an internet gateway")
+                self.waiting_route.add(inst["InstanceId"])
+            return None
+        return address
+
+    def attach_public_address(self, iid: str, inst: dict) -> None:
+        """A route to the internet gateway made after the instance booted: from now on its
+        public address answers, as on AWS."""
+        public = self.public_address(inst)
+        if public:
+            add_public_address(self.lab.host_dir(iid), self.hosts[iid].netns, public)
+            self.public[iid] = public
+            logger.info(f"{iid}: public address {public} answers (its subnet routes to an "
+                        "internet gateway now)")
 
     def write(self) -> None:
         path = self.lab.cloud_dir / "instances.json"

@@ -86,6 +86,12 @@ class BootSpec:
     nft_ruleset: str | None = None  # applied in the netns before anything in it starts
     port: int = 22
     extra_private_dirs: tuple[str, ...] = field(default=())
+    # A public address (an emulated instance's, through the lab's internet gateway): the host
+    # answers at it as well; its replies leave through the gateway as everything else does.
+    public_address: str | None = None
+    # sshd on every address of the host, as a real machine's: an instance's public address can
+    # come after its boot (its subnet's route to the internet gateway is made later)
+    listen_any: bool = False
 
 
 def run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -152,6 +158,8 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
               "address", spec.mac, "netns", ns])
         run(["ip", "link", "set", spec.veth, "master", BRIDGE, "up"])
         run(["ip", "-n", ns, "addr", "add", f"{spec.address}/{spec.prefixlen}", "dev", "eth0"])
+        if spec.public_address:
+            run(["ip", "-n", ns, "addr", "add", f"{spec.public_address}/32", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         if spec.gateway:
@@ -180,6 +188,17 @@ def load_boot_spec(hdir: Path) -> BootSpec:
     d["host_keys"] = tuple(d["host_keys"])
     d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
     return BootSpec(**d)
+
+
+def add_public_address(hdir: Path, netns: str, address: str) -> None:
+    """A public address that came after the host booted, kept for its next boot (boot.json)."""
+    run(["ip", "-n", netns, "addr", "replace", f"{address}/32", "dev", "eth0"])
+    path = hdir / "boot.json"
+    spec = json.loads(path.read_text())
+    spec["public_address"] = address
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2))
+    tmp.replace(path)
 
 
 def stop_host(netns: str, veth: str) -> None:
@@ -339,7 +358,7 @@ def user_setup_script(user: str, sudo: bool = True, groups: tuple[str, ...] = ()
 def _sshd_config(spec: BootSpec) -> str:
     root = spec.user == "root"
     return "\n".join([
-        f"ListenAddress {spec.address}",
+        f"ListenAddress {'0.0.0.0' if spec.listen_any else spec.address}",
         f"Port {spec.port}",
         *[f"HostKey {k}" for k in spec.host_keys],
         f"AuthorizedKeysFile .ssh/authorized_keys {LAB_KEYS_DIR}/%u",
