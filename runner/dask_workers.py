@@ -19,5 +19,12 @@ if TYPE_CHECKING:
 
 def joined_workers(client: Client) -> dict[str, dict[str, Any]]:
     """Address -> the scheduler's record of each worker (name, host, nthreads, memory_limit...),
-    fresh from the scheduler, never from the client's cache."""
+    fresh from the scheduler, never from the client's cache. A client that lost its scheduler
+    (and gave up reconnecting) is a ClusterStartError naming the address, not an AttributeError."""
+    from runner.errors import ClusterStartError
+
+    if client.scheduler is None or client.status in ("closed", "closing"):
+        raise ClusterStartError(
+            "the Dask client lost its connection to the scheduler and gave up reconnecting; "
+            "run the command again (`daskfleet status` shows whether the scheduler is up)")
     return dict(client.sync(client.scheduler.identity, n_workers=-1)["workers"])

@@ -301,8 +301,13 @@ class Cluster:
         going = [h for h in before if planned is not None and h.name not in planned]
         # their workers' data moves before Terraform removes the machines: once the plan is
         # accepted (a refused plan leaves every process running)
-        hosts = self.provision(progress, yes, before_apply=(
-            lambda: reconcile.close_hosts(self, going, progress)) if going else None)
+        def retire_going() -> None:
+            reconcile.close_hosts(self, going, progress)
+            # no client idles through Terraform's minutes (its tunnel's SSH connection could
+            # drop meanwhile, and the client give up on it): the next step makes a new one
+            self._close_client()
+
+        hosts = self.provision(progress, yes, before_apply=retire_going if going else None)
         summary.timings["terraform"] = time.monotonic() - t - self.boot_s
         if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key
             summary.timings["boot"] = self.boot_s

@@ -13,6 +13,7 @@ import time
 import dask
 import distributed
 import pandas as pd
+import pytest
 
 from runner.batch import load_job, prepare_dataset, run_job
 from runner.batch.pipeline import _Parts
@@ -56,3 +57,18 @@ def test_many_small_jobs_in_a_row_on_one_cluster_all_train(client, tmp_path):
         for i in range(4):
             metrics = run_job(polled, job, paths, tmp_path / f"run{i}", progress=lambda _: None)
             assert metrics["n_workers"] == 2 and metrics["accuracy"] > 0.9
+
+
+def test_a_closed_client_is_a_clear_error_not_an_attribute_error():
+    from distributed import Client, LocalCluster
+
+    from runner.dask_workers import joined_workers
+    from runner.errors import ClusterStartError
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        client = Client(cluster)
+        assert len(joined_workers(client)) == 1
+        client.close()
+        with pytest.raises(ClusterStartError, match="lost its connection to the scheduler"):
+            joined_workers(client)
