@@ -303,6 +303,9 @@ class Cluster:
         # accepted (a refused plan leaves every process running)
         def retire_going() -> None:
             reconcile.close_hosts(self, going, progress)
+            # nor does a connection to a machine Terraform destroys stay pooled: the next step
+            # lists what ran there, and a dead peer's connection would hang rather than fail
+            self._pool.drop(going)
             # no client idles through Terraform's minutes (its tunnel's SSH connection could
             # drop meanwhile, and the client give up on it): the next step makes a new one
             self._close_client()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,20 @@ K = TypeVar("K")
 # since sshd frees a session only once its command's process has exited too.
 MAX_CHANNELS_PER_HOST = 6
 SESSION_RETRIES = 6
+# SSH keepalives every KEEPALIVE_S, and a connection whose packets go unacknowledged for
+# DEAD_AFTER_S is given up (TCP_USER_TIMEOUT): a NAT or firewall never drops an idle connection, a
+# blip shorter than that is ridden out, and a dead peer (a VM Terraform destroyed, a host cut
+# off) is noticed in a minute, not after TCP's 15 (a channel opened on it would wait an hour).
+KEEPALIVE_S = 15
+DEAD_AFTER_S = 45
+
+
+def keep_alive(conn: Connection) -> None:
+    """Keepalives and a dead-peer timeout on an open connection that is kept for later use."""
+    conn.transport.set_keepalive(KEEPALIVE_S)
+    sock = conn.transport.sock
+    if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_S * 1000)
 
 
 class _Connection(Connection):
@@ -87,11 +102,21 @@ class ConnectionPool:
                 conn = _new_connection(host, ssh)
                 try:
                     conn.open()
+                    keep_alive(conn)  # it may idle for minutes between operations
                 except BaseException:
                     conn.close()
                     raise
                 self._conns[host] = conn
             return conn
+
+    def drop(self, hosts: list[Host]) -> None:
+        """Close and forget the connections to ``hosts`` (machines about to be destroyed): a
+        later operation on such an address connects afresh and fails fast, rather than
+        sending into a connection whose peer vanished."""
+        with self._guard:
+            conns = [self._conns.pop(h) for h in hosts if h in self._conns]
+        for conn in conns:
+            conn.close()
 
     def close(self) -> None:
         with self._guard:

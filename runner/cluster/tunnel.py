@@ -12,16 +12,10 @@ import threading
 import paramiko
 
 from runner.cluster.hosts import Host
-from runner.cluster.ssh import SSHSettings, _new_connection, connect
+from runner.cluster.ssh import SSHSettings, _new_connection, connect, keep_alive
 from runner.log import Progress, Say
 
 logger = logging.getLogger(__name__)
-
-# SSH keepalives every KEEPALIVE_S, and a connection whose packets go unacknowledged for
-# DEAD_AFTER_S is given up (TCP_USER_TIMEOUT): a NAT or firewall never drops an idle tunnel, a
-# blip shorter than that is ridden out, and a dead link is noticed in a minute, not TCP's 15.
-KEEPALIVE_S = 15
-DEAD_AFTER_S = 45
 
 
 class Forward:
@@ -47,10 +41,7 @@ class Forward:
     def _connect(self):
         conn = _new_connection(self._via, self._ssh)
         conn.open()
-        conn.transport.set_keepalive(KEEPALIVE_S)
-        sock = conn.transport.sock
-        if hasattr(socket, "TCP_USER_TIMEOUT") and isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, DEAD_AFTER_S * 1000)
+        keep_alive(conn)  # a link down for longer than DEAD_AFTER_S is given up and made again
         return conn
 
     @property
