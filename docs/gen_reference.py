@@ -73,6 +73,13 @@ DESCRIPTIONS = {
         "dask.memory_share": "with auto: the fraction of each host this cluster takes (default "
                              "all); clusters sharing hosts need shares that add up to 1 at most",
         "dask.start_timeout": "seconds the processes may take to be ready",
+        "dask.limits": "resource limits every Dask process starts with, soft and hard (as "
+                       "systemd's LimitNOFILE, LimitNPROC, LimitCORE); unset: the node's own; a "
+                       "change replaces the processes, a worker at a time",
+        "dask.limits.nofile": "open files per process",
+        "dask.limits.nproc": "processes and threads of the cluster's user",
+        "dask.limits.core_dumps": "`false`: no core files (a worker's memory holds data), "
+                                  "`true`: unlimited",
         "tls": "`false` is the only way to turn TLS off, and `up` then warns loudly",
         "environment": "variables for Terraform only (endpoint, credentials); override the shell's",
         "max_running_jobs": "detached runs (`submit --detach`) at a time; the others queue in the "

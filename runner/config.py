@@ -95,6 +95,26 @@ class LabSpec(_Strict):
     worker_on_scheduler: bool = False
 
 
+class ProcessLimits(_Strict):
+    """Resource limits every Dask process of the cluster starts with, as systemd's LimitNOFILE,
+    LimitNPROC and LimitCORE would set them (soft and hard alike). Unset: the node's defaults."""
+
+    nofile: Annotated[int, Field(ge=64, le=1048576)] | None = None  # open files
+    nproc: Annotated[int, Field(ge=64, le=4194304)] | None = None  # the user's processes
+    core_dumps: bool | None = None  # False: none written (a worker holds data), True: unlimited
+
+    def ulimits(self) -> tuple[tuple[str, str], ...]:
+        """(flag, value) pairs for bash's `ulimit`, in a fixed order."""
+        out = []
+        if self.nofile is not None:
+            out.append(("-n", str(self.nofile)))
+        if self.nproc is not None:
+            out.append(("-u", str(self.nproc)))
+        if self.core_dumps is not None:
+            out.append(("-c", "unlimited" if self.core_dumps else "0"))
+        return tuple(out)
+
+
 class DaskSpec(_Strict):
     scheduler_port: Annotated[int, Field(ge=1024, le=65535)] = 8786
     dashboard_port: Annotated[int, Field(ge=1024, le=65535)] = 8787
@@ -106,6 +126,7 @@ class DaskSpec(_Strict):
     # share (default: all of it). Clusters sharing hosts each need one; together at most 1.
     memory_share: Annotated[float, Field(gt=0, le=1)] | None = None
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+    limits: ProcessLimits = ProcessLimits()
 
     @model_validator(mode="after")
     def _share_with_auto(self) -> DaskSpec:

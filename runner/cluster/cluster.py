@@ -126,7 +126,8 @@ class Cluster:
                             worker_port_range=d.worker_port_range,
                             nanny_port_range=d.nanny_port_range,
                             threads_per_worker=d.threads_per_worker, memory_limit=d.memory_limit,
-                            tls=self.spec.tls, memory_share=d.memory_share)
+                            tls=self.spec.tls, memory_share=d.memory_share,
+                            limits=d.limits.ulimits())
 
     # -- hosts ------------------------------------------------------------------------------
     def ssh(self) -> SSHSettings:
@@ -479,17 +480,8 @@ class Cluster:
         within 30 days (`daskfleet rotate` issues new ones; a CA's end needs a new CA)."""
         if not self.spec.tls:
             return {}, []
-        from datetime import UTC, datetime, timedelta
-
         ends = self.ca.expiries(hosts)
-        now = datetime.now(UTC)
-        warnings = [
-            f"the {'CA' if name == 'ca' else f'certificate of {name}'} expires on "
-            f"{end:%Y-%m-%d} ({(end - now).days} days): "
-            + (f"run `daskfleet rotate --new-ca -c {self.spec.source}`" if name == "ca"
-               else f"run `daskfleet rotate -c {self.spec.source}`")
-            for name, end in ends.items()
-            if end - now < timedelta(days=30) and name not in ("ca-old", "ca-next")]
+        warnings = self.ca.expiry_warnings(hosts, self.spec.source)
         phase = self.ca.ca_change_phase()
         if phase is not None:
             warnings.append(

@@ -99,6 +99,8 @@ class DaskSettings:
     memory_limit: str = "auto"
     tls: bool = True
     memory_share: float | None = None  # of each host, for all of the cluster's workers there
+    # (flag, value) pairs for `ulimit`, set by root before the switch to the cluster's user
+    limits: tuple[tuple[str, str], ...] = ()
 
     @property
     def protocol(self) -> str:
@@ -200,12 +202,15 @@ class RemoteProcess:
     @property
     def spec_digest(self) -> str:
         """A digest of what the control machine decides of this process: its full command line
-        (addresses, ports, threads) and environment. The memory limit is left out: it follows
+        (addresses, ports, threads), environment and resource limits. The memory limit is left out: it follows
         the host's number of workers, and is compared on its own (``changes.memory_reason``)."""
         argv = self.command()
         if "--memory-limit" in argv:
             argv[argv.index("--memory-limit") + 1] = "(compared apart)"
-        blob = json.dumps({"argv": argv, "env": self.environment()}, sort_keys=True)
+        what: dict = {"argv": argv, "env": self.environment()}
+        if self.settings.limits:  # (absent when unset: no restart for clusters without any)
+            what["limits"] = [list(x) for x in self.settings.limits]
+        blob = json.dumps(what, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def _files_digest(self) -> str:
@@ -272,8 +277,12 @@ class RemoteProcess:
         makes the cluster's pid folder (the tmpfs loses it at every reboot) and the process's
         log, then runs ``_ensure_script`` as the cluster's user."""
         u, log = self.settings.user, self.log_file
+        # the limits (soft and hard alike), set as root: a user may not raise a hard one; runuser's
+        # pam_limits changes only what /etc/security/limits.conf names
+        limits = "".join(f"ulimit {flag} {value} && "
+                         for flag, value in self.settings.limits)
         return (f"{SUPERVISE_HEADER}\n"
-                f"install -d -m 0755 {RUN_DIR} && "
+                f"install -d -m 0755 {RUN_DIR} && {limits}"
                 f"install -d -o {u} -g {u} -m 0755 {self.settings.run_dir} && "
                 f"{{ [ -e {log} ] || install -o {u} -g {u} -m 0644 /dev/null {log}; }} && "
                 + shlex.join(["runuser", "-u", u, "--", "bash", "-c", self._ensure_script()])

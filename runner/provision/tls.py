@@ -210,6 +210,20 @@ class CertificateAuthority:
                 out[name] = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
         return out
 
+    def expiry_warnings(self, hosts: list[str], cluster_file: object,
+                        now: dt.datetime | None = None) -> list[str]:
+        """A warning for the CA and each certificate that ends within RENEW_BEFORE, naming the
+        command that renews it (a leaf: `rotate`; the CA: `rotate --new-ca`). The CAs of a
+        change under way (``ca-old``, ``ca-next``) are the change's business, not warned of."""
+        now = now or dt.datetime.now(dt.UTC)
+        return [
+            f"the {'CA' if name == 'ca' else f'certificate of {name}'} expires on "
+            f"{end:%Y-%m-%d} ({(end - now).days} days): "
+            + (f"run `daskfleet rotate --new-ca -c {cluster_file}`" if name == "ca"
+               else f"run `daskfleet rotate -c {cluster_file}`")
+            for name, end in self.expiries(hosts).items()
+            if end - now < RENEW_BEFORE and name not in ("ca-old", "ca-next")]
+
     def _signing(self):
         """(key, certificate) of the CA that signs: the certificate of ca.pem whose public key is
         ca.key's, wherever it stands in the bundle."""

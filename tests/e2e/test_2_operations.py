@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -133,9 +134,37 @@ def test_a_killed_worker_is_started_again_by_its_hosts_supervisor(lab_cluster, c
         w for w in st["workers"] if w["host"] == "lab3")["pid"] not in (None, victim["pid"]),
         "the killed worker started again and joined")
     assert f"lab-{victim['name']}: was not running; started" in _supervisor_log("lab3")
+    # started again with the file's resource limits (clusters/lab.yaml: dask.limits)
+    again = next(w for w in st["workers"] if w["host"] == "lab3")["pid"]
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "lab3")
+        with connect(host, cluster.ssh()) as c:
+            limits = c.run(f"cat /proc/{int(again)}/limits", warn=False).stdout
+    assert re.search(r"Max open files\s+65536\s+65536", limits), limits
+    assert re.search(r"Max core file size\s+0\s+0", limits), limits
     # the healthy worker was left alone, and `up` finds nothing to start
     keep = next(w for w in before["workers"] if w["host"] == "lab2")
     assert next(w for w in st["workers"] if w["host"] == "lab2")["pid"] == keep["pid"]
+    assert "started: nothing (all running)" in cli("up", "-c", str(LAB_CLUSTER)).stdout
+
+
+def test_a_killed_scheduler_is_started_again_and_its_workers_rejoin(lab_cluster, cli):
+    rc, before = _status(cli)
+    assert rc == 0
+    sched = next(h for h in before["hosts"] if h["role"] == "scheduler")
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == sched["host"])
+        with connect(host, cluster.ssh()) as c:
+            c.run(f"kill -KILL -- -{sched['pid']}", warn=False)
+    t = time.monotonic()
+    # no `up`: the supervisor starts the scheduler again; the workers, which end when their
+    # scheduler goes, are started again too and join it; healthy within the 90 s
+    st = _until(cli, lambda rc, st: rc == 0 and st["healthy"] and next(
+        h for h in st["hosts"] if h["role"] == "scheduler")["pid"] not in (None, sched["pid"]),
+        "the killed scheduler started again, every worker joined", timeout=90)
+    print(f"scheduler SIGKILL -> healthy: {time.monotonic() - t:.1f}s")
+    assert "lab-scheduler: was not running; started" in _supervisor_log(sched["host"])
+    assert len(st["workers"]) == len(before["workers"]) and all(w["joined"] for w in st["workers"])
     assert "started: nothing (all running)" in cli("up", "-c", str(LAB_CLUSTER)).stdout
 
 

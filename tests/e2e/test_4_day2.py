@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -188,3 +191,29 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
             trust, leaf = x509.load_pem_x509_certificates(pem)
             assert trust == new_ca, host.name
             leaf.verify_directly_issued_by(new_ca)
+
+
+def test_an_edit_to_the_cli_restarts_nothing(lab_cluster, cli, workdir):
+    """Only the code the nodes import names their environment: `up` from a project whose CLI
+    was edited installs nothing and replaces no process (the pids stay)."""
+    rc, st = _status(cli)
+    assert rc == 0, st
+    before = _pids(st)
+    edited = workdir / "edited-project"  # the project, with runner/cli.py edited
+    shutil.copytree(REPO / "runner", edited / "runner",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    for name in ("playbooks", "terraform", "clusters", "inventory", "pyproject.toml"):
+        if not (edited / name).exists():
+            (edited / name).symlink_to(REPO / name)
+    with (edited / "runner" / "cli.py").open("a") as f:
+        f.write("\n# an operator's edit of the CLI alone\n")
+    run = type(cli)(cli.workdir, {**cli.env, "PYTHONPATH": str(edited)})
+    loaded = subprocess.run([sys.executable, "-c", "import runner; print(runner.__file__)"],
+                            cwd=run.workdir, env=run.env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == str(edited / "runner" / "__init__.py"), loaded  # the edited copy runs
+    out = run("up", "-c", str(LAB_CLUSTER), timeout=600).stdout
+    assert "ansible: nothing to do" in out and "started: nothing (all running)" in out, out
+    rc, st = _status(cli)
+    assert rc == 0 and _pids(st) == before, (before, st)
+

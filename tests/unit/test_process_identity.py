@@ -20,6 +20,7 @@ import pytest
 from runner.cluster import processes
 from runner.cluster.hosts import Host
 from runner.cluster.processes import START_TIME, DaskSettings, RemoteProcess
+from runner.config import ProcessLimits
 
 SCHED = Host("lab1", "198.18.0.11", "scheduler")
 WORKER = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
@@ -228,3 +229,38 @@ def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(t
         for line in (tmp_path / "RUN_DIR").glob("*/*.pid"):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)
+
+
+def test_the_files_limits_are_the_started_processs_own_and_part_of_its_digest(tmp_path,
+                                                                             monkeypatch):
+    """`dask.limits` is applied (soft and hard) by the script the supervisor runs, before it
+    switches to the cluster's user, and a change of limits is a change of the process."""
+    for name in ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(processes, name, str(tmp_path / name))
+    me = getpass.getuser()  # the cluster's user here: runuser to ourselves
+    monkeypatch.setattr(processes, "cluster_user", lambda cluster: me)
+    env = tmp_path / "clusters" / "{cluster}" / "current"
+    monkeypatch.setattr(processes, "ENV_LINK", str(env))
+    dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
+    dask.parent.mkdir(parents=True)
+    dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
+                    "\"$0\" \"$@\"\n")
+    dask.chmod(0o755)
+    limits = ProcessLimits(nofile=1000, nproc=5000, core_dumps=False).ulimits()
+    host = Host("lab2", "198.18.0.12", "worker")
+    plain = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab"))
+    limited = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", limits=limits))
+    assert plain.spec_digest != limited.spec_digest  # `up` replaces it, and says why
+    out = subprocess.run(["bash", "-c", limited._supervised_script()], capture_output=True,
+                         text=True, timeout=30)
+    assert "started" in out.stdout, (out.stdout, out.stderr)
+    pid = int(out.stdout.split()[-1])
+    try:
+        have = {line[:26].strip(): line[26:].split()[:2]
+                for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]}
+        assert have["Max open files"] == ["1000", "1000"], have
+        assert have["Max processes"] == ["5000", "5000"], have
+        assert have["Max core file size"] == ["0", "0"], have
+    finally:
+        os.killpg(pid, signal.SIGKILL)

@@ -61,3 +61,19 @@ def test_rotate_issues_new_keys_from_the_same_ca(tmp_path):
         assert ca.key(n).read_bytes() != before[n]
         assert tls._pair_matches(ca.cert(n), ca.key(n))
         load(ca.cert(n)).verify_directly_issued_by(load(ca.ca_cert))
+
+
+def test_status_warns_of_what_ends_within_30_days_and_names_the_command(tmp_path, monkeypatch):
+    ca = CertificateAuthority(tmp_path, "c1")
+    ca.ensure(HOSTS)
+    ends = ca.expiries(list(HOSTS))
+    assert ca.expiry_warnings(list(HOSTS), "lab.yaml") == []  # 825 days left: quiet
+    # 20 days before the end (a leaf never outlives its CA: they end together)
+    warnings = ca.expiry_warnings(list(HOSTS), "lab.yaml", now=ends["lab1"] - dt.timedelta(days=20))
+    assert any(w.startswith("the certificate of lab1 expires on") and "(20 days)" in w
+               and w.endswith("run `daskfleet rotate -c lab.yaml`") for w in warnings), warnings
+    assert any(w.startswith("the CA expires on") and "rotate --new-ca -c lab.yaml" in w
+               for w in warnings), warnings
+    # 31 days before: not yet
+    assert ca.expiry_warnings(list(HOSTS), "lab.yaml",
+                              now=ends["ca"] - dt.timedelta(days=31)) == []
