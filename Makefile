@@ -38,8 +38,9 @@ demo: system-deps venv
 	$(BIN)/daskfleet demo
 
 # Fast tier: unit, batch (LocalCluster) and static tests; no lab, no network; a few minutes.
+# On every core (pytest-xdist; at most 8 workers): its tests share no state.
 check: venv
-	$(PYTEST) $(FAST_TIER) tests/unit tests/batch tests/static
+	$(PYTEST) -n auto --maxprocesses=8 $(FAST_TIER) tests/unit tests/batch tests/static
 
 # Full tier only: real lab hosts, the emulated EC2, the registry (cross-arch wheelhouse). Needs
 # root, terraform and the provider mirror: without them it fails, it never skips.
