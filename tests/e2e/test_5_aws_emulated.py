@@ -9,8 +9,12 @@ status degraded -> up replaces and heals it -> down --destroy -> nothing left in
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -191,6 +195,25 @@ def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, 
     ec2().terminate_instances(InstanceIds=[victim["InstanceId"]])
     poll(lambda: cli("status", "-c", str(AWS_LAB), check=False, timeout=120).returncode == 1,
          90, "status to report the terminated worker")
+    # Ctrl-C while Terraform creates the replacement: it finishes that call, saves its state,
+    # and the command says so; the VM is in the state, so the next `up` makes no second one
+    up = subprocess.Popen([sys.executable, "-m", "runner.cli", "up", "-c", str(AWS_LAB)],
+                          cwd=cli.workdir, env=cli.env, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        made = poll(lambda: [i for i in cluster_instances(("pending", "running"))
+                             if name_of(i) == "aws-lab-worker-1"], 300,
+                    "Terraform to launch the replacement of worker-1")[0]
+        os.killpg(up.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
+        out, err = up.communicate(timeout=400)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode != 0, out + err
+    assert "terraform apply interrupted: it finished the calls in flight and saved its state" \
+        in err and 'aws_instance.this["worker-1"]' in err, out + err
+    assert "Run the same command again to finish" in err, err
     healed = cli("up", "-c", str(AWS_LAB), timeout=600)
     assert "started: worker-1-w0@worker-1" in healed.stdout, healed.stdout
     st = json.loads(cli("status", "-c", str(AWS_LAB), "--json").stdout)
@@ -198,6 +221,9 @@ def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, 
     running = {name_of(i): i["InstanceId"] for i in cluster_instances(("running",))}
     assert sorted(running) == ["aws-lab-scheduler", "aws-lab-worker-1", "aws-lab-worker-2"]
     assert running["aws-lab-worker-1"] != victim["InstanceId"]  # a new VM, same host key
+    # the VM made under the interrupted apply is the one running: none was made twice
+    assert running["aws-lab-worker-1"] == made["InstanceId"]
+    assert len([i for i in cluster_instances() if name_of(i) == "aws-lab-worker-1"]) == 1
 
 
 def test_fewer_workers_is_refused_until_yes_then_retires_them_before_their_vm_goes(
