@@ -77,8 +77,11 @@ def session_lab(cli: CLI, workdir: Path):
     if reason:
         pytest.skip(reason)
     lab = Lab()
-    if lab.hosts():
-        if any(lab.host_alive(h) for h in lab.hosts()):
+    if lab.record.exists():  # plain hosts, or the emulated cloud alone (`--hosts 0`)
+        from runner.lab.ec2 import cloud_alive
+
+        cloud = lab.cloud()
+        if any(lab.host_alive(h) for h in lab.hosts()) or (cloud and cloud_alive(cloud)):
             pytest.fail("a lab is already up on this machine (someone's `daskfleet lab up`); "
                         "run `daskfleet lab down` first: the e2e tests need their own lab")
         lab.down(progress=lambda *_: None)  # a dead lab left by a killed session: clear it
