@@ -100,8 +100,8 @@ def corpus_file(cache: Path, out: Path) -> int:
 
 def predict_single_process(model_path: Path, data: Path, cache: Path) -> float:
     """Seconds for the same predictions in this process: shard the input, predict each shard."""
-    from runner.batch.corpus import prepare_prediction_input
     from runner.batch.model import load_model, predict_shard
+    from runner.batch.predict_input import prepare_prediction_input
 
     t = time.perf_counter()
     model = load_model(model_path)

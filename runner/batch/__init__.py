@@ -17,14 +17,15 @@ _WHERE = {
     "JobSpec": "runner.batch.job",
     "load_job": "runner.batch.job",
     "prepare_dataset": "runner.batch.corpus",
-    "Dataset": "runner.batch.corpus",
+    "Dataset": "runner.batch.corpus_shards",
     "run_job": "runner.batch.pipeline",
     "load_model": "runner.batch.model",
     "predict_texts": "runner.batch.model",
 }
 
 if TYPE_CHECKING:
-    from runner.batch.corpus import Dataset, prepare_dataset
+    from runner.batch.corpus import prepare_dataset
+    from runner.batch.corpus_shards import Dataset
     from runner.batch.job import JobSpec, load_job
     from runner.batch.model import load_model, predict_texts
     from runner.batch.pipeline import run_job

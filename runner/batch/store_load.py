@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from distributed import Client, Future
 
 from runner.batch import store
-from runner.batch.corpus import _shard_rows
+from runner.batch.corpus_shards import _shard_rows
 from runner.errors import BatchError
 from runner.log import Say
 

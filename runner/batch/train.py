@@ -92,7 +92,7 @@ class _Average:
         return {"avg_coef": self.coef, "avg_intercept": self.intercept, "avg_rows": self.rows}
 
 
-# the fewest training rows one mixed model sees in an epoch (pipeline._parameter_mixing): with
+# the fewest training rows one mixed model sees in an epoch (pipeline_fit._parameter_mixing): with
 # fewer, averaging many models of little data each falls behind one process (bench/workers.py,
 # its --min-model-rows 1 lifts this floor to show it)
 MIN_MODEL_ROWS = 10_000

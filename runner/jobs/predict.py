@@ -60,7 +60,7 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
     """A local input cut into shards and shipped to the worker hosts; the shards' paths as the
     workers see them."""
     say = Say(progress, logger)
-    from runner.batch.corpus import prepare_prediction_input
+    from runner.batch.predict_input import prepare_prediction_input
     from runner.jobs.ship import remote_dir, ship
     from runner.jobs.submit import datasets_cache
 

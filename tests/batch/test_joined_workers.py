@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from runner.batch import load_job, prepare_dataset, run_job
-from runner.batch.pipeline import _Parts
+from runner.batch.pipeline_tasks import _Parts
 from runner.dask_workers import joined_workers
 
 FAST_POLL = {"distributed.client.scheduler-info-interval": "1ms"}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from runner.batch import load_job, load_model, predict_texts, prepare_dataset, run_job
-from runner.batch.corpus import prepare_prediction_input
+from runner.batch.predict_input import prepare_prediction_input
 from runner.errors import BatchError
 from runner.jobs.predict import predict_shards
 

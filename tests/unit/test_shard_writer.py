@@ -6,21 +6,21 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from runner.batch import corpus
+from runner.batch import corpus_shards
 
 
 def test_many_shards_are_written_with_a_bounded_number_of_open_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus._ShardWriter, "max_open", 4)
+    monkeypatch.setattr(corpus_shards._ShardWriter, "max_open", 4)
     seen = []
-    real_add = corpus._ShardWriter.add
+    real_add = corpus_shards._ShardWriter.add
 
     def add(self, text, label):
         real_add(self, text, label)
         seen.append(self.open_files())
 
-    monkeypatch.setattr(corpus._ShardWriter, "add", add)
+    monkeypatch.setattr(corpus_shards._ShardWriter, "add", add)
     docs = [(f"text {i}", f"c{i % 3}") for i in range(1000)]
-    ds = corpus._write_shards(iter(docs), 1000, 100, tmp_path, {"digest": "d"})
+    ds = corpus_shards._write_shards(iter(docs), 1000, 100, tmp_path, {"digest": "d"})
     assert len(ds.files) == 10 and max(seen) <= 4
     tables = [pq.read_table(tmp_path / f) for f in ds.files]
     assert sorted(t for tab in tables for t in tab.column("text").to_pylist()) == sorted(
@@ -33,14 +33,14 @@ def test_many_shards_are_written_with_a_bounded_number_of_open_files(tmp_path, m
 
 def test_few_shards_take_all_rows_in_round_robin_sizes(tmp_path):
     docs = [(f"text {i}", "a") for i in range(10)]
-    ds = corpus._write_shards(iter(docs), 10, 4, tmp_path, {"digest": "d"})
+    ds = corpus_shards._write_shards(iter(docs), 10, 4, tmp_path, {"digest": "d"})
     texts = [pq.read_table(tmp_path / f).column("text").to_pylist() for f in ds.files]
     assert [len(t) for t in texts] == [4, 3, 3]
     assert sorted(t for shard in texts for t in shard) == sorted(d[0] for d in docs)
 
 
 def label_shares(tmp_path, docs, shard_rows, digest="d"):
-    ds = corpus._write_shards(iter(docs), len(docs), shard_rows, tmp_path, {"digest": digest})
+    ds = corpus_shards._write_shards(iter(docs), len(docs), shard_rows, tmp_path, {"digest": digest})
     shares = []
     for f in ds.files:
         labels = pq.read_table(tmp_path / f).column("label").to_pylist()
@@ -60,7 +60,7 @@ def label_shares(tmp_path, docs, shard_rows, digest="d"):
 def test_every_shard_holds_every_label_in_about_its_share(tmp_path, monkeypatch, labels,
                                                           n_labels, docs, shard_rows, max_open,
                                                           low, high):
-    monkeypatch.setattr(corpus._ShardWriter, "max_open", max_open)
+    monkeypatch.setattr(corpus_shards._ShardWriter, "max_open", max_open)
     label_of = (lambda i: f"c{i % n_labels}") if labels == "period" else \
         (lambda i: f"c{i * n_labels // docs}")
     shares = label_shares(tmp_path, [(f"text {i}", label_of(i)) for i in range(docs)], shard_rows)
@@ -74,7 +74,7 @@ def test_the_deal_is_the_same_for_the_same_input_and_differs_with_the_digest(tmp
 
     def first_shard(folder, digest):
         folder.mkdir()
-        ds = corpus._write_shards(iter(docs), 300, 100, folder, {"digest": digest})
+        ds = corpus_shards._write_shards(iter(docs), 300, 100, folder, {"digest": digest})
         return pq.read_table(folder / ds.files[0]).column("text").to_pylist()
 
     assert first_shard(tmp_path / "a", "ab12") == first_shard(tmp_path / "b", "ab12")
