@@ -120,6 +120,15 @@ class DaskSettings:
         return WORK_DIR.format(cluster=self.cluster)
 
 
+def explain_start_failure(output: str) -> str:
+    """The start script's output, and what to do when it is a limit the host would not raise."""
+    if "ulimit:" in output and "cannot modify limit" in output:
+        return (f"{output}\n(dask.limits asks for more than the host's hard limit, which its "
+                "root may not raise there: a container without CAP_SYS_RESOURCE does not; lower "
+                "the value in the cluster file, or raise the host's own limit)")
+    return output
+
+
 @dataclass(frozen=True)
 class RemoteProcess:
     host: Host
@@ -321,8 +330,8 @@ class RemoteProcess:
         words = r.stdout.split()
         pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
-            raise ClusterStartError(
-                f"{self.host.name}: could not start {self.name}: {(r.stderr or r.stdout).strip()}")
+            raise ClusterStartError(f"{self.host.name}: could not start {self.name}: "
+                                    + explain_start_failure((r.stderr or r.stdout).strip()))
         return int(pid)
 
     def status(self, ssh: SSHSettings) -> ProcStatus:

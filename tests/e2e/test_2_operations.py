@@ -140,7 +140,7 @@ def test_a_killed_worker_is_started_again_by_its_hosts_supervisor(lab_cluster, c
         host = next(h for h in cluster.hosts() if h.name == "lab3")
         with connect(host, cluster.ssh()) as c:
             limits = c.run(f"cat /proc/{int(again)}/limits", warn=False).stdout
-    assert re.search(r"Max open files\s+65536\s+65536", limits), limits
+    assert re.search(r"Max open files\s+16384\s+16384", limits), limits
     assert re.search(r"Max core file size\s+0\s+0", limits), limits
     # the healthy worker was left alone, and `up` finds nothing to start
     keep = next(w for w in before["workers"] if w["host"] == "lab2")

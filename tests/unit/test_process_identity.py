@@ -264,3 +264,11 @@ def test_the_files_limits_are_the_started_processs_own_and_part_of_its_digest(tm
         assert have["Max core file size"] == ["0", "0"], have
     finally:
         os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_limit_the_host_will_not_raise_is_explained():
+    out = ("/var/lib/daskfleet/supervise/lab-scheduler.sh: line 2: ulimit: open files: cannot "
+           "modify limit: Operation not permitted")
+    said = processes.explain_start_failure(out)
+    assert said.startswith(out) and "dask.limits asks for more than the host's hard limit" in said
+    assert processes.explain_start_failure("no such file") == "no such file"
