@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from runner.errors import DaskfleetError
+from runner.errors import BatchError, DaskfleetError
 
 DEFAULT_CLUSTER = "clusters/lab.yaml"
 
@@ -47,6 +47,8 @@ def cmd_runs(args) -> int:
         for f in details["files"]:
             print(f"  {f}")
         return 0
+    if args.runs_cmd == "finish":
+        return _finish(args, runs_dir)
     if args.runs_cmd in ("wait", "cancel", "logs"):
         return _detached(args, runs_dir)
     rows = runs.list_runs(runs_dir)
@@ -78,6 +80,26 @@ def _queued(status: dict) -> str:
     ahead = status.get("ahead")
     return f"queued ({len(ahead)} ahead)" if status["status"] == "queued" and ahead \
         else status["status"]
+
+
+def _finish(args, runs_dir: Path) -> int:
+    """Ask a running SGD training to stop after its current epoch and keep its model."""
+    from runner.batch import finish
+    from runner.cluster import Cluster
+    from runner.cluster.activity import running
+    from runner.jobs import detached
+
+    cluster_file = args.cluster or detached.locate(runs_dir, args.id).cluster_file
+    with Cluster.from_file(cluster_file) as cluster:
+        client = cluster.client()
+        here = [r.removeprefix("run ") for r in running(client) if r.startswith("run ")]
+        if args.id not in here:
+            raise BatchError(f"run {args.id} is not running on cluster {cluster.spec.name} "
+                             f"({cluster_file}); running there: {', '.join(here) or 'none'}")
+        finish.request(client, args.id)
+    print(f"run {args.id}: asked to finish after its current epoch; it keeps the model trained "
+          "so far, evaluates and saves it (a model kind other than sgd runs to its end)")
+    return 0
 
 
 def _detached(args, runs_dir: Path) -> int:
@@ -127,7 +149,7 @@ def cmd_predict(args) -> int:
 def _storage_options(pairs: list[str] | None) -> dict:
     """``--storage-option KEY=VALUE`` pairs (fsspec's names, as a job's storage_options)."""
     from runner.batch.store import check_options
-    from runner.errors import BatchError, ConfigError
+    from runner.errors import ConfigError
 
     options = {}
     for pair in pairs or []:
@@ -156,6 +178,8 @@ def add_commands(sub) -> None:
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     for name, what in (("wait", "wait for a detached run; exit 0 if it succeeded"),
                        ("cancel", "stop a detached run (recorded cancelled)"),
+                       ("finish", "end a running training after its current epoch, keeping "
+                                  "its model (attached runs: give -c)"),
                        ("logs", "a detached run's driver log")):
         sp = rsub.add_parser(name, help=what)
         sp.add_argument("id", help="run id")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import performance_report
 
-from runner.batch import results
+from runner.batch import finish, results
 from runner.batch.artifacts import (
     STATUS_FILE,
     SUCCESS_FILES,
@@ -101,7 +101,10 @@ def run_job(
         if job.results is not None:  # before any training: a typo costs seconds, not a run
             results.check(job.results, status)
         with client.as_current(), performance_report(filename=str(tmp / "performance.html")):
-            metrics, model = _run(client, job, paths, say, shard_hosts)
+            metrics, model = _run(client, job, paths, say, shard_hosts,
+                                  finish.checker(client, context.get("run_id")))
+        if "finished_early" in metrics:  # its flag has done its work
+            finish.clear(client, context["run_id"])
         # input files the control machine left out (data.on_error: skip), from the context
         metrics["skipped_files"] = len(context.get("skipped_files") or ()) \
             + len(metrics.get("skipped_objects") or ())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from distributed import Future
@@ -56,9 +56,11 @@ def _evaluate(client: Client, fitted: Future, source: _Parts, classes: list[str]
 
 def _train(client: Client, kind: str, model_params: dict, source: _Parts,
            part_rows: list[int], classes: list[str], paths: list[str], say: Say,
-           n_features: int) -> tuple[Future, int | None]:
-    """A future of the fitted scikit-learn classifier (it stays on a worker), and with
-    ``average`` the rows its averaged weights cover."""
+           n_features: int, finish: Callable[[], bool] | None = None
+           ) -> tuple[Future, int | None, int]:
+    """A future of the fitted scikit-learn classifier (it stays on a worker), with ``average``
+    the rows its averaged weights cover, and the epochs it trained (fewer than asked when
+    ``finish()`` said so after one: ``runner.batch.finish``)."""
     n_train = sum(part_rows)
     if kind == "naive_bayes":
         te = time.perf_counter()
@@ -66,7 +68,7 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
                                 [model_params["alpha"]], paths)
         say(f"train: naive Bayes ({model_params['variant']}) counts of {n_train:,} rows summed "
             f"over {len(source)} partitions ({time.perf_counter() - te:.1f}s)")
-        return fitted, None
+        return fitted, None, 1
     sgd_params = _sgd_params(model_params)
     epochs = int(model_params["epochs"])
     if kind == "incremental":
@@ -88,9 +90,9 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
             clf = fit_incremental(vec, part_rows, n_features, classes, sgd_params, epochs, on_epoch)
         except (ValueError, TypeError, RuntimeError) as e:
             raise BatchError(f"train (incremental) failed: {type(e).__name__}: {e}") from e
-        return client.scatter(clf), None
-    [state] = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths, say,
-                                n_train)
+        return client.scatter(clf), None, epochs
+    [state], trained = _parameter_mixing(client, source, classes, [sgd_params], epochs, paths,
+                                         say, n_train, finish)
     fitted = client.submit(train.make_classifier, state, classes, sgd_params, pure=False)
     _check([fitted], "train (final weights)")
     averaged = None
@@ -105,7 +107,7 @@ def _train(client: Client, kind: str, model_params: dict, source: _Parts,
                         "rows over every epoch): nothing was averaged, the model has the plain "
                         "weights")
     _release([state])
-    return fitted, averaged
+    return fitted, averaged, trained
 
 
 def _check_model_fits(job: JobSpec, n_classes: int, limits: list[int],
@@ -174,10 +176,12 @@ def _class_weights(job: JobSpec, train_labels: Counter) -> dict[str, float] | No
 
 def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
                       candidates: list[dict], epochs: int, paths: list[str], say: Progress,
-                      n_train: int) -> list[Future]:
+                      n_train: int, finish: Callable[[], bool] | None = None
+                      ) -> tuple[list[Future], int]:
     """Iterative parameter mixing with one model per worker per epoch (``train``'s docstring),
     for every parameter set in ``candidates`` at once (their tasks run side by side). Returns
-    the final weight states.
+    the final weight states and the number of epochs they trained: all of them, unless
+    ``finish()`` said to finish after an epoch (the epochs submitted ahead are released).
 
     Every epoch's tasks are submitted up front: an epoch starts on a worker as soon as the mixed
     state it needs exists, not after a round trip through the client. The client keeps only
@@ -215,7 +219,14 @@ def _parameter_mixing(client: Client, source: _Parts, classes: list[str],
         say(f"train: epoch {epoch + 1}/{epochs} {what}{n_train:,} rows in {len(source)} partitions "
             f"on {len(groups)} workers ({time.perf_counter() - te:.1f}s)")
         te = time.perf_counter()
-    return per_epoch[-1]
+        if finish is not None and epoch + 1 < epochs and finish():
+            # released, not cancelled: a cancel would reach this epoch's states through the
+            # tasks that depend on them; released, the scheduler forgets what nobody wants
+            _release([f for later in per_epoch[epoch + 1:] for f in later])
+            say(f"train: finishing early, as asked (`daskfleet runs finish`): the model of epoch "
+                f"{epoch + 1}/{epochs} is kept")
+            return epoch_states, epoch + 1
+    return per_epoch[-1], epochs
 
 
 def _naive_bayes(client: Client, source: _Parts, classes: list[str], variant: str,
@@ -256,8 +267,8 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
     else:
         params = [_sgd_params({**base, **c}) for c in candidates]
         fit_rows = round(n_train * (1 - spec.validation_fraction))
-        states = _parameter_mixing(client, fit_source, classes, params, job.model.epochs, paths,
-                                   lambda line: None, fit_rows)
+        states, _ = _parameter_mixing(client, fit_source, classes, params, job.model.epochs,
+                                      paths, lambda line: None, fit_rows)
         fitted = [client.submit(train.make_classifier, s, classes, p, pure=False)
                   for s, p in zip(states, params, strict=True)]
         _check(fitted, "search (final weights)")

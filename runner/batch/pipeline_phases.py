@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distributed import Future
@@ -41,7 +41,8 @@ def _json_safe(value: Any) -> Any:
 
 
 def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
-         shard_hosts: Sequence[Sequence[str]] | None = None) -> tuple[dict, dict]:
+         shard_hosts: Sequence[Sequence[str]] | None = None,
+         finish: Callable[[], bool] | None = None) -> tuple[dict, dict]:
     clean_params = job.clean_params()
     split_params = job.split_params()
     vectorizer_params = job.vectorizer_params()
@@ -211,8 +212,9 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         if vectorizer_params.get("tfidf"):  # now from all the training rows, for the final fit
             vec, idf = _tfidf(client, source, vectorizer_params["norm"], paths)
             source = _Parts(client, vec=vec)
-    fitted, averaged_rows = _train(client, job.model.kind, model_params, source, part_rows,
-                                   classes, paths, say, vectorizer_params["n_features"])
+    fitted, averaged_rows, trained = _train(client, job.model.kind, model_params, source,
+                                            part_rows, classes, paths, say,
+                                            vectorizer_params["n_features"], finish)
     timings["train"] = time.perf_counter() - t0
 
     # evaluate: a confusion matrix per partition, summed on the client (k x k integers)
@@ -260,7 +262,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         "n_partitions": len(paths),
         "rows": rows,
         "dropped_rows": dropped,
-        "epochs": job.model.epochs,
+        "epochs": trained if job.model.kind == "sgd" else job.model.epochs,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "labels": list(labels),
         "per_class": scores["per_class"],
@@ -270,6 +272,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
                    "model": _json_safe(model_params)},
     }
     metrics.update(extra)
+    if job.model.kind == "sgd" and trained < job.model.epochs:  # `daskfleet runs finish`
+        metrics["finished_early"] = {"epochs_asked": job.model.epochs, "epochs_trained": trained}
     if search is not None:
         metrics["search"] = search
     if warnings:

@@ -104,6 +104,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
     say = Say(progress, logger, record=lines.append)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
+    say(f"run {run_id}: job {job.name} on cluster {cluster.spec.name}")
     try:
         client = _client(cluster)
         cluster.check_versions()

@@ -54,6 +54,13 @@ class Submission:
                 self._seen.wait(1)
         return time.monotonic()
 
+    @property
+    def run_id(self) -> str:
+        """The run's id, from submit's first line (`run ID: job NAME on cluster NAME`)."""
+        self.wait_for(": job ")
+        line = next(line for _, line in self.lines if ": job " in line)
+        return line.split("run ", 1)[1].split(":", 1)[0]
+
     def finish(self, timeout: float) -> int:
         try:
             rc = self.proc.wait(timeout)

@@ -55,7 +55,7 @@ def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, w
 
 def _scenario(cli, workdir: Path) -> None:
     long_job = workdir / "detached-long.yaml"
-    long_job.write_text(training_job("detached-long", epochs=350))
+    long_job.write_text(training_job("detached-long", epochs=900))
     failing = workdir / "detached-fails.yaml"
     failing.write_text("name: detached-fails\ndata:\n  source: files\n"
                        "  path: s3://no-such-bucket/corpus/\nmodel: {kind: sgd}\n")
@@ -90,11 +90,17 @@ def _scenario(cli, workdir: Path) -> None:
     time.sleep(CUT_S)
     cli("lab", "heal", "control")
     assert _runs(cli)[a]["status"] == "running"  # it ran on through all of that
+    # it has shown what it had to: it ends after its current epoch, keeping its model
+    asked = _in(cli, "finish", a, timeout=120)
+    assert f"run {a}: asked to finish after its current epoch" in asked.stdout, asked.stdout
 
     done = _in(cli, "wait", a, timeout=600)
     assert f"run {a}: succeeded" in done.stdout, done.stdout
     metrics = json.loads((_dir(cli) / a / "metrics.json").read_text())
-    assert metrics["epochs"] == 350 and metrics["accuracy"] > 0.5
+    early = metrics["finished_early"]
+    assert early["epochs_asked"] == 900 and metrics["epochs"] == early["epochs_trained"] < 900
+    assert metrics["accuracy"] > 0.5
+    assert "train: finishing early, as asked" in (_dir(cli) / a / "logs" / "driver.log").read_text()
     assert (_dir(cli) / a / "model.joblib").is_file()
     assert (_dir(cli) / a / "logs" / "driver.log").is_file()
 

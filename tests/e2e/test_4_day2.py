@@ -133,7 +133,7 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     before = _pids(st)
     tls_dir = Path(cli.env["DASKFLEET_STATE_DIR"]) / "lab" / "tls"
     old_cert = (tls_dir / "hosts" / "lab2.pem").read_bytes()
-    job = Submission(cli, _job(workdir, 300), runs_dir, LAB_CLUSTER)  # Ansible runs first
+    job = Submission(cli, _job(workdir, 900), runs_dir, LAB_CLUSTER)  # ended by `runs finish`
     job.wait_for(MID_TRAINING)
     rotated = cli("rotate", "-c", str(LAB_CLUSTER), timeout=600)
     rotate_ended = time.monotonic()
@@ -163,7 +163,12 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
     assert "CA change: phase 1 of 3 is not yet everywhere (still on the files before it: " \
         "scheduler@lab1)" in out, out
     assert "phase 2 of 3" not in out, out
+    # the job has run through both: it ends after its current epoch, keeping its model
+    asked = cli("runs", "finish", job.run_id, "-c", str(LAB_CLUSTER), "--runs-dir",
+                str(runs_dir), timeout=120)
+    assert "asked to finish after its current epoch" in asked.stdout, asked.stdout
     assert job.finish(900) == 0, job.out + job.err
+    assert "train: finishing early, as asked" in job.out, job.out
     assert job.ended > rotate_ended  # the job ran through the leaf rotation and phase 1
     rc, st = _status(cli)
     assert rc == 0 and any("a CA change is under way (phase 1 of 3)" in w
