@@ -274,11 +274,17 @@ class RemoteProcess:
                 f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
                 f"files_now={self._files_digest()} sup=$sup")
 
+    def _ulimits(self) -> str:
+        """Shell: the file's limits, soft and hard alike. Set twice: as root before runuser (a
+        user may not raise a hard limit), and again as the cluster's user, since runuser's
+        pam_limits resets what limits.conf leaves unset to init's own (a soft 1024 open files)."""
+        return "".join(f"ulimit {flag} {value} && " for flag, value in self.settings.limits)
+
     def _ensure_script(self) -> str:
         """Bash, as the cluster's user: start the process unless it runs; print `running PID`
         or `started PID`."""
         return (self._ours() + " && { echo \"running $pid\"; exit 0; }; "
-                + self._start_script()
+                + self._ulimits() + self._start_script()
                 + f" && echo \"started $(cut -d' ' -f1 {self.pid_file})\"\n")
 
     def _supervised_script(self) -> str:
@@ -286,12 +292,8 @@ class RemoteProcess:
         makes the cluster's pid folder (the tmpfs loses it at every reboot) and the process's
         log, then runs ``_ensure_script`` as the cluster's user."""
         u, log = self.settings.user, self.log_file
-        # the limits (soft and hard alike), set as root: a user may not raise a hard one; runuser's
-        # pam_limits changes only what /etc/security/limits.conf names
-        limits = "".join(f"ulimit {flag} {value} && "
-                         for flag, value in self.settings.limits)
         return (f"{SUPERVISE_HEADER}\n"
-                f"install -d -m 0755 {RUN_DIR} && {limits}"
+                f"install -d -m 0755 {RUN_DIR} && {self._ulimits()}"
                 f"install -d -o {u} -g {u} -m 0755 {self.settings.run_dir} && "
                 f"{{ [ -e {log} ] || install -o {u} -g {u} -m 0644 /dev/null {log}; }} && "
                 + shlex.join(["runuser", "-u", u, "--", "bash", "-c", self._ensure_script()])
