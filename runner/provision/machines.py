@@ -54,6 +54,10 @@ def provision(cluster: Cluster, progress: Progress | None = None, yes: bool = Fa
     provider.before_apply(progress)
 
     def confirm(actions: dict[str, list[str]]) -> None:
+        if actions.get("tainted"):
+            say(f"terraform: replacing {', '.join(actions['tainted'])}: its creation was cut "
+                "short (an interrupted or failed apply: Terraform marked it tainted), so nothing "
+                "ran there")
         lost = terraform.machines_lost(actions)
         if lost:
             say(f"terraform: the plan destroys or replaces {len(lost)} machine(s): "

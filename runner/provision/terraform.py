@@ -191,16 +191,33 @@ def local_resources(workdir: Path) -> int:
         return 0
 
 
+def _modules_moved(workdir: Path) -> bool:
+    """Whether a module's source differs from where the last init installed it from: the
+    project moved or was installed anew elsewhere (Terraform then refuses to plan, "Module
+    source has changed", until `init` runs again)."""
+    try:
+        installed = {m["Key"]: m["Source"] for m in json.loads(
+            (workdir / ".terraform" / "modules" / "modules.json").read_text())["Modules"]}
+        declared = json.loads((workdir / "main.tf.json").read_text()).get("module", {})
+    except (OSError, ValueError, KeyError):
+        return True  # unreadable: let init make it right
+    def where(source: str | None) -> str | None:  # Terraform records a path as file://PATH
+        return source.removeprefix("file://") if source else source
+
+    return any(where(installed.get(key)) != where(spec.get("source"))
+               for key, spec in declared.items())
+
+
 def _init(workdir: Path, env: dict | None) -> None:
     wanted = _backend(workdir)
     initialised = (workdir / ".terraform" / "modules" / "modules.json").exists()
     marker = _backend_marker(workdir)
     had = json.loads(marker.read_text()) if marker.exists() else {}
-    if initialised and had == wanted:
+    if initialised and had == wanted and not _modules_moved(workdir):
         return
     # another backend than the last init's (state: added to or removed from the file): the
     # state moves with it, as `terraform init -migrate-state` moves it
-    migrate = ("-migrate-state", "-force-copy") if initialised else ()
+    migrate = ("-migrate-state", "-force-copy") if initialised and had != wanted else ()
     _tf(workdir, "init", "-no-color", "-input=false", *migrate, what="init", env=env)
     marker.write_text(json.dumps(wanted) + "\n")
 
@@ -213,8 +230,10 @@ MACHINE_TYPES = ("aws_instance", "aws_spot_instance_request", "google_compute_in
 
 def machines_lost(actions: dict[str, list[str]]) -> list[str]:
     """The machines a plan (``plan``'s actions) would destroy or replace, by address."""
+    cut_short = set(actions.get("tainted", ()))  # nothing ever ran there: see ``plan``
     return [a for a in actions["delete"] + actions["replace"]
-            if any(f"{t}." in a.split("module.cluster.")[-1] for t in MACHINE_TYPES)]
+            if a not in cut_short
+            and any(f"{t}." in a.split("module.cluster.")[-1] for t in MACHINE_TYPES)]
 
 
 def apply(workdir: Path, env: dict | None = None, confirm=None) -> dict:
@@ -250,7 +269,9 @@ def destroy(workdir: Path, env: dict | None = None) -> None:
 
 def plan(workdir: Path, env: dict | None = None, keep: bool = False) -> dict[str, list[str]]:
     """Resource addresses by action (create, update, delete, replace), from a saved plan (kept
-    as ``PLAN_FILE`` with ``keep``, for ``apply`` to apply as it is)."""
+    as ``PLAN_FILE`` with ``keep``, for ``apply`` to apply as it is). ``tainted``: those of the
+    replacements that Terraform makes because their creation was cut short (an interrupted or
+    failed apply), so nothing daskfleet started ever ran there."""
     _init(workdir, env)
     _tf(workdir, "plan", "-no-color", "-input=false", "-lock=false", f"-out={PLAN_FILE}",
         what="plan", env=env)
@@ -260,11 +281,14 @@ def plan(workdir: Path, env: dict | None = None, keep: bool = False) -> dict[str
     finally:
         if not keep:
             (workdir / PLAN_FILE).unlink(missing_ok=True)
-    actions: dict[str, list[str]] = {"create": [], "update": [], "delete": [], "replace": []}
+    actions: dict[str, list[str]] = {"create": [], "update": [], "delete": [], "replace": [],
+                                     "tainted": []}
     for rc in shown.get("resource_changes", []):
         acts = rc["change"]["actions"]
         key = ("replace" if set(acts) == {"create", "delete"} else
-               acts[0] if acts and acts[0] in actions else None)
+               acts[0] if acts and acts[0] in ("create", "update", "delete") else None)
         if key:
             actions[key].append(rc["address"])
+        if key == "replace" and rc.get("action_reason") == "replace_because_tainted":
+            actions["tainted"].append(rc["address"])
     return actions

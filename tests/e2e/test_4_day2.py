@@ -218,7 +218,10 @@ def test_an_edit_to_the_cli_restarts_nothing(lab_cluster, cli, workdir):
                             check=True).stdout.strip()
     assert loaded == str(edited / "runner" / "__init__.py"), loaded  # the edited copy runs
     out = run("up", "-c", str(LAB_CLUSTER), timeout=600).stdout
-    assert "ansible: nothing to do" in out and "started: nothing (all running)" in out, out
+    # the nodes keep their environment (nothing to do, or a playbook run that changed nothing:
+    # the project's new folder is a new Terraform module source, and Terraform inits again)
+    assert "ansible: nothing to do" in out or "changed=0" in out, out
+    assert "started: nothing (all running)" in out, out
     rc, st = _status(cli)
     assert rc == 0 and _pids(st) == before, (before, st)
 

@@ -240,3 +240,6 @@ def test_only_machines_destroyed_or_replaced_need_a_yes():
                                                 'module.cluster.aws_instance.this["worker-1"]']
     assert terraform.machines_lost({"create": ["x"], "update": [], "delete": [],
                                     "replace": []}) == []
+    # a VM whose creation was cut short (tainted) holds nothing: replacing it needs no --yes
+    tainted = {**actions, "tainted": ['module.cluster.aws_instance.this["worker-1"]']}
+    assert terraform.machines_lost(tainted) == ['module.cluster.aws_instance.this["worker-2"]']
