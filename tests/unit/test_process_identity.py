@@ -190,22 +190,27 @@ def test_status_says_whether_the_nodes_supervisor_has_the_process(fake_worker, t
     assert "started" in (tmp_path / "supervise" / "lab-lab2-w0.sh").read_text()
 
 
-def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(tmp_path,
-                                                                                monkeypatch):
-    """What the node's supervisor runs every few seconds (and `start` once): `started PID` when
-    the process was not running, `running PID` (and nothing started) when it is."""
-    for name in ("RUN_DIR", "WORK_DIR", "LOG_DIR"):
+def _node_folders(tmp_path, monkeypatch, names: tuple[str, ...]) -> None:
+    """The node's folders under tmp_path, and the cluster "lab"'s `dask`: one whose command
+    line stays the worker's (the identity check reads it), sleeping a minute."""
+    for name in names:
         (tmp_path / name).mkdir()
         monkeypatch.setattr(processes, name, str(tmp_path / name))
-    (tmp_path / "RUN_DIR" / "lab").mkdir()  # the cluster's pid folder (the supervisor makes it)
     env = tmp_path / "clusters" / "{cluster}" / "current"
     monkeypatch.setattr(processes, "ENV_LINK", str(env))
     dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
     dask.parent.mkdir(parents=True)
-    # a `dask` whose command line stays the worker's: the identity check reads it
     dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
                     "\"$0\" \"$@\"\n")
     dask.chmod(0o755)
+
+
+def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(tmp_path,
+                                                                                monkeypatch):
+    """What the node's supervisor runs every few seconds (and `start` once): `started PID` when
+    the process was not running, `running PID` (and nothing started) when it is."""
+    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR"))
+    (tmp_path / "RUN_DIR" / "lab").mkdir()  # the cluster's pid folder (the supervisor makes it)
     worker = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
                            DaskSettings(cluster="lab"))
 
@@ -235,18 +240,9 @@ def test_the_files_limits_are_the_started_processs_own_and_part_of_its_digest(tm
                                                                              monkeypatch):
     """`dask.limits` is applied (soft and hard) by the script the supervisor runs, before it
     switches to the cluster's user, and a change of limits is a change of the process."""
-    for name in ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setattr(processes, name, str(tmp_path / name))
+    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"))
     me = getpass.getuser()  # the cluster's user here: runuser to ourselves
     monkeypatch.setattr(processes, "cluster_user", lambda cluster: me)
-    env = tmp_path / "clusters" / "{cluster}" / "current"
-    monkeypatch.setattr(processes, "ENV_LINK", str(env))
-    dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
-    dask.parent.mkdir(parents=True)
-    dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
-                    "\"$0\" \"$@\"\n")
-    dask.chmod(0o755)
     limits = ProcessLimits(nofile=4000, nproc=5000, core_dumps=False).ulimits()
     host = Host("lab2", "198.18.0.12", "worker")
     plain = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab"))
