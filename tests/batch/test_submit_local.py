@@ -64,7 +64,8 @@ def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsy
     assert json.loads((result.run_dir / "status.json").read_text())["status"] == "succeeded"
     assert (result.run_dir / "job.yaml").read_text() == good.read_text()
     log = (result.run_dir / "logs" / "run.log").read_text()
-    assert log.startswith("versions match") and "dataset shipped" in log and "evaluate:" in log
+    assert log.startswith("run ") and "\nversions match" in log  # the run's id first
+    assert "dataset shipped" in log and "evaluate:" in log
     report = (result.run_dir / "report.html").read_text()
     assert "abc123" in report and "local" in report
 
