@@ -96,7 +96,11 @@ DESCRIPTIONS = {
         "ephemeral.network": "where the instances go: an existing subnet, or a VPC and subnet made "
                              "for the run",
         "ephemeral.network.subnet_id": "an existing subnet (nothing made)",
-        "ephemeral.network.vpc_cidr": "with `subnet_cidr`: a VPC made for the run",
+        "ephemeral.network.vpc_cidr": "with `subnet_cidr`: a VPC made for the run, with an "
+        "internet gateway (a public subnet)",
+        "ephemeral.network.public_addresses": "public addresses for the instances (this machine "
+        "dials the scheduler's, from `admin_cidr`); default: true for a VPC made for the run, "
+        "false for a `subnet_id` (which must then route out through a NAT)",
         "ephemeral.network.subnet_cidr": "with `vpc_cidr`: a subnet made for the run",
         "ephemeral.network.require_route": "refuse when this machine reaches the subnet only "
         "through its default route (false: that gateway routes the VPC, e.g. Direct Connect)",

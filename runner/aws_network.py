@@ -19,7 +19,7 @@ import subprocess
 
 def private_route_problem(chosen: dict | None, defaults: list[dict], cidr: str) -> str | None:
     """Why this machine cannot reach private addresses in ``cidr``, from the route the kernel
-    chose for its first address (`ip route get`: rules and tables included, so a VPN's own table
+    chose for its first instance address (`ip route get`: rules and tables included, so a VPN's own table
     counts) and the main table's default routes. None: a route of its own (the VPC's link, a VPN,
     a peering) carries it."""
     if chosen is None:
@@ -32,8 +32,10 @@ def private_route_problem(chosen: dict | None, defaults: list[dict], cidr: str) 
 
 
 def first_address(cidr: str) -> str:
+    """The first address an instance can have: AWS keeps .0 to .3 of every subnet (.1 is the
+    VPC router, which a machine outside the VPC may hold an address like)."""
     net = ipaddress.ip_network(cidr, strict=False)
-    return str(net.network_address + (1 if net.num_addresses > 1 else 0))
+    return str(net.network_address + (4 if net.num_addresses > 4 else 0))
 
 
 def local_route(cidr: str) -> tuple[dict | None, list[dict]] | None:

@@ -189,6 +189,16 @@ class NetworkSpec(_Strict):
     # Refuse when this machine reaches the subnet only through its default route (the instances
     # have private addresses only); false when that gateway does route the VPC (Direct Connect)
     require_route: bool = True
+    # Public addresses for the instances: this machine reaches the scheduler at its public
+    # address (only from admin_cidr), the workers reach it at its private one. Default: true
+    # for a VPC made for the run (it gets an internet gateway and no NAT: it works from a
+    # laptop), false for a subnet_id (which must then route out through a NAT).
+    public_addresses: bool | None = None
+
+    @property
+    def public(self) -> bool:
+        return self.public_addresses if self.public_addresses is not None \
+            else self.subnet_id is None
 
     @model_validator(mode="after")
     def _one_way(self) -> NetworkSpec:
@@ -196,6 +206,11 @@ class NetworkSpec(_Strict):
         if (self.subnet_id is None) == (not made) or (made and None in (self.vpc_cidr, self.subnet_cidr)):
             raise ValueError("give either subnet_id (an existing subnet) or both vpc_cidr and "
                              "subnet_cidr (a VPC and subnet made for the run)")
+        if made and self.public_addresses is False:
+            raise ValueError("public_addresses: false needs a subnet with a NAT gateway, and the "
+                             "VPC made for the run has an internet gateway only (no NAT): its "
+                             "instances could reach nothing. Remove public_addresses, or give the "
+                             "subnet_id of a private subnet that routes out through a NAT")
         if self.subnet_id and self.availability_zone:
             raise ValueError("availability_zone is the zone of the subnet made for the run; "
                              "an existing subnet_id has its own: remove one of them")

@@ -116,6 +116,7 @@ class Made:
 
     vpc_id: str | None = None
     subnet_id: str | None = None
+    gateway_id: str | None = None
     group_id: str | None = None
     created: list[str] = field(default_factory=list)
 
@@ -129,9 +130,13 @@ def _after_create(call, what: str):
     return call_with_retry(call, what, CONSISTENCY_TIMEOUT_S, retry_on=not_found)
 
 
-def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made, zone: str) -> None:
+def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made, zone: str,
+                 public: bool = True) -> None:
     """A VPC and a subnet in ``zone`` (one checked to offer the instance types: a subnet left to
-    AWS's pick may land in a zone that lacks them)."""
+    AWS's pick may land in a zone that lacks them). ``public``: an internet gateway too, and the
+    VPC's main route table sending 0.0.0.0/0 to it, so that instances with public addresses
+    answer this machine and reach out (the main table goes with the VPC; the gateway is tagged
+    and removed with the run)."""
     spec = lambda kind: [{"ResourceType": kind, "Tags": T.as_aws(tags)}]  # noqa: E731
     made.vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, TagSpecifications=spec("vpc"))["Vpc"]["VpcId"]
     made.created.append(f"vpc {made.vpc_id} ({vpc_cidr})")
@@ -140,6 +145,22 @@ def make_network(ec2, vpc_cidr: str, subnet_cidr: str, tags: dict, made: Made, z
                                   TagSpecifications=spec("subnet"))["Subnet"]["SubnetId"],
         f"creating a subnet in the new VPC {made.vpc_id}")
     made.created.append(f"subnet {made.subnet_id} ({subnet_cidr}, {zone})")
+    if not public:
+        return
+    made.gateway_id = ec2.create_internet_gateway(
+        TagSpecifications=spec("internet-gateway"))["InternetGateway"]["InternetGatewayId"]
+    made.created.append(f"internet gateway {made.gateway_id}")
+    _after_create(lambda: ec2.attach_internet_gateway(InternetGatewayId=made.gateway_id,
+                                                      VpcId=made.vpc_id),
+                  f"attaching {made.gateway_id} to {made.vpc_id}")
+    main = _after_create(lambda: ec2.describe_route_tables(Filters=[
+        {"Name": "vpc-id", "Values": [made.vpc_id]},
+        {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]["RouteTableId"],
+        f"finding the main route table of {made.vpc_id}")
+    _after_create(lambda: ec2.create_route(RouteTableId=main, DestinationCidrBlock="0.0.0.0/0",
+                                           GatewayId=made.gateway_id),
+                  f"routing 0.0.0.0/0 of {made.vpc_id} to {made.gateway_id}")
+    made.created.append(f"route 0.0.0.0/0 -> {made.gateway_id} in {main}")
 
 
 def subnet_vpc(ec2, subnet_id: str) -> str:
@@ -281,6 +302,7 @@ def describe_found(f: Found) -> list[str]:
     return ([f"instance {i['InstanceId']}" for i in f.instances]
             + [f"security group {g['GroupId']}" for g in f.groups]
             + [f"key pair {k['KeyName']}" for k in f.key_pairs]
+            + [f"internet gateway {g['InternetGatewayId']}" for g in f.gateways]
             + [f"subnet {s['SubnetId']}" for s in f.subnets]
             + [f"vpc {v['VpcId']}" for v in f.vpcs])
 
@@ -290,11 +312,16 @@ class Found:
     instances: list[dict] = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
     key_pairs: list[dict] = field(default_factory=list)
+    gateways: list[dict] = field(default_factory=list)
     subnets: list[dict] = field(default_factory=list)
     vpcs: list[dict] = field(default_factory=list)
 
+    def every(self) -> list[dict]:
+        return (self.instances + self.groups + self.key_pairs + self.gateways + self.subnets
+                + self.vpcs)
+
     def empty(self) -> bool:
-        return not (self.instances or self.groups or self.key_pairs or self.subnets or self.vpcs)
+        return not self.every()
 
 
 def find_tagged(ec2, tag_filters: dict[str, str] | None = None, keep=lambda tags: True) -> Found:
@@ -308,6 +335,8 @@ def find_tagged(ec2, tag_filters: dict[str, str] | None = None, keep=lambda tags
                 if keep(T.as_dict(g.get("Tags")))]
     f.key_pairs = [k for k in ec2.describe_key_pairs(Filters=filters)["KeyPairs"]
                    if keep(T.as_dict(k.get("Tags")))]
+    f.gateways = [g for g in ec2.describe_internet_gateways(Filters=filters)["InternetGateways"]
+                  if keep(T.as_dict(g.get("Tags")))]
     f.subnets = [s for s in ec2.describe_subnets(Filters=filters)["Subnets"]
                  if keep(T.as_dict(s.get("Tags")))]
     f.vpcs = [v for v in ec2.describe_vpcs(Filters=filters)["Vpcs"] if keep(T.as_dict(v.get("Tags")))]
@@ -333,6 +362,15 @@ def remove_found(ec2, f: Found, progress: Progress | None = None,
         _delete(lambda k=k: ec2.delete_key_pair(KeyPairId=k["KeyPairId"]),
                 f"deleting key pair {k['KeyName']}", left())
         removed.append(f"key pair {k['KeyName']}")
+    for g in f.gateways:  # detached first: a VPC with a gateway attached cannot be deleted
+        gid = g["InternetGatewayId"]
+        for a in g.get("Attachments", []):
+            _delete(lambda a=a, gid=gid: ec2.detach_internet_gateway(InternetGatewayId=gid,
+                                                                     VpcId=a["VpcId"]),
+                    f"detaching internet gateway {gid} from {a['VpcId']}", left())
+        _delete(lambda gid=gid: ec2.delete_internet_gateway(InternetGatewayId=gid),
+                f"deleting internet gateway {gid}", left())
+        removed.append(f"internet gateway {gid}")
     for s in f.subnets:
         _delete(lambda s=s: ec2.delete_subnet(SubnetId=s["SubnetId"]),
                 f"deleting subnet {s['SubnetId']}", left())
@@ -362,9 +400,7 @@ def gc(ec2, now: datetime, older_than_s: float | None,
 
     every = find_tagged(ec2)
     found = find_tagged(ec2, keep=eligible)
-    kept = sorted({T.as_dict(r.get("Tags"))[T.RUN] for r in
-                   every.instances + every.groups + every.key_pairs + every.subnets + every.vpcs}
-                  - set(why))
+    kept = sorted({T.as_dict(r.get("Tags"))[T.RUN] for r in every.every()} - set(why))
     for run, reason in sorted(why.items()):
         Say(progress, logger)(f"gc: run {run}: {reason}")
     return remove_found(ec2, found, progress), kept

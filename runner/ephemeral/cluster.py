@@ -5,8 +5,10 @@
     # closed: EC2Cluster.close(), then everything tagged with the run (instances, group, key
     # pairs, subnet, VPC), whether the body succeeded, failed, or was interrupted
 
-What EC2Cluster is given: security=True (TLS with its temporary credentials), use_private_ip,
-the run's own security group and subnet, no key pair, spot workers when asked, tags naming the
+What EC2Cluster is given: security=True (TLS with its temporary credentials), public or private
+addresses (ephemeral.network; with public ones this machine dials the scheduler's public address
+and the workers its private one, which the group's member rule admits), the run's own security
+group and subnet, no key pair, spot workers when asked, tags naming the
 cluster, the run and its expiry on instances and volumes. Encrypted root volumes and IMDSv2 are
 not options of EC2Cluster: a hook on its RunInstances calls adds them (see `harden_run_instances`).
 
@@ -124,7 +126,7 @@ def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, dock
         worker_instance_type=e.worker_instance_type, vpc=made.vpc_id,
         subnet_id=made.subnet_id, security_groups=[made.group_id],
         filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
-        instance_tags=dict(tags), volume_tags=dict(tags), use_private_ip=True,
+        instance_tags=dict(tags), volume_tags=dict(tags), use_private_ip=not e.network.public,
         enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
         security=True,
         # no-workers-timeout is read from the config only (not a Scheduler argument); the
@@ -144,7 +146,7 @@ def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, dock
 def ec2_cluster_class():
     try:
         from dask_cloudprovider.aws import EC2Cluster
-        from dask_cloudprovider.aws.ec2 import EC2Worker
+        from dask_cloudprovider.aws.ec2 import EC2Scheduler, EC2Worker
         from dask_cloudprovider.generic import vmcluster
     except ImportError:
         raise ProvisionError(aws.INSTALL_HINT) from None
@@ -182,6 +184,16 @@ def ec2_cluster_class():
             if getattr(self, "instance", None) is not None:
                 await super().destroy_vm()
 
+    class PublicEC2Scheduler(EC2Scheduler):
+        """With public addresses, EC2Scheduler gives its public address to the workers too: they
+        would dial it through the internet gateway, from public addresses that the group's
+        member rule does not match (it matches private ones). Here the workers get the private
+        address and this machine the public one (the scheduler's external_address)."""
+
+        async def create_vm(self):
+            public, _ = await super().create_vm()
+            return self.instance["PrivateIpAddress"], public
+
     class HardenedEC2Cluster(EC2Cluster):
         """EC2Cluster whose instances get an encrypted root volume and IMDSv2 and, first at
         boot, their hard stop at the run's expiry (see above); whose workers fall back to
@@ -201,6 +213,8 @@ def ec2_cluster_class():
 
         async def _start(self):
             self.worker_class = FallbackEC2Worker  # EC2Cluster.__init__ sets EC2Worker
+            if not self._use_private_ip:
+                self.scheduler_class = PublicEC2Scheduler
             await super()._start()
 
         def render_process_cloud_init(self, process):
@@ -320,13 +334,24 @@ class EphemeralCluster:
         self.close()
 
     def _check_network(self) -> None:
-        """The instances get private addresses only: this machine must route to the subnet
-        (not through its default route), and an existing subnet must reach out through a NAT
-        (the instances pull their image). Refused before anything is made."""
+        """Refused before anything is made: with public addresses, an existing subnet that does
+        not route 0.0.0.0/0 to an internet gateway (the addresses would answer nothing); with
+        private ones, a subnet this machine reaches only through its default route, or one that
+        does not reach out through a NAT (the instances pull their image)."""
         from runner import aws_network as net
 
         e, key = self.e, "ephemeral.network."
         try:
+            if e.network.public:
+                if e.network.subnet_id and net.egress(
+                        net.subnet_routes(self.ec2, e.network.subnet_id)) != "igw":
+                    raise ConfigError(
+                        f"{self.spec.source}: {key}subnet_id {e.network.subnet_id}: "
+                        f"{key}public_addresses is true, but the subnet's route table does not "
+                        "send 0.0.0.0/0 to an internet gateway, so a public address would "
+                        "answer nothing. Give a public subnet, or remove public_addresses to use "
+                        "private ones (through a NAT). Nothing was created.")
+                return
             cidr = net.subnet_cidr(self.ec2, e.network.subnet_id) if e.network.subnet_id \
                 else str(e.network.subnet_cidr)
             problem = net.check_private_route(cidr) if e.network.require_route else None
@@ -423,7 +448,8 @@ class EphemeralCluster:
                 vpc_cidr, subnet_cidr = e.network.vpc_cidr, e.network.subnet_cidr
                 assert vpc_cidr is not None and subnet_cidr is not None, \
                     "NetworkSpec's validator: a subnet_id, or both ranges"
-                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made, zone)
+                aws.make_network(self.ec2, vpc_cidr, subnet_cidr, self.tags, self.made, zone,
+                                 public=e.network.public)
             assert self.made.vpc_id is not None, "set by subnet_vpc or make_network"
             ports = (self.spec.dask.scheduler_port, self.spec.dask.dashboard_port)
             aws.make_group(self.ec2, self.made.vpc_id, f"daskfleet-{self.run_id}", e.admin_cidr,

@@ -24,7 +24,8 @@ def plan_text(spec: ClusterSpec, lock=None) -> str:
     if e.network.subnet_id:
         lines.append(f"network: existing subnet {e.network.subnet_id} (not created, not removed)")
     else:
-        lines.append(f"+ vpc {e.network.vpc_cidr}, subnet {e.network.subnet_cidr} (removed after)")
+        lines.append(f"+ vpc {e.network.vpc_cidr}, subnet {e.network.subnet_cidr}, internet "
+                     "gateway, route 0.0.0.0/0 to it (removed after)")
     lines.append("+ security group daskfleet-<run id>: " + "; ".join(group_rules(e.admin_cidr,
                                                                                (ports[0], ports[-1]))))
     lines.append(f"+ 1 scheduler instance {e.scheduler_instance_type} (on-demand)")
@@ -32,8 +33,10 @@ def plan_text(spec: ClusterSpec, lock=None) -> str:
                 "on_demand": "on-demand where EC2 refuses spot (spot_fallback: on_demand)"}
     lines.append(f"+ {e.workers} worker instance(s) {e.worker_instance_type} "
                  f"({f'spot; {fallback[e.spot_fallback]}' if e.spot_workers else 'on-demand'})")
+    address = ("a public address (the scheduler's Dask ports answer admin_cidr only)"
+               if e.network.public else "private address only")
     lines.append(f"  each: {e.filesystem_size} GiB gp3 root volume, encrypted; IMDSv2 required; "
-                 f"private address only; no key pair, no SSH; shuts down (terminates) when Dask "
+                 f"{address}; no key pair, no SSH; shuts down (terminates) when Dask "
                  f"exits, and by itself at the run's expiry (max_lifetime {e.max_lifetime})")
     lines.append(f"  watchdogs: scheduler idle {e.idle_timeout}, tasks with no worker fail after "
                  f"{e.no_workers_timeout}, a worker without its scheduler exits after "

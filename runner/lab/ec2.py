@@ -28,8 +28,14 @@ logger = logging.getLogger("runner.lab.ec2")  # not __main__ under python -m
 
 PORT = 4566
 ENDPOINT = f"http://127.0.0.1:{PORT}"
-VPC_ROUTER = "198.19.0.1"  # the control machine, "in the VPC", where AWS puts the VPC router
+# The VPC's router (where AWS puts it: the subnet's .1). The control machine holds the address,
+# so the instances have a gateway to the lab's internet, but it is OUTSIDE the VPC as a laptop
+# is: no route to the VPC's private addresses, and nothing it serves answers at the router's
+# address (`outside_vpc_ruleset`). It reaches instances at their public addresses only.
+VPC_ROUTER = "198.19.0.1"
 VPC_SUBNET = "198.19.0.0/24"  # the aws module's subnet: the first /24 of vpc_cidr 198.19.0.0/16
+VPC_RANGE = "198.19.0.0/16"  # every lab VPC's private addresses (clusters/*-lab.yaml vpc_cidr)
+VPC_TABLE = "daskfleet_vpc"  # the nftables table that keeps the control machine out of the VPC
 # The lab's internet: instances' public addresses come from here (never moto's made-up ones,
 # which this machine must never contact), and the control machine is INTERNET_ADDRESS on it.
 PUBLIC_RANGE = "198.18.128.0/24"
@@ -178,7 +184,10 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     if len(images) != 2:
         raise LabError(f"lab: the EC2 API server lists {len(images)} Debian images, not 2; "
                        f"see {cdir / 'amis.json'} and {cdir / 'api.log'}.")
-    run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE])
+    # the filter first: without the router's prefix route, packets to private addresses would
+    # take this machine's default route, as they do on a laptop, and must stop here
+    run(["nft", "-f", "-"], input=outside_vpc_ruleset())
+    run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE, "noprefixroute"])
     run(["ip", "addr", "replace", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE])
     cloud["controller_pid"] = _spawn("runner.lab.instances", lab, "controller.log", [])
     lab._write(data)
@@ -187,7 +196,8 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
         raise LabError(f"lab: the instance controller exited at start; see "
                        f"{cdir / 'controller.log'}:\n{(cdir / 'controller.log').read_text()[-1500:]}")
     say(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
-        f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER}; images "
+        f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER} (this machine is outside it: it reaches "
+        f"instances at public addresses, {PUBLIC_RANGE}); images "
         + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
     if mirror:
         say(f"lab: Terraform CLI config {lab.cloud_terraform_rc} (hashicorp/aws from {mirror})")
@@ -220,7 +230,29 @@ def stop_cloud(lab) -> bool:
         time.sleep(0.05)
     run(["ip", "addr", "del", f"{VPC_ROUTER}/24", "dev", BRIDGE], check=False)
     run(["ip", "addr", "del", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE], check=False)
+    run(["nft", "delete", "table", "inet", VPC_TABLE], check=False)  # after the address went
     return bool(pids)
+
+
+def outside_vpc_ruleset() -> str:
+    """The control machine outside the VPC, as a laptop is: what it sends to a private address
+    is dropped (a connection waits out its timeout, as one to an unrouted address does), and
+    nothing on it answers at the VPC router's address. Replaces the table in one transaction."""
+    return "\n".join([
+        f"table inet {VPC_TABLE}",
+        f"delete table inet {VPC_TABLE}",
+        f"table inet {VPC_TABLE} {{",
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+        f"    ip daddr {VPC_RANGE} drop",
+        "  }",
+        "  chain input {",
+        "    type filter hook input priority 0; policy accept;",
+        f"    ip daddr {VPC_ROUTER} drop",
+        "  }",
+        "}",
+        "",
+    ])
 
 
 def _zombie(pid: int) -> bool:

@@ -49,6 +49,7 @@ from runner.lab.machine import (
     nft_apply,
     parse_uplink,
     port_open,
+    port_open_in,
     read_instance_hosts,
     read_uplink,
     run,
@@ -123,7 +124,15 @@ class Lab:
     def host_alive(self, host: LabHost) -> bool:
         if not Path(f"/run/netns/{host.netns}").exists():
             return False
-        return port_open(host.address, host.port, timeout=1.0)
+        return self._answers(host, timeout=1.0)
+
+    @staticmethod
+    def _answers(host: LabHost, timeout: float) -> bool:
+        """Its sshd answers: from this machine for a plain host, from inside the host for an
+        instance (this machine is outside the VPC: only public addresses reach it)."""
+        if host.instance_id:
+            return port_open_in(host.netns, host.address, host.port, timeout)
+        return port_open(host.address, host.port, timeout=timeout)
 
     def status(self) -> dict:
         def row(h: LabHost) -> dict:
@@ -370,7 +379,7 @@ class Lab:
         else:
             self._create_host(host)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not port_open(host.address, host.port, timeout=0.5):
+        while not self._answers(host, timeout=0.5):
             if time.monotonic() > deadline:
                 raise LabError(f"lab: {name} did not come back within {READY_TIMEOUT_S:.0f}s; "
                                f"see {self.host_dir(name) / 'init.log'}.")

@@ -8,6 +8,7 @@ it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -434,6 +435,14 @@ def port_open(address: str, port: int, timeout: float) -> bool:
             return True
     except OSError:
         return False
+
+
+def port_open_in(netns: str, address: str, port: int, timeout: float) -> bool:
+    """port_open from inside the host's own namespace: for an emulated instance, whose private
+    address this machine (outside the VPC) cannot reach."""
+    target = f"{ipaddress.ip_address(address)}/{int(port)}"
+    return run(["ip", "netns", "exec", netns, "timeout", f"{timeout:g}", "bash", "-c",
+                f"exec 3<>/dev/tcp/{target}"], check=False).returncode == 0
 
 
 def link_exists(name: str) -> bool:

@@ -25,6 +25,7 @@ from jobfiles import small_job
 from runner.cluster import Cluster
 from runner.lab import Lab
 from runner.lab.ec2 import set_vcpu_quota
+from runner.lab.machine import port_open
 
 REPO = Path(__file__).resolve().parents[2]
 AWS_LAB = REPO / "clusters" / "aws-lab.yaml"
@@ -120,8 +121,14 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
     # binds to and dials the private ones, inside the VPC
     assert all(h["address"].startswith("198.18.128.") for h in st["hosts"]), st["hosts"]
     assert st["scheduler"]["address"].startswith("tls://198.19.0.")
-    public = {i["PublicIpAddress"] for i in cluster_instances(("running",))}
+    running = cluster_instances(("running",))
+    public = {i["PublicIpAddress"] for i in running}
     assert {h["address"] for h in st["hosts"]} == public, (public, st["hosts"])
+    # this machine is outside the VPC, as a laptop is: a VM's private address does not answer
+    # it (the connection waits out its timeout), its public one does
+    one = running[0]
+    assert port_open(one["PublicIpAddress"], 22, timeout=3)
+    assert not port_open(one["PrivateIpAddress"], 22, timeout=3)
     with Cluster.from_file(AWS_LAB) as cluster:
         client = cluster.client()  # through the SSH tunnel
         assert client.scheduler.address.startswith("tls://127.0.0.1:")

@@ -1,7 +1,8 @@
 """Ephemeral clusters on the emulated EC2 of `daskfleet lab up --cloud aws`: `daskfleet submit JOB -c
 clusters/aws-ephemeral-lab.yaml` makes a network, a security group and instances with
 dask-cloudprovider's EC2Cluster (user data run by the instance controller, `docker run` by the lab's
-stand-in), runs the job over TLS on private addresses, and removes everything: after a success,
+stand-in), runs the job over TLS (this machine, outside the VPC, dials the scheduler's public
+address; the workers dial its private one), and removes everything: after a success,
 after a job that fails on purpose, and, when the control process is killed mid-job, through
 `daskfleet gc`. With spot refused (as EC2 refuses it), the run goes on-demand when the file allows
 it and fails naming the key when it does not; with the submit killed and no `gc`, every instance
@@ -43,6 +44,8 @@ def of_run(run_id: str) -> dict:
     return {"instances": live,
             "groups": [g["GroupId"] for g in c.describe_security_groups(Filters=f)["SecurityGroups"]],
             "key_pairs": [k["KeyName"] for k in c.describe_key_pairs(Filters=f)["KeyPairs"]],
+            "gateways": [g["InternetGatewayId"]
+                         for g in c.describe_internet_gateways(Filters=f)["InternetGateways"]],
             "subnets": [s["SubnetId"] for s in c.describe_subnets(Filters=f)["Subnets"]],
             "vpcs": [v["VpcId"] for v in c.describe_vpcs(Filters=f)["Vpcs"]]}
 
@@ -87,7 +90,10 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     print(text, f"\nsubmit took {time.monotonic() - t:.1f}s")
     run_id = run_id_of(text)
     assert "versions match on client, scheduler and workers" in text
-    assert "scheduler tls://198.19.0." in text  # TLS, on the instance's private address
+    # TLS, at the scheduler's public address: this machine is outside the VPC (its private
+    # addresses are not routed here), and the workers joined at the private one
+    assert "scheduler tls://198.18.128." in text, text
+    assert "internet gateway igw-" in text and "route 0.0.0.0/0 -> igw-" in text, text
     assert "ephemeral: timings create=" in text and "teardown=" in text
     metrics = json.loads((workdir / "runs" / run_id / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.8 and metrics["n_workers"] == 2
@@ -95,7 +101,7 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     assert (workdir / "runs" / run_id / "report.html").exists()
     nothing_left(run_id)
     # What the instances were given: tags with the run and its expiry, IMDSv2 required, spot
-    # workers, private addresses only, the run's own group, no key pair.
+    # workers, the run's own group, no key pair.
     f = [{"Name": "tag:daskfleet:run", "Values": [run_id]}]
     insts = [i for r in ec2().describe_instances(Filters=f)["Reservations"] for i in r["Instances"]]
     assert len(insts) == 3, insts

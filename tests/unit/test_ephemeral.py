@@ -189,7 +189,9 @@ def test_plan_lists_what_a_run_makes_and_an_hourly_estimate():
     from runner.ephemeral.plan import plan_text
 
     text = plan_text(load_cluster(LAB_FILE), derive_lock())
-    assert "+ security group" in text and "198.19.0.1/32" in text and "encrypted" in text
+    assert "+ security group" in text and "198.18.128.1/32" in text and "encrypted" in text
+    assert "internet gateway, route 0.0.0.0/0 to it (removed after)" in text
+    assert "a public address (the scheduler's Dask ports answer admin_cidr only)" in text
     assert "IMDSv2 required" in text and "2 worker instance(s) m6i.large (spot; " in text
     assert "if EC2 refuses spot the run stops (spot_fallback: fail)" in text
     assert "by itself at the run's expiry (max_lifetime 1h)" in text

@@ -1,6 +1,8 @@
-"""An ephemeral run's instances have private addresses only: before anything is made, the run
-refuses a control machine that routes to the subnet only through its default route, and an
-existing subnet whose way out is not a NAT (moto's EC2 in-process)."""
+"""Before anything is made, an ephemeral run refuses a network its instances could not work in
+(moto's EC2 in-process): a VPC made for the run is public (an internet gateway, public
+addresses), which a laptop reaches; on private addresses, a control machine that routes to the
+subnet only through its default route, or an existing subnet whose way out is not a NAT; on
+public addresses, an existing subnet whose way out is not an internet gateway."""
 
 from __future__ import annotations
 
@@ -33,39 +35,79 @@ def _run(tmp_path: Path, network: str) -> EphemeralCluster:
     return run
 
 
-@mock_aws
-def test_a_laptop_and_a_subnet_without_a_nat_are_refused_before_anything_is_made(
-        tmp_path, monkeypatch):
-    monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
-    made = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
-    with pytest.raises(ConfigError) as info:
-        made._check_network()
-    assert ("ephemeral.network.subnet_cidr: the instances get private addresses only, and this "
-            "machine reaches 10.42.0.0/24 only through its default route") in str(info.value)
-    assert "require_route: false" in str(info.value)
-    relaxed = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24, "
-                             "require_route: false}")
-    relaxed._check_network()  # the file says the default gateway routes the VPC
-    monkeypatch.setattr(aws_network, "local_route", lambda cidr: IN_VPC)
-    made._check_network()  # from inside the VPC: on
-
-    ec2 = made.ec2
+def _public_and_private_subnets(ec2) -> tuple[str, str]:
+    """A subnet routing 0.0.0.0/0 to an internet gateway, and one routing it nowhere."""
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    public = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    closed = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.2.0/24")["Subnet"]["SubnetId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
     ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
-    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
-    existing = _run(tmp_path, f"{{subnet_id: {subnet}}}")
-    existing.ec2 = ec2
+    ec2.associate_route_table(RouteTableId=table, SubnetId=public)
+    return public, closed
+
+
+@mock_aws
+def test_a_vpc_made_for_the_run_is_public_and_needs_no_route_from_a_laptop(tmp_path, monkeypatch):
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
+    made = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
+    assert made.e.network.public
+    made._check_network()  # the scheduler's public address: no route to the VPC needed
     with pytest.raises(ConfigError) as info:
-        existing._check_network()
+        _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24, "
+                       "public_addresses: false}")
+    assert "public_addresses: false needs a subnet with a NAT gateway" in str(info.value)
+
+
+@mock_aws
+def test_private_addresses_from_a_laptop_or_without_a_nat_are_refused_before_anything_is_made(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
+    probe = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
+    public, closed = _public_and_private_subnets(probe.ec2)
+
+    def existing(network: str) -> EphemeralCluster:
+        run = _run(tmp_path, network)
+        run.ec2 = probe.ec2
+        return run
+
+    private = existing(f"{{subnet_id: {closed}, require_nat: false}}")
+    assert not private.e.network.public
+    with pytest.raises(ConfigError) as info:
+        private._check_network()
+    assert ("ephemeral.network.subnet_id: the instances get private addresses only, and this "
+            "machine reaches 10.42.2.0/24 only through its default route") in str(info.value)
+    assert "require_route: false" in str(info.value)
+    existing(f"{{subnet_id: {closed}, require_nat: false, require_route: false}}")._check_network()
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: IN_VPC)
+    private._check_network()  # from inside the VPC: on
+
+    through_igw = existing(f"{{subnet_id: {public}}}")
+    with pytest.raises(ConfigError) as info:
+        through_igw._check_network()
     message = str(info.value)
-    assert (f"ephemeral.network.subnet_id {subnet}: its route table sends 0.0.0.0/0 through an "
+    assert (f"ephemeral.network.subnet_id {public}: its route table sends 0.0.0.0/0 through an "
             "internet gateway, which carries only instances with public addresses") in message
     assert "Route 0.0.0.0/0 through a NAT gateway" in message and "Nothing was created" in message
     # a subnet that reaches its registry through VPC endpoints, said so in the file
-    relaxed = _run(tmp_path, f"{{subnet_id: {subnet}, require_nat: false}}")
-    relaxed.ec2 = ec2
-    relaxed._check_network()
+    existing(f"{{subnet_id: {public}, require_nat: false}}")._check_network()
+
+
+@mock_aws
+def test_public_addresses_in_a_subnet_without_an_internet_gateway_are_refused(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
+    probe = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
+    public, closed = _public_and_private_subnets(probe.ec2)
+    for subnet, ok in ((public, True), (closed, False)):
+        run = _run(tmp_path, f"{{subnet_id: {subnet}, public_addresses: true}}")
+        run.ec2 = probe.ec2
+        if ok:
+            run._check_network()
+            continue
+        with pytest.raises(ConfigError) as info:
+            run._check_network()
+        assert (f"subnet_id {closed}: ephemeral.network.public_addresses is true, but the "
+                "subnet's route table does not send 0.0.0.0/0 to an internet gateway") \
+            in str(info.value)

@@ -94,6 +94,12 @@ def test_teardown_rides_out_throttling_and_dependency_violations_with_backoff(ec
                   delete_subnet=["DependencyViolation"])
     removed = aws.remove_run(flaky, "20260102-r1", lambda line: None, timeout=60)
     assert f"instance {run['instance']}" in removed and f"vpc {run['made'].vpc_id}" in removed
+    # the public VPC's gateway: detached, deleted, before the VPC (which it would hold)
+    gateway = run["made"].gateway_id
+    assert gateway and f"internet gateway {gateway}" in removed
+    assert removed.index(f"internet gateway {gateway}") < removed.index(f"vpc {run['made'].vpc_id}")
+    assert ec2.describe_internet_gateways(
+        Filters=[{"Name": "internet-gateway-id", "Values": [gateway]}])["InternetGateways"] == []
     assert left(ec2, "20260102-r1") == []
     assert flaky.calls.count("delete_security_group") == 5
     # the group's four refusals were waited out with a growing pause, not a fixed one
