@@ -22,7 +22,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found (daskfleet needs Python 3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$$(grep -E '^uv==' requirements.lock | cut -d' ' -f1)"
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	# compiled at install, as pip does (uv does not by default): no process, test worker or
+	# command pays for compiling the packages it imports on its first run
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 

@@ -4,7 +4,8 @@ then applied with no process of the old configuration left on any host; a certif
 rolls through a running job, one worker at a time, and so does the first phase of a CA change,
 whose other phases go on once the job ends. Each test leaves the cluster as
 clusters/lab.yaml wants it. (A thread-count change takes the same rolling path: its decision is
-unit-tested in tests/unit/test_changes.py.)"""
+unit-tested in tests/unit/test_changes.py; that a worker replaced mid-training leaves the model
+as it was, in tests/batch/test_rolling_worker.py.)"""
 
 from __future__ import annotations
 

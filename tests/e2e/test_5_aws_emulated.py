@@ -62,7 +62,8 @@ def aws_cluster(lab_cluster, cli):
     cli("down", "-c", str(AWS_LAB), "--destroy", check=False, timeout=600)
 
 
-def test_ssh_open_to_the_world_is_refused_with_nothing_created(lab_cluster, cli, workdir):
+def test_ssh_open_to_the_world_or_private_addresses_from_outside_are_refused(lab_cluster, cli,
+                                                                            workdir):
     cli("lab", "up", "--cloud", "aws", "--hosts", "3", timeout=180)
     world = workdir / "aws-world.yaml"
     world.write_text(AWS_LAB.read_text().replace("name: aws-lab", "name: aws-world")
@@ -71,6 +72,19 @@ def test_ssh_open_to_the_world_is_refused_with_nothing_created(lab_cluster, cli,
     assert out.returncode != 0 and "admin_cidr" in out.stderr, out.stderr
     assert "whole internet" in out.stderr, out.stderr
     vpcs = ec2().describe_vpcs(Filters=[{"Name": "tag:cluster", "Values": ["aws-world"]}])
+    assert vpcs["Vpcs"] == [] and ec2().describe_key_pairs()["KeyPairs"] == []
+    # private addresses from a machine outside the VPC (the lab's control machine, as a
+    # laptop): refused by the route it has, before anything is made
+    private = workdir / "aws-private.yaml"
+    private.write_text(AWS_LAB.read_text().replace("name: aws-lab", "name: aws-private")
+                       .replace("use_public_ip: true", "use_public_ip: false"))
+    out = cli("up", "-c", str(private), check=False, timeout=300)
+    assert out.returncode != 0, out.stdout + out.stderr
+    # (a machine with no default route at all is told it has no route)
+    assert re.search(r"use_public_ip is false, so SSH dials the VMs' private addresses in "
+                     r"198\.19\.0\.0/24, and this machine (reaches 198\.19\.0\.0/24 only through "
+                     r"its default route|has no route to 198\.19\.0\.0/24)", out.stderr), out.stderr
+    vpcs = ec2().describe_vpcs(Filters=[{"Name": "tag:cluster", "Values": ["aws-private"]}])
     assert vpcs["Vpcs"] == [] and ec2().describe_key_pairs()["KeyPairs"] == []
 
 
