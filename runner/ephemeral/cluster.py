@@ -306,17 +306,26 @@ class EphemeralCluster:
         return {"lock_hash": self.lock.hash if self.lock else None, "run": self.run_id,
                 "instances": [i["InstanceId"] for i in self.instances()]}
 
-    def ship_dataset(self, dataset, say: Progress) -> None:
+    def ship_dataset(self, dataset, say: Progress, job) -> list[list[str]] | None:
+        """The dataset to the workers through the scheduler, each shard to ``data.copies`` of
+        their hosts (to all without the features cache: a partition is then rebuilt on any
+        worker). Returns, per shard, the hosts that hold it (None: every host holds every one)."""
         from runner.ephemeral.data import ship_through_dask
 
         t = time.monotonic()
+        copies = job.data.copies if job.features.cache else None
         try:
-            sent = ship_through_dask(self.client(), dataset.dir, dataset.digest)
+            holders, sent = ship_through_dask(self.client(), dataset.dir, dataset.digest,
+                                              list(dataset.files), copies)
         except Exception as err:  # noqa: BLE001 - a worker's error, re-raised with the step named
             raise ProvisionError(f"ephemeral: shipping the dataset through the scheduler failed: "
                                  f"{type(err).__name__}: {err}") from err
-        say(f"dataset shipped through the scheduler to {sum(sent.values())} worker(s), already on "
-            f"{len(sent) - sum(sent.values())} ({time.monotonic() - t:.1f}s)")
+        shards = sum(len(names) for names in sent.values())
+        each = "every host" if holders is None else f"{copies} host(s)"
+        say(f"dataset shipped through the scheduler: {len(dataset.files)} shards, each to {each}; "
+            f"{shards} shard copies sent to {sum(1 for v in sent.values() if v)} host(s), the "
+            f"rest there already ({time.monotonic() - t:.1f}s)")
+        return holders
 
     def instances(self) -> list[dict]:
         return aws.tagged_instances(self.ec2, {T.RUN: self.run_id}) if self.ec2 else []

@@ -91,7 +91,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
     for a failed run as for a successful one (the error is re-raised after it is recorded).
 
     ``cluster`` is a long-lived Cluster or anything with the same client(), check_versions(),
-    status_record() and spec.name (an ephemeral cluster); one with a ``ship_dataset(dataset, say)``
+    status_record() and spec.name (an ephemeral cluster); one with a ``ship_dataset(dataset, say, job)``
     ships the data itself, the others over SSH."""
     from runner.batch import load_job, prepare_dataset, run_job
 
@@ -120,7 +120,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
                 say.warning(f"warning: {note}")
             ship_dataset = getattr(cluster, "ship_dataset", None)
             if ship_dataset is not None:
-                ship_dataset(dataset, say)
+                shard_hosts = ship_dataset(dataset, say, job)
             else:
                 shard_hosts = ship_over_ssh(cluster, dataset, say, job)
     except (DaskfleetError, KeyboardInterrupt) as e:

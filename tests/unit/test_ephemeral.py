@@ -239,26 +239,6 @@ def test_the_example_files_load():
 
 
 # -- data hand-over and the docker stand-in ----------------------------------------------------
-def test_dataset_lands_where_the_job_reads_it(tmp_path, monkeypatch):
-    import io
-    import tarfile
-
-    from runner.ephemeral import data
-    from runner.jobs.ship import DATA_DIR
-
-    assert data.DATA_DIR == DATA_DIR
-    monkeypatch.setattr(data, "DATA_DIR", str(tmp_path))
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "manifest.json").write_text("{}")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(src, arcname="d1")
-    assert data._receive("d1", buf.getvalue()) is True
-    assert (tmp_path / "d1" / "manifest.json").exists()
-    assert data._receive("d1", buf.getvalue()) is False  # already there: nothing sent again
-
-
 def test_docker_stand_in_runs_the_command_with_the_containers_env(tmp_path):
     from runner.lab import standin
 
