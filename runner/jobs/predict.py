@@ -51,14 +51,22 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out
     if storage_options:
         raise ConfigError("predict: --storage-option is for an s3:// or file:// input or --out; "
                           "both are local paths here")
-    paths = _ship_input(cluster, Path(data), progress, text_column, label_column)
-    return predict_shards(client, model, paths, Path(out), progress, top_k=top_k, proba=proba)
+    paths, holders = _ship_input(cluster, Path(data), progress, text_column, label_column)
+    return predict_shards(client, model, paths, Path(out), progress, top_k=top_k, proba=proba,
+                          shard_hosts=holders)
+
+
+# Each shard of a local input goes to this many of the worker hosts (all, when fewer): the
+# control machine sends about twice the input whatever the number of hosts, and a prediction
+# survives the loss of one host, as a job with the default data.copies does.
+INPUT_COPIES = 2
 
 
 def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, text_column: str,
-                label_column: str) -> list[str]:
-    """A local input cut into shards and shipped to the worker hosts; the shards' paths as the
-    workers see them."""
+                label_column: str) -> tuple[list[str], list[list[str]] | None]:
+    """A local input cut into shards and shipped to INPUT_COPIES of the worker hosts each; the
+    shards' paths as the workers see them, and per shard the hosts (Dask addresses) that hold it
+    (None: every host holds every shard)."""
     say = Say(progress, logger)
     from runner.batch.predict_input import prepare_prediction_input
     from runner.jobs.ship import remote_dir, ship
@@ -70,11 +78,19 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
     say(f"input {dataset.digest[:12]}: {dataset.rows} rows in {len(dataset.files)} shards "
         f"({time.monotonic() - t:.1f}s)")
     t = time.monotonic()
-    # every host gets every shard: a prediction task may run on any worker
-    shipped = ship(dataset.dir, dataset.digest, dataset.files,
-                   cluster.live_worker_hosts(progress), cluster.ssh(), cluster.spec.name)
+    hosts = cluster.live_worker_hosts(progress)
+    shipped = ship(dataset.dir, dataset.digest, dataset.files, hosts, cluster.ssh(),
+                   cluster.spec.name, INPUT_COPIES)
     say(f"input shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")
-    return [f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files]
+    holders = [[h.dask_address for h in shipped.hosts_of(f)] for f in dataset.files]
+    return ([f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files],
+            None if all(len(h) == len(hosts) for h in holders) else holders)
+
+
+def _on_holders(shard_hosts: Sequence[Sequence[str]] | None, i: int) -> dict:
+    """A task reading shard ``i`` runs on its hosts only (strict: a worker elsewhere has no copy
+    to read); without placement, anywhere."""
+    return {"workers": list(shard_hosts[i])} if shard_hosts else {}
 
 
 def store_options(url: str, given: dict | None, environ=os.environ) -> dict:
@@ -124,9 +140,11 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
                        for i, item in enumerate(items)]
             sources = [f"{data} ({item['path']})" for item in items]
         else:
-            shards = _ship_input(cluster, Path(data), progress, text_column, label_column)
+            shards, holders = _ship_input(cluster, Path(data), progress, text_column,
+                                          label_column)
             futures = [client.submit(_predict_shard_to, path, model_f, top_k, proba, out_url,
-                                     out_opts, i, pure=False) for i, path in enumerate(shards)]
+                                     out_opts, i, pure=False, **_on_holders(holders, i))
+                       for i, path in enumerate(shards)]
             sources = shards
         if out_url is None:
             rows, labelled, correct = _collect_into(futures, sources, Path(out),
@@ -203,7 +221,8 @@ def check_top_k(model: dict, top_k: int) -> None:
 
 
 def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_path: Path,
-                   progress: Progress | None = None, *, top_k: int = 0, proba: bool = False) -> dict:
+                   progress: Progress | None = None, *, top_k: int = 0, proba: bool = False,
+                   shard_hosts: Sequence[Sequence[str]] | None = None) -> dict:
     """The core: map ``predict_shard`` over shards (paths as the workers see them, in input
     order) and stream the predictions, shard by shard, into ``out_path``; with ``top_k`` and
     ``proba``, the best classes and every class's score too (probabilities when the model has
@@ -220,7 +239,7 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
     try:
         rows, labelled, correct = _predict_into(client, model_f, shard_paths, out_path,
                                                 output_schema(model, top_k, proba),
-                                                {"top_k": top_k, "proba": proba})
+                                                {"top_k": top_k, "proba": proba}, shard_hosts)
     finally:
         # every prediction is in, or the run failed: the workers drop the model either way
         # (the cancel reaches the scheduler asynchronously, a moment after this returns)
@@ -236,12 +255,15 @@ def predict_shards(client: Client, model: dict, shard_paths: Sequence[str], out_
 
 
 def _predict_into(client: Client, model_f, shard_paths: Sequence[str], out_path: Path,
-                  schema, options: dict) -> tuple[int, int, int]:
+                  schema, options: dict,
+                  shard_hosts: Sequence[Sequence[str]] | None = None) -> tuple[int, int, int]:
     """Predict every shard with the scattered model; append the predictions, in input order, to
     ``out_path`` through a temporary file. Returns (rows, labelled rows, correct)."""
     from runner.batch.model import predict_shard
 
-    futures = client.map(predict_shard, list(shard_paths), model=model_f, pure=False, **options)
+    futures = [client.submit(predict_shard, path, model=model_f, pure=False, **options,
+                             **_on_holders(shard_hosts, i))
+               for i, path in enumerate(shard_paths)]
     return _collect_into(futures, shard_paths, out_path, schema)
 
 

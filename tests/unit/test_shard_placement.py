@@ -1,7 +1,9 @@
-"""An ephemeral run ships its dataset through the scheduler as a long-lived cluster ships it over
-SSH: each shard to `data.copies` of the workers' hosts, one archive per host holding that host's
-shards only, so the control machine sends about copies x the corpus whatever the number of
-workers; what a host holds already is not unpacked again."""
+"""Shards placed on some hosts only, on workers of three hosts (in this process): an ephemeral
+run ships its dataset through the scheduler as a long-lived cluster ships it over SSH, each
+shard to `data.copies` of the workers' hosts, one archive per host holding that host's shards
+only, so the control machine sends about copies x the corpus whatever the number of workers
+(what a host holds already is not unpacked again); and `predict` reads each shard of a local
+input only on the hosts it was shipped to."""
 
 from __future__ import annotations
 
@@ -77,3 +79,34 @@ def test_a_host_unpacks_what_it_lacks_where_the_job_reads_it(tmp_path, monkeypat
         ["b.parquet"]
     assert sorted(p.name for p in (tmp_path / "node").iterdir()) == ["d1"]
     assert (tmp_path / "node" / "d1" / "b.parquet").read_text() == "b.parquet"
+
+
+RAN_ON: dict[str, str] = {}  # shard path -> the host whose worker predicted it
+
+
+def fake_predict_shard(path: str, model, top_k: int = 0, proba: bool = False):
+    """predict_shard's stand-in: one row per shard, and where it ran."""
+    import pandas as pd
+    from distributed import get_worker
+
+    RAN_ON[path] = get_worker().address.split("://")[1].rsplit(":", 1)[0]
+    return pd.DataFrame({"row": [int(path.rsplit("-", 1)[1])], "label": [None],
+                         "prediction": ["a"]})
+
+
+def test_predict_reads_each_shard_only_on_the_hosts_that_hold_it(three_hosts, tmp_path,
+                                                                 monkeypatch):
+    from types import SimpleNamespace
+
+    import runner.batch.model as batch_model
+    from runner.jobs.predict import predict_shards
+
+    monkeypatch.setattr(batch_model, "predict_shard", fake_predict_shard)
+    RAN_ON.clear()
+    paths = [f"/shards/s-{i}" for i in range(9)]
+    holders = [[("127.0.0.2", "127.0.0.3", "127.0.0.4")[i % 3]] for i in range(9)]
+    model = {"classifier": SimpleNamespace(classes_=["a", "b"])}
+    summary = predict_shards(three_hosts, model, paths, tmp_path / "out.parquet",
+                             shard_hosts=holders)
+    assert summary["rows"] == 9
+    assert RAN_ON == {p: h[0] for p, h in zip(paths, holders, strict=True)}, RAN_ON
