@@ -101,6 +101,21 @@ def _ports(perm: dict) -> str:
     return f" dport {lo}" if lo == hi else f" dport {lo}-{hi}"
 
 
+def write_metadata(hdir: Path, inst: dict, user_data: bytes) -> Path | None:
+    """What the instance's metadata service serves (runner/lab/imds.py), as RunInstances set it:
+    none with `HttpEndpoint: disabled`; tokens required or optional (IMDSv2 / v1)."""
+    options = inst.get("MetadataOptions") or {}
+    if options.get("HttpEndpoint") == "disabled":
+        return None
+    mdir = hdir / "imds"
+    mdir.mkdir(mode=0o700, exist_ok=True)
+    (mdir / "user-data").write_bytes(user_data)
+    (mdir / "instance-id").write_text(inst["InstanceId"])
+    (mdir / "options.json").write_text(json.dumps(
+        {"http_tokens": options.get("HttpTokens") or "optional"}))
+    return mdir
+
+
 def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]]) -> str:
     """An nftables ruleset enforcing security-group ingress `permissions` (DescribeSecurityGroups
     IpPermissions of every group of the instance). `members`: group id -> private IPs of the
@@ -278,6 +293,7 @@ class Controller:
             script = hdir / "first-boot.sh"
             script.write_text(cloudinit.render_plan(plan))
             script.chmod(0o700)
+            metadata = write_metadata(hdir, inst, raw)
             octets = [int(o) for o in host.address.split(".")]
             public = self.public_address(inst)
             boot_host(BootSpec(
@@ -286,7 +302,7 @@ class Controller:
                 hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
                 prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
                 first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS,
-                public_address=public, listen_any=True))
+                public_address=public, listen_any=True, metadata_dir=metadata))
         except Exception:
             if first:  # never leave half a host: boot_host removed the netns, we remove its disk
                 shutil.rmtree(hdir, ignore_errors=True)

@@ -93,6 +93,9 @@ class BootSpec:
     # sshd on every address of the host, as a real machine's: an instance's public address can
     # come after its boot (its subnet's route to the internet gateway is made later)
     listen_any: bool = False
+    # An instance's metadata (runner/lab/imds.py serves it at 169.254.169.254 in the netns,
+    # outside the host's own processes, as the hypervisor does); None: no metadata service
+    metadata_dir: Path | None = None
 
 
 def run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -167,6 +170,8 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
             run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway])
         if spec.nft_ruleset is not None:
             nft_apply(ns, spec.nft_ruleset)
+        if spec.metadata_dir is not None:
+            start_metadata_service(ns, spec.metadata_dir)
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation dir
         log = open(hdir / "init.log", "ab")
         proc = subprocess.Popen(
@@ -186,9 +191,30 @@ def load_boot_spec(hdir: Path) -> BootSpec:
     d = json.loads((hdir / "boot.json").read_text())
     d["hdir"] = Path(d["hdir"])
     d["first_boot"] = Path(d["first_boot"]) if d.get("first_boot") else None
+    d["metadata_dir"] = Path(d["metadata_dir"]) if d.get("metadata_dir") else None
     d["host_keys"] = tuple(d["host_keys"])
     d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
     return BootSpec(**d)
+
+
+def start_metadata_service(netns: str, metadata_dir: Path) -> None:
+    """runner/lab/imds.py at 169.254.169.254:80 in the host's namespace (not in its PID
+    namespace: the host's root cannot see it; `kill_netns_processes` ends it with the host)."""
+    from runner.lab import imds
+
+    run(["ip", "-n", netns, "addr", "replace", f"{imds.ADDRESS}/32", "dev", "lo"])
+    log = open(metadata_dir / "imds.log", "ab")
+    subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, imds.__file__,
+                      "--dir", str(metadata_dir)], stdin=subprocess.DEVNULL, stdout=log,
+                     stderr=log, start_new_session=True, cwd="/")
+    log.close()
+    deadline = time.monotonic() + 10
+    while not run(["ip", "netns", "exec", netns, "bash", "-c",
+                   f"exec 3<>/dev/tcp/{imds.ADDRESS}/{imds.PORT}"], check=False).returncode == 0:
+        if time.monotonic() > deadline:
+            raise LabError(f"lab: the metadata service of {netns} did not start; see "
+                           f"{metadata_dir / 'imds.log'}")
+        time.sleep(0.05)
 
 
 def add_public_address(hdir: Path, netns: str, address: str) -> None:

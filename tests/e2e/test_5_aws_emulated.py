@@ -155,9 +155,32 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
         out = cluster.run_on_hosts(["sudo", "-n", "stat", "-c", "%U %a",
                                     "/etc/daskfleet/aws-lab/tls/node.key"])
         assert set(out.values()) == {"dask-aws-lab 600\n"}, out
+        # The VMs' metadata service serves their user data, SSH host keys included, to root
+        # (IMDSv2: with a token); a job's tasks, run as the cluster's user, are refused it.
+        tasks = client.run(lambda code=READ_USER_DATA: (lambda g: (exec(code, g), g["result"]))
+                           ({})[1])
+        assert all(v.startswith("refused") for v in tasks.values()), tasks
+        as_root = cluster.run_on_hosts(["sudo", "-n", "python3", "-c",
+                                        READ_USER_DATA + "print(result)"])
+        assert all("BEGIN OPENSSH PRIVATE KEY" in v for v in as_root.values()), as_root
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):
-        socket.create_connection((sched.dask_address, 8786), timeout=3).close()
+        socket.create_connection((sched.address, 8786), timeout=3).close()
+
+
+# The instance's user data through its metadata service (IMDSv2), as any process reads it
+READ_USER_DATA = """
+import urllib.request as u
+try:
+    t = u.urlopen(u.Request("http://169.254.169.254/latest/api/token", method="PUT",
+                            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}),
+                  timeout=5).read().decode()
+    result = u.urlopen(u.Request("http://169.254.169.254/latest/user-data",
+                                 headers={"X-aws-ec2-metadata-token": t}),
+                       timeout=5).read().decode()
+except OSError as e:
+    result = f"refused: {e}"
+"""
 
 
 def test_a_second_up_replaces_no_instance_and_changes_nothing(aws_cluster, cli):

@@ -15,7 +15,8 @@ def _round(tmp_path: Path) -> None:
     env = {**os.environ, "DASKFLEET_SUPERVISE_DIR": str(tmp_path / "supervise"),
            "DASKFLEET_LOG_DIR": str(tmp_path / "log"),
            "DASKFLEET_SUPERVISE_CONF": str(tmp_path / "supervise.conf"),
-           "DASKFLEET_SUPERVISE_ONCE": "1"}
+           "DASKFLEET_SUPERVISE_ONCE": "1",
+           "DASKFLEET_METADATA_GUARD": "/bin/true"}  # never this machine's firewall
     out = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
