@@ -168,6 +168,8 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         if spec.gateway:
             run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway])
+        if spec.public_address:
+            _internet_routes(ns, spec.public_address)
         if spec.nft_ruleset is not None:
             nft_apply(ns, spec.nft_ruleset)
         if spec.metadata_dir is not None:
@@ -217,9 +219,21 @@ def start_metadata_service(netns: str, metadata_dir: Path) -> None:
         time.sleep(0.05)
 
 
+def _internet_routes(netns: str, public: str) -> None:
+    """What an instance with a public address reaches on the lab's internet besides this
+    machine: the lab's object store (as S3 is reached through an internet gateway), from its
+    public address, as the store sees an instance's traffic on AWS. An instance without one
+    reaches nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
+    from runner.lab import objectstore
+
+    run(["ip", "-n", netns, "route", "replace", f"{objectstore.ADDRESS}/32", "dev", "eth0",
+         "src", public])
+
+
 def add_public_address(hdir: Path, netns: str, address: str) -> None:
     """A public address that came after the host booted, kept for its next boot (boot.json)."""
     run(["ip", "-n", netns, "addr", "replace", f"{address}/32", "dev", "eth0"])
+    _internet_routes(netns, address)
     path = hdir / "boot.json"
     spec = json.loads(path.read_text())
     spec["public_address"] = address

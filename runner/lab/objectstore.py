@@ -1,6 +1,6 @@
-"""The lab's object store: an S3 API (moto's server) on a lab host of its own, as a VPC endpoint
-is: lab hosts and emulated-EC2 instances reach it over the lab's network, never through the
-control machine's processes.
+"""The lab's object store: an S3 API (moto's server) on a lab host of its own: lab hosts, and
+emulated-EC2 instances with a public address (as S3 is reached through an internet gateway),
+reach it over the lab's network, never through the control machine's processes.
 
 As strict as S3 where that changes what a user sees: every request must be signed by the one
 access key the store creates at start (IAM enforced from the first request), so a wrong key or
@@ -68,8 +68,12 @@ def spawn(state: Path, region: str) -> dict:
         run(["ip", "-n", NETNS, "addr", "add", f"{ADDRESS}/24", "dev", "eth0"])
         run(["ip", "-n", NETNS, "link", "set", "eth0", "up"])
         run(["ip", "-n", NETNS, "link", "set", "lo", "up"])
-        # replies to the emulated VPC's subnets go back through the lab's router
         run(["ip", "-n", NETNS, "route", "add", "default", "via", BRIDGE_ADDRESS])
+        # emulated instances reach it from their public addresses, on the lab's internet (the
+        # same bridge): its replies go straight back (runner.lab.machine._internet_routes)
+        from runner.lab.ec2 import PUBLIC_RANGE
+
+        run(["ip", "-n", NETNS, "route", "add", PUBLIC_RANGE, "dev", "eth0"])
         log = open(state / "server.log", "ab")
         proc = subprocess.Popen(
             ["ip", "netns", "exec", NETNS, sys.executable, "-m", "runner.lab.objectstore",

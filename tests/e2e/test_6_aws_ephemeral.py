@@ -191,6 +191,31 @@ def variant(workdir: Path, name: str, **ephemeral) -> Path:
     return path
 
 
+def _store_job(cli, name: str, seed: int) -> str:
+    """A small job whose corpus (3,000 synthetic documents) is in the lab's object store, which
+    this adds to the running lab; its key and endpoint in the job's storage_options."""
+    import boto3
+    import pandas as pd
+
+    from runner.batch.synthetic import generate
+
+    cli("lab", "up", "--object-store", timeout=120)
+    st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
+    creds = json.loads(Path(st["credentials"]).read_text())
+    s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
+                      aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
+    s3.create_bucket(Bucket=name)
+    docs = pd.DataFrame(list(generate(3000, 3, 1500, 25, 0.02, seed)), columns=["text", "label"])
+    s3.put_object(Bucket=name, Key="corpus/docs.parquet", Body=docs.to_parquet(index=False))
+    options = {"endpoint_url": st["endpoint"], "key": creds["key"], "secret": creds["secret"],
+               "region": st["region"]}
+    return yaml.safe_dump({"name": name, "data": {"source": "files",
+                                                  "path": f"s3://{name}/corpus/*.parquet",
+                                                  "storage_options": options},
+                           "features": {"n_features": 16384},
+                           "model": {"kind": "sgd", "epochs": 2}})
+
+
 def instances_of(run_id: str) -> list[dict]:
     f = [{"Name": "tag:daskfleet:run", "Values": [run_id]}]
     return [i for r in ec2().describe_instances(Filters=f)["Reservations"] for i in r["Instances"]]
@@ -209,12 +234,17 @@ def test_spot_refused_runs_on_on_demand_workers_when_the_file_allows_it(spot_ref
                                                                        workdir):
     cluster = variant(workdir, "eph-fallback", spot_fallback="on_demand")
     job = workdir / "eph-fallback.yaml"
-    job.write_text(small_job("eph-fallback", seed=23))
+    # its corpus is in the lab's object store: the instances (public addresses, as S3 is
+    # reached through an internet gateway) read it where it lives; nothing goes through here
+    job.write_text(_store_job(cli, "eph-fallback", seed=23))
     out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
               timeout=600)
     text = out.stdout + out.stderr
     print(text)
     run_id = run_id_of(text)
+    assert "read by the workers" in text and "shipped" not in text, text
+    metrics = json.loads((workdir / "runs" / run_id / "metrics.json").read_text())
+    assert metrics["rows"] == 3000 and metrics["accuracy"] > 0.8, metrics
     assert ("EC2 refused spot capacity (InsufficientInstanceCapacity: " in text
             and "2 of 2 worker(s) run on-demand (spot_fallback: on_demand)" in text), text
     status = json.loads((workdir / "runs" / run_id / "status.json").read_text())
