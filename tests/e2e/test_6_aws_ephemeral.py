@@ -5,7 +5,8 @@ stand-in), runs the job over TLS (this machine, outside the VPC, dials the sched
 address; the workers dial its private one), and removes everything: after a success,
 after a job that fails on purpose, and, when the control process is killed mid-job, through
 `daskfleet gc`. With spot refused (as EC2 refuses it), the run goes on-demand when the file allows
-it and fails naming the key when it does not; with the submit killed and no `gc`, every instance
+it (its workers reading their corpus from the lab's object store) and fails naming the key when
+it does not; with the submit killed and no `gc`, every instance
 powers itself off by the run's expiry.
 """
 
