@@ -116,10 +116,9 @@ def write_metadata(hdir: Path, inst: dict, user_data: bytes) -> Path | None:
     return mdir
 
 
-def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]]) -> str:
-    """An nftables ruleset enforcing security-group ingress `permissions` (DescribeSecurityGroups
-    IpPermissions of every group of the instance). `members`: group id -> private IPs of the
-    running instances in that group. Applied with `nft -f`: it replaces the table atomically."""
+def _sg_rules(permissions: list[dict], members: dict[str, list[str]], peer: str) -> list[str]:
+    """nftables rules for security-group `permissions`; ``peer`` is "saddr" (ingress: the
+    source) or "daddr" (egress: the destination)."""
     rules = []
     for perm in permissions:
         proto = str(perm.get("IpProtocol", "-1")).lower()
@@ -133,27 +132,51 @@ def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]]) ->
             continue  # every ICMP is accepted anyway (below)
         else:
             match = f"meta l4proto {proto}"
-        sources = [f"ip saddr {r['CidrIp']}" for r in perm.get("IpRanges", [])]
-        sources += [f"ip6 saddr {r['CidrIpv6']}" for r in perm.get("Ipv6Ranges", [])]
+        peers = [f"ip {peer} {r['CidrIp']}" for r in perm.get("IpRanges", [])]
+        peers += [f"ip6 {peer} {r['CidrIpv6']}" for r in perm.get("Ipv6Ranges", [])]
         for pair in perm.get("UserIdGroupPairs", []):
             ips = sorted(members.get(pair.get("GroupId", ""), []), key=ipaddress.ip_address)
             if ips:
-                sources.append(f"ip saddr {{ {', '.join(ips)} }}")
+                peers.append(f"ip {peer} {{ {', '.join(ips)} }}")
             else:
                 rules.append(f"    # {pair.get('GroupId')}: no running members")
-        for src in sources:
-            rules.append(f"    {src} {match} accept".replace("  accept", " accept"))
-    return "\n".join([
-        f"table inet {SG_TABLE}",  # so that the delete below never fails
-        f"delete table inet {SG_TABLE}",
-        f"table inet {SG_TABLE} {{",
+        for who in peers:
+            rules.append(f"    {who} {match} accept".replace("  accept", " accept"))
+    return rules
+
+
+def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]],
+                      egress: list[dict] | None = None) -> str:
+    """An nftables ruleset enforcing security-group ingress `permissions` (DescribeSecurityGroups
+    IpPermissions of every group of the instance) and, given, `egress` (IpPermissionsEgress: a
+    group whose default allow-all egress was removed, as Terraform removes it, lets out only what
+    its rules name). `members`: group id -> private IPs of the running instances in that group.
+    Replies to allowed traffic pass both ways (groups are stateful). Applied with `nft -f`: it
+    replaces the table atomically."""
+    chains = [
         "  chain input {",
         "    type filter hook input priority 0; policy drop;",
         "    ct state established,related accept",
         "    iif \"lo\" accept",
         "    meta l4proto { icmp, ipv6-icmp } accept",
-        *rules,
+        *_sg_rules(permissions, members, "saddr"),
         "  }",
+    ]
+    if egress is not None:
+        chains += [
+            "  chain output {",
+            "    type filter hook output priority 0; policy drop;",
+            "    ct state established,related accept",
+            "    oif \"lo\" accept",
+            "    meta l4proto { icmp, ipv6-icmp } accept",
+            *_sg_rules(egress, members, "daddr"),
+            "  }",
+        ]
+    return "\n".join([
+        f"table inet {SG_TABLE}",  # so that the delete below never fails
+        f"delete table inet {SG_TABLE}",
+        f"table inet {SG_TABLE} {{",
+        *chains,
         "}",
         "",
     ])
@@ -215,14 +238,16 @@ class Controller:
                     members.setdefault(g, []).append(i["PrivateIpAddress"])
         groups = {}
         if running:
-            groups = {g["GroupId"]: g.get("IpPermissions", [])
-                      for g in self.ec2.describe_security_groups()["SecurityGroups"]}
+            groups = {g["GroupId"]: g for g in
+                      self.ec2.describe_security_groups()["SecurityGroups"]}
         for iid in set(self.hosts) & set(running) - self.powered_off:
             if standin.shutdown_requested(self.lab.host_dir(iid)):
                 self.power_off(iid)
         for iid, inst in running.items():
-            perms = [p for g in instance_groups(inst) for p in groups.get(g, [])]
-            ruleset = render_sg_ruleset(perms, members)
+            mine = [groups[g] for g in instance_groups(inst) if g in groups]
+            ruleset = render_sg_ruleset([p for g in mine for p in g.get("IpPermissions", [])],
+                                        members,
+                                        [p for g in mine for p in g.get("IpPermissionsEgress", [])])
             if iid in self.hosts:
                 if inst.get("PublicIpAddress") and iid not in self.public:
                     self.attach_public_address(iid, inst)

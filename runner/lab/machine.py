@@ -219,15 +219,31 @@ def start_metadata_service(netns: str, metadata_dir: Path) -> None:
         time.sleep(0.05)
 
 
+IGW_TABLE = "daskfleet_igw"
+
+
 def _internet_routes(netns: str, public: str) -> None:
-    """What an instance with a public address reaches on the lab's internet besides this
-    machine: the lab's object store (as S3 is reached through an internet gateway), from its
-    public address, as the store sees an instance's traffic on AWS. An instance without one
-    reaches nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
+    """An instance with a public address on the lab's internet, as an internet gateway makes
+    it: what it sends out of its VPC leaves from its public address (the gateway's one-to-one
+    NAT), so this machine and the lab's object store (as S3 is reached through an internet
+    gateway; on the same bridge, reached directly) answer it. An instance without one reaches
+    nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
     from runner.lab import objectstore
+    from runner.lab.ec2 import VPC_RANGE
 
     run(["ip", "-n", netns, "route", "replace", f"{objectstore.ADDRESS}/32", "dev", "eth0",
          "src", public])
+    nft_apply(netns, "\n".join([
+        f"table ip {IGW_TABLE}",
+        f"delete table ip {IGW_TABLE}",
+        f"table ip {IGW_TABLE} {{",
+        "  chain postrouting {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        f'    oifname "eth0" ip daddr != {VPC_RANGE} snat to {public}',
+        "  }",
+        "}",
+        "",
+    ]))
 
 
 def add_public_address(hdir: Path, netns: str, address: str) -> None:

@@ -24,7 +24,7 @@ from jobfiles import small_job
 
 from runner.cluster import Cluster
 from runner.lab import Lab
-from runner.lab.ec2 import set_vcpu_quota
+from runner.lab.ec2 import INTERNET_ADDRESS, set_vcpu_quota
 from runner.lab.machine import port_open
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,9 +163,42 @@ def test_up_on_emulated_ec2_gives_a_tls_cluster_run_by_an_unprivileged_user(aws_
         as_root = cluster.run_on_hosts(["sudo", "-n", "python3", "-c",
                                         READ_USER_DATA + "print(result)"])
         assert all("BEGIN OPENSSH PRIVATE KEY" in v for v in as_root.values()), as_root
+        # Out to the internet (this machine's address there), as the group's egress rules
+        # allow: HTTPS goes out, through the internet gateway (from the VM's public address),
+        # another port does not (the module's group lets out 80 and 443 only)
+        listeners = {port: _listen(INTERNET_ADDRESS, port) for port in (443, 8443)}
+        try:
+            out = {port: cluster.run_on_hosts(["python3", "-c", DIAL.format(INTERNET_ADDRESS, port)])
+                   for port in listeners}
+            assert set(out[443].values()) == {"connected\n"}, out
+            assert {v.split(":")[0] for v in out[8443].values()} == {"failed"}, out
+            peers = {listeners[443].accept()[1][0] for _ in running}
+            assert peers == public, (peers, public)
+        finally:
+            for sock in listeners.values():
+                sock.close()
     # The scheduler's port is open only inside the cluster's security group: not from here.
     with pytest.raises(OSError):
         socket.create_connection((sched.address, 8786), timeout=3).close()
+
+
+DIAL = """
+import socket
+try:
+    socket.create_connection(("{}", {}), timeout=5).close()
+    print("connected")
+except OSError as e:
+    print("failed:", e)
+"""
+
+
+def _listen(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(16)
+    sock.settimeout(10)
+    return sock
 
 
 # The instance's user data through its metadata service (IMDSv2), as any process reads it

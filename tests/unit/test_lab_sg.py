@@ -1,4 +1,5 @@
-"""Security-group ingress rules -> the nftables ruleset an instance host enforces; refused boots."""
+"""Security-group ingress and egress rules -> the nftables ruleset an instance host enforces;
+refused boots."""
 
 from __future__ import annotations
 
@@ -61,3 +62,18 @@ def test_instance_groups_come_from_the_instance_and_its_interfaces():
     groups = [{"GroupId": "sg-2"}, {"GroupId": "sg-1"}]
     inst = {"SecurityGroups": [], "NetworkInterfaces": [{"Groups": groups}]}
     assert instance_groups(inst) == ["sg-1", "sg-2"]
+
+
+def test_egress_rules_are_enforced_as_well_when_given():
+    # the aws module's group: its default allow-all egress removed (as Terraform removes it),
+    # anything to the group's members and HTTP(S) out
+    egress = [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-1"}]},
+              {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443,
+               "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    text = render_sg_ruleset([], {"sg-1": ["198.19.0.5"]}, egress)
+    output = text.split("chain output {", 1)[1]
+    assert "type filter hook output priority 0; policy drop;" in output
+    assert "ct state established,related accept" in output and 'oif "lo" accept' in output
+    assert rules(output)[1:] == ["ip daddr { 198.19.0.5 } accept",
+                                 "ip daddr 0.0.0.0/0 tcp dport 443 accept"]
+    assert "chain output" not in render_sg_ruleset([], {})  # no egress given: not enforced
