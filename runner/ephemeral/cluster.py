@@ -5,12 +5,9 @@
     # closed: EC2Cluster.close(), then everything tagged with the run (instances, group, key
     # pairs, subnet, VPC), whether the body succeeded, failed, or was interrupted
 
-What EC2Cluster is given: security=True (TLS with its temporary credentials), public or private
-addresses (ephemeral.network; with public ones this machine dials the scheduler's public address
-and the workers its private one, which the group's member rule admits), the run's own security
-group and subnet, no key pair, spot workers when asked, tags naming the
-cluster, the run and its expiry on instances and volumes. Encrypted root volumes and IMDSv2 are
-not options of EC2Cluster: a hook on its RunInstances calls adds them (see `harden_run_instances`).
+What EC2Cluster is given, and daskfleet's subclass of it (TLS, public or private addresses, the
+run's own security group and subnet, encrypted root volumes, IMDSv2, spot workers with their
+fallback): runner/ephemeral/ec2cluster.py.
 
 Watchdogs, so that a run never bills for ever (the instances' shutdown behaviour is `terminate`, so
 an instance that powers off is gone):
@@ -24,7 +21,6 @@ an instance that powers off is gone):
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import tempfile
@@ -37,9 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.config import ClusterSpec, parse_duration
-from runner.ephemeral import aws
+from runner.ephemeral import aws, preflight
 from runner.ephemeral import tags as T
-from runner.errors import ClusterStartError, ConfigError, DaskfleetError, ProvisionError
+from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class, hard_stop_command
+from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
 from runner.log import Progress, Say
 
 if TYPE_CHECKING:
@@ -48,196 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SETTLE_S = 10.0
-
-
-def harden_run_instances(root_device: str):
-    """A botocore `before-parameter-build.ec2.RunInstances` handler. dask-cloudprovider
-    (2025.9) maps /dev/sda1 (Ubuntu's root device; on other images an extra volume) with
-    Encrypted: False and sets no MetadataOptions; this maps the image's own root device,
-    encrypted (the account's default EBS key), and requires IMDSv2 tokens with a hop limit of 1
-    (a container on the host network still reaches it; nothing further away does)."""
-
-    def handler(params: dict, **_kwargs) -> None:
-        for mapping in params.get("BlockDeviceMappings", []):
-            if "Ebs" in mapping:
-                mapping["DeviceName"] = root_device
-                mapping.pop("VirtualName", None)  # only meaningful for instance-store volumes
-                mapping["Ebs"]["Encrypted"] = True
-        params["MetadataOptions"] = {"HttpTokens": "required", "HttpEndpoint": "enabled",
-                                     "HttpPutResponseHopLimit": 1}
-
-    return handler
-
-
-# The only dask settings the instances get from this machine (in their user data): the TLS
-# that EC2Cluster sets. A user's own ~/.config/dask stays here; it would otherwise be serialised
-# into every instance's user data and could push it past EC2's 16,384-byte limit.
-NODE_CONFIG_PREFIX = ("distributed", "comm")
-
-
-def node_config() -> str:
-    """What dask-cloudprovider passes the instances as DASK_INTERNAL_INHERIT_CONFIG: the
-    non-default settings under distributed.comm only (its TLS), serialised as it does."""
-    import dask.config
-    from dask_cloudprovider.utils.config_helper import prune_defaults
-
-    pruned = prune_defaults(dask.config.global_config,
-                            dask.config.merge(*dask.config.defaults))
-    comm = pruned.get(NODE_CONFIG_PREFIX[0], {}).get(NODE_CONFIG_PREFIX[1])
-    return dask.config.serialize({NODE_CONFIG_PREFIX[0]: {NODE_CONFIG_PREFIX[1]: comm}}
-                                 if comm else {})
-
-
-def hard_stop_command(expires_epoch: int) -> str:
-    """The shell command each instance runs first at boot: power off at `expires_epoch` (the run's
-    daskfleet:expires), rounded down to the minute, as `shutdown -P +MINUTES` counts, so never
-    after the tag says. Computed on the instance from its own clock: a late boot stops on time."""
-    return (f"m=$(( ({int(expires_epoch)} - $(date +%s)) / 60 )); [ $m -gt 0 ] || m=0; "
-            "shutdown -P +$m")
-
-
-def with_first_command(cloud_init: str, command: str) -> str:
-    """dask-cloudprovider's #cloud-config with `command` as the first runcmd entry: before its
-    Docker install, which can take minutes or hang, and the container, which blocks."""
-    head, sep, rest = cloud_init.partition("\nruncmd:\n")
-    if not sep:
-        raise ProvisionError("ephemeral: dask-cloudprovider's user data has no runcmd: section; "
-                             "the instances' hard stop cannot be added (a new dask-cloudprovider?)")
-    # A JSON string is a YAML double-quoted scalar: no quoting of the shell command by hand.
-    return f"{head}{sep}  - {json.dumps(command)}\n{rest}"
-
-
-# What EC2 answers RunInstances when it will not give spot capacity: no capacity for the type in
-# the zone, the account's spot quota, or a maximum price under the spot price.
-SPOT_REFUSED = frozenset({"InsufficientInstanceCapacity", "UnfulfillableCapacity",
-                          "InsufficientCapacity", "MaxSpotInstanceCountExceeded",
-                          "SpotMaxPriceTooLow"})
-
-
-def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, docker_image: str,
-                   env: dict[str, str]) -> dict:
-    """EC2Cluster's arguments for one run (plain data: the watchdogs are checked in unit tests)."""
-    e = spec.ephemeral_spec
-    memory = spec.dask.memory_limit
-    secs = lambda text: f"{parse_duration(text):.0f}s"  # noqa: E731
-    return dict(
-        region=e.region, ami=ami, bootstrap=e.bootstrap, auto_shutdown=True,
-        scheduler_instance_type=e.scheduler_instance_type,
-        worker_instance_type=e.worker_instance_type, vpc=made.vpc_id,
-        subnet_id=made.subnet_id, security_groups=[made.group_id],
-        filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
-        instance_tags=dict(tags), volume_tags=dict(tags), use_private_ip=not e.network.public,
-        enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
-        security=True,
-        # no-workers-timeout is read from the config only (not a Scheduler argument); the
-        # container's environment reaches the scheduler's dask config.
-        env_vars={**env, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT":
-                  secs(e.no_workers_timeout)},
-        scheduler_options={"port": spec.dask.scheduler_port,
-                           "dashboard_address": f":{spec.dask.dashboard_port}",
-                           "idle_timeout": secs(e.idle_timeout)},
-        worker_options={"nthreads": spec.dask.threads_per_worker,
-                        "death_timeout": secs(e.worker_death_timeout),
-                        **({} if memory == "auto" else {"memory_limit": memory})},
-        silence_logs=True,
-    )
-
-
-def ec2_cluster_class():
-    try:
-        from dask_cloudprovider.aws import EC2Cluster
-        from dask_cloudprovider.aws.ec2 import EC2Scheduler, EC2Worker
-        from dask_cloudprovider.generic import vmcluster
-    except ImportError:
-        raise ProvisionError(aws.INSTALL_HINT) from None
-
-    vmcluster.serialize_custom_config = node_config
-
-    class FallbackEC2Worker(EC2Worker):
-        """A worker that, when EC2 refuses it spot capacity, launches on-demand if the file's
-        spot_fallback allows it, and otherwise fails naming that key."""
-
-        async def create_vm(self):
-            try:
-                return await super().create_vm()
-            except Exception as err:  # noqa: BLE001 - botocore ClientError, told by its code
-                code = aws.error_code(err)
-                if not self.spot or code not in SPOT_REFUSED:
-                    raise
-                cluster = self.cluster
-                cluster.spot_refusals.append(f"{code}: {err}")
-                if cluster.spot_fallback != "on_demand":
-                    raise ProvisionError(
-                        f"ephemeral: EC2 refused spot capacity for a worker ({code}: {err}). "
-                        f"{cluster.spec_source}: ephemeral.spot_fallback is `fail`, so the run "
-                        "stops before the job; set `spot_fallback: on_demand` to launch such "
-                        "workers on-demand (at the on-demand price), or set `spot_workers: false`, "
-                        "or try again later or with another worker_instance_type.") from err
-                cluster.on_demand_fallbacks.append(self.name)
-                cluster._log(f"spot refused ({code}); launching {self.name} on-demand")
-                self.spot = False
-                return await super().create_vm()
-
-        async def destroy_vm(self):
-            # A worker EC2 refused has no instance: closing the failed start must not fail on it
-            # (EC2Worker's would, and its TypeError would hide the refusal).
-            if getattr(self, "instance", None) is not None:
-                await super().destroy_vm()
-
-    class PublicEC2Scheduler(EC2Scheduler):
-        """With public addresses, EC2Scheduler gives its public address to the workers too: they
-        would dial it through the internet gateway, from public addresses that the group's
-        member rule does not match (it matches private ones). Here the workers get the private
-        address and this machine the public one (the scheduler's external_address)."""
-
-        async def create_vm(self):
-            public, _ = await super().create_vm()
-            return self.instance["PrivateIpAddress"], public
-
-    class HardenedEC2Cluster(EC2Cluster):
-        """EC2Cluster whose instances get an encrypted root volume and IMDSv2 and, first at
-        boot, their hard stop at the run's expiry (see above); whose workers fall back to
-        on-demand when allowed. It records itself before starting, so an interrupted start can
-        still be closed."""
-
-        def __init__(self, *args, root_device: str, started: list, hard_stop: str,
-                     spot_fallback: str, spec_source: str, **kwargs):
-            self._harden = harden_run_instances(root_device)
-            self._hard_stop = hard_stop
-            self.spot_fallback = spot_fallback
-            self.spec_source = spec_source
-            self.spot_refusals: list[str] = []
-            self.on_demand_fallbacks: list[str] = []
-            started.append(self)
-            super().__init__(*args, **kwargs)
-
-        async def _start(self):
-            self.worker_class = FallbackEC2Worker  # EC2Cluster.__init__ sets EC2Worker
-            if not self._use_private_ip:
-                self.scheduler_class = PublicEC2Scheduler
-            await super()._start()
-
-        def render_process_cloud_init(self, process):
-            return with_first_command(super().render_process_cloud_init(process), self._hard_stop)
-
-        def instance_ids(self) -> tuple[str, ...]:
-            """What RunInstances returned so far (scheduler and workers)."""
-            vms = [getattr(self, "scheduler", None), *getattr(self, "workers", {}).values()]
-            return tuple(vm.instance["InstanceId"] for vm in vms
-                         if isinstance(getattr(vm, "instance", None), dict)
-                         and "InstanceId" in vm.instance)
-
-        # EC2Cluster.__init__ makes its aiobotocore session itself: hook whichever it sets.
-        @property
-        def boto_session(self):
-            return self._boto_session
-
-        @boto_session.setter
-        def boto_session(self, session) -> None:
-            session.register("before-parameter-build.ec2.RunInstances", self._harden)
-            self._boto_session = session
-
-    return HardenedEC2Cluster
 
 
 @contextmanager
@@ -342,101 +149,6 @@ class EphemeralCluster:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _check_network(self) -> None:
-        """Refused before anything is made: with public addresses, an existing subnet that does
-        not route 0.0.0.0/0 to an internet gateway (the addresses would answer nothing); with
-        private ones, a subnet this machine reaches only through its default route, or one that
-        does not reach out through a NAT (the instances pull their image)."""
-        from runner import aws_network as net
-
-        e, key = self.e, "ephemeral.network."
-        try:
-            if e.network.public:
-                if e.network.subnet_id and net.egress(
-                        net.subnet_routes(self.ec2, e.network.subnet_id)) != "igw":
-                    raise ConfigError(
-                        f"{self.spec.source}: {key}subnet_id {e.network.subnet_id}: "
-                        f"{key}public_addresses is true, but the subnet's route table does not "
-                        "send 0.0.0.0/0 to an internet gateway, so a public address would "
-                        "answer nothing. Give a public subnet, or remove public_addresses to use "
-                        "private ones (through a NAT). Nothing was created.")
-                return
-            cidr = net.subnet_cidr(self.ec2, e.network.subnet_id) if e.network.subnet_id \
-                else str(e.network.subnet_cidr)
-            problem = net.check_private_route(cidr) if e.network.require_route else None
-            if problem:
-                raise ConfigError(
-                    f"{self.spec.source}: {key}{'subnet_id' if e.network.subnet_id else 'subnet_cidr'}"
-                    f": the instances get private addresses only, and {problem}: the client "
-                    "could never reach the scheduler. Submit from inside the VPC (a bastion, a "
-                    f"CI runner there) or over a VPN or peering that routes {cidr} (or set "
-                    f"{key}require_route: false if your default gateway routes the VPC). "
-                    "Nothing was created.")
-            if e.network.subnet_id and e.network.require_nat:
-                way = net.egress(net.subnet_routes(self.ec2, e.network.subnet_id))
-                if way != "nat":
-                    how = ("through an internet gateway, which carries only instances with public "
-                           "addresses" if way == "igw" else "nowhere")
-                    raise ConfigError(
-                        f"{self.spec.source}: {key}subnet_id {e.network.subnet_id}: its route "
-                        f"table sends 0.0.0.0/0 {how}; the instances (private addresses only) "
-                        "could not install Docker or pull their image, and the run would wait "
-                        f"out ready_timeout ({e.ready_timeout:.0f}s). Route 0.0.0.0/0 through a "
-                        "NAT gateway, or set ephemeral.network.require_nat: false if the subnet "
-                        "reaches your registry through VPC endpoints. Nothing was created.")
-        except ConfigError:
-            raise
-        except Exception as err:  # noqa: BLE001 - botocore's errors: one message naming the step
-            raise ProvisionError(f"ephemeral: checking the network failed: {err}") from err
-
-    def _check_capacity(self) -> str:
-        """The zone (the file's, its subnet's, or the first that offers both instance types)
-        and room in the vCPU quotas, checked before anything is made. Returns the zone."""
-        import boto3
-
-        from runner import aws_capacity as cap
-
-        e, say = self.e, self.say
-        key = "ephemeral.network."
-        types = {e.scheduler_instance_type, e.worker_instance_type}
-        try:
-            offered = cap.offered_zones(self.ec2, types)
-            if e.network.subnet_id:
-                zone = cap.subnet_zone(self.ec2, e.network.subnet_id)
-                cap.choose_zone(offered, zone, f"{key}subnet_id ({e.network.subnet_id}, in {zone})",
-                                e.region)
-            else:
-                zone = cap.choose_zone(offered, e.network.availability_zone,
-                                       f"{key}availability_zone", e.region)
-            quotas = boto3.client("service-quotas", region_name=e.region)
-            on_demand = {e.scheduler_instance_type: 1}
-            workers_on_demand = not e.spot_workers
-            unchecked = []
-            if e.spot_workers:
-                try:
-                    unchecked += cap.check_quota(self.ec2, quotas,
-                                                 {"spot": {e.worker_instance_type: e.workers}},
-                                                 "ephemeral.workers (spot_workers: true)")
-                except ConfigError as short:
-                    if e.spot_fallback != "on_demand":
-                        raise
-                    say.warning(f"WARNING: {short}; spot_fallback: on_demand, so the workers "
-                                "are checked against the on-demand quota")
-                    workers_on_demand = True
-            if workers_on_demand:
-                on_demand[e.worker_instance_type] = on_demand.get(e.worker_instance_type, 0) \
-                    + e.workers
-            unchecked += cap.check_quota(self.ec2, quotas, {"on-demand": on_demand},
-                                         "ephemeral.workers/instance types")
-        except ConfigError:
-            raise
-        except Exception as err:  # noqa: BLE001 - botocore's errors: one message naming the step
-            raise ProvisionError(f"ephemeral: checking zones and quotas for "
-                                 f"{', '.join(sorted(types))} in {e.region} failed: {err}") from err
-        for what in unchecked:
-            say.warning(f"WARNING: not checked before creating anything: {what}")
-        return zone
-
     def create(self) -> None:
         from runner.ephemeral.environment import default_image, env_vars, project_upload
         from runner.provision.lock import derive_lock
@@ -447,8 +159,8 @@ class EphemeralCluster:
         self.upload = project_upload(Path(self._tmp.name), self.lock, say)
         self.ec2 = aws.ec2_client(e.region)
         image = aws.find_image(self.ec2, e.image.owner, e.image.name, e.image.id)
-        self._check_network()
-        zone = self._check_capacity()
+        preflight.check_network(self.spec, self.ec2)
+        zone = preflight.check_capacity(self.spec, self.ec2, self.say)
         try:
             if e.network.subnet_id:
                 self.made.subnet_id = e.network.subnet_id

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import LabError
+from runner.lab.addresses import INTERNET_ADDRESS, PUBLIC_RANGE, VPC_RANGE
 from runner.log import Progress, Say
 
 logger = logging.getLogger("runner.lab.ec2")  # not __main__ under python -m
@@ -34,12 +35,7 @@ ENDPOINT = f"http://127.0.0.1:{PORT}"
 # address (`outside_vpc_ruleset`). It reaches instances at their public addresses only.
 VPC_ROUTER = "198.19.0.1"
 VPC_SUBNET = "198.19.0.0/24"  # the aws module's subnet: the first /24 of vpc_cidr 198.19.0.0/16
-VPC_RANGE = "198.19.0.0/16"  # every lab VPC's private addresses (clusters/*-lab.yaml vpc_cidr)
 VPC_TABLE = "daskfleet_vpc"  # the nftables table that keeps the control machine out of the VPC
-# The lab's internet: instances' public addresses come from here (never moto's made-up ones,
-# which this machine must never contact), and the control machine is INTERNET_ADDRESS on it.
-PUBLIC_RANGE = "198.18.128.0/24"
-INTERNET_ADDRESS = "198.18.128.1"
 DEBIAN_OWNER = "136693071363"
 TF_PROVIDER = "registry.terraform.io/hashicorp/aws"
 TF_MIRROR_CANDIDATES = ("/opt/tf-plugins", "~/.terraform.d/plugins", "/usr/local/share/terraform/plugins",

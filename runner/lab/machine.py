@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.lab.addresses import OBJECT_STORE, VPC_RANGE
 
 DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
 BRIDGE = "dflab0"
@@ -228,10 +229,7 @@ def _internet_routes(netns: str, public: str) -> None:
     NAT), so this machine and the lab's object store (as S3 is reached through an internet
     gateway; on the same bridge, reached directly) answer it. An instance without one reaches
     nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
-    from runner.lab import objectstore
-    from runner.lab.ec2 import VPC_RANGE
-
-    run(["ip", "-n", netns, "route", "replace", f"{objectstore.ADDRESS}/32", "dev", "eth0",
+    run(["ip", "-n", netns, "route", "replace", f"{OBJECT_STORE}/32", "dev", "eth0",
          "src", public])
     nft_apply(netns, "\n".join([
         f"table ip {IGW_TABLE}",

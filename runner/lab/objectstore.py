@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import TypeGuard
 
 from runner.errors import LabError
+from runner.lab.addresses import OBJECT_STORE, PUBLIC_RANGE
 from runner.log import Progress, Say
 
 logger = logging.getLogger("runner.lab.objectstore")  # not __main__ under python -m
 
 NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
 LINK = "dfv-s3"
-ADDRESS = "198.18.0.5"
+ADDRESS = OBJECT_STORE
 PORT = 9000
 USER = "daskfleet-lab"
 START_TIMEOUT_S = 60.0
@@ -71,8 +72,6 @@ def spawn(state: Path, region: str) -> dict:
         run(["ip", "-n", NETNS, "route", "add", "default", "via", BRIDGE_ADDRESS])
         # emulated instances reach it from their public addresses, on the lab's internet (the
         # same bridge): its replies go straight back (runner.lab.machine._internet_routes)
-        from runner.lab.ec2 import PUBLIC_RANGE
-
         run(["ip", "-n", NETNS, "route", "add", PUBLIC_RANGE, "dev", "eth0"])
         log = open(state / "server.log", "ab")
         proc = subprocess.Popen(

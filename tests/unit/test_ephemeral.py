@@ -67,7 +67,7 @@ def _decode_inherited(command: str) -> dict:
 
 
 def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_dask_config):
-    from runner.ephemeral.cluster import ec2_cluster_class
+    from runner.ephemeral.ec2cluster import ec2_cluster_class
     from runner.ephemeral.environment import default_image, env_vars
 
     lock = derive_lock()
@@ -98,7 +98,7 @@ def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_das
 
 
 def test_run_instances_hook_encrypts_the_images_root_volume_and_requires_imdsv2():
-    from runner.ephemeral.cluster import harden_run_instances
+    from runner.ephemeral.ec2cluster import harden_run_instances
 
     params = {"BlockDeviceMappings": [{"DeviceName": "/dev/sda1", "VirtualName": "sda1",
                                        "Ebs": {"VolumeSize": 20, "Encrypted": False}}]}

@@ -15,6 +15,7 @@ from moto import mock_aws
 from runner import aws_network
 from runner.config import load_cluster
 from runner.ephemeral.cluster import EphemeralCluster
+from runner.ephemeral.preflight import check_network
 from runner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def test_a_vpc_made_for_the_run_is_public_and_needs_no_route_from_a_laptop(tmp_p
     monkeypatch.setattr(aws_network, "local_route", lambda cidr: LAPTOP)
     made = _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24}")
     assert made.e.network.public
-    made._check_network()  # the scheduler's public address: no route to the VPC needed
+    check_network(made.spec, made.ec2)  # the scheduler's public address: no route needed
     with pytest.raises(ConfigError) as info:
         _run(tmp_path, "{vpc_cidr: 10.42.0.0/16, subnet_cidr: 10.42.0.0/24, "
                        "public_addresses: false}")
@@ -75,23 +76,25 @@ def test_private_addresses_from_a_laptop_or_without_a_nat_are_refused_before_any
     private = existing(f"{{subnet_id: {closed}, require_nat: false}}")
     assert not private.e.network.public
     with pytest.raises(ConfigError) as info:
-        private._check_network()
+        check_network(private.spec, private.ec2)
     assert ("ephemeral.network.subnet_id: the instances get private addresses only, and this "
             "machine reaches 10.42.2.0/24 only through its default route") in str(info.value)
     assert "require_route: false" in str(info.value)
-    existing(f"{{subnet_id: {closed}, require_nat: false, require_route: false}}")._check_network()
+    relaxed = existing(f"{{subnet_id: {closed}, require_nat: false, require_route: false}}")
+    check_network(relaxed.spec, relaxed.ec2)
     monkeypatch.setattr(aws_network, "local_route", lambda cidr: IN_VPC)
-    private._check_network()  # from inside the VPC: on
+    check_network(private.spec, private.ec2)  # from inside the VPC: on
 
     through_igw = existing(f"{{subnet_id: {public}}}")
     with pytest.raises(ConfigError) as info:
-        through_igw._check_network()
+        check_network(through_igw.spec, through_igw.ec2)
     message = str(info.value)
     assert (f"ephemeral.network.subnet_id {public}: its route table sends 0.0.0.0/0 through an "
             "internet gateway, which carries only instances with public addresses") in message
     assert "Route 0.0.0.0/0 through a NAT gateway" in message and "Nothing was created" in message
     # a subnet that reaches its registry through VPC endpoints, said so in the file
-    existing(f"{{subnet_id: {public}, require_nat: false}}")._check_network()
+    endpoints = existing(f"{{subnet_id: {public}, require_nat: false}}")
+    check_network(endpoints.spec, endpoints.ec2)
 
 
 @mock_aws
@@ -104,10 +107,10 @@ def test_public_addresses_in_a_subnet_without_an_internet_gateway_are_refused(tm
         run = _run(tmp_path, f"{{subnet_id: {subnet}, public_addresses: true}}")
         run.ec2 = probe.ec2
         if ok:
-            run._check_network()
+            check_network(run.spec, run.ec2)
             continue
         with pytest.raises(ConfigError) as info:
-            run._check_network()
+            check_network(run.spec, run.ec2)
         assert (f"subnet_id {closed}: ephemeral.network.public_addresses is true, but the "
                 "subnet's route table does not send 0.0.0.0/0 to an internet gateway") \
             in str(info.value)

@@ -13,7 +13,7 @@ def test_a_large_user_dask_config_never_reaches_the_instances():
     from dask_cloudprovider.generic import vmcluster
     from dask_cloudprovider.utils.config_helper import serialize_custom_config
 
-    from runner.ephemeral.cluster import ec2_cluster_class, node_config
+    from runner.ephemeral.ec2cluster import ec2_cluster_class, node_config
 
     big = {f"my-team.setting-{i}": "x" * 200 for i in range(100)}  # a 20 KB ~/.config/dask
     tls = {"distributed.comm.require-encryption": True,

@@ -42,7 +42,7 @@ def run_first_command(command: str, env: dict, tmp_path: Path) -> str:
 
 
 def test_the_hard_stop_powers_off_at_the_expiry_rounded_down_never_after(tmp_path):
-    from runner.ephemeral.cluster import hard_stop_command
+    from runner.ephemeral.ec2cluster import hard_stop_command
 
     env = fake_shutdown(tmp_path)
     now = int(time.time())
@@ -54,7 +54,7 @@ def test_the_hard_stop_powers_off_at_the_expiry_rounded_down_never_after(tmp_pat
 
 def render_user_data(spec, hard_stop: str) -> tuple[str, str]:
     """The user data of a scheduler and of a worker, as EphemeralCluster would launch them."""
-    from runner.ephemeral.cluster import cluster_kwargs, ec2_cluster_class
+    from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class
     from runner.ephemeral.environment import env_vars
     from runner.provision.lock import derive_lock
 
@@ -74,7 +74,7 @@ def render_user_data(spec, hard_stop: str) -> tuple[str, str]:
 
 
 def test_every_instance_schedules_its_hard_stop_before_anything_else(restore_dask_config, tmp_path):
-    from runner.ephemeral.cluster import hard_stop_command
+    from runner.ephemeral.ec2cluster import hard_stop_command
 
     spec = load_cluster(LAB_FILE)
     stop = hard_stop_command(int(time.time()) + 3600)
