@@ -123,6 +123,38 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     assert "subnet subnet-" in text and "(198.19.0.0/24, us-east-1a)" in text, text
 
 
+def test_private_addresses_from_outside_the_vpc_are_refused_with_nothing_made(emulated_ec2, cli,
+                                                                              workdir):
+    """The private mode (an existing subnet, behind a NAT) from this machine, which is outside
+    the VPC as a laptop is: refused before anything is launched, naming the key."""
+    c = ec2()
+    vpc = c.create_vpc(CidrBlock="198.19.0.0/16")["Vpc"]["VpcId"]
+    subnet = c.create_subnet(VpcId=vpc, CidrBlock="198.19.0.0/24",
+                             AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    try:
+        data = yaml.safe_load(EPHEMERAL_LAB.read_text())
+        data["ephemeral"]["network"] = {"subnet_id": subnet}
+        cluster = workdir / "clusters" / "eph-private.yaml"
+        cluster.parent.mkdir(exist_ok=True)
+        cluster.write_text(yaml.safe_dump(data))
+        job = workdir / "eph-private-job.yaml"
+        job.write_text(small_job("eph-private", seed=22))
+        out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
+                  check=False, timeout=300)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0, text
+        assert "ephemeral.network.subnet_id: the instances get private addresses only" in text
+        assert "Nothing was created" in text, text
+        running = [i for r in c.describe_instances()["Reservations"] for i in r["Instances"]
+                   if i["State"]["Name"] in ("pending", "running")]
+        assert running == [] and c.describe_key_pairs()["KeyPairs"] == []
+        groups = c.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
+        assert [g["GroupName"] for g in groups["SecurityGroups"]] == ["default"]
+    finally:
+        c.delete_subnet(SubnetId=subnet)
+        c.delete_vpc(VpcId=vpc)
+
+
 def test_a_job_failing_on_purpose_still_removes_the_cluster(emulated_ec2, cli, workdir):
     (workdir / "one.csv").write_text("text,label\n" + "".join(f"w{i} x,only\n" for i in range(40)))
     job = workdir / "eph-fail.yaml"
