@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import socketserver
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,13 +80,21 @@ def handler_for(root: Path):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    def server_bind(self) -> None:
+        # HTTPServer's own looks its address up in DNS (socket.getfqdn): inside an instance,
+        # whose resolver is nowhere, that waits out the resolver's timeouts
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--address", default=ADDRESS)
     parser.add_argument("--port", type=int, default=PORT)
     args = parser.parse_args()
-    ThreadingHTTPServer((args.address, args.port), handler_for(args.dir)).serve_forever()
+    Server((args.address, args.port), handler_for(args.dir)).serve_forever()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -25,7 +24,7 @@ def serve(tmp_path):
         (root / "user-data").write_text("#cloud-config\nssh_keys: {}\n")
         (root / "instance-id").write_text("i-0123456789abcdef0")
         (root / "options.json").write_text(f'{{"http_tokens": "{tokens}"}}')
-        server = ThreadingHTTPServer(("127.0.0.1", 0), imds.handler_for(root))
+        server = imds.Server(("127.0.0.1", 0), imds.handler_for(root))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
