@@ -192,7 +192,8 @@ class Lab:
             raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
         data = self._data()
         if data is not None:
-            hosts = self._reuse(data, n_hosts if (explicit or not cloud) else None, user, progress)
+            # no --hosts: the running lab as it is, whatever its size (e.g. --object-store added)
+            hosts = self._reuse(data, n_hosts if explicit else None, user, progress)
         else:
             hosts = self._fresh(n_hosts, user or "root", progress)
         if uplink is not None:

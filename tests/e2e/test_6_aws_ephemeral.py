@@ -232,8 +232,7 @@ def _store_job(cli, name: str, seed: int) -> str:
 
     from runner.batch.synthetic import generate
 
-    # added to the running lab, whatever its hosts (the session's, or none)
-    cli("lab", "up", "--object-store", "--hosts", str(len(Lab().hosts())), timeout=120)
+    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab, as it is
     st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
     creds = json.loads(Path(st["credentials"]).read_text())
     s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
