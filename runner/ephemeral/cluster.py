@@ -115,6 +115,21 @@ class EphemeralCluster:
                     time.sleep(2.0)
         return self._client
 
+    def _retried(self, call, what: str):
+        """``call()``, tried again when a connection to the scheduler is dropped: a scheduler
+        seconds old, whose group's rules change as its workers launch, may drop one (seen on the
+        emulated EC2); its calls here ask and change nothing twice over."""
+        for attempt in range(CLIENT_ATTEMPTS):
+            try:
+                return call()
+            except OSError as err:  # CommClosedError and connection errors are OSErrors
+                if attempt + 1 == CLIENT_ATTEMPTS:
+                    raise
+                self.say(f"ephemeral: {what}: the connection to the scheduler was dropped "
+                         f"({err}); trying again")
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
+
     def check_versions(self) -> dict:
         from runner.ephemeral.environment import check_environment
 
@@ -225,8 +240,9 @@ class EphemeralCluster:
         t = time.monotonic()
         client = self.client()
         with deadline(e.ready_timeout, f"waiting for {e.workers} worker(s)"):
-            client.wait_for_workers(e.workers, timeout=e.ready_timeout)
-        client.upload_file(str(self.upload))
+            self._retried(lambda: client.wait_for_workers(e.workers, timeout=e.ready_timeout),
+                          "waiting for the workers")
+        self._retried(lambda: client.upload_file(str(self.upload)), "uploading the project code")
         self.timings["ready"] = time.monotonic() - t
         say(f"ephemeral: {e.workers} worker(s) joined, project code uploaded "
             f"({self.timings['ready']:.1f}s); every instance powers itself off at "
