@@ -98,21 +98,13 @@ class EphemeralCluster:
             from distributed import Client
             from distributed.versions import VersionMismatchWarning
 
-            # A scheduler seconds old, whose group's rules change as its workers launch, may
-            # drop the first connection (seen on the emulated EC2): tried again, then the error
-            for attempt in range(CLIENT_ATTEMPTS):
-                try:
-                    with warnings.catch_warnings():  # check_versions() refuses; this only warns
-                        warnings.simplefilter("ignore", VersionMismatchWarning)
-                        self._client = Client(self.cluster, security=self.cluster.security,
-                                              direct_to_workers=False)
-                    break
-                except OSError as err:  # CommClosedError and connection errors are OSErrors
-                    if attempt + 1 == CLIENT_ATTEMPTS:
-                        raise
-                    self.say(f"ephemeral: connecting to the scheduler failed ({err}); trying "
-                             "again")
-                    time.sleep(2.0)
+            def connect():
+                with warnings.catch_warnings():  # check_versions() refuses; this only warns
+                    warnings.simplefilter("ignore", VersionMismatchWarning)
+                    return Client(self.cluster, security=self.cluster.security,
+                                  direct_to_workers=False)
+
+            self._client = self._retried(connect, "connecting to the scheduler")
         return self._client
 
     def _retried(self, call, what: str):

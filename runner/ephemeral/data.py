@@ -65,7 +65,7 @@ def ship_through_dask(client, local_dir: Path, digest: str, files: list[str],
     from distributed.comm import get_address_host
 
     import runner.ephemeral.data as me
-    from runner.jobs.ship import placement
+    from runner.jobs.ship import holders_or_all, placement
 
     cloudpickle.register_pickle_by_value(me)  # the workers may import it from the upload only
     by_host: dict[str, str] = {}  # host -> one worker on it (a worker's disk is its host's)
@@ -82,4 +82,4 @@ def ship_through_dask(client, local_dir: Path, digest: str, files: list[str],
                              workers=[by_host[host]])
             sent[host] = out[by_host[host]]
     holders = [list(where[f]) for f in files]
-    return (None if all(len(h) == len(hosts) for h in holders) else holders), sent
+    return holders_or_all(holders, len(hosts)), sent

@@ -69,6 +69,12 @@ def placement(sizes: dict[str, int], hosts: list[str], copies: int) -> dict[str,
     return {name: out[name] for name in sizes}
 
 
+def holders_or_all(holders: list[list[str]], n_hosts: int) -> list[list[str]] | None:
+    """Per shard, the hosts that hold it; None when every one of the ``n_hosts`` holds every
+    shard (no read needs restricting)."""
+    return None if all(len(h) == n_hosts for h in holders) else holders
+
+
 class ShipResult:
     """Where each shard is (``holds``: host -> shard names) and what was sent (``sent``: host ->
     the shard names sent now; empty for a host that had its share)."""

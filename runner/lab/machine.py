@@ -212,8 +212,7 @@ def start_metadata_service(netns: str, metadata_dir: Path) -> None:
                      stderr=log, start_new_session=True, cwd="/")
     log.close()
     deadline = time.monotonic() + 10
-    while not run(["ip", "netns", "exec", netns, "bash", "-c",
-                   f"exec 3<>/dev/tcp/{imds.ADDRESS}/{imds.PORT}"], check=False).returncode == 0:
+    while not port_open_in(netns, imds.ADDRESS, imds.PORT, timeout=1.0):
         if time.monotonic() > deadline:
             raise LabError(f"lab: the metadata service of {netns} did not start; see "
                            f"{metadata_dir / 'imds.log'}")
