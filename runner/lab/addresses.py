@@ -7,6 +7,7 @@ routes): plain lab hosts and the object store on 198.18.0.0/24; the emulated EC2
 from __future__ import annotations
 
 OBJECT_STORE = "198.18.0.5"
+OBJECT_STORE_NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
 VPC_RANGE = "198.19.0.0/16"  # every lab VPC's private addresses (clusters/*-lab.yaml vpc_cidr)
 # The lab's internet: instances' public addresses come from here (never moto's made-up ones,
 # which this machine must never contact), and the control machine is INTERNET_ADDRESS on it.

@@ -26,6 +26,7 @@ from runner.errors import LabError
 from runner.lab.machine import (
     BRIDGE,
     BRIDGE_ADDRESS,
+    BRIDGE_MAC,
     CUT_TABLE,
     DEFAULT_STATE_DIR,
     FIRST_HOST_OCTET,
@@ -312,7 +313,7 @@ class Lab:
         if not self.key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "daskfleet-lab",
                   "-f", str(self.key)])
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
         run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         # the object store's server imports for seconds: started first, waited for in `up`

@@ -22,10 +22,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runner.errors import LabError
-from runner.lab.addresses import OBJECT_STORE, VPC_RANGE
+from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
 
 DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
 BRIDGE = "dflab0"
+# The bridge's own MAC, set once: a bridge without one takes its lowest port's, so removing the
+# host that held it would change the gateway's MAC under every other host, whose cached entry
+# then blackholes what they send this machine until it expires (tens of seconds: long enough
+# for Dask's 30 s TCP timeout to drop a connection). A router's MAC does not move.
+BRIDGE_MAC = "02:df:00:00:00:01"
 SUBNET_PREFIX = "198.18.0."
 BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 FIRST_HOST_OCTET = 11
@@ -228,6 +233,7 @@ def _internet_routes(netns: str, public: str) -> None:
     NAT), so this machine and the lab's object store (as S3 is reached through an internet
     gateway; on the same bridge, reached directly) answer it. An instance without one reaches
     nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
+    _forget_neighbors(public)
     run(["ip", "-n", netns, "route", "replace", f"{OBJECT_STORE}/32", "dev", "eth0",
          "src", public])
     nft_apply(netns, "\n".join([
@@ -241,6 +247,16 @@ def _internet_routes(netns: str, public: str) -> None:
         "}",
         "",
     ]))
+
+
+def _forget_neighbors(address: str) -> None:
+    """A public address goes to another instance after its last holder ended (a restarted
+    emulator issues them again): this machine and the object store, on the same link, must not
+    send to the MAC they cached for it, which another host may now hold (blackholed until the
+    entry expires). AWS's fabric knows where an address lives."""
+    run(["ip", "neigh", "flush", "to", address, "dev", BRIDGE], check=False)
+    if Path(f"/run/netns/{OBJECT_STORE_NETNS}").exists():
+        run(["ip", "-n", OBJECT_STORE_NETNS, "neigh", "flush", "to", address], check=False)
 
 
 def add_public_address(hdir: Path, netns: str, address: str) -> None:

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TypeGuard
 
 from runner.errors import LabError
-from runner.lab.addresses import OBJECT_STORE, PUBLIC_RANGE
+from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, PUBLIC_RANGE
 from runner.log import Progress, Say
 
 logger = logging.getLogger("runner.lab.objectstore")  # not __main__ under python -m
 
-NETNS = "dflab-s3"  # the dflab- prefix: `lab down` sweeps it with the hosts
+NETNS = OBJECT_STORE_NETNS
 LINK = "dfv-s3"
 ADDRESS = OBJECT_STORE
 PORT = 9000

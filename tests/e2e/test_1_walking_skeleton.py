@@ -205,3 +205,34 @@ def test_unreachable_host_fails_up_and_names_it(lab_cluster, cli, workdir: Path)
     assert proc.returncode != 0
     assert "ghost" in proc.stderr and "198.18.0.99" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_gateway_keeps_its_mac_when_a_host_with_a_lower_one_comes_and_goes(lab_cluster):
+    """The lab's bridge is every host's gateway. A host joining with the lowest MAC and leaving
+    again (as an emulated EC2 instance does) must not change the gateway's MAC: hosts that
+    cached it would send this machine nothing until their entry expired."""
+    import subprocess
+
+    from runner.lab.machine import BRIDGE, BRIDGE_ADDRESS, BRIDGE_MAC, port_open_in
+
+    def bridge_mac() -> str:
+        return json.loads(subprocess.run(["ip", "-j", "link", "show", BRIDGE], check=True,
+                                         capture_output=True, text=True).stdout)[0]["address"]
+
+    def gateway_mac_on(host: str) -> str:
+        ns = f"dflab-{host}"
+        subprocess.run(["ip", "-n", ns, "neigh", "flush", "to", BRIDGE_ADDRESS], check=True)
+        port_open_in(ns, BRIDGE_ADDRESS, 9, timeout=2.0)  # resolves the gateway (open or not)
+        neigh = json.loads(subprocess.run(["ip", "-n", ns, "-j", "neigh", "show", BRIDGE_ADDRESS],
+                                          check=True, capture_output=True, text=True).stdout)
+        return neigh[0]["lladdr"]
+
+    assert bridge_mac() == BRIDGE_MAC and gateway_mac_on("lab1") == BRIDGE_MAC
+    subprocess.run(["ip", "link", "add", "dftest-low", "address", "00:00:00:00:00:01", "type",
+                    "veth", "peer", "name", "dftest-peer"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", "dftest-low", "master", BRIDGE, "up"], check=True)
+        assert bridge_mac() == BRIDGE_MAC
+    finally:
+        subprocess.run(["ip", "link", "del", "dftest-low"], check=False)
+    assert bridge_mac() == BRIDGE_MAC and gateway_mac_on("lab1") == BRIDGE_MAC
