@@ -7,7 +7,7 @@ the end-to-end time of the object-store job against the local one, in the same l
     flock /work/lab.lock .venv/bin/python bench/data_traffic.py [--hosts 3 4] [--docs 200000]
 
 Needs root and no lab up (it makes one per size). Bytes are the lab bridge's transmit counter
-(runner.lab.machine.bridge_tx_bytes): what this machine sent, never what the hosts send each
+(runner.lab.uplink.bridge_tx_bytes): what this machine sent, never what the hosts send each
 other. Each local job uses a corpus of its own seed, so every one is shipped from nothing. Goals:
 an object-store corpus under 1 % of the corpus sent, whatever the number of hosts; a local one
 about `copies` x the corpus, and each host's share about corpus x copies / hosts, + 20 % at
@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from runner.lab import Lab
-from runner.lab.machine import bridge_tx_bytes
+from runner.lab.uplink import bridge_tx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = "/var/lib/daskfleet/data"

@@ -7,7 +7,7 @@
 
 Needs root and no lab up (it makes one per size, so every `up` meets fresh hosts). The wheelhouse
 is built (or found in the cache) first, so the timed `up` is the bring-up alone. Bytes are the
-lab bridge's own transmit counter (runner.lab.machine.bridge_tx_bytes): what this machine sent,
+lab bridge's own transmit counter (runner.lab.uplink.bridge_tx_bytes): what this machine sent,
 never what the hosts copy between themselves. Goals (issue 19): bytes at most 1.3x one wheelhouse
 whatever the number of hosts; cold `up` at 6 hosts at most 1.3x that at 3.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from runner.lab import Lab
-from runner.lab.machine import bridge_tx_bytes
+from runner.lab.uplink import bridge_tx_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_S = 0.5

@@ -23,40 +23,34 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.lab.cut import CUT_TABLE, control_cut_ruleset, cut_ruleset, has_cut_table
 from runner.lab.machine import (
     BRIDGE,
     BRIDGE_ADDRESS,
     BRIDGE_MAC,
-    CUT_TABLE,
     DEFAULT_STATE_DIR,
     FIRST_HOST_OCTET,
     MAX_HOSTS,
     READY_TIMEOUT_S,
     SUBNET_PREFIX,
-    UPLINK_OFF,
     BootSpec,
     LabHost,
     boot_host,
     check_prerequisites,
     check_user_name,
-    control_cut_ruleset,
-    cut_ruleset,
-    has_cut_table,
     kill_netns_processes,
     link_exists,
     links_with_prefix,
     load_boot_spec,
     netns_with_prefix,
     nft_apply,
-    parse_uplink,
     port_open,
     port_open_in,
     read_instance_hosts,
-    read_uplink,
     run,
-    shape_uplink,
     stop_host,
 )
+from runner.lab.uplink import UPLINK_OFF, parse_uplink, read_uplink, shape_uplink
 from runner.log import Progress, Say
 
 logger = logging.getLogger(__name__)

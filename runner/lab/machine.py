@@ -54,9 +54,6 @@ FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
 # A lab host's init starts what is here at every boot (a real machine's systemd starts its
 # enabled units): playbooks/roles/dask_node puts the supervisor here on machines without systemd.
 BOOT_DIR = "/etc/daskfleet/boot.d"
-# `lab cut`: an nftables table of its own inside the host's namespace. Never the emulated EC2's
-# security-group table (runner.lab.instances.SG_TABLE): healing must not open what a group closes.
-CUT_TABLE = "daskfleet_cut"
 
 
 @dataclass(frozen=True)
@@ -280,115 +277,6 @@ def stop_host(netns: str, veth: str) -> None:
 
 def nft_apply(netns: str, ruleset: str) -> None:
     run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=ruleset)
-
-
-def cut_ruleset() -> str:
-    """The `lab cut` table: input and output dropped but for loopback, ahead of every other
-    table's chains (a drop anywhere is final in nftables). Declared, deleted and defined in one
-    `nft -f` transaction, so cutting a cut host is a no-op."""
-    return "\n".join([
-        f"table inet {CUT_TABLE}",
-        f"delete table inet {CUT_TABLE}",
-        f"table inet {CUT_TABLE} {{",
-        "  chain input {",
-        "    type filter hook input priority -400; policy drop;",
-        '    iif "lo" accept',
-        "  }",
-        "  chain output {",
-        "    type filter hook output priority -400; policy drop;",
-        '    oif "lo" accept',
-        "  }",
-        "}",
-        "",
-    ])
-
-
-def control_cut_ruleset() -> str:
-    """`lab cut control`: the control machine's own link to the lab (its address on the bridge)
-    cut, in the machine's namespace. Only packets to and from this machine's stack: traffic
-    between the hosts is bridged, never seen by these hooks, so the cluster runs on."""
-    return "\n".join([
-        f"table inet {CUT_TABLE}",
-        f"delete table inet {CUT_TABLE}",
-        f"table inet {CUT_TABLE} {{",
-        "  chain input {",
-        "    type filter hook input priority -400;",
-        f'    iifname "{BRIDGE}" drop',
-        "  }",
-        "  chain output {",
-        "    type filter hook output priority -400;",
-        f'    oifname "{BRIDGE}" drop',
-        "  }",
-        "}",
-        "",
-    ])
-
-
-# `lab up --uplink RATE`: a laptop's uplink, as a token bucket on the bridge's own egress. Only
-# what this machine sends into the lab passes there; traffic bridged between hosts leaves through
-# the hosts' ports, so node-to-node copies run at the bridge's speed, as inside a VPC.
-UPLINK_UNITS = {"kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
-UPLINK_OFF = "off"
-
-
-def parse_uplink(rate: str) -> int:
-    """`--uplink` in tc's words (50mbit, 800kbit, 1gbit) -> bits per second."""
-    import re
-
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(kbit|mbit|gbit)", rate.strip().lower())
-    bits = int(float(m[1]) * UPLINK_UNITS[m[2]]) if m else 0
-    if not 64_000 <= bits <= 100 * 10**9:
-        raise LabError(f"lab: --uplink {rate!r} is not a rate from 64kbit to 100gbit; write it as "
-                       f"tc does, for example 50mbit, 800kbit or 1gbit (or `{UPLINK_OFF}`).")
-    return bits
-
-
-def uplink_qdisc_args(bits_per_s: int) -> list[str]:
-    """tc's arguments for the bridge's token bucket: a burst of 20 ms at the rate (at least 64 KiB,
-    one GSO segment, which tbf needs to pass at all) and up to 100 ms of queue, as a
-    home router's buffer."""
-    burst = max(64 * 1024, bits_per_s // 8 // 50)
-    return ["tc", "qdisc", "replace", "dev", BRIDGE, "root", "tbf", "rate", f"{bits_per_s}bit",
-            "burst", str(burst), "latency", "100ms"]
-
-
-def uplink_from_tc(tc_json: str) -> dict | None:
-    """The shaping `tc -j qdisc show dev BRIDGE` reports: {"rate_bits_per_s", "burst_bytes"},
-    or None when the bridge has no token bucket (no `--uplink`)."""
-    for q in json.loads(tc_json or "[]"):
-        if q.get("kind") == "tbf" and q.get("root"):
-            opts = q.get("options", {})
-            return {"rate_bits_per_s": int(opts["rate"]) * 8, "burst_bytes": int(opts["burst"])}
-    return None
-
-
-def shape_uplink(rate: str) -> dict | None:
-    """Shape (or, with `off`, unshape) the control machine's link to the lab; returns what the
-    kernel now applies."""
-    if rate.strip().lower() == UPLINK_OFF:
-        run(["tc", "qdisc", "del", "dev", BRIDGE, "root"], check=False)  # none there: fine
-    else:
-        if shutil.which("tc") is None:
-            raise LabError("lab: --uplink needs tc; install it with `apt-get install -y iproute2`.")
-        run(uplink_qdisc_args(parse_uplink(rate)))
-    return read_uplink()
-
-
-def read_uplink() -> dict | None:
-    if shutil.which("tc") is None or not link_exists(BRIDGE):
-        return None
-    return uplink_from_tc(run(["tc", "-j", "qdisc", "show", "dev", BRIDGE], check=False).stdout)
-
-
-def bridge_tx_bytes() -> int:
-    """Bytes this machine has sent into the lab since the bridge was made (the bridge device's
-    own transmit counter: bridged host-to-host frames are not counted there)."""
-    return int(Path(f"/sys/class/net/{BRIDGE}/statistics/tx_bytes").read_text())
-
-
-def has_cut_table(nft_list_tables: str) -> bool:
-    """Whether `nft list tables` output names the cut table."""
-    return f"table inet {CUT_TABLE}" in {line.strip() for line in nft_list_tables.splitlines()}
 
 
 def host_state(up: bool, cut: bool) -> str:

@@ -15,7 +15,7 @@ import pytest
 from aptlists import write_apt_lists
 
 from runner.lab import Lab
-from runner.lab.machine import bridge_tx_bytes
+from runner.lab.uplink import bridge_tx_bytes
 from runner.provision.lock import derive_lock
 from runner.provision.wheelhouse import build
 

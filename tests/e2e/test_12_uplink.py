@@ -14,7 +14,7 @@ import pytest
 
 from runner.cluster import Cluster
 from runner.jobs.ship import held
-from runner.lab.machine import bridge_tx_bytes
+from runner.lab.uplink import bridge_tx_bytes
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e

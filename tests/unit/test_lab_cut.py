@@ -9,8 +9,9 @@ import pytest
 from runner.cli import parser
 from runner.errors import LabError
 from runner.lab import Lab
+from runner.lab.cut import CUT_TABLE, cut_ruleset, has_cut_table
 from runner.lab.instances import SG_TABLE
-from runner.lab.machine import CUT_TABLE, cut_ruleset, has_cut_table, host_state
+from runner.lab.machine import host_state
 
 
 def test_the_cut_drops_both_ways_but_loopback_in_a_table_of_its_own():

@@ -9,7 +9,8 @@ import pytest
 
 from runner.cli import parser
 from runner.errors import LabError
-from runner.lab.machine import BRIDGE, parse_uplink, uplink_from_tc, uplink_qdisc_args
+from runner.lab.machine import BRIDGE
+from runner.lab.uplink import parse_uplink, uplink_from_tc, uplink_qdisc_args
 
 
 @pytest.mark.parametrize("rate, bits", [("50mbit", 50_000_000), ("800kbit", 800_000),
