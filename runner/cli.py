@@ -266,7 +266,7 @@ def cmd_plan(args) -> int:
 def cmd_gc(args) -> int:
     from datetime import UTC, datetime
 
-    from runner.config import parse_duration
+    from runner.config_base import parse_duration
     from runner.ephemeral import aws
     from runner.errors import ConfigError
 

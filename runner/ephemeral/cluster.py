@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.config import ClusterSpec, parse_duration
+from runner.config import ClusterSpec
+from runner.config_base import parse_duration
 from runner.ephemeral import aws, preflight
 from runner.ephemeral import tags as T
 from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class, hard_stop_command

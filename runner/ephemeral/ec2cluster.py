@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 
-from runner.config import ClusterSpec, parse_duration
+from runner.config import ClusterSpec
+from runner.config_base import parse_duration
 from runner.ephemeral import aws
 from runner.errors import ProvisionError
 

@@ -3,7 +3,8 @@ estimate from the dated table in runner.ephemeral.prices). Reads nothing from AW
 
 from __future__ import annotations
 
-from runner.config import ClusterSpec, parse_duration
+from runner.config import ClusterSpec
+from runner.config_base import parse_duration
 from runner.ephemeral import prices
 from runner.ephemeral import tags as T
 from runner.ephemeral.aws import group_rules

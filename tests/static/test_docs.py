@@ -224,8 +224,9 @@ def validate_cluster_file(path: Path) -> str:
     checks of this machine's SSH files, which an example's ~/.ssh/id_ed25519 need not pass)."""
     from pydantic import ValidationError
 
-    from runner.config import ClusterSpec, format_validation_error, read_yaml
+    from runner.config import ClusterSpec
     from runner.errors import ConfigError
+    from runner.spec_errors import format_validation_error, read_yaml
 
     try:
         ClusterSpec.model_validate({**read_yaml(path, "cluster"), "source": path.resolve()})
