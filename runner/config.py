@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from runner.config_base import Strict as _Strict
+from runner.config_base import Strict
 from runner.config_ephemeral import EphemeralSpec
 from runner.errors import ConfigError
 from runner.spec_errors import format_validation_error, read_yaml
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 PROVIDERS = ("lab", "hosts", "aws", "gcp", "azure")
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
-class SSHSpec(_Strict):
+class SSHSpec(Strict):
     user: str | None = None  # default: the provider's (root; aws admin; gcp, azure daskfleet)
     private_key: Path | None = None  # lab: the lab's key
     # lab: the lab's; cloud providers: written by daskfleet (default .daskfleet/<cluster>/known_hosts)
@@ -42,7 +42,7 @@ class SSHSpec(_Strict):
 HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class HostSpec(_Strict):
+class HostSpec(Strict):
     name: str
     address: str
     role: Literal["scheduler", "worker"]
@@ -73,14 +73,14 @@ class HostSpec(_Strict):
         return value
 
 
-class LabSpec(_Strict):
+class LabSpec(Strict):
     hosts: Annotated[int, Field(ge=2, le=32, description=(
         "the first lab host runs the scheduler, so 2 or more give at least one worker"))] = 3
     # Run a worker next to the scheduler on the first host too.
     worker_on_scheduler: bool = False
 
 
-class ProcessLimits(_Strict):
+class ProcessLimits(Strict):
     """Resource limits every Dask process of the cluster starts with, as systemd's LimitNOFILE,
     LimitNPROC and LimitCORE would set them (soft and hard alike). Unset: the node's defaults."""
 
@@ -100,7 +100,7 @@ class ProcessLimits(_Strict):
         return tuple(out)
 
 
-class DaskSpec(_Strict):
+class DaskSpec(Strict):
     scheduler_port: Annotated[int, Field(ge=1024, le=65535)] = 8786
     dashboard_port: Annotated[int, Field(ge=1024, le=65535)] = 8787
     worker_port_range: Annotated[str, Field(pattern=r"^\d+:\d+$")] = "40000:40099"
@@ -142,7 +142,7 @@ class DaskSpec(_Strict):
         return self
 
 
-class StateSpec(_Strict):
+class StateSpec(Strict):
     """`state:` a store the team shares the cluster's state in (runner/shared_state.py)."""
 
     # s3://bucket/prefix: the cluster's state goes under <prefix>/<cluster name>/
@@ -178,7 +178,7 @@ class StateSpec(_Strict):
         return value
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(Strict):
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")]
     provider: Literal["lab", "hosts", "aws", "gcp", "azure"]
     # long-lived: up / submit / down; ephemeral (aws only): submit makes and removes the cluster

@@ -8,11 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.config_base import Strict as _Strict
-from runner.config_base import parse_duration
+from runner.config_base import Strict, parse_duration
 
 
-class ImageSpec(_Strict):
+class ImageSpec(Strict):
     """The AMI: an id, or the newest image of `owner` whose name matches `name` (a glob)."""
 
     id: str | None = None
@@ -27,7 +26,7 @@ class ImageSpec(_Strict):
         return self
 
 
-class NetworkSpec(_Strict):
+class NetworkSpec(Strict):
     """Where the instances go: an existing subnet, or a VPC and subnet made for the run (tagged,
     deleted with it)."""
 
@@ -78,7 +77,7 @@ class NetworkSpec(_Strict):
 MIN_LIFETIME_S = 120.0
 
 
-class EphemeralSpec(_Strict):
+class EphemeralSpec(Strict):
     """`mode: ephemeral` (provider aws): one EC2 cluster per `submit`, made with
     dask_cloudprovider's EC2Cluster and always closed after the job."""
 

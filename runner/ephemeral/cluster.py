@@ -109,9 +109,9 @@ class EphemeralCluster:
         return self._client
 
     def _retried(self, call, what: str):
-        """``call()``, tried again when a connection to the scheduler is dropped: a scheduler
-        seconds old, whose group's rules change as its workers launch, may drop one (seen on the
-        emulated EC2); its calls here ask and change nothing twice over."""
+        """``call()``, tried again when a connection to the scheduler is dropped while the
+        cluster comes up (a network blip; on the lab, a gateway whose MAC changed did it before
+        it was fixed); its calls here ask and change nothing twice over."""
         for attempt in range(CLIENT_ATTEMPTS):
             try:
                 return call()

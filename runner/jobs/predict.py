@@ -69,7 +69,7 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
     (None: every host holds every shard)."""
     say = Say(progress, logger)
     from runner.batch.predict_input import prepare_prediction_input
-    from runner.jobs.ship import holders_or_all, remote_dir, ship
+    from runner.jobs.ship import remote_dir, ship
     from runner.jobs.submit import datasets_cache
 
     t = time.monotonic()
@@ -82,9 +82,8 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
     shipped = ship(dataset.dir, dataset.digest, dataset.files, hosts, cluster.ssh(),
                    cluster.spec.name, INPUT_COPIES)
     say(f"input shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")
-    holders = [[h.dask_address for h in shipped.hosts_of(f)] for f in dataset.files]
     return ([f"{remote_dir(dataset.digest, cluster.spec.name)}/{f}" for f in dataset.files],
-            holders_or_all(holders, len(hosts)))
+            shipped.dask_holders())
 
 
 def _on_holders(shard_hosts: Sequence[Sequence[str]] | None, i: int) -> dict:

@@ -90,6 +90,12 @@ class ShipResult:
     def hosts_of(self, shard: str) -> list[Host]:
         return list(self._by_shard.get(shard, []))
 
+    def dask_holders(self) -> list[list[str]] | None:
+        """Per shard, in the order shipped, the Dask addresses of the hosts that hold it; None
+        when every host holds every shard (``holders_or_all``)."""
+        return holders_or_all([[h.dask_address for h in self.hosts_of(f)] for f in self.sizes],
+                              len(self.holds))
+
     def summary(self) -> str:
         """What was sent where, for the progress line."""
         total = sum(self.sizes.values())

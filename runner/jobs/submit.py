@@ -15,7 +15,7 @@ from runner.batch.artifacts import write_failed_run
 from runner.cluster import Cluster, activity
 from runner.errors import ClusterStartError, DaskfleetError
 from runner.jobs import runs
-from runner.jobs.ship import holders_or_all, remote_dir, ship
+from runner.jobs.ship import remote_dir, ship
 from runner.jobs.watch import RunWatch
 from runner.log import Progress, Say
 from runner.signals import sigterm_raises
@@ -51,8 +51,7 @@ def ship_over_ssh(cluster: Cluster, dataset, say: Progress, job) -> list[list[st
     shipped = ship(dataset.dir, dataset.digest, dataset.files, workers, cluster.ssh(),
                    cluster.spec.name, copies)
     say(f"dataset shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")
-    holders = [[h.dask_address for h in shipped.hosts_of(f)] for f in dataset.files]
-    return holders_or_all(holders, len(workers))
+    return shipped.dask_holders()
 
 
 def _scheduler_host(cluster) -> str:

@@ -71,3 +71,16 @@ def test_a_ship_result_says_where_each_shard_is_and_what_was_sent():
     assert r.hosts_of("p1") == [a, b] and r.hosts_of("p0") == [a] and r.hosts_of("x") == []
     assert r.summary() == ("2 shards (3.0 MB), 1 host(s) each (shards per host: lab2 2, lab3 1); "
                            "sent 1.0 MB to 1 host(s), the rest there already")
+
+
+def test_the_shipped_holders_name_each_shards_hosts_by_their_dask_address_or_none_for_all():
+    from runner.cluster.hosts import Host
+    from runner.jobs.ship import ShipResult
+
+    a = Host("a", "203.0.113.1", "worker", private_address="10.0.0.1")
+    b = Host("b", "203.0.113.2", "worker", private_address="10.0.0.2")
+    sizes = {"s0": 10, "s1": 10}
+    one_each = ShipResult({a: ["s0"], b: ["s1"]}, {}, sizes)
+    assert one_each.dask_holders() == [["10.0.0.1"], ["10.0.0.2"]]  # private: Dask's address
+    assert ShipResult({a: ["s0", "s1"], b: ["s1", "s0"]}, {}, sizes).dask_holders() is None
+    assert ShipResult({}, {}, sizes).dask_holders() is None  # no hosts: nothing to restrict
