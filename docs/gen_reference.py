@@ -153,7 +153,7 @@ DESCRIPTIONS = {
         "data.synthetic.seed": "the same seed gives the same documents",
         "data.shard_rows": "rows a partition, instead of `partition_mb`",
         "data.partition_mb": "MB of text a partition (at most 20,000 rows a partition)",
-        "data.copies": "a corpus prepared here: how many worker hosts get each shard (2: a job outlives the loss of one host; 1: the corpus is sent once in all); every host with `features.cache: false`",
+        "data.copies": "a corpus prepared here: how many worker hosts get each shard (2: a job outlives the loss of one host; 1: the corpus is sent once in all); with `features.cache: false` too, each shard is rebuilt on its hosts only",
         "data.path_url": "set by daskfleet from a URL `path`; not for job files",
         "data.storage_options": "with a URL `path`: fsspec's names (`key`, `secret`, `token`, "
                                 "`endpoint_url`, `region`, `anon`)",

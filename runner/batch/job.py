@@ -66,8 +66,8 @@ class DataSpec(_Model):
     text (the raw text; the hashed features in memory are a few times larger) and at most
     20,000 rows each. ``copies``: for a corpus prepared here (not read in place), how many worker
     hosts get each shard (2 by default: a job outlives the loss of any one host; 1 sends the
-    corpus once in all; with ``features.cache: false`` every host gets every shard, since
-    partitions are rebuilt on any worker).
+    corpus once in all). A shard is read, and without the features cache rebuilt in every
+    pass, on its hosts only.
     """
 
     source: Literal["debian-packages", "files", "synthetic"]

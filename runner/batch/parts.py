@@ -6,6 +6,8 @@ plain data (pandas, numpy, scipy). Imports are limited to the worker stack.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -171,23 +173,38 @@ def on_shard(func, path: str, load_params: dict, idf, *args):
     return func(shard_features(path, load_params, idf), *args)
 
 
+def shard_here_or_fetched(path: str, load_params: dict, idf=None, holders=None) -> dict:
+    """``shard_features`` of the shard at ``path`` when this host has it; else (a group task
+    that moved off its host: its worker was lost, or mixing has fewer groups than hosts) rebuilt
+    by a task on one of ``holders`` (the hosts that hold it), and only the partition comes here."""
+    if holders is None or os.path.exists(path):
+        return shard_features(path, load_params, idf)
+    from distributed import worker_client
+
+    with worker_client() as client:  # secedes: the wait holds no thread of this worker
+        return client.submit(shard_features, path, load_params, idf, workers=list(holders),
+                             pure=False).result()
+
+
 class LazyParts:
     """The partitions of several shards, each rebuilt (``shard_features``) when it is reached
-    and dropped after: a worker streams its shards through one task in bounded memory."""
+    and dropped after: a worker streams its shards through one task in bounded memory.
+    ``holders``: per shard, the hosts that hold it (``shard_here_or_fetched``)."""
 
-    def __init__(self, paths: list[str], load_params: dict, idf=None):
-        self.paths, self.load_params, self.idf = paths, load_params, idf
+    def __init__(self, paths: list[str], load_params: dict, idf=None, holders=None):
+        self.paths, self.load_params, self.idf, self.holders = paths, load_params, idf, holders
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        return shard_features(self.paths[i], self.load_params, self.idf)
+        return shard_here_or_fetched(self.paths[i], self.load_params, self.idf,
+                                     None if self.holders is None else self.holders[i])
 
 
-def on_shards(func, paths: list[str], load_params: dict, idf, *args):
+def on_shards(func, paths: list[str], load_params: dict, idf, *args, holders=None):
     """``func(partitions, *args)`` over the shards at ``paths``, rebuilt one at a time."""
-    return func(LazyParts(list(paths), load_params, idf), *args)
+    return func(LazyParts(list(paths), load_params, idf, holders), *args)
 
 
 BATCH_ROWS = 20_000

@@ -258,9 +258,10 @@ def _search(client: Client, job: JobSpec, base: dict, source: _Parts, classes: l
                            seed=job.split.seed, pure=False)
     _check(fit_parts, "search (validation split)", paths)
     if tfidf_norm is not None:
-        fit_parts, idf = _tfidf(client, _Parts(client, vec=fit_parts), tfidf_norm, paths)
+        fit_parts, idf = _tfidf(client, _Parts(client, vec=fit_parts, holders=source.holders),
+                                tfidf_norm, paths)
         _release([idf])
-    fit_source = _Parts(client, vec=fit_parts)
+    fit_source = _Parts(client, vec=fit_parts, holders=source.holders)
     if job.model.kind == "naive_bayes":
         fitted = _naive_bayes(client, fit_source, classes, base["variant"],
                               [c.get("alpha", base["alpha"]) for c in candidates], paths)

@@ -25,7 +25,7 @@ from runner.batch.pipeline_fit import (
     _tfidf,
     _train,
 )
-from runner.batch.pipeline_tasks import _check, _Parts, _release, _workers
+from runner.batch.pipeline_tasks import _check, _Parts, _release, _workers, on_holders, owners
 from runner.dask_workers import joined_workers
 from runner.errors import BatchError
 from runner.log import Say
@@ -69,18 +69,17 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         timings["read"] = time.perf_counter() - t0
         say(f"read: {loaded.rows:,} rows dealt into {len(shards)} partitions on the workers "
             f"({timings['read']:.1f}s)")
+    # the worker each partition trains on: i mod W, or one on a host holding its shard
+    own = owners(workers, len(shards), shard_hosts)
     if cache:
         # load: one task per shard, on the workers
         t0 = time.perf_counter()
-        # shard i on worker i mod W: training later streams each worker's own shards in place
         if job.data.path_url is None:
-            # a shard on some hosts only (data.copies) is read there and nowhere else: a loose
-            # restriction would let an idle worker elsewhere steal the read, and fail it; with
-            # its hosts all gone, the scheduler's no-workers-timeout fails it
+            # a shard on some hosts only (data.copies) is read there and nowhere else
+            # (``on_holders``); else on its owner, which later trains on it in place
             raw = [client.submit(parts.read_shard, p, pure=False,
-                                 **({"workers": list(shard_hosts[i])} if shard_hosts else
-                                    {"workers": [workers[i % len(workers)]],
-                                     "allow_other_workers": True}))
+                                 **(on_holders(shard_hosts, i) or
+                                    {"workers": [own[i]], "allow_other_workers": True}))
                    for i, p in enumerate(paths)]
             _check(raw, "load", paths, bar=True)
         else:
@@ -88,12 +87,12 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         timings["load"] = time.perf_counter() - t0
         say(f"load: {len(paths)} shards on {n_workers} workers ({timings['load']:.1f}s)")
 
-        # clean: drop rows without text or label, assign the split, clean (partition i on
-        # worker i mod W, where the training groups it)
+        # clean: drop rows without text or label, assign the split, clean (each partition on
+        # the worker the training groups it on)
         t0 = time.perf_counter()
         cleaned = [client.submit(parts.clean_part, r, clean_params=clean_params,
                                  split_params=split_params, pure=False,
-                                 workers=[workers[i % len(workers)]], allow_other_workers=True)
+                                 workers=[own[i]], allow_other_workers=True)
                    for i, r in enumerate(raw)]
         _check(cleaned, "clean", paths, bar=True)
         stats_f = client.map(parts.part_stats, cleaned, pure=False)
@@ -105,8 +104,9 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
     else:
         # load and clean in one task per shard that returns only the counts (no data kept)
         t0 = time.perf_counter()
-        stats_f = client.map(parts.shard_stats, shards, clean_params=clean_params,
-                             split_params=split_params, pure=False)
+        stats_f = [client.submit(parts.shard_stats, p, clean_params=clean_params,
+                                 split_params=split_params, pure=False,
+                                 **on_holders(shard_hosts, i)) for i, p in enumerate(shards)]
         _check(stats_f, "load and clean", paths, bar=True)
         stats = client.gather(stats_f)
         _release(stats_f)
@@ -116,7 +116,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
             "(features.cache: false, nothing kept)")
     if split_params.get("stratify"):
         split_params, resplit = _stratify(client, stats, split_params, clean_params,
-                                          cleaned if cache else None, shards)
+                                          cleaned if cache else None, shards, shard_hosts)
         if cache:
             assert resplit is not None, "_stratify returns the partitions it is given"
             cleaned = resplit
@@ -185,15 +185,17 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         # with a search, the idf weights are computed after it: the search's own come from its
         # fitting rows only, never from the validation rows it scores on
         if vectorizer_params.get("tfidf") and job.search is None:
-            vec, idf = _tfidf(client, _Parts(client, vec=vec), vectorizer_params["norm"], paths)
-        source = _Parts(client, vec=vec)
+            vec, idf = _tfidf(client, _Parts(client, vec=vec, holders=shard_hosts),
+                              vectorizer_params["norm"], paths)
+        source = _Parts(client, vec=vec, holders=shard_hosts)
     else:
         load_params = {"clean": clean_params, "split": split_params,
                        "vectorizer": vectorizer_params}
-        source = _Parts(client, paths=shards, load_params=load_params)
+        source = _Parts(client, paths=shards, load_params=load_params, holders=shard_hosts)
         if vectorizer_params.get("tfidf"):
             _, idf = _tfidf(client, source, vectorizer_params["norm"], paths, apply=False)
-            source = _Parts(client, paths=shards, load_params=load_params, idf=idf)
+            source = _Parts(client, paths=shards, load_params=load_params, idf=idf,
+                            holders=shard_hosts)
     timings["vectorize"] = time.perf_counter() - t0
     say(f"vectorize: {vectorizer_params['n_features']:,} hashed features, "
         f"{vectorizer_params['analyzer']} ngrams {tuple(vectorizer_params['ngram_range'])}"
@@ -211,7 +213,7 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
         model_params = {**model_params, **search["best"]}
         if vectorizer_params.get("tfidf"):  # now from all the training rows, for the final fit
             vec, idf = _tfidf(client, source, vectorizer_params["norm"], paths)
-            source = _Parts(client, vec=vec)
+            source = _Parts(client, vec=vec, holders=shard_hosts)
     fitted, averaged_rows, trained = _train(client, job.model.kind, model_params, source,
                                             part_rows, classes, paths, say,
                                             vectorizer_params["n_features"], finish)
@@ -282,7 +284,8 @@ def _run(client: Client, job: JobSpec, paths: list[str], say: Say,
 
 
 def _stratify(client: Client, stats: list[dict], split_params: dict, clean_params: dict,
-              cleaned: list[Future] | None, shards: Sequence) -> tuple[dict, list | None]:
+              cleaned: list[Future] | None, shards: Sequence,
+              shard_hosts: Sequence[Sequence[str]] | None = None) -> tuple[dict, list | None]:
     """A stratified split: every label of at most ``split.STRATIFY_MAX_ROWS`` rows gets its own
     hash threshold, so its share of test rows is ``test_fraction`` (a label of 2-4 rows gets one
     test row, one of a single row trains). Only the partitions holding such a label are asked,
@@ -301,7 +304,8 @@ def _stratify(client: Client, stats: list[dict], split_params: dict, clean_param
                     for i in where]
     else:
         hashes_f = [client.submit(parts.shard_label_hashes, shards[i], clean_params,
-                                  split_params, small, pure=False) for i in where]
+                                  split_params, small, pure=False, **on_holders(shard_hosts, i))
+                    for i in where]
     _check(hashes_f, "split (stratified)")
     hashes = client.gather(hashes_f)
     _release(hashes_f)

@@ -76,17 +76,61 @@ def _release(futures: Sequence[Future]) -> None:
         f.release()
 
 
+def owners(workers: Sequence[str], n: int,
+           holders: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """The worker each of ``n`` partitions belongs to (where it is cleaned, trained and scored).
+    Without ``holders``: partition i to worker i mod W (``workers`` in address order). With them
+    (per partition, the hosts holding its shard): to the worker, on one of those hosts, with the
+    fewest partitions so far (ties: the order of ``workers`` from i mod W), so no partition
+    leaves its host; one none of whose hosts has a worker here goes to i mod W (it is then
+    fetched from a host that holds it, or its read fails naming the shard)."""
+    if not workers:
+        raise BatchError("the cluster has no workers any more; check `daskfleet status` and "
+                         "the worker logs")
+    if holders is None:
+        return [workers[i % len(workers)] for i in range(n)]
+    from distributed.comm import get_address_host
+
+    host = {w: get_address_host(w) for w in workers}
+    count = dict.fromkeys(workers, 0)
+    out = []
+    for i in range(n):
+        on = set(holders[i])
+        candidates = [w for w in workers if host[w] in on] or [workers[i % len(workers)]]
+        w = min(candidates, key=lambda w: (count[w], (workers.index(w) - i) % len(workers)))
+        count[w] += 1
+        out.append(w)
+    return out
+
+
+def spread(workers: Sequence[str]) -> list[str]:
+    """``workers`` reordered so the first k span as many hosts as they can (each host's first
+    worker, then each one's second...): the first k is the subset that mixing's fewer groups use,
+    and spread over hosts it holds more of the shards in place."""
+    from distributed.comm import get_address_host
+
+    rank: dict[str, int] = {}
+    order = []
+    for w in sorted(workers):
+        host = get_address_host(w)
+        order.append((rank.get(host, 0), w))
+        rank[host] = rank.get(host, 0) + 1
+    return [w for _, w in sorted(order)]
+
+
 class _Parts:
     """The partitions a pass runs over: futures of the cached feature matrices (``vec``), or,
     without the cache, the shard paths, each rebuilt inside the task that uses it
-    (``parts.on_shard``, with the idf weights when given)."""
+    (``parts.on_shard``, with the idf weights when given). ``holders``: per partition, the hosts
+    that hold its shard (None: every worker's host holds every shard); a path is read there only,
+    and the groups keep each partition on one of its hosts (``owners``)."""
 
     def __init__(self, client: Client, vec: Sequence[Future] | None = None,
                  paths: Sequence[str] | None = None, load_params: dict | None = None,
-                 idf: Future | None = None):
+                 idf: Future | None = None, holders: Sequence[Sequence[str]] | None = None):
         self.client, self.vec = client, vec
         self.paths: Sequence[str] = paths if paths is not None else ()
-        self.load_params, self.idf = load_params, idf
+        self.load_params, self.idf, self.holders = load_params, idf, holders
 
     def __len__(self) -> int:
         return len(self.vec if self.vec is not None else self.paths)
@@ -96,23 +140,23 @@ class _Parts:
         if self.vec is not None:
             return self.client.submit(func, self.vec[i], *args, pure=False)
         return self.client.submit(parts.on_shard, func, self.paths[i], self.load_params,
-                                  self.idf, *args, pure=False)
+                                  self.idf, *args, pure=False, **on_holders(self.holders, i))
 
     def map(self, func: Callable, *args: Any) -> list[Future]:
         return [self.submit(func, i, *args) for i in range(len(self))]
 
     def by_worker(self, max_groups: int | None = None) -> list[tuple[str, list[int]]]:
-        """Partition i belongs to worker i mod W (workers sorted by address): where `_run` placed
-        its shard when it loaded it (with the cache), or where it is rebuilt (without). The same
-        groups either way, so both give the same model, bit for bit."""
+        """The partitions of each worker (``owners``, workers in address order): where `_run`
+        placed each when it loaded it (with the cache), or where its shard is rebuilt (without).
+        The same groups either way, so both give the same model, bit for bit. With
+        ``max_groups``, that many groups, on workers spread over the hosts (``spread``)."""
         workers = _workers(self.client)
-        if not workers:
-            raise BatchError("the cluster has no workers any more; check `daskfleet status` and "
-                             "the worker logs")
-        # with ``max_groups``, that many groups on the first workers (partitions then move)
-        workers = workers[:max_groups] if max_groups else workers
-        groups = [(w, list(range(j, len(self), len(workers)))) for j, w in enumerate(workers)]
-        return [(w, idx) for w, idx in groups if idx]
+        if max_groups and max_groups < len(workers):
+            workers = sorted(spread(workers)[:max_groups])
+        mine: dict[str, list[int]] = {w: [] for w in workers}
+        for i, w in enumerate(owners(workers, len(self), self.holders)):
+            mine[w].append(i)
+        return [(w, idx) for w, idx in mine.items() if idx]
 
     def mixing_groups(self, n_rows: int) -> list[tuple[str, list[int]]]:
         """The groups parameter mixing trains one model on each: one per worker, but no more
@@ -121,16 +165,25 @@ class _Parts:
 
     def submit_group(self, func: Callable, worker: str, indices: list[int], *args: Any) -> Future:
         """``func(those partitions, *args)`` as one task on ``worker``, where they are (another
-        worker takes it if that one is lost: the partitions are then recomputed)."""
+        worker takes it if that one is lost: the partitions are then recomputed, or, without the
+        cache, each shard the new host lacks is rebuilt on one that holds it)."""
         where = {"workers": [worker], "allow_other_workers": True, "pure": False}
         if self.vec is not None:
             return self.client.submit(func, [self.vec[i] for i in indices], *args, **where)
+        holders = None if self.holders is None else [list(self.holders[i]) for i in indices]
         return self.client.submit(parts.on_shards, func, [self.paths[i] for i in indices],
-                                  self.load_params, self.idf, *args, **where)
+                                  self.load_params, self.idf, *args, holders=holders, **where)
 
     def futures(self) -> list[Future]:
         """What this holds on the cluster (to release at the end)."""
         return list(self.vec) if self.vec is not None else []
+
+
+def on_holders(holders: Sequence[Sequence[str]] | None, i: int) -> dict[str, Any]:
+    """The restriction of a task that reads shard i from its path: its hosts only, strictly (a
+    loose one would let an idle worker elsewhere steal the read, and fail it; with its hosts all
+    gone, the scheduler's no-workers-timeout fails it, and `_check` says what to do)."""
+    return {} if holders is None else {"workers": list(holders[i])}
 
 
 def _workers(client: Client) -> list[str]:

@@ -135,12 +135,11 @@ class EphemeralCluster:
 
     def ship_dataset(self, dataset, say: Progress, job) -> list[list[str]] | None:
         """The dataset to the workers through the scheduler, each shard to ``data.copies`` of
-        their hosts (to all without the features cache: a partition is then rebuilt on any
-        worker). Returns, per shard, the hosts that hold it (None: every host holds every one)."""
+        their hosts. Returns, per shard, the hosts that hold it (None: every host holds every one)."""
         from runner.ephemeral.data import ship_through_dask
 
         t = time.monotonic()
-        copies = job.data.copies if job.features.cache else None
+        copies = job.data.copies
         try:
             holders, sent = ship_through_dask(self.client(), dataset.dir, dataset.digest,
                                               list(dataset.files), copies)

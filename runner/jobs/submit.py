@@ -42,12 +42,11 @@ def new_run_id(job_name: str) -> str:
 
 def ship_over_ssh(cluster: Cluster, dataset, say: Progress, job) -> list[list[str]] | None:
     """The dataset to the live workers' hosts over SSH (a long-lived cluster), each shard to
-    ``data.copies`` of them (to all without the features cache: a partition is then rebuilt on
-    any worker). Returns, per shard, the Dask addresses of the hosts that hold it, or None when
+    ``data.copies`` of them. Returns, per shard, the Dask addresses of the hosts that hold it, or None when
     every one of them holds every shard."""
     workers = cluster.live_worker_hosts(say)
     t = time.monotonic()
-    copies = job.data.copies if job.features.cache else None
+    copies = job.data.copies
     shipped = ship(dataset.dir, dataset.digest, dataset.files, workers, cluster.ssh(),
                    cluster.spec.name, copies)
     say(f"dataset shipped: {shipped.summary()} ({time.monotonic() - t:.1f}s)")

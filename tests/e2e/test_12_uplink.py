@@ -2,7 +2,8 @@
 shaped (`lab up --uplink`), a cold `up` of 3 hosts sends about one wheelhouse into the lab (the
 first node gets it, the others fetch it from there), and an `up` that finds every node up to
 date sends none. The cold `up` is the session's own (conftest's `session_lab`, measured). A job's
-local corpus goes out once: each shard to `data.copies` hosts, not the whole corpus to each."""
+local corpus goes out once: each shard to `data.copies` hosts, not the whole corpus to each,
+with the features cache or without."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def test_a_local_corpus_goes_out_once_each_shard_to_its_hosts_only(lab_cluster, 
     job = workdir / "spread.yaml"
     runs = str(workdir / "runs-spread")
 
-    def submit(copies: int) -> tuple[str, int]:
-        job.write_text(SPREAD_JOB.replace("COPIES", str(copies)))
+    def submit(copies: int, cache: bool = True) -> tuple[str, int]:
+        job.write_text(SPREAD_JOB.replace("COPIES", str(copies)).replace(
+            "n_features: 65536", f"n_features: 65536, cache: {str(cache).lower()}"))
         before = bridge_tx_bytes()
         out = cli("submit", str(job), "-c", str(LAB_CLUSTER), "--runs-dir", runs,
                   timeout=600).stdout
@@ -83,9 +85,16 @@ def test_a_local_corpus_goes_out_once_each_shard_to_its_hosts_only(lab_cluster, 
     assert sent_one <= 1.25 * corpus, (f"sent {sent_one / 1e6:.1f} MB for a corpus of "
                                        f"{corpus / 1e6:.1f} MB on {len(held)} hosts", one)
 
+    # without the features cache (every pass rebuilds each partition from its shard), the
+    # shards stay one per host: each is rebuilt where it is, and nothing more is sent
+    uncached, sent_uncached = submit(1, cache=False)
+    assert "features.cache: false" in uncached, uncached
+    assert _shards_on_worker_hosts(digest) == held
+    assert sent_uncached <= 0.1 * corpus, f"sent {sent_uncached / 1e6:.1f} MB"
+
     two, sent_two = submit(2)  # each host is sent the shards it lacks, and nothing more
     assert all(set(v) == set(shards) for v in _shards_on_worker_hosts(digest).values())
     assert sent_two <= 1.25 * corpus, f"sent {sent_two / 1e6:.1f} MB"
     # the same corpus, split and model, wherever its shards were read
-    accuracy = [re.search(r"accuracy=(\S+)", out)[1] for out in (one, two)]
-    assert accuracy[0] == accuracy[1], accuracy
+    accuracy = [re.search(r"accuracy=(\S+)", out)[1] for out in (one, uncached, two)]
+    assert accuracy[0] == accuracy[1] == accuracy[2], accuracy
