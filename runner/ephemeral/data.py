@@ -65,11 +65,12 @@ def ship_through_dask(client, local_dir: Path, digest: str, files: list[str],
     from distributed.comm import get_address_host
 
     import runner.ephemeral.data as me
+    from runner.dask_workers import joined_workers
     from runner.jobs.ship import holders_or_all, placement
 
     cloudpickle.register_pickle_by_value(me)  # the workers may import it from the upload only
     by_host: dict[str, str] = {}  # host -> one worker on it (a worker's disk is its host's)
-    for address in sorted(client.scheduler_info()["workers"]):
+    for address in sorted(joined_workers(client)):  # never the client's cached (maybe empty) view
         by_host.setdefault(get_address_host(address), address)
     hosts = sorted(by_host)
     sizes = {f: (local_dir / f).stat().st_size for f in files}
