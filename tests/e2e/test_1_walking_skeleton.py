@@ -126,9 +126,19 @@ def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
         Client("tcp://198.18.0.11:8786", timeout="3s")
 
 
-def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path):
-    proc = cli("submit", str(REPO / "jobs" / "small.yaml"), "-c", str(LAB_CLUSTER), timeout=600)
-    run_dirs = sorted(p for p in (workdir / "runs").iterdir() if p.is_dir())
+@pytest.fixture(scope="module")
+def small_run(lab_cluster, cli, workdir: Path):
+    """jobs/small.yaml submitted once, into a runs folder of its own: (the submit's output, the
+    runs folder). The tests that read the run ask for it, so each also runs alone."""
+    runs = workdir / "runs-skeleton"
+    proc = cli("submit", str(REPO / "jobs" / "small.yaml"), "-c", str(LAB_CLUSTER),
+               "--runs-dir", str(runs), timeout=600)
+    return proc, runs
+
+
+def test_submit_trains_well_above_majority_rate(small_run):
+    proc, runs = small_run
+    run_dirs = sorted(p for p in runs.iterdir() if p.is_dir())
     assert len(run_dirs) == 1, run_dirs
     metrics = json.loads((run_dirs[0] / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "n_train", "n_test", "n_classes", "n_workers",
@@ -146,12 +156,13 @@ def test_submit_trains_well_above_majority_rate(lab_cluster, cli, workdir: Path)
     assert not list((data / "lab1" / "fs/var/lib/daskfleet/data/lab").glob("*"))
 
 
-def test_runs_history_and_predict_on_the_cluster(lab_cluster, cli, workdir: Path):
+def test_runs_history_and_predict_on_the_cluster(small_run, cli, workdir: Path):
     import pandas as pd
 
-    runs = json.loads(cli("runs", "--json", "--runs-dir", str(workdir / "runs")).stdout)
+    _, runs_dir = small_run
+    runs = json.loads(cli("runs", "--json", "--runs-dir", str(runs_dir)).stdout)
     assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs
-    run_dir = next(p for p in (workdir / "runs").iterdir() if p.is_dir())
+    run_dir = next(p for p in runs_dir.iterdir() if p.is_dir())
     for name in ("report.html", "performance.html", "job.yaml", "status.json"):
         assert (run_dir / name).stat().st_size > 0, name
     data = workdir / "to_predict.csv"
