@@ -77,6 +77,18 @@ def predict_object(url: str, item: dict, model: dict, text_col: str, label_col: 
     return write_part(out, source, out_url, out_options, index)
 
 
+def predict_shard_to(path: str, model: dict, top_k: int, proba: bool, out_url: str | None,
+                     out_opts: dict | None, index: int):
+    """A shipped shard predicted; written to ``out_url`` as part ``index`` when given, else
+    returned (the client appends it to the local output)."""
+    from runner.batch.model import predict_shard
+
+    df = predict_shard(path, model, top_k, proba)
+    if out_url is None:
+        return df
+    return write_part(df, path, out_url, out_opts, index)
+
+
 def write_part(df: pd.DataFrame, source: str, out_url: str, options: dict | None,
                index: int) -> dict:
     """Predictions of one input (``source``) written as part ``index``; returns their

@@ -86,12 +86,6 @@ def _ship_input(cluster: Cluster, data_path: Path, progress: Progress | None, te
             shipped.dask_holders())
 
 
-def _on_holders(shard_hosts: Sequence[Sequence[str]] | None, i: int) -> dict:
-    """A task reading shard ``i`` runs on its hosts only (strict: a worker elsewhere has no copy
-    to read); without placement, anywhere."""
-    return {"workers": list(shard_hosts[i])} if shard_hosts else {}
-
-
 def store_options(url: str, given: dict | None, environ=os.environ) -> dict:
     """``--storage-option`` values for ``url``, completed from the shell's AWS variables as a
     job's ``data.storage_options`` are (they reach the workers as task arguments, in memory)."""
@@ -112,6 +106,7 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
     files."""
     say = Say(progress, logger)
     from runner.batch import predict_store, store
+    from runner.batch.pipeline_tasks import on_holders
     from runner.dask_workers import joined_workers
 
     t = time.monotonic()
@@ -141,8 +136,8 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
         else:
             shards, holders = _ship_input(cluster, Path(data), progress, text_column,
                                           label_column)
-            futures = [client.submit(_predict_shard_to, path, model_f, top_k, proba, out_url,
-                                     out_opts, i, pure=False, **_on_holders(holders, i))
+            futures = [client.submit(predict_store.predict_shard_to, path, model_f, top_k, proba,
+                                     out_url, out_opts, i, pure=False, **on_holders(holders, i))
                        for i, path in enumerate(shards)]
             sources = shards
         if out_url is None:
@@ -186,18 +181,6 @@ def _on_one(client: Client, workers: list[str], fn, *args):
         return f.result()
     finally:
         f.release()
-
-
-def _predict_shard_to(path: str, model: dict, top_k: int, proba: bool, out_url: str | None,
-                      out_opts: dict | None, index: int):
-    """Worker side: a shipped shard predicted, written to ``out_url`` as part ``index``."""
-    from runner.batch import predict_store
-    from runner.batch.model import predict_shard
-
-    df = predict_shard(path, model, top_k, proba)
-    if out_url is None:
-        return df
-    return predict_store.write_part(df, path, out_url, out_opts, index)
 
 
 def output_schema(model: dict, top_k: int = 0, proba: bool = False):
@@ -259,9 +242,10 @@ def _predict_into(client: Client, model_f, shard_paths: Sequence[str], out_path:
     """Predict every shard with the scattered model; append the predictions, in input order, to
     ``out_path`` through a temporary file. Returns (rows, labelled rows, correct)."""
     from runner.batch.model import predict_shard
+    from runner.batch.pipeline_tasks import on_holders
 
     futures = [client.submit(predict_shard, path, model=model_f, pure=False, **options,
-                             **_on_holders(shard_hosts, i))
+                             **on_holders(shard_hosts, i))
                for i, path in enumerate(shard_paths)]
     return _collect_into(futures, shard_paths, out_path, schema)
 

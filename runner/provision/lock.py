@@ -90,7 +90,7 @@ def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict
 NODE_ENTRY_MODULES = (
     "runner.batch.parts", "runner.batch.train", "runner.batch.evaluate",
     "runner.batch.naive_bayes", "runner.batch.features", "runner.batch.model",
-    "runner.batch.store",
+    "runner.batch.store", "runner.batch.predict_store",
     "runner.cluster.nanny_wait",
 )
 

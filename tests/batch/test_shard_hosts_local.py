@@ -51,15 +51,6 @@ def placed(tmp_path):
     return job, [str(p) for p in dataset.paths]
 
 
-def test_reads_restricted_to_the_shards_hosts_train_the_same_model(strict_client, placed,
-                                                                   tmp_path):
-    job, paths = placed
-    anywhere = run_job(strict_client, job, paths, tmp_path / "anywhere")
-    here = run_job(strict_client, job, paths, tmp_path / "here",
-                   shard_hosts=[["127.0.0.1"]] * len(paths))
-    assert here["accuracy"] == anywhere["accuracy"] and here["n_train"] == anywhere["n_train"]
-
-
 def test_a_shard_whose_hosts_have_no_worker_fails_the_job_and_says_why(strict_client, placed,
                                                                        tmp_path):
     job, paths = placed
@@ -92,7 +83,7 @@ def two_hosts(tmp_path_factory):
     disks = {h: tmp_path_factory.mktemp(f"disk-{h}") for h in HOSTS}
     spec = {h: {"cls": Nanny, "options": {"host": h, "nthreads": 1}} for h in HOSTS}
     with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
-            "host": "127.0.0.1", "dashboard_address": None}}) as cluster:
+            "host": "127.0.0.1", "dashboard": False}}) as cluster:
         with distributed.Client(cluster) as c:
             c.wait_for_workers(2)
             for address, info in c.scheduler_info()["workers"].items():
