@@ -201,10 +201,15 @@ def test_a_certificate_rotation_rolls_through_a_running_job(lab_cluster, cli, wo
 
 def test_an_edit_to_the_cli_restarts_nothing(lab_cluster, cli, workdir):
     """Only the code the nodes import names their environment: `up` from a project whose CLI
-    was edited installs nothing and replaces no process (the pids stay)."""
+    was edited, run while a job trains, installs nothing and replaces no process (the pids
+    stay), and the job trains on through it."""
     rc, st = _status(cli)
     assert rc == 0, st
     before = _pids(st)
+    runs_dir = workdir / "cli-edit-runs"
+    runs_dir.mkdir(exist_ok=True)
+    job = Submission(cli, _job(workdir, 900), runs_dir, LAB_CLUSTER)  # ended by `runs finish`
+    job.wait_for(MID_TRAINING)
     edited = workdir / "edited-project"  # the project, with runner/cli.py edited
     shutil.copytree(REPO / "runner", edited / "runner",
                     ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
@@ -223,6 +228,12 @@ def test_an_edit_to_the_cli_restarts_nothing(lab_cluster, cli, workdir):
     # the project's new folder is a new Terraform module source, and Terraform inits again)
     assert "ansible: nothing to do" in out or "changed=0" in out, out
     assert "started: nothing (all running)" in out, out
+    up_ended = time.monotonic()
     rc, st = _status(cli)
     assert rc == 0 and _pids(st) == before, (before, st)
+    asked = cli("runs", "finish", job.run_id, "-c", str(LAB_CLUSTER), "--runs-dir",
+                str(runs_dir), timeout=120)
+    assert "asked to finish after its current epoch" in asked.stdout, asked.stdout
+    assert job.finish(900) == 0, job.out + job.err
+    assert job.ended > up_ended  # the job ran through the `up`
 
