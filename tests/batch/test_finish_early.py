@@ -7,9 +7,10 @@ from __future__ import annotations
 import textwrap
 import threading
 
+import numpy as np
 import pandas as pd
 
-from runner.batch import finish, load_job, prepare_dataset, run_job
+from runner.batch import finish, load_job, load_model, prepare_dataset, run_job
 
 EPOCHS = 60
 
@@ -50,6 +51,13 @@ def test_a_run_asked_to_finish_keeps_the_model_of_its_last_epoch(client, tmp_pat
     assert metrics["accuracy"] > 0.9  # a model: evaluated and saved as any other
     assert (tmp_path / "run" / "model.joblib").is_file()
     assert not finish.requested(client, "run-1")  # the flag is cleared with the run
+    # the model of a run asked for N epochs is the model of its epochs so far: a job of that
+    # many epochs trains the same one
+    short = job.model_copy(update={"model": job.model.model_copy(update={"epochs": trained})})
+    again = run_job(client, short, paths, tmp_path / "short", progress=lambda _: None)
+    assert again["confusion_matrix"] == metrics["confusion_matrix"], (again, metrics)
+    kept, short_model = (load_model(tmp_path / d)["classifier"] for d in ("run", "short"))
+    assert np.array_equal(kept.coef_, short_model.coef_)
 
 
 def test_a_run_nobody_asks_trains_every_epoch(client, tmp_path):
