@@ -330,7 +330,14 @@ def test_fewer_workers_is_refused_until_yes_then_retires_them_before_their_vm_go
 
 
 def test_down_destroy_leaves_no_instance_key_vpc_or_group(aws_cluster, cli):
+    # a damaged record (a crash mid-write on an older version, a bad edit): `down` reads the
+    # hosts from Terraform's own state, says so, and still stops and destroys everything
+    record = Path(cli.env["DASKFLEET_STATE_DIR"]) / "aws-lab" / "state.json"
+    assert record.is_file()
+    record.write_text('{"hosts": [')
     out = cli("down", "-c", str(AWS_LAB), "--destroy", timeout=600)
+    said = out.stdout + out.stderr
+    assert f"{record} is damaged; the hosts come from Terraform's state" in said, said
     assert "kept the cluster's CA" in out.stdout, out.stdout  # what it keeps, it says
     api = ec2()
     assert cluster_instances() == []
