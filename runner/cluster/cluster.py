@@ -57,6 +57,7 @@ class Cluster:
         self._ssh: SSHSettings | None = None
         self._pool = ConnectionPool()
         self._forward = None  # the SSH tunnel to the scheduler, on providers that need one
+        self._said_damaged = False  # a damaged state.json: said once
         # `state:` in the file: this machine's copy is refreshed from the team's store first
         self.shared = SharedState.for_spec(spec)
         if self.shared is not None:
@@ -168,8 +169,10 @@ class Cluster:
                 hosts = self.provider.hosts_from_output(outputs)
             except DaskfleetError:
                 raise damaged from None
-            logger.warning(f"warning: {damaged.path} is damaged; the hosts come from Terraform's "
-                           "state")
+            if not self._said_damaged:  # once, however often the hosts are asked for
+                self._said_damaged = True
+                logger.warning(f"warning: {damaged.path} is damaged; the hosts come from "
+                               "Terraform's state")
             return [h.to_dict() for h in hosts]
 
     def worker_hosts(self, hosts: list[Host] | None = None) -> list[Host]:
@@ -369,9 +372,14 @@ class Cluster:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
         say = Say(progress, logger)
         ssh = self.ssh()
+        hosts = self.hosts()  # once: the write below replaces a damaged record
+        try:
+            n = self.n_workers()
+        except StateError:  # a damaged record: the hosts' pid files name what runs
+            n = len(self.worker_hosts(hosts))
         # what the file wants, and whatever else the hosts' pid files record for this cluster
-        procs = self.wanted()
-        procs += [p for p in reconcile.recorded(self, self.hosts()) if p not in procs]
+        procs = self.wanted(hosts, n)
+        procs += [p for p in reconcile.recorded(self, hosts) if p not in procs]
         self._close_client()
         stopped: list[str] = []
         errors: dict = {}
@@ -386,7 +394,7 @@ class Cluster:
                 except Exception as e:  # noqa: BLE001 - report and keep stopping the rest
                     errors[p.host] = e
         state.update(self.state_dir, pids={})
-        reachable = [h for h in self.worker_hosts(self.hosts()) if h not in errors]
+        reachable = [h for h in self.worker_hosts(hosts) if h not in errors]
         try:  # no worker of this cluster runs there any more: its memory is the others' again
             memory_claims.release(self.spec.name, reachable, ssh)
         except HostError as e:

@@ -75,7 +75,7 @@ def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
 def recorded(cluster: Cluster, hosts: list[Host]) -> list[RemoteProcess]:
     """Every process the cluster's pid files on ``hosts`` record, wanted or not (a worker of a
     host dropped from the file, one beyond the wanted count, ...), as the process to stop."""
-    sched = cluster.wanted()[0]
+    sched = cluster.wanted(n_workers=0)[0]  # the scheduler alone: no worker count needed
     settings = cluster.settings()
     found = []
     for host, names in running_names(cluster, hosts).items():
