@@ -92,12 +92,13 @@ def owners(workers: Sequence[str], n: int,
     from distributed.comm import get_address_host
 
     host = {w: get_address_host(w) for w in workers}
+    position = {w: j for j, w in enumerate(workers)}  # not workers.index: O(W) a lookup
     count = dict.fromkeys(workers, 0)
     out = []
     for i in range(n):
         on = set(holders[i])
         candidates = [w for w in workers if host[w] in on] or [workers[i % len(workers)]]
-        w = min(candidates, key=lambda w: (count[w], (workers.index(w) - i) % len(workers)))
+        w = min(candidates, key=lambda w: (count[w], (position[w] - i) % len(workers)))
         count[w] += 1
         out.append(w)
     return out
