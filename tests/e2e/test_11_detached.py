@@ -144,3 +144,52 @@ def test_a_detached_run_is_cancelled_on_request(lab_cluster, cli, workdir):
     # the scheduler holds nothing of it: the next run gets the whole cluster
     status = json.loads(cli("status", "-c", str(LAB_CLUSTER), "--json").stdout)
     assert status["healthy"] is True
+
+
+def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_elsewhere(
+        lab_cluster, cli, workdir):
+    """`max_running_jobs: 2`: two detached runs train at once (the first test's file allows one,
+    and its runs queue); `runs logs -f` follows one until its driver exits; `runs wait -c`
+    finds the other from a runs folder that never heard of it (another machine's)."""
+    two = workdir / "lab-two-runs.yaml"
+    two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n")
+    ids = []
+    for name in ("detached-par-a", "detached-par-b"):
+        job = workdir / f"{name}.yaml"
+        job.write_text(training_job(name, epochs=400))
+        ids.append(cli("submit", "--detach", str(job), "-c", str(two), "--runs-dir",
+                       str(_dir(cli)), timeout=300).stdout.split()[-1])
+    a, b = ids
+    deadline = time.monotonic() + 300
+    while [_runs(cli)[i]["status"] for i in ids] != ["running", "running"]:
+        assert time.monotonic() < deadline, _runs(cli)
+        time.sleep(2)
+    assert "queued behind" not in _log(cli, b)
+
+    follower = subprocess.Popen([sys.executable, "-m", "runner.cli", "runs", "logs", b, "-f",
+                                 "--runs-dir", str(_dir(cli))], cwd=cli.workdir, env=cli.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        assert follower.poll() is None  # it follows: the run has not ended
+        _in(cli, "finish", b, timeout=120)
+        out, err = follower.communicate(timeout=300)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    # it printed the run from its start to its driver's last line, then returned by itself
+    assert follower.returncode == 0, err
+    assert out.index(f"run {b}: driver on") < out.index(MID_TRAINING) < \
+        out.index("train: finishing early, as asked"), out
+    assert f"run {b}: succeeded" in _in(cli, "wait", b, timeout=300).stdout
+    fetched = (_dir(cli) / b / "logs" / "driver.log").read_text()
+    assert out.rstrip().splitlines()[-1] == fetched.rstrip().splitlines()[-1], (out, fetched)
+
+    _in(cli, "finish", a, timeout=120)
+    elsewhere = workdir / "detached-runs-elsewhere"
+    done = cli("runs", "wait", a, "-c", str(two), "--runs-dir", str(elsewhere), timeout=600)
+    assert f"run {a}: succeeded" in done.stdout, done.stdout
+    metrics = json.loads((elsewhere / a / "metrics.json").read_text())
+    assert metrics["finished_early"]["epochs_trained"] < 400 and metrics["accuracy"] > 0.5
+    assert a in {r["id"] for r in json.loads(cli("runs", "--runs-dir", str(elsewhere),
+                                                 "--json").stdout)}

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from ec2api import ec2
-from jobfiles import small_job
+from jobfiles import MID_TRAINING, small_job, training_job
+from submission import Submission
 
 from runner.cluster import Cluster
 from runner.lab import Lab
@@ -265,6 +266,37 @@ def test_submit_runs_the_job_through_the_tunnel(aws_cluster, cli, workdir):
     run_dir = Path(out.stdout.split("artifacts in ")[-1].split()[0])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.8 and metrics["n_workers"] == 2, metrics
+
+
+def test_an_attached_submit_rides_out_the_scheduler_vm_cut_for_10s_through_the_tunnel(
+        aws_cluster, cli, workdir):
+    """A blip on a cloud cluster, where the client reaches the scheduler only through the SSH
+    tunnel: the scheduler VM's link (the tunnel's SSH connection, the workers' links to it) cut
+    for 10 s mid-training; the attached submit rides it out."""
+    st = json.loads(cli("status", "-c", str(AWS_LAB), "--json").stdout)
+    address = next(h["address"] for h in st["hosts"] if h["process"] == "scheduler")
+    vm = next(i["InstanceId"] for i in cluster_instances(("running",))
+              if i["PublicIpAddress"] == address)
+    job = workdir / "aws-train.yaml"
+    job.write_text(training_job("aws-train", epochs=20))
+    runs = workdir / "aws-cut-runs"
+    s = Submission(cli, job, runs, AWS_LAB)
+    try:
+        s.wait_for(MID_TRAINING)
+        cli("lab", "cut", vm)
+        time.sleep(10)
+        cli("lab", "heal", vm)
+        t_heal = time.monotonic()
+        assert s.finish(900) == 0, s.out + s.err
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        cli("lab", "heal", vm, check=False)
+    assert s.ended > t_heal  # the cut landed mid-run: the job could not end while it lasted
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "succeeded" and status["accuracy"] > 0.5, status
+    assert status["cluster_events"]["lost_workers"] == [], status["cluster_events"]
 
 
 def test_a_terminated_worker_instance_is_replaced_and_healed_by_up(aws_cluster, cli):
