@@ -261,6 +261,7 @@ def _fetch(c, host, where: Where, runs_dir: Path, run_id: str, state: dict) -> d
     c.run(privileged(host, f"cd {folder} && tar -cf - --ignore-failed-read "
                            f"$(ls -d {RESULT} {LOG} 2>/dev/null) > {shlex.quote(remote_tar)}"),
           hide=True)
+    runs_dir.mkdir(parents=True, exist_ok=True)  # `runs wait -c` from a fresh runs folder
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.fetch-", dir=runs_dir))
     try:
         c.get(remote_tar, str(tmp / "run.tar"))
