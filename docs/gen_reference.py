@@ -90,6 +90,9 @@ DESCRIPTIONS = {
         "state.storage_options": "fsspec's names (endpoint_url, key, secret, token, region); "
                                  "else the standard AWS chain",
         "state.passphrase_env": "the CA is stored encrypted with its value",
+        "results": "optional: where every run on this cluster copies its run folder, as a job "
+                   "file's `results` ([job-files.md](job-files.md#results)), which wins",
+        "results.storage_options": "as a job file's",
         "ephemeral.region": "the AWS region",
         "ephemeral.admin_cidr": "who may reach the scheduler's and dashboard's ports: the control "
                                 "machine's range (no default, `/0` refused)",

@@ -44,8 +44,9 @@ def cmd_runs(args) -> int:
         print(f"folder: {details['run_dir']}")
         if details.get("results_url"):
             print(f"results: {details['results_url']}/ (a copy of the folder)")
-        for f in details["files"]:
-            print(f"  {f}")
+        for where in details["artifacts"].values():
+            copy = f"  (copy: {where['copy']})" if "copy" in where else ""
+            print(f"  {where['local']}{copy}")
         return 0
     if args.runs_cmd == "finish":
         return _finish(args, runs_dir)
@@ -148,7 +149,7 @@ def cmd_predict(args) -> int:
 
 def _storage_options(pairs: list[str] | None) -> dict:
     """``--storage-option KEY=VALUE`` pairs (fsspec's names, as a job's storage_options)."""
-    from runner.batch.store import check_options
+    from runner.batch.store_urls import check_options
     from runner.errors import ConfigError
 
     options = {}

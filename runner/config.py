@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from runner.batch.job import ResultsSpec
 from runner.config_base import Strict
 from runner.config_ephemeral import EphemeralSpec
 from runner.errors import ConfigError
@@ -197,6 +198,8 @@ class ClusterSpec(Strict):
     max_running_jobs: Annotated[int, Field(ge=1, le=64)] = 1
     # Shared state (Terraform's, the record, the CA, the lock) in an object store, for a team
     state: StateSpec | None = None
+    # Where every job run on this cluster copies its run folder, unless its job file says
+    results: ResultsSpec | None = None
     min_workers: Annotated[int | None, Field(ge=1, description=(
         "the fewest workers a degraded start may have; leave it out to need them all"))] = None
     # Where the file came from: relative paths in it are resolved against its folder.

@@ -27,7 +27,7 @@ from pydantic_core import ErrorDetails
 
 from runner.batch.remote import is_url
 from runner.batch.sources import FILE_FORMATS, is_glob
-from runner.batch.store import check_options, is_store_url
+from runner.batch.store_urls import check_options, is_store_url
 from runner.errors import BatchError, ConfigError
 
 

@@ -16,35 +16,19 @@ from __future__ import annotations
 import posixpath
 import re
 import urllib.parse
-from typing import TypeGuard
 
 import numpy as np
 import pandas as pd
 
 from runner.batch.split import _hash_key
+from runner.batch.store_urls import check_options, is_store_url  # noqa: F401 - store.is_store_url
 from runner.errors import BatchError
 
-SCHEMES = ("s3", "file")
 SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl"}
-# fsspec's (s3fs's) names, as dask and pandas take them; anything else is refused by name
-OPTION_KEYS = ("key", "secret", "token", "endpoint_url", "region", "anon", "connect_timeout",
-               "request_timeout")
 CONNECT_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 60.0
 GLOB_CHARS = set("*?[")
-
-
-def is_store_url(value: object) -> TypeGuard[str]:
-    return isinstance(value, str) and urllib.parse.urlsplit(value).scheme in SCHEMES
-
-
-def check_options(options: dict | None) -> None:
-    """Refuse a storage option this reader does not know (a typo would otherwise be ignored)."""
-    unknown = sorted(set(options or {}) - set(OPTION_KEYS))
-    if unknown:
-        raise BatchError(f"data.storage_options: unknown key(s) {', '.join(unknown)}; the keys "
-                         f"are {', '.join(OPTION_KEYS)} (fsspec's names)")
 
 
 def filesystem(url: str, options: dict | None):

@@ -76,9 +76,9 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
     say = Say(progress, logger)
     from runner.batch import load_job, prepare_dataset
     from runner.jobs.ship import remote_dir
-    from runner.jobs.submit import datasets_cache, new_run_id, ship_over_ssh
+    from runner.jobs.submit import datasets_cache, new_run_id, ship_over_ssh, with_cluster_results
 
-    job = load_job(job_path)
+    job = with_cluster_results(load_job(job_path), cluster.spec)
     run_id = new_run_id(job.name)
     host = _scheduler(cluster)
     where = Where(str(Path(cluster.spec.source).resolve()), cluster.spec.name, host.name,
@@ -108,6 +108,8 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
                "scheduler_host": host.name, "cluster_source": str(cluster.spec.source),
                "max_running": cluster.spec.max_running_jobs, "shard_paths": shard_paths,
                "shard_hosts": shard_hosts,
+               # the cluster file's results, which the job file on the node does not hold
+               "results": None if job.results is None else job.results.model_dump(mode="json"),
                "context": context}
     files = {REQUEST: json.dumps(request, indent=2).encode(),
              "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}

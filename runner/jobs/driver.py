@@ -182,6 +182,10 @@ def _drive(folder: Path, request: dict, state: dict) -> int:
         from runner.jobs.watch import RunWatch
 
         job = load_job(folder / "job.yaml", check_paths=False)
+        if request.get("results"):  # the job file's own, or the cluster file's (submit chose)
+            from runner.batch.job import ResultsSpec
+
+            job = job.model_copy(update={"results": ResultsSpec(**request["results"])})
         client = Client(request["scheduler"], timeout="30s")  # TLS: the node's DASK_CONFIG
         activity.register(client, run_id)
         watch = RunWatch(client, request["cluster_source"], request["scheduler_host"],

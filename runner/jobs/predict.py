@@ -38,7 +38,7 @@ def predict_on_cluster(cluster: Cluster, model_path: Path, data: str | Path, out
     local paths or URLs (``s3://``, ``file://`` of a filesystem the nodes share): the workers
     read a URL input and write to a URL output themselves (``runner.batch.predict_store``)."""
     from runner.batch.model import load_model
-    from runner.batch.store import is_store_url
+    from runner.batch.store_urls import is_store_url
 
     model = load_model(model_path)  # a bad model file fails before the cluster is touched
     check_top_k(model, top_k)  # so does a top-k the model cannot give

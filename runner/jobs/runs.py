@@ -102,10 +102,16 @@ def get_run(runs_dir: Path, run_id: str) -> dict:
 
 
 def run_details(row: dict) -> dict:
-    """The index row plus the run folder's metrics (when it succeeded) and artifact paths."""
+    """The index row plus the run folder's metrics (when it succeeded), its files, and where
+    each of them lives: ``artifacts`` maps a file's path in the folder to its local path and,
+    for a run copied to a results store, its URL there."""
     run_dir = Path(row["run_dir"])
-    details = {**row, "files": sorted(str(p) for p in run_dir.rglob("*") if p.is_file())
-               if run_dir.is_dir() else []}
+    files = sorted(p for p in run_dir.rglob("*") if p.is_file()) if run_dir.is_dir() else []
+    details = {**row, "files": [str(p) for p in files], "artifacts": {}}
+    for p in files:
+        name = p.relative_to(run_dir).as_posix()
+        details["artifacts"][name] = {"local": str(p)} | (
+            {"copy": f"{row['results_url']}/{name}"} if row.get("results_url") else {})
     try:
         details["metrics"] = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):

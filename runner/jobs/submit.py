@@ -40,6 +40,15 @@ def new_run_id(job_name: str) -> str:
     return f"{stamp}-{job_name}-{secrets.token_hex(2)}"
 
 
+def with_cluster_results(job, spec):
+    """The job with the cluster file's ``results`` when its own file names none (the job's
+    wins): a team's runs all land in its store without each job file saying so."""
+    results = getattr(spec, "results", None)
+    if job.results is None and results is not None:
+        return job.model_copy(update={"results": results})
+    return job
+
+
 def ship_over_ssh(cluster: Cluster, dataset, say: Progress, job) -> list[list[str]] | None:
     """The dataset to the live workers' hosts over SSH (a long-lived cluster), each shard to
     ``data.copies`` of them. Returns, per shard, the Dask addresses of the hosts that hold it, or None when
@@ -93,7 +102,7 @@ def _submit(cluster: Cluster, job_path: Path, runs_dir: Path, progress: Progress
     ships the data itself, the others over SSH."""
     from runner.batch import load_job, prepare_dataset, run_job
 
-    job = load_job(job_path)  # validate before touching the cluster
+    job = with_cluster_results(load_job(job_path), cluster.spec)  # before touching the cluster
     run_id = run_id or new_run_id(job.name)
     runs_dir = runs_dir.resolve()
     run_dir = runs_dir / run_id

@@ -123,3 +123,41 @@ def test_predict_on_cluster_through_the_cli_path(client, tmp_path, no_shipping, 
     with pytest.raises(BatchError, match="model file not found"):
         predict_on_cluster(LocalStandIn(client), tmp_path / "nope.joblib", tmp_path / "new.csv",
                            tmp_path / "p2.parquet", progress=lines.append)
+
+
+def test_the_cluster_files_results_take_every_run_the_job_files_own_win(
+        client, tmp_path, no_shipping, capsys):
+    """`results:` in the cluster file: a job file without its own copies its run folder there;
+    a job file's own `results` wins. `runs show` names each artifact's copy."""
+    from runner.batch.job import ResultsSpec
+
+    rows = [{"text": f"{w} {w}s and more {i}", "label": w}
+            for i in range(300) for w in ("apple", "pear", "plum")]
+    pd.DataFrame(rows).to_csv(tmp_path / "fruit.csv", index=False)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: fruit\ndata: {source: files, path: fruit.csv, shard_rows: 300}\n"
+                     "model: {epochs: 1}\n")
+    own = tmp_path / "own.yaml"
+    own.write_text(plain.read_text() + f"results: {{path: 'file://{tmp_path}/own'}}\n")
+    cluster = LocalStandIn(client)
+    cluster.spec.results = ResultsSpec(path=f"file://{tmp_path}/team/")
+    runs_dir = tmp_path / "runs"
+
+    first = submit.submit(cluster, plain, runs_dir, progress=lambda line: None)
+    copied = tmp_path / "team" / first.run_id
+    assert (copied / "model.joblib").read_bytes() == (first.run_dir / "model.joblib").read_bytes()
+    assert json.loads((copied / "status.json").read_text())["status"] == "succeeded"
+    second = submit.submit(cluster, own, runs_dir, progress=lambda line: None)
+    assert (tmp_path / "own" / second.run_id / "metrics.json").is_file()
+    assert not (tmp_path / "team" / second.run_id).exists()
+
+    details = runs.run_details(runs.get_run(runs_dir, first.run_id))
+    assert details["results_url"] == f"file://{tmp_path}/team/{first.run_id}"
+    assert details["artifacts"]["model.joblib"] == {
+        "local": str(first.run_dir / "model.joblib"),
+        "copy": f"file://{tmp_path}/team/{first.run_id}/model.joblib"}
+    capsys.readouterr()
+    assert main(["runs", "show", first.run_id, "--runs-dir", str(runs_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert (f"  {first.run_dir / 'metrics.json'}  (copy: file://{tmp_path}/team/{first.run_id}/"
+            "metrics.json)") in shown, shown

@@ -104,3 +104,13 @@ def test_the_same_cluster_file_finds_the_same_state_from_any_folder(tmp_path, mo
     other = tmp_path / "elsewhere.yaml"
     other.write_text("name: c2\nprovider: lab\n")
     assert load_cluster(other).state_dir == tmp_path / ".daskfleet" / "c2"
+
+
+def test_results_in_a_cluster_file_is_checked_as_a_job_files(tmp_path):
+    ok = load_cluster(write(tmp_path, "name: x\nprovider: lab\nresults: {path: 's3://team/runs/'}\n"))
+    assert ok.results.path_url == "s3://team/runs"
+    path = write(tmp_path, "name: x\nprovider: lab\nresults: {path: /shared/runs}\n")
+    with pytest.raises(ConfigError) as e:
+        load_cluster(path)
+    assert str(path) in str(e.value) and "results: path: '/shared/runs'" in str(e.value)
+    assert "file:///shared/folder" in str(e.value)  # what to write instead
