@@ -67,7 +67,7 @@ lint: venv $(LINT_VENV)/.installed
 	cd playbooks && ANSIBLE_CONFIG=ansible.cfg ../$(LINT_VENV)/bin/ansible-lint --profile production site.yml
 	$(BIN)/python tests/static/checkov_check.py $(LINT_VENV)/bin/checkov
 
-bench: venv  # needs root and no lab up; about 15 minutes on 2 cores (BENCH_ARGS=--quick: a smoke run)
+bench: venv  # needs root and no lab up; see docs/performance.md for its time (BENCH_ARGS=--quick: a smoke run)
 	PYTHONPATH=. $(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 clean:

@@ -148,20 +148,26 @@ def run_size(n_hosts: int, docs: int, workdir: Path, log) -> dict:
         lab.down(progress=lambda *_: None)
 
 
+def measure(hosts: list[int], docs: int, log) -> list[dict]:
+    """One row per lab size (hosts, lab1 the scheduler's): see run_size. The suite's `data`
+    section (bench/suite.py) calls this."""
+    if Lab().hosts():
+        raise SystemExit("bench/data_traffic.py makes its own labs: run `daskfleet lab down` "
+                         "first")
+    with tempfile.TemporaryDirectory(prefix="daskfleet-traffic-") as tmp:
+        return [run_size(n, docs, Path(tmp), log) for n in hosts]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, nargs="+", default=[3, 4])
     ap.add_argument("--docs", type=int, default=200_000)
     args = ap.parse_args(argv)
-    if Lab().hosts():
-        raise SystemExit("bench/data_traffic.py makes its own labs: run `daskfleet lab down` "
-                         "first")
 
     def log(line: str) -> None:
         print(f"[bench] {line}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="daskfleet-traffic-") as tmp:
-        rows = [run_size(n, args.docs, Path(tmp), log) for n in args.hosts]
+    rows = measure(args.hosts, args.docs, log)
     stamp = time.strftime("%Y-%m-%d")
     path = ROOT / "bench" / "results" / f"{stamp}-data-traffic-{args.docs}.json"
     tmp_path = path.with_suffix(".json.tmp")

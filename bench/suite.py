@@ -8,6 +8,10 @@
    400k and 1.6M synthetic documents; predict against one process (bench/scale.py).
    day2 (lab): a worker host's reboot until the cluster is healthy again (no operator), and a
    rolling replacement of 4 workers against a cold start of the same 4 (bench/day2.py).
+   data (labs of its own, with the object store): the bytes this machine sends during one
+   submit and each worker host's disk, for a local corpus (`copies: 1` and `2`) and the same
+   documents in the object store, at 2 and 3 worker hosts; and the object-store job's time
+   against the local one's, 1.6M documents (bench/data_traffic.py).
 3. partitions (LocalCluster): accuracy and macro-F1 against single-process scikit-learn at 4, 16,
    64 and 256 partitions, Debian sections and a synthetic corpus (bench/partitions.py).
 4. throughput (LocalCluster): the cluster's training rate against this machine's ceiling, the
@@ -39,7 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PERFORMANCE_DOC = HERE.parent / "docs" / "performance.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SECTIONS = ("bringup", "scale", "day2", "partitions", "throughput", "workers")
+SECTIONS = ("bringup", "scale", "day2", "data", "partitions", "throughput", "workers")
+DATA_DOCS = 1_600_000
 
 
 def log(line: str) -> None:
@@ -120,6 +125,7 @@ def goals(results: dict) -> list[tuple[str, str, str, bool]]:
                     f"{d['workers']} (median)",
                     f"{statistics.median(d['roll_s']):.1f}s / {statistics.median(d['cold_s']):.1f}s"
                     f" = {d['roll_over_cold']:.2f}", "(reported)", True))
+    out += data_goals(results.get("data", []))
     for row in results.get("partitions", []):
         out.append((f"accuracy, {row['corpus']}, {row['partitions']} partitions, vs one process",
                     f"{row['accuracy']:.4f} vs {row['single_accuracy']:.4f} "
@@ -147,6 +153,29 @@ def goals(results: dict) -> list[tuple[str, str, str, bool]]:
                     f"{c['train_dps']:,.0f} docs/s on {w} workers vs "
                     f"{row['single_train_dps']:,.0f} = {c['train_per_core']:.2f} (the ceiling: "
                     f"{row['ceiling_per_core']:.2f})", "(reported)", True))
+    return out
+
+
+def data_goals(rows: list[dict]) -> list[tuple[str, str, str, bool]]:
+    """bench/data_traffic.py's rows: what this machine sends and each host stores."""
+    out = []
+    for row in rows:
+        n, docs = row["worker_hosts"], f"{row['docs']:,} docs"
+        st = row["store"]
+        out.append((f"bytes sent / corpus, object-store corpus, {n} worker hosts, {docs}",
+                    f"{st['sent_bytes'] / 1e6:.2f} / {st['corpus_bytes'] / 1e6:.1f} MB = "
+                    f"{100 * st['sent_over_corpus']:.2f} %", "< 1 %", st["sent_over_corpus"] < 0.01))
+        for copies, local in sorted(row["local"].items()):
+            out.append((f"bytes sent / corpus, local corpus, copies {copies}, {n} worker hosts",
+                        f"{local['sent_bytes'] / 1e6:.1f} / {local['corpus_bytes'] / 1e6:.1f} MB "
+                        f"= {local['sent_over_corpus']:.2f}x", f"<= {copies} x 1.05",
+                        local["sent_over_corpus"] <= int(copies) * 1.05))
+            out.append((f"largest host's disk / its share (corpus x copies / hosts), copies "
+                        f"{copies}, {n} worker hosts", f"{local['max_host_over_share']:.2f}",
+                        "<= 1.20", local["max_host_over_share"] <= 1.2))
+        out.append((f"object-store job / local job (copies 1), end to end, {n} worker hosts, "
+                    f"{docs}", f"{st['submit_s']:.0f}s / {row['local'][1]['submit_s']:.0f}s = "
+                    f"{row['store_over_local_time']:.2f}", "(reported)", True))
     return out
 
 
@@ -205,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if only & {"bringup", "scale", "day2"}:
         run_lab_sections(results, args.quick, only, save)
+    if "data" in only:
+        import data_traffic
+
+        log("data: bytes sent and stored per host, local and object-store corpora")
+        results["data"] = data_traffic.measure([3, 4], DATA_DOCS // 16 if args.quick
+                                               else DATA_DOCS, log)
+        save()
     if "partitions" in only:
         log("partitions: accuracy against one process")
         results["partitions"] = partitions.measure((4, 16) if args.quick else (4, 16, 64, 256),

@@ -39,18 +39,33 @@ def _log(cli, run_id: str) -> str:
     return _in(cli, "logs", run_id).stdout
 
 
-def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, workdir):
-    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab
+AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+def _with_object_store(cli) -> dict:
+    """The lab's object store (added to the running lab), its credentials in the submitting
+    shell's AWS variables; returns them."""
+    cli("lab", "up", "--object-store", timeout=120)
     st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
     creds = json.loads(Path(st["credentials"]).read_text())
-    cli.env.update(AWS_ACCESS_KEY_ID=creds["key"], AWS_SECRET_ACCESS_KEY=creds["secret"],
-                   AWS_ENDPOINT_URL=st["endpoint"], AWS_REGION=st["region"])
+    values = dict(zip(AWS_VARIABLES, (creds["key"], creds["secret"], st["endpoint"],
+                                      st["region"]), strict=True))
+    cli.env.update(values)
+    return values
+
+
+def _without_object_store(cli) -> None:
+    for k in AWS_VARIABLES:
+        cli.env.pop(k, None)
+
+
+def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, workdir):
+    _with_object_store(cli)
     try:
         _scenario(cli, workdir)
     finally:
         cli("lab", "heal", "control", check=False)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION"):
-            cli.env.pop(k, None)
+        _without_object_store(cli)
 
 
 def _scenario(cli, workdir: Path) -> None:
@@ -150,9 +165,27 @@ def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_e
         lab_cluster, cli, workdir):
     """`max_running_jobs: 2`: two detached runs train at once (the first test's file allows one,
     and its runs queue); `runs logs -f` follows one until its driver exits; `runs wait -c`
-    finds the other from a runs folder that never heard of it (another machine's)."""
+    finds the other from a runs folder that never heard of it (another machine's). The cluster
+    file's `results:` takes both runs (their job files name none): the drivers, on the
+    scheduler's host, copy each run folder to the object store."""
+    import boto3
+
+    aws = _with_object_store(cli)
+    try:
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"],
+                          region_name=aws["AWS_REGION"],
+                          aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket="team-results")
+        _two_at_once(cli, workdir, s3)
+    finally:
+        _without_object_store(cli)
+
+
+def _two_at_once(cli, workdir: Path, s3) -> None:
     two = workdir / "lab-two-runs.yaml"
-    two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n")
+    two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n"
+                   "results: {path: 's3://team-results/runs'}\n")
     ids = []
     for name in ("detached-par-a", "detached-par-b"):
         job = workdir / f"{name}.yaml"
@@ -193,3 +226,10 @@ def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_e
     assert metrics["finished_early"]["epochs_trained"] < 400 and metrics["accuracy"] > 0.5
     assert a in {r["id"] for r in json.loads(cli("runs", "--runs-dir", str(elsewhere),
                                                  "--json").stdout)}
+    # both copied by their drivers, whole (the final status.json goes last)
+    for run_id in (a, b):
+        body = s3.get_object(Bucket="team-results", Key=f"runs/{run_id}/status.json")["Body"]
+        assert json.loads(body.read())["status"] == "succeeded"
+        s3.head_object(Bucket="team-results", Key=f"runs/{run_id}/model.joblib")
+    shown = cli("runs", "show", a, "--runs-dir", str(elsewhere)).stdout
+    assert f"(copy: s3://team-results/runs/{a}/model.joblib)" in shown, shown
