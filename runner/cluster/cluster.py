@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import state
-from runner.cluster import changes, memory_claims, readiness, reconcile
+from runner.cluster import memory_claims, readiness, reconcile, rotation, status_report
 from runner.cluster.hosts import Host
 from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
 from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
@@ -30,10 +30,6 @@ from runner.provision.tls import CertificateAuthority
 from runner.shared_state import SharedState
 
 logger = logging.getLogger(__name__)
-
-
-# a CA change's phase (CertificateAuthority.ca_change_phase) as the user counts it
-CA_PHASES = {"trust": "1 of 3", "issue": "2 of 3", None: "3 of 3"}
 
 
 @dataclass
@@ -75,10 +71,10 @@ class Cluster:
         self.close()
 
     def close(self) -> None:
-        self._close_client()
+        self.close_client()
         self._pool.close()
 
-    def _close_client(self) -> None:
+    def close_client(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -290,10 +286,11 @@ class Cluster:
                 state.update(self.state_dir, image=None)
                 say("up: the image is looked up again; VMs on another image will be "
                     "replaced (which `up` applies only with --yes)")
-            return self._up(progress, force, restart, yes)
+            return self.apply(progress, force, restart, yes)
 
-    def _up(self, progress: Progress | None, force: bool = False, restart: bool = False,
-            yes: bool = False) -> UpSummary:
+    def apply(self, progress: Progress | None, force: bool = False, restart: bool = False,
+              yes: bool = False) -> UpSummary:
+        """`up`'s work (Terraform, Ansible, the reconcile), the cluster's lock already held."""
         say = Say(progress, logger)
         summary = UpSummary()
         t = time.monotonic()
@@ -312,7 +309,7 @@ class Cluster:
             self._pool.drop(going)
             # no client idles through Terraform's minutes (its tunnel's SSH connection could
             # drop meanwhile, and the client give up on it): the next step makes a new one
-            self._close_client()
+            self.close_client()
 
         hosts = self.provision(progress, yes, before_apply=retire_going if going else None)
         summary.timings["terraform"] = time.monotonic() - t - self.boot_s
@@ -380,7 +377,7 @@ class Cluster:
         # what the file wants, and whatever else the hosts' pid files record for this cluster
         procs = self.wanted(hosts, n)
         procs += [p for p in reconcile.recorded(self, hosts) if p not in procs]
-        self._close_client()
+        self.close_client()
         stopped: list[str] = []
         errors: dict = {}
         for group in ([p for p in procs if p.kind == "worker"],
@@ -453,124 +450,11 @@ class Cluster:
                              image=None)
 
     def status(self) -> dict:
-        record = state.read(self.state_dir)
-        procs_state = self.process_states()
-        joined: dict[str | None, dict] = {}
-        if any(p.kind == "scheduler" and s.state == "running" for p, s in procs_state.items()):
-            try:
-                joined = {w.get("name"): {"address": a, **w}
-                          for a, w in joined_workers(self.client()).items()}
-            except Exception:  # noqa: BLE001 - a scheduler that does not answer is degraded
-                joined = {}
-        hosts = []
-        workers = []
-        env_hashes = record.get("env_hashes") or {}
-        pending = {c.proc: c for c in changes.plan(list(procs_state), procs_state, env_hashes)}
-        for p, ps in procs_state.items():
-            st, pid = ps.state, ps.pid
-            # what it runs with, and whether `up` would replace it (and why)
-            replace = pending.get(p)
-            hosts.append({"host": p.host.name, "address": p.host.address, "user": p.host.user,
-                          "private_address": p.host.dask_address, "role": p.kind,
-                          "process": p.name, "pid": pid, "state": st, "env": ps.env,
-                          "spec_digest": ps.spec, "files_digest": ps.files,
-                          "wanted_spec_digest": p.spec_digest,
-                          "up_would": None if replace is None else
-                          {"action": replace.action, "reasons": list(replace.reasons)}})
-            if p.kind == "worker":
-                w = joined.get(p.name, {})
-                workers.append({"name": p.name, "host": p.host.name, "pid": pid, "state": st,
-                                "joined": bool(w), "threads": w.get("nthreads"),
-                                "memory_limit": w.get("memory_limit"),
-                                "memory_used": (w.get("metrics") or {}).get("memory")})
-        healthy = all(h["state"] == "running" for h in hosts) and all(w["joined"] for w in workers)
-        certificates, warnings = self._certificates(sorted({p.host.name for p in procs_state}))
-        return {"cluster": self.spec.name, "healthy": healthy,
-                "certificates": certificates, "warnings": warnings,
-                "scheduler": {"address": record.get("scheduler"),
-                              "dashboard": record.get("dashboard")},
-                "lock_hash": record.get("lock_hash"), "workers": workers, "hosts": hosts}
-
-    def _certificates(self, hosts: list[str]) -> tuple[dict[str, str], list[str]]:
-        """When the CA's and each certificate's validity ends, and a warning for each that ends
-        within 30 days (`daskfleet rotate` issues new ones; a CA's end needs a new CA)."""
-        if not self.spec.tls:
-            return {}, []
-        ends = self.ca.expiries(hosts)
-        warnings = self.ca.expiry_warnings(hosts, self.spec.source)
-        phase = self.ca.ca_change_phase()
-        if phase is not None:
-            warnings.append(
-                f"a CA change is under way (phase {CA_PHASES[phase]}): run `daskfleet rotate "
-                f"--new-ca -c {self.spec.source}` to go on with it")
-        return {name: end.isoformat(timespec="seconds") for name, end in ends.items()}, warnings
+        return status_report.status(self)
 
     def rotate(self, progress: Progress | None = None, restart: bool = False,
                new_ca: bool = False) -> UpSummary:
-        """New certificates (new keys, same CA) for every host and the client, installed by the
-        playbook and rolled out by the reconcile: workers one at a time, the scheduler when no
-        job runs (its files stay valid meanwhile). ``new_ca``: a new CA instead, in the three
-        phases of ``CertificateAuthority`` (trust both, issue from the new, drop the old), each
-        rolled out to every process before the next; a phase that cannot reach the scheduler
-        (a job runs on it) stops there, and the same command goes on with it later."""
-        say = Say(progress, logger)
-        with self.locked("daskfleet rotate", progress=progress):
-            if not self.spec.tls:
-                raise ConfigError(f"{self.spec.source}: tls: false: there is no certificate to "
-                                  "rotate.")
-            if new_ca:
-                return self._change_ca(progress, restart)
-            hosts = self.hosts()
-            issued = self.ca.rotate({h.name: h.dask_address for h in hosts})
-            end = self.ca.expiries([])["ca"]
-            say(f"rotate: new certificates for {', '.join(issued)} from the cluster's CA "
-                f"(valid until {end:%Y-%m-%d} at most: the CA's own end)")
-            self._close_client()  # the next client presents the new client certificate
-            return self._up(progress, False, restart)
-
-    def _change_ca(self, progress: Progress | None, restart: bool) -> UpSummary:
-        say = Say(progress, logger)
-        steps = {None: ("begin_ca_change", "a new CA, trusted by every process beside the old "
-                        "one (which still signs)"),
-                 "trust": ("sign_with_new_ca", "the new CA signs: every certificate is issued "
-                           "anew from it (both CAs still trusted)"),
-                 "issue": ("drop_old_ca", "the old CA is no longer trusted")}
-        phase = self.ca.ca_change_phase()
-        if phase is not None and self._behind():
-            # the phase under way first reaches every process (a scheduler it waited for)
-            say(f"CA change: phase {CA_PHASES[phase]} goes on")
-            summary = self._up(progress, False, restart)
-            if self._behind():
-                return self._ca_change_waits(phase, say, summary)
-        while True:
-            method, what = steps[phase]
-            getattr(self.ca, method)()
-            phase = self.ca.ca_change_phase()
-            say(f"CA change: phase {CA_PHASES[phase]}: {what}")
-            self._close_client()  # the next client loads the new files
-            summary = self._up(progress, False, restart)
-            if self._behind():
-                return self._ca_change_waits(phase, say, summary)
-            if phase is None:
-                end = self.ca.expiries([])["ca"]
-                say(f"CA change: done; every process runs with certificates of the new CA "
-                         f"(valid until {end:%Y-%m-%d})")
-                return summary
-
-    def _behind(self) -> list[str]:
-        """The processes that run with other files or settings than `up` would give them."""
-        procs = self.process_states()
-        env_hashes = state.read(self.state_dir).get("env_hashes") or {}
-        return [f"{c.proc.name}@{c.proc.host.name}"
-                for c in changes.plan(list(procs), procs, env_hashes)]
-
-    def _ca_change_waits(self, phase: str | None, say: Say, summary: UpSummary) -> UpSummary:
-        say.warning(f"CA change: phase {CA_PHASES[phase]} is not yet everywhere (still on the "
-                 f"files before it: {', '.join(self._behind())}); the next phase waits for it, "
-                 f"so nothing stops trusting anything. Run `daskfleet rotate --new-ca -c "
-                 f"{self.spec.source}` again once the job ends (`daskfleet runs`), or add "
-                 "--restart to restart the scheduler under it")
-        return summary
+        return rotation.rotate(self, progress, restart, new_ca)
 
     def run_on_hosts(self, command: list[str]) -> dict[Host, str]:
         """Run a read-only command on every host (used by tests and `status`)."""

@@ -224,7 +224,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
         going = [p for p in procs[1:] if current[p].state == "running"] + [sched]
         say("stopping the scheduler and its workers to restart them: "
             + ", ".join(f"{p.name}@{p.host.name}" for p in going))
-        cluster._close_client()  # before its scheduler goes: no reconnect attempts to report
+        cluster.close_client()  # before its scheduler goes: no reconnect attempts to report
         for group in (going[:-1], going[-1:]):
             per_process(group, lambda p: p.stop(ssh), "stopping")
         needed = list(procs)
@@ -257,7 +257,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
 
         if sched in needed:
             # a client (or tunnel) of an earlier scheduler, maybe on another port, is of no use
-            cluster._close_client()
+            cluster.close_client()
             state.update(cluster.state_dir, scheduler=sched.scheduler_address)
             say(f"starting scheduler on {sched.host.name} ({sched.scheduler_address})")
             pids[sched.name] = sched.start(ssh)

@@ -60,9 +60,11 @@ def _starts_of_a_process_that_keeps_dying(tmp_path: Path, conf: str, starts: int
            "DASKFLEET_RUN_DIR": str(tmp_path / "run")}  # its locks: never this machine's /run
     sup = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log" / "supervisor.log"
     try:
         deadline = time.monotonic() + 30
-        while not stamps.exists() or len(stamps.read_text().split()) < starts:
+        # the start's stamp, then the supervisor's line for it
+        while not log.exists() or f"(start {starts} in a row)" not in log.read_text():
             assert sup.poll() is None, sup.stderr.read()
             assert time.monotonic() < deadline, stamps.read_text() if stamps.exists() else ""
             time.sleep(0.05)
