@@ -14,32 +14,56 @@ from pydantic_core import ErrorDetails
 from runner.errors import ConfigError
 
 
-def _loc(err: ErrorDetails) -> str:
-    return ".".join(str(p) for p in err["loc"]) or "(top level)"
+class KeyProblem(ValueError):
+    """Raised by a model validator about one of its own keys, so the message can name it
+    (``section.key``, not only the section)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+
+
+# pydantic's "not of this type" errors: the message gains the type of what the file holds
+TYPE_ERRORS = ("int_type", "int_parsing", "float_type", "float_parsing", "bool_type",
+               "bool_parsing", "string_type", "list_type", "model_type", "dict_type")
 
 
 def format_validation_error(path: Path, exc: ValidationError, model: type[BaseModel]) -> str:
-    lines = []
-    for err in exc.errors():
-        key = _loc(err)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, err["loc"][:-1])
-            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-            lines.append(f"{path}: {key}: unknown key{hint}")
-        elif err["type"] == "missing":
-            choices = _choices(model, err["loc"])
-            hint = f" (one of: {', '.join(choices)})" if choices else ""
-            lines.append(f"{path}: {key}: required key is missing{hint}")
-        elif err["type"] == "value_error":
-            # our own validators: the message says what is wrong and often names its key
-            msg = err["msg"].removeprefix("Value error, ")
-            named = not err["loc"] or msg.startswith((f"{key}.", f"{key}:"))
-            lines.append(f"{path}: {msg}" if named else f"{path}: {key}: {msg}")
-        else:
-            field = _field_at(model, tuple(p for p in err["loc"] if not isinstance(p, int)))
-            hint = f"; {field.description}" if field is not None and field.description else ""
-            lines.append(f"{path}: {key}: {err['msg']} (got {err.get('input')!r}){hint}")
+    """One line per problem, each naming the file and the dotted key, then what to do. Used for
+    cluster files and job files alike."""
+    errors = exc.errors()
+    # an unknown key next to a missing one at the same level is most likely a typo of it:
+    # report the unknown key (with the allowed ones), not its consequence
+    typo_parents = {err["loc"][:-1] for err in errors if err["type"] == "extra_forbidden"}
+    errors = [err for err in errors
+              if not (err["type"] == "missing" and err["loc"][:-1] in typo_parents)]
+    lines = [f"{path}: {describe(err, model)}" for err in errors]
     return "\n".join(lines) + "\nFix the file and run the command again."
+
+
+def describe(err: ErrorDetails, model: type[BaseModel]) -> str:
+    """One validation error as ``key: what is wrong (what is allowed)``."""
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    names = tuple(p for p in err["loc"] if not isinstance(p, int))
+    field = _field_at(model, names)
+    what = f" ({field.description})" if field is not None and field.description else ""
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        return f"{key}: unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    if err["type"] == "missing":
+        choices = _choices(model, err["loc"])
+        return f"{key}: required key is missing" + (
+            f" (one of: {', '.join(choices)})" if choices else what)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":
+        # our own validators: the message says what is wrong, and a KeyProblem names its key
+        if isinstance((err.get("ctx") or {}).get("error"), KeyProblem):
+            return f"{key}.{msg}" if err["loc"] else msg
+        named = not err["loc"] or msg.startswith((f"{key}.", f"{key}:"))
+        return msg if named else f"{key}: {msg}"
+    got = err.get("input")
+    if err["type"] in TYPE_ERRORS:
+        return f"{key}: {msg}, got {type(got).__name__} {got!r}{what}"
+    return f"{key}: {msg} (got {got!r}){what}"
 
 
 def _field_at(model: type[BaseModel], loc: tuple) -> FieldInfo | None:
@@ -55,8 +79,9 @@ def _choices(model: type[BaseModel], loc: tuple) -> tuple[str, ...]:
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys allowed where an unknown one was."""
-    return sorted(getattr(_model_at(model, loc), "model_fields", {}))
+    """The keys allowed where an unknown one was, in the model's (and the docs') order."""
+    fields = getattr(_model_at(model, loc), "model_fields", {})
+    return [name for name, f in fields.items() if not f.exclude]
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -23,12 +23,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from runner.batch.remote import is_url
 from runner.batch.sources import FILE_FORMATS, is_glob
 from runner.batch.store_urls import check_options, is_store_url
 from runner.errors import BatchError, ConfigError
+from runner.spec_errors import KeyProblem, format_validation_error
 
 
 class _Model(BaseModel):
@@ -94,7 +94,7 @@ class DataSpec(_Model):
                 value = data.get(key)
                 if is_store_url(value) and (key == "path" or value.startswith("s3://")):
                     if data.get("path_url") is not None or (key == "url" and "path" in data):
-                        raise _KeyError(key, "give one of path and url, not both")
+                        raise KeyProblem(key, "give one of path and url, not both")
                     data = {**{k: v for k, v in data.items() if k != key}, "path_url": value}
         return data
 
@@ -122,65 +122,65 @@ class DataSpec(_Model):
     def _keys_match_source(self) -> DataSpec:
         if self.url is not None:
             if not is_url(self.url):
-                raise _KeyError("url", f"must start with http://, https:// or s3://, got "
+                raise KeyProblem("url", f"must start with http://, https:// or s3://, got "
                                 f"{self.url!r}")
             if self.source != "files":
-                raise _KeyError("url", f"only allowed when source is 'files' (source is {self.source!r})")
+                raise KeyProblem("url", f"only allowed when source is 'files' (source is {self.source!r})")
             if self.path is not None:
-                raise _KeyError("url", "give either path or url, not both")
+                raise KeyProblem("url", "give either path or url, not both")
             if self.format is None and Path(urlsplit(self.url).path).suffix.lower() not in FILE_FORMATS:
-                raise _KeyError("format", f"cannot be inferred from the URL {self.url!r}; set "
+                raise KeyProblem("format", f"cannot be inferred from the URL {self.url!r}; set "
                                 "data.format (parquet, csv or jsonl)")
             if self.format == "text-dirs":
-                raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+                raise KeyProblem("format", "text-dirs needs a local folder, not a URL")
         elif self.path_url is not None:
             if self.source != "files":
-                raise _KeyError("path", f"a URL is only allowed when source is 'files' (source is "
+                raise KeyProblem("path", f"a URL is only allowed when source is 'files' (source is "
                                 f"{self.source!r})")
             if self.format == "text-dirs":
-                raise _KeyError("format", "text-dirs needs a local folder, not a URL")
+                raise KeyProblem("format", "text-dirs needs a local folder, not a URL")
             if not urlsplit(self.path_url).netloc and self.path_url.startswith("s3://"):
-                raise _KeyError("path", f"an s3 URL names a bucket: s3://bucket/prefix/*.parquet, "
+                raise KeyProblem("path", f"an s3 URL names a bucket: s3://bucket/prefix/*.parquet, "
                                 f"got {self.path_url!r}")
             try:
                 check_options(self.storage_options)
             except BatchError as e:
-                raise _KeyError("storage_options", str(e).split(": ", 1)[1]) from None
+                raise KeyProblem("storage_options", str(e).split(": ", 1)[1]) from None
         elif self.source == "files" and self.path is None:
-            raise _KeyError("path", "required when source is 'files' (or give data.url)")
+            raise KeyProblem("path", "required when source is 'files' (or give data.url)")
         if "copies" in self.model_fields_set and self.path_url is not None:
-            raise _KeyError("copies", "only used for a corpus prepared on this machine and "
+            raise KeyProblem("copies", "only used for a corpus prepared on this machine and "
                             "shipped to the workers; a corpus read in place is read once, by the "
                             "workers: remove data.copies")
         if self.storage_options is not None and self.path_url is None:
-            raise _KeyError("storage_options", "only used when data.path is an s3:// or file:// "
+            raise KeyProblem("storage_options", "only used when data.path is an s3:// or file:// "
                             "URL")
         if self.source != "files" and self.path is not None:
-            raise _KeyError("path", f"only allowed when source is 'files' (source is {self.source!r})")
+            raise KeyProblem("path", f"only allowed when source is 'files' (source is {self.source!r})")
         if self.source != "files" and self.format is not None:
-            raise _KeyError("format", f"only allowed when source is 'files' (source is {self.source!r})")
+            raise KeyProblem("format", f"only allowed when source is 'files' (source is {self.source!r})")
         if self.source == "synthetic" and self.synthetic is None:
-            raise _KeyError("synthetic", "required when source is 'synthetic', e.g. "
+            raise KeyProblem("synthetic", "required when source is 'synthetic', e.g. "
                             "{n_docs: 10000, n_classes: 5}")
         if self.source != "synthetic" and self.synthetic is not None:
-            raise _KeyError("synthetic", f"only allowed when source is 'synthetic' "
+            raise KeyProblem("synthetic", f"only allowed when source is 'synthetic' "
                             f"(source is {self.source!r})")
         if self.path is not None and self.path.is_file() and self.format is None \
                 and self.path.suffix.lower() not in FILE_FORMATS:
-            raise _KeyError("path", f"unsupported file type {self.path.suffix or '(none)'!r} "
+            raise KeyProblem("path", f"unsupported file type {self.path.suffix or '(none)'!r} "
                             f"(use one of: {', '.join(FILE_FORMATS)}, or set data.format)")
         if self.path is not None and self.path.is_file() and self.format == "text-dirs":
-            raise _KeyError("format", "text-dirs needs data.path to be a folder with one "
+            raise KeyProblem("format", "text-dirs needs data.path to be a folder with one "
                             "sub-folder per label")
         inferred = FILE_FORMATS.get(self.path.suffix.lower()) if self.path is not None else None
         if self.path is not None and self.path.is_file() and inferred and self.format \
                 and self.format != inferred:
-            raise _KeyError("format", f"{self.format} does not match {self.path.name} (a "
+            raise KeyProblem("format", f"{self.format} does not match {self.path.name} (a "
                             f"{inferred} file name); remove data.format to read it as {inferred}, "
                             "or point data.path at a file of that format")
         if self.source == "files" and self.format == "text-dirs" and (
                 self.text_column != "text" or self.label_column != "label"):
-            raise _KeyError("format", "text-dirs takes the label from the folder names; remove "
+            raise KeyProblem("format", "text-dirs takes the label from the folder names; remove "
                             "text_column and label_column")
         return self
 
@@ -305,13 +305,13 @@ class ModelSpec(_Model):
                    "incremental trains with scikit-learn's own partial_fit, whose average mixes "
                    "up the plain and averaged intercepts of more than two classes (scikit-learn "
                    "1.9); use kind: sgd")
-            raise _KeyError("average", f"only allowed when kind is 'sgd' ({why})")
+            raise KeyProblem("average", f"only allowed when kind is 'sgd' ({why})")
         return self
 
     @model_validator(mode="after")
     def _variant_only_for_bayes(self) -> ModelSpec:
         if self.variant is not None and self.kind != "naive_bayes":
-            raise _KeyError("variant", f"only allowed when kind is 'naive_bayes' (kind is {self.kind!r})")
+            raise KeyProblem("variant", f"only allowed when kind is 'naive_bayes' (kind is {self.kind!r})")
         return self
 
     @model_validator(mode="after")
@@ -320,7 +320,7 @@ class ModelSpec(_Model):
             for key, default in (("learning_rate", "optimal"), ("eta0", 0.01),
                                  ("power_t", 0.5), ("class_weight", None)):
                 if getattr(self, key) != default:
-                    raise _KeyError(key, "only allowed when kind is 'sgd' or 'incremental' "
+                    raise KeyProblem(key, "only allowed when kind is 'sgd' or 'incremental' "
                                          "(naive Bayes has no learning rate or class weights)")
         return self
 
@@ -350,18 +350,18 @@ class SearchSpec(_Model):
             raise ValueError("must name at least one parameter, e.g. {alpha: [1e-5, 1e-4]}")
         for key, values in grid.items():
             if not values:
-                raise _KeyError(key, "needs at least one value")
+                raise KeyProblem(key, "needs at least one value")
             if key == "alpha":
                 bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float)
                        or v <= 0]
                 if bad:
-                    raise _KeyError(key, f"values must be numbers > 0, got {bad!r}")
+                    raise KeyProblem(key, f"values must be numbers > 0, got {bad!r}")
             elif key == "loss":
                 bad = [v for v in values if v not in SGD_LOSSES]
                 if bad:
-                    raise _KeyError(key, f"unknown loss {bad!r} (use: {', '.join(SGD_LOSSES)})")
+                    raise KeyProblem(key, f"unknown loss {bad!r} (use: {', '.join(SGD_LOSSES)})")
             else:
-                raise _KeyError(key, "unknown parameter (searchable: alpha, loss)")
+                raise KeyProblem(key, "unknown parameter (searchable: alpha, loss)")
         return grid
 
     def candidates(self) -> list[dict[str, Any]]:
@@ -387,12 +387,12 @@ class ResultsSpec(_Model):
     def _a_store_url(self) -> ResultsSpec:
         parts = urlsplit(self.path)
         if not is_store_url(self.path) or (parts.scheme == "s3" and not parts.netloc):
-            raise _KeyError("path", f"{self.path!r} is not an object-store or shared-filesystem "
+            raise KeyProblem("path", f"{self.path!r} is not an object-store or shared-filesystem "
                             "URL; use s3://bucket/prefix or file:///shared/folder")
         try:
             check_options(self.storage_options)
         except BatchError as e:
-            raise _KeyError("storage_options", str(e).split(": ", 1)[1]) from None
+            raise KeyProblem("storage_options", str(e).split(": ", 1)[1]) from None
         return self
 
 
@@ -411,27 +411,27 @@ class JobSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         if self.model.kind == "naive_bayes" and self.features.alternate_sign:
-            raise _KeyError("features.alternate_sign", "must be false for model.kind naive_bayes "
+            raise KeyProblem("features.alternate_sign", "must be false for model.kind naive_bayes "
                             "(naive Bayes needs non-negative feature counts)")
         if not self.features.cache:
             if self.model.kind == "incremental":
-                raise _KeyError("features.cache", "false is not supported for model.kind "
+                raise KeyProblem("features.cache", "false is not supported for model.kind "
                                 "incremental (use sgd or naive_bayes, or features.cache: true)")
             if self.search is not None:
-                raise _KeyError("features.cache", "false is not supported with a search "
+                raise KeyProblem("features.cache", "false is not supported with a search "
                                 "section (remove search, or set features.cache: true)")
         if self.search is not None:
             allowed = SEARCH_KEYS.get(self.model.kind)
             if allowed is None:
-                raise _KeyError("search", f"not available for model.kind {self.model.kind!r} "
+                raise KeyProblem("search", f"not available for model.kind {self.model.kind!r} "
                                 "(use sgd or naive_bayes)")
             extra = [k for k in self.search.grid if k not in allowed]
             if extra:
-                raise _KeyError("search.grid", f"{', '.join(extra)} cannot be searched for "
+                raise KeyProblem("search.grid", f"{', '.join(extra)} cannot be searched for "
                                 f"model.kind {self.model.kind!r} (searchable: {', '.join(allowed)})")
             n = len(self.search.candidates())
             if n > self.search.max_candidates:
-                raise _KeyError("search.grid", f"{n} combinations, more than "
+                raise KeyProblem("search.grid", f"{n} combinations, more than "
                                 f"search.max_candidates ({self.search.max_candidates})")
         return self
 
@@ -457,50 +457,6 @@ class JobSpec(_Model):
         """The model section with the defaults resolved (plain dict for the worker side)."""
         return {**self.model.model_dump(mode="python"), "alpha": self.model.alpha_value,
                 "variant": self.model.variant_value if self.model.kind == "naive_bayes" else None}
-
-
-class _KeyError(ValueError):
-    """Raised by a model validator about one of its own keys, so the message can name it."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The model class that holds the key at ``loc`` (for listing the allowed keys)."""
-    model: Any = JobSpec
-    for part in loc[:-1]:
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return None
-        model = field.annotation
-        # an optional section (``SearchSpec | None``): the model class inside the union
-        inner = [a for a in get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if inner:
-            model = inner[0]
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _describe(error: ErrorDetails) -> str:
-    loc = tuple(str(p) for p in error["loc"])
-    kind = error["type"]
-    model = _model_at(loc)
-    if kind == "extra_forbidden":
-        allowed = ", ".join(model.model_fields) if model else "?"
-        return f"{'.'.join(loc)}: unknown key (allowed: {allowed})"
-    # the field's description says what a good value looks like
-    field = model.model_fields.get(loc[-1]) if model is not None and loc else None
-    hint = f" ({field.description})" if field is not None and field.description else ""
-    if kind == "missing":
-        return f"{'.'.join(loc)}: required key is missing{hint}"
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
-    if kind == "value_error" and isinstance(error.get("ctx", {}).get("error"), _KeyError):
-        return ".".join(loc) + ("." if loc else "") + message
-    if kind in ("int_type", "float_type", "bool_type", "string_type", "list_type",
-                "model_type", "dict_type"):
-        message = f"{message}, got {type(error['input']).__name__} {error['input']!r}"
-    return f"{'.'.join(loc) or '(top level)'}: {message}{hint}"
 
 
 def load_job(path: str | Path, check_paths: bool = True) -> JobSpec:
@@ -530,11 +486,4 @@ def load_job(path: str | Path, check_paths: bool = True) -> JobSpec:
         return JobSpec.model_validate(raw, context={"base_dir": path.resolve().parent,
                                                     "check_paths": check_paths})
     except ValidationError as e:
-        errors = e.errors()
-        # an unknown key next to a missing one at the same level is most likely a typo of it:
-        # report the unknown key (with the allowed ones) and not the consequence
-        typo_parents = {err["loc"][:-1] for err in errors if err["type"] == "extra_forbidden"}
-        errors = [err for err in errors
-                  if not (err["type"] == "missing" and err["loc"][:-1] in typo_parents)]
-        problems = [_describe(err) for err in errors]
-        raise ConfigError(f"{path}: " + f"; {path}: ".join(problems)) from None
+        raise ConfigError(format_validation_error(path, e, JobSpec)) from None

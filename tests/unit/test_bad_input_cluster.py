@@ -52,8 +52,8 @@ class Case:
 
 CASES = [
     Case("unknown key", lab(dask={"threads_per_workr": 2}),
-         ("dask.threads_per_workr: unknown key",), "allowed: dashboard_port"),
-    Case("unknown top-level key", lab(workers=3), ("workers: unknown key",), "allowed: dask"),
+         ("dask.threads_per_workr: unknown key",), "allowed: scheduler_port, dashboard_port"),
+    Case("unknown top-level key", lab(workers=3), ("workers: unknown key",), "allowed: name, provider, mode"),
     Case("wrong type", lab(dask={"threads_per_worker": "two"}),
          ("dask.threads_per_worker", "'two'"), "should be a valid integer"),
     Case("wrong type of a section", lab(ssh="root@host"), ("ssh:", "root@host"),

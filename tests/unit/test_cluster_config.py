@@ -112,5 +112,5 @@ def test_results_in_a_cluster_file_is_checked_as_a_job_files(tmp_path):
     path = write(tmp_path, "name: x\nprovider: lab\nresults: {path: /shared/runs}\n")
     with pytest.raises(ConfigError) as e:
         load_cluster(path)
-    assert str(path) in str(e.value) and "results: path: '/shared/runs'" in str(e.value)
+    assert str(path) in str(e.value) and "results.path: '/shared/runs'" in str(e.value)
     assert "file:///shared/folder" in str(e.value)  # what to write instead

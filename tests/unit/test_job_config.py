@@ -20,10 +20,24 @@ def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
     return path
 
 
+FIX = "\nFix the file and run the command again."
+
+
 def error_of(path: Path) -> str:
+    """The problems of a refused job file (its footer, the same on every one, aside)."""
     with pytest.raises(ConfigError) as info:
         load_job(path)
-    return str(info.value)
+    return str(info.value).removesuffix(FIX)
+
+
+def test_a_refused_job_file_says_what_to_do_as_a_cluster_file_does(tmp_path):
+    """One formatter for both (runner/spec_errors.py): a line per problem, then the footer."""
+    path = write(tmp_path, "name: j\ndata: {source: debian-packages}\nmodle: {}\nsplit: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_job(path)
+    lines = str(info.value).splitlines()
+    assert lines[-1] == FIX.strip() and len(lines) == 3, lines
+    assert all(line.startswith(f"{path}: ") for line in lines[:-1]), lines
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "small.yaml"])
