@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -52,13 +53,19 @@ def no_shipping(monkeypatch, tmp_path):
     monkeypatch.setattr(submit, "remote_dir", lambda digest, cluster=None: str(cache / digest))
 
 
-def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsys):
+def fruit_job(folder: Path, name: str) -> Path:
+    """A job file over a small corpus of three fruits (written beside it)."""
     rows = [{"text": f"{w} {w}s and more {i}", "label": w}
             for i in range(300) for w in ("apple", "pear", "plum")]
-    pd.DataFrame(rows).to_csv(tmp_path / "fruit.csv", index=False)
-    good = tmp_path / "good.yaml"
-    good.write_text("name: fruit\ndata: {source: files, path: fruit.csv, shard_rows: 300}\n"
-                    "model: {epochs: 1}\n")
+    pd.DataFrame(rows).to_csv(folder / "fruit.csv", index=False)
+    job = folder / name
+    job.write_text("name: fruit\ndata: {source: files, path: fruit.csv, shard_rows: 300}\n"
+                   "model: {epochs: 1}\n")
+    return job
+
+
+def test_submit_records_success_and_failure(client, tmp_path, no_shipping, capsys):
+    good = fruit_job(tmp_path, "good.yaml")
     runs_dir = tmp_path / "runs"
     result = submit.submit(LocalStandIn(client), good, runs_dir, progress=lambda line: None)
     assert json.loads((result.run_dir / "status.json").read_text())["status"] == "succeeded"
@@ -131,12 +138,7 @@ def test_the_cluster_files_results_take_every_run_the_job_files_own_win(
     a job file's own `results` wins. `runs show` names each artifact's copy."""
     from runner.batch.job import ResultsSpec
 
-    rows = [{"text": f"{w} {w}s and more {i}", "label": w}
-            for i in range(300) for w in ("apple", "pear", "plum")]
-    pd.DataFrame(rows).to_csv(tmp_path / "fruit.csv", index=False)
-    plain = tmp_path / "plain.yaml"
-    plain.write_text("name: fruit\ndata: {source: files, path: fruit.csv, shard_rows: 300}\n"
-                     "model: {epochs: 1}\n")
+    plain = fruit_job(tmp_path, "plain.yaml")
     own = tmp_path / "own.yaml"
     own.write_text(plain.read_text() + f"results: {{path: 'file://{tmp_path}/own'}}\n")
     cluster = LocalStandIn(client)
