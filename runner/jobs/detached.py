@@ -108,15 +108,19 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
                "scheduler_host": host.name, "cluster_source": str(cluster.spec.source),
                "max_running": cluster.spec.max_running_jobs, "shard_paths": shard_paths,
                "shard_hosts": shard_hosts,
-               # the cluster file's results, which the job file on the node does not hold
-               "results": None if job.results is None else job.results.model_dump(mode="json"),
+               # the cluster file's results, which the job file on the node does not hold (its
+               # storage options go with the secrets: they may hold a key)
+               "results": None if job.results is None else {"path": job.results.path},
                "context": context}
     files = {REQUEST: json.dumps(request, indent=2).encode(),
              "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}
-    secrets = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
-    if secrets and (job.data.path_url is not None or job.results is not None):
+    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+    if not (job.data.path_url is not None or job.results is not None):
+        env = {}  # nothing on the nodes reads a store with them
+    options = (job.results.storage_options or {}) if job.results is not None else {}
+    if env or options:
         # 0600, read and removed by the driver at its start
-        files[SECRETS] = json.dumps(secrets).encode()
+        files[SECRETS] = json.dumps({"env": env, "results_storage_options": options}).encode()
     _start(host, ssh, where, files)
     local = Path(runs_dir).resolve() / run_id
     local.mkdir(parents=True)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     # the submitting shell's AWS variables (an object-store corpus): read, then removed from disk
     secrets = _read_json(folder / SECRETS) or {}
     (folder / SECRETS).unlink(missing_ok=True)
-    os.environ.update(secrets)
+    os.environ.update(secrets.get("env") or {})
     state = {"status": "queued", "pid": os.getpid(), "queued_at": time.time()}
     write_json_atomic(folder / STATE, state)
 
@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # its stdout is the run's driver.log (`daskfleet runs logs`): the progress lines as they are
     with cli_output(logging.INFO, prefix=""), sigterm_raises():
-        return _drive(folder, request, state)
+        return _drive(folder, request, state, secrets.get("results_storage_options"))
 
 
-def _drive(folder: Path, request: dict, state: dict) -> int:
+def _drive(folder: Path, request: dict, state: dict, results_options: dict | None = None) -> int:
     from runner.batch.artifacts import write_failed_run
     from runner.log import Say
 
@@ -185,7 +185,9 @@ def _drive(folder: Path, request: dict, state: dict) -> int:
         if request.get("results"):  # the job file's own, or the cluster file's (submit chose)
             from runner.batch.job import ResultsSpec
 
-            job = job.model_copy(update={"results": ResultsSpec(**request["results"])})
+            job = job.model_copy(update={"results": ResultsSpec(
+                path=request["results"]["path"],
+                storage_options=results_options or None)})
         client = Client(request["scheduler"], timeout="30s")  # TLS: the node's DASK_CONFIG
         activity.register(client, run_id)
         watch = RunWatch(client, request["cluster_source"], request["scheduler_host"],

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from jobfiles import MID_TRAINING, small_job, training_job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +168,8 @@ def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_e
     and its runs queue); `runs logs -f` follows one until its driver exits; `runs wait -c`
     finds the other from a runs folder that never heard of it (another machine's). The cluster
     file's `results:` takes both runs (their job files name none): the drivers, on the
-    scheduler's host, copy each run folder to the object store."""
+    scheduler's host, copy each run folder to the object store, with the credentials of the
+    cluster file's storage_options (the shell has none), which no file on the node keeps."""
     import boto3
 
     aws = _with_object_store(cli)
@@ -177,15 +179,21 @@ def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_e
                           aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
         s3.create_bucket(Bucket="team-results")
-        _two_at_once(cli, workdir, s3)
+        _without_object_store(cli)  # the cluster file's storage_options alone reach the store
+        _two_at_once(cli, workdir, s3, aws)
     finally:
         _without_object_store(cli)
 
 
-def _two_at_once(cli, workdir: Path, s3) -> None:
+def _two_at_once(cli, workdir: Path, s3, aws: dict) -> None:
+    from runner.cluster import Cluster
+    from runner.jobs.driver import run_folder
+
     two = workdir / "lab-two-runs.yaml"
-    two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n"
-                   "results: {path: 's3://team-results/runs'}\n")
+    two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n" + yaml.safe_dump({
+        "results": {"path": "s3://team-results/runs", "storage_options": {
+            "endpoint_url": aws["AWS_ENDPOINT_URL"], "region": aws["AWS_REGION"],
+            "key": aws["AWS_ACCESS_KEY_ID"], "secret": aws["AWS_SECRET_ACCESS_KEY"]}}}))
     ids = []
     for name in ("detached-par-a", "detached-par-b"):
         job = workdir / f"{name}.yaml"
@@ -233,3 +241,8 @@ def _two_at_once(cli, workdir: Path, s3) -> None:
         s3.head_object(Bucket="team-results", Key=f"runs/{run_id}/model.joblib")
     shown = cli("runs", "show", a, "--runs-dir", str(elsewhere)).stdout
     assert f"(copy: s3://team-results/runs/{a}/model.joblib)" in shown, shown
+    # the secret went to the drivers in the file they read and removed at their start
+    with Cluster.from_file(two) as cluster:
+        found = cluster.run_on_hosts(["bash", "-c", "grep -rl -F -- \"$0\" \"$1\" || true",
+                                      aws["AWS_SECRET_ACCESS_KEY"], run_folder("lab", a)])
+    assert not any(found.values()), found
