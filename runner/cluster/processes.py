@@ -336,6 +336,27 @@ class RemoteProcess:
                                     + explain_start_failure((r.stderr or r.stdout).strip()))
         return int(pid)
 
+    def restore(self, ssh: SSHSettings) -> int | None:
+        """Start again the process as it was before a replacement that failed (the script
+        `stop(previous="save")` kept aside); its pid, or None when nothing was kept."""
+        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
+        with connect(self.host, ssh) as c:
+            r = c.run(privileged(self.host, f"[ -e {prev} ] || {{ echo none; exit 0; }}; "
+                                 f"mv -f {prev} {sup} && "
+                                 + self._locked(f"bash {shlex.quote(sup)}")))
+        words = r.stdout.split()
+        if words == ["none"]:
+            return None
+        if r.failed or not words or not words[-1].isdigit():
+            raise ClusterStartError(f"{self.host.name}: could not start the previous {self.name} "
+                                    "again: " + explain_start_failure((r.stderr or r.stdout).strip()))
+        return int(words[-1])
+
+    def forget_previous(self, ssh: SSHSettings) -> None:
+        """The replacement is proven: the script kept aside goes."""
+        with connect(self.host, ssh) as c:
+            c.run(privileged(self.host, f"rm -f {self.supervise_file}.prev"))
+
     def status(self, ssh: SSHSettings) -> ProcStatus:
         try:
             with connect(self.host, ssh) as c:
@@ -356,13 +377,21 @@ class RemoteProcess:
                               {"1": True, "0": False}.get(info.get("sup", "")))
         return ProcStatus("dead")
 
-    def stop(self, ssh: SSHSettings) -> bool:
+    def stop(self, ssh: SSHSettings, previous: str = "drop") -> bool:
         """Stop the process group: TERM, then KILL after a grace period. True if one was running.
         A pid file whose process has exited (or whose pid now belongs to another process) is
-        removed and the process reported gone: a stale file never fails a stop."""
+        removed and the process reported gone: a stale file never fails a stop.
+
+        Its supervisor script goes first, so the supervisor never starts it again behind our
+        back. ``previous``: what becomes of the script: "drop" (gone, with any earlier one
+        saved), "save" (kept aside, before a replacement: `restore` starts it again if the
+        replacement fails), "keep" (the one kept aside stays: a failed replacement stopped)."""
+        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
+        unsupervise = {"drop": f"rm -f {sup} {prev}",
+                       "save": f"rm -f {prev} && {{ [ ! -e {sup} ] || mv -f {sup} {prev}; }}",
+                       "keep": f"rm -f {sup}"}[previous]
         with connect(self.host, ssh) as c:
-            # unsupervised first, so the supervisor never starts it again behind our back
-            r = c.run(privileged(self.host, f"rm -f {self.supervise_file} && "
+            r = c.run(privileged(self.host, f"{unsupervise} && "
                                  + self._locked(self._stop_script())))
         if r.failed:
             raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "

@@ -226,7 +226,9 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
             + ", ".join(f"{p.name}@{p.host.name}" for p in going))
         cluster.close_client()  # before its scheduler goes: no reconnect attempts to report
         for group in (going[:-1], going[-1:]):
-            per_process(group, lambda p: p.stop(ssh), "stopping")
+            # each one's script kept aside: if the new ones fail, these start again as they were
+            per_process(group, lambda p: p.stop(ssh, previous="save"), "stopping")
+        replaced = going
         needed = list(procs)
         rolling: list[changes.Change] = []
     elif sched_change is not None:
@@ -236,12 +238,15 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
         if stale:
             say("stopping workers to restart them with the new scheduler: "
                 + ", ".join(f"{p.name}@{p.host.name}" for p in stale))
-            per_process(stale, lambda p: p.stop(ssh), "stopping")
+            per_process(stale, lambda p: p.stop(ssh, previous="save"), "stopping")
+        replaced = stale
         needed = [c.proc for c in todo if c.action == "start"] + stale
         rolling = []
     else:
+        replaced = []
         needed = [c.proc for c in todo if c.action == "start"]
         rolling = [c for c in restarts if c.proc.kind == "worker"]
+    before = state.read(cluster.state_dir).get("scheduler")
     pids = {p.name: current[p].pid for p in procs if p not in needed}
     started: list[str] = []
     try:
@@ -277,15 +282,17 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
                                f"{cluster.spec.dask.dashboard_port}")
         readiness.wait_ready(cluster, {p.name for p in procs[1:]})
     except BaseException as e:
-        # Whatever went wrong (Ctrl-C included), what this run started is stopped again.
+        # Whatever went wrong (Ctrl-C included), what this run started is stopped again, and
+        # what it stopped to replace is started again as it was.
         if started:
             say(f"start failed; stopping what this run started: {', '.join(started)}")
             for p in procs:
                 if f"{p.name}@{p.host.name}" in started:
                     try:
-                        p.stop(ssh)
+                        p.stop(ssh, previous="keep")
                     except Exception:  # noqa: BLE001 - best effort, the original error wins
                         pass
+        back = _put_back(cluster, replaced, before, progress)
         # hosts where no worker of this cluster runs now: its memory claim there goes too
         idle = sorted({p.host for p in procs if p.kind == "worker"}
                       - {p.host for p in procs if p.kind == "worker" and p not in needed
@@ -297,9 +304,36 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
         if not isinstance(e, DaskfleetError):
             raise
         collect_logs(cluster, procs)
-        raise ClusterStartError(f"{e}\nAll logs copied to {cluster.state_dir / 'logs'}.") from e
+        raise ClusterStartError(f"{e}\n{back}All logs copied to {cluster.state_dir / 'logs'}."
+                                ) from e
+    per_process(replaced, lambda p: p.forget_previous(ssh), "forgetting the replaced scripts")
     started += _roll(cluster, procs, rolling, pids, progress)
     return started
+
+
+def _put_back(cluster: Cluster, replaced: list[RemoteProcess], scheduler: str | None,
+              progress: Progress | None) -> str:
+    """Start again, as they were, the processes a failed replacement stopped (their scripts
+    kept aside by stop(previous="save")); the record points at the old scheduler again. Returns
+    what to tell the user ("" when nothing was replaced)."""
+    if not replaced:
+        return ""
+    say = Say(progress, logger)
+    ssh = cluster.ssh()
+    back, failed = [], []
+    for p in replaced:  # the scheduler first (procs' order), then the workers that join it
+        try:
+            if p.restore(ssh) is not None:
+                back.append(f"{p.name}@{p.host.name}")
+        except Exception as e:  # noqa: BLE001 - each one is said; the original error wins
+            failed.append(f"{p.name}@{p.host.name} ({e})")
+    if scheduler is not None:
+        state.update(cluster.state_dir, scheduler=scheduler)
+    line = ((f"The processes it replaced run again as they were: {', '.join(back)}. "
+             if back else "") +
+            (f"Could not start again: {'; '.join(failed)}. " if failed else ""))
+    say(line.strip())
+    return line
 
 
 def _claim_memory(cluster: Cluster, procs: list[RemoteProcess], todo: list[changes.Change],
@@ -368,21 +402,33 @@ def _roll(cluster: Cluster, procs: list[RemoteProcess], rolling: list[changes.Ch
     for i, c in enumerate(rolling, 1):
         p = c.proc
         say(f"replacing {c.where} ({i}/{len(rolling)}): {'; '.join(c.reasons)}")
+        stopped = False
         try:
             # the scheduler was just proven ready: no SSH status sweep of every process per step
             retire(cluster, [p.name], progress, scheduler_running=True)
-            p.stop(ssh)
+            p.stop(ssh, previous="save")
+            stopped = True
             pids[p.name] = p.start(ssh)
             state.update(cluster.state_dir, pids=pids)
             readiness.wait_ready(cluster, names)
-        except DaskfleetError as e:
+        except BaseException as e:  # Ctrl-C included: the old one comes back all the same
             left = [x.where for x in rolling[i:]]
             collect_logs(cluster, [p])
+            back = ""
+            if stopped:  # the new one goes, the old one comes back
+                try:
+                    p.stop(ssh, previous="keep")
+                except Exception:  # noqa: BLE001 - best effort, the original error wins
+                    pass
+                back = _put_back(cluster, [p], None, progress)
+            if not isinstance(e, DaskfleetError):
+                raise
             raise ClusterStartError(
-                f"replacing {c.where} failed: {e}\n" + (
+                f"replacing {c.where} failed: {e}\n{back}" + (
                     f"Not reached, still running as before: {', '.join(left)}. " if left else "")
                 + f"Replaced before it: {', '.join(replaced) or 'none'}. Logs copied to "
                 f"{cluster.state_dir / 'logs'}; fix the cause and run `daskfleet up` again.") from e
+        p.forget_previous(ssh)
         replaced.append(c.where)
     return replaced
 

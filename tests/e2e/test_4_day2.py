@@ -237,3 +237,39 @@ def test_an_edit_to_the_cli_restarts_nothing(lab_cluster, cli, workdir):
     assert job.finish(900) == 0, job.out + job.err
     assert job.ended > up_ended  # the job ran through the `up`
 
+
+
+def test_a_replacement_that_fails_puts_the_old_processes_back(lab_cluster, cli, workdir):
+    """A change whose new scheduler cannot start (its port is held on lab1 by another program):
+    `up` fails saying why, and the scheduler and the workers it stopped to replace run again as
+    they were, with no operator; back on clusters/lab.yaml, `up` has nothing to start."""
+    rc, st = _status(cli)
+    assert rc == 0 and st["healthy"], st
+    taken = _variant(workdir, "port-taken", "  scheduler_port: 8799\n")
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        lab1 = next(h for h in cluster.hosts() if h.name == "lab1")
+        with connect(lab1, cluster.ssh()) as c:
+            holder = int(c.run(
+                "setsid python3 -c 'import socket, time; s = socket.socket(); "
+                f"s.bind((\"{lab1.dask_address}\", 8799)); s.listen(); time.sleep(900)' "
+                "> /dev/null 2>&1 < /dev/null & echo $!").stdout.strip())
+    try:
+        failed = cli("up", "-c", str(taken), check=False, timeout=600)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode == 1 and "Traceback" not in out, out
+        assert "address already in use" in out.lower(), out
+        back = re.search(r"The processes it replaced run again as they were: (.*)\. ", out)
+        assert back and set(back[1].split(", ")) == {"scheduler@lab1", "lab2-w0@lab2",
+                                                      "lab3-w0@lab3"}, out
+        deadline = time.monotonic() + 90
+        while not (st := _status(cli)[1])["healthy"]:  # the workers rejoin the old scheduler
+            assert time.monotonic() < deadline, st
+            time.sleep(2)
+        assert st["scheduler"]["address"] == "tls://198.18.0.11:8786", st
+        everywhere = [line for lines in _dask_processes().values() for line in lines]
+        assert len(everywhere) == 3 and not [line for line in everywhere if "8799" in line]
+        again = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+        assert "started: nothing (all running)" in again.stdout, again.stdout
+    finally:
+        _kill_group("lab1", holder)
+        cli("up", "-c", str(LAB_CLUSTER), timeout=600)
