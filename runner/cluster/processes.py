@@ -339,11 +339,8 @@ class RemoteProcess:
     def restore(self, ssh: SSHSettings) -> int | None:
         """Start again the process as it was before a replacement that failed (the script
         `stop(previous="save")` kept aside); its pid, or None when nothing was kept."""
-        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
         with connect(self.host, ssh) as c:
-            r = c.run(privileged(self.host, f"[ -e {prev} ] || {{ echo none; exit 0; }}; "
-                                 f"mv -f {prev} {sup} && "
-                                 + self._locked(f"bash {shlex.quote(sup)}")))
+            r = c.run(privileged(self.host, self._restore_command()))
         words = r.stdout.split()
         if words == ["none"]:
             return None
@@ -386,17 +383,26 @@ class RemoteProcess:
         back. ``previous``: what becomes of the script: "drop" (gone, with any earlier one
         saved), "save" (kept aside, before a replacement: `restore` starts it again if the
         replacement fails), "keep" (the one kept aside stays: a failed replacement stopped)."""
-        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
-        unsupervise = {"drop": f"rm -f {sup} {prev}",
-                       "save": f"rm -f {prev} && {{ [ ! -e {sup} ] || mv -f {sup} {prev}; }}",
-                       "keep": f"rm -f {sup}"}[previous]
         with connect(self.host, ssh) as c:
-            r = c.run(privileged(self.host, f"{unsupervise} && "
-                                 + self._locked(self._stop_script())))
+            r = c.run(privileged(self.host, self._stop_command(previous)))
         if r.failed:
             raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
                                     f"{(r.stderr or r.stdout).strip() or f'exit status {r.exited}'}")
         return r.stdout.strip() in ("stopped", "killed")
+
+    def _stop_command(self, previous: str) -> str:
+        """Shell (as root): `stop`'s whole work on the node."""
+        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
+        unsupervise = {"drop": f"rm -f {sup} {prev}",
+                       "save": f"rm -f {prev} && {{ [ ! -e {sup} ] || mv -f {sup} {prev}; }}",
+                       "keep": f"rm -f {sup}"}[previous]
+        return f"{unsupervise} && " + self._locked(self._stop_script())
+
+    def _restore_command(self) -> str:
+        """Shell (as root): `restore`'s whole work on the node."""
+        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
+        return (f"[ -e {prev} ] || {{ echo none; exit 0; }}; mv -f {prev} {sup} && "
+                + self._locked(f"bash {shlex.quote(sup)}"))
 
     def _stop_script(self) -> str:
         return (

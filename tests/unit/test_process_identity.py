@@ -270,3 +270,46 @@ def test_a_limit_the_host_will_not_raise_is_explained():
     said = processes.explain_start_failure(out)
     assert said.startswith(out) and "dask.limits asks for more than the host's hard limit" in said
     assert processes.explain_start_failure("no such file") == "no such file"
+
+
+def test_a_failed_replacement_starts_the_old_process_again_from_its_script_kept_aside(
+        tmp_path, monkeypatch):
+    """The node's side of a restart that fails (runner/cluster/reconcile.py): the old
+    process's supervisor script is kept aside when it is stopped for its replacement; the
+    replacement stopped, `restore` starts the old one again from it, as it was."""
+    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"))
+    host = Host("lab2", "198.18.0.12", "worker")
+    old = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", threads_per_worker=1))
+    new = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", threads_per_worker=2))
+    script = Path(old.supervise_file)
+    kept = Path(f"{old.supervise_file}.prev")
+
+    def sh(command: str) -> str:
+        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+        return out.stdout.strip()
+
+    def start(p: RemoteProcess) -> int:
+        return int(sh(p._write_supervised() + " && " + p._locked(f"bash {p.supervise_file}"))
+                   .split()[-1])
+
+    def threads(pid: int) -> str:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return args[args.index(b"--nthreads") + 1].decode()
+
+    try:
+        assert threads(start(old)) == "1"
+        assert sh(old._stop_command("save")) == "stopped"
+        assert not script.exists() and kept.read_text() == old._supervised_script()
+        assert threads(start(new)) == "2"  # the replacement, which then fails
+        assert sh(new._stop_command("keep")) == "stopped"
+        assert kept.exists()
+        back = int(sh(old._restore_command()).split()[-1])
+        assert threads(back) == "1" and script.read_text() == old._supervised_script()
+        assert not kept.exists() and sh(old._restore_command()) == "none"  # nothing aside now
+        assert sh(old._stop_command("drop")) == "stopped"
+        assert not script.exists() and not kept.exists()
+    finally:
+        for line in (tmp_path / "RUN_DIR").glob("*/*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)
