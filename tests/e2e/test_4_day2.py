@@ -71,6 +71,17 @@ def _kill_group(host_name: str, pid: int) -> None:
             c.run(f"kill -KILL -- -{int(pid)}")
 
 
+def _hold_port(host_name: str, port: int) -> int:
+    """Another program listening on ``port`` of the host's Dask address; its pid (a group)."""
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == host_name)
+        with connect(host, cluster.ssh()) as c:
+            return int(c.run(
+                "setsid python3 -c 'import socket, time; s = socket.socket(); "
+                f"s.bind((\"{host.dask_address}\", {int(port)})); s.listen(); time.sleep(900)' "
+                "> /dev/null 2>&1 < /dev/null & echo $!").stdout.strip())
+
+
 def test_a_scheduler_change_is_refused_under_a_job_then_leaves_nothing_of_the_old(
         lab_cluster, cli, workdir):
     try:
@@ -246,13 +257,7 @@ def test_a_replacement_that_fails_puts_the_old_processes_back(lab_cluster, cli, 
     rc, st = _status(cli)
     assert rc == 0 and st["healthy"], st
     taken = _variant(workdir, "port-taken", "  scheduler_port: 8799\n")
-    with Cluster.from_file(LAB_CLUSTER) as cluster:
-        lab1 = next(h for h in cluster.hosts() if h.name == "lab1")
-        with connect(lab1, cluster.ssh()) as c:
-            holder = int(c.run(
-                "setsid python3 -c 'import socket, time; s = socket.socket(); "
-                f"s.bind((\"{lab1.dask_address}\", 8799)); s.listen(); time.sleep(900)' "
-                "> /dev/null 2>&1 < /dev/null & echo $!").stdout.strip())
+    holder = _hold_port("lab1", 8799)
     try:
         failed = cli("up", "-c", str(taken), check=False, timeout=600)
         out = failed.stdout + failed.stderr
@@ -272,4 +277,40 @@ def test_a_replacement_that_fails_puts_the_old_processes_back(lab_cluster, cli, 
         assert "started: nothing (all running)" in again.stdout, again.stdout
     finally:
         _kill_group("lab1", holder)
+        cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+
+
+def test_a_worker_replacement_that_fails_puts_it_back_and_stops_the_roll(lab_cluster, cli,
+                                                                         workdir):
+    """A change the workers take one at a time (their port range) whose new worker cannot
+    start (the one port is held on each worker host): the first replacement fails, its old
+    worker runs again as it was, and the other worker is not touched."""
+    rc, st = _status(cli)
+    assert rc == 0 and st["healthy"], st
+    before = _pids(st)
+    held = _variant(workdir, "ports-held", "  worker_port_range: 41000:41000\n")
+    holders = {name: _hold_port(name, 41000) for name in ("lab2", "lab3")}
+    try:
+        failed = cli("up", "-c", str(held), check=False, timeout=600)
+        out = failed.stdout + failed.stderr
+        assert failed.returncode == 1 and "Traceback" not in out, out
+        first = re.search(r"replacing (lab\d-w0)@(lab\d) failed", out)
+        assert first, out
+        other = {"lab2-w0": "lab3-w0@lab3", "lab3-w0": "lab2-w0@lab2"}[first[1]]
+        assert f"The processes it replaced run again as they were: {first[1]}@{first[2]}." in out
+        assert f"Not reached, still running as before: {other}." in out, out
+        deadline = time.monotonic() + 90
+        while not (st := _status(cli)[1])["healthy"]:  # it rejoins
+            assert time.monotonic() < deadline, st
+            time.sleep(2)
+        now = _pids(st)
+        assert now["scheduler"] == before["scheduler"]
+        assert now[other.split("@")[0]] == before[other.split("@")[0]]  # not touched
+        everywhere = [line for lines in _dask_processes().values() for line in lines]
+        assert len(everywhere) == 3 and not [line for line in everywhere if "41000" in line]
+        again = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+        assert "started: nothing (all running)" in again.stdout, again.stdout
+    finally:
+        for name, pid in holders.items():
+            _kill_group(name, pid)
         cli("up", "-c", str(LAB_CLUSTER), timeout=600)
