@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from runner.cluster import changes
 from runner.errors import DaskfleetError
 from runner.log import Progress, Say
 from runner.provision import ansible, inventory, machines, terraform
+from runner.provision.tls import CertificateAuthority
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +75,19 @@ def plan(cluster, progress: Progress | None = None) -> PlanReport:
         report.notes.append("hosts are not known before `up` creates them: no Ansible check.")
         return report
     wheelhouses, env_hashes = machines.wheelhouses(cluster, hosts, progress)
-    if spec.tls:
-        cluster.ca.ensure({h.name: h.dask_address for h in hosts})
     with tempfile.TemporaryDirectory(prefix="daskfleet-plan-") as tmp:
+        variables = machines.playbook_vars(cluster, wheelhouses)
+        if spec.tls:
+            # the certificates `up` would install, made in a copy: `plan` never writes the
+            # cluster's CA folder (a first `plan` makes no CA; one near its end issues nothing)
+            ca = CertificateAuthority(Path(tmp) / "tls", spec.name)
+            if cluster.ca.dir.is_dir():
+                shutil.copytree(cluster.ca.dir, ca.dir)
+            ca.ensure({h.name: h.dask_address for h in hosts})
+            variables["dask_node_tls_src"] = str(ca.dir)
         inv = inventory.write(Path(tmp) / "hosts.yml", hosts, cluster.ssh())
         say(f"ansible: check mode on {len(hosts)} host(s)")
-        result = ansible.run_playbook(inv, machines.playbook_vars(cluster, wheelhouses),
+        result = ansible.run_playbook(inv, variables,
                                       log=cluster.state_dir / "logs" / "ansible-plan.log",
                                       check=True)
     report.changed = result.changed
