@@ -321,7 +321,8 @@ def _put_back(cluster: Cluster, replaced: list[RemoteProcess], scheduler: str | 
     say = Say(progress, logger)
     ssh = cluster.ssh()
     back, failed = [], []
-    for p in replaced:  # the scheduler first (procs' order), then the workers that join it
+    # the scheduler first, then the workers that join it
+    for p in sorted(replaced, key=lambda p: p.kind != "scheduler"):
         try:
             if p.restore(ssh) is not None:
                 back.append(f"{p.name}@{p.host.name}")
