@@ -1,6 +1,6 @@
 """The supervisor's systemd unit, as the playbook installs it where systemd runs the machine, is
-one systemd itself accepts. The lab's hosts do not run systemd (their init starts the supervisor
-from /etc/daskfleet/boot.d), so this is the check that the unit is valid."""
+one systemd itself accepts (the fast tier's check; tests/e2e/test_14_supervisor_under_systemd.py
+runs it under systemd)."""
 
 from __future__ import annotations
 
