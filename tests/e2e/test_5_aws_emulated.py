@@ -25,7 +25,8 @@ from submission import Submission
 
 from runner.cluster import Cluster
 from runner.lab import Lab
-from runner.lab.ec2 import INTERNET_ADDRESS, set_vcpu_quota
+from runner.lab.addresses import INTERNET_ADDRESS
+from runner.lab.ec2_strict import set_vcpu_quota
 from runner.lab.machine import port_open
 
 REPO = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from jobfiles import small_job
 
 from runner.errors import LabError
 from runner.lab import Lab
-from runner.lab.ec2 import refuse_spot
+from runner.lab.ec2_strict import refuse_spot
 from runner.lab.machine import check_prerequisites
 
 REPO = Path(__file__).resolve().parents[2]

@@ -54,14 +54,14 @@ import json, sys, boto3
 from pathlib import Path
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from runner.lab.ec2 import _as_ec2_does
+from runner.lab.ec2_strict import as_ec2_does
 from runner import aws_capacity as cap
 from runner.errors import ConfigError
 
 lab = Path(sys.argv[1])
 (lab / "cloud").mkdir(parents=True)
 (lab / "cloud" / "vcpu-quota.json").write_text(json.dumps({"on-demand": 6}))
-_as_ec2_does(lab)
+as_ec2_does(lab)
 out = {}
 kw = dict(region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
 with mock_aws():

@@ -11,9 +11,9 @@ SCRIPT = r"""
 import base64, boto3
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from runner.lab.ec2 import USER_DATA_LIMIT, _as_ec2_does
+from runner.lab.ec2_strict import USER_DATA_LIMIT, as_ec2_does
 
-_as_ec2_does()
+as_ec2_does()
 with mock_aws():
     ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="a",
                        aws_secret_access_key="b")
