@@ -31,12 +31,13 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def interrupt_gracefully(proc: subprocess.Popen, grace_s: float, say) -> tuple[str, str, bool]:
+def interrupt_gracefully(proc: subprocess.Popen, grace_s: float, say) -> tuple[str, str, str]:
     """Send ``proc`` (started in a session of its own, so the terminal's Ctrl-C reached only us)
     one SIGINT, the way Terraform asks to be stopped: it finishes the calls in flight and writes
     its state. Wait up to ``grace_s``; a second Ctrl-C meanwhile is passed on (Terraform then
     stops at once), and past the grace period the process is killed. Returns (stdout, stderr,
-    whether it ended by itself)."""
+    how it ended): "finished" (by itself, after the one interrupt), "stopped" (at once, on the
+    second) or "killed"."""
     proc.send_signal(signal.SIGINT)
     program = os.fsdecode(proc.args if isinstance(proc.args, str | bytes | os.PathLike)
                           else proc.args[0])
@@ -44,16 +45,16 @@ def interrupt_gracefully(proc: subprocess.Popen, grace_s: float, say) -> tuple[s
         f"(up to {grace_s:.0f}s; Ctrl-C again stops it at once)")
     try:
         out, err = proc.communicate(timeout=grace_s)
-        return out, err, True
+        return out, err, "finished"
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)
         try:
             out, err = proc.communicate(timeout=30)
-            return out, err, True
+            return out, err, "stopped"
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
             pass
     except subprocess.TimeoutExpired:
         pass
     proc.kill()
     out, err = proc.communicate()
-    return out, err, False
+    return out, err, "killed"

@@ -56,9 +56,9 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None,
         stdout, stderr = proc.communicate()
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as Terminated
         # a warning: -q shows it too (what a second Ctrl-C would do)
-        _, _, finished = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S,
-                                                      Say(say, logger).warning)
-        raise ProvisionError(_interrupted(workdir, what, finished, env)) from interrupt
+        _, _, ended = signals.interrupt_gracefully(proc, INTERRUPT_GRACE_S,
+                                                   Say(say, logger).warning)
+        raise ProvisionError(_interrupted(workdir, what, ended, env)) from interrupt
     if proc.returncode != 0:
         out = stderr + stdout
         # Terraform writes its errors to stderr, from the first "Error:" on (warnings before it,
@@ -75,11 +75,13 @@ def _tf(workdir: Path, *args: str, what: str, env: dict | None = None,
     return stdout
 
 
-def _interrupted(workdir: Path, what: str, finished: bool, env: dict | None) -> str:
+def _interrupted(workdir: Path, what: str, ended: str, env: dict | None) -> str:
     """What an interrupted Terraform left, and what to run."""
-    how = ("it finished the calls in flight and saved its state" if finished else
-           f"it did not stop within {INTERRUPT_GRACE_S:.0f}s and was killed: resources being "
-           "created may be missing from its state")
+    how = {"finished": "it finished the calls in flight and saved its state",
+           "stopped": "a second Ctrl-C stopped it at once: resources being created may be "
+                      "missing from its state",
+           "killed": f"it did not stop within {INTERRUPT_GRACE_S:.0f}s and was killed: resources "
+                     "being created may be missing from its state"}[ended]
     try:
         listed = subprocess.run([_binary(), "state", "list"], cwd=workdir, capture_output=True,
                                 text=True, env=_env(env), timeout=60).stdout.split()

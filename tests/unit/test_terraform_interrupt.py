@@ -72,3 +72,54 @@ def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
     assert "terraform apply interrupted: it finished the calls in flight and saved its state" in out
     assert 'holds 1 resource(s): module.cluster.aws_instance.this["w1"]' in out
     assert "Run the same command again" in out and "down --destroy" in out
+
+
+# A Terraform still saving when the user presses Ctrl-C again: it stops at once on the second.
+SLOW_TERRAFORM = f"""#!{sys.executable}
+import signal, sys, time
+from pathlib import Path
+if sys.argv[1:2] == ["state"]:
+    print('module.cluster.aws_instance.this["w1"]')
+    sys.exit(0)
+seen = []
+def interrupted(*_):
+    seen.append(1)
+    with open("signals.log", "a") as f:
+        f.write("INT\\n")
+    if len(seen) > 1:
+        sys.exit(1)  # the second: at once, the state not saved
+signal.signal(signal.SIGINT, interrupted)
+Path("started").write_text("creating")
+while True:
+    time.sleep(0.1)  # "saving its state" for longer than the test waits
+"""
+
+
+def test_a_second_ctrl_c_stops_terraform_at_once_and_says_the_state_may_miss_resources(
+        tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "terraform").write_text(SLOW_TERRAFORM)
+    (bin_dir / "terraform").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    signals_log = work / "signals.log"
+    for n in (1, 2):  # Ctrl-C, and again once Terraform has had the first
+        deadline = time.monotonic() + 30
+        ready = (lambda: (work / "started").exists()) if n == 1 else \
+            (lambda: signals_log.exists() and signals_log.read_text() == "INT\n")
+        while not ready():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, out
+    assert signals_log.read_text() == "INT\nINT\n", out  # the second was passed on
+    assert "a second Ctrl-C stopped it at once: resources being created may be missing" in out
+    assert "saved its state" not in out.split("interrupted:", 2)[-1]
+    assert 'holds 1 resource(s): module.cluster.aws_instance.this["w1"]' in out
