@@ -314,3 +314,29 @@ def test_a_worker_replacement_that_fails_puts_it_back_and_stops_the_roll(lab_clu
         for name, pid in holders.items():
             _kill_group(name, pid)
         cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+
+
+def test_a_running_process_the_supervisor_lacks_is_handed_to_it_without_a_restart(lab_cluster,
+                                                                                   cli):
+    """As on a cluster made before its nodes had a supervisor: lab2's worker runs, but the
+    supervisor has no script for it. `up` hands it over as it is (same pid), and from then on
+    the supervisor keeps it: killed, it is started again with no `up`."""
+    rc, st = _status(cli)
+    assert rc == 0 and st["healthy"], st
+    before = _pids(st)
+    script = "/var/lib/daskfleet/supervise/lab-lab2-w0.sh"
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        lab2 = next(h for h in cluster.hosts() if h.name == "lab2")
+        with connect(lab2, cluster.ssh()) as c:
+            c.run(f"rm {script}")
+    up = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+    assert "handing to the nodes' supervisors: lab2-w0@lab2" in up.stdout, up.stdout
+    assert "started: nothing (all running)" in up.stdout, up.stdout
+    assert _pids(_status(cli)[1]) == before
+    with Cluster.from_file(LAB_CLUSTER) as cluster, connect(lab2, cluster.ssh()) as c:
+        assert c.run(f"test -s {script}", warn=True).ok
+    _kill_group("lab2", before["lab2-w0"])
+    deadline = time.monotonic() + 90
+    while not ((st := _status(cli)[1])["healthy"] and _pids(st)["lab2-w0"] != before["lab2-w0"]):
+        assert time.monotonic() < deadline, st
+        time.sleep(2)
