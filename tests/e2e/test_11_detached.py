@@ -47,7 +47,7 @@ def _with_object_store(cli) -> dict:
     """The lab's object store (added to the running lab), its credentials in the submitting
     shell's AWS variables; returns them."""
     cli("lab", "up", "--object-store", timeout=120)
-    st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
+    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
     creds = json.loads(Path(st["credentials"]).read_text())
     values = dict(zip(AWS_VARIABLES, (creds["key"], creds["secret"], st["endpoint"],
                                       st["region"]), strict=True))

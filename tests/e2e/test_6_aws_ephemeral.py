@@ -233,7 +233,7 @@ def _store_job(cli, name: str, seed: int) -> str:
     from runner.batch.synthetic import generate
 
     cli("lab", "up", "--object-store", timeout=120)  # added to the running lab, as it is
-    st = json.loads(cli("lab", "status", "--json").stdout)["object_store"]
+    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
     creds = json.loads(Path(st["credentials"]).read_text())
     s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
                       aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
