@@ -340,3 +340,33 @@ def test_a_running_process_the_supervisor_lacks_is_handed_to_it_without_a_restar
     while not ((st := _status(cli)[1])["healthy"] and _pids(st)["lab2-w0"] != before["lab2-w0"]):
         assert time.monotonic() < deadline, st
         time.sleep(2)
+
+
+def test_a_thread_count_change_rolls_through_a_running_job_with_the_same_accuracy(
+        lab_cluster, cli, workdir):
+    """`threads_per_worker: 1 -> 2` under a running job: `up` replaces the workers one at a time
+    (retired, so their data moves; the scheduler untouched), the job completes after it, and
+    its accuracy is the undisturbed run's."""
+    runs_dir = workdir / "day2-roll-runs"
+    job = _job(workdir, 60)
+    undisturbed = cli("submit", str(job), "-c", str(LAB_CLUSTER), "--runs-dir", str(runs_dir),
+                      timeout=900).stdout
+    accuracy = re.search(r"accuracy=(\S+)", undisturbed)[1]
+    before = _pids(_status(cli)[1])
+    two = _variant(workdir, "threads2", "  threads_per_worker: 2\n")
+    s = Submission(cli, job, runs_dir, LAB_CLUSTER)
+    try:
+        s.wait_for(MID_TRAINING)
+        out = cli("up", "-c", str(two), timeout=600).stdout
+        rolled = time.monotonic()
+        assert "replacing lab2-w0@lab2 (1/2)" in out and "replacing lab3-w0@lab3 (2/2)" in out, out
+        assert s.finish(900) == 0, s.out + s.err
+        assert s.ended > rolled  # it ran through the roll
+        assert f"accuracy={accuracy}" in s.out, (accuracy, s.out)
+        st = _status(cli, two)[1]
+        assert st["healthy"] and _pids(st)["scheduler"] == before["scheduler"], st
+        assert {w["threads"] for w in st["workers"]} == {2}, st["workers"]
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        cli("up", "-c", str(LAB_CLUSTER), timeout=600)  # back to one thread, a worker at a time
