@@ -3,9 +3,10 @@ under a running job, processes that died on their own never jam `down` or `up`, 
 then applied with no process of the old configuration left on any host; a certificate rotation
 rolls through a running job, one worker at a time, and so does the first phase of a CA change,
 whose other phases go on once the job ends. Each test leaves the cluster as
-clusters/lab.yaml wants it. (A thread-count change takes the same rolling path: its decision is
-unit-tested in tests/unit/test_changes.py; that a worker replaced mid-training leaves the model
-as it was, in tests/batch/test_rolling_worker.py.)"""
+clusters/lab.yaml wants it. A thread-count change rolls through a running job too, which ends
+with the accuracy of the same job undisturbed (that a worker replaced mid-training leaves the
+model as it was: tests/batch/test_rolling_worker.py). A replacement that fails puts the old
+processes back, and a process the supervisor lacks is handed to it without a restart."""
 
 from __future__ import annotations
 
