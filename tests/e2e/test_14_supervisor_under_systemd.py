@@ -14,11 +14,11 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from polling import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +34,7 @@ PROCESS = ("# daskfleet-supervise: 2\n"
 
 
 def _poll(check: Callable[[], object], timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.2)
+    return poll(check, timeout, what, interval=0.2)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from ec2api import ec2
 from jobfiles import MID_TRAINING, small_job, training_job
+from polling import poll
 from submission import Submission
 
 from runner.cluster import Cluster
@@ -42,17 +43,6 @@ def cluster_instances(state: tuple[str, ...] = ("pending", "running", "stopping"
 
 def name_of(instance: dict) -> str:
     return next(t["Value"] for t in instance.get("Tags", []) if t["Key"] == "Name")
-
-
-def poll(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f}s")
-        time.sleep(1)
 
 
 @pytest.fixture(scope="module")

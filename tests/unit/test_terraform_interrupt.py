@@ -42,22 +42,29 @@ with sigterm_raises():
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
+def apply_with(tmp_path: Path, fake: str) -> tuple[subprocess.Popen, Path]:
+    """daskfleet's `terraform apply` (DRIVER) with ``fake`` as `terraform` on PATH, in a group
+    of its own as a command in a terminal (the signal goes to the whole group); its working
+    folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "terraform").write_text(FAKE_TERRAFORM)
+    (bin_dir / "terraform").write_text(fake)
     (bin_dir / "terraform").chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    # in a group of its own, as a command in a terminal: the signal goes to the whole group
     # SIGINT as a terminal's command has it: a run started in the background by a shell
     # without job control (`make check &`) inherits it ignored, and nothing could trap it
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return proc, work
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
+    proc, work = apply_with(tmp_path, FAKE_TERRAFORM)
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
@@ -97,17 +104,7 @@ while True:
 
 def test_a_second_ctrl_c_stops_terraform_at_once_and_says_the_state_may_miss_resources(
         tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "terraform").write_text(SLOW_TERRAFORM)
-    (bin_dir / "terraform").chmod(0o755)
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(work)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc, work = apply_with(tmp_path, SLOW_TERRAFORM)
     signals_log = work / "signals.log"
     for n in (1, 2):  # Ctrl-C, and again once Terraform has had the first
         deadline = time.monotonic() + 30
