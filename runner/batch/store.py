@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from runner.batch.split import _hash_key
-from runner.batch.store_urls import check_options, is_store_url  # noqa: F401 - store.is_store_url
+from runner.batch.store_urls import check_options
 from runner.errors import BatchError
 
 SUFFIX_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl",

@@ -114,9 +114,9 @@ def submit_detached(cluster, job_path: Path, runs_dir: Path,
                "context": context}
     files = {REQUEST: json.dumps(request, indent=2).encode(),
              "job.yaml": Path(job_path).read_bytes(), CODE: code_archive()}
-    env = {k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
-    if not (job.data.path_url is not None or job.results is not None):
-        env = {}  # nothing on the nodes reads a store with them
+    reads_a_store = job.data.path_url is not None or job.results is not None
+    env = ({k: os.environ[k] for k in AWS_VARIABLES if os.environ.get(k)}
+           if reads_a_store else {})  # else nothing on the nodes would read them
     options = (job.results.storage_options or {}) if job.results is not None else {}
     if env or options:
         # 0600, read and removed by the driver at its start

@@ -107,20 +107,21 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
     say = Say(progress, logger)
     from runner.batch import predict_store, store
     from runner.batch.pipeline_tasks import on_holders
+    from runner.batch.store_urls import is_store_url
     from runner.dask_workers import joined_workers
 
     t = time.monotonic()
     workers = sorted(joined_workers(client))
     if not workers:
         raise BatchError("predict: the cluster has no worker; run `daskfleet up`")
-    out_url = out if store.is_store_url(out) else None
+    out_url = out if is_store_url(out) else None
     out_opts = store_options(out, storage_options) if out_url else None
     if out_url:  # refused before any prediction: a prefix that holds objects already
         _on_one(client, workers, predict_store.check_output, out_url, out_opts)
     [model_f] = client.scatter([model], broadcast=True, hash=False)
     futures: list = []
     try:
-        if store.is_store_url(data):
+        if is_store_url(data):
             in_opts = store_options(data, storage_options)
             items = _on_one(client, workers, store.list_inputs, data, None, in_opts,
                             predict_store.INPUT)
@@ -143,7 +144,7 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
         if out_url is None:
             rows, labelled, correct = _collect_into(futures, sources, Path(out),
                                                     output_schema(model, top_k, proba),
-                                                    renumber=store.is_store_url(data))
+                                                    renumber=is_store_url(data))
         else:
             from distributed import wait
 
@@ -168,7 +169,7 @@ def predict_in_place(client: Client, model: dict, data: str, out: str,
                     "model": {k: model.get(k) for k in ("job", "daskfleet", "scikit-learn")}}
         _on_one(client, workers, predict_store.write_manifest, out_url, out_opts, manifest)
     say(f"predict: {rows:,} rows from {len(futures)} "
-        f"{'objects' if store.is_store_url(data) else 'shards'} -> {summary['out']} "
+        f"{'objects' if is_store_url(data) else 'shards'} -> {summary['out']} "
         f"({summary['seconds']:.1f}s)")
     return summary
 
