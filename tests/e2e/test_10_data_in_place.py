@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from objectstore import object_store
 
 from runner.batch import load_job
 from runner.batch.reference import single_process_features, single_process_fit
@@ -43,14 +44,9 @@ def _memory_limits() -> dict[str, int]:
 
 
 def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli, workdir):
-    import boto3
-
-    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab
-    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
-    assert st["endpoint"] == "http://198.18.0.5:9000" and st["up"] is True
-    creds = json.loads(Path(st["credentials"]).read_text())
-    s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
-                      aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
+    store = object_store(cli)  # added to the running lab
+    assert store.endpoint == "http://198.18.0.5:9000" and store.up is True
+    s3 = store.client()
     s3.create_bucket(Bucket="team-corpora")
     # 110,000 documents: 88,000 training rows, enough for 8 mixed models of 10,000 rows
     docs = pd.DataFrame(list(generate(110_000, 6, 4000, 20, 0.05, 11)), columns=["text", "label"])
@@ -65,8 +61,7 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
                    "  path: s3://team-corpora/reviews/*.parquet\n"
                    "features: {n_features: 65536}\nmodel: {kind: sgd, epochs: 3}\n")
     before_dirs = _data_dirs()
-    env = {**cli.env, "AWS_ACCESS_KEY_ID": creds["key"], "AWS_SECRET_ACCESS_KEY": creds["secret"],
-           "AWS_ENDPOINT_URL": st["endpoint"], "AWS_REGION": st["region"]}
+    env = {**cli.env, **store.aws_variables()}
     runs = workdir / "in-place-runs"  # the session's runs/ is the walking skeleton's
     at_2 = _memory_limits()
     cli("scale", "8", "-c", str(LAB_CLUSTER), timeout=300)  # four workers on each worker host
@@ -105,7 +100,7 @@ def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli,
           f"({100 * sent / corpus_bytes:.2f} %)")
     assert sent < corpus_bytes / 10, (sent, corpus_bytes)
     assert _data_dirs() == before_dirs  # nothing was shipped to the workers' disks
-    assert creds["secret"] not in "".join(p.read_text(errors="replace")
+    assert store.secret not in "".join(p.read_text(errors="replace")
                                           for p in run_dir.rglob("*") if p.is_file()
                                           and p.suffix in (".json", ".log", ".yaml", ".html"))
     # predict from the store into the store: the workers list and read the objects, and write

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from jobfiles import MID_TRAINING, small_job, training_job
+from objectstore import Store, object_store
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
@@ -46,11 +47,7 @@ AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL
 def _with_object_store(cli) -> dict:
     """The lab's object store (added to the running lab), its credentials in the submitting
     shell's AWS variables; returns them."""
-    cli("lab", "up", "--object-store", timeout=120)
-    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
-    creds = json.loads(Path(st["credentials"]).read_text())
-    values = dict(zip(AWS_VARIABLES, (creds["key"], creds["secret"], st["endpoint"],
-                                      st["region"]), strict=True))
+    values = object_store(cli).aws_variables()
     cli.env.update(values)
     return values
 
@@ -170,30 +167,21 @@ def test_a_cluster_allowing_two_runs_runs_two_at_once_followed_and_waited_from_e
     file's `results:` takes both runs (their job files name none): the drivers, on the
     scheduler's host, copy each run folder to the object store, with the credentials of the
     cluster file's storage_options (the shell has none), which no file on the node keeps."""
-    import boto3
-
-    aws = _with_object_store(cli)
-    try:
-        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"],
-                          region_name=aws["AWS_REGION"],
-                          aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
-        s3.create_bucket(Bucket="team-results")
-        _without_object_store(cli)  # the cluster file's storage_options alone reach the store
-        _two_at_once(cli, workdir, s3, aws)
-    finally:
-        _without_object_store(cli)
+    store = object_store(cli)
+    s3 = store.client()
+    s3.create_bucket(Bucket="team-results")
+    # the shell has no AWS variables: the cluster file's storage_options alone reach the store
+    _two_at_once(cli, workdir, s3, store)
 
 
-def _two_at_once(cli, workdir: Path, s3, aws: dict) -> None:
+def _two_at_once(cli, workdir: Path, s3, store: Store) -> None:
     from runner.cluster import Cluster
     from runner.jobs.driver import run_folder
 
     two = workdir / "lab-two-runs.yaml"
     two.write_text(LAB_CLUSTER.read_text() + "max_running_jobs: 2\n" + yaml.safe_dump({
-        "results": {"path": "s3://team-results/runs", "storage_options": {
-            "endpoint_url": aws["AWS_ENDPOINT_URL"], "region": aws["AWS_REGION"],
-            "key": aws["AWS_ACCESS_KEY_ID"], "secret": aws["AWS_SECRET_ACCESS_KEY"]}}}))
+        "results": {"path": "s3://team-results/runs",
+                    "storage_options": store.storage_options()}}))
     ids = []
     for name in ("detached-par-a", "detached-par-b"):
         job = workdir / f"{name}.yaml"
@@ -244,5 +232,5 @@ def _two_at_once(cli, workdir: Path, s3, aws: dict) -> None:
     # the secret went to the drivers in the file they read and removed at their start
     with Cluster.from_file(two) as cluster:
         found = cluster.run_on_hosts(["bash", "-c", "grep -rl -F -- \"$0\" \"$1\" || true",
-                                      aws["AWS_SECRET_ACCESS_KEY"], run_folder("lab", a)])
+                                      store.secret, run_folder("lab", a)])
     assert not any(found.values()), found

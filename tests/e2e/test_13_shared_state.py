@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 from jobfiles import small_job
+from objectstore import object_store
 
 from runner.cluster import Cluster
 from runner.lab import Lab
@@ -47,11 +47,8 @@ def _ok(proc: subprocess.CompletedProcess) -> str:
 def test_two_clones_share_one_cluster_through_the_object_store(lab_cluster, cli, workdir):
     lab = Lab()
     lab1, lab2, lab3 = lab.hosts()[:3]
-    cli("lab", "up", "--object-store", timeout=120)
-    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
-    creds = json.loads(Path(st["credentials"]).read_text())
-    s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
-                      aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
+    store = object_store(cli)
+    s3 = store.client()
     s3.create_bucket(Bucket="team-state")
     cluster = {
         "name": "team", "provider": "hosts",
@@ -63,8 +60,8 @@ def test_two_clones_share_one_cluster_through_the_object_store(lab_cluster, cli,
                  "worker_port_range": "42000:42099", "nanny_port_range": "42100:42199"},
         # the endpoint and region in the file; the credentials from each teammate's environment
         "state": {"url": "s3://team-state/clusters",
-                  "storage_options": {"endpoint_url": st["endpoint"], "region": st["region"]}}}
-    env = {**cli.env, "AWS_ACCESS_KEY_ID": creds["key"], "AWS_SECRET_ACCESS_KEY": creds["secret"],
+                  "storage_options": {"endpoint_url": store.endpoint, "region": store.region}}}
+    env = {**cli.env, "AWS_ACCESS_KEY_ID": store.key, "AWS_SECRET_ACCESS_KEY": store.secret,
            "DASKFLEET_STATE_PASSPHRASE": PASSPHRASE}
     file_a, env_a = _clone(workdir, "clone-a", cluster, env)
     file_b, env_b = _clone(workdir, "clone-b", cluster, env)

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from ec2api import ec2
 from jobfiles import small_job
+from objectstore import object_store
 
 from runner.errors import LabError
 from runner.lab import Lab
@@ -227,21 +228,16 @@ def variant(workdir: Path, name: str, **ephemeral) -> Path:
 def _store_job(cli, name: str, seed: int) -> str:
     """A small job whose corpus (3,000 synthetic documents) is in the lab's object store, which
     this adds to the running lab; its key and endpoint in the job's storage_options."""
-    import boto3
     import pandas as pd
 
     from runner.batch.synthetic import generate
 
-    cli("lab", "up", "--object-store", timeout=120)  # added to the running lab, as it is
-    st = json.loads(cli("lab", "status", "--json", check=False).stdout)["object_store"]
-    creds = json.loads(Path(st["credentials"]).read_text())
-    s3 = boto3.client("s3", endpoint_url=st["endpoint"], region_name=st["region"],
-                      aws_access_key_id=creds["key"], aws_secret_access_key=creds["secret"])
+    store = object_store(cli)  # added to the running lab, as it is
+    s3 = store.client()
     s3.create_bucket(Bucket=name)
     docs = pd.DataFrame(list(generate(3000, 3, 1500, 25, 0.02, seed)), columns=["text", "label"])
     s3.put_object(Bucket=name, Key="corpus/docs.parquet", Body=docs.to_parquet(index=False))
-    options = {"endpoint_url": st["endpoint"], "key": creds["key"], "secret": creds["secret"],
-               "region": st["region"]}
+    options = store.storage_options()
     return yaml.safe_dump({"name": name, "data": {"source": "files",
                                                   "path": f"s3://{name}/corpus/*.parquet",
                                                   "storage_options": options},
