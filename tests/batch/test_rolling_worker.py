@@ -8,6 +8,7 @@ tests/e2e/test_4_day2.py.)"""
 from __future__ import annotations
 
 import textwrap
+import time
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,14 @@ def _roll_one(cluster: LocalCluster, client: Client) -> tuple[str, str]:
         client.sync(lambda: __import__("asyncio").sleep(0.05))
     cluster.scale(2)
     client.wait_for_workers(2, timeout=60)
-    after = set(client.scheduler_info()["workers"])
+    # the scheduler's list can lag the count under load (one flaky run found no new address)
+    deadline = time.monotonic() + 60
+    while True:
+        after = set(client.scheduler_info()["workers"])
+        if len(before - after) == 1 and len(after - before) == 1:
+            break
+        assert time.monotonic() < deadline, f"no single worker replaced: {before} -> {after}"
+        time.sleep(0.1)
     (gone,), (new,) = before - after, after - before
     return gone, new
 

@@ -33,9 +33,13 @@ from pathlib import Path
 from runner.errors import ProvisionError
 from runner.provision import terraform
 from runner.signals import sigterm_raises
+def say(message):  # printed, and logged where the test can wait for it
+    print(message, flush=True)
+    with open(Path(sys.argv[1]) / "said.log", "a") as f:
+        f.write(message + "\\n")
 with sigterm_raises():
     try:
-        terraform._tf(Path(sys.argv[1]), "apply", what="apply", say=lambda m: print(m, flush=True))
+        terraform._tf(Path(sys.argv[1]), "apply", what="apply", say=say)
     except ProvisionError as e:
         print("ERROR", e, flush=True)
         sys.exit(3)
@@ -106,10 +110,13 @@ def test_a_second_ctrl_c_stops_terraform_at_once_and_says_the_state_may_miss_res
         tmp_path):
     proc, work = apply_with(tmp_path, SLOW_TERRAFORM)
     signals_log = work / "signals.log"
-    for n in (1, 2):  # Ctrl-C, and again once Terraform has had the first
+    said = work / "said.log"
+    for n in (1, 2):  # Ctrl-C, and again once Terraform and daskfleet have both had the first
         deadline = time.monotonic() + 30
+        # (two signals before Python's handler runs would reach daskfleet's as one)
         ready = (lambda: (work / "started").exists()) if n == 1 else \
-            (lambda: signals_log.exists() and signals_log.read_text() == "INT\n")
+            (lambda: signals_log.exists() and signals_log.read_text() == "INT\n"
+             and said.exists() and "interrupted: letting" in said.read_text())
         while not ready():
             assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.05)
