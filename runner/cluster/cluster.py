@@ -38,7 +38,7 @@ class Cluster:
         self.provider = providers.for_spec(spec)
         self._client = None
         self._ssh: SSHSettings | None = None
-        self._pool = ConnectionPool()
+        self.pool = ConnectionPool()
         self._forward = None  # the SSH tunnel to the scheduler, on providers that need one
         self._said_damaged = False  # a damaged state.json: said once
         # `state:` in the file: this machine's copy is refreshed from the team's store first
@@ -59,7 +59,7 @@ class Cluster:
 
     def close(self) -> None:
         self.close_client()
-        self._pool.close()
+        self.pool.close()
 
     def close_client(self) -> None:
         if self._client is not None:
@@ -125,7 +125,7 @@ class Cluster:
         return SSHSettings(private_key=Path(key), known_hosts=Path(known),
                            connect_timeout=s.connect_timeout,
                            insecure_skip_host_key_check=s.insecure_skip_host_key_check,
-                           pool=self._pool)
+                           pool=self.pool)
 
     def declared_hosts(self) -> list[Host]:
         """The machines the cluster file names (lab: the running lab's hosts; clouds: none)."""
@@ -134,13 +134,13 @@ class Cluster:
     def hosts(self) -> list[Host]:
         """The hosts as last provisioned (Terraform's output, recorded in state.json; read from
         Terraform's own state when state.json is damaged)."""
-        recorded = self._recorded_hosts()
+        recorded = self.recorded_hosts()
         if not recorded:
             raise DaskfleetError(f"cluster {self.spec.name}: not provisioned yet (no record in "
                                  f"{self.state_dir}); run `daskfleet up -c {self.spec.source}`.")
         return [Host.from_dict(h) for h in recorded]
 
-    def _recorded_hosts(self) -> list[dict]:
+    def recorded_hosts(self) -> list[dict]:
         try:
             return state.read(self.state_dir).get("hosts") or []
         except StateError as damaged:

@@ -100,7 +100,7 @@ def down(cluster: Cluster, destroy: bool, progress: Progress | None) -> None:
     the machines and the record forgets them."""
     say = Say(progress, logger)
     try:
-        if cluster._recorded_hosts():
+        if cluster.recorded_hosts():
             try:
                 cluster.stop(progress)
             except HostError as e:

@@ -54,7 +54,7 @@ def apply(cluster: Cluster, progress: Progress | None, force: bool = False,
         running.close_hosts(cluster, going, progress)
         # nor does a connection to a machine Terraform destroys stay pooled: the next step
         # lists what ran there, and a dead peer's connection would hang rather than fail
-        cluster._pool.drop(going)
+        cluster.pool.drop(going)
         # no client idles through Terraform's minutes (its tunnel's SSH connection could
         # drop meanwhile, and the client give up on it): the next step makes a new one
         cluster.close_client()

@@ -61,9 +61,9 @@ class Lab:
     def __init__(self, state_dir: Path | str | None = None):
         self.state_dir = Path(state_dir or os.environ.get("DASKFLEET_LAB_DIR") or DEFAULT_STATE_DIR)
         # what `up` was asked for, read while it makes the lab
-        self._region = "us-east-1"
-        self._want_store = False
-        self._spawned_store: dict | None = None  # a store `up` started with new hosts
+        self.region = "us-east-1"
+        self.want_store = False
+        self.spawned_store: dict | None = None  # a store `up` started with new hosts
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -90,19 +90,19 @@ class Lab:
         return self.state_dir / "hosts" / name
 
     # -- inspection -------------------------------------------------------------------------
-    def _data(self) -> dict | None:
+    def read_record(self) -> dict | None:
         if not self.record.exists():
             return None
         return json.loads(self.record.read_text())
 
-    def _write(self, data: dict) -> None:
+    def write_record(self, data: dict) -> None:
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.record)
 
     def hosts(self) -> list[LabHost]:
         """The plain lab hosts (never the cloud's instance hosts: see `instance_hosts`)."""
-        data = self._data()
+        data = self.read_record()
         return [LabHost(**h) for h in data["hosts"]] if data else []
 
     def instance_hosts(self) -> list[LabHost]:
@@ -110,7 +110,7 @@ class Lab:
         return read_instance_hosts(self.cloud_dir)
 
     def cloud(self) -> dict | None:
-        data = self._data()
+        data = self.read_record()
         return data.get("cloud") if data else None
 
     def host_alive(self, host: LabHost) -> bool:
@@ -162,8 +162,8 @@ class Lab:
         check_prerequisites()
         if uplink is not None and uplink.strip().lower() != UPLINK_OFF:
             parse_uplink(uplink)  # refused before anything is made
-        self._region = region
-        self._want_store = object_store
+        self.region = region
+        self.want_store = object_store
         explicit = n_hosts is not None
         n_hosts = 3 if n_hosts is None else n_hosts
         low = 0 if cloud else 1
@@ -173,7 +173,7 @@ class Lab:
             check_user_name(user)
         if cloud not in (None, "aws"):
             raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
-        data = self._data()
+        data = self.read_record()
         if data is not None:
             # no --hosts: the running lab as it is, whatever its size (e.g. --object-store added)
             hosts = self._reuse(data, n_hosts if explicit else None, user, progress)
@@ -209,12 +209,12 @@ class Lab:
                         from runner.lab.ec2 import stop_cloud
 
                         stop_cloud(self)
-                        self._write({**(self._data() or data), "cloud": None})
+                        self.write_record({**(self.read_record() or data), "cloud": None})
                     raise
         return hosts
 
     def object_store(self) -> dict | None:
-        data = self._data()
+        data = self.read_record()
         return data.get("object_store") if data else None
 
     def _reuse(self, data: dict, n_hosts: int | None, user: str | None,

@@ -63,7 +63,7 @@ def create(lab: Lab, hosts: list[LabHost], user: str, progress: Progress | None)
     lab.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(lab.state_dir, 0o700)
     # Record first, so `lab down` can always clean up a half-made lab.
-    lab._write({"hosts": [asdict(h) for h in hosts], "user": user, "cloud": None})
+    lab.write_record({"hosts": [asdict(h) for h in hosts], "user": user, "cloud": None})
     if not lab.key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "daskfleet-lab",
               "-f", str(lab.key)])
@@ -71,10 +71,10 @@ def create(lab: Lab, hosts: list[LabHost], user: str, progress: Progress | None)
     run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
     # the object store's server imports for seconds: started first, waited for in `up`
-    if lab._want_store:
+    if lab.want_store:
         from runner.lab import objectstore
 
-        lab._spawned_store = objectstore.spawn(lab.state_dir / "objectstore", lab._region)
+        lab.spawned_store = objectstore.spawn(lab.state_dir / "objectstore", lab.region)
     known = []
     for host in hosts:
         say(f"lab: creating {host.name} ({host.address})")

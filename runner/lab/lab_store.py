@@ -38,15 +38,15 @@ def start_object_store(lab: Lab, region: str, progress: Progress | None) -> None
     say = Say(progress, logger)
     from runner.lab import objectstore
 
-    data = lab._data()
+    data = lab.read_record()
     assert data is not None, "called once the lab's hosts are recorded"
-    if not lab._want_store and not data.get("object_store"):
+    if not lab.want_store and not data.get("object_store"):
         return  # not asked for (`lab up --object-store`), and none to keep running
-    spawned = lab._spawned_store
+    spawned = lab.spawned_store
     if spawned is not None:  # this `up` made the lab, and started the store with it
-        lab._spawned_store = None
+        lab.spawned_store = None
         data["object_store"] = objectstore.ready(spawned, progress)
-        lab._write(data)
+        lab.write_record(data)
         return
     record = data.get("object_store")
     if objectstore.alive(record):
@@ -56,4 +56,4 @@ def start_object_store(lab: Lab, region: str, progress: Progress | None) -> None
         say("lab: the object store was down; starting it again (empty)")
         stop_host(objectstore.NETNS, objectstore.LINK)
     data["object_store"] = objectstore.start(lab.state_dir / "objectstore", region, progress)
-    lab._write(data)
+    lab.write_record(data)
