@@ -21,7 +21,7 @@ from pathlib import Path
 import dask
 
 from runner import Cluster
-from runner.cluster.processes import ENV_LINK, WORK_DIR
+from runner.cluster.process_settings import ENV_LINK, WORK_DIR
 from runner.lab import Lab
 
 LAB_CLUSTER = Path(__file__).resolve().parents[1] / "clusters" / "lab.yaml"
@@ -48,7 +48,7 @@ def time_sshcluster(cluster: Cluster) -> float:
     ssh = cluster.ssh()
     n_workers = len(hosts) - 1
     # Remote processes inherit this config: TLS files at the nodes' own paths, as daskfleet's
-    # (each cluster has its own folders on a node: runner/cluster/processes.py)
+    # (each cluster has its own folders on a node: runner/cluster/process_settings.py)
     remote_tls = f"/etc/daskfleet/{cluster.spec.name}/tls"
     tls = {"distributed.comm.require-encryption": True,
            "distributed.comm.tls.ca-file": f"{remote_tls}/ca.pem"}

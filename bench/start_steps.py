@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from runner import Cluster
-from runner.cluster import preflight, readiness, reconcile
+from runner.cluster import preflight, readiness, running
 
 LAB_CLUSTER = Path(__file__).resolve().parents[1] / "clusters" / "lab.yaml"
-STEPS = [(reconcile, "close_unwanted"), (reconcile, "process_states"), (preflight, "run"),
-         (reconcile, "per_process"), (readiness, "wait_port"), (readiness, "answering_pid"),
+STEPS = [(running, "close_unwanted"), (running, "process_states"), (preflight, "run"),
+         (running, "per_process"), (readiness, "wait_port"), (readiness, "answering_pid"),
          (readiness, "wait_ready")]
 
 

@@ -208,7 +208,7 @@ def cmd_gc(args) -> int:
     from datetime import UTC, datetime
 
     from runner.config_base import parse_duration
-    from runner.ephemeral import aws
+    from runner.ephemeral import aws, teardown
     from runner.errors import ConfigError
 
     spec = _ephemeral_spec(args)
@@ -220,8 +220,8 @@ def cmd_gc(args) -> int:
     except ValueError as e:
         raise ConfigError(f"--older-than: {e}") from None
     with aws.file_environment(spec.environment):
-        removed, kept = aws.gc(aws.ec2_client(spec.ephemeral_spec.region), datetime.now(UTC),
-                               older)
+        removed, kept = teardown.gc(aws.ec2_client(spec.ephemeral_spec.region), datetime.now(UTC),
+                                    older)
     for what in removed:
         logger.info(f"gc: removed {what}")
     logger.info(f"gc: {len(removed)} resource(s) removed in {spec.ephemeral_spec.region}"

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from runner.cluster.processes import ProcStatus, RemoteProcess
+from runner.cluster.process_settings import ProcStatus
+from runner.cluster.processes import RemoteProcess
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,29 @@
 """A Dask cluster made of hosts: provisioned by Terraform and Ansible, run by Fabric over SSH.
 
 This is the face of a cluster: its hosts, its client and its commands (up, scale, down, status).
-The work is done in provision/machines.py (Terraform, Ansible), cluster/reconcile.py (what runs
-against what is wanted) and cluster/readiness.py (waiting until it is ready).
+The work is done in provision/machines.py (Terraform, Ansible), cluster/up_steps.py (`up`'s
+steps, timed), cluster/reconcile.py (what runs against what is wanted), cluster/stopping.py
+(what `scale`, `stop` and `down` take away) and cluster/readiness.py (waiting until it is ready).
 """
 
 from __future__ import annotations
 
 import logging
 import shlex
-import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import state
-from runner.cluster import memory_claims, readiness, reconcile, rotation, status_report
+from runner.cluster import readiness, reconcile, rotation, running, status_report, stopping, up_steps
 from runner.cluster.hosts import Host
-from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
-from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, describe_ssh_error, fan_out
+from runner.cluster.process_settings import DaskSettings, ProcStatus
+from runner.cluster.processes import RemoteProcess
+from runner.cluster.ssh import ConnectionPool, SSHSettings, connect, fan_out
+from runner.cluster.up_steps import UpSummary
 from runner.config import ClusterSpec, load_cluster
 from runner.dask_workers import joined_workers
-from runner.errors import ClusterStartError, ConfigError, DaskfleetError, HostError, StateError
+from runner.errors import ClusterStartError, ConfigError, DaskfleetError, StateError
 from runner.log import Progress, Say
 from runner.provision import machines, providers, terraform
 from runner.provision.tls import CertificateAuthority
@@ -32,26 +32,13 @@ from runner.shared_state import SharedState
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class UpSummary:
-    timings: dict[str, float] = field(default_factory=dict)
-    changed: int = 0
-    started: list[str] = field(default_factory=list)
-    lock_hash: str = ""
-
-    def line(self) -> str:
-        phases = " ".join(f"{k}={v:.1f}s" for k, v in self.timings.items())
-        started = ", ".join(self.started) or "nothing (all running)"
-        return f"up: {phases} changed={self.changed}; started: {started}"
-
-
 class Cluster:
     def __init__(self, spec: ClusterSpec):
         self.spec = spec
         self.provider = providers.for_spec(spec)
         self._client = None
         self._ssh: SSHSettings | None = None
-        self._pool = ConnectionPool()
+        self.pool = ConnectionPool()
         self._forward = None  # the SSH tunnel to the scheduler, on providers that need one
         self._said_damaged = False  # a damaged state.json: said once
         # `state:` in the file: this machine's copy is refreshed from the team's store first
@@ -72,7 +59,7 @@ class Cluster:
 
     def close(self) -> None:
         self.close_client()
-        self._pool.close()
+        self.pool.close()
 
     def close_client(self) -> None:
         if self._client is not None:
@@ -138,7 +125,7 @@ class Cluster:
         return SSHSettings(private_key=Path(key), known_hosts=Path(known),
                            connect_timeout=s.connect_timeout,
                            insecure_skip_host_key_check=s.insecure_skip_host_key_check,
-                           pool=self._pool)
+                           pool=self.pool)
 
     def declared_hosts(self) -> list[Host]:
         """The machines the cluster file names (lab: the running lab's hosts; clouds: none)."""
@@ -147,13 +134,13 @@ class Cluster:
     def hosts(self) -> list[Host]:
         """The hosts as last provisioned (Terraform's output, recorded in state.json; read from
         Terraform's own state when state.json is damaged)."""
-        recorded = self._recorded_hosts()
+        recorded = self.recorded_hosts()
         if not recorded:
             raise DaskfleetError(f"cluster {self.spec.name}: not provisioned yet (no record in "
                                  f"{self.state_dir}); run `daskfleet up -c {self.spec.source}`.")
         return [Host.from_dict(h) for h in recorded]
 
-    def _recorded_hosts(self) -> list[dict]:
+    def recorded_hosts(self) -> list[dict]:
         try:
             return state.read(self.state_dir).get("hosts") or []
         except StateError as damaged:
@@ -224,7 +211,7 @@ class Cluster:
         return machines.install(self, hosts, progress, force)
 
     def process_states(self) -> dict[RemoteProcess, ProcStatus]:
-        return reconcile.process_states(self)
+        return running.process_states(self)
 
     def start(self, env_hashes: dict[str, str] | None = None, progress: Progress | None = None,
               extra_hosts: Sequence[Host] = (), degraded_ok: bool = False,
@@ -291,42 +278,7 @@ class Cluster:
     def apply(self, progress: Progress | None, force: bool = False, restart: bool = False,
               yes: bool = False) -> UpSummary:
         """`up`'s work (Terraform, Ansible, the reconcile), the cluster's lock already held."""
-        say = Say(progress, logger)
-        summary = UpSummary()
-        t = time.monotonic()
-        say("terraform: apply")
-        self.boot_s = 0.0
-        # Hosts the last `up` provisioned: any that the file no longer names get closed.
-        before = [Host.from_dict(h) for h in state.read(self.state_dir).get("hosts") or []]
-        planned = self.provider.planned_names()
-        going = [h for h in before if planned is not None and h.name not in planned]
-        # their workers' data moves before Terraform removes the machines: once the plan is
-        # accepted (a refused plan leaves every process running)
-        def retire_going() -> None:
-            reconcile.close_hosts(self, going, progress)
-            # nor does a connection to a machine Terraform destroys stay pooled: the next step
-            # lists what ran there, and a dead peer's connection would hang rather than fail
-            self._pool.drop(going)
-            # no client idles through Terraform's minutes (its tunnel's SSH connection could
-            # drop meanwhile, and the client give up on it): the next step makes a new one
-            self.close_client()
-
-        hosts = self.provision(progress, yes, before_apply=retire_going if going else None)
-        summary.timings["terraform"] = time.monotonic() - t - self.boot_s
-        if self.provider.tunnel:  # new VMs: until each answers over SSH with its host key
-            summary.timings["boot"] = self.boot_s
-        t = time.monotonic()
-        say(f"ansible: installing the environment on {len(hosts)} hosts")
-        result, env_hashes = self.install(hosts, progress, force)
-        summary.lock_hash = ", ".join(sorted(set(env_hashes.values())))
-        summary.changed = result.changed
-        summary.timings["ansible"] = time.monotonic() - t
-        t = time.monotonic()
-        summary.started = self.start(env_hashes, progress, extra_hosts=[
-            h for h in before if h.name not in {x.name for x in hosts}], restart_scheduler=restart)
-        summary.timings["start"] = time.monotonic() - t
-        self.check_versions()
-        return summary
+        return up_steps.apply(self, progress, force, restart, yes)
 
     def scale(self, n: int, progress: Progress | None = None) -> dict:
         """N workers over the worker hosts. Workers that go are retired through the scheduler
@@ -334,74 +286,11 @@ class Cluster:
         if n < 1:
             raise ConfigError(f"scale: N must be at least 1, not {n}.")
         with self.locked("daskfleet scale", progress=progress):
-            return self._scale(n, progress)
-
-    def _scale(self, n: int, progress: Progress | None) -> dict:
-        """Retire the workers that go, then reconcile: new workers start, and workers whose host
-        now has another number of workers restart with their new share of its memory. Worker
-        hosts that cannot be reached are skipped, and named, while one worker can run."""
-        say = Say(progress, logger)
-        before = self.wanted()
-        after = self.wanted(n_workers=n)
-        going = [p for p in before if p not in after]
-        if going:
-            names = [p.name for p in going]
-            say(f"retiring {len(going)} worker(s) through the scheduler: {', '.join(names)}")
-            reconcile.retire(self, names, progress)
-            try:
-                reconcile.per_process(going, lambda p: p.stop(self.ssh()),
-                                      "stopping retired workers")
-            except HostError as e:  # a worker on a host that is down is gone anyway
-                say.warning(f"WARNING: {e}")
-        state.update(self.state_dir, n_workers=n)
-        left = {p.host for p in going} - {p.host for p in after}
-        if left:  # hosts this cluster no longer runs workers on
-            try:
-                memory_claims.release(self.spec.name, sorted(left, key=lambda h: h.name),
-                                      self.ssh())
-            except HostError as e:
-                say.warning(f"WARNING: {e}")
-        started = self.start(state.read(self.state_dir).get("env_hashes"), progress,
-                             degraded_ok=True)
-        return {"workers": n, "retired": [p.name for p in going], "started": started}
+            return stopping.scale(self, n, progress)
 
     def stop(self, progress: Progress | None = None) -> list[str]:
         """Stop every dask process this cluster started (workers first); report unreachable ones."""
-        say = Say(progress, logger)
-        ssh = self.ssh()
-        hosts = self.hosts()  # once: the write below replaces a damaged record
-        try:
-            n = self.n_workers()
-        except StateError:  # a damaged record: the hosts' pid files name what runs
-            n = len(self.worker_hosts(hosts))
-        # what the file wants, and whatever else the hosts' pid files record for this cluster
-        procs = self.wanted(hosts, n)
-        procs += [p for p in reconcile.recorded(self, hosts) if p not in procs]
-        self.close_client()
-        stopped: list[str] = []
-        errors: dict = {}
-        for group in ([p for p in procs if p.kind == "worker"],
-                      [p for p in procs if p.kind == "scheduler"]):
-            with ThreadPoolExecutor(max_workers=max(1, min(32, len(group)))) as pool:
-                futs = {p: pool.submit(p.stop, ssh) for p in group}
-            for p, f in futs.items():
-                try:
-                    if f.result():
-                        stopped.append(f"{p.name}@{p.host.name}")
-                except Exception as e:  # noqa: BLE001 - report and keep stopping the rest
-                    errors[p.host] = e
-        state.update(self.state_dir, pids={})
-        reachable = [h for h in self.worker_hosts(hosts) if h not in errors]
-        try:  # no worker of this cluster runs there any more: its memory is the others' again
-            memory_claims.release(self.spec.name, reachable, ssh)
-        except HostError as e:
-            say.warning(f"WARNING: {e}")
-        if errors:
-            raise HostError("down: could not stop processes on:\n" + "\n".join(
-                f"  {describe_ssh_error(h, e)}" for h, e in errors.items()) +
-                "\nThe others were stopped.", failures=errors)
-        say(f"stopped {len(stopped)} process(es)")
-        return stopped
+        return stopping.stop(self, progress)
 
     def down(self, destroy: bool = False, progress: Progress | None = None,
              purge: bool = False) -> None:
@@ -412,7 +301,7 @@ class Cluster:
             raise ConfigError("down: --purge removes the CA of a destroyed cluster; use it with "
                               "--destroy.")
         with self.locked("daskfleet down", progress=progress):
-            self._down(destroy, progress)
+            stopping.down(self, destroy, progress)
             if purge:  # under the lock: with shared state, the store's copy goes too
                 import shutil
 
@@ -423,31 +312,6 @@ class Cluster:
         if destroy and not purge and self.ca.ca_cert.exists():
             say(f"kept the cluster's CA ({self.ca.dir}): a cluster made again from this file "
                 "trusts the same CA; `down --destroy --purge` removes it")
-
-    def _down(self, destroy: bool, progress: Progress | None) -> None:
-        say = Say(progress, logger)
-        try:
-            if self._recorded_hosts():
-                try:
-                    self.stop(progress)
-                except HostError as e:
-                    # machines Terraform is about to destroy take their processes with them;
-                    # existing hosts (the hosts module: lab too) outlive `down`, theirs must stop
-                    if not (destroy and self.provider.module != "hosts"):
-                        raise
-                    say.warning(f"WARNING: {e}\nTheir machines are destroyed next, and what "
-                                "ran there with them.")
-        finally:
-            if destroy:
-                say("terraform: destroy")
-                if self.shared and not (self.state_dir / "terraform" / "main.tf.json").exists():
-                    # a teammate's cluster: this machine never ran its Terraform
-                    machines.write_terraform_root(self)
-                terraform.destroy(self.state_dir / "terraform", self.provider.terraform_env())
-                self.inventory_path.unlink(missing_ok=True)
-                # A cluster made again later resolves its image anew.
-                state.update(self.state_dir, hosts=[], pids={}, n_workers=None, destroyed=True,
-                             image=None)
 
     def status(self) -> dict:
         return status_report.status(self)

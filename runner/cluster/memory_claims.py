@@ -19,7 +19,7 @@ import shlex
 from dataclasses import dataclass
 
 from runner.cluster.hosts import Host
-from runner.cluster.processes import privileged
+from runner.cluster.process_settings import privileged
 from runner.cluster.ssh import SSHSettings, connect, fan_out
 from runner.errors import ClusterStartError
 from runner.log import Progress, Say

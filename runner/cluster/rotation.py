@@ -13,7 +13,8 @@ from runner.errors import ConfigError
 from runner.log import Progress, Say
 
 if TYPE_CHECKING:
-    from runner.cluster.cluster import Cluster, UpSummary
+    from runner.cluster.cluster import Cluster
+    from runner.cluster.up_steps import UpSummary
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.config import ClusterSpec
 from runner.config_base import parse_duration
-from runner.ephemeral import aws, preflight
+from runner.ephemeral import aws, preflight, teardown
 from runner.ephemeral import tags as T
 from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class, hard_stop_command
 from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
@@ -154,7 +154,7 @@ class EphemeralCluster:
         return holders
 
     def instances(self) -> list[dict]:
-        return aws.tagged_instances(self.ec2, {T.RUN: self.run_id}) if self.ec2 else []
+        return teardown.tagged_instances(self.ec2, {T.RUN: self.run_id}) if self.ec2 else []
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> EphemeralCluster:
@@ -279,9 +279,9 @@ class EphemeralCluster:
                 # found twice, SETTLE_S apart. After a full start every launch has returned.
                 settle = 0.0 if self.cluster is not None else SETTLE_S
                 try:
-                    removed = aws.remove_run(self.ec2, self.run_id, say,
-                                             timeout=aws.TEARDOWN_TIMEOUT_S,
-                                             known_instances=known, settle=settle)
+                    removed = teardown.remove_run(self.ec2, self.run_id, say,
+                                                  timeout=teardown.TEARDOWN_TIMEOUT_S,
+                                                  known_instances=known, settle=settle)
                 except Exception as err:  # noqa: BLE001 - reported beside the job's outcome
                     self.teardown_error = str(err) if isinstance(err, ProvisionError) else \
                         f"ephemeral: teardown failed: {type(err).__name__}: {err}"

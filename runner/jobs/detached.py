@@ -27,7 +27,14 @@ from pathlib import Path
 
 from runner.batch.artifacts import read_status, write_json_atomic
 from runner.batch.store_load import ENV_OPTIONS
-from runner.cluster.processes import DASK_CONFIG, ENV_LINK, PYCACHE_DIR, as_user, cluster_user, privileged
+from runner.cluster.process_settings import (
+    DASK_CONFIG,
+    ENV_LINK,
+    PYCACHE_DIR,
+    as_user,
+    cluster_user,
+    privileged,
+)
 from runner.cluster.ssh import connect
 from runner.errors import BatchError, ClusterStartError
 from runner.jobs import runs

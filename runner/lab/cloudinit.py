@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from runner.lab.machine import user_setup_script
+from runner.lab.boot_scripts import user_setup_script
 
 KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 # cloud-init's default when no ssh_keys are given.

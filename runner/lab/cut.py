@@ -1,6 +1,6 @@
 """`lab cut`: a host's (or the control machine's) network cut and healed, with an nftables
-table of its own. Never the emulated EC2's security-group table (runner.lab.instances.SG_TABLE):
-healing must not open what a group closes."""
+table of its own. Never the emulated EC2's security-group table
+(runner.lab.security_groups.SG_TABLE): healing must not open what a group closes."""
 
 from __future__ import annotations
 

@@ -157,11 +157,11 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     cloud: dict[str, Any] = {"provider": "aws", "endpoint": ENDPOINT, "region": region,
                              "api_pid": None, "controller_pid": None,
                              "terraform_rc": str(lab.cloud_terraform_rc), "port": PORT}
-    data = lab._data()
+    data = lab.read_record()
     data["cloud"] = cloud
-    lab._write(data)  # record first: `lab down` must find whatever starts next
+    lab.write_record(data)  # record first: `lab down` must find whatever starts next
     cloud["api_pid"] = _spawn("runner.lab.ec2", lab, "api.log", [])
-    lab._write(data)
+    lab.write_record(data)
     deadline = time.monotonic() + START_TIMEOUT_S
     ec2 = client(region)
     while True:
@@ -185,7 +185,7 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     run(["ip", "addr", "replace", f"{VPC_ROUTER}/24", "dev", BRIDGE, "noprefixroute"])
     run(["ip", "addr", "replace", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE])
     cloud["controller_pid"] = _spawn("runner.lab.instances", lab, "controller.log", [])
-    lab._write(data)
+    lab.write_record(data)
     time.sleep(0.5)
     if not _pid_is(cloud["controller_pid"], "runner.lab.instances"):
         raise LabError(f"lab: the instance controller exited at start; see "
@@ -207,7 +207,7 @@ def stop_cloud(lab) -> bool:
     VPC router address. True if anything was running."""
     from runner.lab.machine import BRIDGE, run
 
-    cloud = (lab._data() or {}).get("cloud") or {}
+    cloud = (lab.read_record() or {}).get("cloud") or {}
     pids: list[int] = []
     for module, key in (("runner.lab.instances", "controller_pid"), ("runner.lab.ec2", "api_pid")):
         mine = set(_our_pids(module, lab.state_dir))

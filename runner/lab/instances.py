@@ -4,7 +4,8 @@ It polls the EC2 API (moto, 127.0.0.1 only) about twice a second and makes the l
 a `running` instance becomes a lab host (netns dfec2-<id>, its private address, hostname
 ip-a-b-c-d, the image's login user `admin` with the key pair's key, user_data run once at first
 boot); a stopped one is crashed and its disk kept; a terminated or vanished one is crashed and its
-disk deleted. Each host's security-group ingress rules are enforced with nftables in its netns.
+disk deleted. Each host's security-group ingress rules are enforced with nftables in its netns
+(the ruleset: runner.lab.security_groups).
 The image has a `docker` stand-in and a `shutdown` that powers the instance off through the API
 (runner.lab.standin).
 What it booted is listed in cloud/instances.json (read by `Lab().instance_hosts()`).
@@ -37,12 +38,12 @@ from runner.lab.machine import (
     read_instance_hosts,
     stop_host,
 )
+from runner.lab.security_groups import instance_groups, render_sg_ruleset
 
 logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
 POLL_S = 0.5
 IMAGE_USER = "admin"  # Debian's cloud images' default user
-SG_TABLE = "daskfleet_sg"
 HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)
 
 
@@ -86,21 +87,6 @@ def refuse_reason(inst: dict, arch: str | None) -> str | None:
     return None
 
 
-def instance_groups(inst: dict) -> list[str]:
-    """The instance's security groups. moto reports the groups of an instance launched with
-    SecurityGroupIds in a subnet (as Terraform does) only on its network interfaces."""
-    ids = [g["GroupId"] for g in inst.get("SecurityGroups", [])]
-    ids += [g["GroupId"] for n in inst.get("NetworkInterfaces", []) for g in n.get("Groups", [])]
-    return sorted(set(ids))
-
-
-def _ports(perm: dict) -> str:
-    lo, hi = perm.get("FromPort"), perm.get("ToPort")
-    if lo is None or lo == -1 or (lo == 0 and hi == 65535):
-        return ""
-    return f" dport {lo}" if lo == hi else f" dport {lo}-{hi}"
-
-
 def write_metadata(hdir: Path, inst: dict, user_data: bytes) -> Path | None:
     """What the instance's metadata service serves (runner/lab/imds.py), as RunInstances set it:
     none with `HttpEndpoint: disabled`; tokens required or optional (IMDSv2 / v1)."""
@@ -114,72 +100,6 @@ def write_metadata(hdir: Path, inst: dict, user_data: bytes) -> Path | None:
     (mdir / "options.json").write_text(json.dumps(
         {"http_tokens": options.get("HttpTokens") or "optional"}))
     return mdir
-
-
-def _sg_rules(permissions: list[dict], members: dict[str, list[str]], peer: str) -> list[str]:
-    """nftables rules for security-group `permissions`; ``peer`` is "saddr" (ingress: the
-    source) or "daddr" (egress: the destination)."""
-    rules = []
-    for perm in permissions:
-        proto = str(perm.get("IpProtocol", "-1")).lower()
-        proto = {"6": "tcp", "17": "udp", "1": "icmp"}.get(proto, proto)
-        if proto in ("tcp", "udp"):
-            ports = _ports(perm)
-            match = f"{proto}{ports}" if ports else f"meta l4proto {proto}"
-        elif proto in ("-1", "all"):
-            match = ""
-        elif proto in ("icmp", "icmpv6", "58"):
-            continue  # every ICMP is accepted anyway (below)
-        else:
-            match = f"meta l4proto {proto}"
-        peers = [f"ip {peer} {r['CidrIp']}" for r in perm.get("IpRanges", [])]
-        peers += [f"ip6 {peer} {r['CidrIpv6']}" for r in perm.get("Ipv6Ranges", [])]
-        for pair in perm.get("UserIdGroupPairs", []):
-            ips = sorted(members.get(pair.get("GroupId", ""), []), key=ipaddress.ip_address)
-            if ips:
-                peers.append(f"ip {peer} {{ {', '.join(ips)} }}")
-            else:
-                rules.append(f"    # {pair.get('GroupId')}: no running members")
-        for who in peers:
-            rules.append(f"    {who} {match} accept".replace("  accept", " accept"))
-    return rules
-
-
-def render_sg_ruleset(permissions: list[dict], members: dict[str, list[str]],
-                      egress: list[dict] | None = None) -> str:
-    """An nftables ruleset enforcing security-group ingress `permissions` (DescribeSecurityGroups
-    IpPermissions of every group of the instance) and, given, `egress` (IpPermissionsEgress: a
-    group whose default allow-all egress was removed, as Terraform removes it, lets out only what
-    its rules name). `members`: group id -> private IPs of the running instances in that group.
-    Replies to allowed traffic pass both ways (groups are stateful). Applied with `nft -f`: it
-    replaces the table atomically."""
-    chains = [
-        "  chain input {",
-        "    type filter hook input priority 0; policy drop;",
-        "    ct state established,related accept",
-        "    iif \"lo\" accept",
-        "    meta l4proto { icmp, ipv6-icmp } accept",
-        *_sg_rules(permissions, members, "saddr"),
-        "  }",
-    ]
-    if egress is not None:
-        chains += [
-            "  chain output {",
-            "    type filter hook output priority 0; policy drop;",
-            "    ct state established,related accept",
-            "    oif \"lo\" accept",
-            "    meta l4proto { icmp, ipv6-icmp } accept",
-            *_sg_rules(egress, members, "daddr"),
-            "  }",
-        ]
-    return "\n".join([
-        f"table inet {SG_TABLE}",  # so that the delete below never fails
-        f"delete table inet {SG_TABLE}",
-        f"table inet {SG_TABLE} {{",
-        *chains,
-        "}",
-        "",
-    ])
 
 
 class Controller:

@@ -7,9 +7,10 @@ private disk-backed folders (/home, /var/log, /var/lib/daskfleet, ...), a fresh 
 /run/daskfleet at every boot, and masks /root and the project checkout with empty tmpfs mounts,
 so nothing from the control machine's environments leaks onto the host.
 
-This module is the lab as a whole (`Lab`: its record, hosts, faults, teardown); the primitives of
-one host (`boot_host`, the one host-creation path, used by the emulated cloud's instance hosts
-too) live in runner.lab.machine, which imports nothing else of the lab.
+This module is the lab as a whole (`Lab`: its record, hosts, faults, teardown); a new lab's hosts
+are made by runner.lab.lab_hosts, its object store started by runner.lab.lab_store. The
+primitives of one host (`boot_host`, the one host-creation path, used by the emulated cloud's
+instance hosts too) live in runner.lab.machine, below the rest of the lab.
 """
 
 from __future__ import annotations
@@ -19,21 +20,17 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.lab import lab_hosts, lab_store
 from runner.lab.cut import CUT_TABLE, control_cut_ruleset, cut_ruleset, has_cut_table
 from runner.lab.machine import (
     BRIDGE,
-    BRIDGE_ADDRESS,
-    BRIDGE_MAC,
     DEFAULT_STATE_DIR,
-    FIRST_HOST_OCTET,
     MAX_HOSTS,
     READY_TIMEOUT_S,
-    SUBNET_PREFIX,
-    BootSpec,
     LabHost,
     boot_host,
     check_prerequisites,
@@ -64,9 +61,9 @@ class Lab:
     def __init__(self, state_dir: Path | str | None = None):
         self.state_dir = Path(state_dir or os.environ.get("DASKFLEET_LAB_DIR") or DEFAULT_STATE_DIR)
         # what `up` was asked for, read while it makes the lab
-        self._region = "us-east-1"
-        self._want_store = False
-        self._spawned_store: dict | None = None  # a store `up` started with new hosts
+        self.region = "us-east-1"
+        self.want_store = False
+        self.spawned_store: dict | None = None  # a store `up` started with new hosts
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -93,19 +90,19 @@ class Lab:
         return self.state_dir / "hosts" / name
 
     # -- inspection -------------------------------------------------------------------------
-    def _data(self) -> dict | None:
+    def read_record(self) -> dict | None:
         if not self.record.exists():
             return None
         return json.loads(self.record.read_text())
 
-    def _write(self, data: dict) -> None:
+    def write_record(self, data: dict) -> None:
         tmp = self.record.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
         tmp.replace(self.record)
 
     def hosts(self) -> list[LabHost]:
         """The plain lab hosts (never the cloud's instance hosts: see `instance_hosts`)."""
-        data = self._data()
+        data = self.read_record()
         return [LabHost(**h) for h in data["hosts"]] if data else []
 
     def instance_hosts(self) -> list[LabHost]:
@@ -113,7 +110,7 @@ class Lab:
         return read_instance_hosts(self.cloud_dir)
 
     def cloud(self) -> dict | None:
-        data = self._data()
+        data = self.read_record()
         return data.get("cloud") if data else None
 
     def host_alive(self, host: LabHost) -> bool:
@@ -150,18 +147,9 @@ class Lab:
             "hosts": [row(h) for h in self.hosts()]
                      + [row(h) for h in (self.instance_hosts() if cloud else [])],
             "cloud": cloud,
-            "object_store": self._store_status(),
+            "object_store": lab_store.store_status(self),
             "uplink": read_uplink(),
         }
-
-    def _store_status(self) -> dict | None:
-        from runner.lab import objectstore
-
-        record = self.object_store()
-        if not record:
-            return None
-        return {"endpoint": record["endpoint"], "region": record["region"],
-                "credentials": record["credentials"], "up": objectstore.alive(record)}
 
     # -- bring-up ---------------------------------------------------------------------------
     def up(self, n_hosts: int | None = 3, progress: Progress | None = None,
@@ -174,8 +162,8 @@ class Lab:
         check_prerequisites()
         if uplink is not None and uplink.strip().lower() != UPLINK_OFF:
             parse_uplink(uplink)  # refused before anything is made
-        self._region = region
-        self._want_store = object_store
+        self.region = region
+        self.want_store = object_store
         explicit = n_hosts is not None
         n_hosts = 3 if n_hosts is None else n_hosts
         low = 0 if cloud else 1
@@ -185,18 +173,18 @@ class Lab:
             check_user_name(user)
         if cloud not in (None, "aws"):
             raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
-        data = self._data()
+        data = self.read_record()
         if data is not None:
             # no --hosts: the running lab as it is, whatever its size (e.g. --object-store added)
             hosts = self._reuse(data, n_hosts if explicit else None, user, progress)
         else:
-            hosts = self._fresh(n_hosts, user or "root", progress)
+            hosts = lab_hosts.fresh_hosts(self, n_hosts, user or "root", progress)
         if uplink is not None:
             shaped = shape_uplink(uplink)
             say(f"lab: this machine's uplink to the lab shaped to "
                 f"{shaped['rate_bits_per_s'] / 1e6:g} Mbit/s" if shaped
                 else "lab: this machine's uplink to the lab is not shaped")
-        self._object_store(region, progress)
+        lab_store.start_object_store(self, region, progress)
         if cloud:
             from runner.lab.ec2 import start_cloud
 
@@ -221,39 +209,12 @@ class Lab:
                         from runner.lab.ec2 import stop_cloud
 
                         stop_cloud(self)
-                        self._write({**(self._data() or data), "cloud": None})
+                        self.write_record({**(self.read_record() or data), "cloud": None})
                     raise
         return hosts
 
-    def _object_store(self, region: str, progress: Progress | None) -> None:
-        """The lab's object store (runner.lab.objectstore), when asked for (`--object-store`):
-        started with the lab, or added to a running lab; started again when a reused lab's store
-        is down (its objects are gone then: they live in memory)."""
-        say = Say(progress, logger)
-        from runner.lab import objectstore
-
-        data = self._data()
-        assert data is not None, "called once the lab's hosts are recorded"
-        if not self._want_store and not data.get("object_store"):
-            return  # not asked for (`lab up --object-store`), and none to keep running
-        spawned = self._spawned_store
-        if spawned is not None:  # this `up` made the lab, and started the store with it
-            self._spawned_store = None
-            data["object_store"] = objectstore.ready(spawned, progress)
-            self._write(data)
-            return
-        record = data.get("object_store")
-        if objectstore.alive(record):
-            say(f"lab: reusing the running object store at {record['endpoint']}")
-            return
-        if record:
-            say("lab: the object store was down; starting it again (empty)")
-            stop_host(objectstore.NETNS, objectstore.LINK)
-        data["object_store"] = objectstore.start(self.state_dir / "objectstore", region, progress)
-        self._write(data)
-
     def object_store(self) -> dict | None:
-        data = self._data()
+        data = self.read_record()
         return data.get("object_store") if data else None
 
     def _reuse(self, data: dict, n_hosts: int | None, user: str | None,
@@ -278,80 +239,6 @@ class Lab:
         say(f"lab: reusing the running lab ({len(existing)} hosts) in {self.state_dir}")
         return existing
 
-    def _fresh(self, n_hosts: int, user: str, progress: Progress | None) -> list[LabHost]:
-        say = Say(progress, logger)
-        if link_exists(BRIDGE):
-            raise LabError(
-                f"lab: bridge {BRIDGE} exists but no lab is recorded in {self.state_dir} "
-                "(another lab state dir?); run `daskfleet lab down` with that DASKFLEET_LAB_DIR."
-            )
-        hosts = [
-            LabHost(name=f"lab{i}", address=f"{SUBNET_PREFIX}{FIRST_HOST_OCTET + i - 1}",
-                    netns=f"dflab-lab{i}", user=user)
-            for i in range(1, n_hosts + 1)
-        ]
-        try:
-            self._create(hosts, user, progress)
-        except BaseException:
-            say("lab: bring-up failed; removing what was created")
-            self.down(progress=lambda *_: None)
-            raise
-        return hosts
-
-    def _create(self, hosts: list[LabHost], user: str, progress: Progress | None) -> None:
-        say = Say(progress, logger)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
-        # Record first, so `lab down` can always clean up a half-made lab.
-        self._write({"hosts": [asdict(h) for h in hosts], "user": user, "cloud": None})
-        if not self.key.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "daskfleet-lab",
-                  "-f", str(self.key)])
-        run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
-        run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
-        run(["ip", "link", "set", BRIDGE, "up"])
-        # the object store's server imports for seconds: started first, waited for in `up`
-        if self._want_store:
-            from runner.lab import objectstore
-
-            self._spawned_store = objectstore.spawn(self.state_dir / "objectstore", self._region)
-        known = []
-        for host in hosts:
-            say(f"lab: creating {host.name} ({host.address})")
-            known.append(self._create_host(host))
-        self.known_hosts.write_text("".join(known))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        for host in hosts:
-            while not port_open(host.address, host.port, timeout=0.5):
-                if time.monotonic() > deadline:
-                    log = (self.host_dir(host.name) / "init.log").read_text()[-2000:]
-                    raise LabError(
-                        f"lab: sshd on {host.name} ({host.address}) did not come up within "
-                        f"{READY_TIMEOUT_S:.0f}s. Its log:\n{log}"
-                    )
-                time.sleep(0.1)
-        who = "" if user == "root" else f", user {user}"
-        say(f"lab: {len(hosts)} hosts up{who}; key {self.key}, known_hosts {self.known_hosts}")
-
-    def _create_host(self, host: LabHost) -> str:
-        """Boot a plain lab host; returns its known_hosts line."""
-        hdir = self.host_dir(host.name)
-        hdir.mkdir(parents=True, exist_ok=True)
-        hostkey = hdir / "ssh_host_ed25519_key"
-        if not hostkey.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
-                  "-f", str(hostkey)])
-        # A fixed MAC per address: a restarted host is reachable at once, with no stale ARP
-        # entry on the other machines pointing at its previous interface.
-        mac = f"02:df:00:00:00:{int(host.address.rsplit('.', 1)[1]):02x}"
-        boot_host(BootSpec(
-            hostname=host.name, address=host.address, netns=host.netns, veth=host.veth, mac=mac,
-            hdir=hdir, host_keys=(str(hostkey),), user=host.user, port=host.port,
-            authorized_keys=Path(str(self.key) + ".pub").read_text(),
-        ))
-        pub = Path(str(hostkey) + ".pub").read_text().split()
-        return f"{host.address} {pub[0]} {pub[1]}\n"
-
     # -- faults -----------------------------------------------------------------------------
     def kill(self, name: str) -> None:
         """Crash a host: every process in it dies at once (its sshd is the PID namespace's init)."""
@@ -373,7 +260,7 @@ class Lab:
                 spec = replace(spec, nft_ruleset=rules.read_text())
             boot_host(spec)
         else:
-            self._create_host(host)
+            lab_hosts.create_host(self, host)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self._answers(host, timeout=0.5):
             if time.monotonic() > deadline:

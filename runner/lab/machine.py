@@ -1,9 +1,10 @@
 """A lab host, the primitives: a network namespace on the lab's bridge, booted by
 `unshare --mount --uts --pid --fork` into an init that ends in the host's own sshd (killing it is
-a machine crash), its private folders, its firewall (nftables) and its users. The plain lab
-hosts (runner.lab.lab) and the emulated cloud's instance hosts (runner.lab.instances) both boot
-through `boot_host`; this module imports nothing else of the lab, so everything there can import
-it.
+a machine crash), its private folders and its firewall (nftables); the init and sshd_config it
+boots with are written by runner.lab.boot_scripts. The plain lab hosts (runner.lab.lab_hosts)
+and the emulated cloud's instance hosts (runner.lab.instances) both boot through `boot_host`;
+this module imports nothing else of the lab but its addresses and boot scripts, so everything
+there can import it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from runner.errors import LabError
 from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
+from runner.lab.boot_scripts import PRIVATE_DIRS, SSHD, _init_script, _sshd_config
 
 DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
 BRIDGE = "dflab0"
@@ -35,25 +37,7 @@ SUBNET_PREFIX = "198.18.0."
 BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 32
-# Folders every host gets privately, backed by a per-host folder under the state dir (parents
-# before children). /home is one of them: it masks the control machine's /home and keeps users'
-# homes across reboots, as a real disk does.
-PRIVATE_DIRS = ("etc/daskfleet", "opt/daskfleet", "var/lib/daskfleet", "var/lib/cloud", "var/log",
-                "var/log/daskfleet", "home", "tmp")
-# Paths masked with empty tmpfs mounts: the control machine's environments must not be visible.
-MASKED_DIRS = ("/root",)
-SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT_S = 20.0
-# Where sshd looks for keys besides ~/.ssh/authorized_keys: outside any home directory, in the
-# host's private /etc, so the lab's key for a user never depends on its home.
-LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
-# uid 1000 is taken on these machines; lab and cloud users start here.
-FIRST_UID = 1500
-# Written on the host's disk once user_data has run: a reboot does not run it again.
-FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
-# A lab host's init starts what is here at every boot (a real machine's systemd starts its
-# enabled units): playbooks/roles/dask_node puts the supervisor here on machines without systemd.
-BOOT_DIR = "/etc/daskfleet/boot.d"
 
 
 @dataclass(frozen=True)
@@ -109,10 +93,6 @@ def run(args: list[str], check: bool = True, input: str | None = None) -> subpro
             f"{(proc.stderr or proc.stdout).strip()}"
         )
     return proc
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
 
 
 def check_prerequisites() -> None:
@@ -290,100 +270,6 @@ def check_user_name(user: str) -> None:
     if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,30}", user):
         raise LabError(f"lab: --user {user!r} is not a valid user name (lower-case letters, digits, "
                        "_ and -, starting with a letter).")
-
-
-def user_setup_script(user: str, sudo: bool = True, groups: tuple[str, ...] = (),
-                      shell: str = "/bin/bash") -> str:
-    """Shell lines (run as root inside a host) that create USER once: uid FIRST_UID or above,
-    home under /home, no password (key login only), optional passwordless sudo."""
-    q = shlex.quote(user)
-    lines = [
-        f"if ! id -u {q} >/dev/null 2>&1; then useradd --create-home --user-group "
-        f"-K UID_MIN={FIRST_UID} -K GID_MIN={FIRST_UID} --shell {shlex.quote(shell)} {q}; fi",
-        # '*' rather than useradd's locked '!': sshd without PAM refuses locked accounts even for
-        # key logins, while a cloud image's default user (PAM) logs in with a key.
-        f"usermod -p '*' {q}",
-    ]
-    if groups:
-        lines.append(f"usermod -a -G {shlex.quote(','.join(groups))} {q}")
-    if sudo:
-        f = f"/etc/sudoers.d/daskfleet-{user}"
-        lines.append(f"printf '%s\\n' {shlex.quote(f'{user} ALL=(ALL) NOPASSWD:ALL')} > {f} "
-                     f"&& chmod 0440 {f}")
-    return "\n".join(lines)
-
-
-def _sshd_config(spec: BootSpec) -> str:
-    root = spec.user == "root"
-    return "\n".join([
-        f"ListenAddress {'0.0.0.0' if spec.listen_any else spec.address}",
-        f"Port {spec.port}",
-        *[f"HostKey {k}" for k in spec.host_keys],
-        f"AuthorizedKeysFile .ssh/authorized_keys {LAB_KEYS_DIR}/%u",
-        f"PidFile {spec.hdir / 'sshd.pid'}",
-        f"PermitRootLogin {'prohibit-password' if root else 'no'}",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes",
-        "UsePAM no",
-        # MaxSessions and MaxStartups stay at Debian's defaults (10; 10:30:100): a real machine's.
-        "Subsystem sftp internal-sftp",
-        "",
-    ])
-
-
-def _init_script(spec: BootSpec, config: Path) -> str:
-    q = shlex.quote
-    hdir = spec.hdir
-    name = q(spec.hostname)
-    lines = [
-        "set -e",
-        # A private, persistent /etc first: users, sudoers and host keys made on this host stay
-        # on it (and survive a restart); everything else mounts on top of it.
-        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={q(str(hdir / 'etc-upper'))},"
-        f"workdir={q(str(hdir / 'etc-work'))} /etc",
-        f"hostname {name}",
-        f"echo {name} > /etc/hostname",
-        f"printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost ip6-localhost "
-        f"ip6-loopback\\n' {name} > /etc/hosts",
-    ]
-    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
-        src = hdir / "fs" / d
-        lines.append(f"mkdir -p /{d} && mount --bind {q(str(src))} /{d}")
-    for d in (*MASKED_DIRS, str(project_root())):
-        lines.append(f"if [ -d {q(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs {q(d)}; fi")
-    # A machine's init starts in /, never in the control machine's folder (a process that
-    # re-enters its start folder, as multiprocessing's spawn does, would fail only on a lab
-    # started from a folder the host does not have, such as one under its private /tmp).
-    lines.append("cd /")
-    # Pid files and the like must not survive a reboot.
-    lines.append("mkdir -p /run/daskfleet && mount -t tmpfs -o mode=0755 tmpfs /run/daskfleet")
-    lines.append(f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}")
-    if spec.user:
-        if spec.user != "root":
-            lines.append(user_setup_script(spec.user))
-        lines.append(f"install -m 0644 {q(str(hdir / 'authorized_keys'))} "
-                     f"{LAB_KEYS_DIR}/{q(spec.user)}")
-    if spec.first_boot:
-        log = "/var/log/cloud-init-output.log"
-        lines += [
-            f"if [ ! -e {FIRST_BOOT_MARKER} ]; then",
-            f"  mkdir -p {os.path.dirname(FIRST_BOOT_MARKER)}",
-            f"  echo \"first boot $(date -u +%FT%TZ): running user_data\" >> {log}",
-            # As cloud-init: a failing user_data is logged, and the machine still comes up.
-            f"  {q(str(spec.first_boot))} >> {log} 2>&1 "
-            f"&& echo 'user_data: ok' >> {log} || echo \"user_data: FAILED (exit $?)\" >> {log}",
-            f"  date -u +%FT%TZ > {FIRST_BOOT_MARKER}",
-            "fi",
-        ]
-    # The services enabled on this machine, as systemd starts enabled units at boot and starts
-    # them again when they die (Restart=always): what the playbooks put in BOOT_DIR.
-    lines.append(f"for s in {BOOT_DIR}/*; do [ -x \"$s\" ] || continue; "
-                 "setsid sh -c 'while :; do \"$0\"; sleep 2; done' \"$s\" >/dev/null 2>&1 "
-                 "< /dev/null & "
-                 "done")
-    lines.append(f"exec {SSHD} -D -e -f {q(str(config))}")
-    return "\n".join(lines)
 
 
 def port_open(address: str, port: int, timeout: float) -> bool:

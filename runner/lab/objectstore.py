@@ -10,7 +10,7 @@ one.
 
 `python -m runner.lab.objectstore --host ADDR --port N --state DIR` is the server process; it
 writes DIR/credentials.json (0600: endpoint, region, key, secret) once it answers.
-`start(lab, ...)` boots the namespace and the process (runner.lab.lab calls it in `lab up`).
+`start(lab, ...)` boots the namespace and the process (runner.lab.lab_store calls it in `lab up`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from runner.cluster.hosts import Host
-from runner.cluster.processes import privileged
+from runner.cluster.process_settings import privileged
 from runner.cluster.ssh import connect, fan_out
 from runner.errors import HostError
 from runner.provision.ansible import PLAYBOOKS

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from runner import state
 from runner.cluster.hosts import Host
-from runner.cluster.processes import cluster_user
+from runner.cluster.process_settings import cluster_user
 from runner.errors import ProvisionError
 from runner.log import Progress, Say
 from runner.provision import ansible, inventory, terraform

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 from runner.cluster import changes
 from runner.cluster.hosts import Host
-from runner.cluster.processes import DaskSettings, ProcStatus, RemoteProcess
+from runner.cluster.process_settings import DaskSettings, ProcStatus
+from runner.cluster.processes import RemoteProcess
 
 SCHED = Host("lab1", "198.18.0.11", "scheduler")
 W2, W3 = Host("lab2", "198.18.0.12", "worker"), Host("lab3", "198.18.0.13", "worker")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from runner.ephemeral import aws
+from runner.ephemeral import aws, teardown
 from runner.ephemeral import tags as T
 
 moto = pytest.importorskip("moto")
@@ -49,7 +49,7 @@ def test_gc_removes_expired_runs_only(ec2, monkeypatch):
     untagged = ec2.create_vpc(CidrBlock="10.3.0.0/24")["Vpc"]["VpcId"]
     said: list[str] = []
 
-    removed, kept = aws.gc(ec2, NOW, None, said.append)
+    removed, kept = teardown.gc(ec2, NOW, None, said.append)
 
     assert kept == ["20260102-young"]
     assert any("run 20260101-old" in line and "expired" in line for line in said), said
@@ -66,7 +66,7 @@ def test_gc_removes_expired_runs_only(ec2, monkeypatch):
 def test_gc_older_than_removes_a_run_within_its_lifetime(ec2, monkeypatch):
     monkeypatch.setattr(aws.time, "sleep", lambda s: None)
     young = make_run(ec2, "20260102-young", NOW - timedelta(minutes=40), 7200, "10.2.0.0/24")
-    removed, kept = aws.gc(ec2, NOW, 30 * 60, lambda line: None)
+    removed, kept = teardown.gc(ec2, NOW, 30 * 60, lambda line: None)
     assert kept == [] and f"vpc {young['vpc']}" in removed
     # a second gc finds nothing left to remove
-    assert aws.gc(ec2, NOW, 30 * 60, lambda line: None) == ([], [])
+    assert teardown.gc(ec2, NOW, 30 * 60, lambda line: None) == ([], [])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.ephemeral import aws
+from runner.ephemeral import aws, teardown
 from runner.ephemeral import tags as T
 from runner.errors import BatchError, ProvisionError
 
@@ -52,7 +52,8 @@ class Flaky:
 
 @pytest.fixture
 def sleeps(monkeypatch) -> list[float]:
-    """time.sleep in runner.ephemeral.aws, recorded (and shortened: moto acts at once)."""
+    """time.sleep in runner.ephemeral.aws and .teardown, recorded (and shortened: moto acts at
+    once)."""
     import time
 
     real_sleep = time.sleep  # aws.time is the time module itself
@@ -84,7 +85,7 @@ def launch(ec2, made, tags) -> str:
 
 
 def left(ec2, run_id: str) -> list[str]:
-    return aws.describe_found(aws.find_tagged(ec2, {T.RUN: run_id}))
+    return teardown.describe_found(teardown.find_tagged(ec2, {T.RUN: run_id}))
 
 
 def test_teardown_rides_out_throttling_and_dependency_violations_with_backoff(ec2, sleeps):
@@ -92,7 +93,7 @@ def test_teardown_rides_out_throttling_and_dependency_violations_with_backoff(ec
     flaky = Flaky(ec2, describe_instances=["RequestLimitExceeded"],
                   delete_security_group=["DependencyViolation"] * 4,
                   delete_subnet=["DependencyViolation"])
-    removed = aws.remove_run(flaky, "20260102-r1", lambda line: None, timeout=60)
+    removed = teardown.remove_run(flaky, "20260102-r1", lambda line: None, timeout=60)
     assert f"instance {run['instance']}" in removed and f"vpc {run['made'].vpc_id}" in removed
     # the public VPC's gateway: detached, deleted, before the VPC (which it would hold)
     gateway = run["made"].gateway_id
@@ -111,7 +112,7 @@ def test_teardown_gives_up_at_its_deadline_and_names_what_is_left(ec2, sleeps):
     run = make_run(ec2)
     flaky = Flaky(ec2, delete_subnet=["DependencyViolation", "*"])
     with pytest.raises(ProvisionError) as err:
-        aws.remove_run(flaky, "20260102-r1", lambda line: None, timeout=2)
+        teardown.remove_run(flaky, "20260102-r1", lambda line: None, timeout=2)
     msg = str(err.value)
     assert "not fully removed after 2s" in msg and f"subnet {run['made'].subnet_id}" in msg, msg
     assert f"vpc {run['made'].vpc_id}" in msg and "DependencyViolation" in msg
@@ -129,7 +130,7 @@ def test_a_launch_still_in_flight_when_teardown_starts_is_found_and_removed(ec2,
     aws.make_network(ec2, "10.2.0.0/24", "10.2.0.0/24", tags, made, "us-east-1a")
     aws.make_group(ec2, made.vpc_id, "df-late", "203.0.113.7/32", (8786, 8787), tags, made)
     late: list[str] = []
-    real_find = aws.find_tagged
+    real_find = teardown.find_tagged
     looks = []
 
     def find(ec2_, filters=None, keep=lambda t: True):
@@ -145,8 +146,8 @@ def test_a_launch_still_in_flight_when_teardown_starts_is_found_and_removed(ec2,
     made_late.group_id = ec2.describe_security_groups(
         Filters=[{"Name": "vpc-id", "Values": [made_late.vpc_id]}])["SecurityGroups"][0]["GroupId"]
     with monkeypatch.context() as m:  # only this patch: the fixtures' stay for the asserts
-        m.setattr(aws, "find_tagged", find)
-        removed = aws.remove_run(ec2, run_id, lambda line: None, timeout=60, settle=10)
+        m.setattr(teardown, "find_tagged", find)
+        removed = teardown.remove_run(ec2, run_id, lambda line: None, timeout=60, settle=10)
     assert late and f"instance {late[0]}" in removed, (late, removed)
     assert 10 in sleeps  # the settle look
     assert left(ec2, run_id) == []
@@ -190,7 +191,7 @@ def ephemeral_submit(ec2, sleeps, monkeypatch, tmp_path):
         made.update(r)
 
     monkeypatch.setattr(cluster_mod.EphemeralCluster, "create", create)
-    monkeypatch.setattr(aws, "TEARDOWN_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(teardown, "TEARDOWN_TIMEOUT_S", 2.0)
     outcome = {}
 
     def fake_submit(cluster, job_path, runs_dir, progress, run_id):

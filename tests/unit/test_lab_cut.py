@@ -10,8 +10,8 @@ from runner.cli import parser
 from runner.errors import LabError
 from runner.lab import Lab
 from runner.lab.cut import CUT_TABLE, cut_ruleset, has_cut_table
-from runner.lab.instances import SG_TABLE
 from runner.lab.machine import host_state
+from runner.lab.security_groups import SG_TABLE
 
 
 def test_the_cut_drops_both_ways_but_loopback_in_a_table_of_its_own():

@@ -3,7 +3,8 @@ refused boots."""
 
 from __future__ import annotations
 
-from runner.lab.instances import host_for, instance_groups, refuse_reason, render_sg_ruleset
+from runner.lab.instances import host_for, refuse_reason
+from runner.lab.security_groups import instance_groups, render_sg_ruleset
 
 
 def rules(text: str) -> list[str]:

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from runner.cluster.hosts import Host
 from runner.cluster.memory_claims import COMMIT, RELEASE, Claim, claim
-from runner.cluster.processes import DaskSettings, RemoteProcess
+from runner.cluster.process_settings import DaskSettings
+from runner.cluster.processes import RemoteProcess
 from runner.config import DaskSpec
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.cluster import processes
+from runner.cluster import process_settings, processes
 from runner.cluster.hosts import Host
-from runner.cluster.processes import START_TIME, DaskSettings, RemoteProcess
+from runner.cluster.process_settings import DaskSettings
+from runner.cluster.processes import START_TIME, RemoteProcess
 from runner.config import ProcessLimits
 
 SCHED = Host("lab1", "198.18.0.11", "scheduler")
@@ -30,10 +31,18 @@ WORKER = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
 ME = getpass.getuser()
 
 
+def on_node(monkeypatch, name: str, value) -> None:
+    """A node path or the cluster's user (runner.cluster.process_settings) replaced wherever it
+    is read: processes.py reads some of those names itself, imported from there."""
+    for module in (process_settings, processes):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
+
+
 @pytest.fixture(autouse=True)
 def as_me(monkeypatch):
     """Every cluster's user is this test's user (a node's would be dask-<cluster>)."""
-    monkeypatch.setattr(processes, "cluster_user", lambda cluster: ME)
+    on_node(monkeypatch, "cluster_user", lambda cluster: ME)
 
 
 def pid_file(tmp_path: Path, proc: RemoteProcess) -> Path:
@@ -50,7 +59,7 @@ def check(proc: RemoteProcess) -> int:
 @pytest.fixture
 def fake_worker(tmp_path, monkeypatch):
     """A process whose command line is the worker's (as `dask worker ...` would show it)."""
-    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    on_node(monkeypatch, "RUN_DIR", str(tmp_path))
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                           *WORKER.command()], start_new_session=True)  # setsid, as started
     yield p
@@ -77,7 +86,7 @@ def test_the_same_command_line_run_by_another_user_is_not_ours(tmp_path, monkeyp
     """Another cluster's user on the same host could run a process with this cluster's command
     line: its pid in this cluster's pid file does not make it this cluster's."""
     assert os.geteuid() == 0, "this test runs a process as another user: run it as root"
-    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    on_node(monkeypatch, "RUN_DIR", str(tmp_path))
     # sh, not this venv's python, which nobody may not run; its command line holds the worker's
     p = subprocess.Popen(["/bin/sh", "-c", "sleep 60; :", *WORKER.command()],
                          start_new_session=True, user="nobody")
@@ -116,7 +125,7 @@ def test_the_same_process_with_other_settings_is_still_ours(fake_worker, tmp_pat
 
 
 def test_a_missing_pid_file_is_not_running(tmp_path, monkeypatch):
-    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    on_node(monkeypatch, "RUN_DIR", str(tmp_path))
     assert check(WORKER) == 3
 
 
@@ -139,7 +148,7 @@ def test_stop_stops_the_recorded_process_and_removes_its_pid_file(fake_worker, t
 
 
 def test_a_process_that_already_exited_is_cleaned_up_not_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(processes, "RUN_DIR", str(tmp_path))
+    on_node(monkeypatch, "RUN_DIR", str(tmp_path))
     gone = subprocess.Popen([sys.executable, "-c", "pass", *WORKER.command()[1:]])
     gone.wait()
     path = pid_file(tmp_path, WORKER)
@@ -195,9 +204,9 @@ def _node_folders(tmp_path, monkeypatch, names: tuple[str, ...]) -> None:
     line stays the worker's (the identity check reads it), sleeping a minute."""
     for name in names:
         (tmp_path / name).mkdir()
-        monkeypatch.setattr(processes, name, str(tmp_path / name))
+        on_node(monkeypatch, name, str(tmp_path / name))
     env = tmp_path / "clusters" / "{cluster}" / "current"
-    monkeypatch.setattr(processes, "ENV_LINK", str(env))
+    on_node(monkeypatch, "ENV_LINK", str(env))
     dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
     dask.parent.mkdir(parents=True)
     dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
@@ -242,7 +251,7 @@ def test_the_files_limits_are_the_started_processs_own_and_part_of_its_digest(tm
     switches to the cluster's user, and a change of limits is a change of the process."""
     _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"))
     me = getpass.getuser()  # the cluster's user here: runuser to ourselves
-    monkeypatch.setattr(processes, "cluster_user", lambda cluster: me)
+    on_node(monkeypatch, "cluster_user", lambda cluster: me)
     limits = ProcessLimits(nofile=4000, nproc=5000, core_dumps=False).ulimits()
     host = Host("lab2", "198.18.0.12", "worker")
     plain = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab"))

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from runner.cluster.hosts import Host
-from runner.cluster.processes import DaskSettings, RemoteProcess, as_user
+from runner.cluster.process_settings import DaskSettings, as_user
+from runner.cluster.processes import RemoteProcess
 from runner.config import load_cluster
 from runner.errors import ConfigError, ProvisionError
 from runner.provision import hostkeys

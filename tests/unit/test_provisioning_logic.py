@@ -185,7 +185,7 @@ def test_only_the_code_the_nodes_import_names_their_environment(tmp_path):
     names = {str(p.relative_to(root)) for p in node_modules(root)}
     assert {"batch/train.py", "batch/parts.py", "cluster/nanny_wait.py", "errors.py"} <= names
     # control-side code: the CLI, the lab, provisioning, the job file (pydantic), the pipeline
-    assert not names & {"cli.py", "lab/lab.py", "provision/lock.py", "batch/job.py",
+    assert not names & {"cli.py", "lab/lab.py", "provision/lock.py", "batch/job.py", "batch/job_data.py",
                         "batch/pipeline.py", "batch/pipeline_phases.py", "batch/pipeline_fit.py",
                         "batch/pipeline_tasks.py", "batch/corpus.py", "cluster/cluster.py"}, names
     base = project_digest(root)
