@@ -5,6 +5,7 @@ command then says what the state holds and what to run. Run for real with a stan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ case "$1" in
   state) echo 'module.cluster.aws_instance.this["w1"]'; exit 0;;
 esac
 trap 'echo INT >> signals.log; sleep 1; echo saved > state.saved; exit 1' INT
+echo $$ > terraform.pid
 echo creating > started
 while true; do sleep 0.1; done
 """
@@ -46,7 +48,32 @@ with sigterm_raises():
 """
 
 
-def apply_with(tmp_path: Path, fake: str) -> tuple[subprocess.Popen, Path]:
+@pytest.fixture
+def apply_with():
+    """``apply_with(tmp_path, fake)``: see ``_apply_with``. Whatever the test's outcome, each
+    group it started is killed at its end: a stand-in Terraform that was never told to stop
+    would otherwise run on forever, orphaned."""
+    started: list[subprocess.Popen] = []
+
+    def start(tmp_path: Path, fake: str) -> tuple[subprocess.Popen, Path]:
+        proc, work = _apply_with(tmp_path, fake)
+        started.append(proc)
+        return proc, work
+
+    yield start
+    for proc in started:
+        # daskfleet's group, then the stand-in, which runs in a session of its own (as
+        # Terraform does: the terminal's Ctrl-C reaches only daskfleet)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pid_file = Path(proc.args[-1]) / "terraform.pid"
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _apply_with(tmp_path: Path, fake: str) -> tuple[subprocess.Popen, Path]:
     """daskfleet's `terraform apply` (DRIVER) with ``fake`` as `terraform` on PATH, in a group
     of its own as a command in a terminal (the signal goes to the whole group); its working
     folder."""
@@ -67,7 +94,7 @@ def apply_with(tmp_path: Path, fake: str) -> tuple[subprocess.Popen, Path]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
+def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig, apply_with):
     proc, work = apply_with(tmp_path, FAKE_TERRAFORM)
     deadline = time.monotonic() + 30
     while not (work / "started").exists():
@@ -87,7 +114,7 @@ def test_an_interrupted_apply_lets_terraform_save_its_state(tmp_path, sig):
 
 # A Terraform still saving when the user presses Ctrl-C again: it stops at once on the second.
 SLOW_TERRAFORM = f"""#!{sys.executable}
-import signal, sys, time
+import os, signal, sys, time
 from pathlib import Path
 if sys.argv[1:2] == ["state"]:
     print('module.cluster.aws_instance.this["w1"]')
@@ -100,6 +127,7 @@ def interrupted(*_):
     if len(seen) > 1:
         sys.exit(1)  # the second: at once, the state not saved
 signal.signal(signal.SIGINT, interrupted)
+Path("terraform.pid").write_text(str(os.getpid()))
 Path("started").write_text("creating")
 while True:
     time.sleep(0.1)  # "saving its state" for longer than the test waits
@@ -107,7 +135,7 @@ while True:
 
 
 def test_a_second_ctrl_c_stops_terraform_at_once_and_says_the_state_may_miss_resources(
-        tmp_path):
+        tmp_path, apply_with):
     proc, work = apply_with(tmp_path, SLOW_TERRAFORM)
     signals_log = work / "signals.log"
     said = work / "said.log"
