@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loopback_sshd import SSHD, LoopbackSshd, keygen, loopback_sshd, public_key
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "terraform" / "modules" / "hosts"
-SSHD = Path("/usr/sbin/sshd")
 TF_TIMEOUT = 120  # seconds for any one terraform command
 
 pytestmark = [
@@ -36,94 +33,10 @@ pytestmark = [
 ]
 
 
-@dataclass(frozen=True)
-class LoopbackSshd:
-    port: int
-    host_key: str  # "ssh-ed25519 AAAA..." as the module expects
-    client_key: Path
-    workdir: Path
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-        check=True,
-        timeout=30,
-    )
-
-
-def _public_key(path: Path) -> str:
-    key_type, key_b64 = path.with_name(path.name + ".pub").read_text().split()[:2]
-    return f"{key_type} {key_b64}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, deadline_s: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited early with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-    raise RuntimeError(f"sshd did not listen on 127.0.0.1:{port} within {deadline_s}s")
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[LoopbackSshd]:
-    d = tmp_path / "sshd"
-    d.mkdir()
-    _keygen(d / "host_key")
-    _keygen(d / "client_key")
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(
-        "\n".join(
-            [
-                "ListenAddress 127.0.0.1",
-                f"Port {port}",
-                f"PidFile {d / 'sshd.pid'}",
-                f"HostKey {d / 'host_key'}",
-                f"AuthorizedKeysFile {d / 'authorized_keys'}",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PermitRootLogin prohibit-password",
-                "UsePAM no",
-                "StrictModes no",
-                "",
-            ]
-        )
-    )
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
-    log = (d / "sshd.log").open("w")
-    proc = subprocess.Popen(
-        [str(SSHD), "-D", "-e", "-f", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        _wait_for_port(port, proc)
-        yield LoopbackSshd(port, _public_key(d / "host_key"), d / "client_key", d)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    with loopback_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.fixture
@@ -193,8 +106,8 @@ def test_apply_checks_hosts_and_outputs_shared_shape(sshd: LoopbackSshd, example
 
 
 def test_apply_fails_when_host_key_does_not_match(sshd: LoopbackSshd, example_dir: Path):
-    _keygen(sshd.workdir / "impostor_key")
-    _write_vars(example_dir, sshd, _public_key(sshd.workdir / "impostor_key"))
+    keygen(sshd.workdir / "impostor_key")
+    _write_vars(example_dir, sshd, public_key(sshd.workdir / "impostor_key"))
     init = _terraform(example_dir, "init", "-input=false")
     assert init.returncode == 0, init.stdout + init.stderr
 
