@@ -6,6 +6,7 @@ reboot or a link lost for good ends it) is made again for the next connection.""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -97,12 +98,12 @@ def test_a_port_that_refuses_is_a_closed_connection_and_a_failed_probe(server, f
 
 def test_a_dead_ssh_connection_is_made_again_for_the_next_connection(server, forward):
     assert round_trip(forward.local_port, b"before") == b"before"
-    # the sshd processes serving the tunnel's connection (children of the listening sshd)
-    served = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True,
-                            text=True).stdout.split()
+    # the sshd processes serving the tunnel's connection (the listening sshd's descendants)
+    served = _descendants(server.pid)
     assert served, "no sshd process serves the tunnel"
     for pid in served:
-        os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     # the client's next connection (Dask's reconnect) goes through a new SSH connection, once
     # the old one is seen dead; a connection tried before that is closed, as a lost link's
     deadline = time.monotonic() + 30
@@ -110,6 +111,16 @@ def test_a_dead_ssh_connection_is_made_again_for_the_next_connection(server, for
         assert time.monotonic() < deadline, "the tunnel did not come back"
         time.sleep(0.2)
     assert forward.reconnects == 1
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True,
+                              text=True).stdout.split()
+        found += [int(k) for k in kids]
+        todo += kids
+    return found
 
 
 def _closed_port() -> int:
