@@ -52,11 +52,16 @@ def echo_port():
     listener.close()
 
 
+def forward_to(server, port: int) -> Forward:
+    """A tunnel through ``server`` (logged in as this user) to 127.0.0.1:``port`` there."""
+    host = Host("sched", "127.0.0.1", "scheduler", user=getpass.getuser(), port=server.port)
+    return Forward(host, "127.0.0.1", port,
+                   SSHSettings(private_key=server.client_key, known_hosts=server.known_hosts()))
+
+
 @pytest.fixture
 def forward(server, echo_port):
-    host = Host("sched", "127.0.0.1", "scheduler", user=getpass.getuser(), port=server.port)
-    fwd = Forward(host, "127.0.0.1", echo_port,
-                  SSHSettings(private_key=server.client_key, known_hosts=server.known_hosts()))
+    fwd = forward_to(server, echo_port)
     yield fwd
     fwd.close()
 
@@ -87,7 +92,7 @@ def test_what_goes_into_the_tunnel_comes_back_from_the_far_side(forward):
 
 
 def test_a_port_that_refuses_is_a_closed_connection_and_a_failed_probe(server, forward):
-    refused = Forward(forward._via, "127.0.0.1", _closed_port(), forward._ssh)
+    refused = forward_to(server, _closed_port())
     try:
         assert not refused.probe()
         assert round_trip(refused.local_port, b"hello") == b""  # closed, as a refused port is
