@@ -14,11 +14,13 @@ LOG_TAIL_LINES = 60
 
 
 def lab_host_logs(state_dir: Path = DEFAULT_STATE_DIR) -> str:
-    """The tail of every log a lab host wrote (dask logs and the host's init/sshd log), read
-    through the host's disk-backed folders under the lab's state dir."""
+    """The tail of every log a lab host wrote (dask logs, the host's boot console, its boot
+    step's and its sshd's logs), read through the host's disk-backed folders under the lab's
+    state dir."""
     chunks = []
     for host_dir in sorted((state_dir / "hosts").glob("*")):
-        logs = [host_dir / "init.log", host_dir / "fs/var/log/cloud-init-output.log",
+        logs = [host_dir / "init.log", host_dir / "fs/var/log/daskfleet-lab-init.log",
+                host_dir / "fs/var/log/sshd.log", host_dir / "fs/var/log/cloud-init-output.log",
                 *sorted((host_dir / "fs/var/log/daskfleet").glob("*.log"))]
         for log in logs:
             if log.is_file():

@@ -1,6 +1,7 @@
-"""The scripts a lab host boots with, as text: its init (a private /etc and folders, the control
-machine's environments masked, its login user, user_data at first boot, the services enabled on
-it, then sshd) and its sshd_config; ``user_setup_script`` is the emulated cloud-init's too.
+"""What a lab host boots with, as text: systemd-nspawn's arguments (systemd as the host's PID 1,
+a private /etc and folders, the control machine's environments masked), the lab's two units in
+the host's /etc (a boot step: hosts file, login user and key, user_data at first boot; then its
+sshd) and its sshd_config; ``user_setup_script`` is the emulated cloud-init's too.
 
 Apart from runner.lab.machine, which writes them when it boots a host (and imports this), since
 they are shell and config text rather than the namespaces, links and processes of a host.
@@ -31,9 +32,9 @@ LAB_KEYS_DIR = "/etc/ssh/daskfleet_authorized_keys"
 FIRST_UID = 1500
 # Written on the host's disk once user_data has run: a reboot does not run it again.
 FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
-# A lab host's init starts what is here at every boot (a real machine's systemd starts its
-# enabled units): playbooks/roles/dask_node puts the supervisor here on machines without systemd.
-BOOT_DIR = "/etc/daskfleet/boot.d"
+# The lab's own units on every host (written into its /etc before boot).
+INIT_UNIT = "daskfleet-lab-init.service"
+SSHD_UNIT = "daskfleet-lab-sshd.service"
 
 
 def project_root() -> Path:
@@ -68,7 +69,7 @@ def _sshd_config(spec: BootSpec) -> str:
         f"Port {spec.port}",
         *[f"HostKey {k}" for k in spec.host_keys],
         f"AuthorizedKeysFile .ssh/authorized_keys {LAB_KEYS_DIR}/%u",
-        f"PidFile {spec.hdir / 'sshd.pid'}",
+        "PidFile /run/sshd.pid",
         f"PermitRootLogin {'prohibit-password' if root else 'no'}",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
@@ -80,33 +81,17 @@ def _sshd_config(spec: BootSpec) -> str:
     ])
 
 
-def _init_script(spec: BootSpec, config: Path) -> str:
+def lab_init_script(spec: BootSpec) -> str:
+    """The host's boot step before its sshd (a oneshot unit, as cloud-init's are): /etc/hosts,
+    the lab's login user and key, and user_data once, at first boot."""
     q = shlex.quote
     hdir = spec.hdir
-    name = q(spec.hostname)
     lines = [
         "set -e",
-        # A private, persistent /etc first: users, sudoers and host keys made on this host stay
-        # on it (and survive a restart); everything else mounts on top of it.
-        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={q(str(hdir / 'etc-upper'))},"
-        f"workdir={q(str(hdir / 'etc-work'))} /etc",
-        f"hostname {name}",
-        f"echo {name} > /etc/hostname",
         f"printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n::1\\tlocalhost ip6-localhost "
-        f"ip6-loopback\\n' {name} > /etc/hosts",
+        f"ip6-loopback\\n' {q(spec.hostname)} > /etc/hosts",
+        f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}",
     ]
-    for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
-        src = hdir / "fs" / d
-        lines.append(f"mkdir -p /{d} && mount --bind {q(str(src))} /{d}")
-    for d in (*MASKED_DIRS, str(project_root())):
-        lines.append(f"if [ -d {q(d)} ]; then mount -t tmpfs -o mode=0700 tmpfs {q(d)}; fi")
-    # A machine's init starts in /, never in the control machine's folder (a process that
-    # re-enters its start folder, as multiprocessing's spawn does, would fail only on a lab
-    # started from a folder the host does not have, such as one under its private /tmp).
-    lines.append("cd /")
-    # Pid files and the like must not survive a reboot.
-    lines.append("mkdir -p /run/daskfleet && mount -t tmpfs -o mode=0755 tmpfs /run/daskfleet")
-    lines.append(f"mkdir -p {LAB_KEYS_DIR} && chmod 0755 {LAB_KEYS_DIR}")
     if spec.user:
         if spec.user != "root":
             lines.append(user_setup_script(spec.user))
@@ -124,11 +109,71 @@ def _init_script(spec: BootSpec, config: Path) -> str:
             f"  date -u +%FT%TZ > {FIRST_BOOT_MARKER}",
             "fi",
         ]
-    # The services enabled on this machine, as systemd starts enabled units at boot and starts
-    # them again when they die (Restart=always): what the playbooks put in BOOT_DIR.
-    lines.append(f"for s in {BOOT_DIR}/*; do [ -x \"$s\" ] || continue; "
-                 "setsid sh -c 'while :; do \"$0\"; sleep 2; done' \"$s\" >/dev/null 2>&1 "
-                 "< /dev/null & "
-                 "done")
-    lines.append(f"exec {SSHD} -D -e -f {q(str(config))}")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def lab_units(spec: BootSpec, init: Path, sshd_config: Path) -> dict[str, str]:
+    """The host's own units, enabled in its /etc: the boot step, then its sshd. Both keep what
+    they started when they end (KillMode=process, as cloud-init's and Debian's ssh.service do):
+    user_data's background processes, and whatever an SSH session left running."""
+    return {
+        INIT_UNIT: "\n".join([
+            "[Unit]",
+            "Description=daskfleet lab: hosts file, login user and key, first-boot user_data",
+            "After=local-fs.target",
+            "Before=" + SSHD_UNIT,
+            "[Service]",
+            "Type=oneshot",
+            "RemainAfterExit=yes",
+            "KillMode=process",
+            "TimeoutStartSec=infinity",
+            f"ExecStart=/bin/sh {init}",
+            "StandardOutput=append:/var/log/daskfleet-lab-init.log",
+            "StandardError=append:/var/log/daskfleet-lab-init.log",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]),
+        SSHD_UNIT: "\n".join([
+            "[Unit]",
+            "Description=daskfleet lab: the host's OpenSSH server",
+            "After=network.target " + INIT_UNIT,
+            "Wants=" + INIT_UNIT,
+            "[Service]",
+            f"ExecStartPre={SSHD} -t -f {sshd_config}",
+            f"ExecStart={SSHD} -D -e -f {sshd_config}",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "KillMode=process",
+            "Restart=on-failure",
+            "RuntimeDirectory=sshd",
+            "RuntimeDirectoryMode=0755",
+            "StandardError=append:/var/log/sshd.log",
+            "[Install]",
+            "WantedBy=multi-user.target",
+            "",
+        ]),
+    }
+
+
+def nspawn_args(spec: BootSpec, root: str) -> list[str]:
+    """systemd-nspawn booting systemd as the host's PID 1, over ROOT (a bind of this machine's
+    /, read-only under a tmpfs overlay: what the host writes outside its own folders is gone at
+    its next boot and never reaches this machine). /etc is a persistent overlay of this
+    machine's; its disk-backed folders are bound in; /root and the checkout are masked."""
+    hdir = spec.hdir
+    args = [
+        "systemd-nspawn", "-D", root, "--volatile=overlay", "--boot", "--quiet",
+        "--keep-unit", "--register=no", "--console=read-only",
+        "--setenv=SYSTEMD_COLORS=0",  # its boot messages go to init.log: plain text
+        # a VM's root manages its own firewall (the metadata guard's nftables) and locks memory;
+        # nspawn's default set lacks both. Not all: the clock and modules are this machine's.
+        "--capability=CAP_NET_ADMIN,CAP_IPC_LOCK",
+        f"--machine={spec.netns}", f"--hostname={spec.hostname}",
+        f"--network-namespace-path=/run/netns/{spec.netns}",
+        f"--overlay=/etc:{hdir / 'etc-upper'}:/etc",
+        # the host's boot files (init, sshd_config, keys, user_data) at the same path, read-only
+        f"--bind-ro={hdir}",
+    ]
+    args += [f"--bind={hdir / 'fs' / d}:/{d}" for d in (*PRIVATE_DIRS, *spec.extra_private_dirs)]
+    args += [f"--tmpfs={d}:mode=0700" for d in (*MASKED_DIRS, str(project_root()))]
+    return args

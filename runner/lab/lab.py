@@ -1,11 +1,12 @@
 """Create, inspect and remove the lab's hosts.
 
-A host is a network namespace on a bridge (198.18.0.0/24), entered by
-`unshare --mount --uts --pid --fork` whose init is the host's sshd: killing it is a machine crash.
-The host's mount namespace gives it a private, persistent /etc (an overlay on the machine's /etc),
-private disk-backed folders (/home, /var/log, /var/lib/daskfleet, ...), a fresh tmpfs
-/run/daskfleet at every boot, and masks /root and the project checkout with empty tmpfs mounts,
-so nothing from the control machine's environments leaks onto the host.
+A host is a network namespace on a bridge (198.18.0.0/24) in which systemd-nspawn boots systemd
+as the host's PID 1, as a real machine's init: it starts the host's enabled units at boot (its
+sshd, and what the playbooks enable), restarts them as their units say, and killing every process
+in the namespace is a machine crash. The host gets a private, persistent /etc (an overlay on the
+machine's /etc), private disk-backed folders (/home, /var/log, /var/lib/daskfleet, ...), a fresh
+/run and root overlay at every boot, and /root and the project checkout masked with empty tmpfs
+mounts, so nothing from the control machine's environments leaks onto the host.
 
 This module is the lab as a whole (`Lab`: its record, hosts, faults, teardown); a new lab's hosts
 are made by runner.lab.lab_hosts, its object store started by runner.lab.lab_store. The
@@ -241,7 +242,7 @@ class Lab:
 
     # -- faults -----------------------------------------------------------------------------
     def kill(self, name: str) -> None:
-        """Crash a host: every process in it dies at once (its sshd is the PID namespace's init)."""
+        """Crash a host: every process in it dies at once (its systemd, PID 1, included)."""
         host = self._get(name)
         kill_netns_processes(host.netns)
 

@@ -1,7 +1,7 @@
-"""A lab host, the primitives: a network namespace on the lab's bridge, booted by
-`unshare --mount --uts --pid --fork` into an init that ends in the host's own sshd (killing it is
-a machine crash), its private folders and its firewall (nftables); the init and sshd_config it
-boots with are written by runner.lab.boot_scripts. The plain lab hosts (runner.lab.lab_hosts)
+"""A lab host, the primitives: a network namespace on the lab's bridge in which systemd-nspawn
+boots systemd as the host's PID 1 (killing every process in the namespace is a machine crash),
+its private folders and its firewall (nftables); the units and sshd_config it boots with are
+written by runner.lab.boot_scripts. The plain lab hosts (runner.lab.lab_hosts)
 and the emulated cloud's instance hosts (runner.lab.instances) both boot through `boot_host`;
 this module imports nothing else of the lab but its addresses and boot scripts, so everything
 there can import it.
@@ -24,7 +24,16 @@ from pathlib import Path
 
 from runner.errors import LabError
 from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
-from runner.lab.boot_scripts import PRIVATE_DIRS, SSHD, _init_script, _sshd_config
+from runner.lab.boot_scripts import (
+    INIT_UNIT,
+    PRIVATE_DIRS,
+    SSHD,
+    SSHD_UNIT,
+    _sshd_config,
+    lab_init_script,
+    lab_units,
+    nspawn_args,
+)
 
 DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
 BRIDGE = "dflab0"
@@ -38,6 +47,9 @@ BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 32
 READY_TIMEOUT_S = 20.0
+# Where a host's boot binds this machine's / for systemd-nspawn (in the boot's own mount
+# namespace; here it stays an empty folder)
+CONTAINER_ROOT = Path("/run/daskfleet-lab-root")
 
 
 @dataclass(frozen=True)
@@ -96,18 +108,20 @@ def run(args: list[str], check: bool = True, input: str | None = None) -> subpro
 
 
 def check_prerequisites() -> None:
-    """One line that says what is missing: the lab needs Linux, root, ip, unshare and sshd."""
+    """One line that says what is missing: the lab needs Linux, root, ip, unshare,
+    systemd-nspawn and sshd."""
     if not sys.platform.startswith("linux"):
         raise LabError("lab: needs Linux (network namespaces); this is " + sys.platform + ".")
     if os.geteuid() != 0:
         raise LabError("lab: needs root (it creates network namespaces and mounts); run as root.")
-    missing = [t for t in ("ip", "unshare", "ssh-keygen") if shutil.which(t) is None]
+    missing = [t for t in ("ip", "unshare", "ssh-keygen", "systemd-nspawn")
+               if shutil.which(t) is None]
     if not os.access(SSHD, os.X_OK):
         missing.append(SSHD)
     if missing:
         raise LabError(
-            "lab: missing " + ", ".join(missing)
-            + "; install them with `apt-get install -y iproute2 util-linux openssh-server`."
+            "lab: missing " + ", ".join(missing) + "; install them with `apt-get install -y "
+            "iproute2 util-linux openssh-server systemd-container` (or `make system-deps`)."
         )
 
 
@@ -123,19 +137,20 @@ def read_instance_hosts(cloud_dir: Path) -> list[LabHost]:
 
 # -- one host ---------------------------------------------------------------------------------
 def boot_host(spec: BootSpec) -> subprocess.Popen:
-    """Create the host's namespace and link and start its init (which ends in sshd).
+    """Create the host's namespace and link and boot its systemd (which starts its sshd).
 
     Never leaves half a host: on any failure the namespace and link are removed again."""
     hdir = spec.hdir
+    CONTAINER_ROOT.mkdir(exist_ok=True)
     for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
         (hdir / "fs" / d).mkdir(parents=True, exist_ok=True)
     os.chmod(hdir / "fs" / "tmp", 0o1777)
-    for d in ("etc-upper", "etc-work"):
-        (hdir / d).mkdir(exist_ok=True)
+    (hdir / "etc-upper").mkdir(exist_ok=True)
     if spec.user:
         (hdir / "authorized_keys").write_text(spec.authorized_keys)
     config = hdir / "sshd_config"
     config.write_text(_sshd_config(spec))
+    _write_units(spec, config)
     (hdir / "boot.json").write_text(json.dumps(
         {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(spec).items()}, indent=2))
     ns = spec.netns
@@ -157,19 +172,45 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
             nft_apply(ns, spec.nft_ruleset)
         if spec.metadata_dir is not None:
             start_metadata_service(ns, spec.metadata_dir)
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation dir
         log = open(hdir / "init.log", "ab")
+        # nspawn refuses / itself as a container's root: a bind of it, made in a mount
+        # namespace of its own (never in this machine's, where removing the lab's folders
+        # would follow it into /)
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork",
-             "--mount-proc", "--propagation", "private", "sh", "-c", _init_script(spec, config)],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount --bind / "$0" && exec "$@"', str(CONTAINER_ROOT),
+             *nspawn_args(spec, str(CONTAINER_ROOT))],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
         )
         log.close()
     except BaseException:
         stop_host(ns, spec.veth)
         raise
-    (hdir / "unshare.pid").write_text(str(proc.pid))
+    (hdir / "nspawn.pid").write_text(str(proc.pid))
     return proc
+
+
+def _write_units(spec: BootSpec, sshd_config: Path) -> None:
+    """The lab's units, enabled, in the host's persistent /etc (its overlay's upper folder, as
+    it is between boots); and this machine's own enabled units masked there: a host boots as a
+    fresh machine, not as a second copy of this one (its database server, its sshd)."""
+    (spec.hdir / "etc-upper" / "hostname").write_text(spec.hostname + "\n")
+    init = spec.hdir / "init.sh"
+    init.write_text(lab_init_script(spec))
+    system = spec.hdir / "etc-upper" / "systemd" / "system"
+    wants = system / "multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for name, text in lab_units(spec, init, sshd_config).items():
+        (system / name).write_text(text)
+        link = wants / name
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{name}")
+    ours = {INIT_UNIT, SSHD_UNIT}
+    enabled = {p.name for p in Path("/etc/systemd/system").glob("*.wants/*")} - ours
+    for name in sorted(enabled | {"ssh.service", "ssh.socket", "console-getty.service"}):
+        mask = system / name
+        if not mask.is_symlink() and not mask.exists():
+            mask.symlink_to("/dev/null")
 
 
 def load_boot_spec(hdir: Path) -> BootSpec:
@@ -304,14 +345,35 @@ def links_with_prefix(prefixes: tuple[str, ...]) -> list[str]:
 
 
 def kill_netns_processes(ns: str) -> None:
-    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+    """Every process in the namespace SIGKILLed at once: for a lab host, its systemd (PID 1 of
+    its PID namespace, which takes every other process of the host with it) included. Then its
+    systemd-nspawn, outside the namespace, is waited for: it exits once its PID 1 is gone (and
+    killing it instead would leave the host running, orphaned)."""
+    pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).stdout.split()]
+    parents = {_parent(p) for p in pids} - set(pids) - {None}
+    nspawns = [p for p in parents if _comm(p) == "systemd-nspawn"]
     for pid in pids:
         try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
     deadline = time.monotonic() + 5
-    while run(["ip", "netns", "pids", ns], check=False).stdout.split():
+    while run(["ip", "netns", "pids", ns], check=False).stdout.split() or any(
+            _comm(p) == "systemd-nspawn" for p in nspawns):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
