@@ -5,8 +5,8 @@ supervisor at boot, which starts the node's processes; a supervisor killed comes
 restart or stop of the supervisor leaves the processes it started running (KillMode=process: a
 playbook run that installs a new supervisor must not end a running job).
 
-The lab's hosts run the supervisor through their own init (/etc/daskfleet/boot.d); this is the
-proof that the unit real hosts get does, under systemd, what that emulation does."""
+The lab's hosts boot systemd too, and every e2e test runs the unit there; what this test adds
+is a look from outside at the unit's own behaviour (systemctl restart and stop of it)."""
 
 from __future__ import annotations
 

@@ -211,6 +211,18 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
     # its supervisor, started at boot, starts its worker again: no `up`
     st = _until(cli, lambda rc, st: rc == 0, "lab3's worker back after the reboot")
     assert sorted(w["name"] for w in st["workers"]) == ["lab2-w0", "lab2-w1", "lab3-w0"]
+    # the host's init is systemd, which started the supervisor's unit at this boot
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "lab3")
+        with connect(host, cluster.ssh()) as c:
+            seen = c.run("cat /proc/1/comm; systemctl is-enabled daskfleet-supervise; "
+                         "systemctl show -p ActiveState -p NRestarts daskfleet-supervise; "
+                         "systemctl show -p MainPID --value daskfleet-supervise | "
+                         "xargs -I{} cat /proc/{}/cmdline | tr '\\0' ' '", warn=False).stdout
+    lines = seen.split("\n")
+    assert lines[:2] == ["systemd", "enabled"], seen
+    assert {"ActiveState=active", "NRestarts=0"} <= set(lines), seen
+    assert "/usr/local/lib/daskfleet-supervise" in seen, seen
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))

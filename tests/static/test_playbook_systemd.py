@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import NOT_APPLICABLE
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 
 
 def test_a_node_without_systemd_is_refused_before_anything_is_installed():
     if Path("/run/systemd/system").exists():
-        pytest.skip(NOT_APPLICABLE + " systemd runs this machine")
+        pytest.skip("not applicable here: systemd runs this machine")
     minor = "{}.{}".format(*sys.version_info[:2])
     extra = {"python_env_python_minor": minor,
              "python_env_targets": {platform.machine(): {"hash": "0" * 16, "archive": "/none"}},
