@@ -35,6 +35,11 @@ FIRST_BOOT_MARKER = "/var/lib/cloud/instance/boot-finished"
 # The lab's own units on every host (written into its /etc before boot).
 INIT_UNIT = "daskfleet-lab-init.service"
 SSHD_UNIT = "daskfleet-lab-sshd.service"
+POWER_UNIT = "daskfleet-lab-power.service"  # an emulated instance's only
+# Written by the power unit as the host's systemd shuts it down (what the hypervisor sees of a
+# shutdown from inside; a crash writes neither): runner.lab.instances acts on them.
+SHUTDOWN_MARKER = "/var/lib/cloud/instance/shutdown-requested"
+REBOOT_MARKER = "/var/lib/cloud/instance/reboot-requested"
 
 
 def project_root() -> Path:
@@ -116,12 +121,15 @@ def lab_units(spec: BootSpec, init: Path, sshd_config: Path) -> dict[str, str]:
     """The host's own units, enabled in its /etc: the boot step, then its sshd. Both keep what
     they started when they end (KillMode=process, as cloud-init's and Debian's ssh.service do):
     user_data's background processes, and whatever an SSH session left running."""
-    return {
+    units = {POWER_UNIT: power_unit()} if spec.power_unit else {}
+    return units | {
         INIT_UNIT: "\n".join([
             "[Unit]",
             "Description=daskfleet lab: hosts file, login user and key, first-boot user_data",
             "After=local-fs.target",
             "Before=" + SSHD_UNIT,
+            # user_data may schedule a shutdown (`shutdown -P +MINUTES`), which logind does
+            "After=dbus.socket systemd-logind.service",
             "[Service]",
             "Type=oneshot",
             "RemainAfterExit=yes",
@@ -153,6 +161,27 @@ def lab_units(spec: BootSpec, init: Path, sshd_config: Path) -> dict[str, str]:
             "",
         ]),
     }
+
+
+def power_unit() -> str:
+    """Stopped as the host goes down (after every unit ordered after it, before its disk is
+    unmounted): records whether systemd is powering it off or rebooting it."""
+    return "\n".join([
+        "[Unit]",
+        "Description=daskfleet lab: tells the instance controller of a power-off or a reboot",
+        f"RequiresMountsFor={os.path.dirname(os.path.dirname(SHUTDOWN_MARKER))}",
+        "[Service]",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecStart=/bin/true",
+        # ($$: a literal $ in a unit file)
+        "ExecStop=/bin/sh -c 'if systemctl list-jobs --no-legend | grep -q -e reboot.target "
+        f"-e kexec.target; then m={REBOOT_MARKER}; else m={SHUTDOWN_MARKER}; fi; "
+        "mkdir -p \"$${m%/*}\" && date -u +%%FT%%TZ > \"$$m\"'",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
 
 
 def nspawn_args(spec: BootSpec, root: str) -> list[str]:

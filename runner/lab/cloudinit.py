@@ -183,7 +183,7 @@ def render_plan(plan: Plan) -> str:
     out = ["#!/bin/sh", "# user_data, as cloud-init would run it at first boot (daskfleet lab)",
            "set -u",
            # cloud-init's own PATH on Debian (not the controller's): /usr/local first, where the
-           # lab's image keeps its docker and shutdown stand-ins (runner.lab.standin)
+           # lab's image keeps its docker stand-in (runner.lab.standin)
            "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     for what in plan.ignored:
         out.append(f"echo {q(f'cloud-init: ignored (unsupported) {what}')}")

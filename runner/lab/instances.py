@@ -27,15 +27,18 @@ import traceback
 from pathlib import Path
 
 from runner.lab import cloudinit, standin
+from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import Lab
 from runner.lab.machine import (
     BootSpec,
     LabHost,
     add_public_address,
+    boot_again,
     boot_host,
     nft_apply,
     read_instance_hosts,
+    run,
     stop_host,
 )
 from runner.lab.security_groups import instance_groups, render_sg_ruleset
@@ -43,6 +46,7 @@ from runner.lab.security_groups import instance_groups, render_sg_ruleset
 logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
 POLL_S = 0.5
+SHUTDOWN_WAIT_S = 30.0  # how long an instance's own shutdown may take before it is cut short
 IMAGE_USER = "admin"  # Debian's cloud images' default user
 HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)
 
@@ -161,8 +165,7 @@ class Controller:
             groups = {g["GroupId"]: g for g in
                       self.ec2.describe_security_groups()["SecurityGroups"]}
         for iid in set(self.hosts) & set(running) - self.powered_off:
-            if standin.shutdown_requested(self.lab.host_dir(iid)):
-                self.power_off(iid)
+            self.act_on_shutdown(iid)
         for iid, inst in running.items():
             mine = [groups[g] for g in instance_groups(inst) if g in groups]
             ruleset = render_sg_ruleset([p for g in mine for p in g.get("IpPermissions", [])],
@@ -186,6 +189,26 @@ class Controller:
                     self.boot_errors.add(iid)
         for p in list(self.procs.values()):
             p.poll()  # reap the init of a host that was killed (`lab kill`)
+
+    def act_on_shutdown(self, iid: str) -> None:
+        """The instance shut itself down (systemd's poweroff, halt or reboot; `shutdown` when
+        its time came): once the host is down (or 30 s after it began), stop or terminate it,
+        or boot it again, as EC2 does."""
+        hdir = self.lab.host_dir(iid)
+        what = standin.shutdown_requested(hdir)
+        if what is None:
+            return
+        host = self.hosts[iid]
+        marker = hdir / "fs" / (REBOOT_MARKER if what == "reboot" else SHUTDOWN_MARKER).lstrip("/")
+        still_up = run(["ip", "netns", "pids", host.netns], check=False).stdout.split()
+        if still_up and time.time() - marker.stat().st_mtime < SHUTDOWN_WAIT_S:
+            return
+        if what == "reboot":
+            standin.clear_shutdown(hdir)
+            boot_again(hdir)
+            logger.info(f"{iid}: rebooted from inside: host {host.address} booted again")
+        else:
+            self.power_off(iid)
 
     def power_off(self, iid: str) -> None:
         """The instance ran `shutdown`: stop or terminate it, as EC2 does."""
@@ -247,7 +270,8 @@ class Controller:
                 hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
                 prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
                 first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS,
-                public_address=public, listen_any=True, metadata_dir=metadata))
+                public_address=public, listen_any=True, metadata_dir=metadata,
+                power_unit=True))
         except Exception:
             if first:  # never leave half a host: boot_host removed the netns, we remove its disk
                 shutil.rmtree(hdir, ignore_errors=True)

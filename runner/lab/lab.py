@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from runner.errors import LabError
@@ -33,13 +32,12 @@ from runner.lab.machine import (
     MAX_HOSTS,
     READY_TIMEOUT_S,
     LabHost,
-    boot_host,
+    boot_again,
     check_prerequisites,
     check_user_name,
     kill_netns_processes,
     link_exists,
     links_with_prefix,
-    load_boot_spec,
     netns_with_prefix,
     nft_apply,
     port_open,
@@ -253,14 +251,10 @@ class Lab:
         say = Say(progress, logger)
         check_prerequisites()
         host = self._get(name)
-        stop_host(host.netns, host.veth)
         if host.instance_id:
-            spec = load_boot_spec(self.host_dir(host.name))
-            rules = self.host_dir(host.name) / "sg.nft"  # the controller's latest ruleset
-            if rules.exists():
-                spec = replace(spec, nft_ruleset=rules.read_text())
-            boot_host(spec)
+            boot_again(self.host_dir(host.name))
         else:
+            stop_host(host.netns, host.veth)
             lab_hosts.create_host(self, host)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self._answers(host, timeout=0.5):

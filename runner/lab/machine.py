@@ -19,13 +19,14 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.errors import LabError
 from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
 from runner.lab.boot_scripts import (
     INIT_UNIT,
+    POWER_UNIT,
     PRIVATE_DIRS,
     SSHD,
     SSHD_UNIT,
@@ -95,6 +96,8 @@ class BootSpec:
     # An instance's metadata (runner/lab/imds.py serves it at 169.254.169.254 in the netns,
     # outside the host's own processes, as the hypervisor does); None: no metadata service
     metadata_dir: Path | None = None
+    # An emulated instance: its power-offs and reboots are recorded for the controller
+    power_unit: bool = False
 
 
 def run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -205,7 +208,7 @@ def _write_units(spec: BootSpec, sshd_config: Path) -> None:
         link = wants / name
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{name}")
-    ours = {INIT_UNIT, SSHD_UNIT}
+    ours = {INIT_UNIT, SSHD_UNIT, POWER_UNIT}
     enabled = {p.name for p in Path("/etc/systemd/system").glob("*.wants/*")} - ours
     for name in sorted(enabled | {"ssh.service", "ssh.socket", "console-getty.service"}):
         mask = system / name
@@ -221,6 +224,17 @@ def load_boot_spec(hdir: Path) -> BootSpec:
     d["host_keys"] = tuple(d["host_keys"])
     d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
     return BootSpec(**d)
+
+
+def boot_again(hdir: Path) -> subprocess.Popen:
+    """Boot an instance host again from its disk (its boot spec, with the controller's latest
+    security group rules): a reboot, or `lab restart`. Its user_data does not run again."""
+    spec = load_boot_spec(hdir)
+    rules = hdir / "sg.nft"
+    if rules.exists():
+        spec = replace(spec, nft_ruleset=rules.read_text())
+    stop_host(spec.netns, spec.veth)
+    return boot_host(spec)
 
 
 def start_metadata_service(netns: str, metadata_dir: Path) -> None:

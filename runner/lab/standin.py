@@ -1,5 +1,5 @@
-"""What the emulated EC2's instance image has besides Debian: a `docker` stand-in and a
-`shutdown` that powers the instance off through the controller.
+"""What the emulated EC2's instance image has besides Debian: a `docker` stand-in; and what the
+instance controller reads of an instance's own shutdown.
 
 There is no internet here, so no image can be pulled. The stand-in implements `docker run` as
 dask-cloudprovider's user data uses it (`docker run --net=host -e K=V ... IMAGE COMMAND...`):
@@ -12,10 +12,11 @@ EXTRA_PIP_PACKAGES: pins the environment already satisfies are reported; others 
 installed offline and are reported as such (the client's version check then refuses the cluster).
 
 So the emulator proves orchestration (user data, addresses, security groups, TLS, teardown), not
-the image. `shutdown` asks the controller to stop or terminate the instance, as the instance's
-InstanceInitiatedShutdownBehavior says, now or, as systemd's does, at a time it schedules
-(`shutdown -P +MINUTES`: an ephemeral run's hard stop); the real /sbin/shutdown must never run
-inside a lab host (it would reach the control machine's init).
+the image. `shutdown`, `poweroff` and `reboot` are systemd's own (the host's PID 1): scheduled
+by its logind (`shutdown -P +MINUTES`: an ephemeral run's hard stop; `-c` cancels), they take
+the host down, and its power unit leaves a marker that the controller acts on as EC2 does: a
+power-off stops or terminates the instance, as its InstanceInitiatedShutdownBehavior says; a
+reboot boots it again.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ import time
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER
 from runner.log import Progress, Say
 
 logger = logging.getLogger(__name__)
 
 # Inside an instance host (private per host: runner.lab.instances adds them to the boot spec).
 BIN_DIRS = ("usr/local/bin", "usr/local/sbin")
-SHUTDOWN_MARKER = "/var/lib/cloud/instance/shutdown-requested"
-SHUTDOWN_PENDING = "/var/lib/cloud/instance/shutdown-scheduled.pid"  # a `shutdown +MINUTES`
 
 DOCKER = r'''#!/usr/bin/python3
 """docker stand-in of the daskfleet lab (see runner/lab/standin.py): `docker run` runs the
@@ -113,66 +113,29 @@ def main(argv):
 sys.exit(main(sys.argv[1:]))
 '''
 
-SHUTDOWN = f'''#!/bin/sh
-# shutdown/poweroff/halt/reboot stand-in of the daskfleet lab (see runner/lab/standin.py): the
-# controller stops or terminates this instance as its InstanceInitiatedShutdownBehavior says.
-# As systemd's: `shutdown [-P|-h|-r] [now|+MINUTES|MINUTES]` schedules it and returns at once;
-# `shutdown -c` cancels what is scheduled; poweroff, halt and reboot act now.
-set -u
-marker={SHUTDOWN_MARKER}
-pending={SHUTDOWN_PENDING}
-name=$(basename "$0")
-when=now
-if [ "$name" = shutdown ]; then
-  for a in "$@"; do
-    case "$a" in
-      -c) [ -f "$pending" ] && kill "$(cat "$pending")" 2>/dev/null; rm -f "$pending"
-          echo "shutdown (lab stand-in): scheduled shutdown cancelled"; exit 0 ;;
-      -*) ;;
-      *) when=$a; break ;;
-    esac
-  done
-fi
-case "$when" in
-  now) minutes=0 ;;
-  +*) minutes=${{when#+}} ;;
-  *) minutes=$when ;;
-esac
-case "$minutes" in
-  ''|*[!0-9]*) echo "shutdown (lab stand-in): time $when is not emulated (use now or +MINUTES)" >&2
-               exit 1 ;;
-esac
-mkdir -p "$(dirname "$marker")"
-if [ "$minutes" -eq 0 ]; then
-  echo "$name (lab stand-in): asking the instance controller to power off"
-  date -u +%FT%TZ > "$marker"
-  exit 0
-fi
-[ -f "$pending" ] && kill "$(cat "$pending")" 2>/dev/null
-# Detached from the caller (cloud-init's runcmd), as systemd-logind's timer is.
-setsid sh -c 'sleep "$1" && date -u +%FT%TZ > "$2"' sh "$((minutes * 60))" "$marker" \\
-  </dev/null >/dev/null 2>&1 &
-echo $! > "$pending"
-echo "shutdown (lab stand-in): power-off scheduled in $minutes minute(s), at" \\
-  "$(date -u -d "@$(( $(date +%s) + minutes * 60 ))" +%FT%TZ)"
-'''
-
-
 def install(hdir: Path, image_env: Path) -> None:
-    """Write the stand-ins into an instance host's private /usr/local (before it boots)."""
+    """Write the docker stand-in into an instance host's private /usr/local (before it boots)."""
     bin_dir, sbin_dir = (hdir / "fs" / d for d in BIN_DIRS)
     bin_dir.mkdir(parents=True, exist_ok=True)
     sbin_dir.mkdir(parents=True, exist_ok=True)
     docker = bin_dir / "docker"
     docker.write_text(DOCKER.replace("@IMAGE_ENV@", repr(str(image_env))))
     docker.chmod(0o755)
-    for name in ("shutdown", "poweroff", "halt", "reboot"):
-        (sbin_dir / name).write_text(SHUTDOWN)
-        (sbin_dir / name).chmod(0o755)
 
 
-def shutdown_requested(hdir: Path) -> bool:
-    return (hdir / "fs" / SHUTDOWN_MARKER.lstrip("/")).exists()
+def shutdown_requested(hdir: Path) -> str | None:
+    """What the instance's own shutdown asked for, as its power unit recorded it while the
+    host went down: "poweroff" (poweroff, halt, `shutdown` now or when its time came),
+    "reboot", or None (no shutdown: running, or crashed)."""
+    for what, marker in (("poweroff", SHUTDOWN_MARKER), ("reboot", REBOOT_MARKER)):
+        if (hdir / "fs" / marker.lstrip("/")).exists():
+            return what
+    return None
+
+
+def clear_shutdown(hdir: Path) -> None:
+    for marker in (SHUTDOWN_MARKER, REBOOT_MARKER):
+        (hdir / "fs" / marker.lstrip("/")).unlink(missing_ok=True)
 
 
 def image_env_path(images_dir: Path) -> Path:

@@ -196,7 +196,19 @@ def test_scale_2_to_4_to_1_keeps_computed_results(lab_cluster, cli):
     assert rc == 0 and sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
 
 
+def _on_lab3(command: str) -> str:
+    with Cluster.from_file(LAB_CLUSTER) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "lab3")
+        with connect(host, cluster.ssh()) as c:
+            return c.run(command, warn=True).stdout
+
+
 def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster, cli):
+    # what a reboot keeps, as on a real machine: its disk, not /tmp (systemd empties it at boot)
+    # nor what was written outside the host's own folders (never this machine's either)
+    marks = ("/var/lib/daskfleet/e2e-mark", "/tmp/e2e-mark", "/usr/local/share/e2e-mark")
+    _on_lab3(f"touch {' '.join(marks)}")
+    assert _on_lab3(f"ls {' '.join(marks)}").split() == sorted(marks)
     cli("lab", "kill", "lab3")  # every process of lab3 dies at once
     rc, st = _status(cli)
     assert rc == 1
@@ -211,18 +223,19 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
     # its supervisor, started at boot, starts its worker again: no `up`
     st = _until(cli, lambda rc, st: rc == 0, "lab3's worker back after the reboot")
     assert sorted(w["name"] for w in st["workers"]) == ["lab2-w0", "lab2-w1", "lab3-w0"]
-    # the host's init is systemd, which started the supervisor's unit at this boot
-    with Cluster.from_file(LAB_CLUSTER) as cluster:
-        host = next(h for h in cluster.hosts() if h.name == "lab3")
-        with connect(host, cluster.ssh()) as c:
-            seen = c.run("cat /proc/1/comm; systemctl is-enabled daskfleet-supervise; "
-                         "systemctl show -p ActiveState -p NRestarts daskfleet-supervise; "
-                         "systemctl show -p MainPID --value daskfleet-supervise | "
-                         "xargs -I{} cat /proc/{}/cmdline | tr '\\0' ' '", warn=False).stdout
+    # the host's init is systemd, which started the supervisor's unit at this boot; this
+    # machine's own enabled units (its sshd) are masked there, and nothing failed
+    seen = _on_lab3("cat /proc/1/comm; systemctl is-enabled daskfleet-supervise ssh.service; "
+                    "systemctl is-system-running; "
+                    "systemctl show -p ActiveState -p NRestarts daskfleet-supervise; "
+                    "systemctl show -p MainPID --value daskfleet-supervise | "
+                    "xargs -I{} cat /proc/{}/cmdline | tr '\\0' ' '")
     lines = seen.split("\n")
-    assert lines[:2] == ["systemd", "enabled"], seen
+    assert lines[:4] == ["systemd", "enabled", "masked", "running"], seen
     assert {"ActiveState=active", "NRestarts=0"} <= set(lines), seen
     assert "/usr/local/lib/daskfleet-supervise" in seen, seen
+    assert _on_lab3(f"ls {' '.join(marks)} 2>/dev/null").split() == [marks[0]]
+    assert not Path(marks[2]).exists()
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))

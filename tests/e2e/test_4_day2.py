@@ -54,12 +54,16 @@ def _job(workdir: Path, epochs: int) -> Path:
 
 
 def _dask_processes() -> dict[str, list[str]]:
-    """Every dask process's command line on every lab host (its own process table)."""
+    """Every dask process's command line on every lab host (its own process table). Each is
+    started in a session of its own, so only group leaders count: a child the process forks for
+    a moment (to exec a helper) carries its command line too, and is not a second process."""
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         def ps(h):
             with connect(h, cluster.ssh()) as c:
-                return [line for line in c.run("ps -eo args").stdout.splitlines()
-                        if re.search(r"bin/dask (scheduler|worker)", line)]
+                rows = [line.split(None, 2) for line in
+                        c.run("ps -eo pid=,pgid=,args=").stdout.splitlines()]
+                return [row[2] for row in rows if len(row) == 3 and row[0] == row[1]
+                        and re.search(r"bin/dask (scheduler|worker)", row[2])]
 
         return {h.name: out for h, out in fan_out(cluster.hosts(), ps, "ps").items()}
 
@@ -127,7 +131,7 @@ def _scheduler_change(cli, workdir: Path) -> None:
     everywhere = [line for lines in procs.values() for line in lines]
     assert len(procs["lab1"]) == 1 and "--port 8796" in procs["lab1"][0], procs
     assert not [line for line in everywhere if "8786" in line], procs
-    assert sum("dask worker tls://198.18.0.11:8796" in line for line in everywhere) == 2
+    assert sum("dask worker tls://198.18.0.11:8796" in line for line in everywhere) == 2, procs
     # processes that died on their own (a worker, then the scheduler: SIGKILL, as a crash or
     # the OOM killer) leave pid files that never jam `down` or `up`
     _kill_group("lab3", moved_pids["lab3-w0"])

@@ -248,6 +248,29 @@ def test_root_login_is_refused_on_the_instances(aws_cluster):
             c.run("true")
 
 
+def test_an_instance_rebooted_from_inside_boots_again_and_its_worker_rejoins(aws_cluster, cli):
+    """systemd's own reboot inside an instance (no stand-in): the instance stays running in the
+    API, its host boots again with a fresh /run, and the supervisor's unit starts its worker."""
+    from runner.cluster.ssh import connect
+
+    victim = next(i for i in cluster_instances(("running",)) if name_of(i) == "aws-lab-worker-2")
+    with Cluster.from_file(AWS_LAB) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "worker-2")
+        with connect(host, cluster.ssh()) as c:
+            c.run("sudo touch /run/e2e-mark && sudo systemctl reboot --no-block")
+    log = Lab().cloud_dir / "controller.log"
+    poll(lambda: f"{victim['InstanceId']}: rebooted from inside" in log.read_text(), 90,
+         "the controller to boot the rebooted instance again")
+    poll(lambda: cli("status", "-c", str(AWS_LAB), check=False, timeout=120).returncode == 0,
+         90, "status healthy again, with no `up`")
+    with Cluster.from_file(AWS_LAB) as cluster:
+        host = next(h for h in cluster.hosts() if h.name == "worker-2")
+        with connect(host, cluster.ssh()) as c:
+            assert c.run("ls /run/e2e-mark", warn=True).failed  # a new boot
+    after = next(i for i in cluster_instances() if i["InstanceId"] == victim["InstanceId"])
+    assert after["State"]["Name"] == "running"
+
+
 def test_submit_runs_the_job_through_the_tunnel(aws_cluster, cli, workdir):
     job = workdir / "aws-small.yaml"
     job.write_text(small_job("aws-small", seed=1, epochs=3))

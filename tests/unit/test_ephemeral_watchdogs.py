@@ -1,7 +1,7 @@
 """The watchdogs an ephemeral run's instances carry, so that a run never bills for ever: each
 instance's own power-off at the run's expiry (run here with a local `sh`, as cloud-init would),
-the lab's `shutdown` stand-in that schedules it as systemd's does, the scheduler's no-workers
-timeout and the workers' death timeout as the instances receive them."""
+the scheduler's no-workers timeout and the workers' death timeout as the instances receive them.
+The power-off itself is systemd's, on the emulated instances of tests/e2e/test_6_aws_ephemeral.py."""
 
 from __future__ import annotations
 
@@ -111,49 +111,3 @@ def test_the_scheduler_gets_a_no_workers_timeout_and_workers_a_death_timeout(res
     assert "death_timeout" in Nanny.__init__.__code__.co_varnames
 
 
-def stand_in(tmp_path: Path) -> Path:
-    """The lab's shutdown stand-in, writing its marker and pid file under tmp_path."""
-    from runner.lab import standin
-
-    text = standin.SHUTDOWN.replace(standin.SHUTDOWN_MARKER, str(tmp_path / "marker")) \
-        .replace(standin.SHUTDOWN_PENDING, str(tmp_path / "pending.pid"))
-    path = tmp_path / "shutdown"
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    return state != "Z"
-
-
-def test_the_lab_stand_in_schedules_a_power_off_as_systemd_does(tmp_path):
-    shutdown = stand_in(tmp_path)
-    t = time.monotonic()
-    out = subprocess.run([str(shutdown), "-P", "+3"], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0 and time.monotonic() - t < 5  # returns at once
-    assert "power-off scheduled in 3 minute(s)" in out.stdout
-    assert not (tmp_path / "marker").exists()  # not now: in three minutes
-    pid = int((tmp_path / "pending.pid").read_text())
-    try:
-        assert _alive(pid)
-        out = subprocess.run([str(shutdown), "-c"], capture_output=True, text=True, timeout=10)
-        assert "cancelled" in out.stdout
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid)
-    finally:
-        if _alive(pid):
-            os.kill(pid, 9)
-    # a time it does not emulate is refused, not taken as now
-    out = subprocess.run([str(shutdown), "-P", "18:00"], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 1 and "not emulated" in out.stderr
-    assert not (tmp_path / "marker").exists()
-    out = subprocess.run([str(shutdown), "-h", "now"], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0 and (tmp_path / "marker").exists()

@@ -25,6 +25,17 @@ def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=60)
 
 
+def verify_units(units: dict[str, str], folder: Path) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` of several units (name: text) written into FOLDER."""
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze not found: install the systemd package (Debian: apt install systemd)"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (folder / name).write_text(text)
+    return subprocess.run([tool, "verify", "--man=no", *(str(folder / n) for n in units)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_the_supervisor_unit_is_valid(tmp_path):
     text = (FILES / "daskfleet-supervise.service").read_text()
     assert "ExecStart=/usr/local/lib/daskfleet-supervise\n" in text
