@@ -200,8 +200,11 @@ def nspawn_args(spec: BootSpec, root: str) -> list[str]:
         f"--machine={spec.netns}", f"--hostname={spec.hostname}",
         f"--network-namespace-path=/run/netns/{spec.netns}",
         f"--overlay=/etc:{hdir / 'etc-upper'}:/etc",
-        # the host's boot files (init, sshd_config, keys, user_data) at the same path, read-only
+        # the lab's folder masked (its key, the other hosts' disks: a real machine sees neither)
+        # but for the host's own boot files (init, sshd_config, keys, user_data), read-only
+        f"--tmpfs={hdir.parent.parent}:mode=0700",
         f"--bind-ro={hdir}",
+        *(f"--bind-ro={d}" for d in spec.shared_ro),
     ]
     args += [f"--bind={hdir / 'fs' / d}:/{d}" for d in (*PRIVATE_DIRS, *spec.extra_private_dirs)]
     args += [f"--tmpfs={d}:mode=0700" for d in (*MASKED_DIRS, str(project_root()))]

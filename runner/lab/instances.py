@@ -255,6 +255,7 @@ class Controller:
             for what in plan.ignored:
                 logger.info(f"{iid}: user_data: ignored {what}")
             images = self.lab.cloud_dir / "images"
+            images.mkdir(parents=True, exist_ok=True)
             if b"docker" in cloudinit.decode_user_data(raw):  # only a container needs the image
                 standin.build_image_env(images)
             standin.install(hdir, standin.image_env_path(images))
@@ -271,7 +272,7 @@ class Controller:
                 prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
                 first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS,
                 public_address=public, listen_any=True, metadata_dir=metadata,
-                power_unit=True))
+                power_unit=True, shared_ro=(str(images),)))
         except Exception:
             if first:  # never leave half a host: boot_host removed the netns, we remove its disk
                 shutil.rmtree(hdir, ignore_errors=True)

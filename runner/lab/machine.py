@@ -98,6 +98,9 @@ class BootSpec:
     metadata_dir: Path | None = None
     # An emulated instance: its power-offs and reboots are recorded for the controller
     power_unit: bool = False
+    # Folders of this machine the host sees, read-only, at the same path (the emulated image's
+    # environment: runner.lab.standin); the rest of the lab's folder is masked
+    shared_ro: tuple[str, ...] = field(default=())
 
 
 def run(args: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -223,6 +226,7 @@ def load_boot_spec(hdir: Path) -> BootSpec:
     d["metadata_dir"] = Path(d["metadata_dir"]) if d.get("metadata_dir") else None
     d["host_keys"] = tuple(d["host_keys"])
     d["extra_private_dirs"] = tuple(d.get("extra_private_dirs") or ())
+    d["shared_ro"] = tuple(d.get("shared_ro") or ())
     return BootSpec(**d)
 
 
@@ -364,7 +368,7 @@ def kill_netns_processes(ns: str) -> None:
     systemd-nspawn, outside the namespace, is waited for: it exits once its PID 1 is gone (and
     killing it instead would leave the host running, orphaned)."""
     pids = [int(p) for p in run(["ip", "netns", "pids", ns], check=False).stdout.split()]
-    parents = {_parent(p) for p in pids} - set(pids) - {None}
+    parents = {q for p in pids if (q := _parent(p)) is not None and q not in pids}
     nspawns = [p for p in parents if _comm(p) == "systemd-nspawn"]
     for pid in pids:
         try:

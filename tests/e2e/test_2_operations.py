@@ -236,6 +236,16 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
     assert "/usr/local/lib/daskfleet-supervise" in seen, seen
     assert _on_lab3(f"ls {' '.join(marks)} 2>/dev/null").split() == [marks[0]]
     assert not Path(marks[2]).exists()
+    # nor does it see the lab's folder on this machine (its key, the other hosts' disks), as
+    # no machine sees the laptop that made it: only its own boot files, read-only
+    from runner.lab import Lab
+
+    lab = Lab()
+    assert lab.key.exists() and (lab.state_dir / "hosts" / "lab2").is_dir()
+    seen = _on_lab3(f"ls -A {lab.state_dir}; ls -A {lab.state_dir}/hosts; "
+                    f"cat {lab.key} > /dev/null 2>&1 && echo key-readable; "
+                    f"touch {lab.host_dir('lab3')}/x 2>/dev/null || echo read-only")
+    assert seen.split() == ["hosts", "lab3", "read-only"], seen
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))

@@ -42,3 +42,13 @@ def test_a_host_masks_this_machines_enabled_units_and_enables_its_own(tmp_path):
     for name in enabled | {"ssh.service"}:
         assert (system / name).readlink() == Path("/dev/null"), name
     assert (tmp_path / "etc-upper" / "hostname").read_text() == "lab9\n"
+
+
+def test_a_host_sees_its_own_boot_files_of_the_labs_folder_only(tmp_path):
+    from runner.lab.boot_scripts import nspawn_args
+
+    hdir = tmp_path / "lab" / "hosts" / "lab9"
+    args = nspawn_args(spec(hdir, shared_ro=("/images",)), "/root-bind")
+    assert f"--tmpfs={tmp_path / 'lab'}:mode=0700" in args
+    assert f"--bind-ro={hdir}" in args and "--bind-ro=/images" in args
+    assert "--volatile=overlay" in args and f"--overlay=/etc:{hdir / 'etc-upper'}:/etc" in args
