@@ -43,6 +43,7 @@ from runner.lab.machine import (
     port_open,
     port_open_in,
     read_instance_hosts,
+    remove_host_cgroups,
     run,
     stop_host,
 )
@@ -320,6 +321,7 @@ class Lab:
         for ns in sorted(names):
             kill_netns_processes(ns)
             run(["ip", "netns", "del", ns], check=False)
+            remove_host_cgroups(ns)
         for link in {h.veth for h in hosts} | set(links_with_prefix(("dfv-", "dfe"))):
             run(["ip", "link", "del", link], check=False)
         if link_exists(BRIDGE):

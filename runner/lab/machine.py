@@ -182,11 +182,19 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
         # nspawn refuses / itself as a container's root: a bind of it, made in a mount
         # namespace of its own (never in this machine's, where removing the lab's folders
         # would follow it into /)
+        groups = host_cgroups(ns)
+        for g in groups:
+            g.mkdir(parents=True, exist_ok=True)
+        # In cgroups of the host's own (nspawn keeps the one it starts in): hosts sharing one
+        # would share every unit's cgroup, and a host's systemd would wait, when it stops a
+        # unit, for the other hosts' processes of the same unit to leave it.
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'for g in $DFLAB_CGROUPS; do echo $$ > "$g/cgroup.procs" || exit 1; done; '
              'mount --bind / "$0" && exec "$@"', str(CONTAINER_ROOT),
              *nspawn_args(spec, str(CONTAINER_ROOT))],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
+            env={**os.environ, "DFLAB_CGROUPS": " ".join(str(g) for g in groups)},
         )
         log.close()
     except BaseException:
@@ -308,10 +316,43 @@ def add_public_address(hdir: Path, netns: str, address: str) -> None:
 
 
 def stop_host(netns: str, veth: str) -> None:
-    """Crash the host (every process at once) and remove its namespace and link."""
+    """Crash the host (every process at once) and remove its namespace, link and cgroups."""
     kill_netns_processes(netns)
     run(["ip", "netns", "del", netns], check=False)
     run(["ip", "link", "del", veth], check=False)
+    remove_host_cgroups(netns)
+
+
+CGROUP_PARENT = "daskfleet-lab"
+
+
+def host_cgroups(netns: str) -> list[Path]:
+    """The host's own cgroup in each hierarchy systemd uses: cgroup2 (unified, or hybrid's
+    /sys/fs/cgroup/unified) and a v1 `name=systemd` one where mounted."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, opts = left.split(), right.split()
+        fstype, mount = opts[0], fields[4]
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in opts[-1].split(",")):
+            found.append(Path(mount) / CGROUP_PARENT / netns)
+    return found
+
+
+def remove_host_cgroups(netns: str) -> None:
+    """The host's cgroups, deepest first (a cgroup is removed with rmdir, once empty)."""
+    for top in host_cgroups(netns):
+        if not top.is_dir():
+            continue
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            top.rmdir()
+        except OSError:
+            pass
 
 
 def nft_apply(netns: str, ruleset: str) -> None:
