@@ -36,9 +36,9 @@ from runner.lab.machine import (
     add_public_address,
     boot_again,
     boot_host,
+    host_booted,
     nft_apply,
     read_instance_hosts,
-    run,
     stop_host,
 )
 from runner.lab.security_groups import instance_groups, render_sg_ruleset
@@ -200,8 +200,9 @@ class Controller:
             return
         host = self.hosts[iid]
         marker = hdir / "fs" / (REBOOT_MARKER if what == "reboot" else SHUTDOWN_MARKER).lstrip("/")
-        still_up = run(["ip", "netns", "pids", host.netns], check=False).stdout.split()
-        if still_up and time.time() - marker.stat().st_mtime < SHUTDOWN_WAIT_S:
+        # its systemd-nspawn exits once the host's systemd has finished (the namespace's own
+        # processes are no sign: the metadata service runs there, outside the host)
+        if host_booted(hdir) and time.time() - marker.stat().st_mtime < SHUTDOWN_WAIT_S:
             return
         if what == "reboot":
             standin.clear_shutdown(hdir)

@@ -179,15 +179,15 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
         if spec.metadata_dir is not None:
             start_metadata_service(ns, spec.metadata_dir)
         log = open(hdir / "init.log", "ab")
-        # nspawn refuses / itself as a container's root: a bind of it, made in a mount
-        # namespace of its own (never in this machine's, where removing the lab's folders
-        # would follow it into /)
-        groups = host_cgroups(ns)
-        for g in groups:
-            g.mkdir(parents=True, exist_ok=True)
         # In cgroups of the host's own (nspawn keeps the one it starts in): hosts sharing one
         # would share every unit's cgroup, and a host's systemd would wait, when it stops a
         # unit, for the other hosts' processes of the same unit to leave it.
+        groups = host_cgroups(ns)
+        for g in groups:
+            g.mkdir(parents=True, exist_ok=True)
+        # nspawn refuses / itself as a container's root: a bind of it, made in a mount
+        # namespace of its own (never in this machine's, where removing the lab's folders
+        # would follow it into /)
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'for g in $DFLAB_CGROUPS; do echo $$ > "$g/cgroup.procs" || exit 1; done; '
@@ -422,6 +422,15 @@ def kill_netns_processes(ns: str) -> None:
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
+
+
+def host_booted(hdir: Path) -> bool:
+    """Whether the host's systemd-nspawn (the pid its boot recorded) still runs."""
+    try:
+        pid = int((hdir / "nspawn.pid").read_text())
+    except (OSError, ValueError):
+        return False
+    return _comm(pid) == "systemd-nspawn"
 
 
 def _parent(pid: int) -> int | None:

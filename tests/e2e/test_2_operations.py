@@ -246,6 +246,19 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
                     f"cat {lab.key} > /dev/null 2>&1 && echo key-readable; "
                     f"touch {lab.host_dir('lab3')}/x 2>/dev/null || echo read-only")
     assert seen.split() == ["hosts", "lab3", "read-only"], seen
+    # and its processes are in cgroups of its own: hosts sharing one share every unit's, and a
+    # host stopping a unit waits for the other hosts' processes of it
+    pids = subprocess.run(["ip", "netns", "pids", "dflab-lab3"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    def cgroup(pid: str) -> str | None:  # (None: it exited meanwhile)
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        return next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
+
+    groups = {g for g in map(cgroup, pids) if g is not None}
+    assert pids and all(g.startswith("/daskfleet-lab/dflab-lab3/") for g in groups), groups
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))
