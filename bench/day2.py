@@ -1,5 +1,5 @@
 """Day-2 operations on the lab, timed: how long a cluster takes to heal after a worker host
-reboots (no operator: the node's supervisor starts its workers), and a rolling replacement of N
+reboots (no operator: systemd starts its workers' units), and a rolling replacement of N
 workers (one at a time: retired, stopped, started, joined) against a cold start of the same N.
 
     .venv/bin/python bench/day2.py [--workers 4] [--rounds 2]

@@ -76,6 +76,9 @@ def restart_reasons(p: RemoteProcess, now: ProcStatus, env_hash: str | None,
     elif now.spec != p.spec_digest:
         reasons.append("settings changed (command line or environment: "
                        f"{now.spec} -> {p.spec_digest})")
+    if now.unit is False:
+        reasons.append(f"runs outside systemd (an older daskfleet started it): replaced by "
+                       f"its unit {p.unit}")
     if now.files and now.files_now and now.files != now.files_now:
         reasons.append(FILES_CHANGED)
     memory = memory_reason(p, now, alone)

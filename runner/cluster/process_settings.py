@@ -23,7 +23,7 @@ from runner.cluster.hosts import Host
 ENV_LINK = "/opt/daskfleet/clusters/{cluster}/current"
 DASK_CONFIG = "/etc/daskfleet/{cluster}/dask"
 LOG_DIR = "/var/log/daskfleet"
-RUN_DIR = "/run/daskfleet"  # a tmpfs: a reboot clears the pid files with the processes
+RUN_DIR = "/run/daskfleet"  # a tmpfs: a reboot clears what it records of the processes
 # A cluster's own folder (its user's, 0700): its processes' working folder and the compiled
 # bytecode of the environments, written by its user (who cannot write into them): without it
 # every process start compiles numpy, pandas and distributed again (about 2 s of a scheduler's
@@ -79,7 +79,8 @@ class DaskSettings:
 
     @property
     def run_dir(self) -> str:
-        """The cluster's pid files: its user's folder on the tmpfs, made again after a reboot."""
+        """What the cluster's processes' starts record (the digest of the node files each
+        started with; an older daskfleet's pid files): on the tmpfs, made again at each start."""
         return f"{RUN_DIR}/{self.cluster}"
 
     @property
@@ -99,4 +100,5 @@ class ProcStatus:
     spec: str | None = None  # the spec digest it was started with (command line, environment)
     files: str | None = None  # the digest of its node files (config, certificates) at its start
     files_now: str | None = None  # the same digest of the files on the node now
-    supervised: bool | None = None  # whether the node's supervisor has its script
+    unit: bool | None = None  # whether systemd runs it as its unit (False: an older daskfleet's)
+    restarts: int | None = None  # how often systemd has started it again since its unit's start

@@ -1,13 +1,16 @@
-"""Dask processes on remote hosts: started detached over SSH, tracked by pid files, kept
-running by the node's supervisor (crashes, reboots) until they are stopped on purpose.
+"""Dask processes on remote hosts, each a systemd unit of its cluster
+(daskfleet-<cluster>-<name>.service, written by `start` over SSH): systemd starts it at boot and
+again whenever it exits, until `stop` disables it and removes the unit.
 
-A scheduler and a worker differ only in the command they build. Each process runs in its own
-session (setsid), so stopping it stops its whole process group (a worker's nanny and its child).
-Each runs as its cluster's own system user (runner.cluster.process_settings, with its folders on
-the node), whatever the login user is: its TLS files, working folder, bytecode cache and pid
-files are that user's alone, so clusters sharing a host cannot read each other's keys or signal
-each other's processes. Processes started by a daskfleet before per-cluster users (as `dask`,
-pid files in /run/daskfleet/<cluster>-<name>.pid) are still found and stopped.
+A scheduler and a worker differ only in the command they build. Each runs as its cluster's own
+system user (runner.cluster.process_settings, with its folders on the node), whatever the login
+user is: its TLS files, working folder and bytecode cache are that user's alone, so clusters
+sharing a host cannot read each other's keys or signal each other's processes. The unit carries
+the spec digest of what it runs (``spec_digest``), which `status` reads back.
+
+Processes an older daskfleet started (detached, tracked by pid files, kept by a supervisor
+script; before that, as `dask`) are still recognised by `status`, which says so, so `up`
+replaces them by their units, and `stop` stops them.
 """
 
 from __future__ import annotations
@@ -35,13 +38,18 @@ from runner.cluster.ssh import SSHSettings, connect, describe_ssh_error, is_trus
 from runner.errors import ClusterStartError, HostError
 
 STOP_GRACE_S = 10.0
-# Whom processes of a daskfleet before per-cluster users ran as: still recognised as ours
+UNIT_DIR = "/etc/systemd/system"
+# Run before every start of a process (playbooks/roles/dask_node/files): only root may reach the
+# instance metadata service, so no task of a job ever reads the VM's user data
+METADATA_GUARD = "/usr/local/lib/daskfleet-metadata-guard"
+# A replaced process's unit, kept until its replacement is proven (`restore` puts it back)
+KEPT_DIR = "/var/lib/daskfleet/units-kept"
+# bash's ulimit flags (config.ProcessLimits.ulimits) as the unit's settings
+SYSTEMD_LIMITS = {"-n": "LimitNOFILE", "-u": "LimitNPROC", "-c": "LimitCORE"}
+# An older daskfleet's: whom its processes ran as before per-cluster users, where its
+# supervisor kept a script per process (removed on stop, so it never starts it again), and the
+# lock that script took
 LEGACY_USER = "dask"
-# The first line of a supervisor script that runs as root and switches to the cluster's user
-# itself (an older script has none: the supervisor runs it as LEGACY_USER)
-SUPERVISE_HEADER = "# daskfleet-supervise: 2"
-# What the node's supervisor keeps running (playbooks/roles/dask_node/files/daskfleet-supervise):
-# one script per process, written by `start`, removed by `stop` before it stops the process.
 SUPERVISE_DIR = "/var/lib/daskfleet/supervise"
 LOCK_WAIT_S = 60
 
@@ -51,12 +59,23 @@ START_TIME = "sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20"
 
 
 def explain_start_failure(output: str) -> str:
-    """The start script's output, and what to do when it is a limit the host would not raise."""
-    if "ulimit:" in output and "cannot modify limit" in output:
+    """The start's output (the unit's journal), and what to do when it is a limit the host
+    would not raise."""
+    if "step LIMITS" in output or "Failed to adjust resource limit" in output:
         return (f"{output}\n(dask.limits asks for more than the host's hard limit, which its "
-                "root may not raise there: a container without CAP_SYS_RESOURCE does not; lower "
-                "the value in the cluster file, or raise the host's own limit)")
+                "systemd may not raise there: a container without CAP_SYS_RESOURCE does not; "
+                "lower the value in the cluster file, or raise the host's own limit)")
     return output
+
+
+def systemd_quote(word: str, command: bool = True) -> str:
+    """One word of a unit's command line (or, ``command`` False, of Environment=) as systemd
+    reads it back: quoted with C escapes, its % (specifiers) doubled, and on a command line
+    its $ (variables) too."""
+    if re.fullmatch(r"[A-Za-z0-9_./:=,@+-]+", word):
+        return word
+    quoted = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (quoted.replace("$", "$$") if command else quoted) + '"'
 
 
 @dataclass(frozen=True)
@@ -152,11 +171,14 @@ class RemoteProcess:
         blob = json.dumps(what, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def _files_digest(self) -> str:
-        """Shell: a digest of the node's files that shape the process (its cluster's Dask
-        config, the CA and node certificates; not the key), as they are now."""
+    def _files_digest_command(self) -> str:
+        """Shell: print a digest of the node's files that shape the process (its cluster's
+        Dask config, the CA and node certificates; not the key), as they are now."""
         etc = f"/etc/daskfleet/{self.settings.cluster}"
-        return (f"$(cat -- {etc}/dask/* {etc}/tls/*.pem 2>/dev/null | sha256sum | cut -c1-16)")
+        return f"cat -- {etc}/dask/* {etc}/tls/*.pem 2>/dev/null | sha256sum | cut -c1-16"
+
+    def _files_digest(self) -> str:
+        return f"$({self._files_digest_command()})"
 
     def _ours(self) -> str:
         """Shell: define and call `ours`, which sets $pid, $spec and $files from the pid file
@@ -176,89 +198,80 @@ class RemoteProcess:
                 f"case \"$(stat -c %U /proc/$pid)\" in {users}) ;; *) return 4;; esac; "
                 "cmd=\"$(tr '\\0' ' ' < /proc/$pid/cmdline) \"; " + checks + "}; ours")
 
-    def _start_script(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environment().items())
+    # --- the process as a systemd unit of its cluster ------------------------------------
+
+    @property
+    def unit(self) -> str:
+        return f"daskfleet-{self.settings.cluster}-{self.name}.service"
+
+    @property
+    def unit_path(self) -> str:
+        return f"{UNIT_DIR}/{self.unit}"
+
+    @property
+    def kept_path(self) -> str:
+        """Where `stop(previous="save")` keeps the unit of a process being replaced."""
+        return f"{KEPT_DIR}/{self.unit}"
+
+    @property
+    def files_record(self) -> str:
+        """Where each start of the unit records the digest of the node files it started with
+        (a start by systemd after a crash reads the files as they are then)."""
+        return f"{self.settings.run_dir}/{self.name}.files"
+
+    def unit_text(self) -> str:
+        """The unit: run as the cluster's user, with the file's limits, its output appended to
+        its log; started at boot and whenever it exits, until `stop` disables it.
+
+        Restart=always, not on-failure: a worker whose scheduler is gone ends with status 0,
+        and must come back to join the scheduler when it returns. RestartSec leaves `stop` time
+        to disable a worker that retirement has just closed. StartLimitIntervalSec=0: systemd
+        never gives up on it, so a cluster heals by itself once the cause is gone."""
+        s = self.settings
+        pre = (f"install -d -m 0755 {RUN_DIR} {s.run_dir} && "
+               f"{self._files_digest_command()} > {self.files_record} && "
+               f"date -u '+--- %FT%TZ start {self.name}'")
+        env = " ".join(systemd_quote(f"{k}={v}", command=False) for k, v in self.environment().items())
+        limits = "".join(f"{SYSTEMD_LIMITS[flag]}={'infinity' if v == 'unlimited' else v}\n"
+                         for flag, v in s.limits)
         return (
-            f"cd {self.settings.work_dir} && "
-            f"echo \"--- $(date -u +%FT%TZ) start {self.name}\" >> {self.log_file} && "
-            # Only the dask command goes to the background, with every fd redirected, so the
-            # SSH channel closes at once; setsid makes its pid the process group to stop later.
-            # The pid file records the start time too (a pid alone may be reused after a
-            # reboot) and the digests of what the process was started with.
-            f"{{ files={self._files_digest()}; "
-            f"{env} setsid {shlex.join(self.command())} >> {self.log_file} 2>&1 < /dev/null & "
-            f"pid=$!; echo \"$pid $({START_TIME}) {self.spec_digest} $files\" "
-            f"> {self.pid_file}.tmp; }} && mv {self.pid_file}.tmp {self.pid_file}"
-        )
+            "# Written by `daskfleet up` (runner/cluster/processes.py); `daskfleet down` removes "
+            "it.\n[Unit]\n"
+            f"Description=daskfleet {s.cluster}: {self.kind} {self.name}\n"
+            "After=network-online.target\nWants=network-online.target\n"
+            "StartLimitIntervalSec=0\n"
+            # what `status` and `down` read: whose it is, and the spec digest it runs with
+            f"X-Daskfleet-Cluster={s.cluster}\nX-Daskfleet-Process={self.name}\n"
+            f"X-Daskfleet-Spec={self.spec_digest}\n\n"
+            "[Service]\n"
+            f"User={s.user}\nGroup={s.user}\nWorkingDirectory={s.work_dir}\n"
+            f"Environment={env}\n"
+            # as root (+): the node files are the cluster user's, the run folder root's
+            f"ExecStartPre=+{METADATA_GUARD}\nExecStartPre=+/bin/sh -c {systemd_quote(pre)}\n"
+            f"ExecStart={' '.join(systemd_quote(w) for w in self.command())}\n"
+            "Restart=always\nRestartSec=5\n"
+            # a worker's nanny and its worker process go together, KILLed after 10 s
+            "KillMode=control-group\nTimeoutStopSec=10\n"
+            f"StandardOutput=append:{self.log_file}\nStandardError=inherit\n"
+            + limits +
+            "\n[Install]\nWantedBy=multi-user.target\n")
 
-    def _status_script(self) -> str:
-        # Running = the pid in the file is alive and is this process; its command line names
-        # the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and, for a
-        # worker, the memory limit it was started with; the digests say what it started with
-        # and what its node files are now.
-        return (self._ours() + " || exit $?; " +
-                "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
-                "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
-                "| tail -n +2 | head -n1); "
-                f"sup=$([ -e {self.supervise_file} ] && echo 1 || echo 0); "
-                f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
-                f"files_now={self._files_digest()} sup=$sup")
-
-    def _ulimits(self) -> str:
-        """Shell: the file's limits, soft and hard alike. Set twice: as root before runuser (a
-        user may not raise a hard limit), and again as the cluster's user, since runuser's
-        pam_limits resets what limits.conf leaves unset to init's own (a soft 1024 open files)."""
-        return "".join(f"ulimit {flag} {value} && " for flag, value in self.settings.limits)
-
-    def _ensure_script(self) -> str:
-        """Bash, as the cluster's user: start the process unless it runs; print `running PID`
-        or `started PID`."""
-        return (self._ours() + " && { echo \"running $pid\"; exit 0; }; "
-                + self._ulimits() + self._start_script()
-                + f" && echo \"started $(cut -d' ' -f1 {self.pid_file})\"\n")
-
-    def _supervised_script(self) -> str:
-        """Bash, as root: what the supervisor runs every few seconds and `start` runs once. It
-        makes the cluster's pid folder (the tmpfs loses it at every reboot) and the process's
-        log, then runs ``_ensure_script`` as the cluster's user."""
-        u, log = self.settings.user, self.log_file
-        return (f"{SUPERVISE_HEADER}\n"
-                f"install -d -m 0755 {RUN_DIR} && {self._ulimits()}"
-                f"install -d -o {u} -g {u} -m 0755 {self.settings.run_dir} && "
-                f"{{ [ -e {log} ] || install -o {u} -g {u} -m 0644 /dev/null {log}; }} && "
-                + shlex.join(["runuser", "-u", u, "--", "bash", "-c", self._ensure_script()])
-                + "\n")
-
-    def _locked(self, script: str) -> str:
-        """Shell (as root): `script` run by bash as root, holding the process's lock."""
-        return (f"install -d -m 0755 {RUN_DIR} && "
-                # -o: the process started under the lock must not inherit (and hold) it
-                f"flock -o -w {LOCK_WAIT_S} {self.lock_file} "
-                + shlex.join(["bash", "-c", script]))
-
-    def _write_supervised(self) -> str:
-        """Shell (as root): this process's script into the supervisor's folder."""
-        script = base64.b64encode(self._supervised_script().encode()).decode()
-        sup = self.supervise_file
-        return (f"mkdir -p {SUPERVISE_DIR} && echo {script} | base64 -d > {sup}.tmp && "
-                f"mv {sup}.tmp {sup}")
-
-    def supervise(self, ssh: SSHSettings) -> None:
-        """Hand a process that runs already (started before its node had a supervisor) to the
-        supervisor, without restarting it."""
-        with connect(self.host, ssh) as c:
-            r = c.run(privileged(self.host, self._write_supervised()))
-        if r.failed:
-            raise ClusterStartError(f"{self.host.name}: could not hand {self.name} to the "
-                                    f"supervisor: {(r.stderr or r.stdout).strip()}")
+    def _start_command(self) -> str:
+        """Shell (as root): write the unit, enable it, start it unless it runs; print its pid.
+        A unit that fails to start prints its journal (what systemd says went wrong)."""
+        text = base64.b64encode(self.unit_text().encode()).decode()
+        u, f = self.unit, self.unit_path
+        return (f"echo {text} | base64 -d > {f}.tmp && mv -f {f}.tmp {f} && "
+                f"systemctl daemon-reload && systemctl enable --quiet {u} && "
+                f"{{ systemctl start {u} || {{ journalctl -u {u} -n 20 --no-pager -o cat; "
+                f"exit 1; }}; }} && systemctl show -p MainPID --value {u}")
 
     def start(self, ssh: SSHSettings) -> int:
-        """Hand the process to the node's supervisor (its script in SUPERVISE_DIR) and start it
-        unless it already runs; return the pid at once. Whether it stays up is the caller's
-        readiness poll to find out (it checks liveness too, and reports the log if it died)."""
+        """Write the process's unit, enable it (it starts at boot) and start it unless it
+        already runs; return its pid at once. Whether it stays up is the caller's readiness
+        poll to find out (it checks liveness too, and reports the log if it died)."""
         with connect(self.host, ssh) as c:
-            r = c.run(privileged(self.host, self._write_supervised() + " && "
-                                 + self._locked(f"bash {shlex.quote(self.supervise_file)}")))
+            r = c.run(privileged(self.host, self._start_command()))
         words = r.stdout.split()
         pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
@@ -266,8 +279,15 @@ class RemoteProcess:
                                     + explain_start_failure((r.stderr or r.stdout).strip()))
         return int(pid)
 
+    def _restore_command(self) -> str:
+        """Shell (as root): `restore`'s whole work on the node."""
+        u, f, k = self.unit, self.unit_path, self.kept_path
+        return (f"[ -e {k} ] || {{ echo none; exit 0; }}; mv -f {k} {f} && "
+                f"systemctl daemon-reload && systemctl enable --quiet --now {u} && "
+                f"systemctl show -p MainPID --value {u}")
+
     def restore(self, ssh: SSHSettings) -> int | None:
-        """Start again the process as it was before a replacement that failed (the script
+        """Start again the process as it was before a replacement that failed (the unit
         `stop(previous="save")` kept aside); its pid, or None when nothing was kept."""
         with connect(self.host, ssh) as c:
             r = c.run(privileged(self.host, self._restore_command()))
@@ -280,9 +300,31 @@ class RemoteProcess:
         return int(words[-1])
 
     def forget_previous(self, ssh: SSHSettings) -> None:
-        """The replacement is proven: the script kept aside goes."""
+        """The replacement is proven: the unit kept aside goes."""
         with connect(self.host, ssh) as c:
-            c.run(privileged(self.host, f"rm -f {self.supervise_file}.prev"))
+            c.run(privileged(self.host, f"rm -f {self.kept_path}"))
+
+    def _status_script(self) -> str:
+        """Shell (as root): `PID env=... mem=... spec=... files=... files_now=... unit=1|0
+        restarts=N` when it runs, else exit non-zero. Running = its unit is active with a main
+        process, or (unit=0) a process an older daskfleet started, by its pid file. The command
+        line names the environment it runs from (/opt/daskfleet/envs/<hash>/bin/python) and,
+        for a worker, its memory limit."""
+        u, f = self.unit, self.unit_path
+        return (
+            f"if [ -e {f} ]; then "
+            f"st=$(systemctl show -p MainPID -p ActiveState -p NRestarts {u}); "
+            "pid=$(echo \"$st\" | sed -n 's/^MainPID=//p'); "
+            "restarts=$(echo \"$st\" | sed -n 's/^NRestarts=//p'); "
+            "echo \"$st\" | grep -qx ActiveState=active && [ \"${pid:-0}\" != 0 ] || exit 4; "
+            f"spec=$(sed -n 's/^X-Daskfleet-Spec=//p' {f}); "
+            f"files=$(cat {self.files_record} 2>/dev/null); unit=1; "
+            "else " + self._ours() + " || exit $?; unit=0; restarts=; fi; "
+            "env=$(tr '\\0' ' ' < /proc/$pid/cmdline | grep -o 'envs/[0-9a-f]*' | head -n1); "
+            "mem=$(tr '\\0' '\\n' < /proc/$pid/cmdline | grep -A1 -x -e --memory-limit "
+            "| tail -n +2 | head -n1); "
+            f"echo $pid env=${{env#envs/}} mem=$mem spec=$spec files=$files "
+            f"files_now={self._files_digest()} unit=$unit restarts=$restarts")
 
     def status(self, ssh: SSHSettings) -> ProcStatus:
         try:
@@ -298,43 +340,56 @@ class RemoteProcess:
         fields = r.stdout.split()
         if r.ok and fields and fields[0].isdigit():
             info = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+            restarts = info.get("restarts", "")
             return ProcStatus("running", int(fields[0]), info.get("env") or None,
                               info.get("mem") or None, info.get("spec") or None,
                               info.get("files") or None, info.get("files_now") or None,
-                              {"1": True, "0": False}.get(info.get("sup", "")))
+                              {"1": True, "0": False}.get(info.get("unit", "")),
+                              int(restarts) if restarts.isdigit() else None)
         return ProcStatus("dead")
 
     def stop(self, ssh: SSHSettings, previous: str = "drop") -> bool:
-        """Stop the process group: TERM, then KILL after a grace period. True if one was running.
-        A pid file whose process has exited (or whose pid now belongs to another process) is
-        removed and the process reported gone: a stale file never fails a stop.
+        """Stop the process: its unit disabled and stopped (TERM to all its processes, KILL
+        after 10 s), so neither systemd nor a reboot starts it again. True if it was running.
+        A unit whose process has exited, or none at all, is not an error: a stale record never
+        fails a stop. A process an older daskfleet started (pid file, supervisor script) is
+        stopped too.
 
-        Its supervisor script goes first, so the supervisor never starts it again behind our
-        back. ``previous``: what becomes of the script: "drop" (gone, with any earlier one
-        saved), "save" (kept aside, before a replacement: `restore` starts it again if the
-        replacement fails), "keep" (the one kept aside stays: a failed replacement stopped)."""
+        ``previous``: what becomes of the unit: "drop" (gone, with any kept aside), "save"
+        (kept aside, before a replacement: `restore` starts it again if the replacement fails),
+        "keep" (the one kept aside stays: a failed replacement stopped)."""
         with connect(self.host, ssh) as c:
             r = c.run(privileged(self.host, self._stop_command(previous)))
         if r.failed:
             raise ClusterStartError(f"{self.host.name}: could not stop {self.name}: "
                                     f"{(r.stderr or r.stdout).strip() or f'exit status {r.exited}'}")
-        return r.stdout.strip() in ("stopped", "killed")
+        return "stopped" in r.stdout.split() or "killed" in r.stdout.split()
 
     def _stop_command(self, previous: str) -> str:
-        """Shell (as root): `stop`'s whole work on the node."""
-        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
-        unsupervise = {"drop": f"rm -f {sup} {prev}",
-                       "save": f"rm -f {prev} && {{ [ ! -e {sup} ] || mv -f {sup} {prev}; }}",
-                       "keep": f"rm -f {sup}"}[previous]
-        return f"{unsupervise} && " + self._locked(self._stop_script())
+        """Shell (as root): `stop`'s whole work on the node; prints `stopped` if it ran."""
+        u, f, k = self.unit, self.unit_path, self.kept_path
+        sup = self.supervise_file
+        aside = {"drop": f"rm -f {f} {k}",
+                 "save": f"install -d -m 0700 {KEPT_DIR} && mv -f {f} {k}",
+                 "keep": f"rm -f {f}"}[previous]
+        unit = (f"if [ -e {f} ]; then "
+                f"[ \"$(systemctl show -p ActiveState --value {u})\" = active ] && echo stopped; "
+                f"systemctl disable --now --quiet {u} && {aside} && systemctl daemon-reload && "
+                f"{{ systemctl reset-failed {u} 2>/dev/null; true; }}; "
+                f"elif [ {previous} = drop ]; then rm -f {k}; fi")
+        # an older daskfleet's process: its supervisor script first, then the process
+        legacy = f"rm -f {sup} {sup}.prev && " + self._locked(self._legacy_stop_script())
+        return f"{unit} && {legacy}"
 
-    def _restore_command(self) -> str:
-        """Shell (as root): `restore`'s whole work on the node."""
-        sup, prev = self.supervise_file, f"{self.supervise_file}.prev"
-        return (f"[ -e {prev} ] || {{ echo none; exit 0; }}; mv -f {prev} {sup} && "
-                + self._locked(f"bash {shlex.quote(sup)}"))
+    def _locked(self, script: str) -> str:
+        """Shell (as root): `script` run by bash as root, holding the process's lock (an older
+        daskfleet's supervisor took it to start the process)."""
+        return (f"install -d -m 0755 {RUN_DIR} && flock -w {LOCK_WAIT_S} {self.lock_file} "
+                + shlex.join(["bash", "-c", script]))
 
-    def _stop_script(self) -> str:
+    def _legacy_stop_script(self) -> str:
+        """Bash: stop the process an older daskfleet's pid file records, if it is still ours;
+        the pid file goes either way. Prints gone, stopped or killed."""
         return (
             f"{self._ours()}; rc=$?; rm -f {self.pid_file} {self.legacy_pid_file}; "
             f"if [ $rc != 0 ]; then echo gone; exit 0; fi; "

@@ -74,15 +74,6 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
     sched = procs[0]
     todo = changes.plan(procs, current, env_hashes or {})
     _claim_memory(cluster, procs, todo, progress)  # before anything stops or starts
-    # running since before their node had a supervisor (a cluster made by an older daskfleet):
-    # handed to it as they are, not restarted
-    touched = {c.proc for c in todo}
-    unsupervised = [p for p in procs if p not in touched and current[p].state == "running"
-                    and current[p].supervised is False]
-    if unsupervised:
-        say("handing to the nodes' supervisors: "
-            + ", ".join(f"{p.name}@{p.host.name}" for p in unsupervised))
-        running.per_process(unsupervised, lambda p: p.supervise(ssh), "handing to the supervisor")
     restarts = [c for c in todo if c.action == "restart"]
     sched_change = next((c for c in todo if c.proc is sched), None)
     if restarts:
@@ -186,7 +177,7 @@ def reconcile(cluster: Cluster, env_hashes: dict[str, str] | None = None,
         collect_logs(cluster, procs)
         raise ClusterStartError(f"{e}\n{back}All logs copied to {cluster.state_dir / 'logs'}."
                                 ) from e
-    running.per_process(replaced, lambda p: p.forget_previous(ssh), "forgetting the replaced scripts")
+    running.per_process(replaced, lambda p: p.forget_previous(ssh), "forgetting the replaced units")
     started += _roll(cluster, procs, rolling, pids, progress)
     return started
 

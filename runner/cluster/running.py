@@ -1,5 +1,5 @@
 """What runs for a cluster, and closing what should not: each wanted process's status, every
-process the hosts' pid files and supervisor scripts record, and the retiring (through the
+process the hosts' units (and an older daskfleet's pid files) record, and the retiring (through the
 scheduler, so data moves) and stopping of those that go.
 
 The lower half of the reconcile (runner.cluster.reconcile imports it); `scale`, `stop` and
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from runner.cluster.hosts import Host
 from runner.cluster.process_settings import RUN_DIR, ProcStatus
-from runner.cluster.processes import SUPERVISE_DIR, RemoteProcess
+from runner.cluster.processes import SUPERVISE_DIR, UNIT_DIR, RemoteProcess
 from runner.cluster.ssh import connect, fan_out, fan_out_items
 from runner.errors import HostError
 from runner.log import Progress, Say
@@ -45,16 +45,17 @@ def process_states(cluster: Cluster) -> dict[RemoteProcess, ProcStatus]:
 
 
 def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
-    """What runs for this cluster on each reachable host, by its pid files (named after the
-    cluster), and what the host's supervisor keeps running (its scripts: a process it is about
-    to start again after a reboot has no pid file yet): host -> process names. Unreachable
-    hosts are left out."""
+    """What each reachable host runs for this cluster: its units (named by their
+    X-Daskfleet-Cluster line: cluster names may be each other's prefixes), and an older
+    daskfleet's pid files and supervisor scripts: host -> process names. Unreachable hosts are
+    left out."""
     prefix = shlex.quote(f"{cluster.spec.name}-")
     own = shlex.quote(f"{RUN_DIR}/{cluster.spec.name}")
-    # the cluster's pid folder, the pid files of a daskfleet before per-cluster users, and
-    # the supervisor's scripts
+    mark = shlex.quote(f"X-Daskfleet-Cluster={cluster.spec.name}")
     # (the names in the cluster's own folder carry no prefix: they are marked "own:")
-    cmd = (f"{{ cd {own} 2>/dev/null && ls -1 -- *.pid | sed 's/^/own:/'; "
+    cmd = (f"{{ grep -l -x -F {mark} {UNIT_DIR}/daskfleet-*.service | "
+           "xargs -r sed -n 's/^X-Daskfleet-Process=/own:/p'; "
+           f"cd {own} 2>/dev/null && ls -1 -- *.pid | sed 's/^/own:/'; "
            f"cd {RUN_DIR} 2>/dev/null && ls -1 -- {prefix}*.pid; "
            f"cd {SUPERVISE_DIR} 2>/dev/null && ls -1 -- {prefix}*.sh; }} 2>/dev/null; true")
 
@@ -73,7 +74,7 @@ def running_names(cluster: Cluster, hosts: list[Host]) -> dict[Host, list[str]]:
 
 
 def recorded(cluster: Cluster, hosts: list[Host]) -> list[RemoteProcess]:
-    """Every process the cluster's pid files on ``hosts`` record, wanted or not (a worker of a
+    """Every process the cluster's units on ``hosts`` record, wanted or not (a worker of a
     host dropped from the file, one beyond the wanted count, ...), as the process to stop."""
     sched = cluster.wanted(n_workers=0)[0]  # the scheduler alone: no worker count needed
     settings = cluster.settings()

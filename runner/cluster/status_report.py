@@ -35,7 +35,8 @@ def status(cluster: Cluster) -> dict:
         replace = pending.get(p)
         hosts.append({"host": p.host.name, "address": p.host.address, "user": p.host.user,
                       "private_address": p.host.dask_address, "role": p.kind,
-                      "process": p.name, "pid": pid, "state": st, "env": ps.env,
+                      "process": p.name, "unit": p.unit if ps.unit else None,
+                      "restarts": ps.restarts, "pid": pid, "state": st, "env": ps.env,
                       "spec_digest": ps.spec, "files_digest": ps.files,
                       "wanted_spec_digest": p.spec_digest,
                       "up_would": None if replace is None else

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 # homes across reboots, as a real disk does.
 PRIVATE_DIRS = ("etc/daskfleet", "opt/daskfleet", "var/lib/daskfleet", "var/lib/cloud", "var/log",
                 "var/log/daskfleet", "home", "tmp")
+# This machine's folders a host sees with its own writes over them, kept across its reboots
+# (folder -> the upper folder in the host's folder): its /etc, and /usr/local, where the playbook
+# installs the node's scripts; elsewhere a reboot drops what the host wrote, which a real disk keeps
+PERSISTENT_OVERLAYS = {"/etc": "etc-upper", "/usr/local": "usr-local-upper"}
 # Paths masked with empty tmpfs mounts: the control machine's environments must not be visible.
 MASKED_DIRS = ("/root",)
 SSHD = "/usr/sbin/sshd"
@@ -187,8 +191,8 @@ def power_unit() -> str:
 def nspawn_args(spec: BootSpec, root: str) -> list[str]:
     """systemd-nspawn booting systemd as the host's PID 1, over ROOT (a bind of this machine's
     /, read-only under a tmpfs overlay: what the host writes outside its own folders is gone at
-    its next boot and never reaches this machine). /etc is a persistent overlay of this
-    machine's; its disk-backed folders are bound in; /root and the checkout are masked."""
+    its next boot and never reaches this machine). /etc and /usr/local are persistent
+    overlays of this machine's; its disk-backed folders are bound in; /root and the checkout are masked."""
     hdir = spec.hdir
     args = [
         "systemd-nspawn", "-D", root, "--volatile=overlay", "--boot", "--quiet",
@@ -199,7 +203,7 @@ def nspawn_args(spec: BootSpec, root: str) -> list[str]:
         "--capability=CAP_NET_ADMIN,CAP_IPC_LOCK",
         f"--machine={spec.netns}", f"--hostname={spec.hostname}",
         f"--network-namespace-path=/run/netns/{spec.netns}",
-        f"--overlay=/etc:{hdir / 'etc-upper'}:/etc",
+        *(f"--overlay={d}:{hdir / upper}:{d}" for d, upper in PERSISTENT_OVERLAYS.items()),
         # the lab's folder masked (its key, the other hosts' disks: a real machine sees neither)
         # but for the host's own boot files (init, sshd_config, keys, user_data), read-only
         f"--tmpfs={hdir.parent.parent}:mode=0700",

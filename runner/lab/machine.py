@@ -26,6 +26,7 @@ from runner.errors import LabError
 from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
 from runner.lab.boot_scripts import (
     INIT_UNIT,
+    PERSISTENT_OVERLAYS,
     POWER_UNIT,
     PRIVATE_DIRS,
     SSHD,
@@ -151,7 +152,8 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
     for d in (*PRIVATE_DIRS, *spec.extra_private_dirs):
         (hdir / "fs" / d).mkdir(parents=True, exist_ok=True)
     os.chmod(hdir / "fs" / "tmp", 0o1777)
-    (hdir / "etc-upper").mkdir(exist_ok=True)
+    for upper in PERSISTENT_OVERLAYS.values():
+        (hdir / upper).mkdir(exist_ok=True)
     if spec.user:
         (hdir / "authorized_keys").write_text(spec.authorized_keys)
     config = hdir / "sshd_config"

@@ -6,7 +6,7 @@ whose other phases go on once the job ends. Each test leaves the cluster as
 clusters/lab.yaml wants it. A thread-count change rolls through a running job too, which ends
 with the accuracy of the same job undisturbed (that a worker replaced mid-training leaves the
 model as it was: tests/batch/test_rolling_worker.py). A replacement that fails puts the old
-processes back, and a process the supervisor lacks is handed to it without a restart."""
+processes back, and a process an older daskfleet started outside systemd is replaced by its unit."""
 
 from __future__ import annotations
 
@@ -321,28 +321,47 @@ def test_a_worker_replacement_that_fails_puts_it_back_and_stops_the_roll(lab_clu
         cli("up", "-c", str(LAB_CLUSTER), timeout=600)
 
 
-def test_a_running_process_the_supervisor_lacks_is_handed_to_it_without_a_restart(lab_cluster,
-                                                                                   cli):
-    """As on a cluster made before its nodes had a supervisor: lab2's worker runs, but the
-    supervisor has no script for it. `up` hands it over as it is (same pid), and from then on
-    the supervisor keeps it: killed, it is started again with no `up`."""
+def test_a_process_an_older_daskfleet_started_is_replaced_by_its_unit(lab_cluster, cli):
+    """As on a cluster an older daskfleet made: lab2's worker runs detached, as its cluster's
+    user, with a pid file and no unit. `status` says `up` would replace it and why; `up` does
+    (rolling: the job-safe way), leaves no process outside its unit, and from then on systemd
+    keeps it: killed, it is started again with no `up`."""
+    import shlex
+
+    from runner.cluster.process_settings import privileged
+    from runner.cluster.processes import START_TIME
+
     rc, st = _status(cli)
     assert rc == 0 and st["healthy"], st
-    before = _pids(st)
-    script = "/var/lib/daskfleet/supervise/lab-lab2-w0.sh"
     with Cluster.from_file(LAB_CLUSTER) as cluster:
-        lab2 = next(h for h in cluster.hosts() if h.name == "lab2")
-        with connect(lab2, cluster.ssh()) as c:
-            c.run(f"rm {script}")
-    up = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
-    assert "handing to the nodes' supervisors: lab2-w0@lab2" in up.stdout, up.stdout
-    assert "started: nothing (all running)" in up.stdout, up.stdout
-    assert _pids(_status(cli)[1]) == before
-    with Cluster.from_file(LAB_CLUSTER) as cluster, connect(lab2, cluster.ssh()) as c:
-        assert c.run(f"test -s {script}", warn=True).ok
-    _kill_group("lab2", before["lab2-w0"])
+        old = next(p for p in cluster.wanted() if p.name == "lab2-w0")
+        old.stop(cluster.ssh())
+        s = old.settings
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in old.environment().items())
+        # the start script of the daskfleet before units (a pid file: pid, start time, spec)
+        start = (f"cd {s.work_dir} && {env} setsid {shlex.join(old.command())} >> {old.log_file} "
+                 f"2>&1 < /dev/null & pid=$!; echo \"$pid $({START_TIME}) {old.spec_digest}\" "
+                 f"> {old.pid_file}")
+        with connect(old.host, cluster.ssh()) as c:
+            c.run(privileged(old.host, f"install -d -o {s.user} -g {s.user} {s.run_dir} && "
+                             + shlex.join(["runuser", "-u", s.user, "--", "bash", "-c", start])))
     deadline = time.monotonic() + 90
-    while not ((st := _status(cli)[1])["healthy"] and _pids(st)["lab2-w0"] != before["lab2-w0"]):
+    while not (st := _status(cli)[1])["healthy"]:
+        assert time.monotonic() < deadline, st
+        time.sleep(2)
+    legacy = next(h for h in st["hosts"] if h["process"] == "lab2-w0")
+    assert legacy["unit"] is None and legacy["up_would"]["action"] == "restart", legacy
+    assert "runs outside systemd" in " ".join(legacy["up_would"]["reasons"]), legacy
+    up = cli("up", "-c", str(LAB_CLUSTER), timeout=600)
+    assert "runs outside systemd" in up.stdout, up.stdout
+    st = _status(cli)[1]
+    now = next(h for h in st["hosts"] if h["process"] == "lab2-w0")
+    assert st["healthy"] and now["unit"] == "daskfleet-lab-lab2-w0.service", st
+    assert now["pid"] != legacy["pid"] and now["up_would"] is None, (legacy, now)
+    assert len(_dask_processes()["lab2"]) == 1, _dask_processes()  # the old one is gone
+    _kill_group("lab2", now["pid"])
+    deadline = time.monotonic() + 90
+    while not ((st := _status(cli)[1])["healthy"] and _pids(st)["lab2-w0"] != now["pid"]):
         assert time.monotonic() < deadline, st
         time.sleep(2)
 

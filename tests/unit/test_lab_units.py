@@ -52,3 +52,5 @@ def test_a_host_sees_its_own_boot_files_of_the_labs_folder_only(tmp_path):
     assert f"--tmpfs={tmp_path / 'lab'}:mode=0700" in args
     assert f"--bind-ro={hdir}" in args and "--bind-ro=/images" in args
     assert "--volatile=overlay" in args and f"--overlay=/etc:{hdir / 'etc-upper'}:/etc" in args
+    # the playbook's scripts in /usr/local outlive a reboot, as on a real disk
+    assert f"--overlay=/usr/local:{hdir / 'usr-local-upper'}:/usr/local" in args
