@@ -61,7 +61,8 @@ START_TIME = "sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20"
 def explain_start_failure(output: str) -> str:
     """The start's output (the unit's journal), and what to do when it is a limit the host
     would not raise."""
-    if "step LIMITS" in output or "Failed to adjust resource limit" in output:
+    if any(m in output for m in ("step LIMITS", "Failed to adjust resource limit",
+                                 "dask.limits: ulimit")):
         return (f"{output}\n(dask.limits asks for more than the host's hard limit, which its "
                 "systemd may not raise there: a container without CAP_SYS_RESOURCE does not; "
                 "lower the value in the cluster file, or raise the host's own limit)")
@@ -234,6 +235,13 @@ class RemoteProcess:
         env = " ".join(systemd_quote(f"{k}={v}", command=False) for k, v in self.environment().items())
         limits = "".join(f"{SYSTEMD_LIMITS[flag]}={'infinity' if v == 'unlimited' else v}\n"
                          for flag, v in s.limits)
+        # systemd lowers a limit above what the host allows it, silently: checked, as the
+        # process will have them, and refused in its log
+        check = "".join(
+            f"[ \"$(ulimit -H {flag})\" = {v} ] && [ \"$(ulimit -S {flag})\" = {v} ] || "
+            f"{{ echo \"dask.limits: ulimit {flag} is $(ulimit -H {flag}) here, not {v}: the "
+            f"host's hard limit is lower than the cluster file asks\" >&2; exit 1; }}; "
+            for flag, v in s.limits)
         return (
             "# Written by `daskfleet up` (runner/cluster/processes.py); `daskfleet down` removes "
             "it.\n[Unit]\n"
@@ -248,6 +256,7 @@ class RemoteProcess:
             f"Environment={env}\n"
             # as root (+): the node files are the cluster user's, the run folder root's
             f"ExecStartPre=+{METADATA_GUARD}\nExecStartPre=+/bin/sh -c {systemd_quote(pre)}\n"
+            + (f"ExecStartPre=/bin/bash -c {systemd_quote(check)}\n" if check else "") +
             f"ExecStart={' '.join(systemd_quote(w) for w in self.command())}\n"
             "Restart=always\nRestartSec=5\n"
             # a worker's nanny and its worker process go together, KILLed after 10 s
@@ -264,7 +273,8 @@ class RemoteProcess:
         return (f"echo {text} | base64 -d > {f}.tmp && mv -f {f}.tmp {f} && "
                 f"systemctl daemon-reload && systemctl enable --quiet {u} && "
                 f"{{ systemctl start {u} || {{ journalctl -u {u} -n 20 --no-pager -o cat; "
-                f"exit 1; }}; }} && systemctl show -p MainPID --value {u}")
+                f"tail -n 5 {self.log_file}; exit 1; }}; }} && "
+                f"systemctl show -p MainPID --value {u}")
 
     def start(self, ssh: SSHSettings) -> int:
         """Write the process's unit, enable it (it starts at boot) and start it unless it
@@ -275,8 +285,9 @@ class RemoteProcess:
         words = r.stdout.split()
         pid = words[-1] if words else ""
         if r.failed or not pid.isdigit():
+            # systemctl's word on stderr, the unit's journal and log on stdout
             raise ClusterStartError(f"{self.host.name}: could not start {self.name}: "
-                                    + explain_start_failure((r.stderr or r.stdout).strip()))
+                                    + explain_start_failure(f"{r.stderr}{r.stdout}".strip()))
         return int(pid)
 
     def _restore_command(self) -> str:
@@ -303,6 +314,23 @@ class RemoteProcess:
         """The replacement is proven: the unit kept aside goes."""
         with connect(self.host, ssh) as c:
             c.run(privileged(self.host, f"rm -f {self.kept_path}"))
+
+    @property
+    def hold_path(self) -> str:
+        """A runtime drop-in (gone at reboot) that keeps systemd from starting it again."""
+        return f"/run/systemd/system/{self.unit}.d/daskfleet-hold.conf"
+
+    def hold(self, ssh: SSHSettings) -> None:
+        """Before a retirement closes the process (its data moves first): systemd must not
+        start it again (Restart=always) before `stop` comes. `stop` removes the hold."""
+        d = self.hold_path.rsplit("/", 1)[0]
+        with connect(self.host, ssh) as c:
+            r = c.run(privileged(self.host, f"[ ! -e {self.unit_path} ] || {{ mkdir -p {d} && "
+                                 f"printf '[Service]\\nRestart=no\\n' > {self.hold_path} && "
+                                 "systemctl daemon-reload; }"), warn=True)
+        if r.failed:
+            raise ClusterStartError(f"{self.host.name}: could not hold {self.name} before its "
+                                    f"retirement: {(r.stderr or r.stdout).strip()}")
 
     def _status_script(self) -> str:
         """Shell (as root): `PID env=... mem=... spec=... files=... files_now=... unit=1|0
@@ -374,7 +402,8 @@ class RemoteProcess:
                  "keep": f"rm -f {f}"}[previous]
         unit = (f"if [ -e {f} ]; then "
                 f"[ \"$(systemctl show -p ActiveState --value {u})\" = active ] && echo stopped; "
-                f"systemctl disable --now --quiet {u} && {aside} && systemctl daemon-reload && "
+                f"systemctl disable --now --quiet {u} && {aside} && "
+                f"rm -rf {self.hold_path.rsplit('/', 1)[0]} && systemctl daemon-reload && "
                 f"{{ systemctl reset-failed {u} 2>/dev/null; true; }}; "
                 f"elif [ {previous} = drop ]; then rm -f {k}; fi")
         # an older daskfleet's process: its supervisor script first, then the process

@@ -277,7 +277,7 @@ def _roll(cluster: Cluster, procs: list[RemoteProcess], rolling: list[changes.Ch
         stopped = False
         try:
             # the scheduler was just proven ready: no SSH status sweep of every process per step
-            running.retire(cluster, [p.name], progress, scheduler_running=True)
+            running.retire(cluster, [p], progress, scheduler_running=True)
             p.stop(ssh, previous="save")
             stopped = True
             pids[p.name] = p.start(ssh)

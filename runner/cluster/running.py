@@ -124,24 +124,30 @@ def _retire_and_stop(cluster: Cluster, procs: list[RemoteProcess], progress: Pro
                      what: str) -> list[str]:
     """Retire the workers among ``procs`` (their data moves to the others), then stop all of
     them. Returns `name@host` of each."""
-    retire(cluster, [p.name for p in procs if p.kind == "worker"], progress)
+    retire(cluster, [p for p in procs if p.kind == "worker"], progress)
     per_process(procs, lambda p: p.stop(cluster.ssh()), what)
     return [f"{p.name}@{p.host.name}" for p in procs]
 
 
-def retire(cluster: Cluster, names: list[str], progress: Progress | None = None,
+def retire(cluster: Cluster, workers: list[RemoteProcess], progress: Progress | None = None,
            scheduler_running: bool | None = None) -> None:
     """Retire workers through the scheduler (their data moves to the others) when it runs
-    (``scheduler_running``: known already; otherwise asked over SSH)."""
+    (``scheduler_running``: known already; otherwise asked over SSH). Each is held first: the
+    retirement ends it, and systemd must not start it again before its stop."""
     say = Say(progress, logger)
-    if not names:
+    if not workers:
         return
+    names = [p.name for p in workers]
     if scheduler_running is None:
         sched = cluster.wanted()[0]
         scheduler_running = process_states(cluster).get(sched, ProcStatus("dead")).state \
             == "running"
     if not scheduler_running:
         return
+    try:
+        per_process(workers, lambda p: p.hold(cluster.ssh()), "holding workers before retiring")
+    except HostError as e:  # unreachable: nothing restarts it there before its stop either
+        say.warning(f"WARNING: {e}")
     try:
         cluster.client().retire_workers(names=names, close_workers=True, remove=True)
     except Exception as e:  # noqa: BLE001 - retiring moves data; stopping must go on

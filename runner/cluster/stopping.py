@@ -37,7 +37,7 @@ def scale(cluster: Cluster, n: int, progress: Progress | None) -> dict:
     if going:
         names = [p.name for p in going]
         say(f"retiring {len(going)} worker(s) through the scheduler: {', '.join(names)}")
-        running.retire(cluster, names, progress)
+        running.retire(cluster, going, progress)
         try:
             running.per_process(going, lambda p: p.stop(cluster.ssh()),
                                 "stopping retired workers")

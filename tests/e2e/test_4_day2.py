@@ -339,11 +339,13 @@ def test_a_process_an_older_daskfleet_started_is_replaced_by_its_unit(lab_cluste
         s = old.settings
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in old.environment().items())
         # the start script of the daskfleet before units (a pid file: pid, start time, spec)
-        start = (f"cd {s.work_dir} && {env} setsid {shlex.join(old.command())} >> {old.log_file} "
-                 f"2>&1 < /dev/null & pid=$!; echo \"$pid $({START_TIME}) {old.spec_digest}\" "
-                 f"> {old.pid_file}")
+        start = (f"cd {s.work_dir} && {{ {env} setsid {shlex.join(old.command())} "
+                 f">> {old.log_file} 2>&1 < /dev/null & pid=$!; "
+                 f"echo \"$pid $({START_TIME}) {old.spec_digest}\" > {old.pid_file}; }}")
         with connect(old.host, cluster.ssh()) as c:
+            # (its logs were the cluster user's: systemd's are root's)
             c.run(privileged(old.host, f"install -d -o {s.user} -g {s.user} {s.run_dir} && "
+                             f"chown {s.user}: {old.log_file} && "
                              + shlex.join(["runuser", "-u", s.user, "--", "bash", "-c", start])))
     deadline = time.monotonic() + 90
     while not (st := _status(cli)[1])["healthy"]:

@@ -1,18 +1,25 @@
-"""A pid file names one process only: the recorded pid, with the start time recorded with it,
-run by the cluster's user, running our own command line (kind, the cluster's scheduler address,
-the worker's name). The stop script, run for real by bash (as on a node), stops that process
-only, and a stale pid file never makes it fail. Here the cluster's user is this test's user
-(``as_me``); the tests of another user need root, as the lab does."""
+"""What is left of the processes an older daskfleet started (detached, tracked by pid files),
+before each Dask process became a systemd unit of its own: `status` still recognises them, and
+`stop` still stops them. A pid file names one process only: the recorded pid, with the start
+time recorded with it, run by the cluster's user, running our own command line (kind, the
+cluster's scheduler address, the worker's name). The legacy stop script, run for real by bash
+(as on a node), stops that process only, and a stale pid file never makes it fail.
+
+Also the unit's parts that need no systemd: `status` reads a pid file only where the process
+has no unit (and says unit=0, so `up` replaces it), the cluster file's limits are the unit's,
+and a start that systemd refuses for a limit is explained. The unit as systemd reads it:
+tests/unit/test_process_unit.py; run by systemd: tests/e2e/test_14_supervisor_under_systemd.py.
+
+Here the cluster's user is this test's user (``as_me``); the tests of another user need root,
+as the lab does."""
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
-import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -130,7 +137,7 @@ def test_a_missing_pid_file_is_not_running(tmp_path, monkeypatch):
 
 
 def stop(proc: RemoteProcess) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", proc._stop_script()], capture_output=True, text=True,
+    return subprocess.run(["bash", "-c", proc._legacy_stop_script()], capture_output=True, text=True,
                           timeout=30)
 
 
@@ -139,8 +146,6 @@ def test_stop_stops_the_recorded_process_and_removes_its_pid_file(fake_worker, t
     path.write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
     # reaped as soon as it exits, as init reaps a node's detached dask process (a zombie would
     # still count as alive to `kill -0` until the grace period ends)
-    import threading
-
     threading.Thread(target=fake_worker.wait, daemon=True).start()
     out = stop(WORKER)
     assert out.returncode == 0 and out.stdout.strip() == "stopped", out
@@ -181,144 +186,85 @@ def test_status_reports_the_digests_the_process_started_with_and_the_files_now(f
     assert fields["mem"] == "auto"
 
 
-def test_status_says_whether_the_nodes_supervisor_has_the_process(fake_worker, tmp_path,
-                                                                  monkeypatch):
-    """A process started before its node had a supervisor is reported unsupervised, so `up`
-    hands it over without restarting it."""
-    monkeypatch.setattr(processes, "SUPERVISE_DIR", str(tmp_path / "supervise"))
+def _status(proc: RemoteProcess) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", proc._status_script()], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_a_process_an_older_daskfleet_started_is_reported_outside_systemd(fake_worker, tmp_path,
+                                                                         monkeypatch):
+    """No unit of it on the node: its pid file is read, and `status` says unit=0 (no restart
+    count), which makes `up` replace it by its unit (runner/cluster/changes.py)."""
+    on_node(monkeypatch, "UNIT_DIR", str(tmp_path / "units"))
     pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
-
-    def supervised() -> str:
-        out = subprocess.run(["sh", "-c", WORKER._status_script()], capture_output=True,
-                             text=True, timeout=30)
-        return dict(f.split("=", 1) for f in out.stdout.split()[1:])["sup"]
-
-    assert supervised() == "0"
-    subprocess.run(["sh", "-c", WORKER._write_supervised()], check=True, timeout=30)
-    assert supervised() == "1"
-    assert "started" in (tmp_path / "supervise" / "lab-lab2-w0.sh").read_text()
+    out = _status(WORKER)
+    fields = dict(f.split("=", 1) for f in out.stdout.split()[1:])
+    assert out.stdout.split()[0] == str(fake_worker.pid), out
+    assert fields["unit"] == "0" and fields["restarts"] == "", out.stdout
 
 
-def _node_folders(tmp_path, monkeypatch, names: tuple[str, ...]) -> None:
-    """The node's folders under tmp_path, and the cluster "lab"'s `dask`: one whose command
-    line stays the worker's (the identity check reads it), sleeping a minute."""
-    for name in names:
+def test_once_its_unit_is_written_a_pid_file_no_longer_says_it_runs(fake_worker, tmp_path,
+                                                                   monkeypatch):
+    """The unit decides: a unit that systemd does not run (here no systemd loaded it) is not
+    running, whatever pid file an older daskfleet left."""
+    units = tmp_path / "units"
+    units.mkdir()
+    on_node(monkeypatch, "UNIT_DIR", str(units))
+    (units / WORKER.unit).write_text(WORKER.unit_text())
+    pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    out = _status(WORKER)
+    assert out.returncode != 0 and out.stdout == "", out
+
+
+def test_a_stop_with_no_unit_stops_an_older_daskfleets_process_and_drops_a_unit_kept_aside(
+        fake_worker, tmp_path, monkeypatch):
+    """`stop`'s whole script where the node has no unit of the process (an older daskfleet
+    started it): its process is stopped by its pid file, and "drop" removes a unit that a
+    replacement kept aside (no systemd is asked for anything here)."""
+    for name in ("UNIT_DIR", "KEPT_DIR"):
         (tmp_path / name).mkdir()
         on_node(monkeypatch, name, str(tmp_path / name))
-    env = tmp_path / "clusters" / "{cluster}" / "current"
-    on_node(monkeypatch, "ENV_LINK", str(env))
-    dask = Path(str(env).format(cluster="lab")) / "bin" / "dask"
-    dask.parent.mkdir(parents=True)
-    dask.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import time; time.sleep(60)' "
-                    "\"$0\" \"$@\"\n")
-    dask.chmod(0o755)
-
-
-def test_the_supervisors_script_starts_the_process_only_when_it_is_not_running(tmp_path,
-                                                                                monkeypatch):
-    """What the node's supervisor runs every few seconds (and `start` once): `started PID` when
-    the process was not running, `running PID` (and nothing started) when it is."""
-    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR"))
-    (tmp_path / "RUN_DIR" / "lab").mkdir()  # the cluster's pid folder (the supervisor makes it)
-    worker = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
-                           DaskSettings(cluster="lab"))
-
-    def ensure() -> tuple[str, int]:
-        out = subprocess.run(["bash", "-c", worker._ensure_script()], capture_output=True,
-                             text=True, timeout=30)
-        word, pid = out.stdout.split()[-2:]
-        return word, int(pid)
-
-    try:
-        first = ensure()
-        assert first[0] == "started"
-        assert ensure() == ("running", first[1])  # alive: left alone, nothing started
-        os.killpg(first[1], signal.SIGKILL)  # a crash
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{first[1]}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        again = ensure()
-        assert again[0] == "started" and again[1] != first[1]
-    finally:
-        for line in (tmp_path / "RUN_DIR").glob("*/*.pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)
-
-
-def test_the_files_limits_are_the_started_processs_own_and_part_of_its_digest(tmp_path,
-                                                                             monkeypatch):
-    """`dask.limits` is applied (soft and hard) by the script the supervisor runs, before it
-    switches to the cluster's user, and a change of limits is a change of the process."""
-    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"))
-    me = getpass.getuser()  # the cluster's user here: runuser to ourselves
-    on_node(monkeypatch, "cluster_user", lambda cluster: me)
-    limits = ProcessLimits(nofile=4000, nproc=5000, core_dumps=False).ulimits()
-    host = Host("lab2", "198.18.0.12", "worker")
-    plain = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab"))
-    limited = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", limits=limits))
-    assert plain.spec_digest != limited.spec_digest  # `up` replaces it, and says why
-    # runuser's pam_limits puts the soft open-files limit back to 1024 (the kernel's default)
-    # when limits.conf names none: 4000 shows whether the script sets it again as the user
-    out = subprocess.run(["bash", "-c", limited._supervised_script()], capture_output=True,
+    kept = tmp_path / "KEPT_DIR" / WORKER.unit
+    kept.write_text(WORKER.unit_text())
+    pid_file(tmp_path, WORKER).write_text(f"{fake_worker.pid} {start_time(fake_worker.pid)}\n")
+    threading.Thread(target=fake_worker.wait, daemon=True).start()  # reaped, as init would
+    out = subprocess.run(["sh", "-c", WORKER._stop_command("drop")], capture_output=True,
                          text=True, timeout=30)
-    assert "started" in out.stdout, (out.stdout, out.stderr)
-    pid = int(out.stdout.split()[-1])
-    try:
-        have = {line[:26].strip(): line[26:].split()[:2]
-                for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]}
-    finally:
-        os.killpg(pid, signal.SIGKILL)
-    assert have["Max open files"] == ["4000", "4000"], have
-    assert have["Max processes"] == ["5000", "5000"], have
-    assert have["Max core file size"] == ["0", "0"], have
+    assert out.returncode == 0 and out.stdout.split() == ["stopped"], out
+    assert fake_worker.wait(timeout=10) is not None and not kept.exists()
 
 
-def test_a_limit_the_host_will_not_raise_is_explained():
-    out = ("/var/lib/daskfleet/supervise/lab-scheduler.sh: line 2: ulimit: open files: cannot "
-           "modify limit: Operation not permitted")
-    said = processes.explain_start_failure(out)
-    assert said.startswith(out) and "dask.limits asks for more than the host's hard limit" in said
-    assert processes.explain_start_failure("no such file") == "no such file"
+@pytest.mark.parametrize(("core_dumps", "core"), [(True, "infinity"), (False, "0")])
+def test_the_files_limits_are_its_units_and_part_of_its_digest(core_dumps, core):
+    """`dask.limits` become the unit's own limits (systemd sets them, soft and hard, before it
+    switches to the cluster's user), and a change of limits is a change of the process: `up`
+    replaces it, and says why."""
+    limits = ProcessLimits(nofile=4000, nproc=5000, core_dumps=core_dumps).ulimits()
+    limited = RemoteProcess(WORKER.host, "worker", SCHED, DaskSettings(cluster="lab",
+                                                                       limits=limits))
+    lines = limited.unit_text().splitlines()
+    service = lines[lines.index("[Service]"):lines.index("[Install]")]
+    assert [x for x in service if x.startswith("Limit")] == [
+        "LimitNOFILE=4000", "LimitNPROC=5000", f"LimitCORE={core}"]
+    assert not [x for x in WORKER.unit_text().splitlines() if x.startswith("Limit")]
+    assert limited.spec_digest != WORKER.spec_digest
+    # what `status` reads back from the unit
+    assert f"X-Daskfleet-Spec={limited.spec_digest}" in lines
 
 
-def test_a_failed_replacement_starts_the_old_process_again_from_its_script_kept_aside(
-        tmp_path, monkeypatch):
-    """The node's side of a restart that fails (runner/cluster/reconcile.py): the old
-    process's supervisor script is kept aside when it is stopped for its replacement; the
-    replacement stopped, `restore` starts the old one again from it, as it was."""
-    _node_folders(tmp_path, monkeypatch, ("RUN_DIR", "WORK_DIR", "LOG_DIR", "SUPERVISE_DIR"))
-    host = Host("lab2", "198.18.0.12", "worker")
-    old = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", threads_per_worker=1))
-    new = RemoteProcess(host, "worker", SCHED, DaskSettings(cluster="lab", threads_per_worker=2))
-    script = Path(old.supervise_file)
-    kept = Path(f"{old.supervise_file}.prev")
+@pytest.mark.parametrize("journal", [
+    # systemd 252's journal of a unit whose LimitNOFILE= the host would not grant
+    "daskfleet-lab-scheduler.service: Failed to adjust resource limit RLIMIT_NOFILE: "
+    "Operation not permitted",
+    "daskfleet-lab-scheduler.service: Failed at step LIMITS spawning "
+    "/usr/local/lib/daskfleet-metadata-guard: Operation not permitted",
+])
+def test_a_limit_the_host_will_not_raise_is_explained(journal):
+    said = processes.explain_start_failure(journal)
+    assert said.startswith(journal) and "dask.limits asks for more than the host's hard limit" in said
 
-    def sh(command: str) -> str:
-        out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out
-        return out.stdout.strip()
 
-    def start(p: RemoteProcess) -> int:
-        return int(sh(p._write_supervised() + " && " + p._locked(f"bash {p.supervise_file}"))
-                   .split()[-1])
-
-    def threads(pid: int) -> str:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        return args[args.index(b"--nthreads") + 1].decode()
-
-    try:
-        assert threads(start(old)) == "1"
-        assert sh(old._stop_command("save")) == "stopped"
-        assert not script.exists() and kept.read_text() == old._supervised_script()
-        assert threads(start(new)) == "2"  # the replacement, which then fails
-        assert sh(new._stop_command("keep")) == "stopped"
-        assert kept.exists()
-        back = int(sh(old._restore_command()).split()[-1])
-        assert threads(back) == "1" and script.read_text() == old._supervised_script()
-        assert not kept.exists() and sh(old._restore_command()) == "none"  # nothing aside now
-        assert sh(old._stop_command("drop")) == "stopped"
-        assert not script.exists() and not kept.exists()
-    finally:
-        for line in (tmp_path / "RUN_DIR").glob("*/*.pid"):
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.killpg(int(line.read_text().split()[0]), signal.SIGKILL)
+def test_another_start_failure_is_reported_as_systemd_says_it():
+    journal = ("daskfleet-lab-scheduler.service: Failed at step CHDIR spawning "
+               "/opt/daskfleet/clusters/lab/current/bin/dask: No such file or directory")
+    assert processes.explain_start_failure(journal) == journal
