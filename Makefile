@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 LINT_VENV := .venv-lint
 # sudo and nftables: lab hosts with non-root logins and enforced security groups (lab up --cloud aws);
-# systemd-container: systemd-nspawn, which boots systemd over this machine's root for the test of
-# the supervisor's unit (tests/e2e/test_14_supervisor_under_systemd.py)
+# systemd-container: systemd-nspawn, which boots systemd over this machine's root as each lab host's
+# PID 1 (runner/lab/machine.py) and for tests/e2e/test_14_units_under_systemd.py
 SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux sudo nftables python3.11-venv systemd-container
 
 .PHONY: venv system-deps demo check e2e test lint bench clean

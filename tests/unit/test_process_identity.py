@@ -8,7 +8,7 @@ cluster's scheduler address, the worker's name). The legacy stop script, run for
 Also the unit's parts that need no systemd: `status` reads a pid file only where the process
 has no unit (and says unit=0, so `up` replaces it), the cluster file's limits are the unit's,
 and a start that systemd refuses for a limit is explained. The unit as systemd reads it:
-tests/unit/test_process_unit.py; run by systemd: tests/e2e/test_14_supervisor_under_systemd.py.
+tests/unit/test_process_unit.py; run by systemd: tests/e2e/test_14_units_under_systemd.py.
 
 Here the cluster's user is this test's user (``as_me``); the tests of another user need root,
 as the lab does."""

@@ -3,7 +3,7 @@ one systemd itself accepts, and systemd reads its command line and environment b
 word, whatever they hold (systemd_quote). The fast tier's checks, with systemd's own tools and no
 systemd running: `systemd-analyze verify`, and the service manager's test mode (`systemd
 --test`), which parses the units as PID 1 would and prints what it made of them.
-tests/e2e/test_14_supervisor_under_systemd.py runs the unit under systemd."""
+tests/e2e/test_14_units_under_systemd.py runs the unit under systemd."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The supervisor's systemd unit, as the playbook installs it where systemd runs the machine, is
-one systemd itself accepts (the fast tier's check; tests/e2e/test_14_supervisor_under_systemd.py
+one systemd itself accepts (the fast tier's check; tests/e2e/test_14_units_under_systemd.py
 runs it under systemd)."""
 
 from __future__ import annotations
