@@ -81,13 +81,15 @@ def cmd_status(args) -> int:
         print(f"cluster {st['cluster']}: {health}; "
               f"scheduler {st['scheduler']['address']}; dashboard {st['scheduler']['dashboard']} "
               f"(reach it with an SSH tunnel); environment {st['lock_hash']}")
-        print(f"{'HOST':10} {'ADDRESS':15} {'PROCESS':12} {'PID':>7} STATE")
+        print(f"{'HOST':10} {'ADDRESS':15} {'PROCESS':12} {'PID':>7} {'RESTARTS':>8} STATE")
         for h in st["hosts"]:
             todo = h.get("up_would")
             pending = (f"  (`up` would {todo['action']} it: {'; '.join(todo['reasons'])})"
                        if todo and h["state"] == "running" else "")
+            # how often systemd started it again since `up` did (its unit's NRestarts)
+            restarts = h.get("restarts")
             print(f"{h['host']:10} {h['address']:15} {h['process']:12} {h['pid'] or '-':>7} "
-                  f"{h['state']}{pending}")
+                  f"{'-' if restarts is None else restarts:>8} {h['state']}{pending}")
         ends = st.get("certificates") or {}
         if ends:
             hosts_end = min((v for k, v in ends.items() if k != "ca"), default="-")

@@ -129,10 +129,12 @@ def test_a_killed_worker_is_started_again_by_its_unit(lab_cluster, cli):
         host = next(h for h in cluster.hosts() if h.name == "lab3")
         with connect(host, cluster.ssh()) as c:
             c.run(f"kill -KILL -- -{victim['pid']}", warn=False)
+    t = time.monotonic()
     # no `up`: systemd starts its unit again, and it joins
     st = _until(cli, lambda rc, st: rc == 0 and next(
         w for w in st["workers"] if w["host"] == "lab3")["pid"] not in (None, victim["pid"]),
         "the killed worker started again and joined")
+    print(f"worker SIGKILL -> joined again: {time.monotonic() - t:.1f}s")
     assert _restarts(st, victim["name"]) == _restarts(before, victim["name"]) + 1, st
     # started again with the file's resource limits (clusters/lab.yaml: dask.limits)
     again = next(w for w in st["workers"] if w["host"] == "lab3")["pid"]
