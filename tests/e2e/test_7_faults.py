@@ -249,7 +249,7 @@ def test_c_the_scheduler_host_killed_mid_job_fails_submit_then_its_reboot_heals(
         assert down.returncode == 1 and "DOWN" in down.stdout, down.stdout
         t_heal = time.monotonic()
         cli("lab", "restart", "lab1")
-        # no `up`: lab1's supervisor starts the scheduler at boot, the workers join it again,
+        # no `up`: systemd starts the scheduler's unit at lab1's boot, the workers join it again,
         # healthy within 90 s (issue "Day-2 operations")
         deadline = time.monotonic() + 90
         while cli("status", "-c", str(LAB_CLUSTER), check=False, timeout=120).returncode != 0:
