@@ -96,7 +96,8 @@ class RemoteProcess:
 
     @property
     def pid_file(self) -> str:
-        # In the cluster's folder, so two clusters sharing a host never mix up their processes.
+        """Where an older daskfleet recorded the process it started (still read, to stop it):
+        in the cluster's folder, so two clusters sharing a host never mix up their processes."""
         return f"{self.settings.run_dir}/{self.name}.pid"
 
     @property
@@ -106,11 +107,12 @@ class RemoteProcess:
 
     @property
     def supervise_file(self) -> str:
+        """An older daskfleet's supervisor script for it (removed on stop)."""
         return f"{SUPERVISE_DIR}/{self.settings.cluster}-{self.name}.sh"
 
     @property
     def lock_file(self) -> str:
-        # start and stop, by `up` or by the supervisor, one at a time per process
+        # an older daskfleet's: its start and stop, by `up` or by its supervisor, one at a time
         return f"{RUN_DIR}/{self.settings.cluster}-{self.name}.lock"
 
     @property
@@ -316,17 +318,18 @@ class RemoteProcess:
             c.run(privileged(self.host, f"rm -f {self.kept_path}"))
 
     @property
-    def hold_path(self) -> str:
-        """A runtime drop-in (gone at reboot) that keeps systemd from starting it again."""
-        return f"/run/systemd/system/{self.unit}.d/daskfleet-hold.conf"
+    def hold_dir(self) -> str:
+        """Its runtime drop-ins (gone at reboot): `hold`'s, which keeps systemd from starting
+        it again."""
+        return f"/run/systemd/system/{self.unit}.d"
 
     def hold(self, ssh: SSHSettings) -> None:
         """Before a retirement closes the process (its data moves first): systemd must not
         start it again (Restart=always) before `stop` comes. `stop` removes the hold."""
-        d = self.hold_path.rsplit("/", 1)[0]
+        d = self.hold_dir
         with connect(self.host, ssh) as c:
             r = c.run(privileged(self.host, f"[ ! -e {self.unit_path} ] || {{ mkdir -p {d} && "
-                                 f"printf '[Service]\\nRestart=no\\n' > {self.hold_path} && "
+                                 f"printf '[Service]\\nRestart=no\\n' > {d}/daskfleet-hold.conf && "
                                  "systemctl daemon-reload; }"), warn=True)
         if r.failed:
             raise ClusterStartError(f"{self.host.name}: could not hold {self.name} before its "
@@ -403,7 +406,7 @@ class RemoteProcess:
         unit = (f"if [ -e {f} ]; then "
                 f"[ \"$(systemctl show -p ActiveState --value {u})\" = active ] && echo stopped; "
                 f"systemctl disable --now --quiet {u} && {aside} && "
-                f"rm -rf {self.hold_path.rsplit('/', 1)[0]} && systemctl daemon-reload && "
+                f"rm -rf {self.hold_dir} && systemctl daemon-reload && "
                 f"{{ systemctl reset-failed {u} 2>/dev/null; true; }}; "
                 f"elif [ {previous} = drop ]; then rm -f {k}; fi")
         # an older daskfleet's process: its supervisor script first, then the process
