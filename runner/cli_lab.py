@@ -84,7 +84,7 @@ def add_commands(sub) -> None:
     up.add_argument("--region", default="us-east-1", help="the emulated cloud's region")
     up.add_argument("--object-store", action="store_true",
                     help="also run an S3 API (moto, credentials enforced) on a lab host of its "
-                         "own, 198.18.0.5:9000")
+                         "own, 198.18.0.5:9000 (198.18.N.5 in lab N: DASKFLEET_LAB_INDEX)")
     up.add_argument("--uplink", default=None, metavar="RATE",
                     help="shape what this machine sends into the lab, as a laptop's uplink "
                          "(tc's words: 50mbit, 800kbit; `off` removes it)")

@@ -4,9 +4,10 @@ table of its own. Never the emulated EC2's security-group table
 
 from __future__ import annotations
 
+from runner.lab.addresses import CUT_TABLE
 from runner.lab.machine import BRIDGE
 
-CUT_TABLE = "daskfleet_cut"
+__all__ = ["CUT_TABLE", "control_cut_ruleset", "cut_ruleset", "has_cut_table"]
 
 
 def cut_ruleset() -> str:

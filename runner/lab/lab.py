@@ -25,6 +25,7 @@ from pathlib import Path
 
 from runner.errors import LabError
 from runner.lab import lab_hosts, lab_store
+from runner.lab.addresses import INDEX, NETNS_PREFIX, VETH_PREFIX
 from runner.lab.cut import CUT_TABLE, control_cut_ruleset, cut_ruleset, has_cut_table
 from runner.lab.machine import (
     BRIDGE,
@@ -173,6 +174,10 @@ class Lab:
             check_user_name(user)
         if cloud not in (None, "aws"):
             raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
+        if cloud and INDEX != 0:
+            raise LabError(f"lab: the emulated EC2 runs in lab 0 only (one VPC range, internet and "
+                           f"API port per machine), and this is lab {INDEX} "
+                           "(DASKFLEET_LAB_INDEX); unset it for --cloud aws.")
         data = self.read_record()
         if data is not None:
             # no --hosts: the running lab as it is, whatever its size (e.g. --object-store added)
@@ -316,13 +321,16 @@ class Lab:
         hosts = self.hosts()
         # Also sweep namespaces by prefix: a crashed `lab up` (or controller) may not have
         # recorded them all. Deleting a namespace deletes the veth end inside it, and the pair.
-        names = {h.netns for h in hosts} | set(netns_with_prefix("dflab-")) \
-            | set(netns_with_prefix("dfec2-"))
+        # (the emulated cloud's, dfec2-/dfe, only from lab 0, the one that runs it: another
+        # lab's `down` must not take it from under lab 0)
+        names = {h.netns for h in hosts} | set(netns_with_prefix(NETNS_PREFIX)) \
+            | (set(netns_with_prefix("dfec2-")) if INDEX == 0 else set())
         for ns in sorted(names):
             kill_netns_processes(ns)
             run(["ip", "netns", "del", ns], check=False)
             remove_host_cgroups(ns)
-        for link in {h.veth for h in hosts} | set(links_with_prefix(("dfv-", "dfe"))):
+        prefixes = (VETH_PREFIX, "dfe") if INDEX == 0 else (VETH_PREFIX,)
+        for link in {h.veth for h in hosts} | set(links_with_prefix(prefixes)):
             run(["ip", "link", "del", link], check=False)
         if link_exists(BRIDGE):
             run(["ip", "link", "del", BRIDGE], check=False)

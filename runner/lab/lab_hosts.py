@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import LabError
+from runner.lab.addresses import INDEX, NETNS_PREFIX, SUBNET_PREFIX
 from runner.lab.machine import (
     BRIDGE,
     BRIDGE_ADDRESS,
     BRIDGE_MAC,
     FIRST_HOST_OCTET,
     READY_TIMEOUT_S,
-    SUBNET_PREFIX,
     BootSpec,
     LabHost,
     boot_host,
@@ -46,7 +46,7 @@ def fresh_hosts(lab: Lab, n_hosts: int, user: str, progress: Progress | None) ->
         )
     hosts = [
         LabHost(name=f"lab{i}", address=f"{SUBNET_PREFIX}{FIRST_HOST_OCTET + i - 1}",
-                netns=f"dflab-lab{i}", user=user)
+                netns=f"{NETNS_PREFIX}lab{i}", user=user)
         for i in range(1, n_hosts + 1)
     ]
     try:
@@ -104,7 +104,7 @@ def create_host(lab: Lab, host: LabHost) -> str:
               "-f", str(hostkey)])
     # A fixed MAC per address: a restarted host is reachable at once, with no stale ARP
     # entry on the other machines pointing at its previous interface.
-    mac = f"02:df:00:00:00:{int(host.address.rsplit('.', 1)[1]):02x}"
+    mac = f"02:df:{INDEX:02x}:00:00:{int(host.address.rsplit('.', 1)[1]):02x}"
     boot_host(BootSpec(
         hostname=host.name, address=host.address, netns=host.netns, veth=host.veth, mac=mac,
         hdir=hdir, host_keys=(str(hostkey),), user=host.user, port=host.port,

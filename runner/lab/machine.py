@@ -23,7 +23,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.errors import LabError
-from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, VPC_RANGE
+from runner.lab.addresses import (
+    BRIDGE,
+    INDEX,
+    OBJECT_STORE,
+    OBJECT_STORE_NETNS,
+    STATE_DIR,
+    SUBNET_PREFIX,
+    VETH_PREFIX,
+    VPC_RANGE,
+)
 from runner.lab.boot_scripts import (
     INIT_UNIT,
     PERSISTENT_OVERLAYS,
@@ -37,14 +46,12 @@ from runner.lab.boot_scripts import (
     nspawn_args,
 )
 
-DEFAULT_STATE_DIR = Path("/var/lib/daskfleet-lab")
-BRIDGE = "dflab0"
+DEFAULT_STATE_DIR = Path(STATE_DIR)
 # The bridge's own MAC, set once: a bridge without one takes its lowest port's, so removing the
 # host that held it would change the gateway's MAC under every other host, whose cached entry
 # then blackholes what they send this machine until it expires (tens of seconds: long enough
 # for Dask's 30 s TCP timeout to drop a connection). A router's MAC does not move.
-BRIDGE_MAC = "02:df:00:00:00:01"
-SUBNET_PREFIX = "198.18.0."
+BRIDGE_MAC = f"02:df:{INDEX:02x}:00:00:01"
 BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 32
@@ -62,11 +69,11 @@ class LabHost:
     user: str = "root"
     port: int = 22
     instance_id: str | None = None  # instance hosts of the emulated cloud only
-    link: str | None = None  # the veth's name on the bridge (default dfv-NAME)
+    link: str | None = None  # the veth's name on the bridge (default VETH_PREFIX + NAME)
 
     @property
     def veth(self) -> str:
-        return self.link or f"dfv-{self.name}"
+        return self.link or f"{VETH_PREFIX}{self.name}"
 
 
 @dataclass(frozen=True)

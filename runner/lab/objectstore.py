@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import TypeGuard
 
 from runner.errors import LabError
-from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, PUBLIC_RANGE
+from runner.lab.addresses import OBJECT_STORE, OBJECT_STORE_NETNS, PUBLIC_RANGE, VETH_PREFIX
 from runner.log import Progress, Say
 
 logger = logging.getLogger("runner.lab.objectstore")  # not __main__ under python -m
 
 NETNS = OBJECT_STORE_NETNS
-LINK = "dfv-s3"
+LINK = VETH_PREFIX + "s3"
 ADDRESS = OBJECT_STORE
 PORT = 9000
 USER = "daskfleet-lab"

@@ -9,6 +9,8 @@ from another node instead of from this machine (playbooks/roles/python_env).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import logging
@@ -20,6 +22,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,10 +221,29 @@ def _prune(root: Path, keep: int = 4) -> None:
         shutil.rmtree(old.with_suffix(""), ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _cache_lock(root: Path, say: Say) -> Iterator[None]:
+    """The cache to one builder at a time: two `up`s (or test sessions) started together on a
+    cold cache would otherwise each download and rename into the same folders."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"wheelhouse: waiting for another daskfleet building in {root}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
+
+
 def build(lock: Lock, progress: Progress | None = None) -> Wheelhouse:
     """Return the cached wheelhouse for `lock`, building it first when it is not cached."""
-    say = Say(progress, logger)
     root = cache_root()
+    with _cache_lock(root, Say(progress, logger)):
+        return _cached_or_built(lock, root, progress)
+
+
+def _cached_or_built(lock: Lock, root: Path, progress: Progress | None) -> Wheelhouse:
+    say = Say(progress, logger)
     final = root / lock.hash
     archive = root / f"{lock.hash}.tar"
     if (final / "lock.txt").exists() and archive.exists():

@@ -17,10 +17,11 @@ from runner.batch.synthetic import generate
 from runner.cluster import Cluster
 from runner.cluster.ssh import connect
 from runner.jobs.ship import DATA_DIR
+from runner.lab.addresses import BRIDGE, OBJECT_STORE
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
-BRIDGE_TX = Path("/sys/class/net/dflab0/statistics/tx_bytes")
+BRIDGE_TX = Path(f"/sys/class/net/{BRIDGE}/statistics/tx_bytes")
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,7 @@ def _memory_limits() -> dict[str, int]:
 
 def test_the_lab_has_an_object_store_and_workers_train_from_it(lab_cluster, cli, workdir):
     store = object_store(cli)  # added to the running lab
-    assert store.endpoint == "http://198.18.0.5:9000" and store.up is True
+    assert store.endpoint == f"http://{OBJECT_STORE}:9000" and store.up is True
     s3 = store.client()
     s3.create_bucket(Bucket="team-corpora")
     # 110,000 documents: 88,000 training rows, enough for 8 mixed models of 10,000 rows

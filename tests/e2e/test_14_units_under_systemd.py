@@ -35,6 +35,7 @@ from runner.cluster.hosts import Host
 from runner.cluster.process_settings import ENV_LINK, LOG_DIR, WORK_DIR, DaskSettings, ProcStatus
 from runner.cluster.processes import RemoteProcess, systemd_quote
 from runner.config import ProcessLimits
+from runner.lab.addresses import SUBNET_PREFIX
 
 pytestmark = pytest.mark.e2e
 
@@ -59,12 +60,12 @@ GUARD = "#!/bin/sh\necho \"metadata guard as uid $(id -u)\"\n"
 # Writes the words it is given, and $PROBE, for the quoting check.
 ARGV = f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {PROBE}/argv\nprintf '%s' \"$PROBE\" > {PROBE}/env\n"
 
-SCHED = Host("lab1", "198.18.0.11", "scheduler")
+SCHED = Host("lab1", f"{SUBNET_PREFIX}11", "scheduler")
 LIMITS = ProcessLimits(nofile=4000, nproc=5000, core_dumps=False).ulimits()
 
 
 def worker(threads: int = 1) -> RemoteProcess:
-    return RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
+    return RemoteProcess(Host("lab2", f"{SUBNET_PREFIX}12", "worker"), "worker", SCHED,
                          DaskSettings(cluster="lab", threads_per_worker=threads, limits=LIMITS))
 
 
@@ -327,7 +328,7 @@ def test_a_limit_above_the_hosts_hard_limit_fails_the_start_and_says_so(containe
     hard = int(next(line.split()[4] for line in container("cat /proc/1/limits").splitlines()
                     if line.startswith("Max open files")))
     assert hard < 1048576, f"PID 1's hard open-files limit is {hard}: nothing above it to ask"
-    proc = RemoteProcess(Host("lab2", "198.18.0.12", "worker"), "worker", SCHED,
+    proc = RemoteProcess(Host("lab2", f"{SUBNET_PREFIX}12", "worker"), "worker", SCHED,
                          DaskSettings(cluster="lab", limits=ProcessLimits(nofile=hard + 1)
                                       .ulimits()))
     try:

@@ -18,6 +18,7 @@ from runner.cluster.nodeinfo import describe
 from runner.cluster.ssh import connect
 from runner.dask_workers import joined_workers
 from runner.lab import Lab
+from runner.lab.addresses import NETNS_PREFIX, STATE_DIR, SUBNET_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
@@ -31,7 +32,7 @@ def test_up_starts_a_healthy_tls_cluster(lab_cluster, cli):
     status = cli("status", "-c", str(LAB_CLUSTER), "--json")
     st = json.loads(status.stdout)
     assert st["healthy"] is True
-    assert st["scheduler"]["address"] == "tls://198.18.0.11:8786"
+    assert st["scheduler"]["address"] == f"tls://{SUBNET_PREFIX}11:8786"
     assert sorted(w["host"] for w in st["workers"]) == ["lab2", "lab3"]
     assert all(w["joined"] and w["pid"] for w in st["workers"])
 
@@ -123,7 +124,7 @@ def test_versions_match_and_a_plain_client_is_refused(lab_cluster):
         assert versions["client"]["packages"]["dask"] == versions["scheduler"]["packages"]["dask"]
     # Without the cluster's certificate nobody gets in.
     with pytest.raises((OSError, TimeoutError)):
-        Client("tcp://198.18.0.11:8786", timeout="3s")
+        Client(f"tcp://{SUBNET_PREFIX}11:8786", timeout="3s")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_second_up_changes_nothing_and_restarts_nothing(lab_cluster, cli):
 
 def test_up_runs_the_playbook_where_a_node_lost_what_it_was_given(lab_cluster, cli):
     """A node whose cluster config went missing (drift) gets the playbook again, and only it."""
-    conf = Path("/var/lib/daskfleet-lab/hosts/lab3/fs/etc/daskfleet/lab/dask/daskfleet.yaml")
+    conf = Path(f"{STATE_DIR}/hosts/lab3/fs/etc/daskfleet/lab/dask/daskfleet.yaml")
     conf.unlink()
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "ansible: lab1, lab2 up to date; running on lab3" in out, out
@@ -205,16 +206,16 @@ def test_unreachable_host_fails_up_and_names_it(lab_cluster, cli, workdir: Path)
     known = workdir / "ghost_known_hosts"
     # A recorded key, so the failure is the unreachable address, not a missing known_hosts entry.
     key = lab.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
-    known.write_text(lab.known_hosts.read_text() + f"198.18.0.99 {key}\n")
+    known.write_text(lab.known_hosts.read_text() + f"{SUBNET_PREFIX}99 {key}\n")
     cfile = workdir / "ghost.yaml"
     cfile.write_text(
         "name: ghost\nprovider: hosts\n"
         f"ssh: {{user: root, private_key: {lab.key}, known_hosts: {known}, connect_timeout: 3}}\n"
-        "hosts:\n  - {name: sched, address: 198.18.0.11, role: scheduler}\n"
-        "  - {name: ghost, address: 198.18.0.99, role: worker}\n")
+        f"hosts:\n  - {{name: sched, address: {SUBNET_PREFIX}11, role: scheduler}}\n"
+        f"  - {{name: ghost, address: {SUBNET_PREFIX}99, role: worker}}\n")
     proc = cli("up", "-c", str(cfile), check=False, timeout=180)
     assert proc.returncode != 0
-    assert "ghost" in proc.stderr and "198.18.0.99" in proc.stderr, proc.stderr
+    assert "ghost" in proc.stderr and f"{SUBNET_PREFIX}99" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -231,7 +232,7 @@ def test_the_gateway_keeps_its_mac_when_a_host_with_a_lower_one_comes_and_goes(l
                                          capture_output=True, text=True).stdout)[0]["address"]
 
     def gateway_mac_on(host: str) -> str:
-        ns = f"dflab-{host}"
+        ns = f"{NETNS_PREFIX}{host}"
         subprocess.run(["ip", "-n", ns, "neigh", "flush", "to", BRIDGE_ADDRESS], check=True)
         port_open_in(ns, BRIDGE_ADDRESS, 9, timeout=2.0)  # resolves the gateway (open or not)
         neigh = json.loads(subprocess.run(["ip", "-n", ns, "-j", "neigh", "show", BRIDGE_ADDRESS],

@@ -20,11 +20,12 @@ from runner import Cluster
 from runner.cluster.ssh import connect
 from runner.dask_workers import joined_workers
 from runner.errors import ProvisionError
+from runner.lab.addresses import NETNS_PREFIX, STATE_DIR, SUBNET_PREFIX
 from runner.provision.tls import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
-SCHEDULER = "tls://198.18.0.11:8786"
+SCHEDULER = f"tls://{SUBNET_PREFIX}11:8786"
 pytestmark = pytest.mark.e2e
 
 
@@ -46,7 +47,7 @@ def test_clients_without_the_clusters_certificate_are_refused(lab_cluster, workd
     # the connection (a scheduler that accepted it would wait for a message: the read times out).
     ctx = ssl.create_default_context(cafile=str(cluster.ca.ca_cert))
     ctx.check_hostname = False
-    with socket.create_connection(("198.18.0.11", 8786), timeout=5) as raw:
+    with socket.create_connection((f"{SUBNET_PREFIX}11", 8786), timeout=5) as raw:
         try:
             with ctx.wrap_socket(raw) as tls:
                 tls.sendall(b"\0" * 8)
@@ -74,21 +75,21 @@ def _handshake_refusals(cli, peer: str, since: str) -> list[str]:
 
 def test_a_worker_with_another_clusters_certificate_cannot_join(lab_cluster, cli, workdir: Path):
     other = CertificateAuthority(workdir / "intruder-ca", "intruder")
-    other.ensure({"intruder": "198.18.0.1"})
+    other.ensure({"intruder": f"{SUBNET_PREFIX}1"})
     dask = Path(sys.executable).parent / "dask"
     since = time.strftime("%Y-%m-%d %H:%M:%S")  # the lab hosts share this machine's clock
     proc = subprocess.Popen(
         [str(dask), "worker", SCHEDULER, "--name", "intruder", "--no-nanny", "--no-dashboard",
-         "--host", "198.18.0.1", "--tls-ca-file", str(other.ca_cert),
+         "--host", f"{SUBNET_PREFIX}1", "--tls-ca-file", str(other.ca_cert),
          "--tls-cert", str(other.cert("intruder")), "--tls-key", str(other.key("intruder"))],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # the refusal itself, in the scheduler's log: the handshake fails on the other CA
         deadline = time.monotonic() + 60
-        refusals = _handshake_refusals(cli, "198.18.0.1", since)
+        refusals = _handshake_refusals(cli, f"{SUBNET_PREFIX}1", since)
         while not refusals and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(1)
-            refusals = _handshake_refusals(cli, "198.18.0.1", since)
+            refusals = _handshake_refusals(cli, f"{SUBNET_PREFIX}1", since)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -253,7 +254,7 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
     assert seen.split() == ["hosts", "lab3", "read-only"], seen
     # and its processes are in cgroups of its own: hosts sharing one share every unit's, and a
     # host stopping a unit waits for the other hosts' processes of it
-    pids = subprocess.run(["ip", "netns", "pids", "dflab-lab3"], capture_output=True, text=True,
+    pids = subprocess.run(["ip", "netns", "pids", f"{NETNS_PREFIX}lab3"], capture_output=True, text=True,
                           check=True).stdout.split()
     def cgroup(pid: str) -> str | None:  # (None: it exited meanwhile)
         try:
@@ -263,7 +264,7 @@ def test_a_crashed_then_rebooted_host_comes_back_without_an_operator(lab_cluster
         return next(line.split(":", 2)[2] for line in lines if line.startswith("0::"))
 
     groups = {g for g in map(cgroup, pids) if g is not None}
-    assert pids and all(g.startswith("/daskfleet-lab/dflab-lab3/") for g in groups), groups
+    assert pids and all(g.startswith(f"/daskfleet-lab/{NETNS_PREFIX}lab3/") for g in groups), groups
     out = cli("up", "-c", str(LAB_CLUSTER)).stdout
     assert "started: nothing (all running)" in out and "changed=0" in out, out  # env kept
     cli("scale", "2", "-c", str(LAB_CLUSTER))
@@ -336,11 +337,11 @@ def test_a_python_minor_mismatch_is_refused_before_installing(lab_cluster, workd
     # daskfleet's own check, over SSH, before anything is built or shipped
     with pytest.raises(ProvisionError) as e:
         preflight.node_platforms(hosts, cluster.ssh(), "3.12")
-    assert "lab2 (198.18.0.12) runs Python 3.11" in str(e.value) and "3.12" in str(e.value)
+    assert f"lab2 ({SUBNET_PREFIX}12) runs Python 3.11" in str(e.value) and "3.12" in str(e.value)
     # and the playbook's own first play refuses too (for ansible-playbook run by hand)
     from runner.provision.lock import derive_lock
 
-    lab_envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
+    lab_envs = Path(f"{STATE_DIR}/hosts/lab2/fs/opt/daskfleet/envs")
     before = sorted(p.name for p in lab_envs.iterdir())
     wheelhouse = build(derive_lock(), progress=lambda *_: None)
     extra = {**machines.playbook_vars(cluster, {wheelhouse.lock.machine: wheelhouse}),
@@ -363,10 +364,10 @@ def test_wrong_ssh_key_and_host_key_mismatch_fail_up_naming_the_host(lab_cluster
     stranger_pub = Path(str(key) + ".pub").read_text().split()[:2]
     # lab2's entry replaced by another key: a man in the middle, as far as SSH can tell
     wrong_known.write_text("\n".join(
-        f"{ln.split()[0]} {' '.join(stranger_pub)}" if ln.startswith("198.18.0.12 ") else ln
+        f"{ln.split()[0]} {' '.join(stranger_pub)}" if ln.startswith(f"{SUBNET_PREFIX}12 ") else ln
         for ln in lines) + "\n")
-    hosts = ("hosts:\n  - {name: sched, address: 198.18.0.11, role: scheduler}\n"
-             "  - {name: w2, address: 198.18.0.12, role: worker}\n")
+    hosts = (f"hosts:\n  - {{name: sched, address: {SUBNET_PREFIX}11, role: scheduler}}\n"
+             f"  - {{name: w2, address: {SUBNET_PREFIX}12, role: worker}}\n")
     for name, pkey, known, words in (
         ("badkey", key, lab.known_hosts, ("sched", "w2")),
         ("badhostkey", lab.key, wrong_known, ("w2",)),
@@ -395,7 +396,7 @@ def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, cli, workdir: 
     assert "stopping what this run started: scheduler@lab1" in out.stdout, out.stdout
     # nothing of lab-b runs: its memory claim on the worker hosts went with its failed start
     for host in ("lab2", "lab3"):
-        claims = Path(f"/var/lib/daskfleet-lab/hosts/{host}/fs/var/lib/daskfleet/memory")
+        claims = Path(f"{STATE_DIR}/hosts/{host}/fs/var/lib/daskfleet/memory")
         assert sorted(p.name for p in claims.iterdir() if not p.name.startswith(".")) == ["lab"]
     # the running cluster was not disturbed
     with Cluster.from_file(LAB_CLUSTER) as cluster:
@@ -403,7 +404,7 @@ def test_a_failed_start_reports_the_host_and_its_log(lab_cluster, cli, workdir: 
 
 
 def test_up_keeps_the_current_and_previous_environment_and_prunes_older(lab_cluster, cli):
-    envs = Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/envs")
+    envs = Path(f"{STATE_DIR}/hosts/lab2/fs/opt/daskfleet/envs")
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         current = cluster.status_record()["lock_hash"]
         host = next(h for h in cluster.hosts() if h.name == "lab2")
@@ -415,5 +416,5 @@ def test_up_keeps_the_current_and_previous_environment_and_prunes_older(lab_clus
     out = cli("up", "-c", str(LAB_CLUSTER), "--force").stdout
     assert "started: nothing" in out and "nothing to do" not in out, out
     assert sorted(p.name for p in envs.iterdir()) == sorted([current, "00000000000000b2"])
-    assert (Path("/var/lib/daskfleet-lab/hosts/lab2/fs/opt/daskfleet/clusters/lab/current")
+    assert (Path(f"{STATE_DIR}/hosts/lab2/fs/opt/daskfleet/clusters/lab/current")
             .resolve().name == current)

@@ -15,6 +15,7 @@ import yaml
 from runner.cluster import Cluster
 from runner.dask_workers import joined_workers
 from runner.lab import Lab
+from runner.lab.addresses import SUBNET_PREFIX
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e
@@ -119,7 +120,7 @@ def test_a_plain_cluster_on_the_same_hosts_leaves_the_tls_cluster_untouched(lab_
     with Cluster.from_file(LAB_CLUSTER) as cluster:
         ps = {h.name: out for h, out in cluster.run_on_hosts(["ps", "-eo", "args"]).items()}
     left = [line for out in ps.values() for line in out.splitlines() if "--port 8796" in line
-            or "tcp://198.18.0.11:8796" in line]
+            or f"tcp://{SUBNET_PREFIX}11:8796" in line]
     assert not left, (left, down.stdout)  # every process of `plain` is gone
 
     # The TLS cluster: same processes, its own config still demands encryption, and a plain

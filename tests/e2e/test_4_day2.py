@@ -25,6 +25,7 @@ from submission import Submission
 
 from runner.cluster import Cluster
 from runner.cluster.ssh import connect, fan_out
+from runner.lab.addresses import SUBNET_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = REPO / "clusters" / "lab.yaml"
@@ -94,7 +95,7 @@ def test_a_scheduler_change_is_refused_under_a_job_then_leaves_nothing_of_the_ol
     finally:
         cli("up", "-c", str(LAB_CLUSTER), timeout=600)  # back to clusters/lab.yaml
     rc, st = _status(cli)
-    assert rc == 0 and st["scheduler"]["address"] == "tls://198.18.0.11:8786", st
+    assert rc == 0 and st["scheduler"]["address"] == f"tls://{SUBNET_PREFIX}11:8786", st
 
 
 def _scheduler_change(cli, workdir: Path) -> None:
@@ -124,14 +125,14 @@ def _scheduler_change(cli, workdir: Path) -> None:
     assert "stopping the scheduler and its workers to restart them" in up.stdout, up.stdout
     assert "scheduler@lab1" in up.stdout and "ERROR" not in up.stderr, up.stdout + up.stderr
     rc, st = _status(cli, moved)
-    assert rc == 0 and st["scheduler"]["address"] == "tls://198.18.0.11:8796", st
+    assert rc == 0 and st["scheduler"]["address"] == f"tls://{SUBNET_PREFIX}11:8796", st
     moved_pids = _pids(st)
     # no process of the old configuration on any host: one scheduler, on the new port
     procs = _dask_processes()
     everywhere = [line for lines in procs.values() for line in lines]
     assert len(procs["lab1"]) == 1 and "--port 8796" in procs["lab1"][0], procs
     assert not [line for line in everywhere if "8786" in line], procs
-    assert sum("dask worker tls://198.18.0.11:8796" in line for line in everywhere) == 2, procs
+    assert sum(f"dask worker tls://{SUBNET_PREFIX}11:8796" in line for line in everywhere) == 2, procs
     # processes that died on their own (a worker, then the scheduler: SIGKILL, as a crash or
     # the OOM killer) leave pid files that never jam `down` or `up`
     _kill_group("lab3", moved_pids["lab3-w0"])
@@ -275,7 +276,7 @@ def test_a_replacement_that_fails_puts_the_old_processes_back(lab_cluster, cli, 
         while not (st := _status(cli)[1])["healthy"]:  # the workers rejoin the old scheduler
             assert time.monotonic() < deadline, st
             time.sleep(2)
-        assert st["scheduler"]["address"] == "tls://198.18.0.11:8786", st
+        assert st["scheduler"]["address"] == f"tls://{SUBNET_PREFIX}11:8786", st
         everywhere = [line for lines in _dask_processes().values() for line in lines]
         assert len(everywhere) == 3 and not [line for line in everywhere if "8799" in line]
         again = cli("up", "-c", str(LAB_CLUSTER), timeout=600)

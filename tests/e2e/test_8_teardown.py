@@ -14,6 +14,7 @@ from jobfiles import small_job
 from runner.cluster import Cluster
 from runner.cluster.ssh import connect, fan_out
 from runner.lab import Lab
+from runner.lab.addresses import BRIDGE, NETNS_PREFIX, STATE_DIR
 
 LAB_CLUSTER = Path(__file__).resolve().parents[2] / "clusters" / "lab.yaml"
 pytestmark = pytest.mark.e2e
@@ -57,9 +58,9 @@ def test_a_crashed_host_degraded_up_down_then_lab_down_leave_nothing(lab_cluster
         assert not re.search(r"dask (scheduler|worker)", ps), (name, ps, proc.stdout, proc.stderr)
     cli("lab", "down")
     assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                          text=True).stdout.split() if n.startswith("dflab-")]
-    assert subprocess.run(["ip", "link", "show", "dflab0"], capture_output=True).returncode != 0
-    assert "daskfleet-lab" not in Path("/proc/mounts").read_text()
+                                          text=True).stdout.split() if n.startswith(NETNS_PREFIX)]
+    assert subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    assert f"{STATE_DIR}/" not in Path("/proc/mounts").read_text()  # (another lab may run)
     # every process of the lab (sshd, init, controller) runs from files under its state folder
     left = subprocess.run(["pgrep", "-af", str(lab.state_dir)], capture_output=True,
                           text=True).stdout

@@ -1,0 +1,83 @@
+"""The full tier (`make e2e`) as two pytest sessions at once, each on a lab of its own
+(DASKFLEET_LAB_INDEX 0 and 1: own bridge, /24, namespaces and state folder; see
+runner/lab/addresses.py). The e2e tests wait on machines far more than they compute (lab
+hosts booting, SSH round trips, Dask timeouts, a shaped uplink), so two labs side by side take
+a little over half the time of one.
+
+Lab 0 runs every full-tier module but those listed in LAB_1; lab 1 runs LAB_1's. The emulated
+EC2 runs in lab 0 only, so its modules stay there; a new module runs in lab 0 until it is moved.
+LAB_1 is chosen so that both sides take about as long (from each run's --durations list).
+
+Usage: python tests/run_full_tier.py PYTEST [OPTIONS...] (what `make e2e` passes: the pytest
+command and its options, the full tier's marker among them; the paths are added here). Each
+line is printed as it comes, prefixed with its lab; the exit status is the worse of the two
+sessions'.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Moved to lab 1: no emulated EC2 in any of them.
+LAB_1 = (
+    "tests/e2e/test_11_detached.py",
+    "tests/e2e/test_4_day2.py",
+    "tests/e2e/test_7_faults.py",
+    "tests/e2e/test_9_hosts_sudo_user.py",
+)
+
+
+def session_args(index: int, pytest_command: list[str]) -> list[str]:
+    """The pytest command of lab INDEX (PYTEST_COMMAND: pytest and its options, no paths): lab 1
+    runs LAB_1, lab 0 the rest of tests/."""
+    # each session's own temp root: pytest prunes the old numbered folders of a shared one
+    own = [*pytest_command, f"--basetemp=/tmp/daskfleet-full-tier-lab{index}"]
+    if index == 1:
+        return [*own, *LAB_1]
+    return [*own, *(f"--ignore={m}" for m in LAB_1), "tests"]
+
+
+def _pump(index: int, proc: subprocess.Popen, lock: threading.Lock) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(f"[lab {index}] {line}")
+            sys.stdout.flush()
+
+
+def main(pytest_command: list[str]) -> int:
+    missing = [m for m in LAB_1 if not (REPO / m).is_file()]
+    if missing:
+        print(f"run_full_tier: {', '.join(missing)} in LAB_1 does not exist; "
+              "edit tests/run_full_tier.py", file=sys.stderr)
+        return 2
+    lock = threading.Lock()
+    procs, pumps, started = {}, [], time.monotonic()
+    for index in (0, 1):
+        env = {**os.environ, "DASKFLEET_LAB_INDEX": str(index)}
+        procs[index] = subprocess.Popen(session_args(index, pytest_command), cwd=REPO, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, bufsize=1)
+        pumps.append(threading.Thread(target=_pump, args=(index, procs[index], lock)))
+        pumps[-1].start()
+    try:
+        codes = {i: p.wait() for i, p in procs.items()}
+    except KeyboardInterrupt:  # both sessions get it too (same process group); let them end
+        codes = {i: p.wait() for i, p in procs.items()}
+    for t in pumps:
+        t.join()
+    took = time.monotonic() - started
+    print(f"run_full_tier: lab 0 exited {codes[0]}, lab 1 exited {codes[1]}, "
+          f"in {took / 60:.1f} min")
+    return max(codes.values())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

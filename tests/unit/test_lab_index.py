@@ -1,0 +1,65 @@
+"""Two labs on one machine (DASKFLEET_LAB_INDEX): nothing one makes or sweeps is the other's,
+and the full tier's split between them keeps the emulated EC2 in lab 0."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.errors import LabError
+from runner.lab.addresses import lab_index
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+import run_full_tier  # noqa: E402
+
+NAMES = ("BRIDGE", "SUBNET_PREFIX", "NETNS_PREFIX", "VETH_PREFIX", "STATE_DIR", "CUT_TABLE",
+         "OBJECT_STORE", "OBJECT_STORE_NETNS")
+
+
+def names_of(index: str) -> dict:
+    code = ("import json; from runner.lab import addresses as a, machine as m, objectstore as o;"
+            f"d = {{n: getattr(a, n) for n in {NAMES!r}}};"
+            "d.update(mac=m.BRIDGE_MAC, state=str(m.DEFAULT_STATE_DIR), link=o.LINK);"
+            "print(json.dumps(d))")
+    out = subprocess.run([sys.executable, "-c", code], env={"DASKFLEET_LAB_INDEX": index,
+                         "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_lab_0_keeps_its_names_and_lab_1_shares_none_of_them():
+    zero, one = names_of("0"), names_of("1")
+    assert zero["BRIDGE"] == "dflab0" and zero["SUBNET_PREFIX"] == "198.18.0."
+    assert zero["NETNS_PREFIX"] == "dflab-" and zero["state"] == "/var/lib/daskfleet-lab"
+    assert one["SUBNET_PREFIX"] == "198.18.1." and one["OBJECT_STORE"] == "198.18.1.5"
+    for key in zero:
+        assert zero[key] != one[key], key
+    # a sweep by prefix (`lab down`) of one lab never matches the other's names
+    assert not one["NETNS_PREFIX"].startswith(zero["NETNS_PREFIX"])
+    assert not one["VETH_PREFIX"].startswith(zero["VETH_PREFIX"])
+    assert not one["link"].startswith(("dfe", zero["VETH_PREFIX"]))  # nor the cloud's links
+
+
+@pytest.mark.parametrize("raw", ["x", "-1", "10", "1.5"])
+def test_a_bad_index_is_refused_with_its_name(raw):
+    with pytest.raises(LabError, match=f"DASKFLEET_LAB_INDEX='{raw}'"):
+        lab_index({"DASKFLEET_LAB_INDEX": raw})
+
+
+def test_the_lab_index_defaults_to_0():
+    assert lab_index({}) == 0 and lab_index({"DASKFLEET_LAB_INDEX": "3"}) == 3
+
+
+def test_the_full_tier_runs_every_module_once_and_the_emulated_ec2_in_lab_0_only():
+    zero = run_full_tier.session_args(0, ["pytest", "-q"])
+    one = run_full_tier.session_args(1, ["pytest", "-q"])
+    assert zero[-1] == "tests" and one[:2] == ["pytest", "-q"]
+    for module in run_full_tier.LAB_1:
+        assert f"--ignore={module}" in zero and module in one
+        text = (REPO / module).read_text()
+        assert "--cloud" not in text and "aws" not in Path(module).name, module
+    assert len({a for a in zero + one if a.startswith("--basetemp=")}) == 2
