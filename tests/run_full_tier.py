@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Moved to lab 1: no emulated EC2 in any of them.
 LAB_1 = (
     "tests/e2e/test_11_detached.py",
+    "tests/e2e/test_13_shared_state.py",
     "tests/e2e/test_4_day2.py",
     "tests/e2e/test_7_faults.py",
     "tests/e2e/test_9_hosts_sudo_user.py",
@@ -37,8 +38,11 @@ LAB_1 = (
 def session_args(index: int, pytest_command: list[str]) -> list[str]:
     """The pytest command of lab INDEX (PYTEST_COMMAND: pytest and its options, no paths): lab 1
     runs LAB_1, lab 0 the rest of tests/."""
-    # each session's own temp root: pytest prunes the old numbered folders of a shared one
-    own = [*pytest_command, f"--basetemp=/tmp/daskfleet-full-tier-lab{index}"]
+    # a line per test (the lines of the two sessions interleave; -q's dots would show nothing
+    # until a module ends), and each session's own temp root (pytest prunes the old numbered
+    # folders of a shared one)
+    own = [*(a for a in pytest_command if a not in ("-q", "--quiet")), "-v",
+           f"--basetemp=/tmp/daskfleet-full-tier-lab{index}"]
     if index == 1:
         return [*own, *LAB_1]
     return [*own, *(f"--ignore={m}" for m in LAB_1), "tests"]

@@ -184,30 +184,27 @@ def remove_found(ec2, f: Found, progress: Progress | None = None,
         say(f"terminating {len(ids)} instance(s): {', '.join(ids)}")
         terminate_and_wait(ec2, ids, left(), progress)
         removed += [f"instance {i}" for i in ids]
+
+    def delete(what: str, call, **params) -> None:
+        _delete(lambda: call(**params), f"deleting {what}", left())
+        removed.append(what)
+
     for g in f.groups:
-        _delete(lambda g=g: ec2.delete_security_group(GroupId=g["GroupId"]),
-                f"deleting security group {g['GroupId']}", left())
-        removed.append(f"security group {g['GroupId']} ({g.get('GroupName')})")
+        delete(f"security group {g['GroupId']} ({g.get('GroupName')})",
+               ec2.delete_security_group, GroupId=g["GroupId"])
     for k in f.key_pairs:
-        _delete(lambda k=k: ec2.delete_key_pair(KeyPairId=k["KeyPairId"]),
-                f"deleting key pair {k['KeyName']}", left())
-        removed.append(f"key pair {k['KeyName']}")
+        delete(f"key pair {k['KeyName']}", ec2.delete_key_pair, KeyPairId=k["KeyPairId"])
     for g in f.gateways:  # detached first: a VPC with a gateway attached cannot be deleted
         gid = g["InternetGatewayId"]
         for a in g.get("Attachments", []):
             _delete(lambda a=a, gid=gid: ec2.detach_internet_gateway(InternetGatewayId=gid,
                                                                      VpcId=a["VpcId"]),
                     f"detaching internet gateway {gid} from {a['VpcId']}", left())
-        _delete(lambda gid=gid: ec2.delete_internet_gateway(InternetGatewayId=gid),
-                f"deleting internet gateway {gid}", left())
-        removed.append(f"internet gateway {gid}")
+        delete(f"internet gateway {gid}", ec2.delete_internet_gateway, InternetGatewayId=gid)
     for s in f.subnets:
-        _delete(lambda s=s: ec2.delete_subnet(SubnetId=s["SubnetId"]),
-                f"deleting subnet {s['SubnetId']}", left())
-        removed.append(f"subnet {s['SubnetId']}")
+        delete(f"subnet {s['SubnetId']}", ec2.delete_subnet, SubnetId=s["SubnetId"])
     for v in f.vpcs:
-        _delete(lambda v=v: ec2.delete_vpc(VpcId=v["VpcId"]), f"deleting VPC {v['VpcId']}", left())
-        removed.append(f"vpc {v['VpcId']}")
+        delete(f"vpc {v['VpcId']}", ec2.delete_vpc, VpcId=v["VpcId"])
     return removed
 
 

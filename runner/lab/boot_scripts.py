@@ -213,3 +213,18 @@ def nspawn_args(spec: BootSpec, root: str) -> list[str]:
     args += [f"--bind={hdir / 'fs' / d}:/{d}" for d in (*PRIVATE_DIRS, *spec.extra_private_dirs)]
     args += [f"--tmpfs={d}:mode=0700" for d in (*MASKED_DIRS, str(project_root()))]
     return args
+
+
+def shutdown_requested(hdir: Path) -> str | None:
+    """What the instance's own shutdown asked for, as its power unit recorded it while the
+    host went down: "poweroff" (poweroff, halt, `shutdown` now or when its time came),
+    "reboot", or None (no shutdown: running, or crashed)."""
+    for what, marker in (("poweroff", SHUTDOWN_MARKER), ("reboot", REBOOT_MARKER)):
+        if (hdir / "fs" / marker.lstrip("/")).exists():
+            return what
+    return None
+
+
+def clear_shutdown(hdir: Path) -> None:
+    for marker in (SHUTDOWN_MARKER, REBOOT_MARKER):
+        (hdir / "fs" / marker.lstrip("/")).unlink(missing_ok=True)

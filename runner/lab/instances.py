@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from runner.lab import cloudinit, standin
-from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER
+from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER, clear_shutdown, shutdown_requested
 from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
 from runner.lab.lab import Lab
 from runner.lab.machine import (
@@ -195,7 +195,7 @@ class Controller:
         its time came): once the host is down (or 30 s after it began), stop or terminate it,
         or boot it again, as EC2 does."""
         hdir = self.lab.host_dir(iid)
-        what = standin.shutdown_requested(hdir)
+        what = shutdown_requested(hdir)
         if what is None:
             return
         host = self.hosts[iid]
@@ -205,7 +205,7 @@ class Controller:
         if host_booted(hdir) and time.time() - marker.stat().st_mtime < SHUTDOWN_WAIT_S:
             return
         if what == "reboot":
-            standin.clear_shutdown(hdir)
+            clear_shutdown(hdir)
             boot_again(hdir)
             logger.info(f"{iid}: rebooted from inside: host {host.address} booted again")
         else:

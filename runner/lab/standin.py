@@ -1,5 +1,4 @@
-"""What the emulated EC2's instance image has besides Debian: a `docker` stand-in; and what the
-instance controller reads of an instance's own shutdown.
+"""What the emulated EC2's instance image has besides Debian: a `docker` stand-in.
 
 There is no internet here, so no image can be pulled. The stand-in implements `docker run` as
 dask-cloudprovider's user data uses it (`docker run --net=host -e K=V ... IMAGE COMMAND...`):
@@ -14,9 +13,9 @@ installed offline and are reported as such (the client's version check then refu
 So the emulator proves orchestration (user data, addresses, security groups, TLS, teardown), not
 the image. `shutdown`, `poweroff` and `reboot` are systemd's own (the host's PID 1): scheduled
 by its logind (`shutdown -P +MINUTES`: an ephemeral run's hard stop; `-c` cancels), they take
-the host down, and its power unit leaves a marker that the controller acts on as EC2 does: a
-power-off stops or terminates the instance, as its InstanceInitiatedShutdownBehavior says; a
-reboot boots it again.
+the host down, and its power unit leaves a marker (runner.lab.boot_scripts.shutdown_requested)
+that the controller acts on as EC2 does: a power-off stops or terminates the instance, as its
+InstanceInitiatedShutdownBehavior says; a reboot boots it again.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import time
 from pathlib import Path
 
 from runner.errors import LabError
-from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER
 from runner.log import Progress, Say
 
 logger = logging.getLogger(__name__)
@@ -121,21 +119,6 @@ def install(hdir: Path, image_env: Path) -> None:
     docker = bin_dir / "docker"
     docker.write_text(DOCKER.replace("@IMAGE_ENV@", repr(str(image_env))))
     docker.chmod(0o755)
-
-
-def shutdown_requested(hdir: Path) -> str | None:
-    """What the instance's own shutdown asked for, as its power unit recorded it while the
-    host went down: "poweroff" (poweroff, halt, `shutdown` now or when its time came),
-    "reboot", or None (no shutdown: running, or crashed)."""
-    for what, marker in (("poweroff", SHUTDOWN_MARKER), ("reboot", REBOOT_MARKER)):
-        if (hdir / "fs" / marker.lstrip("/")).exists():
-            return what
-    return None
-
-
-def clear_shutdown(hdir: Path) -> None:
-    for marker in (SHUTDOWN_MARKER, REBOOT_MARKER):
-        (hdir / "fs" / marker.lstrip("/")).unlink(missing_ok=True)
 
 
 def image_env_path(images_dir: Path) -> Path:

@@ -57,7 +57,7 @@ def test_the_lab_index_defaults_to_0():
 def test_the_full_tier_runs_every_module_once_and_the_emulated_ec2_in_lab_0_only():
     zero = run_full_tier.session_args(0, ["pytest", "-q"])
     one = run_full_tier.session_args(1, ["pytest", "-q"])
-    assert zero[-1] == "tests" and one[:2] == ["pytest", "-q"]
+    assert zero[-1] == "tests" and one[:2] == ["pytest", "-v"] and "-q" not in zero + one
     for module in run_full_tier.LAB_1:
         assert f"--ignore={module}" in zero and module in one
         text = (REPO / module).read_text()
