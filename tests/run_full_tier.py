@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Moved to lab 1: no emulated EC2 in any of them.
 LAB_1 = (
     "tests/e2e/test_11_detached.py",
+    "tests/e2e/test_12_uplink.py",
     "tests/e2e/test_13_shared_state.py",
     "tests/e2e/test_4_day2.py",
     "tests/e2e/test_7_faults.py",
@@ -48,12 +49,14 @@ def session_args(index: int, pytest_command: list[str]) -> list[str]:
     return [*own, *(f"--ignore={m}" for m in LAB_1), "tests"]
 
 
-def _pump(index: int, proc: subprocess.Popen, lock: threading.Lock) -> None:
+def _pump(index: int, proc: subprocess.Popen, lock: threading.Lock, last: dict) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         with lock:
             sys.stdout.write(f"[lab {index}] {line}")
             sys.stdout.flush()
+        if line.strip():
+            last[index] = line.strip()  # pytest's own summary, in the end
 
 
 def main(pytest_command: list[str]) -> int:
@@ -63,13 +66,13 @@ def main(pytest_command: list[str]) -> int:
               "edit tests/run_full_tier.py", file=sys.stderr)
         return 2
     lock = threading.Lock()
-    procs, pumps, started = {}, [], time.monotonic()
+    procs, pumps, last, started = {}, [], {}, time.monotonic()
     for index in (0, 1):
         env = {**os.environ, "DASKFLEET_LAB_INDEX": str(index)}
         procs[index] = subprocess.Popen(session_args(index, pytest_command), cwd=REPO, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, bufsize=1)
-        pumps.append(threading.Thread(target=_pump, args=(index, procs[index], lock)))
+        pumps.append(threading.Thread(target=_pump, args=(index, procs[index], lock, last)))
         pumps[-1].start()
     try:
         codes = {i: p.wait() for i, p in procs.items()}
@@ -78,8 +81,9 @@ def main(pytest_command: list[str]) -> int:
     for t in pumps:
         t.join()
     took = time.monotonic() - started
-    print(f"run_full_tier: lab 0 exited {codes[0]}, lab 1 exited {codes[1]}, "
-          f"in {took / 60:.1f} min")
+    for i in (0, 1):
+        print(f"run_full_tier: lab {i} exited {codes[i]}: {last.get(i, '(no output)')}")
+    print(f"run_full_tier: both in {took / 60:.1f} min")
     return max(codes.values())
 
 

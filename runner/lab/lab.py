@@ -160,6 +160,10 @@ class Lab:
         """Make the lab (or reuse the running one). ``uplink`` (tc's words: 50mbit) shapes what
         this machine sends into the lab, as a laptop's uplink; ``off`` removes the shaping."""
         say = Say(progress, logger)
+        if cloud and INDEX != 0:
+            raise LabError(f"lab: the emulated EC2 runs in lab 0 only (one VPC range, internet and "
+                           f"API port per machine), and this is lab {INDEX} "
+                           "(DASKFLEET_LAB_INDEX); unset it for --cloud aws.")
         check_prerequisites()
         if uplink is not None and uplink.strip().lower() != UPLINK_OFF:
             parse_uplink(uplink)  # refused before anything is made
@@ -174,10 +178,6 @@ class Lab:
             check_user_name(user)
         if cloud not in (None, "aws"):
             raise LabError(f"lab: --cloud {cloud!r} is not emulated; the lab emulates `aws` only.")
-        if cloud and INDEX != 0:
-            raise LabError(f"lab: the emulated EC2 runs in lab 0 only (one VPC range, internet and "
-                           f"API port per machine), and this is lab {INDEX} "
-                           "(DASKFLEET_LAB_INDEX); unset it for --cloud aws.")
         data = self.read_record()
         if data is not None:
             # no --hosts: the running lab as it is, whatever its size (e.g. --object-store added)

@@ -63,3 +63,24 @@ def test_the_full_tier_runs_every_module_once_and_the_emulated_ec2_in_lab_0_only
         text = (REPO / module).read_text()
         assert "--cloud" not in text and "aws" not in Path(module).name, module
     assert len({a for a in zero + one if a.startswith("--basetemp=")}) == 2
+
+
+def test_the_emulated_ec2_is_refused_outside_lab_0_before_anything_is_made(tmp_path):
+    code = ("from runner.lab import Lab; from runner.errors import LabError\n"
+            f"lab = Lab({str(tmp_path / 'lab')!r})\n"
+            "try:\n    lab.up(cloud='aws')\nexcept LabError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={"DASKFLEET_LAB_INDEX": "1",
+                         "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=True)
+    assert "the emulated EC2 runs in lab 0 only" in out.stdout and "lab 1" in out.stdout, out
+    assert not (tmp_path / "lab").exists()
+
+
+def test_the_full_tier_fails_when_either_session_fails_and_names_both(tmp_path, capsys):
+    fake = tmp_path / "fake_pytest.py"  # stands in for pytest: lab 1's session fails
+    fake.write_text("import os, sys\ni = os.environ['DASKFLEET_LAB_INDEX']\n"
+                    "print('3 passed' if i == '0' else '1 failed')\n"
+                    "sys.exit(0 if i == '0' else 1)\n")
+    assert run_full_tier.main([sys.executable, str(fake)]) == 1
+    out = capsys.readouterr().out
+    assert "[lab 0] 3 passed" in out and "[lab 1] 1 failed" in out, out
+    assert "lab 0 exited 0: 3 passed" in out and "lab 1 exited 1: 1 failed" in out, out
