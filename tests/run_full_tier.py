@@ -10,8 +10,8 @@ LAB_1 is chosen so that both sides take about as long (from each run's --duratio
 
 Usage: python tests/run_full_tier.py PYTEST [OPTIONS...] (what `make e2e` passes: the pytest
 command and its options, the full tier's marker among them; the paths are added here). Each
-line is printed as it comes, prefixed with its lab; the exit status is the worse of the two
-sessions'.
+line is printed as it comes, prefixed with its lab and the time; the exit status is the worse of
+the two sessions'.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def _pump(index: int, proc: subprocess.Popen, lock: threading.Lock, last: dict) 
     assert proc.stdout is not None
     for line in proc.stdout:
         with lock:
-            sys.stdout.write(f"[lab {index}] {line}")
+            # the time: to line a test's end up with the hosts' logs (and the other session)
+            sys.stdout.write(f"[lab {index} {time.strftime('%H:%M:%S')}] {line}")
             sys.stdout.flush()
         if line.strip():
             last[index] = line.strip()  # pytest's own summary, in the end

@@ -1,9 +1,9 @@
 """Create, inspect and remove the lab's hosts.
 
-A host is a network namespace on a bridge (198.18.0.0/24) in which systemd-nspawn boots systemd
-as the host's PID 1, as a real machine's init: it starts the host's enabled units at boot (its
-sshd, and what the playbooks enable), restarts them as their units say, and killing every process
-in the namespace is a machine crash. The host gets a private, persistent /etc (an overlay on the
+A host is a network namespace on a bridge (198.18.N.0/24 in lab N) in which systemd-nspawn boots
+systemd as the host's PID 1, as a real machine's init: it starts the host's enabled units at boot
+(its sshd, and what the playbooks enable), restarts them as their units say, and killing every
+process in the namespace is a machine crash. The host gets a private, persistent /etc (an overlay on the
 machine's /etc), private disk-backed folders (/home, /var/log, /var/lib/daskfleet, ...), a fresh
 /run and root overlay at every boot, and /root and the project checkout masked with empty tmpfs
 mounts, so nothing from the control machine's environments leaks onto the host.

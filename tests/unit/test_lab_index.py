@@ -4,6 +4,7 @@ and the full tier's split between them keeps the emulated EC2 in lab 0."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,5 +83,6 @@ def test_the_full_tier_fails_when_either_session_fails_and_names_both(tmp_path, 
                     "sys.exit(0 if i == '0' else 1)\n")
     assert run_full_tier.main([sys.executable, str(fake)]) == 1
     out = capsys.readouterr().out
-    assert "[lab 0] 3 passed" in out and "[lab 1] 1 failed" in out, out
+    assert re.search(r"^\[lab 0 \d\d:\d\d:\d\d\] 3 passed$", out, re.M), out
+    assert re.search(r"^\[lab 1 \d\d:\d\d:\d\d\] 1 failed$", out, re.M), out
     assert "lab 0 exited 0: 3 passed" in out and "lab 1 exited 1: 1 failed" in out, out
