@@ -204,9 +204,14 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
 
 def stop_cloud(lab) -> bool:
     """Stop the controller, then the API server (by record and by a sweep of /proc); remove the
-    VPC router address. True if anything was running."""
+    VPC router address. True if anything was running. Outside lab 0, which alone runs the
+    emulated EC2, nothing: the VPC's nftables table is this machine's, and lab 0's cloud may be
+    running beside it (`lab down` in lab 1 must not open lab 0's VPC to this machine)."""
+    from runner.lab.addresses import INDEX
     from runner.lab.machine import BRIDGE, run
 
+    if INDEX != 0:
+        return False
     cloud = (lab.read_record() or {}).get("cloud") or {}
     pids: list[int] = []
     for module, key in (("runner.lab.instances", "controller_pid"), ("runner.lab.ec2", "api_pid")):
@@ -263,15 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     # Read by moto.ec2.models.amis at import: the only images are the lab's (Debian's).
     os.environ["MOTO_AMIS_PATH"] = str(Path(args.lab_dir) / "cloud" / "amis.json")
-    from moto.server import main as moto_main
-
+    from runner.lab import moto_server
     from runner.lab.ec2_strict import as_ec2_does
 
     as_ec2_does(Path(args.lab_dir))
     # Not one log line per request (the controller polls twice a second); errors still show.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-    moto_main(["-H", "127.0.0.1", "-p", str(PORT)])
+    os.environ.setdefault("MOTO_PORT", str(PORT))  # as moto's own main sets it
+    server = moto_server.make("127.0.0.1", PORT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `lab down` stops it so
+    server.serve_forever()
 
 
 if __name__ == "__main__":

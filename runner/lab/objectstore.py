@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--region", default="us-east-1")
     args = p.parse_args(argv)
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import
-    from moto.server import ThreadedMotoServer
+    from runner.lab import moto_server
 
     key, secret = _create_user(args.region)
-    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
-    server.start()
+    server = moto_server.make(args.host, args.port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     path = credentials_path(args.state)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"endpoint": f"http://{args.host}:{args.port}",
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
-    server.stop()
+    server.shutdown()
 
 
 if __name__ == "__main__":

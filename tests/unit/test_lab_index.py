@@ -86,3 +86,17 @@ def test_the_full_tier_fails_when_either_session_fails_and_names_both(tmp_path, 
     assert re.search(r"^\[lab 0 \d\d:\d\d:\d\d\] 3 passed$", out, re.M), out
     assert re.search(r"^\[lab 1 \d\d:\d\d:\d\d\] 1 failed$", out, re.M), out
     assert "lab 0 exited 0: 3 passed" in out and "lab 1 exited 1: 1 failed" in out, out
+
+
+def test_lab_down_outside_lab_0_leaves_the_emulated_ec2_and_its_vpc_table_alone(tmp_path):
+    code = ("import runner.lab.machine as m; calls = []\n"
+            "m.run = lambda args, **kw: calls.append(args)\n"
+            "from runner.lab.ec2 import stop_cloud\n"
+            "class FakeLab:\n    state_dir = None\n"
+            "    def read_record(self): return {'cloud': {}}\n"
+            "print(stop_cloud(FakeLab()), calls)\n")
+    run = lambda index: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code], env={"DASKFLEET_LAB_INDEX": index, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=True).stdout
+    assert run("1").strip() == "False []"
+    assert "daskfleet_vpc" in run("0")  # lab 0's does remove it
