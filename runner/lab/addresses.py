@@ -28,6 +28,7 @@ def lab_index(environ: dict | os._Environ = os.environ) -> int:
 
 
 INDEX = lab_index()
+OWNS_CLOUD = INDEX == 0  # the emulated EC2's lab: only it starts, sweeps or stops it
 # Lab 0 keeps the names it always had (an operator's `ip netns` and scripts know them)
 _SUFFIX = "" if INDEX == 0 else str(INDEX)
 

@@ -207,10 +207,10 @@ def stop_cloud(lab) -> bool:
     VPC router address. True if anything was running. Outside lab 0, which alone runs the
     emulated EC2, nothing: the VPC's nftables table is this machine's, and lab 0's cloud may be
     running beside it (`lab down` in lab 1 must not open lab 0's VPC to this machine)."""
-    from runner.lab.addresses import INDEX
+    from runner.lab.addresses import OWNS_CLOUD
     from runner.lab.machine import BRIDGE, run
 
-    if INDEX != 0:
+    if not OWNS_CLOUD:
         return False
     cloud = (lab.read_record() or {}).get("cloud") or {}
     pids: list[int] = []

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from runner.errors import LabError
 from runner.lab import lab_hosts, lab_store
-from runner.lab.addresses import INDEX, NETNS_PREFIX, VETH_PREFIX
+from runner.lab.addresses import INDEX, NETNS_PREFIX, OWNS_CLOUD, VETH_PREFIX
 from runner.lab.cut import CUT_TABLE, control_cut_ruleset, cut_ruleset, has_cut_table
 from runner.lab.machine import (
     BRIDGE,
@@ -160,7 +160,7 @@ class Lab:
         """Make the lab (or reuse the running one). ``uplink`` (tc's words: 50mbit) shapes what
         this machine sends into the lab, as a laptop's uplink; ``off`` removes the shaping."""
         say = Say(progress, logger)
-        if cloud and INDEX != 0:
+        if cloud and not OWNS_CLOUD:
             raise LabError(f"lab: the emulated EC2 runs in lab 0 only (one VPC range, internet and "
                            f"API port per machine), and this is lab {INDEX} "
                            "(DASKFLEET_LAB_INDEX); unset it for --cloud aws.")
@@ -324,12 +324,12 @@ class Lab:
         # (the emulated cloud's, dfec2-/dfe, only from lab 0, the one that runs it: another
         # lab's `down` must not take it from under lab 0)
         names = {h.netns for h in hosts} | set(netns_with_prefix(NETNS_PREFIX)) \
-            | (set(netns_with_prefix("dfec2-")) if INDEX == 0 else set())
+            | (set(netns_with_prefix("dfec2-")) if OWNS_CLOUD else set())
         for ns in sorted(names):
             kill_netns_processes(ns)
             run(["ip", "netns", "del", ns], check=False)
             remove_host_cgroups(ns)
-        prefixes = (VETH_PREFIX, "dfe") if INDEX == 0 else (VETH_PREFIX,)
+        prefixes = (VETH_PREFIX, "dfe") if OWNS_CLOUD else (VETH_PREFIX,)
         for link in {h.veth for h in hosts} | set(links_with_prefix(prefixes)):
             run(["ip", "link", "del", link], check=False)
         if link_exists(BRIDGE):
