@@ -7,7 +7,7 @@ LINT_VENV := .venv-lint
 # sudo and nftables: lab hosts with non-root logins and enforced security groups (lab up --cloud aws);
 # systemd-container: systemd-nspawn, which boots systemd over this machine's root as each lab host's
 # PID 1 (runner/lab/machine.py) and for tests/e2e/test_14_units_under_systemd.py
-SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux sudo nftables python3.11-venv systemd-container
+SYSTEM_PACKAGES := openssh-server openssh-client iproute2 util-linux sudo nftables python3.11-venv systemd-container openssl
 
 .PHONY: venv system-deps demo check e2e test lint bench clean
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from runner.ephemeral import tags as T
+from runner.ephemeral.join import JOIN_PORT
 from runner.errors import ProvisionError
 
 # Errors that say "try again": EC2's throttling and its own transient failures.
@@ -162,16 +163,34 @@ def subnet_vpc(ec2, subnet_id: str) -> str:
         raise _api_error(e, f"looking up ephemeral.network.subnet_id {subnet_id}") from e
 
 
+def console_output(ec2, instance_id: str, timeout: float = 120.0) -> str:
+    """What the instance has written on its console so far ("" before it wrote anything),
+    retried while EC2 throttles. `Latest` asks for the newest output, which EC2 gives on Nitro
+    types only; others answer without it, updated now and then."""
+    def read(**latest) -> str:
+        return ec2.get_console_output(InstanceId=instance_id, **latest).get("Output") or ""
+
+    what = f"reading {instance_id}'s console (GetConsoleOutput)"
+    try:
+        return call_with_retry(lambda: read(Latest=True), what, timeout)
+    except ProvisionError as e:
+        if error_code(e.__cause__) not in ("UnsupportedOperation", "InvalidParameterCombination",
+                                           "InvalidParameter"):
+            raise
+    return call_with_retry(read, what, timeout)
+
+
 def group_rules(admin_cidr: str, ports: tuple[int, int]) -> list[str]:
     """The security group's ingress, in words (for plan and the progress lines)."""
     return [f"tcp {ports[0]}-{ports[1]} (scheduler, dashboard) from {admin_cidr}",
+            f"tcp {JOIN_PORT} (each instance's TLS files, at boot) from {admin_cidr}",
             "tcp 0-65535 from members of the group (scheduler, workers, nannies)"]
 
 
 def make_group(ec2, vpc_id: str, name: str, admin_cidr: str, ports: tuple[int, int], tags: dict,
                made: Made) -> str:
-    """A group of the run's own: the Dask ports from admin_cidr, everything between its members,
-    nothing else (no SSH: no key pair is made)."""
+    """A group of the run's own: the Dask ports and the join port from admin_cidr, everything
+    between its members, nothing else (no SSH: no key pair is made)."""
     gid = _after_create(lambda: ec2.create_security_group(
         GroupName=name, Description="daskfleet ephemeral cluster: Dask ports only", VpcId=vpc_id,
         TagSpecifications=[{"ResourceType": "security-group", "Tags": T.as_aws(tags)}])["GroupId"],
@@ -181,6 +200,8 @@ def make_group(ec2, vpc_id: str, name: str, admin_cidr: str, ports: tuple[int, i
     _after_create(lambda: ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[
         {"IpProtocol": "tcp", "FromPort": ports[0], "ToPort": ports[1],
          "IpRanges": [{"CidrIp": admin_cidr, "Description": "Dask scheduler and dashboard"}]},
+        {"IpProtocol": "tcp", "FromPort": JOIN_PORT, "ToPort": JOIN_PORT,
+         "IpRanges": [{"CidrIp": admin_cidr, "Description": "daskfleet join: TLS files at boot"}]},
         {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535,
          "UserIdGroupPairs": [{"GroupId": gid, "Description": "the cluster's own nodes"}]},
     ]), f"opening the Dask ports in the new security group {gid}")

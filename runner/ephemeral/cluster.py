@@ -7,7 +7,8 @@
 
 What EC2Cluster is given, and daskfleet's subclass of it (TLS, public or private addresses, the
 run's own security group and subnet, encrypted root volumes, IMDSv2, spot workers with their
-fallback): runner/ephemeral/ec2cluster.py.
+fallback): runner/ephemeral/ec2cluster.py. How each instance gets its TLS files at boot, never
+through its user data: runner/ephemeral/join.py.
 
 Watchdogs, so that a run never bills for ever (the instances' shutdown behaviour is `terminate`, so
 an instance that powers off is gone):
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.config import ClusterSpec
 from runner.config_base import parse_duration
-from runner.ephemeral import aws, preflight, teardown
+from runner.ephemeral import aws, join, preflight, teardown
 from runner.ephemeral import tags as T
 from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class, hard_stop_command
 from runner.errors import ClusterStartError, DaskfleetError, ProvisionError
@@ -219,7 +220,12 @@ class EphemeralCluster:
                                    started=self._started,
                                    hard_stop=hard_stop_command(int(expires.timestamp())),
                                    spot_fallback=e.spot_fallback,
-                                   spec_source=str(self.spec.source or self.spec.name), **kwargs)
+                                   spec_source=str(self.spec.source or self.spec.name),
+                                   join_identity=join.JoinIdentity.make(
+                                       Path(self._tmp.name) / "join",
+                                       parse_duration(e.max_lifetime)),
+                                   console=lambda iid: aws.console_output(self.ec2, iid),
+                                   join_timeout=e.ready_timeout, say=say, **kwargs)
             except Exception as err:  # noqa: BLE001 - SpecCluster may wrap or chain our error
                 cause = _own_error(err)
                 if cause is None or cause is err:

@@ -9,17 +9,19 @@ workers when asked, tags naming the cluster, the run and its expiry on instances
 What EC2Cluster has no option for, added by `ec2_cluster_class`'s subclass: an encrypted root
 volume and IMDSv2 (a hook on its RunInstances calls: `harden_run_instances`), each instance's
 hard stop at the run's expiry as its first boot command (`hard_stop_command`), the on-demand
-fallback of workers that EC2 refuses spot capacity, and only the TLS part of this machine's dask
-config in the user data (`node_config`).
+fallback of workers that EC2 refuses spot capacity, the TLS files handed to each instance after
+its launch rather than put in its user data (runner/ephemeral/join.py), and of this machine's
+dask config only the TLS settings, naming those files (`node_config`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from runner.config import ClusterSpec
 from runner.config_base import parse_duration
-from runner.ephemeral import aws
+from runner.ephemeral import aws, join
 from runner.errors import ProvisionError
 
 
@@ -46,19 +48,41 @@ def harden_run_instances(root_device: str):
 # that EC2Cluster sets. A user's own ~/.config/dask stays here; it would otherwise be serialised
 # into every instance's user data and could push it past EC2's 16,384-byte limit.
 NODE_CONFIG_PREFIX = ("distributed", "comm")
+# Where a node's processes find the TLS files the join hands it (every role: Security.temporary
+# has one certificate; a task's worker_client is a client).
+NODE_TLS = {"ca-file": f"{join.NODE_TLS_DIR}/ca.pem",
+            **{role: {"cert": f"{join.NODE_TLS_DIR}/cert.pem",
+                      "key": f"{join.NODE_TLS_DIR}/key.pem"}
+               for role in ("scheduler", "worker", "client")}}
+DOCKER_ARGS = f"-v {join.NODE_TLS_DIR}:{join.NODE_TLS_DIR}:ro"
 
 
 def node_config() -> str:
     """What dask-cloudprovider passes the instances as DASK_INTERNAL_INHERIT_CONFIG: the
-    non-default settings under distributed.comm only (its TLS), serialised as it does."""
+    non-default settings under distributed.comm only, serialised as it does, with the TLS
+    files' paths on the node where EC2Cluster's config has their contents (a key in the user
+    data would be readable through the EC2 API)."""
     import dask.config
     from dask_cloudprovider.utils.config_helper import prune_defaults
 
     pruned = prune_defaults(dask.config.global_config,
                             dask.config.merge(*dask.config.defaults))
-    comm = pruned.get(NODE_CONFIG_PREFIX[0], {}).get(NODE_CONFIG_PREFIX[1])
+    comm = dict(pruned.get(NODE_CONFIG_PREFIX[0], {}).get(NODE_CONFIG_PREFIX[1]) or {})
+    if "tls" in comm:
+        comm["tls"] = NODE_TLS
     return dask.config.serialize({NODE_CONFIG_PREFIX[0]: {NODE_CONFIG_PREFIX[1]: comm}}
                                  if comm else {})
+
+
+def tls_files(security) -> dict[str, str]:
+    """What the join hands each instance: the run's CA and its certificate and key (PEM text,
+    as Security.temporary() holds them)."""
+    files = {"ca.pem": security.tls_ca_file, "cert.pem": security.tls_worker_cert,
+             "key.pem": security.tls_worker_key}
+    if not all(isinstance(v, str) and v.startswith("-----BEGIN") for v in files.values()):
+        raise ProvisionError("ephemeral: EC2Cluster's TLS credentials are not PEM text (a new "
+                             "dask-cloudprovider?): the instances' TLS files cannot be made")
+    return files
 
 
 def hard_stop_command(expires_epoch: int) -> str:
@@ -69,15 +93,26 @@ def hard_stop_command(expires_epoch: int) -> str:
             "shutdown -P +$m")
 
 
-def with_first_command(cloud_init: str, command: str) -> str:
-    """dask-cloudprovider's #cloud-config with `command` as the first runcmd entry: before its
-    Docker install, which can take minutes or hang, and the container, which blocks."""
+def with_first_commands(cloud_init: str, commands: list[str]) -> str:
+    """dask-cloudprovider's #cloud-config with `commands` as the first runcmd entries: before
+    its Docker install, which can take minutes or hang, and the container, which blocks."""
     head, sep, rest = cloud_init.partition("\nruncmd:\n")
     if not sep:
         raise ProvisionError("ephemeral: dask-cloudprovider's user data has no runcmd: section; "
                              "the instances' hard stop cannot be added (a new dask-cloudprovider?)")
     # A JSON string is a YAML double-quoted scalar: no quoting of the shell command by hand.
-    return f"{head}{sep}  - {json.dumps(command)}\n{rest}"
+    return head + sep + "".join(f"  - {json.dumps(c)}\n" for c in commands) + rest
+
+
+def before_container(cloud_init: str, command: str) -> str:
+    """The #cloud-config with `command` as the runcmd entry just before the container's."""
+    marker = "\n  - 'docker run "
+    head, sep, rest = cloud_init.partition(marker)
+    if not sep:
+        raise ProvisionError("ephemeral: dask-cloudprovider's user data has no `docker run` "
+                             "entry; the wait for the TLS files cannot be added (a new "
+                             "dask-cloudprovider?)")
+    return f"{head}\n  - {json.dumps(command)}{sep}{rest}"
 
 
 # What EC2 answers RunInstances when it will not give spot capacity: no capacity for the type in
@@ -101,7 +136,7 @@ def cluster_kwargs(spec: ClusterSpec, tags: dict, made: aws.Made, ami: str, dock
         filesystem_size=e.filesystem_size, key_name=None, docker_image=docker_image,
         instance_tags=dict(tags), volume_tags=dict(tags), use_private_ip=not e.network.public,
         enable_detailed_monitoring=False, spot=e.spot_workers, n_workers=e.workers,
-        security=True,
+        security=True, docker_args=DOCKER_ARGS,
         # no-workers-timeout is read from the config only (not a Scheduler argument); the
         # container's environment reaches the scheduler's dask config.
         env_vars={**env, "DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT":
@@ -126,7 +161,25 @@ def ec2_cluster_class():
 
     vmcluster.serialize_custom_config = node_config
 
-    class FallbackEC2Worker(EC2Worker):
+    class JoinedVM:
+        """An instance that, once launched, is handed its TLS files (runner/ephemeral/join.py)
+        at the address this machine reaches it by, before its start counts as done."""
+
+        async def create_vm(self):
+            addresses = await super().create_vm()
+            cluster, iid = self.cluster, self.instance["InstanceId"]
+            took = await self.call_async(
+                join.join, iid, addresses[0], lambda: cluster.console(iid),
+                cluster.join_identity, tls_files(cluster.security), cluster.join_timeout,
+                cluster.say)
+            cluster.say(f"ephemeral: {self.name} ({iid}) joined: its TLS files handed over at "
+                        f"{addresses[0]}:{join.JOIN_PORT} ({took:.1f}s after its launch)")
+            return addresses
+
+    class JoinedEC2Scheduler(JoinedVM, EC2Scheduler):
+        pass
+
+    class FallbackEC2Worker(JoinedVM, EC2Worker):
         """A worker that, when EC2 refuses it spot capacity, launches on-demand if the file's
         spot_fallback allows it, and otherwise fails naming that key."""
 
@@ -157,7 +210,7 @@ def ec2_cluster_class():
             if getattr(self, "instance", None) is not None:
                 await super().destroy_vm()
 
-    class PublicEC2Scheduler(EC2Scheduler):
+    class PublicEC2Scheduler(JoinedEC2Scheduler):
         """With public addresses, EC2Scheduler gives its public address to the workers too: they
         would dial it through the internet gateway, from public addresses that the group's
         member rule does not match (it matches private ones). Here the workers get the private
@@ -174,9 +227,15 @@ def ec2_cluster_class():
         still be closed."""
 
         def __init__(self, *args, root_device: str, started: list, hard_stop: str,
-                     spot_fallback: str, spec_source: str, **kwargs):
+                     spot_fallback: str, spec_source: str, join_identity: join.JoinIdentity,
+                     console: Callable[[str], str], join_timeout: float,
+                     say: Callable[[str], None], **kwargs):
             self._harden = harden_run_instances(root_device)
             self._hard_stop = hard_stop
+            self.join_identity = join_identity
+            self.console = console
+            self.join_timeout = join_timeout
+            self.say = say
             self.spot_fallback = spot_fallback
             self.spec_source = spec_source
             self.spot_refusals: list[str] = []
@@ -186,12 +245,15 @@ def ec2_cluster_class():
 
         async def _start(self):
             self.worker_class = FallbackEC2Worker  # EC2Cluster.__init__ sets EC2Worker
-            if not self._use_private_ip:
-                self.scheduler_class = PublicEC2Scheduler
+            self.scheduler_class = JoinedEC2Scheduler if self._use_private_ip else \
+                PublicEC2Scheduler
             await super()._start()
 
         def render_process_cloud_init(self, process):
-            return with_first_command(super().render_process_cloud_init(process), self._hard_stop)
+            cloud_init = with_first_commands(
+                super().render_process_cloud_init(process),
+                [self._hard_stop, join.agent_command(self.join_identity.cert_pem)])
+            return before_container(cloud_init, join.wait_command())
 
         def instance_ids(self) -> tuple[str, ...]:
             """What RunInstances returned so far (scheduler and workers)."""

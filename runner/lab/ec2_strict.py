@@ -72,6 +72,24 @@ def _vcpu_quota(lab_dir: Path | None) -> dict[str, int]:
         return DEFAULT_VCPU_QUOTA
 
 
+# EC2 keeps an instance's last 64 KB of console output.
+CONSOLE_LIMIT = 64 * 1024
+
+
+def console_text(lab_dir: Path | None, instance_id: str) -> str:
+    """The last CONSOLE_LIMIT bytes the instance host wrote on its console ("" before it
+    booted): nspawn's console output, which the controller keeps as the host's init.log."""
+    if lab_dir is None:
+        return ""
+    try:
+        with open(lab_dir / "hosts" / instance_id / "init.log", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - CONSOLE_LIMIT))
+            return f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _zones_offering(region: str, instance_type: str) -> set[str]:
     from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS
 
@@ -122,7 +140,11 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
       spot vCPU quota (VcpuLimitExceeded); the lab's are DEFAULT_VCPU_QUOTA or its
       VCPU_QUOTA_FILE, and Service Quotas answers them (moto's knows only VPC quotas);
     - public addresses are made up (routable addresses of others): the lab's are drawn from
-      PUBLIC_RANGE, its own internet, and never reused while the server runs."""
+      PUBLIC_RANGE, its own internet, and never reused while the server runs;
+    - GetConsoleOutput answers a canned Xen boot log: EC2 answers what the instance wrote on
+      its console, which is how an ephemeral run learns each instance's join key
+      (runner/ephemeral/join.py). The lab's is the instance host's console (its init.log),
+      its last CONSOLE_LIMIT bytes, as EC2 keeps."""
     import base64
 
     from moto.ec2.exceptions import EC2ClientError
@@ -131,6 +153,7 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
     from moto.ec2.models.instances import InstanceBackend
     from moto.ec2.models.security_groups import SecurityGroupRule
     from moto.ec2.responses import subnets as subnet_responses
+    from moto.ec2.responses.general import General
     from moto.servicequotas.models import ServiceQuotasBackend
 
     from runner.aws_capacity import QUOTA_CODES
@@ -203,9 +226,20 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
                     "Adjustable": True, "GlobalQuota": False}
         return quota_of(self, service_code, quota_code)
 
+    def get_console_output(self):
+        from moto.core.responses import ActionResult
+        from moto.core.utils import utcnow
+        from moto.ec2.utils import Base64EncodedString
+
+        instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+        return ActionResult({"InstanceId": instance.id, "Timestamp": utcnow(),
+                             "Output": Base64EncodedString.from_raw_string(
+                                 console_text(lab_dir, instance.id))})
+
     # moto's classes patched in place; mypy refuses assigning to a method or a property, which
     # is what patching them is
     InstanceBackend.run_instances = run_instances  # type: ignore[method-assign]
+    General.get_console_output = get_console_output  # type: ignore[method-assign]
     subnet_responses.random = WorstPick  # type: ignore[assignment]
     interfaces.random_public_ip = public_ip
     ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from jobfiles import MID_TRAINING, small_job, training_job
+from jobfiles import MID_TRAINING, busy_job, small_job
 from objectstore import Store, object_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_detached_runs_outlive_the_control_machine_and_queue(lab_cluster, cli, w
 
 def _scenario(cli, workdir: Path) -> None:
     long_job = workdir / "detached-long.yaml"
-    long_job.write_text(training_job("detached-long", epochs=900))
+    long_job.write_text(busy_job("detached-long", epochs=900))
     failing = workdir / "detached-fails.yaml"
     failing.write_text("name: detached-fails\ndata:\n  source: files\n"
                        "  path: s3://no-such-bucket/corpus/\nmodel: {kind: sgd}\n")
@@ -135,7 +135,7 @@ def _scenario(cli, workdir: Path) -> None:
     # trained gives the same model, the same accuracy (a run finished early keeps the model of
     # its epochs so far: tests/batch/test_finish_early.py)
     same = workdir / "detached-long-attached.yaml"
-    same.write_text(training_job("detached-long", epochs=metrics["epochs"]))
+    same.write_text(busy_job("detached-long", epochs=metrics["epochs"]))
     attached = cli("submit", str(same), "-c", str(LAB_CLUSTER), "--runs-dir", str(_dir(cli)),
                    timeout=900)
     assert f"accuracy={metrics['accuracy']:.4f}" in attached.stdout, (metrics["accuracy"],
@@ -144,7 +144,7 @@ def _scenario(cli, workdir: Path) -> None:
 
 def test_a_detached_run_is_cancelled_on_request(lab_cluster, cli, workdir):
     job = workdir / "detached-cancel.yaml"
-    job.write_text(training_job("detached-cancel", epochs=400))
+    job.write_text(busy_job("detached-cancel", epochs=400))
     run_id = cli("submit", "--detach", str(job), "-c", str(LAB_CLUSTER), "--runs-dir",
                  str(_dir(cli))).stdout.split()[-1]
     deadline = time.monotonic() + 300
@@ -185,7 +185,7 @@ def _two_at_once(cli, workdir: Path, s3, store: Store) -> None:
     ids = []
     for name in ("detached-par-a", "detached-par-b"):
         job = workdir / f"{name}.yaml"
-        job.write_text(training_job(name, epochs=400))
+        job.write_text(busy_job(name, epochs=400))
         ids.append(cli("submit", "--detach", str(job), "-c", str(two), "--runs-dir",
                        str(_dir(cli)), timeout=300).stdout.split()[-1])
     a, b = ids

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobfiles import MID_TRAINING, training_job
+from jobfiles import MID_TRAINING, busy_job, training_job
 from submission import Submission
 
 from runner.cluster import Cluster
@@ -48,9 +48,9 @@ def _variant(workdir: Path, name: str, extra: str) -> Path:
     return path
 
 
-def _job(workdir: Path, epochs: int) -> Path:
+def _job(workdir: Path, epochs: int, make=busy_job) -> Path:
     path = workdir / f"day2-{epochs}.yaml"
-    path.write_text(training_job("day2", epochs))
+    path.write_text(make("day2", epochs))
     return path
 
 
@@ -375,7 +375,7 @@ def test_a_thread_count_change_rolls_through_a_running_job_with_the_same_accurac
     (retired, so their data moves; the scheduler untouched), the job completes after it, and
     its accuracy is the undisturbed run's."""
     runs_dir = workdir / "day2-roll-runs"
-    job = _job(workdir, 60)
+    job = _job(workdir, 60, training_job)  # two models: its 60 epochs outlast the roll
     undisturbed = cli("submit", str(job), "-c", str(LAB_CLUSTER), "--runs-dir", str(runs_dir),
                       timeout=900).stdout
     accuracy = re.search(r"accuracy=(\S+)", undisturbed)[1]

@@ -12,8 +12,10 @@ powers itself off by the run's expiry.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dask.config
 import pytest
 import yaml
 from ec2api import ec2
@@ -122,6 +125,17 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     # emulator's pick (as to AWS's), the subnet would be in us-east-1e, which lacks it
     assert {i["Placement"]["AvailabilityZone"] for i in insts} == {"us-east-1a"}, insts
     assert "subnet subnet-" in text and "(198.19.0.0/24, us-east-1a)" in text, text
+    # the TLS key went to each instance through its join, after its console named its agent's
+    # key: what the EC2 API serves of the user data holds the join certificate, no private key
+    assert text.count(" joined: its TLS files handed over at ") == 3, text
+    for i in insts:
+        user_data = base64.b64decode(ec2().describe_instance_attribute(
+            InstanceId=i["InstanceId"], Attribute="userData")["UserData"]["Value"]).decode()
+        inherited = re.search(r'DASK_INTERNAL_INHERIT_CONFIG=\\?"([A-Za-z0-9+/=]+)', user_data)
+        assert inherited is not None, user_data
+        config = dask.config.deserialize(inherited[1])
+        assert config["distributed"]["comm"]["tls"]["ca-file"] == "/run/daskfleet/tls/ca.pem"
+        assert "BEGIN CERTIFICATE" in user_data and "PRIVATE KEY" not in user_data + str(config)
 
 
 def test_private_addresses_from_outside_the_vpc_are_refused_with_nothing_made(emulated_ec2, cli,

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobfiles import MID_TRAINING, small_job, training_job
+from jobfiles import MID_TRAINING, busy_job, small_job, training_job
 from submission import Submission
 
 from runner.batch.artifacts import SUCCESS_FILES
@@ -97,10 +97,11 @@ def fault_job(workdir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def long_job(workdir: Path) -> Path:
-    """The fault job with epochs enough that a signal sent after the first always lands mid-run
-    (its 20 epochs can end in under 10 s on a quiet machine); interrupted, it never runs them."""
+    """A job with epochs enough that a signal sent after the first always lands mid-run (the
+    fault job's 20 epochs can end in under 10 s on a quiet machine); interrupted, it never runs
+    them."""
     job = workdir / "fault-train-long.yaml"
-    job.write_text(training_job("fault-train-long", epochs=400))
+    job.write_text(busy_job("fault-train-long", epochs=400))
     return job
 
 

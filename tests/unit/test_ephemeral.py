@@ -59,6 +59,15 @@ def restore_dask_config():
     dask.config.config.update(saved)
 
 
+def join_kwargs(folder: Path) -> dict:
+    """What EphemeralCluster gives the cluster class for the join (runner/ephemeral/join.py);
+    unused until an instance is launched."""
+    from runner.ephemeral.join import JoinIdentity
+
+    return {"join_identity": JoinIdentity.make(folder, 3600), "console": lambda iid: "",
+            "join_timeout": 600.0, "say": print}
+
+
 def _decode_inherited(command: str) -> dict:
     import dask
 
@@ -66,7 +75,8 @@ def _decode_inherited(command: str) -> dict:
     return dask.config.deserialize(encoded)
 
 
-def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_dask_config):
+def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_dask_config,
+                                                                     tmp_path):
     from runner.ephemeral.ec2cluster import ec2_cluster_class
     from runner.ephemeral.environment import default_image, env_vars
 
@@ -78,7 +88,8 @@ def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_das
                       spot_fallback="fail", spec_source="c.yaml", asynchronous=True, region="us-east-1",
                       ami="ami-1", instance_type="m6i.large", vpc="vpc-1", subnet_id="subnet-1",
                       security_groups=["sg-1"], docker_image=default_image(lock), security=True,
-                      env_vars=env_vars(lock), use_private_ip=True, bootstrap=False, n_workers=1)
+                      env_vars=env_vars(lock), use_private_ip=True, bootstrap=False, n_workers=1,
+                      **join_kwargs(tmp_path))
         sched = cluster.scheduler_class(**cluster.scheduler_options)
         return cluster, cluster.render_process_cloud_init(sched)
 
@@ -93,7 +104,10 @@ def test_user_data_runs_the_matching_image_with_every_pin_and_tls_on(restore_das
     config = _decode_inherited(run)
     comm = config["distributed"]["comm"]
     assert comm["require-encryption"] is True and comm["default-scheme"] == "tls"
-    assert comm["tls"]["ca-file"].startswith("-----BEGIN CERTIFICATE")
+    # the TLS files' paths on the node (the join hands them over): no key in the user data
+    assert comm["tls"]["ca-file"] == "/run/daskfleet/tls/ca.pem"
+    assert comm["tls"]["worker"]["key"] == "/run/daskfleet/tls/key.pem"
+    assert "PRIVATE KEY" not in user_data and "PRIVATE KEY" not in str(config)
     assert cluster.security.require_encryption and cluster.protocol == "tls"
 
 

@@ -52,7 +52,7 @@ def test_the_hard_stop_powers_off_at_the_expiry_rounded_down_never_after(tmp_pat
     assert run_first_command(hard_stop_command(now - 300), env, tmp_path) == "-P +0"
 
 
-def render_user_data(spec, hard_stop: str) -> tuple[str, str]:
+def render_user_data(spec, hard_stop: str, folder: Path) -> tuple[str, str]:
     """The user data of a scheduler and of a worker, as EphemeralCluster would launch them."""
     from runner.ephemeral.ec2cluster import cluster_kwargs, ec2_cluster_class
     from runner.ephemeral.environment import env_vars
@@ -65,7 +65,8 @@ def render_user_data(spec, hard_stop: str) -> tuple[str, str]:
 
     async def render():  # unstarted (no VM is made)
         c = Cls(root_device="/dev/xvda", started=[], hard_stop=hard_stop, spot_fallback="fail",
-                spec_source=str(LAB_FILE), asynchronous=True, **kwargs)
+                spec_source=str(LAB_FILE), asynchronous=True,
+                **test_ephemeral.join_kwargs(folder), **kwargs)
         sched = c.scheduler_class(**c.scheduler_options)
         worker = c.worker_class(scheduler="tls://198.19.0.9:8786", **c.worker_options)
         return c.render_process_cloud_init(sched), c.render_process_cloud_init(worker)
@@ -78,24 +79,27 @@ def test_every_instance_schedules_its_hard_stop_before_anything_else(restore_das
 
     spec = load_cluster(LAB_FILE)
     stop = hard_stop_command(int(time.time()) + 3600)
-    for user_data in render_user_data(spec, stop):
+    for user_data in render_user_data(spec, stop, tmp_path / "join"):
         assert len(user_data.encode()) < 16384
         runcmd = yaml.safe_load(user_data)["runcmd"]
         # first: before a Docker install that may hang and the container, which blocks
         assert runcmd[0] == stop, runcmd[:2]
         docker = next(i for i, c in enumerate(runcmd) if c.startswith("docker run"))
         assert runcmd[docker + 1:] == ["shutdown -h now"]
+        # then the join agent; the container waits for the TLS files it receives
+        assert "join-agent.py" in runcmd[1] and "ready" in runcmd[docker - 1], runcmd
         assert run_first_command(runcmd[0], fake_shutdown(tmp_path), tmp_path) in ("-P +59",
                                                                                   "-P +60")
         (tmp_path / "bin" / "shutdown").unlink()
         (tmp_path / "bin").rmdir()
 
 
-def test_the_scheduler_gets_a_no_workers_timeout_and_workers_a_death_timeout(restore_dask_config):
+def test_the_scheduler_gets_a_no_workers_timeout_and_workers_a_death_timeout(restore_dask_config,
+                                                                             tmp_path):
     import dask
 
     spec = load_cluster(LAB_FILE)
-    sched, worker = render_user_data(spec, "true")
+    sched, worker = render_user_data(spec, "true", tmp_path)
     sched_run = next(c for c in yaml.safe_load(sched)["runcmd"] if c.startswith("docker run"))
     worker_run = next(c for c in yaml.safe_load(worker)["runcmd"] if c.startswith("docker run"))
     env = '-e DASK_DISTRIBUTED__SCHEDULER__NO_WORKERS_TIMEOUT="600s"'
