@@ -32,6 +32,7 @@ LAB_1 = (
     "tests/e2e/test_13_shared_state.py",
     "tests/e2e/test_4_day2.py",
     "tests/e2e/test_7_faults.py",
+    "tests/e2e/test_8_teardown.py",
     "tests/e2e/test_9_hosts_sudo_user.py",
 )
 
