@@ -46,6 +46,10 @@ JOIN_PORT = 8785  # below the scheduler's default 8786; the agent has exited bef
 NODE_TLS_DIR = "/run/daskfleet/tls"
 NAMES = ("ca.pem", "cert.pem", "key.pem")
 CONSOLE_LINE = re.compile(r"daskfleet-join (sha256=[0-9a-f]{64}|error: .*)")
+# The agent prints its key only once it listens: from then on, a port that stays unreachable
+# this long is closed to this machine (the group's admin_cidr, a firewall), not still booting.
+REACH_GRACE_S = 45.0
+CONNECT_TIMEOUT_S = 10.0
 
 AGENT = r'''"""daskfleet's join agent (runner/ephemeral/join.py): receives this instance's TLS files."""
 import hashlib, json, os, socket, ssl, subprocess, sys
@@ -190,7 +194,7 @@ def der_fingerprint(der: bytes) -> str:
 
 
 def deliver(address: str, port: int, pinned: str, identity: JoinIdentity,
-            files: dict[str, str], timeout: float = 20.0) -> None:
+            files: dict[str, str], timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Send `files` to the agent at address:port, after checking that its certificate is the
     one `pinned` names (nothing is sent otherwise)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -219,10 +223,13 @@ def deliver(address: str, port: int, pinned: str, identity: JoinIdentity,
 
 def join(instance_id: str, address: str, console: Callable[[], str], identity: JoinIdentity,
          files: dict[str, str], timeout: float, say: Callable[[str], None],
-         port: int = JOIN_PORT, poll_s: float = 1.0, max_poll_s: float = 8.0) -> float:
+         port: int = JOIN_PORT, poll_s: float = 1.0, max_poll_s: float = 8.0,
+         reach_grace_s: float = REACH_GRACE_S) -> float:
     """Wait for the instance's fingerprint on its console, then deliver `files` to it; the
-    seconds it took. Raises ProvisionError naming the instance and what to check. The console
-    is read every poll_s, backing off to max_poll_s (many workers must not throttle the API)."""
+    seconds it took. Raises ProvisionError naming the instance and what to check: within
+    `timeout` for the console, and `reach_grace_s` after it for the port (the agent listens
+    before it prints). The console is read every poll_s, backing off to max_poll_s (many
+    workers must not throttle the API)."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     pinned = None
@@ -235,6 +242,8 @@ def join(instance_id: str, address: str, console: Callable[[], str], identity: J
             told = True
         if pinned is None:
             pinned = fingerprint(console())
+            if pinned is not None:
+                deadline = min(deadline, time.monotonic() + reach_grace_s)
         if pinned is not None:
             try:
                 deliver(address, port, pinned, identity, files)
@@ -251,6 +260,8 @@ def join(instance_id: str, address: str, console: Callable[[], str], identity: J
             "(GetConsoleOutput; on instance types outside the Nitro system the console output "
             "can lag by minutes: raise ephemeral.ready_timeout or choose a Nitro type)")
     raise ProvisionError(
-        f"ephemeral: could not hand {instance_id} its TLS files at {address}:{port} within "
-        f"{timeout:.0f}s ({type(last_error).__name__}: {last_error}); the run's security group "
-        f"must let this machine (admin_cidr) reach tcp {port}")
+        f"ephemeral: {instance_id}'s join agent listens (its key is on its console), but this "
+        f"machine could not reach {address}:{port} for {reach_grace_s:.0f}s "
+        f"({type(last_error).__name__}: {last_error}): the run's security group lets only "
+        f"ephemeral.admin_cidr reach tcp {port}; is this machine's address in it? (a firewall "
+        "on this side can block it too)")

@@ -170,6 +170,31 @@ def test_private_addresses_from_outside_the_vpc_are_refused_with_nothing_made(em
         c.delete_vpc(VpcId=vpc)
 
 
+def test_an_admin_cidr_without_this_machine_fails_at_the_join_naming_it(emulated_ec2, cli,
+                                                                        workdir):
+    """A wrong admin_cidr (another address than this machine's): the scheduler boots and its
+    join agent prints its key, but the run's group keeps this machine out. The run fails at the
+    join, a grace after the key was printed (not ready_timeout later), naming the key, and
+    removes everything."""
+    data = yaml.safe_load(EPHEMERAL_LAB.read_text())
+    data["ephemeral"]["admin_cidr"] = "198.18.128.2/32"  # on the lab's internet, not this machine
+    cluster = workdir / "clusters" / "eph-wrong-cidr.yaml"
+    cluster.parent.mkdir(exist_ok=True)
+    cluster.write_text(yaml.safe_dump(data))
+    job = workdir / "eph-wrong-cidr-job.yaml"
+    job.write_text(small_job("eph-wrong-cidr", seed=23))
+    out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
+              check=False, timeout=300)
+    text = out.stdout + out.stderr
+    print(text)
+    assert out.returncode != 0, text
+    assert "join agent listens (its key is on its console), but this machine could not reach " \
+           "198.18.128." in text and ":8785 for 45s" in text, text
+    assert "only ephemeral.admin_cidr reach tcp 8785" in text, text
+    assert " joined: " not in text, text
+    nothing_left(run_id_of(text))
+
+
 def test_a_job_failing_on_purpose_still_removes_the_cluster(emulated_ec2, cli, workdir):
     (workdir / "one.csv").write_text("text,label\n" + "".join(f"w{i} x,only\n" for i in range(40)))
     job = workdir / "eph-fail.yaml"

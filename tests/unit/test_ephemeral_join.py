@@ -95,13 +95,17 @@ def test_an_agent_that_failed_says_why_on_the_console():
         "sha256=" + "a" * 64
 
 
-def test_an_agent_nobody_reaches_fails_naming_the_port_and_the_group(tmp_path):
+def test_an_agent_nobody_reaches_fails_after_the_grace_naming_the_port_and_admin_cidr(tmp_path):
+    """The console has spoken (so the agent listens): an unreachable port fails after the
+    grace, not after the whole timeout (a wrong admin_cidr is told in seconds)."""
     identity = join.JoinIdentity.make(tmp_path, 3600)
     console = "daskfleet-join sha256=" + "b" * 64 + "\n"
-    with pytest.raises(ProvisionError, match=r"security group must let this machine "
-                                             r"\(admin_cidr\) reach tcp"):
-        join.join("i-2", "127.0.0.1", lambda: console, identity, FILES, timeout=0.5, say=print,
-                  port=_free_port(), poll_s=0.1)
+    t = time.monotonic()
+    with pytest.raises(ProvisionError, match=r"could not reach 127.0.0.1:\d+ for 1s .*only "
+                                             r"ephemeral.admin_cidr reach tcp"):
+        join.join("i-2", "127.0.0.1", lambda: console, identity, FILES, timeout=600, say=print,
+                  port=_free_port(), poll_s=0.1, reach_grace_s=1.0)
+    assert time.monotonic() - t < 30
 
 
 def test_the_user_data_command_carries_no_key(tmp_path):
