@@ -69,6 +69,23 @@ def run_id_of(output: str) -> str:
     return output.split(marker, 1)[1].split()[0]
 
 
+def refused_submit(cli, workdir: Path, name: str, seed: int, **ephemeral) -> str:
+    """A small job submitted with the lab file's `ephemeral:` keys changed as given; the run
+    must fail: its output."""
+    data = yaml.safe_load(EPHEMERAL_LAB.read_text())
+    data["ephemeral"].update(ephemeral)
+    cluster = workdir / "clusters" / f"{name}.yaml"
+    cluster.parent.mkdir(exist_ok=True)
+    cluster.write_text(yaml.safe_dump(data))
+    job = workdir / f"{name}-job.yaml"
+    job.write_text(small_job(name, seed=seed))
+    out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
+              check=False, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    return text
+
+
 @pytest.fixture(scope="module")
 def emulated_ec2(cli):
     """The emulated EC2, on the session's lab when there is one, else on a lab of no plain hosts
@@ -147,17 +164,7 @@ def test_private_addresses_from_outside_the_vpc_are_refused_with_nothing_made(em
     subnet = c.create_subnet(VpcId=vpc, CidrBlock="198.19.0.0/24",
                              AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
     try:
-        data = yaml.safe_load(EPHEMERAL_LAB.read_text())
-        data["ephemeral"]["network"] = {"subnet_id": subnet}
-        cluster = workdir / "clusters" / "eph-private.yaml"
-        cluster.parent.mkdir(exist_ok=True)
-        cluster.write_text(yaml.safe_dump(data))
-        job = workdir / "eph-private-job.yaml"
-        job.write_text(small_job("eph-private", seed=22))
-        out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
-                  check=False, timeout=300)
-        text = out.stdout + out.stderr
-        assert out.returncode != 0, text
+        text = refused_submit(cli, workdir, "eph-private", 22, network={"subnet_id": subnet})
         assert "ephemeral.network.subnet_id: the instances get private addresses only" in text
         assert "Nothing was created" in text, text
         running = [i for r in c.describe_instances()["Reservations"] for i in r["Instances"]
@@ -176,18 +183,9 @@ def test_an_admin_cidr_without_this_machine_fails_at_the_join_naming_it(emulated
     join agent prints its key, but the run's group keeps this machine out. The run fails at the
     join, a grace after the key was printed (not ready_timeout later), naming the key, and
     removes everything."""
-    data = yaml.safe_load(EPHEMERAL_LAB.read_text())
-    data["ephemeral"]["admin_cidr"] = "198.18.128.2/32"  # on the lab's internet, not this machine
-    cluster = workdir / "clusters" / "eph-wrong-cidr.yaml"
-    cluster.parent.mkdir(exist_ok=True)
-    cluster.write_text(yaml.safe_dump(data))
-    job = workdir / "eph-wrong-cidr-job.yaml"
-    job.write_text(small_job("eph-wrong-cidr", seed=23))
-    out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
-              check=False, timeout=300)
-    text = out.stdout + out.stderr
+    # an address on the lab's internet, not this machine's
+    text = refused_submit(cli, workdir, "eph-wrong-cidr", 23, admin_cidr="198.18.128.2/32")
     print(text)
-    assert out.returncode != 0, text
     assert "join agent listens (its key is on its console), but this machine could not reach " \
            "198.18.128." in text and ":8785 for 45s" in text, text
     assert "only ephemeral.admin_cidr reach tcp 8785" in text, text
