@@ -63,7 +63,7 @@ $(LINT_VENV)/.installed: requirements-lint.lock
 	touch $@
 
 lint: venv $(LINT_VENV)/.installed
-	$(BIN)/ruff check runner tests bench
+	$(BIN)/ruff check runner tests bench playbooks/library
 	$(BIN)/mypy  # [tool.mypy] in pyproject.toml: runner/, against this venv's packages
 	CHECKPOINT_DISABLE=1 terraform fmt -check -recursive terraform
 	$(BIN)/python tests/static/terraform_validate.py

@@ -21,6 +21,8 @@
 5. workers (LocalCluster): accuracy and macro-F1 against single-process scikit-learn at 2, 4, 8,
    16 and 32 one-thread workers, three seeds, Debian sections, a synthetic corpus without label
    noise and one with rare classes (bench/workers.py).
+6. idle (local processes): the CPU an idle scheduler and two workers use, the node config that
+   `daskfleet up` writes against distributed's defaults (bench/idle_cpu.py).
 
 Writes bench/results/<date>.json and <date>.md, and the table into docs/performance.md between
 its bench markers. `--quick` divides the corpus sizes by 16 and runs fewer rounds: a check that the
@@ -43,7 +45,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PERFORMANCE_DOC = HERE.parent / "docs" / "performance.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
-SECTIONS = ("bringup", "scale", "day2", "data", "partitions", "throughput", "workers")
+SECTIONS = ("bringup", "scale", "day2", "data", "partitions", "throughput", "workers", "idle")
 DATA_DOCS = 1_600_000
 
 
@@ -118,6 +120,10 @@ def goals(results: dict) -> list[tuple[str, str, str, bool]]:
             out.append((f"predict throughput, {p['rows']:,} rows, cluster / one process",
                         f"{p['docs_per_s']:,.0f} / {p['single_docs_per_s']:,.0f} docs/s = "
                         f"{p['ratio']:.2f}", "(reported)", True))
+    if i := results.get("idle"):
+        out.append((f"idle CPU, {i['processes']}, node config / distributed's defaults",
+                    f"{i['node_cpu_s_per_min']:.2f} / {i['defaults_cpu_s_per_min']:.2f} cpu-s/min"
+                    f" = {i['node_over_defaults']:.2f}", "<= 0.70", i["node_over_defaults"] <= 0.7))
     if d := results.get("day2"):
         out.append(("worker host reboot until healthy, no operator (median)",
                     f"{d['reboot_median_s']:.1f}s", "<= 90 s", d["reboot_median_s"] <= 90))
@@ -257,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         results["workers"] = (
             workers.measure((2, 4), seeds=(0,), corpora=("synthetic",), docs=20_000, log=log)
             if args.quick else workers.measure(log=log))
+    if "idle" in only:
+        import idle_cpu
+
+        log("idle: the CPU of an idle scheduler and workers")
+        results["idle"] = idle_cpu.measure(seconds=10 if args.quick else 30,
+                                           rounds=1 if args.quick else 3, log=log)
     save()
     table = markdown(results)
     write_atomic(out.with_suffix(".md"), table)
