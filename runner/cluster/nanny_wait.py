@@ -23,11 +23,11 @@ WAIT_S = 120.0
 ATTEMPT_S = 0.5  # one connect try; a scheduler not listening refuses at once
 
 
-# What the fork server imports: what a spawned worker imports before it joins. distributed's own
-# list adds numpy and pandas, imported in the nanny first to check them: on a host that starts
-# several processes at once, CPU spent before the scheduler listens (workers import them when a
-# task needs them, as they do with spawn).
-FORKSERVER_PRELOAD = ["distributed"]
+# What the fork server imports while the scheduler starts: distributed, and the modules the
+# tasks run (cluster/worker_imports.py: a worker of several threads must not import them from
+# its threads at once), so each forked worker starts with them. distributed's own list (numpy
+# and pandas) would import them in the nanny first, to check them.
+FORKSERVER_PRELOAD = ["distributed", "runner.cluster.worker_imports"]
 
 
 def start_forkserver() -> bool:

@@ -137,7 +137,9 @@ class RemoteProcess:
                 "--worker-port", s.worker_port_range, "--nanny-port", s.nanny_port_range,
                 "--local-directory", s.work_dir, "--no-dashboard",
                 # registers as soon as the scheduler listens (it may still be importing)
-                "--preload-nanny", "runner.cluster.nanny_wait"]
+                "--preload-nanny", "runner.cluster.nanny_wait",
+                # the tasks' modules, imported in one thread before the first task
+                "--preload", "runner.cluster.worker_imports"]
 
     @property
     def memory_limit(self) -> str:

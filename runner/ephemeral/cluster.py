@@ -128,7 +128,13 @@ class EphemeralCluster:
         from runner.ephemeral.environment import check_environment
 
         assert self.upload is not None, "create() made the upload (the context manager's enter)"
-        return check_environment(self.client(), self.upload.name)
+        versions = check_environment(self.client(), self.upload.name)
+        # the environment matched: the tasks' modules, imported by each worker in one thread
+        # before its first task (cluster/worker_imports.py says why)
+        # (exec: a builtin, sent by name, that returns None, where a module would not pickle)
+        self._retried(lambda: self.client().run(exec, "import runner.cluster.worker_imports"),
+                      "importing the project code on the workers")
+        return versions
 
     def status_record(self) -> dict:
         return {"lock_hash": self.lock.hash if self.lock else None, "run": self.run_id,

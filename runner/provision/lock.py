@@ -87,12 +87,8 @@ def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict
 # and runner.jobs.predict submit these functions) and the nanny's preload. With every project module
 # they import in turn (found by reading the imports), this is the nodes' code: only it names the
 # environment, so an edit to the CLI, the lab or the provisioning restarts nothing.
-NODE_ENTRY_MODULES = (
-    "runner.batch.parts", "runner.batch.train", "runner.batch.evaluate",
-    "runner.batch.naive_bayes", "runner.batch.features", "runner.batch.model",
-    "runner.batch.store", "runner.batch.predict_store",
-    "runner.cluster.nanny_wait",
-)
+# the batch's worker-side modules are those cluster/worker_imports.py imports
+NODE_ENTRY_MODULES = ("runner.cluster.worker_imports", "runner.cluster.nanny_wait")
 
 
 def _module_path(root: Path, module: str) -> Path | None:

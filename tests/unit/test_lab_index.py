@@ -57,13 +57,20 @@ def test_the_lab_index_defaults_to_0():
 
 def test_the_full_tier_runs_every_module_once_and_the_emulated_ec2_in_lab_0_only():
     zero = run_full_tier.session_args(0, ["pytest", "-q"])
-    one = run_full_tier.session_args(1, ["pytest", "-q"])
-    assert zero[-1] == "tests" and one[:2] == ["pytest", "-v"] and "-q" not in zero + one
-    for module in run_full_tier.LAB_1:
-        assert f"--ignore={module}" in zero and module in one
-        text = (REPO / module).read_text()
-        assert "--cloud" not in text and "aws" not in Path(module).name, module
-    assert len({a for a in zero + one if a.startswith("--basetemp=")}) == 2
+    assert zero[-1] == "tests" and "-q" not in zero
+    temps = {a for a in zero if a.startswith("--basetemp=")}
+    seen: list[str] = []
+    for index, moved in run_full_tier.MOVED.items():
+        args = run_full_tier.session_args(index, ["pytest", "-q"])
+        assert args[:2] == ["pytest", "-v"] and "-q" not in args
+        temps |= {a for a in args if a.startswith("--basetemp=")}
+        for module in moved:
+            assert f"--ignore={module}" in zero and module in args
+            text = (REPO / module).read_text()
+            assert "--cloud" not in text and "aws" not in Path(module).name, module
+        seen += moved
+    assert len(seen) == len(set(seen))  # no module runs in two labs
+    assert len(temps) == len(run_full_tier.LABS)
 
 
 def test_the_emulated_ec2_is_refused_outside_lab_0_before_anything_is_made(tmp_path):
@@ -76,16 +83,17 @@ def test_the_emulated_ec2_is_refused_outside_lab_0_before_anything_is_made(tmp_p
     assert not (tmp_path / "lab").exists()
 
 
-def test_the_full_tier_fails_when_either_session_fails_and_names_both(tmp_path, capsys):
+def test_the_full_tier_fails_when_any_session_fails_and_names_each(tmp_path, capsys):
     fake = tmp_path / "fake_pytest.py"  # stands in for pytest: lab 1's session fails
     fake.write_text("import os, sys\ni = os.environ['DASKFLEET_LAB_INDEX']\n"
-                    "print('3 passed' if i == '0' else '1 failed')\n"
-                    "sys.exit(0 if i == '0' else 1)\n")
+                    "print('1 failed' if i == '1' else '3 passed')\n"
+                    "sys.exit(1 if i == '1' else 0)\n")
     assert run_full_tier.main([sys.executable, str(fake)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"^\[lab 0 \d\d:\d\d:\d\d\] 3 passed$", out, re.M), out
     assert re.search(r"^\[lab 1 \d\d:\d\d:\d\d\] 1 failed$", out, re.M), out
     assert "lab 0 exited 0: 3 passed" in out and "lab 1 exited 1: 1 failed" in out, out
+    assert "lab 2 exited 0: 3 passed" in out, out
 
 
 def test_lab_down_outside_lab_0_leaves_the_emulated_ec2_and_its_vpc_table_alone(tmp_path):

@@ -74,4 +74,4 @@ def test_every_task_function_sent_by_reference_is_node_code():
     stray = [f"{path.relative_to(RUNNER.parent)}:{line}: {target}" for path, line, target in sent
              if target.rsplit(".", 1)[0] not in node]
     assert not stray, ("task functions outside the node code (move them to a node module, or "
-                       "add their module to lock.NODE_ENTRY_MODULES):\n" + "\n".join(stray))
+                       "import their module in runner/cluster/worker_imports.py):\n" + "\n".join(stray))
