@@ -70,7 +70,12 @@ def _ids(item: dict) -> tuple[int, int]:
 
 
 def ensure(item: dict, check: bool) -> list[str]:
-    """What had to change for ITEM's folder (made, owner, mode), changed unless CHECK."""
+    """What had to change for ITEM's folder (made, owner, mode), changed unless CHECK.
+
+    A symlink where a folder should be is refused, never followed: some of these folders sit in
+    a folder the cluster's unprivileged user owns, who could otherwise point one at /etc and
+    have the next converge hand it over. Owner and mode are set through the opened folder, so it
+    cannot be swapped between the check and the change."""
     path, changes = item["path"], []
     try:
         mode = int(item["mode"], 8)
@@ -78,25 +83,33 @@ def ensure(item: dict, check: bool) -> list[str]:
         raise ValueError(f"{path}: mode {item['mode']!r} is not an octal mode such as '0750'") \
             from None
     uid, gid = _ids(item)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if not check:
-            os.makedirs(path, mode=0o755, exist_ok=True)
+    if not os.path.lexists(path):
         changes.append("made")
-        st = None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"{path} exists and is not a folder")
-    if st is None or st.st_uid != uid or gid not in (-1, st.st_gid):
-        if not check:
-            os.chown(path, uid, gid)
-        if st is not None:
-            changes.append("owner")
-    if st is None or stat.S_IMODE(st.st_mode) != mode:
-        if not check:
-            os.chmod(path, mode)  # after chown, which may clear setgid bits
-        if st is not None:
-            changes.append("mode")
+        if check:
+            return changes
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        if check and not os.path.lexists(path):
+            return changes
+        kind = "a symlink" if os.path.islink(path) else "not a folder"
+        raise ValueError(f"{path} exists and is {kind}: remove it and run again") from None
+    try:
+        st = os.fstat(fd)
+        made = bool(changes)
+        if st.st_uid != uid or gid not in (-1, st.st_gid):
+            if not check:
+                os.fchown(fd, uid, gid)
+            if not made:
+                changes.append("owner")
+        if made or stat.S_IMODE(st.st_mode) != mode:
+            if not check:
+                os.fchmod(fd, mode)  # after chown, which may clear setgid bits
+            if not made:
+                changes.append("mode")
+    finally:
+        os.close(fd)
     return changes
 
 

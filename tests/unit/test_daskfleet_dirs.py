@@ -80,6 +80,21 @@ def test_a_file_where_a_folder_should_be_is_refused(tmp_path):
         dirs.ensure({"path": str(tmp_path / "f"), "mode": "0700", "owner": me}, check=False)
 
 
+@pytest.mark.parametrize("check", [False, True])
+def test_a_symlink_where_a_folder_should_be_is_refused_and_its_target_left_alone(tmp_path, check):
+    """The cluster's user owns the folder holding `work` and `pycache`: a link put there in
+    place of one must not hand the next converge's owner and mode to what it points at."""
+    target = tmp_path / "etc"
+    target.mkdir(mode=0o755)
+    before = target.stat()
+    (tmp_path / "work").symlink_to(target)
+    with pytest.raises(ValueError, match="work exists and is a symlink"):
+        dirs.ensure({"path": str(tmp_path / "work"), "mode": "0700", "owner": "nobody"},
+                    check=check)
+    after = target.stat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+
+
 def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
