@@ -47,7 +47,7 @@ check: venv
 	$(PYTEST) -n auto --maxprocesses=8 $(FAST_TIER) tests/unit tests/batch tests/static
 
 # Full tier only: real lab hosts, the emulated EC2, the registry (cross-arch wheelhouse). Needs
-# root, terraform and the provider mirror: without them it fails, it never skips. Two sessions at
+# root, terraform and the provider mirror: without them it fails, it never skips. Three sessions at
 # once, each on a lab of its own (tests/run_full_tier.py).
 e2e: system-deps venv
 	$(BIN)/python tests/run_full_tier.py $(PYTEST) $(FULL_TIER_ONLY)

@@ -45,7 +45,7 @@ LABS = (0, *MOVED)
 def session_args(index: int, pytest_command: list[str]) -> list[str]:
     """The pytest command of lab INDEX (PYTEST_COMMAND: pytest and its options, no paths): lab N
     runs MOVED[N], lab 0 the rest of tests/."""
-    # a line per test (the lines of the two sessions interleave; -q's dots would show nothing
+    # a line per test (the lines of the sessions interleave; -q's dots would show nothing
     # until a module ends), and each session's own temp root (pytest prunes the old numbered
     # folders of a shared one)
     own = [*(a for a in pytest_command if a not in ("-q", "--quiet")), "-v",

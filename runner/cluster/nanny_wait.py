@@ -10,7 +10,8 @@ connection to the scheduler succeeds, or after ``WAIT_S``, when the nanny's own 
 
 With ``distributed.worker.multiprocessing-method: forkserver`` (the dask_node role's default) it
 first starts the server the worker will be forked from, so that the server's import of distributed
-overlaps the wait instead of following it (a spawned worker imports it after the wait).
+and of the tasks' modules (``FORKSERVER_PRELOAD``) overlaps the wait instead of following it (a
+spawned worker imports them after the wait).
 """
 
 from __future__ import annotations
