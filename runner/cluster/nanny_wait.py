@@ -10,8 +10,7 @@ connection to the scheduler succeeds, or after ``WAIT_S``, when the nanny's own 
 
 With ``distributed.worker.multiprocessing-method: forkserver`` (the dask_node role's default) it
 first starts the server the worker will be forked from, so that the server's import of distributed
-and of the tasks' modules (``FORKSERVER_PRELOAD``) overlaps the wait instead of following it (a
-spawned worker imports them after the wait).
+overlaps the wait instead of following it (a spawned worker imports it after the wait).
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ WAIT_S = 120.0
 ATTEMPT_S = 0.5  # one connect try; a scheduler not listening refuses at once
 
 
-# What the fork server imports while the scheduler starts: distributed, and the modules the
-# tasks run (cluster/worker_imports.py: a worker of several threads must not import them from
-# its threads at once), so each forked worker starts with them. distributed's own list (numpy
-# and pandas) would import them in the nanny first, to check them.
-FORKSERVER_PRELOAD = ["distributed", "runner.cluster.worker_imports"]
+# What the fork server imports: what a spawned worker imports before it joins. distributed's own
+# list adds numpy and pandas, imported in the nanny first to check them: on a host that starts
+# several processes at once, CPU spent before the scheduler listens. Not the tasks' modules
+# (cluster/worker_imports.py, each worker's --preload): the fork server stays for as long as
+# its worker, and holding them would take it from 57 to 207 MB resident, per worker.
+FORKSERVER_PRELOAD = ["distributed"]
 
 
 def start_forkserver() -> bool:
