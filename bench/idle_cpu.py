@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import yaml
+from distributed.utils import open_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE_DEFAULTS = ROOT / "playbooks" / "roles" / "dask_node" / "defaults" / "main.yml"
@@ -37,39 +38,24 @@ def node_env() -> dict[str, str]:
             "DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL": d["dask_node_profile_interval"]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cpu_s(pids: list[int]) -> float:
     """User + system CPU seconds of these processes and their children (the nanny's worker)."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for pid in pids:
-        for p in [pid, *_children(pid)]:
+        parent = psutil.Process(pid)
+        for p in [parent, *parent.children(recursive=True)]:
             try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
                 continue
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += t.user + t.system
     return total
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        kids = (task / "children").read_text().split() if (task / "children").exists() else []
-        for k in map(int, kids):
-            out += [k, *_children(k)]
-    return out
 
 
 def idle_cpu(extra_env: dict[str, str], seconds: float, settle: float = 10) -> float:
     """CPU seconds per minute of a scheduler and WORKERS nanny-workers left idle SECONDS."""
     env = {**os.environ, "DASK_CONFIG": "/nonexistent", **extra_env}
-    port = _free_port()
+    port = open_port("127.0.0.1")
     addr = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port",
                                str(port), "--no-dashboard"], env=env,

@@ -45,6 +45,7 @@ changed_paths:
   returned: always
 """
 
+import errno
 import grp
 import os
 import pwd
@@ -90,14 +91,14 @@ def ensure(item: dict, check: bool) -> list[str]:
         os.makedirs(path, mode=0o755, exist_ok=True)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        if check and not os.path.lexists(path):
-            return changes
+    except OSError as e:  # a link (ELOOP) or another kind of file (ENOTDIR); others as they are
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
         kind = "a symlink" if os.path.islink(path) else "not a folder"
         raise ValueError(f"{path} exists and is {kind}: remove it and run again") from None
+    made = bool(changes)
     try:
         st = os.fstat(fd)
-        made = bool(changes)
         if st.st_uid != uid or gid not in (-1, st.st_gid):
             if not check:
                 os.fchown(fd, uid, gid)

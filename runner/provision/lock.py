@@ -83,11 +83,11 @@ def closure(roots: tuple[str, ...] = WORKER_ROOTS, dist=md.distribution) -> dict
     return versions
 
 
-# What the nodes import of the project: the batch's worker-side tasks (runner.batch.pipeline_*
-# and runner.jobs.predict submit these functions) and the nanny's preload. With every project module
-# they import in turn (found by reading the imports), this is the nodes' code: only it names the
-# environment, so an edit to the CLI, the lab or the provisioning restarts nothing.
-# the batch's worker-side modules are those cluster/worker_imports.py imports
+# What the nodes import of the project: the workers' preload, which imports the modules of the
+# batch's worker-side tasks (runner.batch.pipeline_* and runner.jobs.predict submit their
+# functions), and the nanny's preload. With every project module they import in turn (found by
+# reading the imports), this is the nodes' code: only it names the environment, so an edit to
+# the CLI, the lab or the provisioning restarts nothing.
 NODE_ENTRY_MODULES = ("runner.cluster.worker_imports", "runner.cluster.nanny_wait")
 
 
