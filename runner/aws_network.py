@@ -82,16 +82,30 @@ def egress(routes: list[dict]) -> str | None:
     return None
 
 
+def default_target(routes: list[dict]) -> str | None:
+    """The NAT gateway (its id) that a subnet's route table sends 0.0.0.0/0 to, if any."""
+    for r in routes:
+        if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State") != "blackhole":
+            return r.get("NatGatewayId")
+    return None
+
+
+def routes_of(subnet_id: str, vpc_id: str, tables: list[dict]) -> list[dict]:
+    """The routes of the subnet's route table, among ``tables`` (DescribeRouteTables'): its own
+    association, else its VPC's main table."""
+    own = [t for t in tables if any(a.get("SubnetId") == subnet_id
+                                    for a in t.get("Associations", []))]
+    main = [t for t in tables if t.get("VpcId") == vpc_id
+            and any(a.get("Main") for a in t.get("Associations", []))]
+    found = own or main
+    return found[0]["Routes"] if found else []
+
+
 def subnet_routes(ec2, subnet_id: str) -> list[dict]:
     """The routes of the subnet's route table: its own association, else its VPC's main table."""
-    tables = ec2.describe_route_tables(
-        Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])["RouteTables"]
-    if not tables:
-        vpc = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
-        tables = ec2.describe_route_tables(Filters=[
-            {"Name": "vpc-id", "Values": [vpc]},
-            {"Name": "association.main", "Values": ["true"]}])["RouteTables"]
-    return tables[0]["Routes"] if tables else []
+    vpc = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
+    return routes_of(subnet_id, vpc, tables["RouteTables"])
 
 
 def subnet_cidr(ec2, subnet_id: str) -> str:

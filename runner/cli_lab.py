@@ -1,4 +1,4 @@
-"""CLI commands of the local lab: `daskfleet lab up|down|status|kill|restart|cut|heal`.
+"""CLI commands of the local lab: `daskfleet lab up|down|status|kill|restart|cut|heal|vpn`.
 
 runner.cli calls ``add_commands(sub)``; output as in runner.cli: the lab's status is data
 (print), the work's progress is logged."""
@@ -35,6 +35,19 @@ def cmd_lab(args) -> int:
         logger.info(f"lab: {args.host}'s link is cut (every packet in or out dropped; its "
                     f"processes keep running); `daskfleet lab heal {args.host}` restores it")
         return 0
+    if args.lab_cmd == "vpn":
+        from runner.lab import vpn
+
+        if args.off:
+            if not vpn.disconnect(lab):
+                logger.info("lab: no VPN was connected")
+        elif not args.subnet:
+            from runner.errors import LabError
+
+            raise LabError("lab: `daskfleet lab vpn` needs a SUBNET_ID (or --off).")
+        else:
+            vpn.connect(lab, args.subnet)
+        return 0
     if args.lab_cmd == "heal":
         was_cut = lab.heal(args.host)
         logger.info(f"lab: {args.host}'s link is up again" if was_cut
@@ -58,6 +71,10 @@ def cmd_lab(args) -> int:
                   f"(api pid {c['api_pid']}, controller pid {c['controller_pid']}"
                   f"{'' if c['alive'] else ': NOT RUNNING'}); "
                   f"TF_CLI_CONFIG_FILE={c['terraform_rc']}")
+            if c.get("vpn"):
+                v = c["vpn"]
+                print(f"vpn: this machine reaches {v['vpc_cidr']} from {v['address']} "
+                      f"(in {v['subnet']}); `daskfleet lab vpn --off` disconnects")
         if st["object_store"]:
             o = st["object_store"]
             print(f"object store (S3): endpoint {o['endpoint']} region {o['region']}"
@@ -100,4 +117,8 @@ def add_commands(sub) -> None:
     cut.add_argument("host", help="a lab host, or `control`: this machine's own link to the lab")
     heal = labsub.add_parser("heal", help="restore a lab host's link after `lab cut`")
     heal.add_argument("host")
+    vpn = labsub.add_parser("vpn", help="reach an emulated VPC's private addresses from this "
+                                        "machine, as over a client VPN (from an address in SUBNET)")
+    vpn.add_argument("subnet", nargs="?", help="the subnet id (subnet-...) the VPN endpoint sits in")
+    vpn.add_argument("--off", action="store_true", help="disconnect: outside every VPC again")
     lab.set_defaults(func=cmd_lab)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import LabError
-from runner.lab.addresses import INTERNET_ADDRESS, PUBLIC_RANGE, VPC_RANGE
+from runner.lab.addresses import BRIDGE, INTERNET_ADDRESS, PUBLIC_RANGE, VPC_RANGE
 from runner.log import Progress, Say
 
 logger = logging.getLogger("runner.lab.ec2")  # not __main__ under python -m
@@ -33,7 +33,6 @@ ENDPOINT = f"http://127.0.0.1:{PORT}"
 # is: no route to the VPC's private addresses, and nothing it serves answers at the router's
 # address (`outside_vpc_ruleset`). It reaches instances at their public addresses only.
 VPC_ROUTER = "198.19.0.1"
-VPC_SUBNET = "198.19.0.0/24"  # the aws module's subnet: the first /24 of vpc_cidr 198.19.0.0/16
 VPC_TABLE = "daskfleet_vpc"  # the nftables table that keeps the control machine out of the VPC
 DEBIAN_OWNER = "136693071363"
 TF_PROVIDER = "registry.terraform.io/hashicorp/aws"
@@ -141,7 +140,7 @@ def _spawn(module: str, lab, log_name: str, extra: list[str]) -> int:
 def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
     """Start the API server and the instance controller; record them in lab.json."""
     say = Say(progress, logger)
-    from runner.lab.machine import BRIDGE, port_open, run
+    from runner.lab.machine import port_open, run
 
     if port_open("127.0.0.1", PORT, timeout=0.5):
         raise LabError(
@@ -191,7 +190,7 @@ def start_cloud(lab, region: str, progress: Progress | None = None) -> None:
         raise LabError(f"lab: the instance controller exited at start; see "
                        f"{cdir / 'controller.log'}:\n{(cdir / 'controller.log').read_text()[-1500:]}")
     say(f"lab: emulated EC2 at {ENDPOINT} (region {region}) in {time.monotonic() - t0:.1f}s; "
-        f"VPC subnet {VPC_SUBNET} via {VPC_ROUTER} (this machine is outside it: it reaches "
+        f"VPCs in {VPC_RANGE} via {VPC_ROUTER} (this machine is outside them: it reaches "
         f"instances at public addresses, {PUBLIC_RANGE}); images "
         + ", ".join(f"{i['ImageId']} {i['Name']}" for i in images))
     if mirror:
@@ -208,7 +207,7 @@ def stop_cloud(lab) -> bool:
     emulated EC2, nothing: the VPC's nftables table is this machine's, and lab 0's cloud may be
     running beside it (`lab down` in lab 1 must not open lab 0's VPC to this machine)."""
     from runner.lab.addresses import OWNS_CLOUD
-    from runner.lab.machine import BRIDGE, run
+    from runner.lab.machine import run
 
     if not OWNS_CLOUD:
         return False
@@ -228,22 +227,27 @@ def stop_cloud(lab) -> bool:
     while any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
+    drop_vpn_address(cloud)
     run(["ip", "addr", "del", f"{VPC_ROUTER}/24", "dev", BRIDGE], check=False)
     run(["ip", "addr", "del", f"{INTERNET_ADDRESS}/24", "dev", BRIDGE], check=False)
     run(["nft", "delete", "table", "inet", VPC_TABLE], check=False)  # after the address went
     return bool(pids)
 
 
-def outside_vpc_ruleset() -> str:
+def outside_vpc_ruleset(vpn: tuple[str, str] | None = None) -> str:
     """The control machine outside the VPC, as a laptop is: what it sends to a private address
     is dropped (a connection waits out its timeout, as one to an unrouted address does), and
-    nothing on it answers at the VPC router's address. Replaces the table in one transaction."""
+    nothing on it answers at the VPC router's address. With ``vpn`` (its address in a subnet,
+    the VPC's range: runner.lab.vpn), what it sends from that address into that range goes
+    through, as over a client VPN. Replaces the table in one transaction."""
+    through = [f"    ip saddr {vpn[0]} ip daddr {vpn[1]} accept"] if vpn else []
     return "\n".join([
         f"table inet {VPC_TABLE}",
         f"delete table inet {VPC_TABLE}",
         f"table inet {VPC_TABLE} {{",
         "  chain output {",
         "    type filter hook output priority 0; policy accept;",
+        *through,
         f"    ip daddr {VPC_RANGE} drop",
         "  }",
         "  chain input {",
@@ -253,6 +257,17 @@ def outside_vpc_ruleset() -> str:
         "}",
         "",
     ])
+
+
+def drop_vpn_address(cloud: dict) -> None:
+    """The route and address of `lab vpn` (runner.lab.vpn) on the bridge: its `--off`, and
+    `lab down`."""
+    from runner.lab.machine import run
+
+    vpn = cloud.get("vpn")
+    if vpn:
+        run(["ip", "route", "del", vpn["vpc_cidr"], "dev", BRIDGE], check=False)
+        run(["ip", "addr", "del", f"{vpn['address']}/32", "dev", BRIDGE], check=False)
 
 
 def _zombie(pid: int) -> bool:

@@ -140,7 +140,11 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
       spot vCPU quota (VcpuLimitExceeded); the lab's are DEFAULT_VCPU_QUOTA or its
       VCPU_QUOTA_FILE, and Service Quotas answers them (moto's knows only VPC quotas);
     - public addresses are made up (routable addresses of others): the lab's are drawn from
-      PUBLIC_RANGE, its own internet, and never reused while the server runs;
+      PUBLIC_RANGE, its own internet, and never reused while the server runs; Elastic IPs
+      (a NAT gateway's) too;
+    - a NAT gateway gets a random 10.x private address, outside its subnet, and a network
+      interface made without an address gets a random one of its subnet (the network address,
+      the VPC router's, an instance's): EC2 gives both the subnet's next free address;
     - GetConsoleOutput answers a canned Xen boot log: EC2 answers what the instance wrote on
       its console, which is how an ephemeral run learns each instance's join key
       (runner/ephemeral/join.py). The lab's is the instance host's console (its init.log),
@@ -148,9 +152,12 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
     import base64
 
     from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models import elastic_ip_addresses as eips
     from moto.ec2.models import elastic_network_interfaces as interfaces
-    from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+    from moto.ec2.models import nat_gateways
+    from moto.ec2.models.elastic_network_interfaces import NetworkInterface, NetworkInterfaceBackend
     from moto.ec2.models.instances import InstanceBackend
+    from moto.ec2.models.nat_gateways import NatGatewayBackend
     from moto.ec2.models.security_groups import SecurityGroupRule
     from moto.ec2.responses import subnets as subnet_responses
     from moto.ec2.responses.general import General
@@ -171,6 +178,18 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
                 return address
         raise EC2ClientError("AddressLimitExceeded", f"the lab's {PUBLIC_RANGE} is used up")
     quota_of = ServiceQuotasBackend.get_service_quota
+    make_interface = NetworkInterfaceBackend.create_network_interface
+    make_nat = NatGatewayBackend.create_nat_gateway
+
+    def create_network_interface(self, subnet, private_ip_address, *args, **kwargs):
+        if not private_ip_address and not kwargs.get("private_ip_addresses"):
+            private_ip_address = subnet.get_available_subnet_ip(None)  # as an instance's
+        return make_interface(self, subnet, private_ip_address, *args, **kwargs)
+
+    def create_nat_gateway(self, *args, **kwargs):
+        nat = make_nat(self, *args, **kwargs)
+        nat.private_ip = nat._eni.private_ip_address  # what its interface got in its subnet
+        return nat
 
     def run_instances(self, image_id, count, user_data, security_group_names, **kwargs):
         refusal = _spot_refusal(lab_dir)
@@ -242,6 +261,10 @@ def as_ec2_does(lab_dir: Path | None = None) -> None:
     General.get_console_output = get_console_output  # type: ignore[method-assign]
     subnet_responses.random = WorstPick  # type: ignore[assignment]
     interfaces.random_public_ip = public_ip
+    eips.random_ip = public_ip
+    nat_gateways.random_private_ip = lambda *a, **k: None  # type: ignore[assignment]
+    NetworkInterfaceBackend.create_network_interface = create_network_interface  # type: ignore[method-assign]
+    NatGatewayBackend.create_nat_gateway = create_nat_gateway  # type: ignore[method-assign]
     ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]
     full = vars(NetworkInterface)["association"].fget
     NetworkInterface.association = property(  # type: ignore[method-assign,assignment]

@@ -6,8 +6,10 @@ ip-a-b-c-d, the image's login user `admin` with the key pair's key, user_data ru
 boot); a stopped one is crashed and its disk kept; a terminated or vanished one is crashed and its
 disk deleted. Each host's security-group ingress rules are enforced with nftables in its netns
 (the ruleset: runner.lab.security_groups).
-The image has a `docker` stand-in and a `shutdown` that powers the instance off through the API
-(runner.lab.standin).
+The image has a `docker` stand-in, which pulls from the lab's registry (served here), and a
+`shutdown` that powers the instance off through the API (runner.lab.standin). NAT gateways
+become hosts of their own (runner.lab.nat); an instance's default route follows its subnet's
+route table.
 What it booted is listed in cloud/instances.json (read by `Lab().instance_hosts()`).
 """
 
@@ -26,9 +28,11 @@ import time
 import traceback
 from pathlib import Path
 
-from runner.lab import cloudinit, standin
+from runner import aws_network
+from runner.lab import cloudinit, nat, standin
+from runner.lab.addresses import VPC_RANGE
 from runner.lab.boot_scripts import REBOOT_MARKER, SHUTDOWN_MARKER, clear_shutdown, shutdown_requested
-from runner.lab.ec2 import VPC_ROUTER, VPC_SUBNET, client
+from runner.lab.ec2 import VPC_ROUTER, client
 from runner.lab.lab import Lab
 from runner.lab.machine import (
     BootSpec,
@@ -37,8 +41,10 @@ from runner.lab.machine import (
     boot_again,
     boot_host,
     host_booted,
+    netns_with_prefix,
     nft_apply,
     read_instance_hosts,
+    set_gateway,
     stop_host,
 )
 from runner.lab.security_groups import instance_groups, render_sg_ruleset
@@ -46,6 +52,7 @@ from runner.lab.security_groups import instance_groups, render_sg_ruleset
 logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
 POLL_S = 0.5
+NETWORK_POLLS = 4  # route tables and NAT gateways are read every 4th poll (2 s)
 SHUTDOWN_WAIT_S = 30.0  # how long an instance's own shutdown may take before it is cut short
 IMAGE_USER = "admin"  # Debian's cloud images' default user
 HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)
@@ -71,23 +78,25 @@ def host_for(instance_id: str, address: str) -> LabHost:
                    instance_id=instance_id, link=f"dfe{short[-12:]}")
 
 
-def refuse_reason(inst: dict, arch: str | None) -> str | None:
+def refuse_reason(inst: dict, arch: str | None, subnet_cidr: str | None) -> str | None:
     """Why the controller will not boot this instance (None: it will)."""
     ip = inst.get("PrivateIpAddress")
     if arch != "x86_64":
         return f"architecture {arch}: this machine is x86_64 and cannot boot it"
     if not ip:
         return "no private IP address"
-    net = ipaddress.ip_network(VPC_SUBNET)
+    if not subnet_cidr:
+        return "no subnet (the lab boots instances of a VPC only)"
+    net = ipaddress.ip_network(subnet_cidr)
     addr = ipaddress.ip_address(ip)
-    if addr not in net:
-        return (f"private address {ip} is outside the lab's VPC subnet {VPC_SUBNET} "
-                "(launch it in a subnet of 198.19.0.0/24)")
-    # AWS reserves the network address, .1 (VPC router: here the control machine), .2 (DNS),
-    # .3 (future use) and the broadcast address. moto skips .1-.3 when it picks an address, but
-    # an explicitly requested PrivateIpAddress is taken as given: an emulator bug, refused here.
+    if not net.subnet_of(ipaddress.ip_network(VPC_RANGE)):  # type: ignore[arg-type]
+        return (f"subnet {subnet_cidr} is outside the lab's VPC range {VPC_RANGE} "
+                "(launch it in a VPC of 198.19.0.0/16)")
+    # AWS reserves the network address, .1 (VPC router), .2 (DNS), .3 (future use) and the
+    # broadcast address. moto skips .1-.3 when it picks an address, but an explicitly requested
+    # PrivateIpAddress is taken as given: an emulator bug, refused here.
     if int(addr) - int(net.network_address) <= 3 or addr == net.broadcast_address:
-        return f"private address {ip} is one AWS reserves in {VPC_SUBNET} (emulator bug)"
+        return f"private address {ip} is one AWS reserves in {subnet_cidr} (emulator bug)"
     return None
 
 
@@ -120,10 +129,21 @@ class Controller:
         self.arch: dict[str, str | None] = {}
         self.public: dict[str, str] = {}  # instance id -> the public address its host answers at
         self.waiting_route: set[str] = set()  # instances whose public address waits for a route
+        self.gateways: dict[str, str] = {}  # instance id -> its default gateway
+        self.nats: dict[str, tuple[str, str]] = {}  # NAT gateway id -> its (private, public)
+        self.tables: list[dict] = []  # the route tables, as of the last network poll
+        self.nat_gateways: list[dict] = []  # DescribeNatGateways', as of the last network poll
+        self.polls = -1
+        self.subnets: dict[str, dict] = {}  # subnet id -> DescribeSubnets' entry (cached)
         # Adopt what a previous controller booted (it may have been restarted).
         for h in read_instance_hosts(lab.cloud_dir):
             if Path(f"/run/netns/{h.netns}").exists():
                 self.hosts[h.name] = h
+                boot = json.loads((lab.host_dir(h.name) / "boot.json").read_text())
+                self.gateways[h.name] = boot.get("gateway") or VPC_ROUTER
+        # NAT gateways' hosts are made again from the API's answer (a blip for their traffic)
+        for ns in netns_with_prefix("dfec2-nat-"):
+            nat.stop_nat("nat-" + ns.removeprefix("dfec2-nat-"))
 
     def image_arch(self, image_id: str) -> str | None:
         if image_id not in self.arch:
@@ -136,6 +156,15 @@ class Controller:
         instances = {i["InstanceId"]: i for page in pages for r in page["Reservations"]
                      for i in r["Instances"]}
         running = {k: i for k, i in instances.items() if i["State"]["Name"] == "running"}
+        # Route tables and NAT gateways every NETWORK_POLLS polls (AWS applies a route change in
+        # seconds too), and whenever an instance is to boot
+        self.polls += 1
+        if self.polls % NETWORK_POLLS == 0 or set(running) - set(self.hosts) - self.refused:
+            self.nat_gateways = self.ec2.describe_nat_gateways()["NatGateways"]
+            self.tables = self.ec2.describe_route_tables()["RouteTables"] \
+                if running or self.nat_gateways else []
+            self.reconcile_nats(self.nat_gateways)
+        nats = self.nat_gateways
         for iid in list(self.hosts):
             state = instances.get(iid, {}).get("State", {}).get("Name", "gone")
             if state == "running":
@@ -143,6 +172,7 @@ class Controller:
             host = self.hosts.pop(iid)
             self.rulesets.pop(iid, None)
             self.public.pop(iid, None)
+            self.gateways.pop(iid, None)
             self.waiting_route.discard(iid)
             stop_host(host.netns, host.veth)
             if (p := self.procs.pop(iid, None)) is not None:
@@ -174,6 +204,12 @@ class Controller:
             if iid in self.hosts:
                 if inst.get("PublicIpAddress") and iid not in self.public:
                     self.attach_public_address(iid, inst)
+                gateway = self.gateway(inst, nats)
+                if self.gateways.get(iid) != gateway:
+                    set_gateway(self.lab.host_dir(iid), self.hosts[iid].netns, gateway)
+                    self.gateways[iid] = gateway
+                    logger.info(f"{iid}: default gateway now {gateway} (its subnet's route "
+                                "table changed)")
                 if self.rulesets.get(iid) != ruleset:
                     nft_apply(self.hosts[iid].netns, ruleset)
                     self.rulesets[iid] = ruleset
@@ -181,7 +217,7 @@ class Controller:
                     logger.info(f"{iid}: security group rules re-applied")
             elif iid not in self.refused:
                 try:
-                    self.boot(inst, ruleset)
+                    self.boot(inst, ruleset, self.gateway(inst, nats))
                     self.boot_errors.discard(iid)
                 except Exception as e:  # noqa: BLE001 - one bad instance must not stop the rest
                     if iid not in self.boot_errors:
@@ -228,13 +264,62 @@ class Controller:
             return
         logger.info(f"{iid}: shut down from inside: {behaviour}")
 
-    def boot(self, inst: dict, ruleset: str) -> None:
+    def subnet(self, subnet_id: str | None) -> dict | None:
+        if subnet_id and subnet_id not in self.subnets:
+            found = self.ec2.describe_subnets(
+                Filters=[{"Name": "subnet-id", "Values": [subnet_id]}])["Subnets"]
+            if not found:
+                return None
+            self.subnets[subnet_id] = found[0]
+        return self.subnets.get(subnet_id) if subnet_id else None
+
+    def routes(self, subnet_id: str, vpc_id: str) -> list[dict]:
+        return aws_network.routes_of(subnet_id, vpc_id, self.tables)
+
+    def gateway(self, inst: dict, nats: list[dict]) -> str:
+        """Where the instance sends what leaves its VPC: the NAT gateway its subnet routes
+        0.0.0.0/0 to (at the NAT's private address, which answers only while the NAT is made:
+        else the route is a black hole, as on AWS), else the VPC router."""
+        target = aws_network.default_target(self.routes(inst.get("SubnetId", ""),
+                                                        inst.get("VpcId", "")))
+        for n in nats:
+            if n["NatGatewayId"] == target and n.get("NatGatewayAddresses"):
+                return n["NatGatewayAddresses"][0].get("PrivateIp") or VPC_ROUTER
+        return VPC_ROUTER
+
+    def reconcile_nats(self, nats: list[dict]) -> None:
+        """A host for each NAT gateway that works on AWS: available, with an Elastic IP, in a
+        subnet that routes 0.0.0.0/0 to an internet gateway."""
+        wanted: dict[str, tuple[str, str]] = {}
+        for n in nats:
+            address = (n.get("NatGatewayAddresses") or [{}])[0]
+            if n.get("State") == "available" and address.get("PublicIp") and \
+                    address.get("PrivateIp") and aws_network.egress(
+                        self.routes(n["SubnetId"], n["VpcId"])) == "igw":
+                wanted[n["NatGatewayId"]] = (address["PrivateIp"], address["PublicIp"])
+        for nid in [n for n in self.nats if self.nats[n] != wanted.get(n)]:
+            nat.stop_nat(nid)
+            del self.nats[nid]
+            logger.info(f"{nid}: NAT gateway's host removed")
+        for nid, (private, public) in wanted.items():
+            if nid in self.nats:
+                continue
+            subnet = self.subnet(next(n["SubnetId"] for n in nats if n["NatGatewayId"] == nid))
+            prefixlen = ipaddress.ip_network(subnet["CidrBlock"]).prefixlen if subnet else 24
+            nat.boot_nat(nid, private, prefixlen, public, VPC_ROUTER)
+            self.nats[nid] = (private, public)
+            logger.info(f"{nid}: NAT gateway at {private}, out from {public}")
+
+    def boot(self, inst: dict, ruleset: str, gateway: str) -> None:
         iid = inst["InstanceId"]
-        reason = refuse_reason(inst, self.image_arch(inst["ImageId"]))
+        subnet = self.subnet(inst.get("SubnetId"))
+        reason = refuse_reason(inst, self.image_arch(inst["ImageId"]),
+                               subnet["CidrBlock"] if subnet else None)
         if reason:
             self.refused.add(iid)
             logger.warning(f"{iid}: BOOT FAILED: {reason}")
             return
+        assert subnet is not None  # refuse_reason refuses an instance without one
         t0 = time.monotonic()
         host = host_for(iid, inst["PrivateIpAddress"])
         hdir = self.lab.host_dir(iid)
@@ -269,8 +354,9 @@ class Controller:
             boot_host(BootSpec(
                 hostname="ip-" + host.address.replace(".", "-"), address=host.address,
                 netns=host.netns, veth=host.veth, mac="02:df:ec:{:02x}:{:02x}:{:02x}".format(*octets[1:]),
-                hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=VPC_ROUTER,
-                prefixlen=ipaddress.ip_network(VPC_SUBNET).prefixlen, user=None,
+                hdir=hdir, host_keys=HOST_KEY_PATHS, gateway=gateway,
+                local_route=self.vpc_cidr(inst.get("VpcId")),
+                prefixlen=ipaddress.ip_network(subnet["CidrBlock"]).prefixlen, user=None,
                 first_boot=script, nft_ruleset=ruleset, extra_private_dirs=standin.BIN_DIRS,
                 public_address=public, listen_any=True, metadata_dir=metadata,
                 power_unit=True, shared_ro=(str(images),)))
@@ -279,6 +365,7 @@ class Controller:
                 shutil.rmtree(hdir, ignore_errors=True)
             raise
         self.hosts[iid] = host
+        self.gateways[iid] = gateway
         if public:
             self.public[iid] = public
         self.rulesets[iid] = ruleset
@@ -287,15 +374,19 @@ class Controller:
         logger.info(f"{iid}: booted {host.address} ({'first boot' if first else 'boot'}) in "
                     f"{time.monotonic() - t0:.2f}s; log {hdir / 'init.log'}")
 
+    def vpc_cidr(self, vpc_id: str | None) -> str:
+        """The instance's VPC's range (its local route); the lab's whole range if unknown."""
+        vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Vpcs"] \
+            if vpc_id else []
+        return vpcs[0]["CidrBlock"] if vpcs else VPC_RANGE
+
     def public_address(self, inst: dict) -> str | None:
         """The instance's public address, if the internet can reach it: as on AWS, only when its
         subnet routes 0.0.0.0/0 to an internet gateway (else the address answers nothing)."""
-        from runner.aws_network import egress, subnet_routes
-
         address = inst.get("PublicIpAddress")
         if not address or not inst.get("SubnetId"):
             return None
-        if egress(subnet_routes(self.ec2, inst["SubnetId"])) != "igw":
+        if aws_network.egress(self.routes(inst["SubnetId"], inst.get("VpcId", ""))) != "igw":
             if inst["InstanceId"] not in self.waiting_route:
                 logger.info(f"{inst['InstanceId']}: public address {address} unreachable until "
                             f"subnet {inst['SubnetId']} routes 0.0.0.0/0 to an internet gateway")
@@ -350,7 +441,9 @@ def main(argv: list[str] | None = None) -> None:
     runner_logger = logging.getLogger("runner")
     runner_logger.addHandler(output)
     runner_logger.setLevel(logging.INFO)
-    Controller(Lab(args.lab_dir)).run()
+    lab = Lab(args.lab_dir)
+    standin.serve_registry(lab.cloud_dir / "registry.log")  # the instances' image pulls
+    Controller(lab).run()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ class BootSpec:
     host_keys: tuple[str, ...]  # sshd HostKey paths (as seen inside the host)
     prefixlen: int = 24
     gateway: str | None = None
+    # An instance's VPC range, on its link: the VPC router's local route (every subnet of the
+    # VPC reached directly; the gateway may sit in another subnet)
+    local_route: str | None = None
     user: str | None = None  # a login user the lab creates (None: only first_boot creates users)
     authorized_keys: str = ""  # installed as LAB_KEYS_DIR/<user> at every boot
     first_boot: Path | None = None  # run once, as root, inside the host, before sshd (user_data)
@@ -179,10 +182,14 @@ def boot_host(spec: BootSpec) -> subprocess.Popen:
             run(["ip", "-n", ns, "addr", "add", f"{spec.public_address}/32", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if spec.local_route:
+            run(["ip", "-n", ns, "route", "add", spec.local_route, "dev", "eth0"])
         if spec.gateway:
-            run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway])
+            # onlink: an instance's gateway (the VPC router) may sit outside its own subnet
+            run(["ip", "-n", ns, "route", "add", "default", "via", spec.gateway, "dev", "eth0",
+                 "onlink"])
         if spec.public_address:
-            _internet_routes(ns, spec.public_address)
+            internet_routes(ns, spec.public_address)
         if spec.nft_ruleset is not None:
             nft_apply(ns, spec.nft_ruleset)
         if spec.metadata_dir is not None:
@@ -280,12 +287,13 @@ def start_metadata_service(netns: str, metadata_dir: Path) -> None:
 IGW_TABLE = "daskfleet_igw"
 
 
-def _internet_routes(netns: str, public: str) -> None:
+def internet_routes(netns: str, public: str) -> None:
     """An instance with a public address on the lab's internet, as an internet gateway makes
     it: what it sends out of its VPC leaves from its public address (the gateway's one-to-one
     NAT), so this machine and the lab's object store (as S3 is reached through an internet
-    gateway; on the same bridge, reached directly) answer it. An instance without one reaches
-    nothing outside its VPC (no NAT gateway is emulated: stricter, never kinder)."""
+    gateway; on the same bridge, reached directly) answer it. A NAT gateway's host
+    (runner.lab.nat) is made the same way, and its SNAT covers what it forwards. An instance
+    with neither reaches nothing outside its VPC."""
     _forget_neighbors(public)
     run(["ip", "-n", netns, "route", "replace", f"{OBJECT_STORE}/32", "dev", "eth0",
          "src", public])
@@ -315,10 +323,20 @@ def _forget_neighbors(address: str) -> None:
 def add_public_address(hdir: Path, netns: str, address: str) -> None:
     """A public address that came after the host booted, kept for its next boot (boot.json)."""
     run(["ip", "-n", netns, "addr", "replace", f"{address}/32", "dev", "eth0"])
-    _internet_routes(netns, address)
+    internet_routes(netns, address)
+    _keep_in_boot_spec(hdir, public_address=address)
+
+
+def set_gateway(hdir: Path, netns: str, gateway: str) -> None:
+    """The instance's subnet now routes 0.0.0.0/0 elsewhere (a NAT gateway, or back to the VPC
+    router): its default route follows, now and at its next boot."""
+    run(["ip", "-n", netns, "route", "replace", "default", "via", gateway, "dev", "eth0", "onlink"])
+    _keep_in_boot_spec(hdir, gateway=gateway)
+
+
+def _keep_in_boot_spec(hdir: Path, **changes) -> None:
     path = hdir / "boot.json"
-    spec = json.loads(path.read_text())
-    spec["public_address"] = address
+    spec = {**json.loads(path.read_text()), **changes}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(spec, indent=2))
     tmp.replace(path)

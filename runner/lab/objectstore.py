@@ -71,7 +71,7 @@ def spawn(state: Path, region: str) -> dict:
         run(["ip", "-n", NETNS, "link", "set", "lo", "up"])
         run(["ip", "-n", NETNS, "route", "add", "default", "via", BRIDGE_ADDRESS])
         # emulated instances reach it from their public addresses, on the lab's internet (the
-        # same bridge): its replies go straight back (runner.lab.machine._internet_routes)
+        # same bridge): its replies go straight back (runner.lab.machine.internet_routes)
         run(["ip", "-n", NETNS, "route", "add", PUBLIC_RANGE, "dev", "eth0"])
         log = open(state / "server.log", "ab")
         proc = subprocess.Popen(

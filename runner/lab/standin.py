@@ -10,6 +10,12 @@ public image lacks too), with the host's own Python. The image's entry point is 
 EXTRA_PIP_PACKAGES: pins the environment already satisfies are reported; others cannot be
 installed offline and are reported as such (the client's version check then refuses the cluster).
 
+Before it runs, `docker run` pulls the image from the lab's registry, on the lab's internet
+(REGISTRY, served by the instance controller: `serve_registry`), as Docker pulls it from its
+registry: an instance with no way out (no public address through an internet gateway, no NAT
+gateway) cannot pull, and `docker run` fails as Docker's does, after its dial timeout. The
+registry logs each pull with the address it came from (cloud/registry.log).
+
 So the emulator proves orchestration (user data, addresses, security groups, TLS, teardown), not
 the image. `shutdown`, `poweroff` and `reboot` are systemd's own (the host's PID 1): scheduled
 by its logind (`shutdown -P +MINUTES`: an ephemeral run's hard stop; `-c` cancels), they take
@@ -21,27 +27,35 @@ InstanceInitiatedShutdownBehavior says; a reboot boots it again.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from runner.errors import LabError
+from runner.lab.addresses import INTERNET_ADDRESS
 from runner.log import Progress, Say
 
 logger = logging.getLogger(__name__)
 
 # Inside an instance host (private per host: runner.lab.instances adds them to the boot spec).
 BIN_DIRS = ("usr/local/bin", "usr/local/sbin")
+REGISTRY = f"{INTERNET_ADDRESS}:5000"  # the lab's image registry, on its internet
+PULL_TIMEOUT_S = 30  # Docker's dial timeout: a registry it cannot reach fails the pull then
 
 DOCKER = r'''#!/usr/bin/python3
 """docker stand-in of the daskfleet lab (see runner/lab/standin.py): `docker run` runs the
 container's command on this host in the lab's image environment. Not Docker."""
-import os, subprocess, sys
+import os, subprocess, sys, time, urllib.parse, urllib.request
 
 IMAGE_ENV = @IMAGE_ENV@
+REGISTRY = @REGISTRY@
+PULL_TIMEOUT_S = @PULL_TIMEOUT_S@
 WITH_VALUE = {"-e", "--env", "-v", "--volume", "--name", "-p", "--publish", "--network", "--net",
               "--gpus", "-w", "--workdir", "--entrypoint", "-u", "--user", "--env-file",
               "--restart", "--log-driver", "-m", "--memory", "--shm-size", "--mount"}
@@ -49,6 +63,24 @@ WITH_VALUE = {"-e", "--env", "-v", "--volume", "--name", "-p", "--publish", "--n
 
 def say(msg):
     print(f"docker (lab stand-in): {msg}", file=sys.stderr, flush=True)
+
+
+def pull(image):
+    url = f"http://{REGISTRY}/pull?image={urllib.parse.quote(image)}"
+    deadline = time.monotonic() + PULL_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                r.read()
+            say(f"image {image}: pulled from the lab's registry {REGISTRY}")
+            return True
+        except OSError as e:
+            if time.monotonic() > deadline:
+                print(f"Unable to find image '{image}' locally", file=sys.stderr)
+                print(f"docker: Error response from daemon: Get \"http://{REGISTRY}/v2/\": "
+                      f"dial tcp {REGISTRY}: i/o timeout ({e}).", file=sys.stderr, flush=True)
+                return False
+            time.sleep(1)
 
 
 def main(argv):
@@ -81,6 +113,8 @@ def main(argv):
         say("no image given")
         return 125
     image, command = args[i], args[i + 1:]
+    if not pull(image):
+        return 125
     say(f"image {image}: running its command in the lab's environment {IMAGE_ENV}")
     pins = env.get("EXTRA_PIP_PACKAGES", "").split()
     if pins:
@@ -111,13 +145,16 @@ def main(argv):
 sys.exit(main(sys.argv[1:]))
 '''
 
-def install(hdir: Path, image_env: Path) -> None:
+def install(hdir: Path, image_env: Path, registry: str = REGISTRY,
+            pull_timeout_s: float = PULL_TIMEOUT_S) -> None:
     """Write the docker stand-in into an instance host's private /usr/local (before it boots)."""
     bin_dir, sbin_dir = (hdir / "fs" / d for d in BIN_DIRS)
     bin_dir.mkdir(parents=True, exist_ok=True)
     sbin_dir.mkdir(parents=True, exist_ok=True)
     docker = bin_dir / "docker"
-    docker.write_text(DOCKER.replace("@IMAGE_ENV@", repr(str(image_env))))
+    docker.write_text(DOCKER.replace("@IMAGE_ENV@", repr(str(image_env)))
+                      .replace("@REGISTRY@", repr(registry))
+                      .replace("@PULL_TIMEOUT_S@", str(pull_timeout_s)))
     docker.chmod(0o755)
 
 
@@ -163,3 +200,38 @@ def build_image_env(images_dir: Path, progress: Progress | None = None) -> Path:
     (dest / ".complete").write_text(house.lock.hash + "\n")
     Say(progress, logger)(f"docker stand-in environment {dest} built in {time.monotonic() - t0:.1f}s")
     return dest
+
+
+def serve_registry(log_path: Path, address: str = REGISTRY) -> http.server.ThreadingHTTPServer:
+    """The lab's image registry at ``address`` (a thread of the caller's): every image is
+    there; each pull is logged as `time address image` in ``log_path``."""
+    lock = threading.Lock()
+
+    class Pull(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            image = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("image")
+            if not image:
+                self.send_error(404)
+                return
+            with lock, open(log_path, "a") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} {self.client_address[0]} {image[0]}\n")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):  # the pull log above is the log
+            pass
+
+    host, port = address.rsplit(":", 1)
+    server = http.server.ThreadingHTTPServer((host, int(port)), Pull)
+    threading.Thread(target=server.serve_forever, daemon=True, name="registry").start()
+    return server
+
+
+def registry_pulls(log_path: Path) -> list[tuple[str, str]]:
+    """(address, image) of each pull so far."""
+    try:
+        rows = log_path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [(r.split()[1], r.split()[2]) for r in rows if len(r.split()) == 3]

@@ -34,6 +34,7 @@ from runner.errors import LabError
 from runner.lab import Lab
 from runner.lab.ec2_strict import refuse_spot
 from runner.lab.machine import check_prerequisites
+from runner.lab.standin import registry_pulls
 
 REPO = Path(__file__).resolve().parents[2]
 EPHEMERAL_LAB = REPO / "clusters" / "aws-ephemeral-lab.yaml"
@@ -105,6 +106,8 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
                                                                               workdir):
     job = workdir / "eph-ok.yaml"
     job.write_text(small_job("eph-ok", seed=21))
+    registry_log = Lab().cloud_dir / "registry.log"
+    pulls_before = len(registry_pulls(registry_log))
     t = time.monotonic()
     out = cli("submit", str(job), "-c", str(EPHEMERAL_LAB), "--runs-dir", str(workdir / "runs"),
               timeout=600)
@@ -138,6 +141,13 @@ def test_submit_on_an_ephemeral_cluster_brings_metrics_back_and_leaves_nothing(e
     # the two workers are spot instances, the scheduler is not (moto reports InstanceLifecycle
     # from the RunInstances market options, as EC2 does)
     assert sorted(str(i.get("InstanceLifecycle")) for i in insts) == ["None", "spot", "spot"]
+    # each pulled its image from the registry on the lab's internet, from its public address
+    # (through the internet gateway)
+    # (the instances are terminated now, their public addresses released: each of the three
+    # pulls came from an address of its own on the lab's internet, not this machine's)
+    pulls = registry_pulls(registry_log)[pulls_before:]
+    assert len({a for a, _ in pulls}) == len(pulls) == 3, pulls
+    assert all(a.startswith("198.18.128.") and a != "198.18.128.1" for a, _ in pulls), pulls
     # in the first zone that offers m6i.large, checked before anything was made: left to the
     # emulator's pick (as to AWS's), the subnet would be in us-east-1e, which lacks it
     assert {i["Placement"]["AvailabilityZone"] for i in insts} == {"us-east-1a"}, insts
@@ -175,6 +185,71 @@ def test_private_addresses_from_outside_the_vpc_are_refused_with_nothing_made(em
     finally:
         c.delete_subnet(SubnetId=subnet)
         c.delete_vpc(VpcId=vpc)
+
+
+@pytest.fixture
+def private_subnet_behind_a_nat(emulated_ec2, cli):
+    """A VPC as a private deployment has it: a public subnet with an internet gateway route and a
+    NAT gateway (its Elastic IP), and a private subnet whose 0.0.0.0/0 goes to the NAT; this
+    machine reaches the VPC over the lab's client VPN. Yields (private subnet, Elastic IP,
+    this machine's VPN address)."""
+    c = ec2()
+    vpc = c.create_vpc(CidrBlock="198.19.0.0/16")["Vpc"]["VpcId"]
+    subnets = [c.create_subnet(VpcId=vpc, CidrBlock=f"198.19.{n}.0/24",
+                               AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"] for n in (1, 2)]
+    igw = c.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    c.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    eip = c.allocate_address(Domain="vpc")
+    nat = c.create_nat_gateway(SubnetId=subnets[0], AllocationId=eip["AllocationId"])[
+        "NatGateway"]["NatGatewayId"]
+    for subnet, target in zip(subnets, ({"GatewayId": igw}, {"NatGatewayId": nat}), strict=True):
+        table = c.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        c.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", **target)
+        c.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    cli("lab", "vpn", subnets[1])
+    vpn = Lab().cloud()["vpn"]
+    try:
+        yield subnets[1], eip["PublicIp"], vpn["address"]
+    finally:
+        cli("lab", "vpn", "--off", check=False)
+        c.delete_nat_gateway(NatGatewayId=nat)
+        assert not Lab().cloud().get("vpn")
+        # the NAT gateway's host goes with it (the controller polls twice a second)
+        deadline = time.monotonic() + 10
+        while any(n.startswith("dfec2-nat-") for n in os.listdir("/run/netns")):
+            assert time.monotonic() < deadline, os.listdir("/run/netns")
+            time.sleep(0.2)
+
+
+def test_a_private_subnet_behind_a_nat_gateway_runs_from_inside_the_vpc(
+        private_subnet_behind_a_nat, cli, workdir):
+    """The private mode, as a deployment with a NAT gateway and a control machine inside the VPC
+    (here: over the lab's client VPN) runs it: instances on private addresses only, the client
+    dialing the scheduler's private address, and everything the instances fetch from outside
+    (their image, the corpus in the object store) going out from the NAT gateway's address."""
+    subnet, nat_address, vpn_address = private_subnet_behind_a_nat
+    cluster = variant(workdir, "eph-nat", network={"subnet_id": subnet}, workers=1,
+                      spot_workers=False, admin_cidr=f"{vpn_address}/32")
+    job = workdir / "eph-nat.yaml"
+    job.write_text(_store_job(cli, "eph-nat", 26))
+    registry_log = Lab().cloud_dir / "registry.log"
+    pulls_before = len(registry_pulls(registry_log))
+    out = cli("submit", str(job), "-c", str(cluster), "--runs-dir", str(workdir / "runs"),
+              timeout=600)
+    text = out.stdout + out.stderr
+    print(text)
+    run_id = run_id_of(text)
+    metrics = json.loads((workdir / "runs" / run_id / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.8 and metrics["n_workers"] == 1, metrics
+    insts = instances_of(run_id)
+    assert len(insts) == 2 and all(not i.get("PublicIpAddress") for i in insts), insts
+    assert all(i["PrivateIpAddress"].startswith("198.19.2.") for i in insts), insts
+    assert "scheduler tls://198.19.2." in text, text
+    # each instance pulled its image once, and the registry saw the NAT gateway's address
+    pulls = registry_pulls(registry_log)[pulls_before:]
+    assert [address for address, _ in pulls] == [nat_address] * 2, pulls
+    assert len({image for _, image in pulls}) == 1 and "dask" in pulls[0][1], pulls
+    nothing_left(run_id)
 
 
 def test_an_admin_cidr_without_this_machine_fails_at_the_join_naming_it(emulated_ec2, cli,

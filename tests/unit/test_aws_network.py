@@ -72,4 +72,6 @@ def test_a_subnet_uses_its_own_table_else_its_vpcs_main_one():
     ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
     ec2.associate_route_table(RouteTableId=table, SubnetId=private)
     assert net.egress(net.subnet_routes(ec2, private)) == "nat"
+    assert net.default_target(net.subnet_routes(ec2, private)) == nat
+    assert net.default_target(net.subnet_routes(ec2, plain)) is None  # an internet gateway's
     assert net.subnet_cidr(ec2, private) == "10.42.1.0/24"

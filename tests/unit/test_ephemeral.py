@@ -253,10 +253,14 @@ def test_the_example_files_load():
 
 
 # -- data hand-over and the docker stand-in ----------------------------------------------------
-def test_docker_stand_in_runs_the_command_with_the_containers_env(tmp_path):
+def test_docker_stand_in_pulls_then_runs_the_command_with_the_containers_env(tmp_path):
+    from distributed.utils import open_port
+
     from runner.lab import standin
 
-    standin.install(tmp_path, Path(sys.prefix))
+    registry = f"127.0.0.1:{open_port()}"
+    server = standin.serve_registry(tmp_path / "registry.log", registry)
+    standin.install(tmp_path, Path(sys.prefix), registry=registry)
     docker = tmp_path / "fs" / "usr" / "local" / "bin" / "docker"
     pin = f"pyyaml=={yaml.__version__}"
     out = subprocess.run(
@@ -269,6 +273,26 @@ def test_docker_stand_in_runs_the_command_with_the_containers_env(tmp_path):
     assert "pyyaml" not in out.stderr.split("cannot install offline")[1]
     # no shutdown stand-in: the host's systemd shuts it down (tests/e2e/test_6_aws_ephemeral.py)
     assert not (tmp_path / "fs" / "usr" / "local" / "sbin" / "shutdown").exists()
+    server.shutdown()
+    assert standin.registry_pulls(tmp_path / "registry.log") == [
+        ("127.0.0.1", "ghcr.io/dask/dask:1-py3.11")]
+
+
+def test_docker_stand_in_that_cannot_reach_the_registry_fails_as_dockers_pull_does(tmp_path):
+    """An instance with no way out (no public address, no NAT gateway) cannot pull its image:
+    `docker run` fails after the dial timeout, and runs nothing."""
+    from distributed.utils import open_port
+
+    from runner.lab import standin
+
+    registry = f"127.0.0.1:{open_port()}"  # nothing listens there
+    standin.install(tmp_path, Path(sys.prefix), registry=registry, pull_timeout_s=2)
+    docker = tmp_path / "fs" / "usr" / "local" / "bin" / "docker"
+    out = subprocess.run([sys.executable, str(docker), "run", "ghcr.io/dask/dask:1-py3.11",
+                          "sh", "-c", "echo ran"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 125 and "ran" not in out.stdout, out
+    assert "Unable to find image 'ghcr.io/dask/dask:1-py3.11' locally" in out.stderr
+    assert f"dial tcp {registry}: i/o timeout" in out.stderr, out.stderr
 
 
 def test_sigterm_becomes_an_exception_so_the_teardown_runs():

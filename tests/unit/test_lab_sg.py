@@ -3,6 +3,7 @@ refused boots."""
 
 from __future__ import annotations
 
+from runner.lab import nat
 from runner.lab.instances import host_for, refuse_reason
 from runner.lab.security_groups import instance_groups, render_sg_ruleset
 
@@ -47,11 +48,26 @@ def test_protocol_minus_one_is_everything_and_udp_and_ipv6():
 
 def test_refused_instances():
     ok = {"PrivateIpAddress": "198.19.0.4"}
-    assert refuse_reason(ok, "x86_64") is None
-    assert "arm64" in refuse_reason(ok, "arm64")
+    assert refuse_reason(ok, "x86_64", "198.19.0.0/24") is None
+    assert "arm64" in refuse_reason(ok, "arm64", "198.19.0.0/24")
     for ip in ("198.19.0.1", "198.19.0.2", "198.19.0.3", "198.19.0.255"):
-        assert "reserves" in refuse_reason({"PrivateIpAddress": ip}, "x86_64")
-    assert "outside" in refuse_reason({"PrivateIpAddress": "172.31.0.5"}, "x86_64")
+        assert "reserves" in refuse_reason({"PrivateIpAddress": ip}, "x86_64", "198.19.0.0/24")
+    # any subnet of the lab's VPC range, each with its own reserved addresses
+    assert refuse_reason({"PrivateIpAddress": "198.19.2.4"}, "x86_64", "198.19.2.0/24") is None
+    assert "reserves" in refuse_reason({"PrivateIpAddress": "198.19.2.3"}, "x86_64",
+                                       "198.19.2.0/24")
+    assert "outside" in refuse_reason({"PrivateIpAddress": "172.31.0.5"}, "x86_64",
+                                      "172.31.0.0/24")
+    assert "no subnet" in refuse_reason(ok, "x86_64", None)
+
+
+def test_a_nat_gateways_host_names_fit_ifnamsiz_and_it_forwards_only_out_of_the_vpc():
+    netns, link = nat.names("nat-0123456789abcdef0")
+    assert netns == "dfec2-nat-0123456789abcdef0" and netns.startswith("dfec2-")  # `lab down`
+    assert len(link) <= 15 and link.startswith("dfe")
+    rules = nat.forward_ruleset()
+    assert "policy drop;" in rules and "ct state established,related accept" in rules
+    assert "ip saddr 198.19.0.0/16 ip daddr != 198.19.0.0/16 accept" in rules
 
 
 def test_instance_host_names_fit_ifnamsiz():
