@@ -254,6 +254,14 @@ def outside_vpc_ruleset(vpn: tuple[str, str] | None = None) -> str:
         "    type filter hook input priority 0; policy accept;",
         f"    ip daddr {VPC_ROUTER} drop",
         "  }",
+        # and never the VPC's router, on a machine that forwards (ip_forward=1, as Docker
+        # sets it): a VPC's way out is an internet gateway or a NAT gateway only. Routed
+        # packets only: bridged ones (br_netfilter) come in and go out on a port, not the bridge.
+        "  chain forward {",
+        "    type filter hook forward priority 0; policy accept;",
+        f'    iifname "{BRIDGE}" ip saddr {VPC_RANGE} drop',
+        f'    oifname "{BRIDGE}" ip daddr {VPC_RANGE} drop',
+        "  }",
         "}",
         "",
     ])

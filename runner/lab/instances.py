@@ -115,6 +115,32 @@ def write_metadata(hdir: Path, inst: dict, user_data: bytes) -> Path | None:
     return mdir
 
 
+def working_nats(nats: list[dict], tables: list[dict]) -> dict[str, tuple[str, str]]:
+    """NAT gateway id -> (private, public address) of each one that works on AWS: available,
+    with an Elastic IP, in a subnet that routes 0.0.0.0/0 to an internet gateway (DescribeNat-
+    Gateways' and DescribeRouteTables' answers)."""
+    wanted = {}
+    for n in nats:
+        address = (n.get("NatGatewayAddresses") or [{}])[0]
+        if n.get("State") == "available" and address.get("PublicIp") and \
+                address.get("PrivateIp") and aws_network.egress(
+                    aws_network.routes_of(n["SubnetId"], n["VpcId"], tables)) == "igw":
+            wanted[n["NatGatewayId"]] = (address["PrivateIp"], address["PublicIp"])
+    return wanted
+
+
+def instance_gateway(inst: dict, nats: list[dict], tables: list[dict]) -> str:
+    """Where the instance sends what leaves its VPC: the NAT gateway its subnet routes
+    0.0.0.0/0 to (at the NAT's private address, which answers only while the NAT works: else
+    the route is a black hole, as on AWS), else the VPC router."""
+    target = aws_network.default_target(aws_network.routes_of(
+        inst.get("SubnetId", ""), inst.get("VpcId", ""), tables))
+    for n in nats:
+        if n["NatGatewayId"] == target and n.get("NatGatewayAddresses"):
+            return n["NatGatewayAddresses"][0].get("PrivateIp") or VPC_ROUTER
+    return VPC_ROUTER
+
+
 class Controller:
     def __init__(self, lab: Lab):
         self.lab = lab
@@ -277,26 +303,12 @@ class Controller:
         return aws_network.routes_of(subnet_id, vpc_id, self.tables)
 
     def gateway(self, inst: dict, nats: list[dict]) -> str:
-        """Where the instance sends what leaves its VPC: the NAT gateway its subnet routes
-        0.0.0.0/0 to (at the NAT's private address, which answers only while the NAT is made:
-        else the route is a black hole, as on AWS), else the VPC router."""
-        target = aws_network.default_target(self.routes(inst.get("SubnetId", ""),
-                                                        inst.get("VpcId", "")))
-        for n in nats:
-            if n["NatGatewayId"] == target and n.get("NatGatewayAddresses"):
-                return n["NatGatewayAddresses"][0].get("PrivateIp") or VPC_ROUTER
-        return VPC_ROUTER
+        return instance_gateway(inst, nats, self.tables)
 
     def reconcile_nats(self, nats: list[dict]) -> None:
         """A host for each NAT gateway that works on AWS: available, with an Elastic IP, in a
         subnet that routes 0.0.0.0/0 to an internet gateway."""
-        wanted: dict[str, tuple[str, str]] = {}
-        for n in nats:
-            address = (n.get("NatGatewayAddresses") or [{}])[0]
-            if n.get("State") == "available" and address.get("PublicIp") and \
-                    address.get("PrivateIp") and aws_network.egress(
-                        self.routes(n["SubnetId"], n["VpcId"])) == "igw":
-                wanted[n["NatGatewayId"]] = (address["PrivateIp"], address["PublicIp"])
+        wanted = working_nats(nats, self.tables)
         for nid in [n for n in self.nats if self.nats[n] != wanted.get(n)]:
             nat.stop_nat(nid)
             del self.nats[nid]

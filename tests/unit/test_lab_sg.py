@@ -94,3 +94,66 @@ def test_egress_rules_are_enforced_as_well_when_given():
     assert rules(output)[1:] == ["ip daddr { 198.19.0.5 } accept",
                                  "ip daddr 0.0.0.0/0 tcp dport 443 accept"]
     assert "chain output" not in render_sg_ruleset([], {})  # no egress given: not enforced
+
+
+def test_this_machine_stays_outside_the_vpc_unless_the_vpn_routes_it_from_its_address():
+    from runner.lab.ec2 import VPC_ROUTER, outside_vpc_ruleset
+
+    def output_rules(ruleset: str) -> list[str]:
+        chain = ruleset.split("chain output {", 1)[1].split("}", 1)[0]
+        return [line.strip() for line in chain.splitlines() if line.strip()][1:]
+
+    outside = outside_vpc_ruleset()
+    assert output_rules(outside) == ["ip daddr 198.19.0.0/16 drop"]
+    assert f"ip daddr {VPC_ROUTER} drop" in outside.split("chain input {", 1)[1]
+    forward = outside.split("chain forward {", 1)[1]  # the router forwards nothing of a VPC's
+    assert 'iifname "dflab0" ip saddr 198.19.0.0/16 drop' in forward
+    assert 'oifname "dflab0" ip daddr 198.19.0.0/16 drop' in forward
+    # over the VPN: only what leaves from the VPN's address, and only into that VPC, goes in
+    inside = output_rules(outside_vpc_ruleset(("198.19.2.4", "198.19.0.0/16")))
+    assert inside == ["ip saddr 198.19.2.4 ip daddr 198.19.0.0/16 accept",
+                      "ip daddr 198.19.0.0/16 drop"]
+
+
+# DescribeRouteTables' and DescribeNatGateways' answers for a VPC with a public subnet (its own
+# table to an internet gateway), a private one (its own table to the NAT gateway) and one left
+# on the main table (local only)
+TABLES = [
+    {"VpcId": "vpc-1", "Associations": [{"Main": True}],
+     "Routes": [{"DestinationCidrBlock": "198.19.0.0/16", "GatewayId": "local"}]},
+    {"VpcId": "vpc-1", "Associations": [{"SubnetId": "subnet-pub", "Main": False}],
+     "Routes": [{"DestinationCidrBlock": "0.0.0.0/0", "GatewayId": "igw-1", "State": "active"}]},
+    {"VpcId": "vpc-1", "Associations": [{"SubnetId": "subnet-priv", "Main": False}],
+     "Routes": [{"DestinationCidrBlock": "0.0.0.0/0", "NatGatewayId": "nat-1",
+                 "State": "active"}]},
+]
+
+
+def _nat(nat_id="nat-1", subnet="subnet-pub", state="available", public="198.18.128.20"):
+    return {"NatGatewayId": nat_id, "SubnetId": subnet, "VpcId": "vpc-1", "State": state,
+            "NatGatewayAddresses": [{"PrivateIp": "198.19.1.4", "PublicIp": public}]}
+
+
+def test_only_a_nat_gateway_that_works_on_aws_gets_a_host():
+    from runner.lab.instances import working_nats
+
+    assert working_nats([_nat()], TABLES) == {"nat-1": ("198.19.1.4", "198.18.128.20")}
+    # in a subnet with no route to an internet gateway; deleted; without an Elastic IP
+    assert working_nats([_nat(subnet="subnet-priv")], TABLES) == {}
+    assert working_nats([_nat(subnet="subnet-other")], TABLES) == {}  # main table: local only
+    assert working_nats([_nat(state="deleted")], TABLES) == {}
+    assert working_nats([_nat(public=None)], TABLES) == {}
+
+
+def test_an_instance_goes_out_through_the_nat_its_subnet_routes_to_else_the_vpc_router():
+    from runner.lab.ec2 import VPC_ROUTER
+    from runner.lab.instances import instance_gateway
+
+    private = {"SubnetId": "subnet-priv", "VpcId": "vpc-1"}
+    assert instance_gateway(private, [_nat()], TABLES) == "198.19.1.4"
+    # the NAT gateway gone from the API: nowhere out (the router forwards nothing)
+    assert instance_gateway(private, [], TABLES) == VPC_ROUTER
+    assert instance_gateway({"SubnetId": "subnet-pub", "VpcId": "vpc-1"}, [_nat()],
+                            TABLES) == VPC_ROUTER
+    assert instance_gateway({"SubnetId": "subnet-other", "VpcId": "vpc-1"}, [_nat()],
+                            TABLES) == VPC_ROUTER
