@@ -10,9 +10,10 @@ the new worker's first tasks failed. Imported here first, each later import is a
 On a long-lived cluster each worker imports it at its start (``--preload``, cluster/processes.py),
 before it joins the scheduler: about 1.1 s of CPU that its first task paid before. (Not in the
 nanny's fork server, which lives as long as its worker: it would hold 150 MB more per worker.)
-On an ephemeral cluster the client imports it on every worker once the environment check has
-passed (ephemeral/cluster.py). These imports are also the nodes' entry modules
-(``runner.provision.lock.node_modules``), which puts their files in the nodes' project wheel.
+On an ephemeral cluster a worker plugin imports it on every worker, present or joining later,
+once the environment check has passed (ephemeral/warm_imports.py). These imports are also the
+nodes' entry modules (``runner.provision.lock.node_modules``), which puts their files in the
+nodes' project wheel.
 """
 
 from __future__ import annotations

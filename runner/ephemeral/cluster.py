@@ -129,10 +129,11 @@ class EphemeralCluster:
 
         assert self.upload is not None, "create() made the upload (the context manager's enter)"
         versions = check_environment(self.client(), self.upload.name)
-        # the environment matched: the tasks' modules, imported by each worker in one thread
-        # before its first task (cluster/worker_imports.py says why)
-        # (exec: a builtin, sent by name, that returns None, where a module would not pickle)
-        self._retried(lambda: self.client().run(exec, "import runner.cluster.worker_imports"),
+        # the environment matched: the tasks' modules, imported by each worker (and each that
+        # joins later) in one thread before its first task (ephemeral/warm_imports.py)
+        from runner.ephemeral.warm_imports import WarmImports
+
+        self._retried(lambda: self.client().register_plugin(WarmImports()),
                       "importing the project code on the workers")
         return versions
 

@@ -240,6 +240,8 @@ def outside_vpc_ruleset(vpn: tuple[str, str] | None = None) -> str:
     nothing on it answers at the VPC router's address. With ``vpn`` (its address in a subnet,
     the VPC's range: runner.lab.vpn), what it sends from that address into that range goes
     through, as over a client VPN. Replaces the table in one transaction."""
+    from runner.lab.machine import BRIDGE_MAC
+
     through = [f"    ip saddr {vpn[0]} ip daddr {vpn[1]} accept"] if vpn else []
     return "\n".join([
         f"table inet {VPC_TABLE}",
@@ -256,11 +258,12 @@ def outside_vpc_ruleset(vpn: tuple[str, str] | None = None) -> str:
         "  }",
         # and never the VPC's router, on a machine that forwards (ip_forward=1, as Docker
         # sets it): a VPC's way out is an internet gateway or a NAT gateway only. Routed
-        # packets only: bridged ones (br_netfilter) come in and go out on a port, not the bridge.
+        # packets only, those sent to the bridge's own MAC (the gateway's): with br_netfilter,
+        # packets bridged from host to host pass this hook too, in and out of the bridge.
         "  chain forward {",
         "    type filter hook forward priority 0; policy accept;",
-        f'    iifname "{BRIDGE}" ip saddr {VPC_RANGE} drop',
-        f'    oifname "{BRIDGE}" ip daddr {VPC_RANGE} drop',
+        f"    ether daddr {BRIDGE_MAC} ip saddr {VPC_RANGE} drop",
+        f"    ether daddr {BRIDGE_MAC} ip daddr {VPC_RANGE} drop",
         "  }",
         "}",
         "",
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     from runner.lab.ec2_strict import as_ec2_does
 
     as_ec2_does(Path(args.lab_dir))
-    # Not one log line per request (the controller polls twice a second); errors still show.
+    # Not one log line per request (the controller polls once a second); errors still show.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ.setdefault("MOTO_PORT", str(PORT))  # as moto's own main sets it
     server = moto_server.make("127.0.0.1", PORT)

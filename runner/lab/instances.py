@@ -1,6 +1,6 @@
 """The emulated cloud's instance controller: `python -m runner.lab.instances --lab-dir DIR`.
 
-It polls the EC2 API (moto, 127.0.0.1 only) about twice a second and makes the lab match it:
+It polls the EC2 API (moto, 127.0.0.1 only) once a second and makes the lab match it:
 a `running` instance becomes a lab host (netns dfec2-<id>, its private address, hostname
 ip-a-b-c-d, the image's login user `admin` with the key pair's key, user_data run once at first
 boot); a stopped one is crashed and its disk kept; a terminated or vanished one is crashed and its
@@ -51,8 +51,10 @@ from runner.lab.security_groups import instance_groups, render_sg_ruleset
 
 logger = logging.getLogger("runner.lab.instances")  # not __main__ under python -m
 
-POLL_S = 0.5
-NETWORK_POLLS = 4  # route tables and NAT gateways are read every 4th poll (2 s)
+# Once a second (EC2 itself takes seconds to start an instance): each poll costs the API server
+# two requests, for as long as the lab runs
+POLL_S = 1.0
+NETWORK_POLLS = 2  # route tables and NAT gateways are read every other poll (2 s)
 SHUTDOWN_WAIT_S = 30.0  # how long an instance's own shutdown may take before it is cut short
 IMAGE_USER = "admin"  # Debian's cloud images' default user
 HOST_KEY_PATHS = tuple(f"/etc/ssh/ssh_host_{t}_key" for t in cloudinit.KEY_TYPES)

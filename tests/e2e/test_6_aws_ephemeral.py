@@ -214,7 +214,7 @@ def private_subnet_behind_a_nat(emulated_ec2, cli):
         cli("lab", "vpn", "--off", check=False)
         c.delete_nat_gateway(NatGatewayId=nat)
         assert not Lab().cloud().get("vpn")
-        # the NAT gateway's host goes with it (the controller polls twice a second)
+        # the NAT gateway's host goes with it (the controller reads NAT gateways every 2 s)
         deadline = time.monotonic() + 10
         while any(n.startswith("dfec2-nat-") for n in os.listdir("/run/netns")):
             assert time.monotonic() < deadline, os.listdir("/run/netns")
