@@ -192,24 +192,27 @@ def private_subnet_behind_a_nat(emulated_ec2, cli):
     """A VPC as a private deployment has it: a public subnet with an internet gateway route and a
     NAT gateway (its Elastic IP), and a private subnet whose 0.0.0.0/0 goes to the NAT; this
     machine reaches the VPC over the lab's client VPN. Yields (private subnet, Elastic IP,
-    this machine's VPN address)."""
+    this machine's VPN address, a subnet of the VPC with no way out)."""
     c = ec2()
     vpc = c.create_vpc(CidrBlock="198.19.0.0/16")["Vpc"]["VpcId"]
+    # public (to the internet gateway), private (to the NAT), and one left on the main table
     subnets = [c.create_subnet(VpcId=vpc, CidrBlock=f"198.19.{n}.0/24",
-                               AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"] for n in (1, 2)]
+                               AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+               for n in (1, 2, 3)]
     igw = c.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     c.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     eip = c.allocate_address(Domain="vpc")
     nat = c.create_nat_gateway(SubnetId=subnets[0], AllocationId=eip["AllocationId"])[
         "NatGateway"]["NatGatewayId"]
-    for subnet, target in zip(subnets, ({"GatewayId": igw}, {"NatGatewayId": nat}), strict=True):
+    for subnet, target in zip(subnets[:2], ({"GatewayId": igw}, {"NatGatewayId": nat}),
+                              strict=True):
         table = c.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
         c.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", **target)
         c.associate_route_table(RouteTableId=table, SubnetId=subnet)
     cli("lab", "vpn", subnets[1])
     vpn = Lab().cloud()["vpn"]
     try:
-        yield subnets[1], eip["PublicIp"], vpn["address"]
+        yield subnets[1], eip["PublicIp"], vpn["address"], subnets[2]
     finally:
         cli("lab", "vpn", "--off", check=False)
         c.delete_nat_gateway(NatGatewayId=nat)
@@ -227,7 +230,13 @@ def test_a_private_subnet_behind_a_nat_gateway_runs_from_inside_the_vpc(
     (here: over the lab's client VPN) runs it: instances on private addresses only, the client
     dialing the scheduler's private address, and everything the instances fetch from outside
     (their image, the corpus in the object store) going out from the NAT gateway's address."""
-    subnet, nat_address, vpn_address = private_subnet_behind_a_nat
+    subnet, nat_address, vpn_address, no_way_out = private_subnet_behind_a_nat
+    # inside the VPC, a subnet with no NAT is still refused, before anything is made: its
+    # instances could not pull their image
+    text = refused_submit(cli, workdir, "eph-no-nat", 27, network={"subnet_id": no_way_out},
+                          admin_cidr=f"{vpn_address}/32")
+    assert f"subnet_id {no_way_out}: its route table sends 0.0.0.0/0 nowhere" in text, text
+    assert "Nothing was created" in text and "daskfleet:run=" not in text, text
     cluster = variant(workdir, "eph-nat", network={"subnet_id": subnet}, workers=1,
                       spot_workers=False, admin_cidr=f"{vpn_address}/32")
     job = workdir / "eph-nat.yaml"
